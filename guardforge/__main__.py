@@ -1,0 +1,3 @@
+from guardforge.cli import main
+
+main()

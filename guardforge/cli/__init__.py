@@ -1,0 +1,71 @@
+"""The `guardforge` command: a Typer app whose commands each parse, call one Studio method, and format."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from pydantic import ValidationError
+
+from guardforge.errors import GuardforgeError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="guardforge: a local image-generation studio with a content-safety guard.")
+
+# Command groups; the cmd_* modules add their commands to these.
+models_app = typer.Typer(no_args_is_help=True, help="List and manage models.")
+guard_app = typer.Typer(no_args_is_help=True, help="Check text and images with the guard.")
+eval_app = typer.Typer(no_args_is_help=True, help="Measure the guard and the models.")
+train_app = typer.Typer(no_args_is_help=True, help="Train models (DreamBooth, tiny-shapes).")
+keys_app = typer.Typer(no_args_is_help=True, help="Manage API keys.")
+for _name, _group in (("models", models_app), ("guard", guard_app), ("eval", eval_app),
+                      ("train", train_app), ("keys", keys_app)):
+    app.add_typer(_group, name=_name)
+
+
+def _register() -> None:
+    # Each command group lives in its own module; importing registers it on `app`.
+    import importlib
+    import pkgutil
+
+    for module in pkgutil.iter_modules(__path__):
+        if module.name.startswith("cmd_"):
+            importlib.import_module(f"{__name__}.{module.name}")
+
+
+def _one_line(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "input"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
+
+
+def main() -> None:
+    _register()
+    try:
+        app(standalone_mode=False)
+    except GuardforgeError as exc:
+        typer.secho(f"error: {exc}", err=True, fg="red")
+        sys.exit(2)
+    except ValidationError as exc:
+        typer.secho(f"error: {_one_line(exc)}", err=True, fg="red")
+        sys.exit(2)
+    except FileNotFoundError as exc:
+        typer.secho(f"error: {exc.strerror}: {exc.filename}", err=True, fg="red")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.secho("interrupted", err=True, fg="red")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors and anything unexpected: one line, never a traceback
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Exit):
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(1)
+        typer.secho(f"error: {type(exc).__name__}: {exc}", err=True, fg="red")
+        sys.exit(1)

@@ -1,0 +1,135 @@
+"""The generation request and result: one schema for the CLI, the API, the UI and YAML configs."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from guardforge.errors import InvalidRequest
+from guardforge.settings import DType, Limits, Offload
+
+ScheduleType = Literal["Automatic", "Karras", "Exponential"]
+
+
+class MemoryOptions(BaseModel):
+    """Per-request overrides of MemorySettings; None keeps the setting in force."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dtype: DType | None = None
+    offload: Offload | None = None
+    attention_slicing: bool | None = None
+    vae_slicing: bool | None = None
+    vae_tiling: bool | None = None
+    channels_last: bool | None = None
+
+
+class GenerationRequest(BaseModel):
+    """txt2img when init_image is None, img2img with init_image, inpaint with init_image and mask.
+
+    Images are base64 (optionally a data: URL) so that the same model travels over HTTP and YAML;
+    the CLI reads files and encodes them.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(..., max_length=20_000)
+    negative_prompt: str = Field("", max_length=20_000)
+    model: str | None = None  # registry name; None means settings.default_model
+    sampler: str = "Euler a"  # A1111 name, checked against engine.samplers.SAMPLERS
+    schedule: ScheduleType = "Automatic"
+    steps: int = Field(20, ge=1)
+    cfg_scale: float = Field(7.0, ge=0.0, le=100.0)
+    seed: int = Field(-1, ge=-1, le=2**32 - 1)
+    width: int | None = Field(None, ge=8)  # None: the model's native size
+    height: int | None = Field(None, ge=8)
+    batch_size: int = Field(1, ge=1)
+    n_iter: int = Field(1, ge=1)
+    clip_skip: int = Field(1, ge=1, le=12)
+    init_image: str | None = None
+    mask: str | None = None
+    denoising_strength: float = Field(0.75, ge=0.0, le=1.0)
+    mask_blur: int = Field(4, ge=0, le=64)
+    inpainting_mask_invert: bool = False
+    memory: MemoryOptions = MemoryOptions()
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_8(cls, value: int | None) -> int | None:
+        if value is not None and value % 8:
+            raise ValueError(f"must be a multiple of 8, got {value} (try {value // 8 * 8 or 8})")
+        return value
+
+    @field_validator("sampler")
+    @classmethod
+    def _known_sampler(cls, value: str) -> str:
+        from guardforge.engine.samplers import SAMPLERS, canonical_sampler_name
+
+        name = canonical_sampler_name(value)
+        if name is None:
+            raise ValueError(f"unknown sampler {value!r}; choose one of: {', '.join(SAMPLERS)}")
+        return name
+
+    @model_validator(mode="after")
+    def _mask_needs_image(self) -> GenerationRequest:
+        if self.mask is not None and self.init_image is None:
+            raise ValueError("a mask needs an init_image to inpaint")
+        return self
+
+    @property
+    def mode(self) -> Literal["txt2img", "img2img", "inpaint"]:
+        if self.init_image is None:
+            return "txt2img"
+        return "inpaint" if self.mask is not None else "img2img"
+
+    def check_limits(self, limits: Limits) -> None:
+        """Raise InvalidRequest naming the first cap this request breaks."""
+        checks = [
+            ("steps", self.steps, limits.max_steps),
+            ("width", self.width or 0, limits.max_width),
+            ("height", self.height or 0, limits.max_height),
+            ("batch_size", self.batch_size, limits.max_batch_size),
+            ("n_iter", self.n_iter, limits.max_n_iter),
+        ]
+        for name, value, cap in checks:
+            if value > cap:
+                raise InvalidRequest(f"{name}={value} is over this server's limit of {cap}")
+
+
+class ProgressEvent(BaseModel):
+    """One denoising step done; sent to the CLI progress bar, SSE streams and the UI."""
+
+    step: int
+    total: int  # steps of the whole request (all n_iter batches)
+    it_per_s: float
+    eta_s: float
+    batch_index: int = 0
+
+
+class GeneratedImage(BaseModel):
+    """One image of a result. `path` is None when the guard withheld the pixels or saving was off."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    image_id: str
+    seed: int
+    infotext: str
+    width: int
+    height: int
+    path: str | None = None
+    verdict: dict | None = None  # guard Verdict as a dict, when the guard ran
+    action: Literal["allow", "flag", "blur", "block"] = "allow"
+    # The PIL image as delivered (blurred if the policy said so; None when blocked). Not serialised.
+    pil: Any = Field(default=None, exclude=True, repr=False)
+
+
+class GenerationResult(BaseModel):
+    request: GenerationRequest
+    images: list[GeneratedImage]
+    seeds: list[int]
+    model: str
+    model_hash: str | None
+    elapsed_s: float
+    prompt_verdict: dict | None = None
+    blocked: bool = False  # the prompt or input image was blocked: the engine never ran

@@ -1,0 +1,29 @@
+"""Exceptions that interfaces turn into one-line CLI messages or 4xx API answers."""
+
+
+class GuardforgeError(Exception):
+    """Base class: the message is meant for the user, as one line."""
+
+
+class InvalidRequest(GuardforgeError, ValueError):
+    """A request breaks a limit or names something that cannot work (HTTP 422)."""
+
+
+class ModelNotFound(GuardforgeError, LookupError):
+    """No model of that name in the registry (HTTP 404)."""
+
+
+class UnsafeModelFormat(GuardforgeError):
+    """A pickle checkpoint was refused (HTTP 422)."""
+
+
+class PathEscape(InvalidRequest):
+    """A name tried to leave the folder it must stay in."""
+
+
+class Cancelled(GuardforgeError):
+    """The job was cancelled between two steps."""
+
+
+class GuardBackendError(GuardforgeError):
+    """A guard backend failed or timed out; the policy's fail mode decides what happens."""

@@ -1,0 +1,1 @@
+"""The guard: scores content per Llama Guard 4 hazard category and applies a policy."""

@@ -1,0 +1,104 @@
+"""Settings: GUARDFORGE_* environment variables and an optional YAML config file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+Offload = Literal["none", "model", "sequential", "auto"]
+DType = Literal["auto", "fp32", "fp16", "bf16"]
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("GUARDFORGE_HOME", Path.home() / ".guardforge"))
+
+
+class MemorySettings(BaseModel):
+    """How pipelines are placed in memory; every field can be overridden per request."""
+
+    dtype: DType = "auto"
+    offload: Offload = "none"
+    attention_slicing: bool = False
+    vae_slicing: bool = False
+    vae_tiling: bool = False
+    channels_last: bool = False
+
+
+class Limits(BaseModel):
+    """Caps that protect a shared server; the CLI uses the same ones."""
+
+    max_width: int = Field(2048, ge=8)
+    max_height: int = Field(2048, ge=8)
+    max_steps: int = Field(150, ge=1)
+    max_batch_size: int = Field(8, ge=1)
+    max_n_iter: int = Field(16, ge=1)
+    max_image_pixels: int = Field(4096 * 4096, ge=64)
+
+
+class GuardSettings(BaseModel):
+    text_backend: str = "embedded"
+    image_backend: str = "embedded"
+    policy: str = "default"  # a shipped policy name or a path to a YAML file
+    timeout_s: float = 30.0
+    llama_guard_path: Path | None = None
+    shieldgemma_path: Path | None = None
+    openai_base_url: str | None = None
+    openai_api_key: str | None = None
+    openai_model: str = "meta-llama/llama-guard-4-12b"
+    audit_store_content: bool = False
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="GUARDFORGE_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    home: Path = Field(default_factory=default_home)
+    models_dir: Path | None = None  # A1111 layout: Stable-diffusion/, Lora/, VAE/, ControlNet/
+    outputs_dir: Path | None = None
+    database_url: str | None = None  # SQLAlchemy URL; a SQLite file under home by default
+    default_model: str = "tiny-shapes"
+    device: str = "auto"  # auto, cpu, cuda, cuda:1, mps, xpu
+    max_loaded_models: int = Field(2, ge=1)
+    allow_pickle: bool = False
+    output_format: Literal["png", "jpg", "webp"] = "png"
+    memory: MemorySettings = MemorySettings()
+    limits: Limits = Limits()
+    guard: GuardSettings = GuardSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Precedence: explicit arguments, then environment, then the config file.
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("GUARDFORGE_CONFIG")
+        if config_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+    @property
+    def resolved_models_dir(self) -> Path:
+        return self.models_dir or self.home / "models"
+
+    @property
+    def resolved_outputs_dir(self) -> Path:
+        return self.outputs_dir or self.home / "outputs"
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'guardforge.db'}"

@@ -1,0 +1,112 @@
+"""Studio: the one object that owns everything loaded, and the few methods every interface calls."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import time
+from collections.abc import Callable
+from threading import Event
+
+from PIL import Image, UnidentifiedImageError
+
+from guardforge.engine.request import GeneratedImage, GenerationRequest, GenerationResult, ProgressEvent
+from guardforge.errors import InvalidRequest
+from guardforge.settings import Settings
+
+ProgressCallback = Callable[[ProgressEvent], None]
+
+
+def decode_image(data: str, max_pixels: int, what: str = "image") -> Image.Image:
+    """Decode base64 (or a data: URL) into an RGB image, refusing decompression bombs before decoding."""
+    if data.startswith("data:"):
+        _, _, data = data.partition(",")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidRequest(f"{what} is not valid base64: {exc}") from None
+    try:
+        image = Image.open(io.BytesIO(raw))
+        if image.width * image.height > max_pixels:
+            raise InvalidRequest(
+                f"{what} is {image.width}x{image.height}, over the limit of {max_pixels} pixels"
+            )
+        image.load()
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        raise InvalidRequest(f"{what} is not a readable PNG, JPEG or WebP image: {exc}") from None
+    return image
+
+
+def encode_image(image: Image.Image, fmt: str = "PNG") -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+class Studio:
+    """Built from Settings; owns the model registry and cache, the engine, the guard and the output store."""
+
+    def __init__(self, settings: Settings | None = None):
+        from guardforge.engine.pipelines import Engine
+        from guardforge.guard.service import Guard
+        from guardforge.models.cache import PipelineCache
+        from guardforge.models.registry import ModelRegistry
+        from guardforge.storage.outputs import OutputStore
+
+        self.settings = settings or Settings()
+        self.registry = ModelRegistry(self.settings)
+        self.pipelines = PipelineCache(self.registry, self.settings)
+        self.engine = Engine(self.settings)
+        self.guard = Guard.from_settings(self.settings)
+        self.store = OutputStore(self.settings.resolved_outputs_dir, self.settings.output_format)
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        on_progress: ProgressCallback | None = None,
+        cancel: Event | None = None,
+        save: bool = True,
+    ) -> GenerationResult:
+        """Guard the inputs, run the engine, guard every output, save what the policy lets through."""
+        from guardforge.engine.infotext import build_infotext
+
+        started = time.perf_counter()
+        request.check_limits(self.settings.limits)
+        max_pixels = self.settings.limits.max_image_pixels
+        init_image = decode_image(request.init_image, max_pixels, "init_image") if request.init_image else None
+        mask = decode_image(request.mask, max_pixels, "mask") if request.mask else None
+        entry = self.registry.resolve(request.model or self.settings.default_model)
+
+        prompt_verdict = self.guard.check_prompt(request.prompt)
+        input_verdict = self.guard.check_input_image(init_image) if init_image is not None else None
+        blocking = [v for v in (prompt_verdict, input_verdict) if v is not None and v.action == "block"]
+        if blocking:
+            return GenerationResult(
+                request=request, images=[], seeds=[], model=entry.name, model_hash=entry.short_hash_if_known,
+                elapsed_s=time.perf_counter() - started, prompt_verdict=blocking[0].model_dump(), blocked=True,
+            )
+
+        loaded = self.pipelines.get(entry.name)
+        outputs = self.engine.run(loaded, request, init_image=init_image, mask=mask,
+                                  on_progress=on_progress, cancel=cancel)
+        model_hash = entry.short_hash()
+        verdicts = self.guard.check_output_images([image for image, _ in outputs])
+        images: list[GeneratedImage] = []
+        for (image, seed), verdict in zip(outputs, verdicts, strict=True):
+            infotext = build_infotext(request, seed=seed, width=image.width, height=image.height,
+                                      model_name=entry.name, model_hash=model_hash)
+            delivered = self.guard.enforce(image, verdict)
+            path = None
+            if delivered is not None and save:
+                path = str(self.store.save(delivered, infotext, verdict.model_dump(), request.mode, seed))
+            images.append(GeneratedImage(
+                image_id=self.store.new_id(), seed=seed, infotext=infotext, width=image.width,
+                height=image.height, path=path, verdict=verdict.model_dump(), action=verdict.action,
+                pil=delivered,
+            ))
+        return GenerationResult(
+            request=request, images=images, seeds=[seed for _, seed in outputs], model=entry.name,
+            model_hash=model_hash, elapsed_s=time.perf_counter() - started,
+            prompt_verdict=prompt_verdict.model_dump(),
+        )
