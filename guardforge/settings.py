@@ -57,6 +57,26 @@ class GuardSettings(BaseModel):
     audit_store_content: bool = False
 
 
+class JobsSettings(BaseModel):
+    """The persistent job queue."""
+
+    max_queue: int = Field(100, ge=1)  # queued jobs beyond this are refused (HTTP 429)
+    # A job that was running when the server died is failed with a reason unless this says re-queue it.
+    requeue_running_on_restart: bool = False
+
+
+class ServerSettings(BaseModel):
+    """The HTTP server: where it listens, who may call it, and how much one caller may ask."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(7860, ge=1, le=65535)
+    require_auth: bool | None = None  # None: API keys required unless host is loopback
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    rate_per_minute: float = Field(120.0, gt=0)  # per API key, token bucket
+    rate_burst: int = Field(30, ge=1)
+    max_active_jobs_per_key: int = Field(8, ge=1)  # queued + running
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="GUARDFORGE_", env_nested_delimiter="__", extra="forbid"
@@ -74,6 +94,8 @@ class Settings(BaseSettings):
     memory: MemorySettings = MemorySettings()
     limits: Limits = Limits()
     guard: GuardSettings = GuardSettings()
+    jobs: JobsSettings = JobsSettings()
+    server: ServerSettings = ServerSettings()
 
     @classmethod
     def settings_customise_sources(
