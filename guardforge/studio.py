@@ -7,6 +7,7 @@ import binascii
 import io
 import time
 from collections.abc import Callable
+from functools import cached_property
 from threading import Event
 
 from PIL import Image, UnidentifiedImageError
@@ -60,6 +61,80 @@ class Studio:
         self.engine = Engine(self.settings)
         self.guard = Guard.from_settings(self.settings)
         self.store = OutputStore(self.settings.resolved_outputs_dir, self.settings.output_format)
+
+    # -- the job queue (built on first use, so a one-off CLI generate never touches the database) --------
+    @cached_property
+    def jobs(self):
+        from guardforge.jobs.queue import JobQueue, make_engine
+
+        return JobQueue(make_engine(self.settings.resolved_database_url), self.settings.jobs.max_queue,
+                        self.settings.jobs.requeue_running_on_restart)
+
+    @cached_property
+    def keys(self):
+        from guardforge.jobs.keys import KeyStore
+
+        return KeyStore(self.jobs.engine)
+
+    @cached_property
+    def events(self):
+        from guardforge.jobs.events import ProgressHub
+
+        return ProgressHub()
+
+    @cached_property
+    def workers(self):
+        from guardforge.jobs.worker import WorkerPool
+
+        return WorkerPool(self.jobs, self.events, self.generate, [self.settings.device])
+
+    def start_workers(self) -> list[str]:
+        """Start one worker per device; returns the ids of jobs a dead server had left running."""
+        return self.workers.start()
+
+    def stop_workers(self) -> None:
+        if "workers" in self.__dict__:
+            self.workers.stop()
+
+    def submit(self, request: GenerationRequest, owner: str = "local", priority: int = 0, save: bool = True,
+               max_active: int | None = None) -> str:
+        """Check the request now (limits, images, model) so a bad one fails at the door, then queue it."""
+        request.check_limits(self.settings.limits)
+        max_pixels = self.settings.limits.max_image_pixels
+        if request.init_image:
+            decode_image(request.init_image, max_pixels, "init_image")
+        if request.mask:
+            decode_image(request.mask, max_pixels, "mask")
+        self.registry.resolve(request.model or self.settings.default_model)
+        job_id = self.jobs.submit("generate", {"request": request.model_dump(mode="json"), "save": save},
+                                  owner=owner, priority=priority, max_active_for_owner=max_active)
+        self.workers.notify()
+        return job_id
+
+    def cancel(self, job_id: str, owner: str | None = None, reason: str = "cancelled"):
+        """Cancel a queued job now, or a running one between two steps."""
+        job = self.jobs.cancel(job_id, owner)
+        if job.state == "running":
+            self.workers.cancel(job_id, reason)
+        return job
+
+    def image_bytes(self, image_id: str, owner: str | None = None) -> tuple[bytes, str]:
+        """A delivered image of a job and its media type; blocked images have none."""
+        from pathlib import Path
+
+        from guardforge.jobs.queue import JobNotFound
+
+        stored = self.jobs.image(image_id, owner)
+        if stored.path:
+            path = Path(stored.path)
+            return path.read_bytes(), {".jpg": "image/jpeg", ".webp": "image/webp"}.get(path.suffix, "image/png")
+        if stored.data:
+            return base64.b64decode(stored.data), "image/png"
+        raise JobNotFound(f"image {image_id!r} was withheld by the guard ({stored.action})")
+
+    def moderate(self, inputs) -> dict:
+        """OpenAI moderation-schema answer for text and images (data URLs)."""
+        return self.guard.moderate(inputs)
 
     def generate(
         self,

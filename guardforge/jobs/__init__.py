@@ -1,0 +1,1 @@
+"""Jobs: the persistent queue, progress events, and the workers that run generations."""

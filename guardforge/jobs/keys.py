@@ -1,0 +1,97 @@
+"""API keys, stored hashed (scrypt with a per-key salt) in the same database as the jobs."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import Column, Float, MetaData, String, Table, select, update
+from sqlalchemy.engine import Engine
+
+from guardforge.errors import GuardforgeError
+
+PREFIX = "gf"
+
+metadata = MetaData()
+keys_table = Table(
+    "gf_api_keys", metadata,
+    Column("id", String(16), primary_key=True),
+    Column("name", String(128), nullable=False),
+    Column("salt", String(64), nullable=False),
+    Column("hash", String(128), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("revoked_at", Float),
+)
+
+
+class KeyNotFound(GuardforgeError, LookupError):
+    """No API key with that id (HTTP 404)."""
+
+
+@dataclass
+class ApiKey:
+    id: str
+    name: str
+    created_at: float
+    revoked_at: float | None
+
+
+def _hash(secret: str, salt: bytes) -> str:
+    # scrypt is deliberately slow to brute-force; n=2**14 costs ~15 ms per check, acceptable per request.
+    return hashlib.scrypt(secret.encode(), salt=salt, n=2**14, r=8, p=1, dklen=32).hex()
+
+
+class KeyStore:
+    """Create, check, list and revoke keys of the form gf_<id>_<secret>; only the hash is kept."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        metadata.create_all(engine)
+        # Verified keys, by the full key's sha256, so a request does not pay scrypt every time.
+        self._verified: dict[str, tuple[str, float]] = {}
+
+    def create(self, name: str) -> tuple[ApiKey, str]:
+        """A new key; the plaintext is returned once and never stored."""
+        key_id = secrets.token_hex(6)
+        secret = secrets.token_urlsafe(24)
+        salt = secrets.token_bytes(16)
+        now = time.time()
+        with self.engine.begin() as conn:
+            conn.execute(keys_table.insert().values(id=key_id, name=name, salt=salt.hex(),
+                                                    hash=_hash(secret, salt), created_at=now))
+        return ApiKey(key_id, name, now, None), f"{PREFIX}_{key_id}_{secret}"
+
+    def verify(self, key: str) -> str | None:
+        """The key's id if `key` is a live key, else None."""
+        parts = key.split("_", 2)
+        if len(parts) != 3 or parts[0] != PREFIX:
+            return None
+        _, key_id, secret = parts
+        with self.engine.connect() as conn:
+            row = conn.execute(select(keys_table).where(keys_table.c.id == key_id)).first()
+        if row is None or row.revoked_at is not None:
+            return None
+        fingerprint = hashlib.sha256(key.encode()).hexdigest()
+        cached = self._verified.get(fingerprint)
+        if cached and cached[0] == key_id:
+            return key_id
+        if not hmac.compare_digest(_hash(secret, bytes.fromhex(row.salt)), row.hash):
+            return None
+        self._verified[fingerprint] = (key_id, time.time())
+        return key_id
+
+    def list(self) -> list[ApiKey]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(keys_table).order_by(keys_table.c.created_at))
+            return [ApiKey(r.id, r.name, r.created_at, r.revoked_at) for r in rows]
+
+    def revoke(self, key_id: str) -> ApiKey:
+        with self.engine.begin() as conn:
+            if not conn.execute(update(keys_table).where(keys_table.c.id == key_id)
+                                .values(revoked_at=time.time())).rowcount:
+                raise KeyNotFound(f"no API key {key_id!r}")
+        self._verified = {k: v for k, v in self._verified.items() if v[0] != key_id}
+        return next(k for k in self.list() if k.id == key_id)

@@ -1,0 +1,283 @@
+"""The persistent job queue: FIFO within priority, stored through SQLAlchemy (SQLite file or PostgreSQL)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from pathlib import Path
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine, make_url
+
+from guardforge.errors import GuardforgeError
+
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+RESTART_REASON = "the server stopped while this job was running"
+
+
+class QueueFull(GuardforgeError):
+    """The queue already holds its maximum of waiting jobs (HTTP 429)."""
+
+
+class JobNotFound(GuardforgeError, LookupError):
+    """No job (or image) of that id belongs to the caller (HTTP 404)."""
+
+
+class TooManyActiveJobs(GuardforgeError):
+    """The caller already has its maximum of queued and running jobs (HTTP 429)."""
+
+
+metadata = MetaData()
+
+jobs_table = Table(
+    "gf_jobs", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("owner", String(64), nullable=False, index=True),
+    Column("kind", String(16), nullable=False),
+    Column("priority", Integer, nullable=False, default=0),
+    Column("state", String(16), nullable=False, index=True),
+    Column("payload", Text, nullable=False),  # JSON: {"request": ..., "save": bool}
+    Column("result", Text),  # JSON summary of the result, without pixels
+    Column("error", Text),
+    Column("cancel_requested", Boolean, nullable=False, default=False),
+    Column("created_at", Float, nullable=False),
+    Column("started_at", Float),
+    Column("finished_at", Float),
+)
+
+images_table = Table(
+    "gf_images", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("job_id", String(32), nullable=False, index=True),
+    Column("owner", String(64), nullable=False),
+    Column("idx", Integer, nullable=False),
+    Column("action", String(8), nullable=False),
+    Column("path", Text),  # saved by the OutputStore
+    Column("data", Text),  # base64 PNG when the caller asked not to save (A1111's save_images=false)
+)
+
+
+@dataclass
+class Job:
+    id: str
+    owner: str
+    kind: str
+    priority: int
+    state: JobState
+    payload: dict[str, Any]
+    result: dict[str, Any] | None
+    error: str | None
+    cancel_requested: bool
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    position: int | None = None  # 0 = next to run; only for queued jobs
+    images: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class StoredImage:
+    id: str
+    job_id: str
+    owner: str
+    index: int
+    action: str
+    path: str | None
+    data: str | None
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for `url`; SQLite gets WAL and a busy timeout so the worker and the routes can share it."""
+    if url.startswith("sqlite"):
+        database = make_url(url).database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_connection, _record):  # WAL lets readers go on while the worker writes
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+class JobQueue:
+    """Jobs in a database table; `claim_next` hands the oldest job of the highest priority to one worker."""
+
+    def __init__(self, engine: Engine, max_queue: int = 100, requeue_running_on_restart: bool = False):
+        self.engine = engine
+        self.max_queue = max_queue
+        self.requeue_running_on_restart = requeue_running_on_restart
+        # Serialises submit's count-then-insert within this process; across processes the cap is soft.
+        self._submit_lock = threading.Lock()
+        metadata.create_all(engine)
+
+    # -- writing -------------------------------------------------------------------------------------
+    def submit(self, kind: str, payload: dict[str, Any], owner: str, priority: int = 0,
+               max_active_for_owner: int | None = None) -> str:
+        job_id = uuid.uuid4().hex
+        with self._submit_lock, self.engine.begin() as conn:
+            queued = conn.execute(select(func.count()).select_from(jobs_table)
+                                  .where(jobs_table.c.state == "queued")).scalar_one()
+            if queued >= self.max_queue:
+                raise QueueFull(f"the queue is full ({queued} jobs waiting); try again later")
+            if max_active_for_owner is not None:
+                active = conn.execute(select(func.count()).select_from(jobs_table).where(
+                    jobs_table.c.owner == owner, jobs_table.c.state.in_(("queued", "running")))).scalar_one()
+                if active >= max_active_for_owner:
+                    raise TooManyActiveJobs(
+                        f"you already have {active} jobs queued or running (limit {max_active_for_owner})")
+            conn.execute(jobs_table.insert().values(
+                id=job_id, owner=owner, kind=kind, priority=priority, state="queued",
+                payload=json.dumps(payload), cancel_requested=False, created_at=time.time(),
+            ))
+        return job_id
+
+    def claim_next(self) -> Job | None:
+        """Mark the next queued job running and return it; None when nothing waits."""
+        while True:
+            with self.engine.begin() as conn:
+                row = conn.execute(
+                    select(jobs_table.c.id).where(jobs_table.c.state == "queued")
+                    .order_by(jobs_table.c.priority.desc(), jobs_table.c.created_at, jobs_table.c.id)
+                    .limit(1)
+                ).first()
+                if row is None:
+                    return None
+                # The conditional update makes the claim safe if another worker took the same row.
+                claimed = conn.execute(
+                    update(jobs_table).where(jobs_table.c.id == row.id, jobs_table.c.state == "queued")
+                    .values(state="running", started_at=time.time())
+                ).rowcount
+            if claimed:
+                return self._get(row.id)
+
+    def finish(self, job_id: str, state: JobState, result: dict[str, Any] | None = None,
+               error: str | None = None, images: list[StoredImage] = ()) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(jobs_table).where(jobs_table.c.id == job_id).values(
+                state=state, result=json.dumps(result) if result is not None else None, error=error,
+                finished_at=time.time(),
+            ))
+            for image in images:
+                conn.execute(images_table.insert().values(
+                    id=image.id, job_id=image.job_id, owner=image.owner, idx=image.index,
+                    action=image.action, path=image.path, data=image.data,
+                ))
+
+    def cancel(self, job_id: str, owner: str | None) -> Job:
+        """Cancel a queued job now; flag a running one (its worker stops it between steps)."""
+        job = self.get(job_id, owner)
+        with self.engine.begin() as conn:
+            done = conn.execute(update(jobs_table).where(
+                jobs_table.c.id == job_id, jobs_table.c.state == "queued",
+            ).values(state="cancelled", error="cancelled before it started", finished_at=time.time())).rowcount
+            if not done:
+                conn.execute(update(jobs_table).where(
+                    jobs_table.c.id == job_id, jobs_table.c.state == "running",
+                ).values(cancel_requested=True))
+        return self._get(job.id)
+
+    def recover(self) -> list[str]:
+        """At start-up: jobs left running by a dead server are failed with a reason, or re-queued."""
+        with self.engine.begin() as conn:
+            ids = [r.id for r in conn.execute(select(jobs_table.c.id).where(jobs_table.c.state == "running"))]
+            if ids:
+                if self.requeue_running_on_restart:
+                    values = dict(state="queued", started_at=None, cancel_requested=False)
+                else:
+                    values = dict(state="failed", error=RESTART_REASON, finished_at=time.time())
+                conn.execute(update(jobs_table).where(jobs_table.c.id.in_(ids)).values(**values))
+        return ids
+
+    # -- reading -------------------------------------------------------------------------------------
+    def get(self, job_id: str, owner: str | None) -> Job:
+        """The job, if `owner` may see it (None: any owner)."""
+        job = self._get(job_id)
+        if job is None or (owner is not None and job.owner != owner):
+            raise JobNotFound(f"no job {job_id!r}")
+        return job
+
+    def list(self, owner: str | None, limit: int = 50, state: str | None = None) -> list[Job]:
+        query = select(jobs_table).order_by(jobs_table.c.created_at.desc()).limit(limit)
+        if owner is not None:
+            query = query.where(jobs_table.c.owner == owner)
+        if state is not None:
+            query = query.where(jobs_table.c.state == state)
+        with self.engine.connect() as conn:
+            return [self._job(row) for row in conn.execute(query)]
+
+    def active_for(self, owner: str | None) -> Job | None:
+        """The caller's running job, else its next queued one (A1111's /progress reports one job)."""
+        query = select(jobs_table.c.id).where(jobs_table.c.state.in_(("running", "queued")))
+        if owner is not None:
+            query = query.where(jobs_table.c.owner == owner)
+        query = query.order_by((jobs_table.c.state == "running").desc(), jobs_table.c.priority.desc(),
+                               jobs_table.c.created_at)
+        with self.engine.connect() as conn:
+            row = conn.execute(query.limit(1)).first()
+        return self._get(row.id) if row else None
+
+    def depth(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(jobs_table)
+                                .where(jobs_table.c.state == "queued")).scalar_one()
+
+    def image(self, image_id: str, owner: str | None) -> StoredImage:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(images_table).where(images_table.c.id == image_id)).first()
+        if row is None or (owner is not None and row.owner != owner):
+            raise JobNotFound(f"no image {image_id!r}")
+        return StoredImage(row.id, row.job_id, row.owner, row.idx, row.action, row.path, row.data)
+
+    def _get(self, job_id: str) -> Job | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(jobs_table).where(jobs_table.c.id == job_id)).first()
+            if row is None:
+                return None
+            job = self._job(row)
+            if job.state == "queued":
+                job.position = conn.execute(select(func.count()).select_from(jobs_table).where(
+                    jobs_table.c.state == "queued",
+                    (jobs_table.c.priority > job.priority)
+                    | ((jobs_table.c.priority == job.priority) & (jobs_table.c.created_at < job.created_at)),
+                )).scalar_one()
+            if job.state in TERMINAL:
+                job.images = [
+                    {"id": r.id, "index": r.idx, "action": r.action}
+                    for r in conn.execute(select(images_table.c.id, images_table.c.idx, images_table.c.action)
+                                          .where(images_table.c.job_id == job_id).order_by(images_table.c.idx))
+                ]
+        return job
+
+    @staticmethod
+    def _job(row) -> Job:
+        return Job(
+            id=row.id, owner=row.owner, kind=row.kind, priority=row.priority, state=row.state,
+            payload=json.loads(row.payload), result=json.loads(row.result) if row.result else None,
+            error=row.error, cancel_requested=bool(row.cancel_requested), created_at=row.created_at,
+            started_at=row.started_at, finished_at=row.finished_at,
+        )

@@ -1,0 +1,178 @@
+"""Workers: one thread per device takes jobs from the queue, runs them, and publishes their progress."""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from guardforge.engine.request import GenerationRequest, GenerationResult, ProgressEvent
+from guardforge.errors import Cancelled, GuardforgeError
+from guardforge.jobs.events import ProgressHub
+from guardforge.jobs.queue import Job, JobQueue, StoredImage
+
+log = logging.getLogger(__name__)
+
+# generate(request, on_progress, cancel, save) -> GenerationResult: Studio.generate, passed in from above.
+GenerateFn = Callable[..., GenerationResult]
+
+
+def _png_base64(image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+class Worker:
+    """A thread that runs one job at a time on one device."""
+
+    def __init__(self, queue: JobQueue, hub: ProgressHub, generate: GenerateFn, device: str, poll_s: float = 0.5):
+        self.queue = queue
+        self.hub = hub
+        self.generate = generate
+        self.device = device
+        self.poll_s = poll_s
+        self.wake = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._current: tuple[str, threading.Event] | None = None
+        self.stop_reason: dict[str, str] = {}  # job id -> "interrupted" / "skipped" / "cancelled"
+        self._thread = threading.Thread(target=self._loop, name=f"guardforge-worker-{device}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self.wake.set()
+        with self._lock:
+            if self._current:
+                self._current[1].set()
+        self._thread.join(timeout)
+
+    def cancel(self, job_id: str, reason: str = "cancelled") -> bool:
+        """Stop `job_id` between two steps if this worker runs it."""
+        with self._lock:
+            if self._current and self._current[0] == job_id:
+                self.stop_reason[job_id] = reason
+                self._current[1].set()
+                return True
+        return False
+
+    @property
+    def current_job(self) -> str | None:
+        with self._lock:
+            return self._current[0] if self._current else None
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                job = self.queue.claim_next()
+            except Exception:  # a database hiccup must not kill the worker; retry after a pause
+                log.exception("claiming a job failed")
+                job = None
+            if job is None:
+                self.wake.wait(self.poll_s)
+                self.wake.clear()
+                continue
+            self._run(job)
+
+    def _run(self, job: Job) -> None:
+        cancel = threading.Event()
+        with self._lock:
+            self._current = (job.id, cancel)
+        try:
+            # A cancel may have landed between the claim and registering the event above.
+            if self.queue.get(job.id, None).cancel_requested:
+                cancel.set()
+            self.hub.publish(job.id, {"type": "state", "state": "running", "step": 0, "total": 0,
+                                      "eta": None, "started_at": time.time()})
+            self._execute(job, cancel)
+        finally:
+            with self._lock:
+                self._current = None
+
+    def _execute(self, job: Job, cancel: threading.Event) -> None:
+        def on_progress(event: ProgressEvent) -> None:
+            self.hub.publish(job.id, {"type": "progress", "state": "running", "step": event.step,
+                                      "total": event.total, "eta": event.eta_s, "it_per_s": event.it_per_s,
+                                      "batch_index": event.batch_index})
+
+        save = bool(job.payload.get("save", True))
+        final: dict[str, Any] = {"type": "done", "final": True}
+        try:
+            if cancel.is_set():
+                raise Cancelled("cancelled before it started")
+            request = GenerationRequest.model_validate(job.payload["request"])
+            result = self.generate(request, on_progress=on_progress, cancel=cancel, save=save)
+        except Cancelled:
+            reason = self.stop_reason.pop(job.id, "cancelled")
+            self.queue.finish(job.id, "cancelled", error=reason)
+            final.update(state="cancelled", error=reason)
+        except GuardforgeError as exc:
+            self.queue.finish(job.id, "failed", error=str(exc))
+            final.update(state="failed", error=str(exc))
+        except Exception as exc:  # a bug or a backend crash: the job fails with the reason, the worker lives
+            log.error("job %s failed:\n%s", job.id, traceback.format_exc())
+            self.queue.finish(job.id, "failed", error=f"{type(exc).__name__}: {exc}")
+            final.update(state="failed", error=f"{type(exc).__name__}: {exc}")
+        else:
+            images = [
+                StoredImage(
+                    id=image.image_id, job_id=job.id, owner=job.owner, index=index, action=image.action,
+                    path=image.path,
+                    data=_png_base64(image.pil) if image.pil is not None and image.path is None else None,
+                )
+                for index, image in enumerate(result.images)
+            ]
+            summary = result.model_dump(mode="json", exclude={"request"})
+            for image in summary["images"]:
+                image.pop("path", None)  # where the server keeps files is not the caller's business
+            self.queue.finish(job.id, "succeeded", result=summary, images=images)
+            final.update(state="succeeded", blocked=result.blocked, prompt_verdict=result.prompt_verdict,
+                         verdicts=[image.verdict for image in result.images],
+                         images=[image.image_id for image in result.images])
+        self.stop_reason.pop(job.id, None)
+        self.hub.publish(job.id, final)
+
+
+class WorkerPool:
+    """One worker per device, all on the same queue."""
+
+    def __init__(self, queue: JobQueue, hub: ProgressHub, generate: GenerateFn, devices: list[str]):
+        self.queue = queue
+        self.workers = [Worker(queue, hub, generate, device) for device in devices]
+        self.started = False
+
+    def start(self) -> list[str]:
+        """Recover jobs a dead server left running, then start the threads; returns the recovered ids."""
+        if self.started:
+            return []
+        recovered = self.queue.recover()
+        for worker in self.workers:
+            worker.start()
+        self.started = True
+        return recovered
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        self.started = False
+
+    def notify(self) -> None:
+        for worker in self.workers:
+            worker.wake.set()
+
+    def cancel(self, job_id: str, reason: str = "cancelled") -> bool:
+        return any(worker.cancel(job_id, reason) for worker in self.workers)
+
+    def reason(self, job_id: str) -> str | None:
+        for worker in self.workers:
+            if job_id in worker.stop_reason:
+                return worker.stop_reason[job_id]
+        return None
