@@ -1,0 +1,167 @@
+"""train_dreambooth: screen the data, make class images, fit with Lightning, export into the models folder."""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from threading import Event
+from typing import Any
+
+from PIL import Image
+
+from guardforge.errors import Cancelled, GuardforgeError, InvalidRequest
+from guardforge.train.dreambooth.config import DreamBoothConfig, TrainProgress
+
+ProgressFn = Callable[[TrainProgress], None]
+
+
+@dataclass
+class BaseComponents:
+    """The base model's parts, in float32 on the CPU, owned by this run (never the cache's shared copies)."""
+
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    scheduler: Any
+
+    @classmethod
+    def from_pipeline(cls, pipeline) -> BaseComponents:
+        parts = {name: getattr(pipeline, name) for name in ("unet", "vae", "text_encoder")}
+        # Training writes the weights: copy, so the generation cache keeps serving the untouched base model.
+        parts = {name: copy.deepcopy(module).to("cpu", dtype=_float32()) for name, module in parts.items()}
+        return cls(**parts, tokenizer=pipeline.tokenizer, scheduler=copy.deepcopy(pipeline.scheduler))
+
+    @classmethod
+    def from_folder(cls, folder: Path) -> BaseComponents:
+        from diffusers import StableDiffusionPipeline
+
+        pipeline = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, feature_extractor=None,
+                                                           requires_safety_checker=False)
+        return cls(unet=pipeline.unet, vae=pipeline.vae, text_encoder=pipeline.text_encoder,
+                   tokenizer=pipeline.tokenizer, scheduler=pipeline.scheduler)
+
+
+def _float32():
+    import torch
+
+    return torch.float32
+
+
+@dataclass
+class DreamBoothResult:
+    """What a finished run left behind."""
+
+    output_dir: Path
+    steps: int
+    final_loss: float | None
+    exports: dict[str, Path] = field(default_factory=dict)  # format -> path
+    class_images: int = 0
+    checkpoint: Path | None = None
+    elapsed_s: float = 0.0
+
+
+def checkpoint_dir(config: DreamBoothConfig) -> Path:
+    return config.output_dir / "checkpoints"
+
+
+def resolve_resume(config: DreamBoothConfig, resume: str | Path | None) -> Path | None:
+    """`latest` is the newest checkpoint of this output folder; anything else is a checkpoint path."""
+    if resume is None:
+        return None
+    if str(resume) == "latest":
+        folder = checkpoint_dir(config)
+        candidates = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
+        if not candidates:
+            raise InvalidRequest(f"--resume latest: no checkpoint in {folder}")
+        last = folder / "last.ckpt"
+        return last if last.exists() else candidates[-1]
+    path = Path(resume)
+    if not path.is_file():
+        raise InvalidRequest(f"--resume: no checkpoint file at {path}")
+    return path
+
+
+def build_module(config: DreamBoothConfig, base: BaseComponents):
+    from diffusers import DDPMScheduler
+
+    from guardforge.train.dreambooth.module import DreamBoothModule
+
+    # Training noise follows the DDPM schedule of the base model's scheduler config (betas, prediction type).
+    noise_scheduler = DDPMScheduler.from_config(base.scheduler.config)
+    return DreamBoothModule(config, unet=base.unet, vae=base.vae, text_encoder=base.text_encoder,
+                            tokenizer=base.tokenizer, noise_scheduler=noise_scheduler,
+                            inference_scheduler=base.scheduler)
+
+
+def build_logger(config: DreamBoothConfig):
+    from lightning.pytorch import loggers
+
+    save_dir = str(config.output_dir / "logs")
+    if config.logger == "tensorboard":
+        return loggers.TensorBoardLogger(save_dir, name="", version="")
+    if config.logger == "csv":
+        return loggers.CSVLogger(save_dir, name="", version="")
+    return loggers.WandbLogger(save_dir=save_dir, project="guardforge-dreambooth",
+                               name=config.resolved_export_name)
+
+
+def build_trainer(config: DreamBoothConfig, callbacks: list):
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    checkpoints = ModelCheckpoint(
+        dirpath=checkpoint_dir(config), filename="step-{step:06d}", auto_insert_metric_name=False,
+        every_n_train_steps=config.checkpoint_interval, save_last=True,
+        # "step" is always among ModelCheckpoint's monitor candidates: keep the newest N.
+        monitor="step", mode="max", save_top_k=config.checkpoints_to_keep)
+    return L.Trainer(
+        accelerator=config.accelerator, strategy=config.strategy, devices=config.devices,
+        num_nodes=config.num_nodes, precision=config.precision, max_steps=config.max_steps,
+        accumulate_grad_batches=config.gradient_accumulation_steps,
+        gradient_clip_val=config.max_grad_norm, logger=build_logger(config),
+        callbacks=[checkpoints, *callbacks], enable_progress_bar=False, enable_model_summary=False,
+        log_every_n_steps=1, default_root_dir=str(config.output_dir), num_sanity_val_steps=0,
+        use_distributed_sampler=False,  # batches are already per-rank (see data.py)
+    )
+
+
+def fit(config: DreamBoothConfig, base: BaseComponents, instance_paths: list[Path], class_paths: list[Path],
+        *, progress: ProgressFn | None = None, cancel: Event | None = None, resume: str | Path | None = None,
+        screen=None):
+    """Train on screened data. Returns (module, trainer); raises Cancelled after saving a resumable checkpoint."""
+    import lightning as L
+
+    from guardforge.train.dreambooth.callbacks import CancelOnEvent, ProgressReporter, ValidationImages
+    from guardforge.train.dreambooth.data import DreamBoothDataModule, ImageTransform, tokenize
+
+    ckpt_path = resolve_resume(config, resume)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    module = build_module(config, base)
+    class_batch = config.resolved_class_batch_size
+    datamodule = DreamBoothDataModule(dict(
+        instance_paths=instance_paths, class_paths=class_paths if class_batch else [],
+        instance_batch_size=config.train_batch_size, class_batch_size=class_batch,
+        transform=ImageTransform(config.resolution, config.center_crop, config.random_flip),
+        instance_input_ids=tokenize(base.tokenizer, config.instance_prompt),
+        class_input_ids=tokenize(base.tokenizer, config.class_prompt) if class_batch else None,
+        seed=config.seed), workers=config.dataloader_workers)
+
+    canceller = CancelOnEvent(cancel or Event())
+    callbacks = [canceller, ValidationImages(
+        config.validation_prompts, config.validation_interval, config.output_dir, seed=config.validation_seed,
+        steps=config.validation_steps, resolution=config.resolution, screen=screen)]
+    if progress is not None:
+        callbacks.append(ProgressReporter(progress))
+    trainer = build_trainer(config, callbacks)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    if canceller.cancelled and trainer.global_step < config.max_steps:
+        path = checkpoint_dir(config) / "last.ckpt"
+        trainer.save_checkpoint(path)
+        raise Cancelled(f"training cancelled at step {trainer.global_step}/{config.max_steps}; "
+                        f"checkpoint saved, continue with --resume latest")
+    return module, trainer
