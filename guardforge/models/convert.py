@@ -1,0 +1,142 @@
+"""Diffusers -> original Stable Diffusion (LDM) state dict: the single-file layout A1111 and ComfyUI load.
+
+The inverse of diffusers' single_file_utils conversions (convert_ldm_unet_checkpoint,
+convert_ldm_vae_checkpoint, convert_ldm_clip_checkpoint), written for any UNet depth and width so that
+small models (tiny-shapes, test models) round-trip as well as SD 1.5. It follows diffusers'
+scripts/convert_diffusers_to_original_stable_diffusion.py, with that script's fixed SD 1.5 block counts
+replaced by the ones read from the model's config.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+UNET_PREFIX = "model.diffusion_model."
+VAE_PREFIX = "first_stage_model."
+CLIP_PREFIX = "cond_stage_model.transformer."
+
+# Inside a ResNet block, diffusers -> LDM names.
+_UNET_RESNET = [("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"),
+                ("conv2", "out_layers.3"), ("time_emb_proj", "emb_layers.1"), ("conv_shortcut", "skip_connection")]
+_VAE_RESNET = [("conv_shortcut", "nin_shortcut")]
+_VAE_ATTENTION = [("group_norm", "norm"), ("to_q", "q"), ("to_k", "k"), ("to_v", "v"), ("to_out.0", "proj_out")]
+
+
+def _unet_prefixes(unet: UNet2DConditionModel) -> list[tuple[str, str, list[tuple[str, str]]]]:
+    """(diffusers prefix, LDM prefix, renames inside) for every block of this UNet's config."""
+    config = unet.config
+    per_block = config.layers_per_block
+    if not isinstance(per_block, int):
+        raise ValueError("UNets with a different layers_per_block per level have no LDM layout")
+    levels = len(config.block_out_channels)
+    table: list[tuple[str, str, list[tuple[str, str]]]] = [
+        ("time_embedding.linear_1.", "time_embed.0.", []),
+        ("time_embedding.linear_2.", "time_embed.2.", []),
+        ("add_embedding.linear_1.", "label_emb.0.0.", []),
+        ("add_embedding.linear_2.", "label_emb.0.2.", []),
+        ("conv_in.", "input_blocks.0.0.", []),
+        ("conv_norm_out.", "out.0.", []),
+        ("conv_out.", "out.2.", []),
+        ("mid_block.attentions.0.", "middle_block.1.", []),
+    ]
+    for j in range(2):
+        table.append((f"mid_block.resnets.{j}.", f"middle_block.{2 * j}.", _UNET_RESNET))
+    for i in range(levels):
+        for j in range(per_block):
+            ldm = 1 + i * (per_block + 1) + j
+            table.append((f"down_blocks.{i}.resnets.{j}.", f"input_blocks.{ldm}.0.", _UNET_RESNET))
+            table.append((f"down_blocks.{i}.attentions.{j}.", f"input_blocks.{ldm}.1.", []))
+        if i < levels - 1:
+            table.append((f"down_blocks.{i}.downsamplers.0.conv.", f"input_blocks.{(i + 1) * (per_block + 1)}.0.op.", []))
+        has_attention = hasattr(unet.up_blocks[i], "attentions")
+        for j in range(per_block + 1):
+            ldm = i * (per_block + 1) + j
+            table.append((f"up_blocks.{i}.resnets.{j}.", f"output_blocks.{ldm}.0.", _UNET_RESNET))
+            table.append((f"up_blocks.{i}.attentions.{j}.", f"output_blocks.{ldm}.1.", []))
+        if i < levels - 1:
+            # The upsampler follows the last resnet, after its attention when the level has one.
+            last = i * (per_block + 1) + per_block
+            table.append((f"up_blocks.{i}.upsamplers.0.conv.", f"output_blocks.{last}.{2 if has_attention else 1}.conv.", []))
+    return table
+
+
+def _vae_prefixes(vae: AutoencoderKL) -> list[tuple[str, str, list[tuple[str, str]]]]:
+    levels = len(vae.config.block_out_channels)
+    table: list[tuple[str, str, list[tuple[str, str]]]] = []
+    for part in ("encoder", "decoder"):
+        table += [(f"{part}.conv_norm_out.", f"{part}.norm_out.", []),
+                  (f"{part}.mid_block.attentions.0.", f"{part}.mid.attn_1.", _VAE_ATTENTION)]
+        for j in range(2):
+            table.append((f"{part}.mid_block.resnets.{j}.", f"{part}.mid.block_{j + 1}.", _VAE_RESNET))
+    for i in range(levels):
+        table.append((f"encoder.down_blocks.{i}.resnets.", f"encoder.down.{i}.block.", _VAE_RESNET))
+        table.append((f"encoder.down_blocks.{i}.downsamplers.0.", f"encoder.down.{i}.downsample.", []))
+        # The LDM decoder numbers its levels from the lowest resolution up, diffusers from the top down.
+        table.append((f"decoder.up_blocks.{i}.resnets.", f"decoder.up.{levels - 1 - i}.block.", _VAE_RESNET))
+        table.append((f"decoder.up_blocks.{i}.upsamplers.0.", f"decoder.up.{levels - 1 - i}.upsample.", []))
+    return table
+
+
+def _rename(state: dict[str, torch.Tensor], table, what: str) -> dict[str, torch.Tensor]:
+    # Longest prefix first, so "mid_block.resnets.0." wins over a shorter prefix of the same key.
+    table = sorted(table, key=lambda row: len(row[0]), reverse=True)
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        for old, new, inner in table:
+            if key.startswith(old):
+                rest = key[len(old):]
+                for a, b in inner:
+                    if rest.startswith(a + "."):
+                        rest = b + rest[len(a):]
+                        break
+                out[new + rest] = tensor
+                break
+        else:
+            if "." in key and key.split(".")[0] in ("conv_in", "conv_out", "quant_conv", "post_quant_conv",
+                                                     "encoder", "decoder") and what == "vae":
+                out[key] = tensor  # same name in both layouts
+            else:
+                raise ValueError(f"no LDM name for {what} tensor {key!r}")
+    return out
+
+
+def unet_to_original(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
+    state = unet.state_dict()
+    return {UNET_PREFIX + k: v for k, v in _rename(state, _unet_prefixes(unet), "unet").items()}
+
+
+def vae_to_original(vae: AutoencoderKL) -> dict[str, torch.Tensor]:
+    renamed = _rename(vae.state_dict(), _vae_prefixes(vae), "vae")
+    out = {}
+    for key, tensor in renamed.items():
+        # The LDM VAE's mid-block attention uses 1x1 convolutions where diffusers uses linear layers.
+        if ".mid.attn_1." in key and key.endswith(("q.weight", "k.weight", "v.weight", "proj_out.weight")):
+            tensor = tensor.reshape(*tensor.shape, 1, 1)
+        out[VAE_PREFIX + key] = tensor
+    return out
+
+
+def text_encoder_to_original(text_encoder: CLIPTextModel) -> dict[str, torch.Tensor]:
+    """SD 1.x keeps Hugging Face's CLIP names (as of transformers 4: `text_model.` first) under one prefix."""
+    out = {}
+    for key, tensor in text_encoder.state_dict().items():
+        if key.endswith("position_ids"):
+            continue
+        # transformers >= 5.6 flattened CLIPTextModel; the single-file layout keeps the older names.
+        if not key.startswith(("text_model.", "text_projection.")):
+            key = "text_model." + key
+        out[CLIP_PREFIX + key] = tensor
+    return out
+
+
+def diffusers_to_original_sd(unet: UNet2DConditionModel, vae: AutoencoderKL,
+                             text_encoder: CLIPTextModel) -> dict[str, torch.Tensor]:
+    """An SD 1.x-layout state dict (contiguous tensors, ready for safetensors.torch.save_file)."""
+    state = {**unet_to_original(unet), **vae_to_original(vae), **text_encoder_to_original(text_encoder)}
+    return {k: v.detach().contiguous() for k, v in state.items()}
