@@ -1,0 +1,34 @@
+"""`guardforge serve`: the HTTP API and web UI under uvicorn."""
+
+from __future__ import annotations
+
+import typer
+
+from guardforge.cli import app
+
+
+@app.command()
+def serve(
+    host: str = typer.Option(None, help="Address to listen on (default: settings server.host, 127.0.0.1)"),
+    port: int = typer.Option(None, help="Port (default: settings server.port, 7860)"),
+    ui: bool = typer.Option(True, help="Mount the web UI at /ui"),
+    log_level: str = typer.Option("info", help="uvicorn log level"),
+) -> None:
+    """Serve /sdapi/v1, /v1, /v1/moderations and the web UI; API keys are required off loopback."""
+    import uvicorn
+
+    from guardforge.server.app import create_app
+    from guardforge.server.auth import auth_required
+    from guardforge.settings import Settings
+    from guardforge.studio import Studio
+
+    settings = Settings()
+    server = settings.server.model_copy(update={k: v for k, v in (("host", host), ("port", port)) if v is not None})
+    settings = settings.model_copy(update={"server": server})
+    studio = Studio(settings)
+    if auth_required(server.require_auth, server.host) and not studio.keys.list():
+        typer.secho("warning: API keys are required on this address but none exist; "
+                    "create one with `guardforge keys create NAME`", err=True, fg="yellow")
+    application = create_app(studio, mount_ui=ui)
+    typer.echo(f"guardforge on http://{server.host}:{server.port}  (docs: /docs, UI: /ui)")
+    uvicorn.run(application, host=server.host, port=server.port, log_level=log_level)

@@ -1,0 +1,184 @@
+"""The FastAPI app factory: `create_app(studio)` wires routers, auth, limits, metrics and the UI around one Studio."""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+
+from guardforge.errors import (
+    Cancelled,
+    GuardBackendError,
+    GuardforgeError,
+    InvalidRequest,
+    ModelNotFound,
+    UnsafeModelFormat,
+)
+from guardforge.jobs.keys import KeyNotFound
+from guardforge.jobs.queue import JobNotFound, QueueFull, TooManyActiveJobs
+from guardforge.server.auth import Authenticator, Unauthorized, auth_required
+from guardforge.server.limits import BodySizeLimit, BodyTooLarge, RateLimited, TokenBuckets
+from guardforge.server.schemas import Health
+
+log = logging.getLogger(__name__)
+
+# The one place where an error kind becomes a status code; the first matching class wins.
+STATUS_BY_ERROR: list[tuple[type[GuardforgeError], int]] = [
+    (Unauthorized, 401),
+    (BodyTooLarge, 413),
+    (QueueFull, 429),
+    (TooManyActiveJobs, 429),
+    (RateLimited, 429),
+    (JobNotFound, 404),
+    (KeyNotFound, 404),
+    (ModelNotFound, 404),
+    (InvalidRequest, 422),
+    (UnsafeModelFormat, 422),
+    (Cancelled, 409),
+    (GuardBackendError, 503),
+]
+
+
+def status_for(exc: GuardforgeError) -> int:
+    return next((code for cls, code in STATUS_BY_ERROR if isinstance(exc, cls)), 400)
+
+
+def _validation_detail(exc: ValidationError | RequestValidationError) -> list[dict]:
+    # Keep only JSON-safe parts: pydantic's ctx may hold the raised exception object.
+    return [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+            for e in exc.errors()]
+
+
+class Metrics:
+    """Prometheus metrics in this app's own CollectorRegistry, so two apps in one process never collide."""
+
+    def __init__(self, studio):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter("guardforge_http_requests", "HTTP requests answered",
+                                ["method", "route", "status"], registry=self.registry)
+        self.latency = Histogram("guardforge_http_request_seconds", "Time to answer an HTTP request",
+                                 ["route"], registry=self.registry,
+                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+        self.submitted = Counter("guardforge_jobs_submitted", "Jobs accepted into the queue",
+                                 ["api"], registry=self.registry)
+        depth = Gauge("guardforge_queue_depth", "Jobs waiting in the queue", registry=self.registry)
+        depth.set_function(studio.jobs.depth)
+
+    def render(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
+
+
+def create_app(studio, *, start_workers: bool = True, mount_ui: bool = True) -> FastAPI:
+    """The HTTP app for `studio`. Workers start with the app (lifespan) and stop with it."""
+    from guardforge.server.routers import moderations, native, sdapi
+
+    settings = studio.settings
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if start_workers:
+            recovered = studio.start_workers()
+            if recovered:
+                log.warning("%d job(s) were running when the server last stopped: %s", len(recovered),
+                            "re-queued" if settings.jobs.requeue_running_on_restart else "marked failed")
+        try:
+            yield
+        finally:
+            if start_workers:
+                studio.stop_workers()
+
+    app = FastAPI(
+        title="guardforge",
+        version="0.1.0",
+        summary="Local image generation with a content-safety guard",
+        description=(
+            "A1111-compatible `/sdapi/v1`, a native `/v1` job API with server-sent progress events, and an "
+            "OpenAI-compatible `/v1/moderations`. Send an API key as `Authorization: Bearer <key>` (the "
+            "A1111 routes also take HTTP Basic with the key as password) unless the server is open on "
+            "loopback."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.studio = studio
+    app.state.auth = Authenticator(
+        studio.keys, auth_required(settings.server.require_auth, settings.server.host),
+        TokenBuckets(settings.server.rate_per_minute, settings.server.rate_burst),
+    )
+    app.state.metrics = Metrics(studio)
+    # A1111's options are server-wide; they live on this app, not in a module.
+    app.state.sdapi_options = {"sd_model_checkpoint": settings.default_model}
+
+    @app.exception_handler(GuardforgeError)
+    async def _guardforge_error(request: Request, exc: GuardforgeError):
+        status = status_for(exc)
+        headers = {"WWW-Authenticate": 'Bearer, Basic realm="guardforge"'} if status == 401 else None
+        return JSONResponse({"error": type(exc).__name__, "detail": str(exc)}, status_code=status,
+                            headers=headers)
+
+    @app.exception_handler(ValidationError)
+    async def _validation_error(request: Request, exc: ValidationError):
+        return JSONResponse({"error": "ValidationError", "detail": _validation_detail(exc)}, status_code=422)
+
+    @app.exception_handler(RequestValidationError)
+    async def _request_validation_error(request: Request, exc: RequestValidationError):
+        return JSONResponse({"error": "ValidationError", "detail": _validation_detail(exc)}, status_code=422)
+
+    @app.middleware("http")
+    async def _measure(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        app.state.metrics.requests.labels(request.method, path, str(response.status_code)).inc()
+        app.state.metrics.latency.labels(path).observe(time.perf_counter() - started)
+        return response
+
+    app.include_router(sdapi.router)
+    app.include_router(native.router)
+    app.include_router(moderations.router)
+
+    @app.get("/healthz", response_model=Health, summary="Liveness: the process answers", tags=["ops"])
+    async def healthz() -> Health:
+        return Health(status="ok")
+
+    @app.get("/readyz", response_model=Health, summary="Readiness: database reachable and workers running",
+             tags=["ops"], responses={503: {"model": Health, "description": "Not ready"}})
+    async def readyz():
+        detail = {"workers": studio.workers.started if start_workers else "not started by this app"}
+        try:
+            detail["queued"] = studio.jobs.depth()
+            ok = (studio.workers.started or not start_workers)
+        except Exception as exc:  # the database is down: say so, do not crash the probe
+            detail["database"] = f"{type(exc).__name__}: {exc}"
+            ok = False
+        health = Health(status="ok" if ok else "unavailable", detail=detail)
+        return health if ok else JSONResponse(health.model_dump(), status_code=503)
+
+    @app.get("/metrics", summary="Prometheus metrics", tags=["ops"],
+             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
+    async def metrics() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return Response(app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    if mount_ui:
+        import gradio as gr
+
+        from guardforge.ui.app import build_ui
+
+        # Off loopback the UI asks for a login whose password is an API key.
+        login = (lambda _user, key: studio.keys.verify(key) is not None) if app.state.auth.required else None
+        app = gr.mount_gradio_app(app, build_ui(studio), path="/ui", auth=login)
+
+    # Outermost: refuse oversized bodies before anything reads them.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.server.max_body_bytes)
+    return app

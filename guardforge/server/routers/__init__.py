@@ -1,0 +1,1 @@
+"""Routers: each translates HTTP to one Studio call and back."""

@@ -1,0 +1,142 @@
+"""Native /v1: submit a GenerationRequest as a job, follow it (poll or server-sent events), cancel it, fetch images."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response, StreamingResponse
+
+from guardforge.engine.request import GenerationRequest
+from guardforge.jobs.queue import TERMINAL, Job
+from guardforge.server.auth import Caller, get_caller, get_limited_caller
+from guardforge.server.schemas import (
+    JobCreated,
+    JobImage,
+    JobList,
+    JobProgress,
+    JobView,
+    ModelList,
+    ModelView,
+    errors,
+)
+
+router = APIRouter(tags=["native"])
+
+
+def job_view(request: Request, job: Job) -> JobView:
+    studio = request.app.state.studio
+    progress = None
+    if job.state == "running":
+        latest = studio.events.latest(job.id)
+        if latest:
+            progress = JobProgress(step=latest.get("step", 0), total=latest.get("total", 0), eta=latest.get("eta"))
+    payload_request = dict(job.payload.get("request", {}))
+    for key in ("init_image", "mask"):  # echoing megabytes of base64 on every poll helps no one
+        if payload_request.get(key):
+            payload_request[key] = "<base64 image>"
+    return JobView(
+        id=job.id, kind=job.kind, state=job.state, priority=job.priority, position=job.position,
+        progress=progress, error=job.error, created_at=job.created_at, started_at=job.started_at,
+        finished_at=job.finished_at, request=payload_request, result=job.result,
+        images=[JobImage(id=i["id"], index=i["index"], action=i["action"],
+                         url=None if i["action"] == "block" else f"/v1/images/{i['id']}") for i in job.images],
+    )
+
+
+def final_event(job: Job) -> dict:
+    result = job.result or {}
+    return {
+        "state": job.state, "error": job.error, "blocked": result.get("blocked", False),
+        "prompt_verdict": result.get("prompt_verdict"),
+        "verdicts": [image.get("verdict") for image in result.get("images", [])],
+        "images": [i["id"] for i in job.images],
+    }
+
+
+@router.post("/v1/jobs", status_code=202, response_model=JobCreated, summary="Queue a generation",
+             responses=errors(401, 404, 413, 422, 429))
+async def create_job(body: GenerationRequest, request: Request,
+                     priority: int = Query(0, ge=-100, le=100, description="Higher runs first; FIFO within"),
+                     save: bool = Query(True, description="Keep the images in the output folder"),
+                     caller: Caller = Depends(get_limited_caller)) -> JobCreated:
+    app = request.app
+    max_active = app.state.studio.settings.server.max_active_jobs_per_key if caller.key_id else None
+    job_id = app.state.studio.submit(body, owner=caller.owner, priority=priority, save=save,
+                                     max_active=max_active)
+    app.state.metrics.submitted.labels("native").inc()
+    job = app.state.studio.jobs.get(job_id, caller.owner)
+    return JobCreated(id=job.id, state=job.state, position=job.position)
+
+
+@router.get("/v1/jobs", response_model=JobList, summary="The caller's jobs, newest first",
+            responses=errors(401))
+async def list_jobs(request: Request, limit: int = Query(50, ge=1, le=500),
+                    state: str | None = Query(None, pattern="^(queued|running|succeeded|failed|cancelled)$"),
+                    caller: Caller = Depends(get_caller)) -> JobList:
+    jobs = request.app.state.studio.jobs.list(caller.owner, limit=limit, state=state)
+    return JobList(jobs=[job_view(request, job) for job in jobs])
+
+
+@router.get("/v1/jobs/{job_id}", response_model=JobView, summary="One job: state, progress, result",
+            responses=errors(401, 404))
+async def get_job(job_id: str, request: Request, caller: Caller = Depends(get_caller)) -> JobView:
+    return job_view(request, request.app.state.studio.jobs.get(job_id, caller.owner))
+
+
+@router.delete("/v1/jobs/{job_id}", response_model=JobView, summary="Cancel a queued or running job",
+               responses=errors(401, 404))
+async def cancel_job(job_id: str, request: Request, caller: Caller = Depends(get_caller)) -> JobView:
+    return job_view(request, request.app.state.studio.cancel(job_id, caller.owner))
+
+
+@router.get("/v1/jobs/{job_id}/events", summary="Server-sent events: progress steps, then the verdicts",
+            responses={200: {"content": {"text/event-stream": {}},
+                             "description": "`progress` events {step, total, eta, state}, one `done` event"},
+                       **errors(401, 404)})
+async def job_events(job_id: str, request: Request, caller: Caller = Depends(get_caller)):
+    studio = request.app.state.studio
+    studio.jobs.get(job_id, caller.owner)  # 404 before the stream starts
+
+    def sse(name: str, data: dict) -> str:
+        return f"event: {name}\ndata: {json.dumps(data)}\n\n"
+
+    async def stream():
+        with studio.events.subscribe(job_id) as subscription:
+            # Read the state after subscribing, so an event published in between is not lost.
+            job = studio.jobs.get(job_id, None)
+            if job.state in TERMINAL:
+                yield sse("done", final_event(job))
+                return
+            yield sse("state", {"state": job.state, "position": job.position})
+            latest = studio.events.latest(job_id)
+            if latest:
+                yield sse("progress", latest)
+            while True:
+                event = await subscription.get(timeout=10)
+                if event is None or event.get("final"):
+                    job = studio.jobs.get(job_id, None)
+                    if job.state in TERMINAL:
+                        yield sse("done", final_event(job))
+                        return
+                    yield ": keep-alive\n\n"
+                    continue
+                yield sse("progress", {k: event.get(k) for k in ("step", "total", "eta", "state")})
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@router.get("/v1/images/{image_id}", summary="An image a job delivered",
+            responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}},
+                             "description": "The image file"}, **errors(401, 404)})
+async def get_image(image_id: str, request: Request, caller: Caller = Depends(get_caller)) -> Response:
+    data, media_type = request.app.state.studio.image_bytes(image_id, caller.owner)
+    return Response(data, media_type=media_type)
+
+
+@router.get("/v1/models", response_model=ModelList, summary="Models in the registry", responses=errors(401))
+async def list_models(request: Request, caller: Caller = Depends(get_caller)) -> ModelList:
+    entries = request.app.state.studio.registry.list()
+    return ModelList(models=[ModelView(name=e.name, hash=e.short_hash_if_known, path=e.path.name) for e in entries])
+

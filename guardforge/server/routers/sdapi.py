@@ -1,0 +1,256 @@
+"""A1111-compatible /sdapi/v1, so webuiapi, Open WebUI and SillyTavern work unchanged; generations go through the queue."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+from typing import Any
+
+from fastapi import APIRouter, Body, Depends, HTTPException, Request
+from PIL import Image, ImageDraw, ImageFont
+
+from guardforge.engine.request import GenerationRequest
+from guardforge.jobs.queue import TERMINAL, Job
+from guardforge.server.auth import Caller, get_caller, get_limited_caller
+from guardforge.server.schemas import (
+    SCHEDULERS_LISTED,
+    ImageResponse,
+    Img2ImgPayload,
+    Lora,
+    ProgressResponse,
+    ProgressState,
+    Sampler,
+    Scheduler,
+    SdModel,
+    Txt2ImgPayload,
+    errors,
+    to_generation_request,
+)
+
+router = APIRouter(prefix="/sdapi/v1", tags=["sdapi (A1111)"])
+A1111_VERSION = "guardforge-0.1.0"
+PRIORITY = 0  # sdapi callers wait on the answer, but are not ahead of native jobs
+
+
+def blocked_placeholder(width: int, height: int) -> str:
+    """A grey image of the requested size that says 'blocked', for clients that expect one image per slot."""
+    image = Image.new("RGB", (width, height), (128, 128, 128))
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=max(8, min(width, height) // 6))
+    box = draw.textbbox((0, 0), "blocked", font=font)
+    draw.text(((width - (box[2] - box[0])) / 2 - box[0], (height - (box[3] - box[1])) / 2 - box[1]),
+              "blocked", fill=(255, 255, 255), font=font)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+async def wait_for(studio, job_id: str) -> Job:
+    """Await a job's end without blocking the event loop: woken by its final event, re-checked every 5 s."""
+    with studio.events.subscribe(job_id) as subscription:
+        while True:
+            job = studio.jobs.get(job_id, None)
+            if job.state in TERMINAL:
+                return job
+            event = await subscription.get(timeout=5)
+            while event is not None and not event.get("final"):
+                event = await subscription.get(timeout=5)
+
+
+def a1111_info(request: GenerationRequest, job: Job, ignored: list[str], sent: int) -> dict[str, Any]:
+    result = job.result or {}
+    images = result.get("images", [])
+    seeds = result.get("seeds") or [image.get("seed") for image in images]
+    width = images[0]["width"] if images else request.width
+    height = images[0]["height"] if images else request.height
+    prompts = [request.prompt] * max(len(seeds), 1)
+    return {
+        "prompt": request.prompt, "all_prompts": prompts,
+        "negative_prompt": request.negative_prompt, "all_negative_prompts": [request.negative_prompt] * len(prompts),
+        "seed": seeds[0] if seeds else request.seed, "all_seeds": seeds,
+        "subseed": -1, "all_subseeds": [-1] * len(seeds), "subseed_strength": 0,
+        "width": width, "height": height, "sampler_name": request.sampler, "scheduler": request.schedule,
+        "cfg_scale": request.cfg_scale, "steps": request.steps, "batch_size": request.batch_size,
+        "n_iter": request.n_iter, "restore_faces": False, "face_restoration_model": None,
+        "sd_model_name": result.get("model", request.model), "sd_model_hash": result.get("model_hash"),
+        "sd_vae_name": None, "sd_vae_hash": None, "seed_resize_from_w": -1, "seed_resize_from_h": -1,
+        "denoising_strength": request.denoising_strength if request.init_image else None,
+        "extra_generation_params": {}, "index_of_first_image": 0,
+        "infotexts": [image.get("infotext", "") for image in images], "styles": [],
+        "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.created_at)),
+        "clip_skip": request.clip_skip, "is_using_inpainting_conditioning": False, "version": A1111_VERSION,
+        "guardforge": {
+            "job_id": job.id, "state": job.state, "error": job.error, "blocked": result.get("blocked", False),
+            "interrupted": job.state == "cancelled", "prompt_verdict": result.get("prompt_verdict"),
+            "verdicts": [image.get("verdict") for image in images],
+            "actions": [image.get("action") for image in images], "ignored_fields": ignored,
+            "images_sent": sent,
+        },
+    }
+
+
+async def generate(request: Request, payload: Txt2ImgPayload, caller: Caller) -> ImageResponse:
+    studio = request.app.state.studio
+    gen, ignored = to_generation_request(payload, request.app.state.sdapi_options["sd_model_checkpoint"])
+    max_active = studio.settings.server.max_active_jobs_per_key if caller.key_id else None
+    job_id = studio.submit(gen, owner=caller.owner, priority=PRIORITY, save=payload.save_images,
+                           max_active=max_active)
+    request.app.state.metrics.submitted.labels("sdapi").inc()
+    job = await wait_for(studio, job_id)
+    if job.state == "failed":
+        # Validation happened at submit, so a failure here is the server's (a backend or a model crashed).
+        raise HTTPException(500, f"generation failed: {job.error}")
+    images: list[str] = []
+    if payload.send_images:
+        if (job.result or {}).get("blocked"):
+            slots = gen.batch_size * gen.n_iter
+            images = [blocked_placeholder(gen.width or 512, gen.height or 512)] * slots
+        for stored in job.images:
+            if stored["action"] == "block":
+                meta = job.result["images"][stored["index"]]
+                images.append(blocked_placeholder(meta["width"], meta["height"]))
+            else:
+                data, _ = studio.image_bytes(stored["id"], caller.owner)
+                images.append(base64.b64encode(data).decode("ascii"))
+    parameters = payload.model_dump()
+    if isinstance(payload, Img2ImgPayload) and not payload.include_init_images:
+        parameters["init_images"] = None  # A1111 drops them too unless asked
+        parameters["mask"] = None
+    info = a1111_info(gen, job, ignored, len(images))
+    return ImageResponse(images=images, parameters=parameters, info=json.dumps(info))
+
+
+@router.post("/txt2img", response_model=ImageResponse, summary="Text to image (A1111), answered when done",
+             responses=errors(401, 404, 413, 422, 429))
+async def txt2img(payload: Txt2ImgPayload, request: Request,
+                  caller: Caller = Depends(get_limited_caller)) -> ImageResponse:
+    return await generate(request, payload, caller)
+
+
+@router.post("/img2img", response_model=ImageResponse,
+             summary="Image to image, or inpainting with `mask` (A1111), answered when done",
+             responses=errors(401, 404, 413, 422, 429))
+async def img2img(payload: Img2ImgPayload, request: Request,
+                  caller: Caller = Depends(get_limited_caller)) -> ImageResponse:
+    return await generate(request, payload, caller)
+
+
+@router.get("/progress", response_model=ProgressResponse, summary="Progress of the caller's current job",
+            responses=errors(401))
+async def progress(request: Request, skip_current_image: bool = False,
+                   caller: Caller = Depends(get_caller)) -> ProgressResponse:
+    studio = request.app.state.studio
+    job = studio.jobs.active_for(caller.owner)
+    if job is None:
+        return ProgressResponse(progress=0.0, eta_relative=0.0, state=ProgressState())
+    latest = studio.events.latest(job.id) or {}
+    step, total = int(latest.get("step") or 0), int(latest.get("total") or 0)
+    reason = studio.workers.reason(job.id)
+    state = ProgressState(
+        job=job.id, job_count=1, job_no=0, sampling_step=step, sampling_steps=total,
+        job_timestamp=time.strftime("%Y%m%d%H%M%S", time.localtime(job.started_at or job.created_at)),
+        interrupted=reason == "interrupted", skipped=reason == "skipped",
+    )
+    return ProgressResponse(progress=min(1.0, step / total) if total else 0.0,
+                            eta_relative=float(latest.get("eta") or 0.0), state=state,
+                            textinfo=f"{job.state}" + (f", {job.position} ahead" if job.position else ""))
+
+
+def _stop_current(request: Request, caller: Caller, reason: str) -> None:
+    studio = request.app.state.studio
+    job = studio.jobs.active_for(caller.owner)
+    if job is not None and job.state == "running":
+        studio.cancel(job.id, caller.owner, reason=reason)
+
+
+@router.post("/interrupt", summary="Stop the caller's running job between two steps", responses=errors(401))
+async def interrupt(request: Request, caller: Caller = Depends(get_caller)) -> None:
+    _stop_current(request, caller, "interrupted")
+
+
+@router.post("/skip", summary="Stop the caller's running job (guardforge runs a request as one job)",
+             responses=errors(401))
+async def skip(request: Request, caller: Caller = Depends(get_caller)) -> None:
+    _stop_current(request, caller, "skipped")
+
+
+def _title(entry) -> str:
+    short = entry.short_hash_if_known
+    return f"{entry.name} [{short}]" if short else entry.name
+
+
+@router.get("/options", summary="Server options (sd_model_checkpoint and a few read-only ones)",
+            responses=errors(401))
+async def get_options(request: Request, caller: Caller = Depends(get_caller)) -> dict[str, Any]:
+    studio = request.app.state.studio
+    current = request.app.state.sdapi_options["sd_model_checkpoint"]
+    try:
+        current = _title(studio.registry.resolve(current))
+    except Exception:  # the default model may be absent; show the name as configured
+        pass
+    return {"sd_model_checkpoint": current, "sd_checkpoint_hash": None,
+            "CLIP_stop_at_last_layers": 1, "samples_format": studio.settings.output_format,
+            "sd_vae": "Automatic", "sd_lora": "None"}
+
+
+@router.post("/options", summary="Set sd_model_checkpoint (other options are reported as ignored)",
+             responses=errors(401, 404, 422))
+async def set_options(request: Request, options: dict[str, Any] = Body(...),
+                      caller: Caller = Depends(get_caller)) -> dict[str, list[str]]:
+    updated: list[str] = []
+    if "sd_model_checkpoint" in options:
+        entry = request.app.state.studio.registry.resolve(str(options["sd_model_checkpoint"]))
+        request.app.state.sdapi_options["sd_model_checkpoint"] = entry.name
+        updated.append("sd_model_checkpoint")
+    return {"updated": updated, "ignored": sorted(k for k in options if k not in updated)}
+
+
+@router.get("/sd-models", response_model=list[SdModel], summary="Checkpoints in the registry",
+            responses=errors(401))
+async def sd_models(request: Request, caller: Caller = Depends(get_caller)) -> list[SdModel]:
+    entries = request.app.state.studio.registry.list("checkpoint")
+    return [SdModel(title=_title(e), model_name=e.name, hash=e.short_hash_if_known,
+                    sha256=e.sha256() if e.short_hash_if_known else None, filename=str(e.path))
+            for e in entries]
+
+
+@router.post("/refresh-checkpoints", summary="Rescan the models folder", responses=errors(401))
+async def refresh_checkpoints(request: Request, caller: Caller = Depends(get_caller)) -> None:
+    request.app.state.studio.registry.refresh()
+
+
+@router.post("/refresh-loras", summary="Rescan the models folder", responses=errors(401))
+async def refresh_loras(request: Request, caller: Caller = Depends(get_caller)) -> None:
+    request.app.state.studio.registry.refresh()
+
+
+@router.get("/samplers", response_model=list[Sampler], summary="Sampler names (A1111's)", responses=errors(401))
+async def samplers(caller: Caller = Depends(get_caller)) -> list[Sampler]:
+    from guardforge.engine.samplers import SAMPLERS
+
+    return [Sampler(name=name, aliases=list(getattr(spec, "aliases", ()) or ()), options={})
+            for name, spec in SAMPLERS.items()]
+
+
+@router.get("/schedulers", response_model=list[Scheduler], summary="Noise schedules", responses=errors(401))
+async def schedulers(caller: Caller = Depends(get_caller)) -> list[Scheduler]:
+    return [Scheduler(**s) for s in SCHEDULERS_LISTED]
+
+
+@router.get("/loras", response_model=list[Lora], summary="LoRAs in models/Lora", responses=errors(401))
+async def loras(request: Request, caller: Caller = Depends(get_caller)) -> list[Lora]:
+    entries = request.app.state.studio.registry.list("lora")
+    return [Lora(name=e.name, alias=e.name, path=str(e.path)) for e in entries]
+
+
+@router.get("/sd-vae", summary="VAEs in models/VAE", responses=errors(401))
+async def sd_vae(request: Request, caller: Caller = Depends(get_caller)) -> list[dict[str, str]]:
+    return [{"model_name": e.name, "filename": str(e.path)}
+            for e in request.app.state.studio.registry.list("vae")]
+
+
+@router.get("/upscalers", summary="Upscalers (none: guardforge has no upscaler)", responses=errors(401))
+async def upscalers(caller: Caller = Depends(get_caller)) -> list[dict[str, Any]]:
+    return []

@@ -1,0 +1,229 @@
+"""HTTP payloads: A1111's /sdapi/v1 request and response shapes, and the native /v1 views."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from guardforge.engine.request import GenerationRequest
+from guardforge.errors import InvalidRequest
+
+# A1111 scheduler names (and labels) -> our schedule; the rest of A1111's list has no diffusers twin here.
+SCHEDULES = {"automatic": "Automatic", "karras": "Karras", "exponential": "Exponential"}
+SCHEDULERS_LISTED = [
+    {"name": "automatic", "label": "Automatic", "aliases": None, "default_rho": -1.0, "need_inner_model": False},
+    {"name": "karras", "label": "Karras", "aliases": None, "default_rho": 7.0, "need_inner_model": False},
+    {"name": "exponential", "label": "Exponential", "aliases": None, "default_rho": -1.0,
+     "need_inner_model": False},
+]
+
+class ErrorResponse(BaseModel):
+    """Every 4xx/5xx answer: a one-line reason and the error's kind."""
+
+    error: str = Field(..., examples=["InvalidRequest"])
+    detail: Any = Field(..., examples=["steps=500 is over this server's limit of 150"])
+
+
+ERRORS = {
+    400: {"model": ErrorResponse, "description": "Malformed request"},
+    401: {"model": ErrorResponse, "description": "Missing or invalid API key"},
+    404: {"model": ErrorResponse, "description": "No such model, job or image (for this key)"},
+    413: {"model": ErrorResponse, "description": "Request body over the size limit"},
+    422: {"model": ErrorResponse, "description": "A value breaks a limit or cannot work"},
+    429: {"model": ErrorResponse, "description": "Queue full, rate limit or per-key job cap reached"},
+}
+
+
+def errors(*codes: int) -> dict[int, dict]:
+    return {code: ERRORS[code] for code in codes}
+
+
+# -- A1111 -----------------------------------------------------------------------------------------
+class Txt2ImgPayload(BaseModel):
+    """A1111's StableDiffusionTxt2ImgProcessingAPI; fields guardforge does not use are accepted and reported."""
+
+    model_config = ConfigDict(extra="allow")
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    seed: int = -1
+    sampler_name: str | None = None
+    sampler_index: str | None = None  # older clients send the sampler here
+    scheduler: str | None = None
+    batch_size: int = 1
+    n_iter: int = 1
+    steps: int | None = None  # None: guardforge's default (20)
+    cfg_scale: float = 7.0
+    width: int | None = None  # None: the model's native size
+    height: int | None = None
+    denoising_strength: float | None = None
+    override_settings: dict[str, Any] | None = None
+    override_settings_restore_afterwards: bool = True
+    send_images: bool = True
+    save_images: bool = False
+
+
+class Img2ImgPayload(Txt2ImgPayload):
+    """A1111's StableDiffusionImg2ImgProcessingAPI: init_images, optional mask (inpaint)."""
+
+    init_images: list[str] = Field(..., min_length=1)
+    mask: str | None = None
+    mask_blur: int = 4
+    inpainting_mask_invert: int = 0
+    include_init_images: bool = False
+
+
+def to_generation_request(payload: Txt2ImgPayload, default_model: str) -> tuple[GenerationRequest, list[str]]:
+    """The GenerationRequest a payload asks for, and the names of the fields that had no effect."""
+    ignored = sorted(k for k, v in (payload.model_extra or {}).items() if v not in (None, False, 0, "", [], {}))
+    overrides = dict(payload.override_settings or {})
+    model = overrides.pop("sd_model_checkpoint", None) or default_model
+    clip_skip = overrides.pop("CLIP_stop_at_last_layers", 1)
+    ignored += [f"override_settings.{k}" for k in sorted(overrides)]
+    schedule = "Automatic"
+    if payload.scheduler:
+        schedule = SCHEDULES.get(payload.scheduler.strip().lower())
+        if schedule is None:
+            raise InvalidRequest(f"unknown scheduler {payload.scheduler!r}; choose one of: "
+                                 f"{', '.join(s['name'] for s in SCHEDULERS_LISTED)}")
+    fields: dict[str, Any] = dict(
+        prompt=payload.prompt, negative_prompt=payload.negative_prompt, seed=payload.seed,
+        model=str(model),  # the registry reads A1111 titles 'name [hash]' schedule=schedule, batch_size=payload.batch_size,
+        n_iter=payload.n_iter, cfg_scale=payload.cfg_scale, width=payload.width, height=payload.height,
+        clip_skip=clip_skip,
+    )
+    sampler = payload.sampler_name or payload.sampler_index
+    if sampler:
+        fields["sampler"] = sampler
+    if payload.steps is not None:
+        fields["steps"] = payload.steps
+    if isinstance(payload, Img2ImgPayload):
+        fields.update(init_image=payload.init_images[0], mask=payload.mask, mask_blur=payload.mask_blur,
+                      inpainting_mask_invert=bool(payload.inpainting_mask_invert))
+        if payload.denoising_strength is not None:
+            fields["denoising_strength"] = payload.denoising_strength
+        if len(payload.init_images) > 1:
+            ignored.append("init_images[1:]")
+    elif payload.denoising_strength is not None:
+        ignored.append("denoising_strength")  # only hires fix uses it in txt2img
+    return GenerationRequest(**fields), ignored
+
+
+class ImageResponse(BaseModel):
+    """A1111's answer: base64 PNGs, the parameters as received, and `info` as a JSON string."""
+
+    images: list[str] | None = None
+    parameters: dict[str, Any]
+    info: str
+
+
+class ProgressState(BaseModel):
+    skipped: bool = False
+    interrupted: bool = False
+    job: str = ""
+    job_count: int = 0
+    job_timestamp: str = "0"
+    job_no: int = 0
+    sampling_step: int = 0
+    sampling_steps: int = 0
+
+
+class ProgressResponse(BaseModel):
+    progress: float = Field(..., ge=0, le=1)
+    eta_relative: float
+    state: ProgressState
+    current_image: str | None = None
+    textinfo: str | None = None
+
+
+class SdModel(BaseModel):
+    title: str
+    model_name: str
+    hash: str | None
+    sha256: str | None
+    filename: str
+    config: str | None = None
+
+
+class Sampler(BaseModel):
+    name: str
+    aliases: list[str]
+    options: dict[str, Any]
+
+
+class Scheduler(BaseModel):
+    name: str
+    label: str
+    aliases: list[str] | None
+    default_rho: float
+    need_inner_model: bool
+
+
+class Lora(BaseModel):
+    name: str
+    alias: str
+    path: str
+    metadata: dict[str, Any] = {}
+
+
+# -- native /v1 --------------------------------------------------------------------------------------
+class JobCreated(BaseModel):
+    id: str
+    state: str
+    position: int | None = None
+
+
+class JobProgress(BaseModel):
+    step: int
+    total: int
+    eta: float | None
+
+
+class JobImage(BaseModel):
+    id: str
+    index: int
+    action: str
+    url: str | None  # None when the guard withheld the pixels
+
+
+class JobView(BaseModel):
+    id: str
+    kind: str
+    state: str
+    priority: int
+    position: int | None = None
+    progress: JobProgress | None = None
+    error: str | None = None
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    request: dict[str, Any]
+    result: dict[str, Any] | None = None
+    images: list[JobImage] = []
+
+
+class JobList(BaseModel):
+    jobs: list[JobView]
+
+
+class ModelView(BaseModel):
+    name: str
+    hash: str | None
+    path: str
+
+
+class ModelList(BaseModel):
+    models: list[ModelView]
+
+
+class Health(BaseModel):
+    status: str
+    detail: dict[str, Any] = {}
+
+
+class ModerationRequest(BaseModel):
+    """OpenAI's moderation request: a string, a list of strings, or content parts (text, image_url)."""
+
+    input: str | list[str] | list[dict[str, Any]]
+    model: str | None = None

@@ -1,0 +1,1 @@
+"""The web UI: Gradio Blocks mounted in the FastAPI app at /ui."""

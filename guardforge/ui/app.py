@@ -1,0 +1,195 @@
+"""The web UI: a Gradio Blocks app on the Studio's job queue (txt2img, img2img, inpaint, history, PNG info)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import gradio as gr
+from PIL import Image
+
+from guardforge.engine.request import GenerationRequest
+from guardforge.studio import encode_image
+
+OWNER = "local"  # the UI's jobs; when the server needs keys, the UI login asks for one (see server.app)
+SCHEDULES = ["Automatic", "Karras", "Exponential"]
+
+
+def _bar(step: int, total: int, state: str) -> str:
+    percent = int(100 * step / total) if total else 0
+    return (f'<div id="gf-progress" data-state="{state}"><progress value="{step}" max="{total or 1}" '
+            f'style="width:100%"></progress> {state} {step}/{total} ({percent}%)</div>')
+
+
+def _mask_from_editor(value: dict) -> tuple[Image.Image | None, Image.Image | None]:
+    """ImageEditor value -> (background RGB, white-on-black mask of everything painted on the layers)."""
+    if not value or value.get("background") is None:
+        return None, None
+    background = value["background"].convert("RGB")
+    mask = Image.new("L", background.size, 0)
+    for layer in value.get("layers") or []:
+        alpha = layer.convert("RGBA").getchannel("A").point(lambda a: 255 if a > 0 else 0)
+        mask.paste(255, (0, 0), alpha)
+    return background, mask if mask.getbbox() else None
+
+
+def build_ui(studio) -> gr.Blocks:
+    """The Blocks app for `studio`; every action is one Studio call."""
+    limits = studio.settings.limits
+
+    def model_names() -> list[str]:
+        return [e.name for e in studio.registry.list("checkpoint")]
+
+    def sampler_names() -> list[str]:
+        from guardforge.engine.samplers import SAMPLERS
+
+        return list(SAMPLERS)
+
+    def run(mode, prompt, negative, model, sampler, schedule, steps, cfg, width, height, seed,
+            init_image, strength, editor):
+        fields = dict(prompt=prompt, negative_prompt=negative, model=model or None, sampler=sampler,
+                      schedule=schedule, steps=int(steps), cfg_scale=float(cfg), width=int(width),
+                      height=int(height), seed=int(seed))
+        if mode == "img2img":
+            if init_image is None:
+                raise gr.Error("drop an image to start from")
+            fields.update(init_image=encode_image(init_image.convert("RGB")), denoising_strength=strength)
+        elif mode == "inpaint":
+            background, mask = _mask_from_editor(editor)
+            if background is None or mask is None:
+                raise gr.Error("load an image and paint the area to repaint")
+            fields.update(init_image=encode_image(background), mask=encode_image(mask),
+                          denoising_strength=strength)
+        try:
+            job_id = studio.submit(GenerationRequest(**fields), owner=OWNER)
+        except Exception as exc:  # a limit or an unknown name: show the reason, keep the page alive
+            raise gr.Error(str(exc)) from None
+        yield _bar(0, int(steps), "queued"), gr.update(), gr.update(), gr.update(), job_id
+        while True:
+            job = studio.jobs.get(job_id, OWNER)
+            if job.state in ("succeeded", "failed", "cancelled"):
+                break
+            latest = studio.events.latest(job_id) or {}
+            yield (_bar(int(latest.get("step") or 0), int(latest.get("total") or steps), job.state),
+                   gr.update(), gr.update(), gr.update(), job_id)
+            time.sleep(0.25)
+        if job.state != "succeeded":
+            yield _bar(0, 0, f"{job.state}: {job.error}"), [], "", {}, job_id
+            return
+        result = job.result or {}
+        gallery = []
+        for stored, meta in zip(job.images, result.get("images", [])):
+            if stored["action"] == "block":
+                image = Image.new("RGB", (meta["width"], meta["height"]), (128, 128, 128))
+            else:
+                import io
+
+                data, _ = studio.image_bytes(stored["id"], OWNER)
+                image = Image.open(io.BytesIO(data))
+            gallery.append((image, f"{stored['action']}"))
+        first = result.get("images", [{}])[0] if result.get("images") else {}
+        verdict = {"action": first.get("action"), "verdict": first.get("verdict"),
+                   "prompt_verdict": result.get("prompt_verdict"), "blocked": result.get("blocked", False)}
+        total = job.payload["request"]["steps"]
+        yield _bar(total, total, "done"), gallery, first.get("infotext", ""), verdict, job_id
+
+    def show_selected(job_id, evt: gr.SelectData):
+        job = studio.jobs.get(job_id, OWNER)
+        meta = (job.result or {}).get("images", [])[evt.index]
+        return meta.get("infotext", ""), {"action": meta.get("action"), "verdict": meta.get("verdict")}
+
+    def history():
+        rows = []
+        for job in studio.jobs.list(OWNER, limit=50):
+            request = job.payload.get("request", {})
+            rows.append([job.id, time.strftime("%H:%M:%S", time.localtime(job.created_at)), job.state,
+                         request.get("prompt", "")[:80]])
+        return gr.update(value=rows), gr.update(choices=[r[0] for r in rows])
+
+    def reuse(job_id):
+        if not job_id:
+            raise gr.Error("choose a job from the history first")
+        return _fields_update(studio.jobs.get(job_id, OWNER).payload["request"])
+
+    def read_png(path):
+        if not path:
+            return (gr.update(),) * 10 + ("",)
+        from guardforge.engine.infotext import parse_infotext
+
+        image = Image.open(path)
+        text = image.info.get("parameters", "")  # A1111 and guardforge write a PNG tEXt chunk "parameters"
+        if not text:
+            return (gr.update(),) * 10 + ("this image carries no generation parameters",)
+        return _fields_update(parse_infotext(text)) + (text,)
+
+    def _fields_update(params: dict):
+        get = params.get
+        return (
+            gr.update(value=get("prompt", "")), gr.update(value=get("negative_prompt", "")),
+            gr.update(value=get("model")) if get("model") in model_names() else gr.update(),
+            gr.update(value=get("sampler")) if get("sampler") in sampler_names() else gr.update(),
+            gr.update(value=get("schedule")) if get("schedule") in SCHEDULES else gr.update(),
+            gr.update(value=get("steps")) if get("steps") else gr.update(),
+            gr.update(value=get("cfg_scale")) if get("cfg_scale") is not None else gr.update(),
+            gr.update(value=get("width")) if get("width") else gr.update(),
+            gr.update(value=get("height")) if get("height") else gr.update(),
+            gr.update(value=get("seed")) if get("seed") is not None else gr.update(),
+        )
+
+    with gr.Blocks(title="guardforge") as ui:
+        gr.Markdown("# guardforge")
+        job_state = gr.State("")
+        with gr.Row():
+            models = model_names()
+            default_model = studio.settings.default_model if studio.settings.default_model in models else (
+                models[0] if models else None)
+            model = gr.Dropdown(models, value=default_model, label="Model", elem_id="gf-model")
+            sampler = gr.Dropdown(sampler_names(), value="Euler a", label="Sampler", elem_id="gf-sampler")
+            schedule = gr.Dropdown(SCHEDULES, value="Automatic", label="Schedule")
+        prompt = gr.Textbox(label="Prompt", lines=2, elem_id="gf-prompt")
+        negative = gr.Textbox(label="Negative prompt", lines=1)
+        with gr.Row():
+            steps = gr.Slider(1, limits.max_steps, value=20, step=1, label="Steps", elem_id="gf-steps")
+            cfg = gr.Slider(0, 30, value=7, step=0.5, label="CFG scale")
+            width = gr.Slider(64, limits.max_width, value=512, step=8, label="Width", elem_id="gf-width")
+            height = gr.Slider(64, limits.max_height, value=512, step=8, label="Height", elem_id="gf-height")
+            seed = gr.Number(-1, precision=0, label="Seed (-1: random)", elem_id="gf-seed")
+        with gr.Tabs():
+            with gr.Tab("txt2img"):
+                txt_button = gr.Button("Generate", variant="primary", elem_id="gf-generate")
+            with gr.Tab("img2img"):
+                init_image = gr.Image(type="pil", label="Start from")
+                strength = gr.Slider(0, 1, value=0.75, step=0.05, label="Denoising strength")
+                img_button = gr.Button("Generate from image", variant="primary")
+            with gr.Tab("inpaint"):
+                editor = gr.ImageEditor(type="pil", label="Paint the area to repaint",
+                                        brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"))
+                inpaint_strength = gr.Slider(0, 1, value=0.75, step=0.05, label="Denoising strength")
+                inpaint_button = gr.Button("Inpaint", variant="primary")
+            with gr.Tab("PNG info"):
+                png = gr.File(label="Drop a PNG made by guardforge or A1111", file_types=[".png"], type="filepath")
+                png_text = gr.Textbox(label="Parameters found", lines=4)
+        progress = gr.HTML(_bar(0, 0, "idle"))
+        gallery = gr.Gallery(label="Images", columns=4, elem_id="gf-gallery")
+        infotext = gr.Textbox(label="Infotext", lines=3, elem_id="gf-infotext")
+        verdict = gr.JSON(label="Verdict", elem_id="gf-verdict")
+        with gr.Accordion("History", open=False):
+            refresh = gr.Button("Refresh history")
+            table = gr.Dataframe(headers=["job", "time", "state", "prompt"], interactive=False)
+            chosen = gr.Dropdown([], label="Job")
+            reuse_button = gr.Button("Reuse these parameters")
+
+        params = [model, sampler, schedule, steps, cfg, width, height, seed]
+        outputs = [progress, gallery, infotext, verdict, job_state]
+        txt_button.click(lambda *a: (yield from run("txt2img", *a)),
+                         [prompt, negative, *params, init_image, strength, editor], outputs)
+        img_button.click(lambda *a: (yield from run("img2img", *a)),
+                         [prompt, negative, *params, init_image, strength, editor], outputs)
+        inpaint_button.click(lambda *a: (yield from run("inpaint", *a)),
+                             [prompt, negative, *params, init_image, inpaint_strength, editor], outputs)
+        gallery.select(show_selected, [job_state], [infotext, verdict])
+        refresh.click(history, None, [table, chosen])
+        fields = [prompt, negative, *params]
+        reuse_button.click(reuse, [chosen], fields)
+        png.upload(read_png, [png], [*fields, png_text])
+    return ui
