@@ -6,12 +6,13 @@ import copy
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from threading import Event
 from typing import Any
 
 from PIL import Image
+from pydantic import BaseModel
 
 from guardforge.errors import Cancelled, GuardforgeError, InvalidRequest
 from guardforge.train.dreambooth.config import DreamBoothConfig, TrainProgress
@@ -52,16 +53,16 @@ def _float32():
     return torch.float32
 
 
-@dataclass
-class DreamBoothResult:
-    """What a finished run left behind."""
+class DreamBoothResult(BaseModel):
+    """What a finished run left behind (the API returns it as JSON)."""
 
     output_dir: Path
     steps: int
-    final_loss: float | None
-    exports: dict[str, Path] = field(default_factory=dict)  # format -> path
-    class_images: int = 0
-    checkpoint: Path | None = None
+    final_loss: float | None = None
+    exports: dict[str, Path] = {}  # format -> path; the registry lists them under the export name
+    class_images_generated: int = 0
+    class_images_reused: int = 0
+    refused_class_seeds: dict[int, list[int]] = {}
     elapsed_s: float = 0.0
 
 
@@ -165,3 +166,108 @@ def fit(config: DreamBoothConfig, base: BaseComponents, instance_paths: list[Pat
         raise Cancelled(f"training cancelled at step {trainer.global_step}/{config.max_steps}; "
                         f"checkpoint saved, continue with --resume latest")
     return module, trainer
+
+
+# -- Orchestration -----------------------------------------------------------------------------------------
+
+def load_base(studio, name: str) -> BaseComponents:
+    """A diffusers folder path, or a registry name (diffusers folder or single file via the model loader)."""
+    path = Path(name)
+    if (path / "model_index.json").is_file():
+        return BaseComponents.from_folder(path)
+    entry = studio.registry.resolve(name)
+    if entry.format == "diffusers":
+        return BaseComponents.from_folder(entry.path)
+    return BaseComponents.from_pipeline(studio.pipelines.get(entry.name).pipeline)
+
+
+def _categories(verdict) -> list[str]:
+    for attribute in ("violated", "violated_categories", "categories"):
+        value = getattr(verdict, attribute, None)
+        if value:
+            return sorted(value)
+    return []
+
+
+def screen_training_data(guard, instance_paths: list[Path], prompts: list[str]) -> None:
+    """Every instance image and prompt through the guard before any step; a block stops the job, naming why."""
+    from guardforge.train.dreambooth.data import load_rgb
+
+    images = [(path.name, load_rgb(path)) for path in instance_paths]
+    verdicts = guard.check_training_data(images, prompts)
+    names = [path.name for path in instance_paths] + [f"prompt {prompt!r}" for prompt in prompts]
+    blocked = [f"{name} ({', '.join(_categories(verdict)) or 'unsafe'})"
+               for name, verdict in zip(names, verdicts) if verdict.action == "block"]
+    if blocked:
+        raise GuardforgeError(f"the guard blocked the training data, nothing was trained: {'; '.join(blocked)}")
+
+
+def _screen_outputs(guard):
+    def screen(images: list[Image.Image]) -> list[Image.Image | None]:
+        verdicts = guard.check_output_images(images)
+        return [guard.enforce(image, verdict) for image, verdict in zip(images, verdicts, strict=True)]
+    return screen
+
+
+def train_dreambooth(studio, config: DreamBoothConfig, progress: ProgressFn | None = None,
+                     cancel: Event | None = None, resume: str | Path | None = None) -> DreamBoothResult:
+    """Screen the data, make the class images, train, export into the models folder, refresh the registry.
+
+    `studio` is the caller's Studio (passed in, never imported: train sits below it).
+    """
+    from guardforge.train.dreambooth.class_images import ensure_class_images
+    from guardforge.train.dreambooth.data import list_images
+    from guardforge.train.dreambooth.export import export_all
+
+    started = time.perf_counter()
+    emit = progress or (lambda event: None)
+    cancel = cancel or Event()
+
+    emit(TrainProgress(phase="screening", message="checking the instance images and prompts"))
+    instance_paths = list_images(config.instance_data_dir)
+    if not instance_paths:
+        raise InvalidRequest(f"{config.instance_data_dir} holds no images (.png, .jpg, .jpeg, .webp, .bmp)")
+    prompts = [config.instance_prompt, *([config.class_prompt] if config.class_prompt else []),
+               *config.validation_prompts]
+    screen_training_data(studio.guard, instance_paths, prompts)
+
+    class_paths: list[Path] = []
+    report = None
+    if config.with_prior_preservation:
+        folder = config.resolved_class_data_dir
+        if (Path(config.base_model) / "model_index.json").is_file():
+            raise InvalidRequest("class images are made through the model registry: put the base model in "
+                                 "<models>/Stable-diffusion/ and name it, or fill class_data_dir yourself")
+        options = config.class_images
+        report = ensure_class_images(
+            studio, folder=folder, count=config.num_class_images, prompt=config.class_prompt,
+            model=config.base_model, resolution=config.resolution, seed=options.seed, sampler=options.sampler,
+            steps=options.steps, cfg_scale=options.cfg_scale, negative_prompt=options.negative_prompt,
+            cancel=cancel, on_image=lambda done, total: emit(TrainProgress(
+                phase="class_images", step=done, total=total, message="class images")))
+        class_paths = report.paths
+
+    base = load_base(studio, config.base_model)
+    losses: list[float] = []
+
+    def on_step(event: TrainProgress) -> None:
+        if event.loss is not None:
+            losses.append(event.loss)
+        emit(event)
+
+    module, trainer = fit(config, base, instance_paths, class_paths, progress=on_step, cancel=cancel,
+                          resume=resume, screen=_screen_outputs(studio.guard))
+
+    emit(TrainProgress(phase="exporting", step=trainer.global_step, total=config.max_steps))
+    exports = {}
+    if trainer.is_global_zero:
+        exports = export_all(module, config.resolved_export_formats, studio.settings.resolved_models_dir,
+                             config.resolved_export_name, alpha=config.lora.alpha)
+        studio.registry.refresh()
+    emit(TrainProgress(phase="done", step=trainer.global_step, total=config.max_steps,
+                       loss=losses[-1] if losses else None))
+    return DreamBoothResult(
+        output_dir=config.output_dir, steps=trainer.global_step, final_loss=losses[-1] if losses else None,
+        exports=exports, class_images_generated=len(report.generated) if report else 0,
+        class_images_reused=len(report.reused) if report else 0,
+        refused_class_seeds=report.refused_seeds if report else {}, elapsed_s=time.perf_counter() - started)

@@ -1,0 +1,95 @@
+"""Class images for prior preservation, made by the base model through the Studio, screened like any output.
+
+Image i is made with seed `seed + i`. When the guard blocks it (or would blur it: a blurred image is no
+class example), the next candidate seed for that index is `seed + i + k * count`, k = 1, 2, ... so that
+candidates never collide with another index's seed. Files are named by index (class-00007.png); those on
+disk are reused, so a re-run only fills the gaps and gives the same files. manifest.json records the seed
+behind every file and the seeds the guard refused.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from threading import Event
+
+from guardforge.errors import Cancelled, GuardforgeError
+
+MANIFEST = "manifest.json"
+MAX_TRIES_PER_IMAGE = 8
+
+
+def class_image_name(index: int) -> str:
+    return f"class-{index:05d}.png"
+
+
+@dataclass
+class ClassImageReport:
+    paths: list[Path]
+    generated: list[int] = field(default_factory=list)  # indices made in this call
+    reused: list[int] = field(default_factory=list)
+    refused_seeds: dict[int, list[int]] = field(default_factory=dict)  # index -> seeds the guard blocked
+
+
+def _read_manifest(folder: Path) -> dict:
+    path = folder / MANIFEST
+    if path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            pass  # a torn write: the images themselves are still valid, only the record is lost
+    return {"images": {}, "refused": {}}
+
+
+def _write_manifest(folder: Path, manifest: dict) -> None:
+    tmp = folder / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    tmp.replace(folder / MANIFEST)
+
+
+def ensure_class_images(studio, *, folder: Path, count: int, prompt: str, model: str, resolution: int,
+                        seed: int = 0, sampler: str = "Euler a", steps: int = 25, cfg_scale: float = 7.0,
+                        negative_prompt: str = "", on_image: Callable[[int, int], None] | None = None,
+                        cancel: Event | None = None) -> ClassImageReport:
+    """Make sure class-00000.png .. class-{count-1}.png exist in `folder`; generate only the missing ones."""
+    from guardforge.engine.request import GenerationRequest
+
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = _read_manifest(folder)
+    report = ClassImageReport(paths=[folder / class_image_name(i) for i in range(count)])
+    for index, path in enumerate(report.paths):
+        if path.is_file():
+            report.reused.append(index)
+            continue
+        if cancel is not None and cancel.is_set():
+            raise Cancelled(f"class image generation cancelled at {index}/{count}; re-run to continue")
+        refused = []
+        for attempt in range(MAX_TRIES_PER_IMAGE):
+            candidate = seed + index + attempt * count
+            request = GenerationRequest(prompt=prompt, negative_prompt=negative_prompt, model=model,
+                                        sampler=sampler, steps=steps, cfg_scale=cfg_scale, seed=candidate,
+                                        width=resolution, height=resolution)
+            result = studio.generate(request, save=False)
+            if result.blocked:
+                raise GuardforgeError(f"the guard blocked the class prompt {prompt!r}; choose another class_prompt")
+            image = result.images[0]
+            if image.action in ("allow", "flag") and image.pil is not None:
+                tmp = path.with_suffix(".tmp.png")
+                image.pil.save(tmp)
+                tmp.replace(path)  # a file named by index is always complete
+                manifest["images"][path.name] = candidate
+                break
+            refused.append(candidate)
+        else:
+            raise GuardforgeError(f"the guard refused {MAX_TRIES_PER_IMAGE} class images in a row for index "
+                                  f"{index} (seeds {refused}); the class prompt {prompt!r} looks unsafe")
+        if refused:
+            manifest["refused"][path.name] = refused
+            report.refused_seeds[index] = refused
+        _write_manifest(folder, manifest)
+        report.generated.append(index)
+        if on_image is not None:
+            on_image(index + 1, count)
+    return report
