@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -9,29 +12,168 @@ if TYPE_CHECKING:
     import torch
     from diffusers import DiffusionPipeline
 
-    from guardforge.models.registry import ModelEntry
-    from guardforge.settings import MemorySettings
+    from guardforge.engine.request import MemoryOptions
+    from guardforge.models.memory import Placement
+    from guardforge.models.registry import ModelEntry, ModelRegistry
+    from guardforge.settings import MemorySettings, Settings
 
 Mode = Literal["txt2img", "img2img", "inpaint"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class LoadedModel:
-    """A loaded checkpoint: the txt2img pipeline, placed on its device, and its mode variants."""
+    """A loaded checkpoint: the txt2img pipeline, placed on its device, and its mode variants.
+
+    Hold `lock` while running one of its pipelines: a diffusers pipeline keeps per-call state (the
+    scheduler's timesteps) and must not run in two threads at once. The cache takes the same lock
+    before it re-places the weights for another memory setting. Other models are not blocked.
+    """
 
     entry: ModelEntry
     pipeline: DiffusionPipeline
     memory: MemorySettings
     device: torch.device
     _modes: dict[str, DiffusionPipeline] = field(default_factory=dict, repr=False)
+    placement: Placement | None = field(default=None, repr=False)
+    vae: str | None = None
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     def for_mode(self, mode: Mode) -> DiffusionPipeline:
         """The pipeline for a mode, built with from_pipe so that no weights are loaded or copied again."""
         if mode == "txt2img":
             return self.pipeline
-        if mode not in self._modes:
-            from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
+        with self.lock:
+            if mode not in self._modes:
+                from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
 
-            auto = AutoPipelineForImage2Image if mode == "img2img" else AutoPipelineForInpainting
-            self._modes[mode] = auto.from_pipe(self.pipeline)
-        return self._modes[mode]
+                auto = AutoPipelineForImage2Image if mode == "img2img" else AutoPipelineForInpainting
+                self._modes[mode] = auto.from_pipe(self.pipeline)
+            return self._modes[mode]
+
+    def place(self, memory: MemorySettings) -> None:
+        """Re-place the weights for other memory settings (dtype, offload, slicing...)."""
+        from guardforge.models.memory import apply_memory
+
+        with self.lock:
+            self.placement = apply_memory(self.pipeline, memory, self.device, previous=self.placement)
+            self.memory = memory
+            # Mode pipelines share the modules, but offload hooks and slicing flags are set per pipeline.
+            self._modes.clear()
+
+
+class PipelineCache:
+    """Keeps up to settings.max_loaded_models pipelines, least recently used evicted first.
+
+    Locking: `_lock` guards only the bookkeeping dicts and is never held while loading; a lock per model
+    name makes two requests for the same model load it once, while requests for other models go on.
+    """
+
+    def __init__(self, registry: ModelRegistry, settings: Settings):
+        self.registry = registry
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._load_locks: dict[str, threading.Lock] = {}
+        self._device: torch.device | None = None
+
+    @property
+    def device(self) -> torch.device:
+        if self._device is None:
+            from guardforge.models.devices import pick_device
+
+            self._device = pick_device(self.settings.device)
+        return self._device
+
+    def _load_lock(self, key: str) -> threading.Lock:
+        with self._lock:
+            return self._load_locks.setdefault(key, threading.Lock())
+
+    def _effective(self, memory: MemorySettings | MemoryOptions | None) -> MemorySettings:
+        from guardforge.models.memory import effective_memory
+        from guardforge.settings import MemorySettings
+
+        if memory is None:
+            return self.settings.memory
+        if isinstance(memory, MemorySettings):
+            return memory
+        return effective_memory(self.settings.memory, memory)  # a request's overrides
+
+    def get(self, name: str, memory: MemorySettings | MemoryOptions | None = None,
+            vae: str | None = None) -> LoadedModel:
+        """The loaded model `name` (with VAE `vae` from the VAE folder, if given), placed as `memory` says.
+
+        `memory` is either complete MemorySettings or a request's MemoryOptions laid over
+        settings.memory; None means settings.memory. A model whose file changed since it was loaded
+        (saved again under the same name) is loaded again.
+        """
+        from guardforge.models.loading import load_pipeline
+        from guardforge.models.memory import apply_memory, resolve_dtype
+
+        entry = self.registry.resolve(name)
+        vae_entry = self.registry.resolve(vae, kind="vae") if vae else None
+        wanted = self._effective(memory)
+        key = entry.name if vae_entry is None else f"{entry.name}+vae:{vae_entry.name}"
+        with self._load_lock(key):
+            with self._lock:
+                loaded = self._loaded.get(key)
+                if loaded is not None:
+                    self._loaded.move_to_end(key)
+            if loaded is not None and loaded.entry._signature != entry._signature:
+                log.info("%s changed on disk; loading it again", entry.name)
+                self.unload(key)
+                loaded = None
+            if loaded is not None:
+                if loaded.memory != wanted:
+                    loaded.place(wanted)
+                return loaded
+            # Make room before loading, so the old weights are gone before the new ones arrive.
+            self._evict(keep=self.settings.max_loaded_models - 1)
+            device = self.device
+            pipe = load_pipeline(entry, self.settings, torch_dtype=resolve_dtype(wanted, device), vae=vae_entry)
+            placement = apply_memory(pipe, wanted, device)
+            loaded = LoadedModel(entry=entry, pipeline=pipe, memory=wanted, device=device,
+                                 placement=placement, vae=vae_entry.name if vae_entry else None)
+            with self._lock:
+                self._loaded[key] = loaded
+            return loaded
+
+    def _evict(self, keep: int) -> None:
+        with self._lock:
+            victims = []
+            while len(self._loaded) > keep:
+                _key, victim = self._loaded.popitem(last=False)
+                victims.append(victim)
+        self._release(victims)
+
+    def _release(self, victims: list[LoadedModel]) -> None:
+        if not victims:
+            return
+        from guardforge.models.devices import free_memory
+
+        devices = {v.device for v in victims}
+        for victim in victims:
+            # Wait for a generation in progress on it; afterwards only the caller's reference (if any)
+            # keeps it alive, and the memory comes back when that goes too.
+            with victim.lock:
+                victim._modes.clear()
+        del victims
+        for device in devices:
+            free_memory(device)
+
+    def unload(self, name: str) -> bool:
+        """Drop a loaded model (by cache key or model name); True if one was loaded."""
+        with self._lock:
+            keys = [k for k, v in self._loaded.items() if k == name or v.entry.name == name]
+            victims = [self._loaded.pop(k) for k in keys]
+        self._release(victims)
+        return bool(keys)
+
+    def unload_all(self) -> None:
+        self._evict(keep=0)
+
+    def loaded(self) -> list[str]:
+        """Cache keys, least recently used first: the model name, plus `+vae:NAME` with a VAE override."""
+        with self._lock:
+            return list(self._loaded)

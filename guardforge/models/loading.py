@@ -114,6 +114,15 @@ def _single_file_family(entry: ModelEntry) -> str:
     return family_from_keys(state)
 
 
+def _dtype_kwargs(torch_dtype: torch.dtype | None) -> dict:
+    # diffusers renamed `torch_dtype` to `dtype` (and warns on the old name); older releases know only the old.
+    try:
+        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
+    except ImportError:
+        return {"torch_dtype": torch_dtype}
+    return {"dtype": torch_dtype}
+
+
 def _pipeline_class(family: str) -> type[DiffusionPipeline]:
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
@@ -127,10 +136,10 @@ def load_vae(entry: ModelEntry, settings: Settings, family: str, torch_dtype: to
 
     check_loadable(entry, settings)
     if entry.format == "diffusers":
-        return AutoencoderKL.from_pretrained(entry.path, local_files_only=True, torch_dtype=torch_dtype)
+        return AutoencoderKL.from_pretrained(entry.path, local_files_only=True, **_dtype_kwargs(torch_dtype))
     config = config_dir or config_folder(family, settings)
     return AutoencoderKL.from_single_file(str(entry.path), config=str(config), subfolder="vae",
-                                          local_files_only=True, torch_dtype=torch_dtype)
+                                          local_files_only=True, **_dtype_kwargs(torch_dtype))
 
 
 def load_pipeline(entry: ModelEntry, settings: Settings, *, torch_dtype: torch.dtype | None = None,
@@ -152,12 +161,13 @@ def load_pipeline(entry: ModelEntry, settings: Settings, *, torch_dtype: torch.d
         if '"safety_checker"' in index:
             # Our guard checks every output; diffusers' own checker would only blacken images silently.
             extra = {"safety_checker": None, "requires_safety_checker": False}
-        pipe = DiffusionPipeline.from_pretrained(entry.path, local_files_only=True, torch_dtype=torch_dtype, **extra)
+        pipe = DiffusionPipeline.from_pretrained(entry.path, local_files_only=True, **_dtype_kwargs(torch_dtype),
+                                                 **extra)
     else:
         family = _single_file_family(entry)
         config = config_dir or config_folder(family, settings)
         pipe = _pipeline_class(family).from_single_file(
-            str(entry.path), config=str(config), local_files_only=True, torch_dtype=torch_dtype,
+            str(entry.path), config=str(config), local_files_only=True, **_dtype_kwargs(torch_dtype),
         )
     if vae is not None:
         pipe.vae = load_vae(vae, settings, family, torch_dtype=torch_dtype, config_dir=config_dir)

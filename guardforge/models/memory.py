@@ -89,10 +89,12 @@ def apply_memory(pipe: DiffusionPipeline, memory: MemorySettings, device: torch.
         pipe.remove_all_hooks()
     sizes = model_sizes(pipe, dtype)
     offload = resolve_offload(memory, device, sizes, available_memory(device) if device.type != "cpu" else None)
+    # Cast only when the dtype changes: diffusers warns on every cast, and a no-op cast is wasted work.
+    cast = {"dtype": dtype} if pipe.dtype != dtype else {}
     if offload == "none":
-        pipe.to(device=device, dtype=dtype)
+        pipe.to(device=device, **cast)
     else:
-        pipe.to(device="cpu", dtype=dtype)
+        pipe.to(device="cpu", **cast)
         if offload == "model":
             pipe.enable_model_cpu_offload(device=device)
         else:
