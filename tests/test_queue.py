@@ -1,0 +1,108 @@
+"""The job queue and key store on a real SQLite file: order, caps, ownership, restart recovery, hashed keys."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from guardforge.jobs.keys import KeyNotFound, KeyStore
+from guardforge.jobs.queue import RESTART_REASON, JobNotFound, JobQueue, QueueFull, TooManyActiveJobs, make_engine
+
+
+@pytest.fixture
+def db_url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'sub' / 'jobs.db'}"
+
+
+def test_fifo_within_priority_and_survives_reopen(db_url):
+    queue = JobQueue(make_engine(db_url))
+    first = queue.submit("generate", {"n": 1}, owner="a")
+    second = queue.submit("generate", {"n": 2}, owner="a")
+    urgent = queue.submit("generate", {"n": 3}, owner="b", priority=5)
+    assert queue.get(second, "a").position == 2
+    # A fresh engine on the same file sees the same jobs: nothing lives only in memory.
+    reopened = JobQueue(make_engine(db_url))
+    order = [reopened.claim_next().id for _ in range(3)]
+    assert order == [urgent, first, second]
+    assert reopened.claim_next() is None
+    assert reopened.get(first, None).state == "running"
+
+
+def test_max_queue_and_per_owner_cap(db_url):
+    queue = JobQueue(make_engine(db_url), max_queue=2)
+    queue.submit("generate", {}, owner="a", max_active_for_owner=1)
+    with pytest.raises(TooManyActiveJobs):
+        queue.submit("generate", {}, owner="a", max_active_for_owner=1)
+    queue.submit("generate", {}, owner="b")
+    with pytest.raises(QueueFull):
+        queue.submit("generate", {}, owner="c")
+    queue.claim_next()  # running jobs do not count against the queue size
+    queue.submit("generate", {}, owner="c")
+
+
+def test_owner_sees_and_cancels_only_its_jobs(db_url):
+    queue = JobQueue(make_engine(db_url))
+    job = queue.submit("generate", {}, owner="a")
+    with pytest.raises(JobNotFound):
+        queue.get(job, "b")
+    with pytest.raises(JobNotFound):
+        queue.cancel(job, "b")
+    assert [j.id for j in queue.list("b")] == []
+    assert queue.cancel(job, "a").state == "cancelled"
+    assert queue.claim_next() is None
+
+
+def test_cancel_running_sets_the_flag(db_url):
+    queue = JobQueue(make_engine(db_url))
+    job = queue.submit("generate", {}, owner="a")
+    queue.claim_next()
+    cancelled = queue.cancel(job, "a")
+    assert cancelled.state == "running" and cancelled.cancel_requested
+
+
+@pytest.mark.parametrize("requeue", [False, True])
+def test_recover_running_jobs_after_a_crash(db_url, requeue):
+    queue = JobQueue(make_engine(db_url))
+    running = queue.submit("generate", {}, owner="a")
+    waiting = queue.submit("generate", {}, owner="a")
+    assert queue.claim_next().id == running
+    # A new process on the same database, as after SIGKILL.
+    restarted = JobQueue(make_engine(db_url), requeue_running_on_restart=requeue)
+    assert restarted.recover() == [running]
+    job = restarted.get(running, None)
+    if requeue:
+        assert job.state == "queued" and restarted.claim_next().id == running
+    else:
+        assert job.state == "failed" and job.error == RESTART_REASON
+        assert restarted.claim_next().id == waiting
+
+
+def test_keys_are_hashed_verified_and_revoked(db_url):
+    store = KeyStore(make_engine(db_url))
+    key, plaintext = store.create("alice")
+    assert store.verify(plaintext) == key.id
+    assert store.verify(plaintext[:-1] + ("x" if plaintext[-1] != "x" else "y")) is None
+    assert store.verify("not-a-key") is None
+    with store.engine.connect() as conn:
+        stored = conn.exec_driver_sql("SELECT salt, hash FROM gf_api_keys").all()
+    assert plaintext.split("_", 2)[2] not in str(stored)  # only salt and scrypt hash are kept
+    store.revoke(key.id)
+    assert store.verify(plaintext) is None
+    with pytest.raises(KeyNotFound):
+        store.revoke("nope")
+
+
+def test_finish_records_images_for_the_owner(db_url):
+    from guardforge.jobs.queue import StoredImage
+
+    queue = JobQueue(make_engine(db_url))
+    job = queue.submit("generate", {}, owner="a")
+    queue.claim_next()
+    queue.finish(job, "succeeded", result={"images": []},
+                 images=[StoredImage("img1", job, "a", 0, "allow", None, "aGk=")])
+    assert queue.get(job, "a").images == [{"id": "img1", "index": 0, "action": "allow"}]
+    assert queue.image("img1", "a").data == "aGk="
+    with pytest.raises(JobNotFound):
+        queue.image("img1", "b")
+    assert queue.get(job, "a").finished_at <= time.time()
