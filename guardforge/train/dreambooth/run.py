@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -153,11 +152,11 @@ def fit(config: DreamBoothConfig, base: BaseComponents, instance_paths: list[Pat
         seed=config.seed), workers=config.dataloader_workers)
 
     canceller = CancelOnEvent(cancel or Event())
-    callbacks = [canceller, ValidationImages(
+    # Order matters: a cancel set from inside the progress callback must stop this very step.
+    callbacks = [ProgressReporter(progress)] if progress is not None else []
+    callbacks += [ValidationImages(
         config.validation_prompts, config.validation_interval, config.output_dir, seed=config.validation_seed,
-        steps=config.validation_steps, resolution=config.resolution, screen=screen)]
-    if progress is not None:
-        callbacks.append(ProgressReporter(progress))
+        steps=config.validation_steps, resolution=config.resolution, screen=screen), canceller]
     trainer = build_trainer(config, callbacks)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     if canceller.cancelled and trainer.global_step < config.max_steps:
