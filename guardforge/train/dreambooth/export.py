@@ -82,6 +82,10 @@ def export_all(module, formats: list[str], models_dir: Path, name: str, *, alpha
                 StableDiffusionPipeline.save_lora_weights(
                     targets["lora_diffusers"], unet_lora_layers=convert_state_dict_to_diffusers(unet_layers),
                     text_encoder_lora_layers=convert_state_dict_to_diffusers(te_layers) if te_layers else None,
+                    # The adapter configs carry lora_alpha; without them the loader assumes alpha == rank.
+                    unet_lora_adapter_metadata=module.unet.peft_config["default"].to_dict(),
+                    text_encoder_lora_adapter_metadata=(
+                        module.text_encoder.peft_config["default"].to_dict() if te_layers else None),
                     safe_serialization=True)
                 written["lora_diffusers"] = targets["lora_diffusers"]
             if "lora_kohya" in formats:
