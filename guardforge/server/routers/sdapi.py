@@ -254,3 +254,8 @@ async def sd_vae(request: Request, caller: Caller = Depends(get_caller)) -> list
 @router.get("/upscalers", summary="Upscalers (none: guardforge has no upscaler)", responses=errors(401))
 async def upscalers(caller: Caller = Depends(get_caller)) -> list[dict[str, Any]]:
     return []
+
+
+@router.get("/scripts", summary="Scripts (none: A1111 scripts do not run here)", responses=errors(401))
+async def scripts(caller: Caller = Depends(get_caller)) -> dict[str, list[str]]:
+    return {"txt2img": [], "img2img": []}

@@ -1,0 +1,102 @@
+"""A real `guardforge serve` subprocess on loopback for the server, queue-restart, UI and schema tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def make_home(root: Path, tiny_model_dir: Path) -> Path:
+    """A guardforge home whose models/Stable-diffusion holds the tiny model as `tiny-sd` (as gf_home)."""
+    home = root / "home"
+    target = home / "models" / "Stable-diffusion" / "tiny-sd"
+    if not target.exists():
+        shutil.copytree(tiny_model_dir, target)
+    for sub in ("Lora", "VAE", "ControlNet"):
+        (home / "models" / sub).mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def server_env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GUARDFORGE_")}
+    env.update({
+        "GUARDFORGE_HOME": str(home), "GUARDFORGE_DEFAULT_MODEL": "tiny-sd", "GUARDFORGE_GUARD__POLICY": "off",
+        "GUARDFORGE_DEVICE": "cpu", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+        # The test machine is shared: one intra-op thread keeps the worker from starving the event loop.
+        "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
+    })
+    env.update(extra)
+    return env
+
+
+def run_cli(args: list[str], env: dict[str, str], timeout: float = 120) -> str:
+    done = subprocess.run([sys.executable, "-m", "guardforge", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+    assert done.returncode == 0, f"guardforge {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+class LiveServer:
+    """`python -m guardforge serve` on a free loopback port; its log goes to home/server-N.log."""
+
+    def __init__(self, home: Path, env: dict[str, str], ui: bool = False):
+        self.home = home
+        self.env = env
+        self.ui = ui
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+        self.log_path: Path | None = None
+
+    def start(self, timeout: float = 240) -> LiveServer:
+        n = len(list(self.home.glob("server-*.log")))
+        self.log_path = self.home / f"server-{n}.log"
+        args = [sys.executable, "-m", "guardforge", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                "--log-level", "warning"] + ([] if self.ui else ["--no-ui"])
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"server not ready after {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:] if self.log_path else ""
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs, as in a crash or an OOM kill."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(30)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()

@@ -1,0 +1,267 @@
+"""A live `guardforge serve` on loopback (open, no keys), driven by real clients: webuiapi, httpx, SSE."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import struct
+import threading
+import time
+import zlib
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.livesrv import LiveServer, make_home, server_env
+
+TINY = {"steps": 2, "width": 64, "height": 64, "seed": 7}
+LONG = {"prompt": "a long job", "steps": 150, "n_iter": 8, "width": 64, "height": 64}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_model_dir):
+    home = make_home(tmp_path_factory.mktemp("serve"), tiny_model_dir)
+    env = server_env(home, GUARDFORGE_LIMITS__MAX_STEPS="150", GUARDFORGE_SERVER__MAX_BODY_BYTES="200000")
+    live = LiveServer(home, env).start()
+    yield live
+    live.stop()
+
+
+@pytest.fixture
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=120) as http:
+        yield http
+
+
+def png_b64(size=(64, 64), color=(200, 30, 30), mode="RGB") -> str:
+    buffer = io.BytesIO()
+    Image.new(mode, size, color).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def wait_state(client, job_id, states, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["state"] in states:
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} never reached {states}: {job}")
+
+
+def wait_running_step(client, job_id, timeout=120):
+    """Until the job has done at least one denoising step."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["state"] == "running" and job["progress"] and job["progress"]["step"] >= 1:
+            return job
+        assert job["state"] in ("queued", "running"), job
+        time.sleep(0.05)
+    raise AssertionError("the job never started stepping")
+
+
+# -- A1111 API through the real webuiapi client -----------------------------------------------------
+def test_webuiapi_txt2img(server):
+    import webuiapi
+
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=server.port, sampler="Euler a", steps=2)
+    result = api.txt2img(prompt="a red square", negative_prompt="blur", seed=1234, width=64, height=64,
+                         batch_size=2, cfg_scale=5, alwayson_scripts={"ADetailer": {"args": [True]}},
+                         override_settings={"sd_model_checkpoint": "tiny-sd"})
+    assert len(result.images) == 2 and result.images[0].size == (64, 64)
+    info = result.info
+    assert info["all_seeds"] == [1234, 1235] or len(info["all_seeds"]) == 2
+    assert info["seed"] == 1234 and info["sd_model_name"] == "tiny-sd"
+    assert info["sd_model_hash"] and len(info["infotexts"]) == 2 and "Steps: 2" in info["infotexts"][0]
+    assert "alwayson_scripts" in info["guardforge"]["ignored_fields"]
+    assert info["guardforge"]["actions"] == ["allow", "allow"]
+    assert result.parameters["prompt"] == "a red square"
+
+
+def test_webuiapi_img2img_inpaint_and_listings(server):
+    import webuiapi
+
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=server.port, steps=2)
+    init = Image.new("RGB", (64, 64), (20, 120, 220))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    result = api.img2img(images=[init], mask_image=mask, prompt="a patch", denoising_strength=0.6,
+                         width=64, height=64, seed=3, inpainting_mask_invert=0)
+    assert result.images[0].size == (64, 64) and result.info["seed"] == 3
+    assert result.parameters["init_images"] is None  # A1111 leaves them out of `parameters`
+    models = api.get_sd_models()
+    assert models[0]["model_name"] == "tiny-sd" and models[0]["title"].startswith("tiny-sd [")
+    assert models[0]["hash"] and len(models[0]["sha256"]) == 64
+    assert "Euler a" in [s["name"] for s in api.get_samplers()]
+    assert "karras" in [s["name"] for s in api.get_schedulers()]
+    api.util_set_model("tiny-sd")
+    assert api.util_get_current_model().startswith("tiny-sd")
+    progress = api.get_progress()
+    assert progress["progress"] == 0 and progress["current_image"] is None
+    assert api.refresh_checkpoints() is None
+    assert api.get_scripts() == {"txt2img": [], "img2img": []}
+
+
+def test_sdapi_progress_and_interrupt_while_running(server, client):
+    done: dict = {}
+
+    def call():
+        payload = {"prompt": "interrupt me", "steps": 150, "n_iter": 8, "width": 64, "height": 64}
+        done["response"] = httpx.post(f"{server.url}/sdapi/v1/txt2img", json=payload, timeout=300)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        progress = client.get("/sdapi/v1/progress").json()
+        if progress["state"]["sampling_step"] >= 1:
+            break
+        time.sleep(0.05)
+    assert 0 < progress["progress"] < 1 and progress["state"]["sampling_steps"] == 1200
+    assert progress["eta_relative"] > 0
+    assert client.post("/sdapi/v1/interrupt").status_code == 200
+    thread.join(120)
+    response = done["response"]
+    assert response.status_code == 200
+    info = json.loads(response.json()["info"])
+    assert info["guardforge"]["interrupted"] and info["guardforge"]["state"] == "cancelled"
+
+
+# -- native /v1 --------------------------------------------------------------------------------------
+def test_native_job_with_sse_and_image(client):
+    created = client.post("/v1/jobs", json={"prompt": "a blue circle", **TINY, "batch_size": 2})
+    assert created.status_code == 202
+    job_id = created.json()["id"]
+    events = []
+    with client.stream("GET", f"/v1/jobs/{job_id}/events") as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        name = None
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                events.append((name, json.loads(line[6:])))
+                if name == "done":
+                    break
+    progress = [data for name, data in events if name == "progress" and data.get("step")]
+    done = events[-1][1]
+    assert events[-1][0] == "done" and done["state"] == "succeeded"
+    # The tiny job may finish before the stream opens; when it did not, steps arrive in order.
+    assert [p["step"] for p in progress] == sorted(p["step"] for p in progress)
+    assert all({"step", "total", "eta", "state"} <= set(p) for p in progress)
+    assert len(done["verdicts"]) == 2 and len(done["images"]) == 2
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["state"] == "succeeded" and job["result"]["seeds"][0] == 7
+    image = client.get(job["images"][0]["url"])
+    assert image.status_code == 200 and Image.open(io.BytesIO(image.content)).size == (64, 64)
+    assert job_id in [j["id"] for j in client.get("/v1/jobs").json()["jobs"]]
+
+
+def test_cancel_running_job_and_status_answers_during_generation(client):
+    job_id = client.post("/v1/jobs", json=LONG).json()["id"]
+    wait_running_step(client, job_id)
+    latencies = []
+    for _ in range(20):  # the event loop answers while the worker thread generates
+        started = time.perf_counter()
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        latencies.append(time.perf_counter() - started)
+        assert job["state"] == "running"
+    assert max(latencies) < 1.0, latencies
+    cancelled = client.delete(f"/v1/jobs/{job_id}")
+    assert cancelled.status_code == 200
+    job = wait_state(client, job_id, {"cancelled", "failed", "succeeded"}, timeout=60)
+    assert job["state"] == "cancelled" and job["progress"] is None
+    assert job["finished_at"] - job["started_at"] < 60
+
+
+def test_cancel_queued_job(client):
+    running = client.post("/v1/jobs", json=LONG).json()["id"]
+    queued = client.post("/v1/jobs", json={"prompt": "never runs", **TINY}).json()
+    assert queued["state"] == "queued"
+    assert client.delete(f"/v1/jobs/{queued['id']}").json()["state"] == "cancelled"
+    client.delete(f"/v1/jobs/{running}")
+    wait_state(client, running, {"cancelled"})
+    assert client.get(f"/v1/jobs/{queued['id']}").json()["started_at"] is None
+
+
+def test_priority_runs_first(client):
+    blocker = client.post("/v1/jobs", json=LONG).json()["id"]
+    wait_running_step(client, blocker)
+    low = client.post("/v1/jobs", json={"prompt": "low", **TINY}).json()["id"]
+    high = client.post("/v1/jobs?priority=10", json={"prompt": "high", **TINY}).json()
+    assert high["position"] == 0
+    client.delete(f"/v1/jobs/{blocker}")
+    low_job = wait_state(client, low, {"succeeded"})
+    high_job = wait_state(client, high["id"], {"succeeded"})
+    assert high_job["started_at"] < low_job["started_at"]
+
+
+# -- limits and errors: 4xx with a reason, never 500 --------------------------------------------------
+def bomb_png(width=60000, height=60000) -> str:
+    """A tiny PNG whose header claims a huge size: decoding it would allocate gigabytes."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    raw = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    raw += chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    return base64.b64encode(raw).decode()
+
+
+@pytest.mark.parametrize("path,payload,status,needle", [
+    ("/v1/jobs", {"prompt": "x", "steps": 151}, 422, "steps=151"),
+    ("/v1/jobs", {"prompt": "x", "width": 63}, 422, "multiple of 8"),
+    ("/v1/jobs", {"prompt": "x", "sampler": "Nope"}, 422, "unknown sampler"),
+    ("/v1/jobs", {"prompt": "x", "model": "no-such-model"}, 404, "no-such-model"),
+    ("/v1/jobs", {"prompt": "x", "model": "../../etc/passwd"}, 422, "leaves the models folder"),
+    ("/v1/jobs", {"prompt": "x", "init_image": "%%%not base64"}, 422, "not valid base64"),
+    ("/v1/jobs", {"prompt": "x", "init_image": base64.b64encode(b"GIF89a nope").decode()}, 422, "not a readable"),
+    ("/v1/jobs", {"prompt": "x", "init_image": bomb_png()}, 422, "over the limit"),
+    ("/v1/jobs", {"prompt": "x", "unknown_field": 1}, 422, "unknown_field"),
+    ("/sdapi/v1/txt2img", {"prompt": "x", "scheduler": "polyexponential"}, 422, "unknown scheduler"),
+    ("/sdapi/v1/txt2img", {"prompt": "x", "sampler_name": "Nope"}, 422, "unknown sampler"),
+    ("/sdapi/v1/txt2img", {"prompt": "x", "override_settings": {"sd_model_checkpoint": "gone [abcdef12]"}},
+     404, "gone"),
+    ("/sdapi/v1/img2img", {"prompt": "x", "init_images": ["data:image/png;base64,AAAA"]}, 422, "not a readable"),
+    ("/sdapi/v1/img2img", {"prompt": "x", "init_images": []}, 422, "init_images"),
+    ("/sdapi/v1/txt2img", {"prompt": "x", "batch_size": 9}, 422, "batch_size=9"),
+])
+def test_bad_requests_are_4xx_with_a_reason(client, path, payload, status, needle):
+    response = client.post(path, json=payload)
+    assert response.status_code == status, response.text
+    assert needle in response.text
+
+
+def test_body_size_limit(client):
+    big = {"prompt": "x", "init_image": "A" * 300_000}
+    assert client.post("/v1/jobs", json=big).status_code == 413
+    # Chunked upload without Content-Length is counted as it streams.
+    body = json.dumps(big).encode()
+    chunks = (body[i:i + 65536] for i in range(0, len(body), 65536))
+    response = client.post("/v1/jobs", content=chunks, headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "limit" in response.json()["detail"]
+
+
+def test_unknown_ids_are_404(client):
+    assert client.get("/v1/jobs/nope").status_code == 404
+    assert client.delete("/v1/jobs/nope").status_code == 404
+    assert client.get("/v1/images/nope").status_code == 404
+    assert client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "missing"}).status_code == 404
+
+
+# -- operations -----------------------------------------------------------------------------------------
+def test_health_metrics_models_and_openapi(client):
+    assert client.get("/healthz").json()["status"] == "ok"
+    assert client.get("/readyz").status_code == 200
+    metrics = client.get("/metrics").text
+    assert "guardforge_queue_depth" in metrics and "guardforge_http_requests_total" in metrics
+    assert 'guardforge_jobs_submitted_total{api="native"}' in metrics
+    assert [m["name"] for m in client.get("/v1/models").json()["models"]] == ["tiny-sd"]
+    schema = client.get("/openapi.json").json()
+    for path in ("/sdapi/v1/txt2img", "/v1/jobs", "/v1/moderations", "/v1/jobs/{job_id}/events"):
+        assert path in schema["paths"]
+    for path, methods in schema["paths"].items():
+        for method, operation in methods.items():
+            assert operation.get("summary"), f"{method.upper()} {path} has no summary"
+    assert "422" in schema["paths"]["/v1/jobs"]["post"]["responses"]

@@ -1,0 +1,114 @@
+"""A live server that requires API keys: keys CLI, Bearer and Basic, per-key isolation, caps, rate limit."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from tests.livesrv import LiveServer, make_home, run_cli, server_env
+from tests.test_server import LONG, TINY, wait_running_step, wait_state
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_model_dir):
+    from guardforge.jobs.keys import KeyStore
+    from guardforge.jobs.queue import make_engine
+
+    home = make_home(tmp_path_factory.mktemp("auth"), tiny_model_dir)
+    env = server_env(home, GUARDFORGE_SERVER__REQUIRE_AUTH="true", GUARDFORGE_SERVER__MAX_ACTIVE_JOBS_PER_KEY="1",
+                     GUARDFORGE_SERVER__RATE_BURST="5", GUARDFORGE_SERVER__RATE_PER_MINUTE="2",
+                     GUARDFORGE_JOBS__MAX_QUEUE="2")
+    # The CLI makes one key (so `keys create` is exercised end to end); the others are made directly.
+    alice = run_cli(["keys", "create", "alice"], env).strip()
+    store = KeyStore(make_engine(f"sqlite:///{home / 'guardforge.db'}"))
+    keys = {"alice": alice, **{name: store.create(name)[1] for name in ("bob", "carol", "dave", "erin")}}
+    live = LiveServer(home, env).start()
+    yield live, keys, env
+    live.stop()
+
+
+def client(url: str, key: str | None = None) -> httpx.Client:
+    return httpx.Client(base_url=url, timeout=120, headers={"Authorization": f"Bearer {key}"} if key else {})
+
+
+def test_keys_required_off_loopback_setting(setup):
+    server, keys, _ = setup
+    with client(server.url) as anonymous:
+        for method, path in (("GET", "/v1/jobs"), ("POST", "/v1/jobs"), ("GET", "/sdapi/v1/sd-models"),
+                             ("POST", "/sdapi/v1/txt2img"), ("POST", "/v1/moderations")):
+            response = anonymous.request(method, path, json={"prompt": "x"})
+            assert response.status_code == 401, (path, response.text)
+            assert "Bearer" in response.headers["www-authenticate"]
+        assert anonymous.get("/healthz").status_code == 200  # probes stay open
+    with client(server.url, keys["alice"] + "x") as wrong:
+        assert wrong.get("/v1/jobs").status_code == 401
+    with client(server.url, "gf_nope_secret") as wrong:
+        assert wrong.get("/v1/jobs").status_code == 401
+
+
+def test_basic_auth_on_sdapi_with_webuiapi(setup):
+    import webuiapi
+
+    server, keys, _ = setup
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=server.port, steps=2, username="anyone",
+                            password=keys["erin"])
+    result = api.txt2img(prompt="with basic auth", width=64, height=64, seed=5)
+    assert result.images[0].size == (64, 64) and result.info["seed"] == 5
+    # The same key as Bearer sees that job in the native API: one owner for both APIs.
+    with client(server.url, keys["erin"]) as erin:
+        assert result.info["guardforge"]["job_id"] in [j["id"] for j in erin.get("/v1/jobs").json()["jobs"]]
+
+
+def test_each_key_sees_and_cancels_only_its_own(setup):
+    server, keys, _ = setup
+    with client(server.url, keys["alice"]) as alice, client(server.url, keys["bob"]) as bob:
+        job_id = alice.post("/v1/jobs", json={"prompt": "alice's", **TINY}).json()["id"]
+        job = wait_state(alice, job_id, {"succeeded"})
+        image_url = job["images"][0]["url"]
+        assert alice.get(image_url).status_code == 200
+        assert bob.get(f"/v1/jobs/{job_id}").status_code == 404
+        assert bob.delete(f"/v1/jobs/{job_id}").status_code == 404
+        assert bob.get(image_url).status_code == 404
+        assert job_id not in [j["id"] for j in bob.get("/v1/jobs").json()["jobs"]]
+
+
+def test_per_key_job_cap_and_queue_full(setup):
+    server, keys, _ = setup
+    with client(server.url, keys["alice"]) as alice, client(server.url, keys["bob"]) as bob, \
+            client(server.url, keys["dave"]) as dave, client(server.url, keys["carol"]) as carol:
+        running = alice.post("/v1/jobs", json=LONG).json()["id"]
+        wait_running_step(alice, running)
+        capped = alice.post("/v1/jobs", json={"prompt": "second", **TINY})
+        assert capped.status_code == 429 and "limit 1" in capped.json()["detail"]
+        queued = [bob.post("/v1/jobs", json={"prompt": "b", **TINY}).json()["id"],
+                  dave.post("/v1/jobs", json={"prompt": "d", **TINY}).json()["id"]]
+        full = carol.post("/v1/jobs", json={"prompt": "c", **TINY})
+        assert full.status_code == 429 and "queue is full" in full.json()["detail"]
+        assert alice.delete(f"/v1/jobs/{running}").status_code == 200
+        wait_state(alice, running, {"cancelled"})
+        wait_state(bob, queued[0], {"succeeded"})
+        wait_state(dave, queued[1], {"succeeded"})
+
+
+def test_rate_limit_is_per_key(setup):
+    server, keys, _ = setup
+    with client(server.url, keys["carol"]) as carol, client(server.url, keys["dave"]) as dave:
+        # Requests that fail validation still spend tokens: the bucket guards the door, not the GPU.
+        statuses = [carol.post("/v1/jobs", json={"prompt": "x", "steps": 10_000}).status_code for _ in range(8)]
+        assert statuses.count(429) >= 2 and set(statuses) <= {422, 429}
+        assert "rate limit" in carol.post("/v1/jobs", json={"prompt": "x"}).json()["detail"]
+        assert dave.post("/v1/jobs", json={"prompt": "x", "steps": 10_000}).status_code == 422
+
+
+def test_revoked_key_is_refused(setup):
+    server, keys, env = setup
+    with client(server.url, keys["alice"]) as alice:
+        assert alice.get("/v1/jobs").status_code == 200
+        listing = run_cli(["keys", "list"], env)
+        assert "alice" in listing and keys["alice"] not in listing
+        key_id = keys["alice"].split("_")[1]
+        assert f"revoked {key_id}" in run_cli(["keys", "revoke", key_id], env)
+        time.sleep(0.1)
+        assert alice.get("/v1/jobs").status_code == 401

@@ -1,0 +1,37 @@
+"""Schemathesis fuzzes every operation in the live server's OpenAPI schema: no answer may be a 5xx."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.livesrv import LiveServer, make_home, server_env
+
+
+@pytest.fixture(scope="module")
+def small_server(tmp_path_factory, tiny_model_dir):
+    home = make_home(tmp_path_factory.mktemp("fuzz"), tiny_model_dir)
+    # Caps so small that whatever the fuzzer sends that passes validation is a sub-second generation.
+    env = server_env(home, GUARDFORGE_LIMITS__MAX_STEPS="2", GUARDFORGE_LIMITS__MAX_WIDTH="64",
+                     GUARDFORGE_LIMITS__MAX_HEIGHT="64", GUARDFORGE_LIMITS__MAX_BATCH_SIZE="1",
+                     GUARDFORGE_LIMITS__MAX_N_ITER="1", GUARDFORGE_SERVER__RATE_BURST="100000")
+    live = LiveServer(home, env).start()
+    yield live
+    live.stop()
+
+
+def test_no_server_errors_under_fuzzing(small_server):
+    command = [
+        sys.executable, "-m", "schemathesis.cli", "run", f"{small_server.url}/openapi.json",
+        "--checks", "not_a_server_error", "--max-examples", "8", "--seed", "1",
+        "--phases", "examples,coverage,fuzzing", "--request-timeout", "60",
+        # An event stream of a queued job stays open by design; its 404/401 paths are tested elsewhere.
+        "--exclude-path-regex", "/events$",
+        "--suppress-health-check", "all",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    report = done.stdout[-6000:] + done.stderr[-2000:]
+    assert done.returncode == 0, f"schemathesis found server errors:\n{report}\n--- server log ---\n{small_server.log()}"
+    assert "not_a_server_error" in done.stdout

@@ -1,0 +1,65 @@
+"""The web UI end to end in headless Debian Chromium: type a prompt, generate, see the image and its verdict."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.livesrv import REPO, LiveServer, make_home, server_env
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = REPO / "test-artifacts"
+
+
+@pytest.fixture(scope="module")
+def ui_server(tmp_path_factory, tiny_model_dir):
+    home = make_home(tmp_path_factory.mktemp("ui"), tiny_model_dir)
+    live = LiveServer(home, server_env(home), ui=True).start()
+    yield live
+    live.stop()
+
+
+def chromium() -> str:
+    path = shutil.which("chromium") or (CHROMIUM if Path(CHROMIUM).exists() else None)
+    if path is None:
+        pytest.fail("Debian's chromium is not installed: run `apt-get install -y chromium` "
+                    "(the UI test needs a real browser; CI installs it)")
+    return path
+
+
+def set_number(page, elem_id: str, value: int) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def test_generate_in_the_browser(ui_server):
+    from playwright.sync_api import expect, sync_playwright
+
+    executable = chromium()
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=executable,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1600})
+            page.goto(f"{ui_server.url}/ui/", wait_until="networkidle")
+            page.locator("#gf-prompt textarea").fill("a green triangle")
+            set_number(page, "gf-steps", 3)
+            set_number(page, "gf-width", 64)
+            set_number(page, "gf-height", 64)
+            set_number(page, "gf-seed", 42)
+            page.locator("#gf-generate").click()
+            expect(page.locator("#gf-gallery img").first).to_be_visible(timeout=180_000)
+            expect(page.locator("#gf-verdict")).to_contain_text("allow", timeout=30_000)
+            expect(page.locator("#gf-infotext textarea")).to_have_value(
+                re.compile(r"a green triangle.*Steps: 3.*Seed: 42", re.S))
+            expect(page.locator("#gf-progress")).to_have_attribute("data-state", "done")
+            page.screenshot(path=str(ARTIFACTS / "ui-txt2img.png"), full_page=True)
+        finally:
+            browser.close()
