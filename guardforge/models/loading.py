@@ -61,7 +61,8 @@ def config_folder(family: str, settings: Settings) -> Path:
     target = settings.home / "cache" / "configs" / name
     version = _assets_version(source)
     marker = target / ".version"
-    if marker.is_file() and marker.read_text() == version:
+    complete = all((t / f).is_file() for t in target.glob("tokenizer*") for f in _TOKENIZER_FILES)
+    if marker.is_file() and marker.read_text() == version and complete:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
