@@ -228,10 +228,9 @@ async def refresh_loras(request: Request, caller: Caller = Depends(get_caller)) 
 
 @router.get("/samplers", response_model=list[Sampler], summary="Sampler names (A1111's)", responses=errors(401))
 async def samplers(caller: Caller = Depends(get_caller)) -> list[Sampler]:
-    from guardforge.engine.samplers import SAMPLERS
+    from guardforge.engine.samplers import SAMPLERS, sampler_spec
 
-    return [Sampler(name=name, aliases=list(getattr(spec, "aliases", ()) or ()), options={})
-            for name, spec in SAMPLERS.items()]
+    return [Sampler(name=name, aliases=list(sampler_spec(name).aliases), options={}) for name in SAMPLERS]
 
 
 @router.get("/schedulers", response_model=list[Scheduler], summary="Noise schedules", responses=errors(401))
