@@ -185,3 +185,9 @@ class Studio:
             model_hash=model_hash, elapsed_s=time.perf_counter() - started,
             prompt_verdict=prompt_verdict.model_dump(),
         )
+
+    def train_dreambooth(self, config, progress=None, cancel: Event | None = None, resume=None):
+        """DreamBooth (full or LoRA): guard the data, make class images, train, export into the models folder."""
+        from guardforge.train.dreambooth.run import train_dreambooth
+
+        return train_dreambooth(self, config, progress=progress, cancel=cancel, resume=resume)
