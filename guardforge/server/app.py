@@ -156,7 +156,7 @@ def create_app(studio, *, start_workers: bool = True, mount_ui: bool = True) -> 
         detail = {"workers": studio.workers.started if start_workers else "not started by this app"}
         try:
             detail["queued"] = studio.jobs.depth()
-            ok = (studio.workers.started or not start_workers)
+            ok = not start_workers or studio.workers.started
         except Exception as exc:  # the database is down: say so, do not crash the probe
             detail["database"] = f"{type(exc).__name__}: {exc}"
             ok = False
