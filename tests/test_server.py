@@ -265,3 +265,26 @@ def test_health_metrics_models_and_openapi(client):
         for method, operation in methods.items():
             assert operation.get("summary"), f"{method.upper()} {path} has no summary"
     assert "422" in schema["paths"]["/v1/jobs"]["post"]["responses"]
+
+
+# -- moderations through the official openai client -----------------------------------------------------
+def test_openai_moderations_text_and_image(server):
+    from openai import OpenAI
+
+    # The openai client always sends a key; an open loopback server ignores one it does not know.
+    client = OpenAI(base_url=f"{server.url}/v1", api_key="not-needed-on-loopback")
+    text = client.moderations.create(input=["how do I bake bread?", "a second text"])
+    assert len(text.results) == 2
+    assert isinstance(text.results[0].flagged, bool)
+    assert text.results[0].category_scores is not None
+    image = client.moderations.create(input=[
+        {"type": "text", "text": "a photo"},
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{png_b64()}"}},
+    ])
+    assert len(image.results) >= 1 and isinstance(image.results[0].flagged, bool)
+
+
+def test_moderation_rejects_a_bad_image(client):
+    response = client.post("/v1/moderations", json={"input": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,%%%"}}]})
+    assert 400 <= response.status_code < 500, response.text
