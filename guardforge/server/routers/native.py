@@ -6,6 +6,7 @@ import json
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from guardforge.engine.request import GenerationRequest
 from guardforge.jobs.queue import TERMINAL, Job
@@ -62,8 +63,9 @@ async def create_job(body: GenerationRequest, request: Request,
                      caller: Caller = Depends(get_limited_caller)) -> JobCreated:
     app = request.app
     max_active = app.state.studio.settings.server.max_active_jobs_per_key if caller.key_id else None
-    job_id = app.state.studio.submit(body, owner=caller.owner, priority=priority, save=save,
-                                     max_active=max_active)
+    # Off the event loop: checking the request decodes its images and may rescan the models folder.
+    job_id = await run_in_threadpool(app.state.studio.submit, body, owner=caller.owner, priority=priority,
+                                     save=save, max_active=max_active)
     app.state.metrics.submitted.labels("native").inc()
     job = app.state.studio.jobs.get(job_id, caller.owner)
     return JobCreated(id=job.id, state=job.state, position=job.position)

@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Request
 from PIL import Image, ImageDraw, ImageFont
+from starlette.concurrency import run_in_threadpool
 
 from guardforge.engine.request import GenerationRequest
 from guardforge.jobs.queue import TERMINAL, Job
@@ -95,8 +96,9 @@ async def generate(request: Request, payload: Txt2ImgPayload, caller: Caller) ->
     studio = request.app.state.studio
     gen, ignored = to_generation_request(payload, request.app.state.sdapi_options["sd_model_checkpoint"])
     max_active = studio.settings.server.max_active_jobs_per_key if caller.key_id else None
-    job_id = studio.submit(gen, owner=caller.owner, priority=PRIORITY, save=payload.save_images,
-                           max_active=max_active)
+    # Off the event loop: checking the request decodes its images and may rescan the models folder.
+    job_id = await run_in_threadpool(studio.submit, gen, owner=caller.owner, priority=PRIORITY,
+                                     save=payload.save_images, max_active=max_active)
     request.app.state.metrics.submitted.labels("sdapi").inc()
     job = await wait_for(studio, job_id)
     if job.state == "failed":
