@@ -114,13 +114,17 @@ def build_ui(studio) -> gr.Blocks:
     def read_png(path):
         if not path:
             return (gr.update(),) * 10 + ("",)
-        from guardforge.engine.infotext import parse_infotext
+        from guardforge.engine.infotext import request_from_infotext
 
         image = Image.open(path)
         text = image.info.get("parameters", "")  # A1111 and guardforge write a PNG tEXt chunk "parameters"
         if not text:
             return (gr.update(),) * 10 + ("this image carries no generation parameters",)
-        return _fields_update(parse_infotext(text)) + (text,)
+        try:
+            params = request_from_infotext(text).model_dump()
+        except Exception as exc:  # a foreign infotext (unknown sampler, odd sizes): show it, fill nothing
+            return (gr.update(),) * 10 + (f"{text}\n\n(not usable here: {exc})",)
+        return _fields_update(params) + (text,)
 
     def _fields_update(params: dict):
         get = params.get
