@@ -1,0 +1,119 @@
+"""A1111 infotext: the "parameters" text stored in each image, written and parsed in A1111's exact format."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from guardforge.engine.request import GenerationRequest
+from guardforge.engine.samplers import canonical_sampler_name, effective_schedule, split_legacy_sampler
+
+# A1111's modules/infotext_utils.py: `key: value` pairs, values quoted as JSON when they hold , : or newline.
+_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+_SIZE = re.compile(r"^(\d+)x(\d+)$")
+_INVERTED_MASK_MODE = "Inpaint not masked"
+
+
+def quote(value: Any) -> Any:
+    text = str(value)
+    if "," not in text and "\n" not in text and ":" not in text:
+        return value
+    return json.dumps(text, ensure_ascii=False)
+
+
+def unquote(text: str) -> str:
+    if len(text) == 0 or text[0] != '"' or text[-1] != '"':
+        return text
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _number(value: float) -> str:
+    # A1111 writes CFG 7 as "7" and 7.5 as "7.5".
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def build_infotext(request: GenerationRequest, seed: int, width: int, height: int, model_name: str,
+                   model_hash: str | None) -> str:
+    """Prompt, `Negative prompt:` line (only when there is one), then the parameters line, in A1111's order."""
+    params: dict[str, Any] = {
+        "Steps": request.steps,
+        "Sampler": request.sampler,
+        # The schedule in force, so a reader sees "Karras" where "Automatic" resolved to it.
+        "Schedule type": effective_schedule(request.sampler, request.schedule),
+        "CFG scale": _number(request.cfg_scale),
+        "Seed": seed,
+        "Size": f"{width}x{height}",
+        "Model hash": model_hash,
+        "Model": model_name,
+        "Denoising strength": request.denoising_strength if request.mode != "txt2img" else None,
+        "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
+        # A1111 adds these to extra_generation_params for inpainting, which come after the fixed keys.
+        "Mask blur": request.mask_blur if request.mode == "inpaint" else None,
+        "Mask mode": _INVERTED_MASK_MODE if request.mode == "inpaint" and request.inpainting_mask_invert else None,
+    }
+    line = ", ".join(f"{k}: {quote(v)}" for k, v in params.items() if v is not None)
+    negative = f"\nNegative prompt: {request.negative_prompt}" if request.negative_prompt else ""
+    return f"{request.prompt}{negative}\n{line}".strip()
+
+
+def parse_infotext(text: str) -> dict[str, Any]:
+    """A1111's parse_generation_parameters: {"Prompt", "Negative prompt", "Steps", ..., "Size-1", "Size-2"}.
+
+    Values stay strings as in A1111, except that the defaults A1111 fills in are added (Clip skip 1,
+    Schedule type from an old "DPM++ 2M Karras" style sampler name).
+    """
+    result: dict[str, Any] = {}
+    prompt, negative, in_negative = "", "", False
+    *lines, last = text.strip().split("\n")
+    if len(_PARAM.findall(last)) < 3:
+        lines.append(last)
+        last = ""
+    for line in lines:
+        line = line.strip()
+        if line.startswith("Negative prompt:"):
+            in_negative = True
+            line = line[16:].strip()
+        if in_negative:
+            negative += ("" if negative == "" else "\n") + line
+        else:
+            prompt += ("" if prompt == "" else "\n") + line
+    result["Prompt"] = prompt
+    result["Negative prompt"] = negative
+    for key, value in _PARAM.findall(last):
+        if value[:1] == '"' and value[-1:] == '"':
+            value = unquote(value)
+        size = _SIZE.match(value)
+        if size is not None:
+            result[f"{key}-1"], result[f"{key}-2"] = size.group(1), size.group(2)
+        else:
+            result[key] = value
+    result.setdefault("Clip skip", "1")
+    if "Sampler" in result and "Schedule type" not in result:
+        result["Sampler"], schedule = split_legacy_sampler(result["Sampler"])
+        result["Schedule type"] = schedule or "Automatic"
+    return result
+
+
+def request_from_infotext(text: str, **overrides: Any) -> GenerationRequest:
+    """The GenerationRequest that an infotext describes (images are not in infotext: pass them in overrides)."""
+    p = parse_infotext(text)
+    fields: dict[str, Any] = {"prompt": p["Prompt"], "negative_prompt": p["Negative prompt"]}
+    mapping = {
+        "Steps": ("steps", int), "Schedule type": ("schedule", str), "CFG scale": ("cfg_scale", float),
+        "Seed": ("seed", int), "Size-1": ("width", int), "Size-2": ("height", int),
+        "Denoising strength": ("denoising_strength", float), "Clip skip": ("clip_skip", int),
+        "Mask blur": ("mask_blur", int), "Model": ("model", str),
+    }
+    for key, (name, cast) in mapping.items():
+        if key in p:
+            fields[name] = cast(p[key])
+    if "Sampler" in p:
+        fields["sampler"] = canonical_sampler_name(p["Sampler"]) or p["Sampler"]
+    if p.get("Mask mode") == _INVERTED_MASK_MODE:
+        fields["inpainting_mask_invert"] = True
+    fields.update(overrides)
+    return GenerationRequest(**fields)

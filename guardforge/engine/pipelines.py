@@ -1,0 +1,204 @@
+"""The engine: one GenerationRequest run on a loaded diffusers pipeline (txt2img, img2img, inpaint).
+
+Reproducibility: every image gets its own `torch.Generator` on the CPU seeded with its own seed
+(seed, seed+1, ... over batch_size x n_iter, as A1111 numbers them). Initial noise is drawn on the CPU and
+then moved to the device, so one seed gives the same image on CPU, CUDA, MPS or XPU (up to the device's
+arithmetic) and whether it was made alone or as the third image of a batch. The exception is DPM++ SDE,
+whose Brownian-tree noise is seeded once per batch with the batch's first seed.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from PIL import Image, ImageFilter, ImageOps
+
+from guardforge.engine.lora import applied_loras, resolve_loras
+from guardforge.engine.prompts import encode_prompts, extract_lora_tags
+from guardforge.engine.request import GenerationRequest, ProgressEvent
+from guardforge.engine.samplers import build_scheduler
+from guardforge.errors import Cancelled, InvalidRequest
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+    from guardforge.models.cache import LoadedModel
+    from guardforge.models.registry import ModelRegistry
+    from guardforge.settings import Settings
+
+ProgressCallback = Callable[[ProgressEvent], None]
+
+
+def native_size(pipe: DiffusionPipeline) -> tuple[int, int]:
+    """(width, height) the model was trained at: the denoiser's sample size times the VAE's scale factor."""
+    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    sample = getattr(getattr(denoiser, "config", None), "sample_size", None)
+    factor = getattr(pipe, "vae_scale_factor", 8)
+    if sample is None:
+        return 512, 512
+    if isinstance(sample, (list, tuple)):
+        return int(sample[1]) * factor, int(sample[0]) * factor
+    if getattr(pipe, "transformer", None) is not None and getattr(pipe, "unet", None) is None:
+        # Flux and SD3 keep their default in the pipeline (latent size before 2x2 patch packing).
+        default = getattr(pipe, "default_sample_size", sample)
+        return int(default) * factor, int(default) * factor
+    return int(sample) * factor, int(sample) * factor
+
+
+def request_seeds(request: GenerationRequest) -> list[int]:
+    """One seed per image: seed, seed+1, ... over batch_size x n_iter; -1 draws a fresh random first seed."""
+    total = request.batch_size * request.n_iter
+    first = request.seed if request.seed != -1 else secrets.randbelow(2**32 - total)
+    return [first + i for i in range(total)]
+
+
+def prepare_mask(mask: Image.Image, size: tuple[int, int], blur: int, invert: bool) -> Image.Image:
+    """The mask as A1111 uses it: grey-scale, resized to the output, inverted if asked, Gaussian-blurred."""
+    mask = mask.convert("L").resize(size, Image.LANCZOS)
+    if invert:
+        mask = ImageOps.invert(mask)
+    if blur > 0:
+        mask = mask.filter(ImageFilter.GaussianBlur(blur))
+    return mask
+
+
+class _Progress:
+    """Turns diffusers' per-step callback into ProgressEvents over the whole request and checks cancel."""
+
+    def __init__(self, n_iter: int, on_progress: ProgressCallback | None, cancel: threading.Event | None):
+        self.n_iter = n_iter
+        self.on_progress = on_progress
+        self.cancel = cancel
+        self.iteration = 0
+        self.done = 0
+        self.started = time.perf_counter()
+
+    def check_cancel(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled(f"cancelled after {self.done} steps")
+
+    def callback(self, pipe: DiffusionPipeline, step: int, timestep: Any, kwargs: dict) -> dict:
+        self.done += 1
+        if self.on_progress is not None:
+            per_batch = int(getattr(pipe, "num_timesteps", 0) or step + 1)
+            total = per_batch * self.n_iter
+            elapsed = max(time.perf_counter() - self.started, 1e-9)
+            rate = self.done / elapsed
+            self.on_progress(ProgressEvent(step=self.done, total=total, it_per_s=rate,
+                                           eta_s=max(total - self.done, 0) / rate, batch_index=self.iteration))
+        # Checked after reporting, so a caller that cancels from its progress handler stops at this step.
+        self.check_cancel()
+        return kwargs
+
+
+class Engine:
+    """Runs requests on LoadedModels. Holds no model: Studio's cache does; this only keeps per-model locks."""
+
+    def __init__(self, settings: Settings, registry: ModelRegistry | None = None):
+        self.settings = settings
+        self._registry = registry
+        # A request swaps the scheduler and loads LoRAs into the shared pipeline, so requests on the same
+        # model take turns; different models run in parallel.
+        self._locks: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
+        self._locks_guard = threading.Lock()
+
+    @property
+    def registry(self) -> ModelRegistry:
+        if self._registry is None:
+            from guardforge.models.registry import ModelRegistry
+
+            self._registry = ModelRegistry(self.settings)
+        return self._registry
+
+    def _lock_for(self, pipe: DiffusionPipeline) -> threading.Lock:
+        with self._locks_guard:
+            lock = self._locks.get(pipe)
+            if lock is None:
+                lock = self._locks[pipe] = threading.Lock()
+            return lock
+
+    def size_for(self, loaded: LoadedModel, request: GenerationRequest) -> tuple[int, int]:
+        native_w, native_h = native_size(loaded.pipeline)
+        return request.width or native_w, request.height or native_h
+
+    def run(
+        self,
+        loaded: LoadedModel,
+        request: GenerationRequest,
+        init_image: Image.Image | None = None,
+        mask: Image.Image | None = None,
+        on_progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> list[tuple[Image.Image, int]]:
+        """Generate batch_size x n_iter images; returns (image, seed) pairs in seed order."""
+        import torch
+
+        mode = request.mode
+        if mode != "txt2img" and init_image is None:
+            raise InvalidRequest(f"{mode} needs the decoded init image")
+        if mode == "inpaint" and mask is None:
+            raise InvalidRequest("inpaint needs the decoded mask")
+        if mode != "txt2img" and int(request.steps * request.denoising_strength) < 1:
+            raise InvalidRequest(
+                f"denoising_strength {request.denoising_strength} x {request.steps} steps leaves no step to run; "
+                "raise either")
+        width, height = self.size_for(loaded, request)
+        seeds = request_seeds(request)
+        prompt, tags = extract_lora_tags(request.prompt)
+        loras = resolve_loras(self.registry, tags, self.settings.allow_pickle) if tags else []
+
+        mode_inputs: dict[str, Any] = {}
+        original = blend_mask = None
+        if init_image is not None:
+            original = init_image.convert("RGB").resize((width, height), Image.LANCZOS)
+            mode_inputs = {"image": original, "strength": request.denoising_strength}
+        if mode == "inpaint":
+            blend_mask = prepare_mask(mask, (width, height), request.mask_blur, request.inpainting_mask_invert)
+            mode_inputs.update(mask_image=blend_mask, width=width, height=height)
+        elif mode == "txt2img":
+            mode_inputs.update(width=width, height=height)
+
+        progress = _Progress(request.n_iter, on_progress, cancel)
+        pipe = loaded.for_mode(mode)
+        # The engine reports progress through on_progress; diffusers' own tqdm bar would only add noise.
+        pipe.set_progress_bar_config(disable=True)
+        results: list[tuple[Image.Image, int]] = []
+        with self._lock_for(loaded.pipeline):
+            progress.check_cancel()
+            base_scheduler = pipe.scheduler
+            try:
+                with applied_loras(pipe, loras):
+                    # Encoded once per request, after the LoRAs, which may patch the text encoder too.
+                    with torch.no_grad():
+                        embeds = encode_prompts(pipe, prompt, request.negative_prompt, request.clip_skip,
+                                                pipe._execution_device)
+                    for iteration in range(request.n_iter):
+                        progress.iteration = iteration
+                        progress.check_cancel()
+                        batch_seeds = seeds[iteration * request.batch_size:(iteration + 1) * request.batch_size]
+                        pipe.scheduler = build_scheduler(base_scheduler.config, request.sampler, request.schedule,
+                                                         seed=batch_seeds[0])
+                        output = pipe(
+                            **embeds.kwargs,
+                            **mode_inputs,
+                            num_inference_steps=request.steps,
+                            guidance_scale=request.cfg_scale,
+                            num_images_per_prompt=request.batch_size,
+                            generator=[torch.Generator("cpu").manual_seed(s) for s in batch_seeds],
+                            output_type="pil",
+                            callback_on_step_end=progress.callback,
+                        )
+                        for image, seed in zip(output.images, batch_seeds, strict=True):
+                            if blend_mask is not None:
+                                # A1111's overlay: pixels outside the (blurred) mask come back from the original
+                                # exactly, undoing the VAE round trip's drift there.
+                                image = Image.composite(image.convert("RGB"), original, blend_mask)
+                            results.append((image, seed))
+            finally:
+                pipe.scheduler = base_scheduler
+        return results

@@ -1,0 +1,202 @@
+"""A1111 prompt syntax: `<lora:name:w>` tags, `(word:1.2)`/`(word)`/`[word]` weights via compel, and clip skip."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from guardforge.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import DiffusionPipeline
+
+# A1111's extra-network syntax: <lora:name>, <lora:name:unet_weight>, <lora:name:unet_weight:te_weight>.
+_LORA_TAG = re.compile(r"<lora:([^:>]+)(?::([^:>]*))?(?::([^:>]*))?>", re.IGNORECASE)
+
+# A1111's attention grammar (modules/prompt_parser.py): escapes, brackets, `:weight)` and plain text.
+_ATTENTION = re.compile(r"""
+\\\(|\\\)|\\\[|\\]|\\\\|\\|
+\(|\[|
+:\s*([+-]?[.\d]+)\s*\)|
+\)|]|
+[^\\()\[\]:]+|
+:
+""", re.X)
+_ROUND = 1.1  # (word) multiplies attention by 1.1, [word] divides by it, as in A1111
+_SQUARE = 1 / 1.1
+
+
+@dataclass(frozen=True)
+class LoraTag:
+    name: str
+    weight: float = 1.0
+
+
+def extract_lora_tags(prompt: str) -> tuple[str, list[LoraTag]]:
+    """Remove `<lora:...>` tags from a prompt; returns the prompt without them and the tags in order."""
+    tags: list[LoraTag] = []
+
+    def take(match: re.Match[str]) -> str:
+        name, weight = match.group(1).strip(), (match.group(2) or "").strip()
+        try:
+            value = float(weight) if weight else 1.0
+        except ValueError:
+            raise InvalidRequest(f"<lora:{name}:{weight}>: the weight must be a number, e.g. <lora:{name}:0.8>") from None
+        tags.append(LoraTag(name, value))
+        return ""
+
+    return _LORA_TAG.sub(take, prompt), tags
+
+
+def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
+    """A1111's weighting: `(a:1.3)`, `(a)` x1.1, `[a]` /1.1, nested brackets multiply, `\\(` is literal.
+
+    Returns fragments with their weight, adjacent fragments of equal weight merged.
+    """
+    fragments: list[list[Any]] = []
+    round_open: list[int] = []
+    square_open: list[int] = []
+
+    def multiply(start: int, factor: float) -> None:
+        for fragment in fragments[start:]:
+            fragment[1] *= factor
+
+    for match in _ATTENTION.finditer(text):
+        token, weight = match.group(0), match.group(1)
+        if token.startswith("\\"):
+            fragments.append([token[1:], 1.0])
+        elif token == "(":
+            round_open.append(len(fragments))
+        elif token == "[":
+            square_open.append(len(fragments))
+        elif weight is not None and round_open:
+            multiply(round_open.pop(), float(weight))
+        elif token == ")" and round_open:
+            multiply(round_open.pop(), _ROUND)
+        elif token == "]" and square_open:
+            multiply(square_open.pop(), _SQUARE)
+        else:
+            fragments.append([token, 1.0])
+    # Brackets left open apply to the end of the prompt, as in A1111.
+    for start in round_open:
+        multiply(start, _ROUND)
+    for start in square_open:
+        multiply(start, _SQUARE)
+
+    merged: list[list[Any]] = []
+    for fragment in fragments:
+        if merged and merged[-1][1] == fragment[1]:
+            merged[-1][0] += fragment[0]
+        else:
+            merged.append(fragment)
+    return [(text_, float(weight)) for text_, weight in merged] or [("", 1.0)]
+
+
+def plain_text(prompt: str) -> str:
+    """The prompt with weighting syntax removed, for encoders compel does not drive (T5, Gemma)."""
+    return "".join(text for text, _ in parse_prompt_attention(prompt))
+
+
+@dataclass
+class PromptEmbeds:
+    """Keyword arguments for a diffusers pipeline call in place of prompt / negative_prompt strings."""
+
+    kwargs: dict[str, Any]
+
+
+def _provider_class():
+    from compel.embeddings_provider import EmbeddingsProvider
+
+    class LayerEmbeddingsProvider(EmbeddingsProvider):
+        """compel's provider reading the hidden state A1111 reads: `hidden_states[-layer]`, optionally normed.
+
+        compel offers only the last and penultimate layers; A1111's clip skip goes up to 12, so this override
+        of compel's one encoding hook picks any layer and keeps the rest of compel (chunking, weighting).
+        """
+
+        def __init__(self, *args: Any, layer: int = 1, normalize: bool = True, **kwargs: Any):
+            super().__init__(*args, **kwargs)
+            self.layer = layer
+            self.normalize = normalize
+
+        def _encode_token_ids_to_embeddings(self, token_ids: torch.Tensor,
+                                            attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+            if self.layer == 1 and self.normalize:
+                return self.text_encoder(token_ids, attention_mask, return_dict=True).last_hidden_state
+            output = self.text_encoder(token_ids, attention_mask, output_hidden_states=True, return_dict=True)
+            hidden = output.hidden_states[-self.layer]
+            return self.text_encoder.text_model.final_layer_norm(hidden) if self.normalize else hidden
+
+    return LayerEmbeddingsProvider
+
+
+def _check_clip_skip(text_encoder: Any, layer: int) -> None:
+    layers = text_encoder.config.num_hidden_layers
+    if layer > layers:
+        raise InvalidRequest(f"clip_skip reads layer -{layer} but this text encoder has only {layers} layers")
+
+
+def _encode(provider: Any, prompt: str, device: Any) -> torch.Tensor:
+    fragments = parse_prompt_attention(prompt)
+    return provider.get_embeddings_for_weighted_prompt_fragments(
+        text_batch=[[text for text, _ in fragments]],
+        fragment_weights_batch=[[weight for _, weight in fragments]],
+        device=device,
+    )
+
+
+def _pad_pair(provider: Any, positive: torch.Tensor, negative: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # Long prompts are encoded in 77-token chunks; the shorter side is padded with empty-prompt chunks,
+    # as A1111 does, so that conditional and unconditional batches have the same length.
+    from compel import Compel
+
+    padded = Compel._pad_conditioning_tensors_to_same_length([positive, negative], provider.empty_z)
+    return padded[0], padded[1]
+
+
+def encode_prompts(pipe: DiffusionPipeline, prompt: str, negative_prompt: str, clip_skip: int,
+                   device: Any) -> PromptEmbeds:
+    """Embeddings for an SD 1.x/2.x or SDXL pipeline, or plain strings for other families.
+
+    `prompt` must already be free of `<lora:...>` tags.
+    """
+    tokenizer = getattr(pipe, "tokenizer", None)
+    text_encoder = getattr(pipe, "text_encoder", None)
+    tokenizer_2 = getattr(pipe, "tokenizer_2", None)
+    text_encoder_2 = getattr(pipe, "text_encoder_2", None)
+    is_clip = text_encoder is not None and hasattr(text_encoder, "text_model")
+    provider_cls = _provider_class()
+    common = {"truncate": False, "device": device}
+
+    if is_clip and text_encoder_2 is not None and hasattr(text_encoder_2, "text_model") and \
+            getattr(pipe, "text_encoder_3", None) is None:
+        # SDXL: both encoders' penultimate layer un-normalised (clip skip 1); higher clip skip goes deeper.
+        layer = clip_skip + 1
+        _check_clip_skip(text_encoder, layer)
+        _check_clip_skip(text_encoder_2, layer)
+        import torch
+
+        p1 = provider_cls(tokenizer, text_encoder, layer=layer, normalize=False, **common)
+        p2 = provider_cls(tokenizer_2, text_encoder_2, layer=layer, normalize=False, **common)
+        halves = []
+        for provider in (p1, p2):
+            halves.append(_pad_pair(provider, _encode(provider, prompt, device), _encode(provider, negative_prompt, device)))
+        embeds = torch.cat([halves[0][0], halves[1][0]], dim=-1)
+        negative = torch.cat([halves[0][1], halves[1][1]], dim=-1)
+        pooled = p2.get_pooled_embeddings([plain_text(prompt)], device=device)
+        negative_pooled = p2.get_pooled_embeddings([plain_text(negative_prompt)], device=device)
+        return PromptEmbeds({"prompt_embeds": embeds, "negative_prompt_embeds": negative,
+                             "pooled_prompt_embeds": pooled, "negative_pooled_prompt_embeds": negative_pooled})
+
+    if is_clip and text_encoder_2 is None:
+        # SD 1.x / 2.x: A1111 reads hidden_states[-clip_skip] through the final layer norm.
+        _check_clip_skip(text_encoder, clip_skip)
+        provider = provider_cls(tokenizer, text_encoder, layer=clip_skip, normalize=True, **common)
+        embeds, negative = _pad_pair(provider, _encode(provider, prompt, device),
+                                     _encode(provider, negative_prompt, device))
+        return PromptEmbeds({"prompt_embeds": embeds, "negative_prompt_embeds": negative})
+
+    # SD3, Flux and others: their T5 encoders take no A1111 weights; send the text without the syntax.
+    return PromptEmbeds({"prompt": plain_text(prompt), "negative_prompt": plain_text(negative_prompt) or None})
