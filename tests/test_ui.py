@@ -36,7 +36,19 @@ def set_number(page, elem_id: str, value: int) -> None:
     box.press("Enter")
 
 
-def test_generate_in_the_browser(ui_server):
+def png_with_infotext(folder: Path) -> Path:
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("parameters", "a purple hexagon\nNegative prompt: ugly\nSteps: 5, Sampler: Euler a, "
+                                "Schedule type: Automatic, CFG scale: 6, Seed: 99, Size: 64x64, Model: tiny-sd")
+    path = folder / "made-elsewhere.png"
+    Image.new("RGB", (64, 64), (120, 40, 160)).save(path, pnginfo=info)
+    return path
+
+
+def test_generate_in_the_browser(ui_server, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
     executable = chromium()
@@ -61,5 +73,13 @@ def test_generate_in_the_browser(ui_server):
                 re.compile(r"a green triangle.*Steps: 3.*Seed: 42", re.S))
             expect(page.locator("#gf-progress")).to_have_attribute("data-state", "done")
             page.screenshot(path=str(ARTIFACTS / "ui-txt2img.png"), full_page=True)
+
+            # Dropping a PNG with A1111 parameters fills the form.
+            page.get_by_role("tab", name="PNG info").click()
+            page.locator("#gf-png input[type=file]").set_input_files(str(png_with_infotext(tmp_path)))
+            expect(page.locator("#gf-prompt textarea")).to_have_value("a purple hexagon", timeout=30_000)
+            expect(page.locator("#gf-steps input[type=number]")).to_have_value("5")
+            expect(page.locator("#gf-seed input")).to_have_value("99")
+            page.screenshot(path=str(ARTIFACTS / "ui-png-info.png"), full_page=True)
         finally:
             browser.close()

@@ -171,8 +171,9 @@ def build_ui(studio) -> gr.Blocks:
                 inpaint_strength = gr.Slider(0, 1, value=0.75, step=0.05, label="Denoising strength")
                 inpaint_button = gr.Button("Inpaint", variant="primary")
             with gr.Tab("PNG info"):
-                png = gr.File(label="Drop a PNG made by guardforge or A1111", file_types=[".png"], type="filepath")
-                png_text = gr.Textbox(label="Parameters found", lines=4)
+                png = gr.File(label="Drop a PNG made by guardforge or A1111", file_types=[".png"], type="filepath",
+                              elem_id="gf-png")
+                png_text = gr.Textbox(label="Parameters found", lines=4, elem_id="gf-png-text")
         progress = gr.HTML(_bar(0, 0, "idle"))
         gallery = gr.Gallery(label="Images", columns=4, elem_id="gf-gallery")
         infotext = gr.Textbox(label="Infotext", lines=3, elem_id="gf-infotext")
