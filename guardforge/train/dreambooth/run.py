@@ -132,8 +132,11 @@ def build_trainer(config: DreamBoothConfig, callbacks: list):
 
 def fit(config: DreamBoothConfig, base: BaseComponents, instance_paths: list[Path], class_paths: list[Path],
         *, progress: ProgressFn | None = None, cancel: Event | None = None, resume: str | Path | None = None,
-        screen=None):
-    """Train on screened data. Returns (module, trainer); raises Cancelled after saving a resumable checkpoint."""
+        screen=None, extra_callbacks: list | None = None):
+    """Train on screened data. Returns (module, trainer); raises Cancelled after saving a resumable checkpoint.
+
+    `extra_callbacks` are Lightning callbacks added after ours (the benchmark times steps with one).
+    """
     import lightning as L
 
     from guardforge.train.dreambooth.callbacks import CancelOnEvent, ProgressReporter, ValidationImages
@@ -157,6 +160,7 @@ def fit(config: DreamBoothConfig, base: BaseComponents, instance_paths: list[Pat
     callbacks += [ValidationImages(
         config.validation_prompts, config.validation_interval, config.output_dir, seed=config.validation_seed,
         steps=config.validation_steps, resolution=config.resolution, screen=screen), canceller]
+    callbacks += extra_callbacks or []
     trainer = build_trainer(config, callbacks)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     if canceller.cancelled and trainer.global_step < config.max_steps:
