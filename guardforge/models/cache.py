@@ -76,6 +76,11 @@ class PipelineCache:
         self._lock = threading.Lock()
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
         self._load_locks: dict[str, threading.Lock] = {}
+        # Reading weights is serialised across models: diffusers builds models inside accelerate's
+        # init_empty_weights(), which patches torch.nn.Module process-wide, and two overlapping loads
+        # can leave the patch in place (every later module is then created on the meta device).
+        # Only loading waits on it; generation on loaded models does not.
+        self._reading = threading.Lock()
         self._device: torch.device | None = None
 
     @property
@@ -131,7 +136,8 @@ class PipelineCache:
             # Make room before loading, so the old weights are gone before the new ones arrive.
             self._evict(keep=self.settings.max_loaded_models - 1)
             device = self.device
-            pipe = load_pipeline(entry, self.settings, torch_dtype=resolve_dtype(wanted, device), vae=vae_entry)
+            with self._reading:
+                pipe = load_pipeline(entry, self.settings, torch_dtype=resolve_dtype(wanted, device), vae=vae_entry)
             placement = apply_memory(pipe, wanted, device)
             loaded = LoadedModel(entry=entry, pipeline=pipe, memory=wanted, device=device,
                                  placement=placement, vae=vae_entry.name if vae_entry else None)
