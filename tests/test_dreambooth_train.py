@@ -124,3 +124,27 @@ def test_full_mode_trains_unet_but_never_the_vae(data, tiny_model_dir):
     assert all(torch.equal(v, te_before[k]) for k, v in module.text_encoder.state_dict().items())
     assert any(not torch.equal(v, unet_before[k]) for k, v in module.unet.state_dict().items())
     assert not module.vae.training and not module.text_encoder.training
+
+
+def test_validation_images_go_to_disk_and_tensorboard(data, tiny_model_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    root, instance, classes = data
+    config = tiny_config(root, tiny_model_dir, max_steps=4, logger="tensorboard", validation_interval=2,
+                         validation_steps=2, validation_prompts=["a photo of sks dog", "sks dog swimming"])
+    withheld = []
+
+    def screen(images):  # the guard's role: here it withholds the second prompt's image
+        withheld.append(len(images))
+        return [images[0], None]
+
+    fit(config, BaseComponents.from_folder(tiny_model_dir), instance, classes, screen=screen)
+    assert withheld == [2, 2]
+    for step in (2, 4):
+        folder = config.output_dir / "validation" / f"step-{step:05d}"
+        assert sorted(p.name for p in folder.iterdir()) == ["00.png"]
+        assert Image.open(folder / "00.png").size == (16, 16)
+    events = EventAccumulator(str(config.output_dir / "logs"), size_guidance={"images": 0}).Reload()
+    assert [e.step for e in events.Images("validation/00")] == [2, 4]
+    assert "validation/01" not in events.Tags()["images"]
+    assert len(events.Scalars("train/loss")) == 4
