@@ -162,7 +162,7 @@ class Studio:
                 elapsed_s=time.perf_counter() - started, prompt_verdict=blocking[0].model_dump(), blocked=True,
             )
 
-        loaded = self.pipelines.get(entry.name)
+        loaded = self.pipelines.get(entry.name, memory=request.memory)  # per-request overrides of settings.memory
         outputs = self.engine.run(loaded, request, init_image=init_image, mask=mask,
                                   on_progress=on_progress, cancel=cancel)
         model_hash = entry.short_hash()
