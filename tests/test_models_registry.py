@@ -166,8 +166,16 @@ def test_resolve_by_name_extension_hash_and_a1111_title(gf_home, registry):
         registry.resolve("m", kind="lora")
 
 
-def test_new_models_appear_without_restart(gf_home, registry):
+def test_new_models_appear_without_restart(gf_home, registry, tiny_model_dir):
     assert registry.names() == ["tiny-sd"]
+    # A diffusers folder being saved (model_index.json comes last) is not listed piece by piece...
+    saving = gf_home / "models" / "Stable-diffusion" / "saving"
+    shutil.copytree(tiny_model_dir, saving, ignore=shutil.ignore_patterns("model_index.json"))
+    assert registry.names() == ["tiny-sd"]
+    # ...and appears whole once it is complete.
+    shutil.copy(tiny_model_dir / "model_index.json", saving / "model_index.json")
+    assert registry.names() == ["saving", "tiny-sd"]
+    shutil.rmtree(saving)
     _write(gf_home / "models" / "Stable-diffusion" / "trained" / "dreambooth.safetensors", SD1_KEYS)
     assert "trained/dreambooth" in registry.names()
     (gf_home / "models" / "Stable-diffusion" / "trained" / "dreambooth.safetensors").unlink()

@@ -201,7 +201,9 @@ class ModelRegistry:
                     # A1111 lets users group models in subfolders; the name keeps the subfolder.
                     self._watch(path, seen)
                     self._scan_folder(base, path, kind, found, seen)
-            elif path.suffix.lower() in MODEL_SUFFIXES:
+            elif path.suffix.lower() in MODEL_SUFFIXES and not (path.parent / "config.json").exists():
+                # (A weights file beside a config.json is one component of a diffusers folder, e.g. one
+                # still being written before its model_index.json: not a checkpoint of its own.)
                 found.append(self._entry(rel[: -len(path.suffix)], path, kind, "single_file", "user"))
 
     def _entry(self, name: str, path: Path, kind: Kind, fmt: Format, source: Source) -> ModelEntry:
