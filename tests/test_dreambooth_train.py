@@ -62,11 +62,14 @@ def test_loss_falls_on_a_tiny_dataset(data, tiny_model_dir):
     assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:5]), losses
 
 
-def test_resume_gives_the_same_losses(data, tiny_model_dir):
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_resume_gives_the_same_losses(data, tiny_model_dir, mode):
     root, instance, classes = data
     # Accumulation, warm-up and a cosine schedule: every piece of state a resume must bring back.
+    # LoRA dropout draws from the global RNG, so the RNG states in the checkpoint matter too.
     common = dict(max_steps=8, gradient_accumulation_steps=2, lr_scheduler="cosine", lr_warmup_steps=2,
-                  random_flip=True, noise_offset=0.05, snr_gamma=5.0, train_text_encoder=True)
+                  random_flip=True, noise_offset=0.05, snr_gamma=5.0, train_text_encoder=True, mode=mode,
+                  lora={"rank": 4, "alpha": 4, "dropout": 0.1}, learning_rate=1e-3 if mode == "full" else 1e-2)
     _, _, straight = run(tiny_config(root, tiny_model_dir, output_dir=root / "a", **common),
                          tiny_model_dir, instance, classes)
 
