@@ -68,7 +68,8 @@ class HashCache:
     def __init__(self, file: Path):
         self.file = file
         self._lock = threading.Lock()
-        self._memory: dict[str, dict[str, str]] | None = None
+        self._memory: dict[str, dict[str, str]] = {}
+        self._read_mtime: int | None = None
 
     def _read(self) -> dict[str, dict[str, str]]:
         try:
@@ -77,17 +78,22 @@ class HashCache:
             return {}
         return data if isinstance(data, dict) else {}
 
+    def _sync(self) -> None:
+        # Re-read only when the file changed: another process (a CLI `models hash`, say) may have added to it.
+        try:
+            mtime = self.file.stat().st_mtime_ns
+        except OSError:
+            return
+        if mtime != self._read_mtime:
+            self._memory = self._read()
+            self._read_mtime = mtime
+
     def lookup(self, path: Path) -> str | None:
         """The cached hash if the file is unchanged since it was hashed; never computes one."""
         key = str(path.resolve())
         with self._lock:
-            if self._memory is None:
-                self._memory = self._read()
+            self._sync()
             record = self._memory.get(key)
-            if record is None:
-                # Another process (a CLI `models hash`, say) may have hashed it since we read the file.
-                self._memory = self._read()
-                record = self._memory.get(key)
         if record and record.get("stamp") == stamp(path):
             return record.get("sha256")
         return None
@@ -109,4 +115,5 @@ class HashCache:
             tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
             os.replace(tmp, self.file)
             self._memory = data
+            self._read_mtime = self.file.stat().st_mtime_ns
         return value
