@@ -127,9 +127,21 @@ def _provider_class():
                 return self.text_encoder(token_ids, attention_mask, return_dict=True).last_hidden_state
             output = self.text_encoder(token_ids, attention_mask, output_hidden_states=True, return_dict=True)
             hidden = output.hidden_states[-self.layer]
-            return self.text_encoder.text_model.final_layer_norm(hidden) if self.normalize else hidden
+            return _final_layer_norm(self.text_encoder)(hidden) if self.normalize else hidden
 
     return LayerEmbeddingsProvider
+
+
+def _is_clip(text_encoder: Any) -> bool:
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    return isinstance(text_encoder, (CLIPTextModel, CLIPTextModelWithProjection))
+
+
+def _final_layer_norm(text_encoder: Any) -> Any:
+    # transformers 5 dropped CLIPTextModel's `text_model` wrapper; CLIPTextModelWithProjection keeps it.
+    inner = getattr(text_encoder, "text_model", text_encoder)
+    return inner.final_layer_norm
 
 
 def _check_clip_skip(text_encoder: Any, layer: int) -> None:
@@ -166,12 +178,11 @@ def encode_prompts(pipe: DiffusionPipeline, prompt: str, negative_prompt: str, c
     text_encoder = getattr(pipe, "text_encoder", None)
     tokenizer_2 = getattr(pipe, "tokenizer_2", None)
     text_encoder_2 = getattr(pipe, "text_encoder_2", None)
-    is_clip = text_encoder is not None and hasattr(text_encoder, "text_model")
+    is_clip = _is_clip(text_encoder)
     provider_cls = _provider_class()
     common = {"truncate": False, "device": device}
 
-    if is_clip and text_encoder_2 is not None and hasattr(text_encoder_2, "text_model") and \
-            getattr(pipe, "text_encoder_3", None) is None:
+    if is_clip and _is_clip(text_encoder_2) and getattr(pipe, "text_encoder_3", None) is None:
         # SDXL: both encoders' penultimate layer un-normalised (clip skip 1); higher clip skip goes deeper.
         layer = clip_skip + 1
         _check_clip_skip(text_encoder, layer)
