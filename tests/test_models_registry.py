@@ -5,12 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from guardforge.errors import ModelNotFound, PathEscape, UnsafeModelFormat
 from guardforge.models.families import family_from_folder, family_of_file, read_safetensors_header
@@ -199,12 +202,22 @@ def test_symlink_out_of_models_folder_is_refused(gf_home, tmp_path, registry):
 
 
 def test_pickle_is_listed_but_refused_unless_allowed(gf_home):
-    torch.save({"state_dict": {}}, gf_home / "models" / "Stable-diffusion" / "old.ckpt")
+    folder = gf_home / "models" / "Stable-diffusion"
+    torch.save({"state_dict": {"model.diffusion_model.out.2.bias": torch.ones(4)}, "epoch": 3}, folder / "old.ckpt")
     entry = ModelRegistry(Settings()).resolve("old.ckpt")
     with pytest.raises(UnsafeModelFormat, match="arbitrary code") as info:
         check_loadable(entry, Settings())
-    assert "weights_only=True" in str(info.value) and "safetensors" in str(info.value)
     check_loadable(entry, Settings(allow_pickle=True))  # no error
+
+    # The conversion command the message gives works as written, in the model's folder.
+    command = re.search(r'(python -c ".*?")', str(info.value)).group(1)
+    assert "weights_only=True" in command
+    subprocess.run(command.replace("python", sys.executable, 1), shell=True, cwd=folder, check=True)
+    assert load_file(folder / "old.safetensors").keys() == {"model.diffusion_model.out.2.bias"}
+    registry = ModelRegistry(Settings())
+    assert not registry.resolve("old.safetensors").is_pickle
+    assert not registry.resolve("old").is_pickle  # the converted file wins the shared name
+    assert registry.resolve("old.ckpt").is_pickle
 
 
 def test_shipped_models_absent_present_and_overridden(gf_home, tmp_path, tiny_model_dir):

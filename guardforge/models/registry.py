@@ -246,9 +246,11 @@ class ModelRegistry:
         title = _A1111_TITLE.match(name)
         wanted = [name] + ([title.group("name")] if title else [])
         for want in wanted:
-            for e in candidates:
-                if want == e.name:
-                    return e
+            # `m` may be both m.safetensors and m.ckpt (a converted pickle left beside its conversion):
+            # the safe file wins; the pickle stays reachable by its file name.
+            same = sorted((e for e in candidates if want == e.name), key=lambda e: e.is_pickle)
+            if same:
+                return same[0]
             for e in candidates:
                 with_suffix = e.name + (e.path.suffix if e.format == "single_file" else "")
                 if want == with_suffix or want == e.path.name:
