@@ -1,0 +1,237 @@
+"""Guard: runs the policy's checkpoints through the text and image backends and records every verdict."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+import time
+from typing import Callable
+
+from PIL import Image
+
+from guardforge.errors import GuardBackendError
+from guardforge.guard.audit import AuditLog
+from guardforge.guard.backends.base import Scores
+from guardforge.guard.blur import strong_blur
+from guardforge.guard.moderation import moderation_response, parse_inputs, result_from_verdicts
+from guardforge.guard.policy import Policy, load_policy
+from guardforge.guard.verdict import Checkpoint, Verdict
+
+Loader = Callable[[], object]
+
+
+def text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def image_sha256(image: Image.Image) -> str:
+    # Over the decoded pixels, not an encoding: the same picture hashes the same whatever file it came in.
+    digest = hashlib.sha256(f"{image.mode}:{image.width}x{image.height}:".encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def call_with_timeout(fn: Callable[[], list[Scores]], timeout_s: float) -> list[Scores]:
+    """Run fn in a worker thread and wait at most timeout_s; a timeout or an error is a GuardBackendError.
+
+    A timed-out call cannot be killed (Python threads cannot be), so the worker is a daemon thread left to
+    finish on its own; its late answer is dropped.
+    """
+    outcome: dict = {}
+
+    def work() -> None:
+        try:
+            outcome["value"] = fn()
+        except BaseException as exc:  # handed back to the caller's thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=work, name="guard-backend", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise GuardBackendError(f"backend timed out after {timeout_s:g} s")
+    if "error" in outcome:
+        exc = outcome["error"]
+        raise GuardBackendError(f"backend failed: {type(exc).__name__}: {exc}") from exc
+    return outcome["value"]
+
+
+class Guard:
+    """Scores content per hazard category with the configured backends and applies the policy.
+
+    Backends are given as objects or as loaders (called once, on first use): a checkpoint that is off never
+    loads a model, and building a Guard never does.
+    """
+
+    def __init__(self, policy: Policy, *, text_backend: object | Loader | None = None,
+                 image_backend: object | Loader | None = None, audit: AuditLog | None = None,
+                 timeout_s: float = 30.0, store_content: bool = False) -> None:
+        self.policy = policy
+        self.policy_hash = policy.hash
+        self.audit = audit
+        self.timeout_s = timeout_s
+        self.store_content = store_content
+        self._sources = {"text": text_backend, "image": image_backend}
+        self._loaded: dict[str, object] = {}
+        self._load_lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings) -> Guard:
+        from guardforge.guard.registry import build_backend
+
+        guard_settings = settings.guard
+        policy = load_policy(guard_settings.policy)
+        taxonomy = policy.taxonomy
+        shared: dict[str, object] = {}  # llama-guard / openai-compatible: one object for text and images
+
+        def loader(modality: str) -> Loader:
+            name = guard_settings.text_backend if modality == "text" else guard_settings.image_backend
+
+            def load() -> object:
+                from guardforge.guard.registry import backend_info
+
+                if backend_info(name).shared:
+                    if name not in shared:
+                        shared[name] = build_backend(name, modality, settings, taxonomy)
+                    return shared[name]
+                return build_backend(name, modality, settings, taxonomy)
+            return load
+
+        return cls(policy, text_backend=loader("text"), image_backend=loader("image"),
+                   audit=AuditLog(settings.resolved_database_url), timeout_s=guard_settings.timeout_s,
+                   store_content=guard_settings.audit_store_content)
+
+    # --- backends -------------------------------------------------------------------------------------
+
+    def backend(self, modality: str):
+        """The loaded backend for "text" or "image" (loading it now if needed)."""
+        with self._load_lock:
+            if modality not in self._loaded:
+                source = self._sources[modality]
+                if source is None:
+                    raise GuardBackendError(f"no {modality} backend configured")
+                is_backend = hasattr(source, "score_texts" if modality == "text" else "score_images")
+                self._loaded[modality] = source if is_backend else source()
+            return self._loaded[modality]
+
+    # --- verdicts -------------------------------------------------------------------------------------
+
+    def _off(self, checkpoint: Checkpoint, sha: str) -> Verdict:
+        return Verdict(checkpoint=checkpoint, backend="off", action="allow", content_sha256=sha,
+                       policy_hash=self.policy_hash)
+
+    def _failed(self, checkpoint: Checkpoint, sha: str, backend: str, error: str, latency_ms: float) -> Verdict:
+        # closed: nothing unchecked goes through; open: it goes through, flagged, with the reason.
+        action = "block" if self.policy.fail_mode == "closed" else "flag"
+        return Verdict(checkpoint=checkpoint, backend=backend, action=action, error=error, latency_ms=latency_ms,
+                       content_sha256=sha, policy_hash=self.policy_hash)
+
+    def _from_scores(self, checkpoint: Checkpoint, sha: str, backend: str, result: Scores,
+                     latency_ms: float) -> Verdict:
+        active = self.policy.taxonomy.codes
+        scores = {code: float(result.scores[code]) for code in active if code in result.scores}
+        violated, action = self.policy.decide(scores, unsafe=result.unsafe, checkpoint=checkpoint)
+        return Verdict(checkpoint=checkpoint, scores=scores, unsafe=result.unsafe, violated=violated,
+                       action=action, backend=backend, latency_ms=latency_ms, labels_only=result.labels_only,
+                       content_sha256=sha, policy_hash=self.policy_hash)
+
+    def _run(self, checkpoint: Checkpoint, modality: str, items: list, hashes: list[str],
+             contents: list[Callable[[], bytes]]) -> list[Verdict]:
+        if not items:
+            return []
+        if not self.policy.checkpoints.enabled(checkpoint):
+            verdicts = [self._off(checkpoint, sha) for sha in hashes]
+        else:
+            verdicts = self._score(checkpoint, modality, items, hashes)
+        for verdict, content in zip(verdicts, contents, strict=True):
+            self._record(verdict, content)
+        return verdicts
+
+    def _score(self, checkpoint: Checkpoint, modality: str, items: list, hashes: list[str]) -> list[Verdict]:
+        started = time.perf_counter()
+        name = "unknown"
+        try:
+            backend = self.backend(modality)
+            name = getattr(backend, "name", type(backend).__name__)
+            call = backend.score_texts if modality == "text" else backend.score_images
+            results = call_with_timeout(lambda: call(list(items)), self.timeout_s)
+            if len(results) != len(items):
+                raise GuardBackendError(f"backend returned {len(results)} answers for {len(items)} inputs")
+        except Exception as exc:  # any failure, including loading: the fail mode decides
+            elapsed = (time.perf_counter() - started) * 1000
+            message = str(exc) if isinstance(exc, GuardBackendError) else f"{type(exc).__name__}: {exc}"
+            return [self._failed(checkpoint, sha, name, message, elapsed) for sha in hashes]
+        # Backends score a batch in one call: each verdict carries the batch's wall time.
+        elapsed = (time.perf_counter() - started) * 1000
+        return [self._from_scores(checkpoint, sha, name, result, elapsed)
+                for sha, result in zip(hashes, results, strict=True)]
+
+    def _record(self, verdict: Verdict, content: Callable[[], bytes]) -> None:
+        if self.audit is not None:
+            self.audit.record(verdict, content() if self.store_content else None)
+
+    # --- checkpoints ----------------------------------------------------------------------------------
+
+    def check_texts(self, texts: list[str], checkpoint: Checkpoint = "prompt") -> list[Verdict]:
+        return self._run(checkpoint, "text", texts, [text_sha256(t) for t in texts],
+                         [lambda t=t: t.encode("utf-8") for t in texts])
+
+    def check_prompt(self, text: str) -> Verdict:
+        return self.check_texts([text], "prompt")[0]
+
+    def check_images(self, images: list[Image.Image], checkpoint: Checkpoint) -> list[Verdict]:
+        images = [image.convert("RGB") for image in images]
+        return self._run(checkpoint, "image", images, [image_sha256(i) for i in images],
+                         [lambda i=i: _png(i) for i in images])
+
+    def check_input_image(self, image: Image.Image) -> Verdict:
+        return self.check_images([image], "input_image")[0]
+
+    def check_output_images(self, images: list[Image.Image]) -> list[Verdict]:
+        return self.check_images(images, "output_image")
+
+    def check_training_data(self, images: list[tuple[str, Image.Image]], prompts: list[str]) -> list[Verdict]:
+        """DreamBooth data: the instance images, then the prompts, in that order."""
+        return (self.check_images([image for _, image in images], "training_data")
+                + self.check_texts(list(prompts), "training_data"))
+
+    def enforce(self, image: Image.Image, verdict: Verdict) -> Image.Image | None:
+        """What may leave: None when blocked, an unrecognisable blur when blurred, else the image."""
+        if verdict.action == "block":
+            return None
+        if verdict.action == "blur":
+            return strong_blur(image)
+        return image
+
+    def moderate(self, inputs) -> dict:
+        """An OpenAI moderation response for a string, a list of strings, or text/image content parts."""
+        results = []
+        for parts in parse_inputs(inputs):
+            texts = [value for kind, value in parts if kind == "text"]
+            images = [value for kind, value in parts if kind == "image"]
+            verdicts = ([("text", v) for v in self.check_texts(texts, "prompt")]
+                        + [("image", v) for v in self.check_images(images, "input_image")])
+            results.append(result_from_verdicts(verdicts))
+        return moderation_response(self.model_name, results)
+
+    @property
+    def model_name(self) -> str:
+        if not self.policy.any_checkpoint_on:
+            return "guardforge-off"
+        names = []
+        for modality in ("text", "image"):
+            backend = self._loaded.get(modality)
+            if backend is not None:
+                names.append(getattr(backend, "name", type(backend).__name__))
+        return "guardforge-" + ("+".join(dict.fromkeys(names)) or "guard")
+
+    def close(self) -> None:
+        if self.audit is not None:
+            self.audit.close()
