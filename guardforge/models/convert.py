@@ -53,7 +53,8 @@ def _unet_prefixes(unet: UNet2DConditionModel) -> list[tuple[str, str, list[tupl
             table.append((f"down_blocks.{i}.resnets.{j}.", f"input_blocks.{ldm}.0.", _UNET_RESNET))
             table.append((f"down_blocks.{i}.attentions.{j}.", f"input_blocks.{ldm}.1.", []))
         if i < levels - 1:
-            table.append((f"down_blocks.{i}.downsamplers.0.conv.", f"input_blocks.{(i + 1) * (per_block + 1)}.0.op.", []))
+            down = (i + 1) * (per_block + 1)
+            table.append((f"down_blocks.{i}.downsamplers.0.conv.", f"input_blocks.{down}.0.op.", []))
         has_attention = hasattr(unet.up_blocks[i], "attentions")
         for j in range(per_block + 1):
             ldm = i * (per_block + 1) + j
@@ -62,7 +63,8 @@ def _unet_prefixes(unet: UNet2DConditionModel) -> list[tuple[str, str, list[tupl
         if i < levels - 1:
             # The upsampler follows the last resnet, after its attention when the level has one.
             last = i * (per_block + 1) + per_block
-            table.append((f"up_blocks.{i}.upsamplers.0.conv.", f"output_blocks.{last}.{2 if has_attention else 1}.conv.", []))
+            slot = 2 if has_attention else 1
+            table.append((f"up_blocks.{i}.upsamplers.0.conv.", f"output_blocks.{last}.{slot}.conv.", []))
     return table
 
 

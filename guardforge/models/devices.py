@@ -31,7 +31,8 @@ def pick_device(setting: str = "auto") -> torch.device:
     try:
         device = torch.device(setting)
     except RuntimeError as exc:
-        raise InvalidRequest(f"device {setting!r} is not a torch device ({exc}); use auto, cpu, cuda, cuda:1, mps or xpu") from None
+        raise InvalidRequest(
+            f"device {setting!r} is not a torch device ({exc}); use auto, cpu, cuda, cuda:1, mps or xpu") from None
     present = {"cpu": True, "cuda": torch.cuda.is_available(), "xpu": _xpu_available(), "mps": _mps_available()}
     if not present.get(device.type, False):
         found = [name for name, ok in present.items() if ok]

@@ -26,7 +26,7 @@ def bytes_to_unicode() -> dict[int, str]:
             printable.append(b)
             codes.append(256 + extra)
             extra += 1
-    return dict(zip(printable, map(chr, codes)))
+    return dict(zip(printable, map(chr, codes), strict=True))
 
 
 def build(bpe_gz: Path) -> tuple[dict[str, int], list[str]]:
