@@ -1,0 +1,135 @@
+"""Llama Guard backend on a tiny randomly initialised Llama (LG3-1B style) with a tokenizer built here."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from guardforge.guard.backends.llama_guard import LLAMA_GUARD_4_TEMPLATE, LlamaGuardBackend, parse_output
+from guardforge.guard.taxonomy import Category, Taxonomy
+
+SPECIALS = ["<pad>", "<unk>", "<|begin_of_text|>", "<|eot|>", "<|header_start|>", "<|header_end|>", "<|image|>"]
+SPLIT = r"\d+|[A-Za-z]+|\s|[^\sA-Za-z\d]"
+TAXONOMY = Taxonomy(excluded=("S14", "S6"),
+                    custom=(Category("XD", "Deepfakes", "Realistic images of real people in fake scenes", True),))
+TEXTS = ["draw a cat", "a very long and detailed prompt about a peaceful lake at dawn with mist", "hi"]
+
+# The documented Llama Guard 4 prompt for "draw a cat" with S6 and S14 excluded and one custom category (S15).
+EXPECTED = (
+    "<|begin_of_text|><|header_start|>user<|header_end|>\n\n"
+    "Task: Check if there is unsafe content in 'User' messages in conversations according to our safety policy "
+    "with the below categories.\n\n"
+    "<BEGIN UNSAFE CONTENT CATEGORIES>\n"
+    "S1: Violent Crimes.\nS2: Non-Violent Crimes.\nS3: Sex-Related Crimes.\nS4: Child Sexual Exploitation.\n"
+    "S5: Defamation.\nS7: Privacy.\nS8: Intellectual Property.\nS9: Indiscriminate Weapons.\n"
+    "S10: Hate.\nS11: Suicide & Self-Harm.\nS12: Sexual Content.\nS13: Elections.\n"
+    "S15: Deepfakes. Realistic images of real people in fake scenes\n"
+    "<END UNSAFE CONTENT CATEGORIES>\n\n"
+    "<BEGIN CONVERSATION>\n\n"
+    "User: draw a cat\n\n"
+    "<END CONVERSATION>\n\n"
+    "Provide your safety assessment for ONLY THE LAST User message in the above conversation:\n"
+    " - First line must read 'safe' or 'unsafe'.\n"
+    " - If unsafe, a second line must include a comma-separated list of violated categories."
+    "<|eot|><|header_start|>assistant<|header_end|>\n\n"
+)
+
+
+def _tokenizer(with_template: bool):
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = EXPECTED + " ".join(TEXTS) + " safe unsafe S " + " ".join(str(n) for n in range(1, 20))
+    words = sorted(set(re.findall(SPLIT, corpus)))
+    vocab = {token: i for i, token in enumerate(SPECIALS + words)}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(SPLIT), behavior="isolated")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<|begin_of_text|>", eos_token="<|eot|>",
+                                        pad_token="<pad>", unk_token="<unk>",
+                                        additional_special_tokens=SPECIALS[3:])
+    if with_template:
+        tokenizer.chat_template = LLAMA_GUARD_4_TEMPLATE
+    return tokenizer
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    tokenizer = _tokenizer(with_template=True)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         pad_token_id=tokenizer.pad_token_id)
+    folder = tmp_path_factory.mktemp("lg3-tiny")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def backend(model_dir):
+    return LlamaGuardBackend.from_pretrained(model_dir, TAXONOMY, device="cpu")
+
+
+def test_rendered_prompt_is_the_documented_template(backend):
+    assert backend.variant == "lg3" and backend.has_template
+    assert backend.render("draw a cat") == EXPECTED
+
+
+def test_template_less_tokenizer_renders_the_shipped_template(backend):
+    bare = LlamaGuardBackend(backend.model, _tokenizer(with_template=False), TAXONOMY, "lg3")
+    assert not bare.has_template
+    assert bare.render("draw a cat") == EXPECTED
+    plain = LlamaGuardBackend(backend.model, _tokenizer(with_template=False), Taxonomy(), "lg3")
+    rendered = plain.render("draw a cat")
+    assert "S14: Code Interpreter Abuse.\n<END UNSAFE" in rendered and "S15" not in rendered
+
+
+def test_scores_match_a_manual_softmax(backend):
+    [result] = backend.score_texts(["draw a cat"])
+    tokenizer = backend.tokenizer
+    ids = tokenizer(EXPECTED + "unsafe\nS", add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        logits = backend.model(input_ids=ids).logits[0]
+    safe, unsafe = tokenizer.convert_tokens_to_ids(["safe", "unsafe"])
+    decision = logits[-4]  # the position before "unsafe", "\n", "S"
+    p_unsafe = torch.softmax(torch.stack([decision[safe], decision[unsafe]]), 0)[1].item()
+    assert result.unsafe == pytest.approx(p_unsafe, abs=1e-5)
+    shown = {"S1": "1", "S10": "10", "XD": "15"}
+    numbers = torch.softmax(logits[-1][tokenizer.convert_tokens_to_ids([str(n) for n in (1, 2, 3, 4, 5, 7, 8, 9, 10, 11, 12, 13, 15)])], 0)
+    relative = numbers / numbers.max()
+    order = ["S1", "S2", "S3", "S4", "S5", "S7", "S8", "S9", "S10", "S11", "S12", "S13", "XD"]
+    for code in shown:
+        assert result.scores[code] == pytest.approx(p_unsafe * relative[order.index(code)].item(), abs=1e-5)
+    assert set(result.scores) == set(order)  # excluded S6/S14 are not scored
+    assert all(0.0 <= value <= 1.0 for value in result.scores.values())
+    assert max(result.scores.values()) == pytest.approx(p_unsafe, abs=1e-6)
+
+
+def test_left_padded_batch_matches_one_by_one(backend):
+    batch = backend.score_texts(TEXTS)
+    for text, batched in zip(TEXTS, batch):
+        [single] = backend.score_texts([text])
+        assert batched.unsafe == pytest.approx(single.unsafe, abs=1e-4)
+        for code, value in single.scores.items():
+            assert batched.scores[code] == pytest.approx(value, abs=1e-4)
+
+
+def test_text_only_variant_refuses_images(backend):
+    from PIL import Image
+
+    from guardforge.errors import GuardforgeError
+
+    with pytest.raises(GuardforgeError, match="text only"):
+        backend.score_images([Image.new("RGB", (8, 8))])
+
+
+def test_parse_generated_text():
+    assert parse_output("unsafe\nS1,S10") == (True, ["S1", "S10"])
+    assert parse_output("\n\nsafe") == (False, [])
+    assert parse_output("unsafe\nS15", TAXONOMY) == (True, ["XD"])
+    with pytest.raises(Exception, match="unexpected"):
+        parse_output("maybe")
