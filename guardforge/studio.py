@@ -58,7 +58,7 @@ class Studio:
         self.settings = settings or Settings()
         self.registry = ModelRegistry(self.settings)
         self.pipelines = PipelineCache(self.registry, self.settings)
-        self.engine = Engine(self.settings)
+        self.engine = Engine(self.settings, self.registry)  # the registry resolves <lora:name> tags
         self.guard = Guard.from_settings(self.settings)
         self.store = OutputStore(self.settings.resolved_outputs_dir, self.settings.output_format)
 
