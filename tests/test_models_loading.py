@@ -162,3 +162,63 @@ def test_config_folder_is_rebuilt_when_incomplete(gf_home):
 
 def test_paths_are_inside_home(gf_home):
     assert Path(config_folder("sd1", Settings())).is_relative_to(gf_home / "cache")
+
+
+def _tiny_sdxl_folder(folder: Path) -> Path:
+    """A tiny SDXL pipeline (two text encoders of different widths, as CLIP-L and bigG differ) on disk."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from tests.tiny import write_char_tokenizer
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=2, sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=6 * 8 + 64, cross_attention_dim=32 + 64, norm_num_groups=1,
+    )
+    vae = AutoencoderKL(block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        norm_num_groups=32, sample_size=16)
+
+    def clip(width: int) -> CLIPTextConfig:
+        return CLIPTextConfig(bos_token_id=0, eos_token_id=2, hidden_size=width, intermediate_size=37,
+                              layer_norm_eps=1e-5, num_attention_heads=4, num_hidden_layers=2, pad_token_id=1,
+                              vocab_size=1000, hidden_act="gelu", projection_dim=width)
+
+    tokenizer = CLIPTokenizer.from_pretrained(str(write_char_tokenizer(folder.parent / "sdxl-tok")))
+    pipe = StableDiffusionXLPipeline(
+        unet=unet, vae=vae, text_encoder=CLIPTextModel(clip(32)), text_encoder_2=CLIPTextModelWithProjection(clip(64)),
+        tokenizer=tokenizer, tokenizer_2=tokenizer,
+        scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                         steps_offset=1, timestep_spacing="leading"),
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def test_sdxl_single_file_round_trip_is_identical_offline(gf_home):
+    from guardforge.models.convert import diffusers_to_original_sdxl
+
+    folder = _tiny_sdxl_folder(gf_home / "models" / "Stable-diffusion" / "tiny-xl")
+    registry = ModelRegistry(Settings())
+    entry = registry.resolve("tiny-xl")
+    assert entry.family == "sdxl"
+    pipe = load_pipeline(entry, Settings())
+    state = diffusers_to_original_sdxl(pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2)
+    for key in ("model.diffusion_model.label_emb.0.0.weight", "conditioner.embedders.1.model.text_projection",
+                "conditioner.embedders.1.model.transformer.resblocks.1.attn.in_proj_weight",
+                "conditioner.embedders.1.model.transformer.resblocks.0.mlp.c_fc.bias",
+                "conditioner.embedders.0.transformer.text_model.final_layer_norm.weight"):
+        assert key in state, key  # the names of Stability's sd_xl_base_1.0.safetensors
+    save_file(state, str(folder.parent / "tiny-xl-single.safetensors"))
+
+    single_entry = registry.resolve("tiny-xl-single")
+    assert (single_entry.format, single_entry.family) == ("single_file", "sdxl")
+    single = load_pipeline(single_entry, Settings(), config_dir=folder)
+    assert type(single).__name__ == "StableDiffusionXLPipeline"
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        assert _same_weights(getattr(pipe, name), getattr(single, name)), name
+    assert np.array_equal(_generate(pipe), _generate(single))

@@ -1,4 +1,4 @@
-"""Diffusers -> original Stable Diffusion (LDM) state dict: the single-file layout A1111 and ComfyUI load.
+"""Diffusers -> original Stable Diffusion (LDM / SGM) state dicts: the single-file layout A1111 and ComfyUI load.
 
 The inverse of diffusers' single_file_utils conversions (convert_ldm_unet_checkpoint,
 convert_ldm_vae_checkpoint, convert_ldm_clip_checkpoint), written for any UNet depth and width so that
@@ -15,11 +15,14 @@ import torch
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 CLIP_PREFIX = "cond_stage_model.transformer."
+# SDXL (Stability's generative-models layout): CLIP ViT-L as embedder 0, OpenCLIP bigG as embedder 1.
+SDXL_CLIP_PREFIX = "conditioner.embedders.0.transformer."
+SDXL_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
 
 # Inside a ResNet block, diffusers -> LDM names.
 _UNET_RESNET = [("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"),
@@ -124,7 +127,7 @@ def vae_to_original(vae: AutoencoderKL) -> dict[str, torch.Tensor]:
     return out
 
 
-def text_encoder_to_original(text_encoder: CLIPTextModel) -> dict[str, torch.Tensor]:
+def text_encoder_to_original(text_encoder: CLIPTextModel, prefix: str = CLIP_PREFIX) -> dict[str, torch.Tensor]:
     """SD 1.x keeps Hugging Face's CLIP names (as of transformers 4: `text_model.` first) under one prefix."""
     out = {}
     for key, tensor in text_encoder.state_dict().items():
@@ -133,12 +136,54 @@ def text_encoder_to_original(text_encoder: CLIPTextModel) -> dict[str, torch.Ten
         # transformers >= 5.6 flattened CLIPTextModel; the single-file layout keeps the older names.
         if not key.startswith(("text_model.", "text_projection.")):
             key = "text_model." + key
-        out[CLIP_PREFIX + key] = tensor
+        out[prefix + key] = tensor
     return out
+
+
+_OPEN_CLIP_LAYER = [("self_attn.out_proj.", "attn.out_proj."), ("layer_norm1.", "ln_1."), ("layer_norm2.", "ln_2."),
+                    ("mlp.fc1.", "mlp.c_fc."), ("mlp.fc2.", "mlp.c_proj.")]
+
+
+def open_clip_to_original(text_encoder: CLIPTextModelWithProjection,
+                          prefix: str = SDXL_OPEN_CLIP_PREFIX) -> dict[str, torch.Tensor]:
+    """Hugging Face CLIP -> OpenCLIP names: fused q/k/v in_proj, `resblocks`, a transposed text_projection."""
+    state = {k.removeprefix("text_model."): v for k, v in text_encoder.state_dict().items()
+             if not k.endswith("position_ids")}
+    out = {
+        "token_embedding.weight": state.pop("embeddings.token_embedding.weight"),
+        "positional_embedding": state.pop("embeddings.position_embedding.weight"),
+        "ln_final.weight": state.pop("final_layer_norm.weight"),
+        "ln_final.bias": state.pop("final_layer_norm.bias"),
+        "text_projection": state.pop("text_projection.weight").T,
+    }
+    for layer in range(text_encoder.config.num_hidden_layers):
+        src, dst = f"encoder.layers.{layer}.", f"transformer.resblocks.{layer}."
+        for part in ("weight", "bias"):
+            qkv = [state.pop(f"{src}self_attn.{p}_proj.{part}") for p in ("q", "k", "v")]
+            out[f"{dst}attn.in_proj_{part}"] = torch.cat(qkv, dim=0)
+    for key in list(state):
+        if not key.startswith("encoder.layers."):
+            raise ValueError(f"no OpenCLIP name for text encoder tensor {key!r}")
+        layer, rest = key.removeprefix("encoder.layers.").split(".", 1)
+        for a, b in _OPEN_CLIP_LAYER:
+            if rest.startswith(a):
+                out[f"transformer.resblocks.{layer}.{b}{rest[len(a):]}"] = state.pop(key)
+                break
+        else:
+            raise ValueError(f"no OpenCLIP name for text encoder tensor {key!r}")
+    return {prefix + k: v for k, v in out.items()}
 
 
 def diffusers_to_original_sd(unet: UNet2DConditionModel, vae: AutoencoderKL,
                              text_encoder: CLIPTextModel) -> dict[str, torch.Tensor]:
     """An SD 1.x-layout state dict (contiguous tensors, ready for safetensors.torch.save_file)."""
     state = {**unet_to_original(unet), **vae_to_original(vae), **text_encoder_to_original(text_encoder)}
+    return {k: v.detach().contiguous() for k, v in state.items()}
+
+
+def diffusers_to_original_sdxl(unet: UNet2DConditionModel, vae: AutoencoderKL, text_encoder: CLIPTextModel,
+                               text_encoder_2: CLIPTextModelWithProjection) -> dict[str, torch.Tensor]:
+    """An SDXL-layout state dict: the UNet and VAE as in SD 1.x, the text encoders under `conditioner.`."""
+    state = {**unet_to_original(unet), **vae_to_original(vae),
+             **text_encoder_to_original(text_encoder, SDXL_CLIP_PREFIX), **open_clip_to_original(text_encoder_2)}
     return {k: v.detach().contiguous() for k, v in state.items()}
