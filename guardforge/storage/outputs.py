@@ -17,7 +17,7 @@ _UNICODE = b"UNICODE\0"
 _ASCII = b"ASCII\0\0\0"
 _SUFFIX = {"png": ".png", "jpg": ".jpg", "jpeg": ".jpg", "webp": ".webp"}
 _PIL_FORMAT = {".png": "PNG", ".jpg": "JPEG", ".webp": "WEBP"}
-_NUMBERED = re.compile(r"^(\d+)-")
+_NUMBERED = re.compile(r"^\.?(\d+)[-.]")
 # A1111 keeps inpainting with img2img: both come out of its img2img tab.
 _FOLDER = {"txt2img": "txt2img-images", "img2img": "img2img-images", "inpaint": "img2img-images"}
 
@@ -76,16 +76,29 @@ class OutputStore:
         return max(numbers, default=-1) + 1
 
     def _claim(self, folder: Path, seed: int) -> tuple[Path, int]:
-        # Exclusive create: two writers that pick the same number both try; the loser takes the next one.
+        # The seed is part of the name, so creating the image exclusively does not stop two writers from
+        # taking the same number. A writer first takes the number itself (an exclusive `.NNNNN.reserved`
+        # file), checks that no image has it yet, creates the image, then drops the reservation. The image
+        # exists before the reservation goes, so a later holder of that reservation sees it and moves on.
         number = self._next_number(folder)
         while True:
-            path = folder / f"{number:05d}-{seed}{self.suffix}"
+            reservation = folder / f".{number:05d}.reserved"
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                os.close(os.open(reservation, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
             except FileExistsError:
                 number += 1
                 continue
-            return path, fd
+            try:
+                if any(folder.glob(f"{number:05d}-*")):
+                    number += 1
+                    continue
+                path = folder / f"{number:05d}-{seed}{self.suffix}"
+                try:
+                    return path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                except FileExistsError:
+                    number += 1
+            finally:
+                reservation.unlink(missing_ok=True)
 
     def save(self, image: Image.Image, infotext: str, verdict: dict | None, mode: str, seed: int) -> Path:
         folder = self.folder(mode)
