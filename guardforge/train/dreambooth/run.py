@@ -184,14 +184,6 @@ def load_base(studio, name: str) -> BaseComponents:
     return BaseComponents.from_pipeline(studio.pipelines.get(entry.name).pipeline)
 
 
-def _categories(verdict) -> list[str]:
-    for attribute in ("violated", "violated_categories", "categories"):
-        value = getattr(verdict, attribute, None)
-        if value:
-            return sorted(value)
-    return []
-
-
 def screen_training_data(guard, instance_paths: list[Path], prompts: list[str]) -> None:
     """Every instance image and prompt through the guard before any step; a block stops the job, naming why."""
     from guardforge.train.dreambooth.data import load_rgb
@@ -199,7 +191,7 @@ def screen_training_data(guard, instance_paths: list[Path], prompts: list[str]) 
     images = [(path.name, load_rgb(path)) for path in instance_paths]
     verdicts = guard.check_training_data(images, prompts)
     names = [path.name for path in instance_paths] + [f"prompt {prompt!r}" for prompt in prompts]
-    blocked = [f"{name} ({', '.join(_categories(verdict)) or 'unsafe'})"
+    blocked = [f"{name} ({', '.join(verdict.violated) or verdict.error or 'unsafe'})"
                for name, verdict in zip(names, verdicts) if verdict.action == "block"]
     if blocked:
         raise GuardforgeError(f"the guard blocked the training data, nothing was trained: {'; '.join(blocked)}")
