@@ -88,7 +88,11 @@ def apply_memory(pipe: DiffusionPipeline, memory: MemorySettings, device: torch.
         # Offload hooks keep weights on the CPU and move them per call; remove them before moving again.
         pipe.remove_all_hooks()
     sizes = model_sizes(pipe, dtype)
-    offload = resolve_offload(memory, device, sizes, available_memory(device) if device.type != "cpu" else None)
+    free = available_memory(device) if device.type != "cpu" else None
+    if free is not None and previous is not None and previous.offload == "none" and previous.device == device:
+        # Re-placing a pipeline that already sits on the device: its own weights count as free.
+        free += sum(model_sizes(pipe, previous.dtype))
+    offload = resolve_offload(memory, device, sizes, free)
     # Cast only when the dtype changes: diffusers warns on every cast, and a no-op cast is wasted work.
     cast = {"dtype": dtype} if pipe.dtype != dtype else {}
     if offload == "none":

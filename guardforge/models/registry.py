@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING, Literal
@@ -38,6 +39,7 @@ _FOLDER_MARKERS: dict[Kind, tuple[str, ...]] = {
     "vae": ("config.json",),
     "controlnet": ("config.json",),
 }
+_FORCED_RESCAN_INTERVAL_S = 1.0
 # "name [abcdef0123]" is how A1111 clients spell a checkpoint (sd_model_checkpoint, infotext).
 _A1111_TITLE = re.compile(r"^(?P<name>.*?)\s*\[(?P<hash>[0-9a-fA-F]{8,64})\]$")
 
@@ -137,6 +139,7 @@ class ModelRegistry:
         self._entries: list[ModelEntry] = []
         self._by_path: dict[Path, ModelEntry] = {}
         self._seen: dict[Path, int | None] = {}
+        self._last_forced = float("-inf")
 
     # -- scanning -------------------------------------------------------------------------------
 
@@ -231,8 +234,10 @@ class ModelRegistry:
         name = name.strip().replace("\\", "/")
         check_name(name)
         entry = self._find(name, kind)
-        if entry is None:
-            # The folder mtime check misses a file replaced in place; one forced rescan is cheap.
+        if entry is None and time.monotonic() - self._last_forced > _FORCED_RESCAN_INTERVAL_S:
+            # The folder mtime check misses a file replaced in place; one forced rescan is cheap, but a
+            # client asking for missing names in a loop must not turn into a rescan per request.
+            self._last_forced = time.monotonic()
             self.refresh()
             entry = self._find(name, kind)
         if entry is None:
