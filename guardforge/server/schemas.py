@@ -89,7 +89,8 @@ def to_generation_request(payload: Txt2ImgPayload, default_model: str) -> tuple[
                                  f"{', '.join(s['name'] for s in SCHEDULERS_LISTED)}")
     fields: dict[str, Any] = dict(
         prompt=payload.prompt, negative_prompt=payload.negative_prompt, seed=payload.seed,
-        model=str(model),  # the registry reads A1111 titles 'name [hash]' schedule=schedule, batch_size=payload.batch_size,
+        # The registry reads A1111 titles 'name [hash]' itself.
+        model=str(model), schedule=schedule, batch_size=payload.batch_size,
         n_iter=payload.n_iter, cfg_scale=payload.cfg_scale, width=payload.width, height=payload.height,
         clip_skip=clip_skip,
     )
