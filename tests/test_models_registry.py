@@ -196,6 +196,10 @@ def test_symlink_out_of_models_folder_is_refused(gf_home, tmp_path, registry):
     os.symlink(outside, gf_home / "models" / "Stable-diffusion" / "linked.safetensors")
     with pytest.raises(PathEscape, match="outside"):
         registry.resolve("linked")
+    assert next(e for e in registry.list() if e.name == "linked").family == "unknown"  # never opened
+    # A link to a folder above itself does not make the scan endless.
+    os.symlink(gf_home / "models", gf_home / "models" / "Stable-diffusion" / "loop")
+    assert "tiny-sd" in registry.names()
     # A link that stays inside the folder is fine.
     os.symlink(gf_home / "models" / "Stable-diffusion" / "tiny-sd", gf_home / "models" / "Stable-diffusion" / "alias")
     assert registry.resolve("alias").family == "sd1"

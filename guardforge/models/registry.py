@@ -198,6 +198,8 @@ class ModelRegistry:
                 continue  # partial downloads, temp files of a save in progress
             rel = path.relative_to(base).as_posix()
             if path.is_dir():
+                if path.is_symlink() and path.resolve() in {f.resolve() for f in (folder, *folder.parents)}:
+                    continue  # a link to a folder above it would make the walk endless
                 if any((path / marker).exists() for marker in _FOLDER_MARKERS[kind]):
                     found.append(self._entry(rel, path, kind, "diffusers", "user"))
                 else:
@@ -213,7 +215,9 @@ class ModelRegistry:
         previous = self._by_path.get(path)
         if previous is not None and previous.kind == kind and previous._signature == _signature(path):
             return previous  # unchanged: keeps its detected family and any hash already computed
-        if fmt == "diffusers":
+        if not _inside(path, self.root if source == "user" else self.shipped_root):
+            family: Family = "unknown"  # a link out of the folder: listed, refused at resolve, never read
+        elif fmt == "diffusers":
             family = family_from_folder(path)
         else:
             family = family_of_file(path)
