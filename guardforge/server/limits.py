@@ -48,37 +48,34 @@ class BodySizeLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                try:
-                    too_big = int(value) > self.max_bytes
-                except ValueError:
-                    too_big = False
-                if too_big:
-                    return await self._refuse(send)
+        length = dict(scope.get("headers", ())).get(b"content-length")
+        if length is not None:
+            # The server (h11/httptools) never passes more bytes than Content-Length says.
+            if not length.isdigit() or int(length) > self.max_bytes:
+                return await self._refuse(send)
+            return await self.app(scope, receive, send)
+        # No Content-Length (chunked): read the body here, counting, and replay it to the app. The app would
+        # hold the whole JSON body in memory anyway; reading it first lets us answer 413 ourselves, since
+        # FastAPI turns any error while it reads a body into a 400.
+        chunks: list[bytes] = []
         seen = 0
-        started = False
-
-        async def counting_receive():
-            nonlocal seen
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise BodyTooLarge("too large")
-            return message
+            if message["type"] != "http.request":
+                return  # the client went away
+            body = message.get("body", b"")
+            seen += len(body)
+            if seen > self.max_bytes:
+                return await self._refuse(send)
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
 
-        async def tracking_send(message):
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
+        async def replaying_receive():
+            return replay.pop() if replay else await receive()
 
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except BodyTooLarge:
-            if not started:
-                await self._refuse(send)
+        await self.app(scope, replaying_receive, send)
 
     async def _refuse(self, send):
         body = json.dumps({"error": "BodyTooLarge",
