@@ -222,3 +222,14 @@ def test_sdxl_single_file_round_trip_is_identical_offline(gf_home):
     for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
         assert _same_weights(getattr(pipe, name), getattr(single, name)), name
     assert np.array_equal(_generate(pipe), _generate(single))
+
+
+def test_converter_refuses_unmerged_lora_layers(folder_pipe, tmp_path):
+    from peft import LoraConfig
+
+    from tests.tiny import tiny_sd_components
+
+    unet = tiny_sd_components(tmp_path / "tok", seed=0)["unet"]
+    unet.add_adapter(LoraConfig(r=2, target_modules=["to_q", "to_v"]))
+    with pytest.raises(ValueError, match="merge them first"):
+        diffusers_to_original_sd(unet, folder_pipe.vae, folder_pipe.text_encoder)

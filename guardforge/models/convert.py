@@ -88,7 +88,16 @@ def _vae_prefixes(vae: AutoencoderKL) -> list[tuple[str, str, list[tuple[str, st
     return table
 
 
+def _check_plain(state: dict[str, torch.Tensor], what: str) -> None:
+    # PEFT-wrapped layers (base_layer / lora_A / lora_B) have no single-file name; merged weights do.
+    wrapped = next((k for k in state if ".base_layer." in k or ".lora_" in k), None)
+    if wrapped is not None:
+        raise ValueError(f"the {what} still holds LoRA layers ({wrapped!r}); merge them first "
+                         "(peft: model.merge_and_unload(); diffusers: pipe.fuse_lora() then unload_lora_weights())")
+
+
 def _rename(state: dict[str, torch.Tensor], table, what: str) -> dict[str, torch.Tensor]:
+    _check_plain(state, what)
     # Longest prefix first, so "mid_block.resnets.0." wins over a shorter prefix of the same key.
     table = sorted(table, key=lambda row: len(row[0]), reverse=True)
     out: dict[str, torch.Tensor] = {}
@@ -130,7 +139,9 @@ def vae_to_original(vae: AutoencoderKL) -> dict[str, torch.Tensor]:
 def text_encoder_to_original(text_encoder: CLIPTextModel, prefix: str = CLIP_PREFIX) -> dict[str, torch.Tensor]:
     """SD 1.x keeps Hugging Face's CLIP names (as of transformers 4: `text_model.` first) under one prefix."""
     out = {}
-    for key, tensor in text_encoder.state_dict().items():
+    state = text_encoder.state_dict()
+    _check_plain(state, "text encoder")
+    for key, tensor in state.items():
         if key.endswith("position_ids"):
             continue
         # transformers >= 5.6 flattened CLIPTextModel; the single-file layout keeps the older names.
@@ -149,6 +160,7 @@ def open_clip_to_original(text_encoder: CLIPTextModelWithProjection,
     """Hugging Face CLIP -> OpenCLIP names: fused q/k/v in_proj, `resblocks`, a transposed text_projection."""
     state = {k.removeprefix("text_model."): v for k, v in text_encoder.state_dict().items()
              if not k.endswith("position_ids")}
+    _check_plain(state, "text encoder 2")
     out = {
         "token_embedding.weight": state.pop("embeddings.token_embedding.weight"),
         "positional_embedding": state.pop("embeddings.position_embedding.weight"),
