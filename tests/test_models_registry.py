@@ -79,6 +79,13 @@ def test_scans_a1111_layout(gf_home):
     ({"model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": (2, 768)}, "sd1"),
     ({"model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": (2, 1024)}, "sd2"),
     (["some.other.weight"], "unknown"),
+    # LoRAs (kohya and diffusers/PEFT names): the adapted layers' input width tells the family.
+    ({"lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight": (4, 768)}, "sd1"),
+    ({"lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k.lora_down.weight": (4, 1024)}, "sd2"),
+    ({"unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.lora_A.weight": (4, 2048)}, "sdxl"),
+    ({"lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": (4, 768)}, "sd1"),
+    ({"text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight": (4, 1024)}, "sd2"),
+    (["text_encoder_2.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight"], "sdxl"),
 ])
 def test_family_from_safetensors_header(tmp_path, keys, family):
     path = _write(tmp_path / "m.safetensors", keys)

@@ -48,7 +48,8 @@ def family_from_keys(header: Mapping[str, object]) -> Family:
     if has("model.diffusion_model.joint_blocks.") or has("joint_blocks."):
         return "sd3"
     # SDXL base has CLIP-L as embedder 0 and OpenCLIP bigG as embedder 1; the refiner only the latter at 0.
-    if has("conditioner.embedders.1.") or has("conditioner.embedders.0.model.") or has("lora_te2_"):
+    if (has("conditioner.embedders.1.") or has("conditioner.embedders.0.model.") or has("lora_te2_")
+            or has("text_encoder_2.")):
         return "sdxl"
     if has("cond_stage_model.model."):
         return "sd2"
@@ -57,6 +58,22 @@ def family_from_keys(header: Mapping[str, object]) -> Family:
     if _SD_ATTN2_KEY in header:
         width = _shape(header[_SD_ATTN2_KEY])[-1]
         return _CROSS_ATTENTION_FAMILY.get(width, "unknown")
+    return _lora_family(header)
+
+
+_LORA_DOWN = ("lora_down.weight", "lora_A.weight", "lora.down.weight")
+
+
+def _lora_family(header: Mapping[str, object]) -> Family:
+    """A LoRA's family from the input width of the layers it adapts (kohya or diffusers/PEFT names)."""
+    for key, record in header.items():
+        # Cross-attention keys take the text width: 768 SD 1.x, 1024 SD 2.x, 2048 SDXL.
+        if "attn2" in key and "to_k" in key and key.endswith(_LORA_DOWN):
+            return _CROSS_ATTENTION_FAMILY.get(_shape(record)[-1], "unknown")
+    for key, record in header.items():
+        # Text encoder only: CLIP ViT-L (768) is SD 1.x, OpenCLIP ViT-H (1024) SD 2.x.
+        if (key.startswith(("lora_te_", "text_encoder.")) and "q_proj" in key and key.endswith(_LORA_DOWN)):
+            return {768: "sd1", 1024: "sd2"}.get(_shape(record)[-1], "unknown")
     return "unknown"
 
 
