@@ -133,3 +133,17 @@ def test_parse_generated_text():
     assert parse_output("unsafe\nS15", TAXONOMY) == (True, ["XD"])
     with pytest.raises(Exception, match="unexpected"):
         parse_output("maybe")
+
+
+def test_guard_from_settings_runs_llama_guard(model_dir, tmp_path):
+    from guardforge.guard.service import Guard
+    from guardforge.settings import Settings
+
+    settings = Settings(home=tmp_path, device="cpu", guard={"text_backend": "llama-guard",
+                                                            "llama_guard_path": str(model_dir)})
+    guard = Guard.from_settings(settings)
+    verdict = guard.check_prompt("draw a cat")
+    assert verdict.backend == "llama-guard" and verdict.error is None
+    assert 0.0 <= verdict.unsafe <= 1.0 and "S14" not in verdict.scores  # default policy excludes S14
+    assert set(verdict.scores) == {f"S{n}" for n in range(1, 14)}
+    assert guard.audit.recent(1)[0]["scores"] == pytest.approx(verdict.scores)
