@@ -147,3 +147,35 @@ def test_guard_from_settings_runs_llama_guard(model_dir, tmp_path):
     assert 0.0 <= verdict.unsafe <= 1.0 and "S14" not in verdict.scores  # default policy excludes S14
     assert set(verdict.scores) == {f"S{n}" for n in range(1, 14)}
     assert guard.audit.recent(1)[0]["scores"] == pytest.approx(verdict.scores)
+
+
+def test_llama_guard_4_class_scores_text_batches(tmp_path):
+    """Llama4ForConditionalGeneration (tiny, text + vision config) through the same scoring path.
+
+    Only text: the Llama 4 image processor needs torchvision, which this project does not install.
+    """
+    from transformers import Llama4Config, Llama4ForConditionalGeneration, Llama4TextConfig, Llama4VisionConfig
+
+    from guardforge.guard.backends.llama_guard import detect_variant
+
+    tokenizer = _tokenizer(with_template=True)
+    text = Llama4TextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, intermediate_size_mlp=64,
+                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                            num_local_experts=2, num_experts_per_tok=1, moe_layers=[1], max_position_embeddings=1024,
+                            attention_chunk_size=1024, pad_token_id=tokenizer.pad_token_id)
+    vision = Llama4VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                image_size=28, patch_size=14, vision_output_dim=32, projector_input_dim=32,
+                                projector_output_dim=32, pixel_shuffle_ratio=0.5)
+    config = Llama4Config(text_config=text.to_dict(), vision_config=vision.to_dict(),
+                          image_token_index=tokenizer.convert_tokens_to_ids("<|image|>"))
+    config.save_pretrained(tmp_path)
+    assert detect_variant(tmp_path) == "lg4"
+    torch.manual_seed(0)
+    backend = LlamaGuardBackend(Llama4ForConditionalGeneration(config), tokenizer, TAXONOMY, "lg4")
+    assert backend.render("draw a cat") == EXPECTED
+    batch = backend.score_texts(TEXTS)
+    for text_input, batched in zip(TEXTS, batch):
+        [single] = backend.score_texts([text_input])
+        assert 0.0 <= batched.unsafe <= 1.0
+        assert batched.unsafe == pytest.approx(single.unsafe, abs=1e-4)
+        assert batched.scores == pytest.approx(single.scores, abs=1e-4)
