@@ -239,3 +239,10 @@ def test_from_settings_builds_nothing_until_used(tmp_path):
     verdict = guard.check_prompt("a tree")
     assert verdict.action == "block" and "config.json" in verdict.error  # fail closed, saying why
     assert (tmp_path / "guardforge.db").is_file()
+
+
+def test_audit_log_touches_the_database_only_when_used(tmp_path):
+    database = tmp_path / "sub" / "audit.db"
+    log = AuditLog(f"sqlite:///{database}")
+    assert not database.exists()  # building a Studio must not create files
+    assert log.recent(5) == [] and database.is_file()

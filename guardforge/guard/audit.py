@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -41,15 +42,26 @@ class AuditLog:
 
     def __init__(self, url: str, engine: Engine | None = None) -> None:
         parsed = make_url(url)
-        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        self._sqlite_file = (Path(parsed.database).expanduser() if parsed.get_backend_name() == "sqlite"
+                             and parsed.database not in (None, "", ":memory:") else None)
         self.url = url
-        self.engine = engine or create_engine(url, future=True)
+        self.engine = engine or create_engine(url, future=True)  # connects on first use, not here
         self.metadata = MetaData()
         self.table = _table(self.metadata)
-        self.metadata.create_all(self.engine, tables=[self.table])
+        self._created = False
+        self._lock = threading.Lock()
+
+    def _ensure_table(self) -> None:
+        # On first use, so that building a Studio (or a one-off CLI command) does not touch the database.
+        with self._lock:
+            if not self._created:
+                if self._sqlite_file is not None:
+                    self._sqlite_file.parent.mkdir(parents=True, exist_ok=True)
+                self.metadata.create_all(self.engine, tables=[self.table])
+                self._created = True
 
     def record(self, verdict: Verdict, content: bytes | None = None) -> None:
+        self._ensure_table()
         with self.engine.begin() as connection:
             connection.execute(insert(self.table).values(
                 time=datetime.now(timezone.utc), checkpoint=verdict.checkpoint,
@@ -61,6 +73,7 @@ class AuditLog:
 
     def recent(self, n: int = 20) -> list[dict]:
         """The last n rows, newest first, as plain dicts."""
+        self._ensure_table()
         query = select(self.table).order_by(self.table.c.id.desc()).limit(n)
         with self.engine.connect() as connection:
             rows = connection.execute(query).mappings().all()
