@@ -60,7 +60,9 @@ def test_generate_in_the_browser(ui_server, tmp_path):
         )
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1600})
-            page.goto(f"{ui_server.url}/ui/", wait_until="networkidle")
+            # Not "networkidle": Gradio keeps a connection open, and offline font requests never settle.
+            page.goto(f"{ui_server.url}/ui/", wait_until="domcontentloaded", timeout=120_000)
+            expect(page.locator("#gf-prompt textarea")).to_be_visible(timeout=120_000)
             page.locator("#gf-prompt textarea").fill("a green triangle")
             set_number(page, "gf-steps", 3)
             set_number(page, "gf-width", 64)
