@@ -179,3 +179,41 @@ def test_llama_guard_4_class_scores_text_batches(tmp_path):
         assert 0.0 <= batched.unsafe <= 1.0
         assert batched.unsafe == pytest.approx(single.unsafe, abs=1e-4)
         assert batched.scores == pytest.approx(single.scores, abs=1e-4)
+
+
+def test_llama_guard_3_vision_scores_images():
+    """MllamaForConditionalGeneration (tiny) + MllamaProcessor: the image path, with the shipped template."""
+    import numpy as np
+    from PIL import Image
+    from transformers import (MllamaConfig, MllamaForConditionalGeneration, MllamaProcessor, MllamaTextConfig,
+                              MllamaVisionConfig)
+    from transformers.models.mllama.image_processing_pil_mllama import MllamaImageProcessorPil
+
+    tokenizer = _tokenizer(with_template=False)
+    processor = MllamaProcessor(image_processor=MllamaImageProcessorPil(size={"height": 28, "width": 28},
+                                                                        max_image_tiles=1), tokenizer=tokenizer)
+    text = MllamaTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, cross_attention_layers=[1],
+                            max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id)
+    vision = MllamaVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_global_layers=1,
+                                num_attention_heads=2, image_size=28, patch_size=14, max_num_tiles=1,
+                                vision_output_dim=64, intermediate_layers_indices=[0], supported_aspect_ratios=[[1, 1]])
+    config = MllamaConfig(vision_config=vision.to_dict(), text_config=text.to_dict(),
+                          image_token_index=tokenizer.convert_tokens_to_ids("<|image|>"))
+    torch.manual_seed(0)
+    model = MllamaForConditionalGeneration(config).eval()
+    for name, parameter in model.named_parameters():
+        if "gate" in name and parameter.numel() == 1:  # zero-initialised tanh gates would hide the image
+            torch.nn.init.constant_(parameter, 1.0)
+    backend = LlamaGuardBackend(model, processor, TAXONOMY, "lg3-vision")
+    rendered = backend.render(image=True)
+    assert "User: <|image|>\n\n<END CONVERSATION>" in rendered
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)) for _ in range(2)]
+    first, second = backend.score_images(images)
+    for result in (first, second):
+        assert 0.0 <= result.unsafe <= 1.0 and set(result.scores) == set(TAXONOMY.codes)
+    assert first.unsafe != pytest.approx(second.unsafe, abs=1e-6)  # the image reaches the decision
+    [again] = backend.score_images(images[:1])
+    assert again.unsafe == pytest.approx(first.unsafe, abs=1e-5)
+    assert len(backend.score_texts(TEXTS)) == 3  # the same model reads text prompts
