@@ -1,0 +1,113 @@
+"""`guardforge generate` and `guardforge info`: one run as users run it (`python -m guardforge` in a subprocess),
+the rest through the same `main()` in-process, which saves the interpreter start-ups on a shared CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from guardforge.storage.outputs import read_infotext
+
+
+@pytest.fixture
+def env(gf_home):
+    return {**os.environ, "GUARDFORGE_HOME": str(gf_home), "GUARDFORGE_GUARD__POLICY": "off",
+            "HF_HUB_OFFLINE": "1", "GUARDFORGE_GUARD__OPENAI_API_KEY": "sk-not-to-be-printed"}
+
+
+def cli(env, *args):
+    return subprocess.run([sys.executable, "-m", "guardforge", *args], env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture
+def run_main(env, monkeypatch, capsys):
+    """Call guardforge.cli.main() as the console script does; returns (exit code, stdout, stderr)."""
+    from guardforge.cli import main
+
+    for key in ("GUARDFORGE_HOME", "GUARDFORGE_GUARD__POLICY", "GUARDFORGE_GUARD__OPENAI_API_KEY"):
+        monkeypatch.setenv(key, env[key])
+
+    def call(*args):
+        monkeypatch.setattr(sys, "argv", ["guardforge", *args])
+        code = 0
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code or 0
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return call
+
+
+def saved_paths(stdout: str) -> list[tuple[str, int]]:
+    return [(m.group(1), int(m.group(2))) for m in re.finditer(r"^(\S+\.png)  seed=(\d+)  action=allow$", stdout, re.M)]
+
+
+def test_generate_then_regenerate_from_png_with_an_override(env, run_main, tmp_path):
+    done = cli(env, "generate", "a (red:1.2) square", "--negative", "blurry", "-m", "tiny-sd", "--steps", "2",
+               "--seed", "21", "--batch-size", "2", "--sampler", "k_euler_a", "--clip-skip", "2")
+    assert done.returncode == 0, done.stderr
+    saved = saved_paths(done.stdout)
+    assert [seed for _, seed in saved] == [21, 22]
+    second = saved[1][0]
+    text = read_infotext(second)
+    assert text.startswith("a (red:1.2) square\nNegative prompt: blurry\nSteps: 2, Sampler: Euler a,")
+    assert "Seed: 22" in text and "Clip skip: 2" in text
+
+    # Same parameters from the PNG: the same pixels; an explicit option overrides the PNG's value.
+    code, out, err = run_main("generate", "--from-png", second, "-o", str(tmp_path / "out"))
+    assert code == 0, err
+    [(path, seed)] = saved_paths(out)
+    assert seed == 22
+    assert path.startswith(str(tmp_path / "out"))
+    assert np.array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(second)))
+    code, out, err = run_main("generate", "--from-png", second, "--steps", "3")
+    [(path, seed)] = saved_paths(out)
+    assert seed == 22
+    assert "Steps: 3," in read_infotext(path) and "Clip skip: 2" in read_infotext(path)
+
+
+def test_img2img_from_files(run_main, tmp_path):
+    init = tmp_path / "init.png"
+    Image.new("RGB", (40, 40), "green").save(init)
+    code, out, err = run_main("generate", "a cat", "-m", "tiny-sd", "--init-image", str(init), "--strength", "0.5",
+                              "--steps", "4", "--width", "24", "--height", "16", "--seed", "3")
+    assert code == 0, err
+    [(path, seed)] = saved_paths(out)
+    assert seed == 3
+    assert "img2img-images" in path and Image.open(path).size == (24, 16)
+    assert "Denoising strength: 0.5" in read_infotext(path)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["x", "--width", "20"], "error: width: Value error, must be a multiple of 8, got 20 (try 16)"),
+    (["x", "-m", "nope"], "error: no checkpoint named 'nope'"),
+    (["x", "--sampler", "Euler z"], "error: sampler: Value error, unknown sampler 'Euler z'"),
+    ([], "error: give a PROMPT, or --from-png"),
+])
+def test_errors_are_one_line(run_main, args, message):
+    code, _, err = run_main("generate", *args)
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and lines[0].startswith(message), err
+    assert "Traceback" not in err
+
+
+def test_info_reports_versions_devices_and_settings_without_secrets(run_main):
+    code, out, err = run_main("info", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert set(report["versions"]) == {"guardforge", "python", "torch", "diffusers", "transformers"}
+    assert report["devices"][-1]["device"] == "cpu"
+    assert report["settings"]["guard"]["policy"] == "off"
+    assert report["settings"]["guard"]["openai_api_key"] == "***"
+    assert "sk-not-to-be-printed" not in out
