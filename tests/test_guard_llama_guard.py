@@ -185,8 +185,13 @@ def test_llama_guard_3_vision_scores_images():
     """MllamaForConditionalGeneration (tiny) + MllamaProcessor: the image path, with the shipped template."""
     import numpy as np
     from PIL import Image
-    from transformers import (MllamaConfig, MllamaForConditionalGeneration, MllamaProcessor, MllamaTextConfig,
-                              MllamaVisionConfig)
+    from transformers import (
+        MllamaConfig,
+        MllamaForConditionalGeneration,
+        MllamaProcessor,
+        MllamaTextConfig,
+        MllamaVisionConfig,
+    )
     from transformers.models.mllama.image_processing_pil_mllama import MllamaImageProcessorPil
 
     tokenizer = _tokenizer(with_template=False)

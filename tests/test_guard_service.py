@@ -189,7 +189,7 @@ def test_blur_leaves_nothing_recognisable():
     detail = original - coarse
     assert abs(np.corrcoef(detail.ravel(), blurred.ravel())[0, 1]) < 0.1
     assert abs(np.corrcoef(original.ravel(), blurred.ravel())[0, 1]) < 0.5
-    edges = lambda a: np.abs(np.diff(a, axis=0)).mean() + np.abs(np.diff(a, axis=1)).mean()  # noqa: E731
+    edges = lambda a: np.abs(np.diff(a, axis=0)).mean() + np.abs(np.diff(a, axis=1)).mean()
     assert edges(blurred) < 0.02 * edges(original)
 
 

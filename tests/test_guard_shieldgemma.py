@@ -28,8 +28,15 @@ def _images(n: int) -> list[Image.Image]:
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory):
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-    from transformers import (Gemma3ImageProcessorPil, Gemma3TextConfig, PreTrainedTokenizerFast, ShieldGemma2Config,
-                              ShieldGemma2ForImageClassification, ShieldGemma2Processor, SiglipVisionConfig)
+    from transformers import (
+        Gemma3ImageProcessorPil,
+        Gemma3TextConfig,
+        PreTrainedTokenizerFast,
+        ShieldGemma2Config,
+        ShieldGemma2ForImageClassification,
+        ShieldGemma2Processor,
+        SiglipVisionConfig,
+    )
     from transformers.models.shieldgemma2.processing_shieldgemma2 import DEFAULT_SHIELDGEMMA2_POLICIES
 
     corpus = " ".join(DEFAULT_SHIELDGEMMA2_POLICIES.values()) + " user model Yes No \n"

@@ -8,7 +8,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from sqlalchemy import (
-    JSON, Column, DateTime, Float, Integer, LargeBinary, MetaData, String, Table, Text, create_engine, insert,
+    JSON,
+    Column,
+    DateTime,
+    Float,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    insert,
     select,
 )
 from sqlalchemy.engine import Engine, make_url

@@ -64,7 +64,8 @@ def parse_inputs(inputs) -> list[list[tuple[str, object]]]:
         return [[("text", item)] for item in inputs]
     parts: list[tuple[str, object]] = []
     for item in inputs:
-        item = item if isinstance(item, dict) else getattr(item, "model_dump", lambda: item)()
+        if hasattr(item, "model_dump"):  # a pydantic content part from the server's request model
+            item = item.model_dump()
         if not isinstance(item, dict):
             raise InvalidRequest("content parts must be objects with a type")
         kind = item.get("type")

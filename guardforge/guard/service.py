@@ -6,7 +6,7 @@ import hashlib
 import io
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from PIL import Image
 

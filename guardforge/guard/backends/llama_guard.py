@@ -150,7 +150,7 @@ class LlamaGuardBackend:
     # --- prompt -------------------------------------------------------------------------------------------
 
     def _prepare_token_ids(self) -> None:
-        encode = lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+        encode = lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"]
         safe, unsafe = encode("safe"), encode("unsafe")
         if not safe or not unsafe or safe[0] == unsafe[0]:
             raise GuardforgeError("the tokenizer cannot tell 'safe' from 'unsafe' by their first token")

@@ -9,6 +9,7 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from itertools import pairwise
 
 import httpx
 from PIL import Image
@@ -148,7 +149,7 @@ class OpenAICompatBackend:
     @staticmethod
     def _category_number_logprobs(tokens: list[dict]) -> list[dict]:
         # The first number after an "S" token (or a token ending in "S") is the first category's number.
-        for previous, token in zip(tokens, tokens[1:]):
+        for previous, token in pairwise(tokens):
             if previous.get("token", "").strip().endswith("S") and token.get("token", "").strip().isdigit():
                 return token.get("top_logprobs") or []
         return []
