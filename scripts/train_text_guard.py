@@ -16,11 +16,13 @@ from guardforge.guard.training.text import TrainConfig, train_text_guard  # noqa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=ASSETS_DIR)
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="keep frozen-encoder features here to retrain the head without re-encoding")
     for f in fields(TrainConfig):
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
     args = parser.parse_args()
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
-    train_text_guard(args.out, config)
+    train_text_guard(args.out, config, cache_dir=args.cache_dir)
 
 
 if __name__ == "__main__":

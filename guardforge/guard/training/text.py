@@ -33,9 +33,11 @@ class TrainConfig:
     batch_size: int = 16
     lr: float = 1e-3
     head_lr: float = 2e-3
-    lora_rank: int = 16
+    lora_rank: int = 16  # 0: the encoder stays frozen and only the head is trained (on cached features)
     lora_alpha: int = 32
     lora_dropout: float = 0.05
+    head_hidden: int = 0  # >0: an MLP head with this many hidden units
+    head_epochs: int = 300  # full-batch epochs of the head on cached features (frozen encoder only)
     max_length: int = 128
     unsafe_loss_weight: float = 2.0  # the overall output is what the guard's decisions rest on
     validation_fraction: float = 0.15
@@ -108,11 +110,52 @@ def predict_logits(model: TextGuardModel, tokenizer, texts: list[str], max_lengt
     return out
 
 
+def pooled_features(model: TextGuardModel, tokenizer, texts: list[str], max_length: int,
+                    batch_size: int = 64, cache: Path | None = None) -> torch.Tensor:
+    """Mean-pooled encoder outputs for a frozen encoder, computed once (and kept in `cache` if given)."""
+    import hashlib
+
+    if cache is not None:
+        key = hashlib.sha1(("\x00".join(texts) + f"|{max_length}").encode("utf-8")).hexdigest()[:16]
+        path = cache / f"features-{key}.pt"
+        if path.is_file():
+            return torch.load(path)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = torch.zeros(len(texts), model.head.in_features if isinstance(model.head, torch.nn.Linear)
+                      else model.head[0].in_features)
+    # no_grad, not inference_mode: the head is trained on these afterwards, which inference tensors forbid.
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            enc = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
+                            return_tensors="pt")
+            out[idx] = model.pool(enc["input_ids"], enc["attention_mask"]).detach()
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        torch.save(out, path)
+    return out
+
+
+def _train_head_on_features(model: TextGuardModel, features: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
+                            config: TrainConfig, log: Callable[[str], None]) -> None:
+    # A frozen encoder makes each epoch a few matrix products: full-batch AdamW on the cached features.
+    optimizer = torch.optim.AdamW(model.head.parameters(), lr=config.head_lr, weight_decay=0.01)
+    model.head.train()
+    for epoch in range(config.head_epochs):
+        logits = model.head(features)
+        loss_all = torch.nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none")
+        loss = (loss_all * mask).sum() / mask.sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if (epoch + 1) % 100 == 0:
+            log(f"head epoch {epoch + 1}/{config.head_epochs} loss {loss.item():.4f}")
+    model.head.eval()
+
+
 def train_text_guard(out_dir: Path, config: TrainConfig | None = None,
-                     log: Callable[[str], None] = print) -> dict:
+                     log: Callable[[str], None] = print, cache_dir: Path | None = None) -> dict:
     """Train, calibrate and save to `out_dir` (text_guard.safetensors + text_guard.json); return metrics."""
-    from safetensors.torch import save_file
-    from sklearn.metrics import average_precision_score
     from transformers import AutoTokenizer
 
     config = config or TrainConfig()
@@ -124,8 +167,33 @@ def train_text_guard(out_dir: Path, config: TrainConfig | None = None,
     log(f"train {len(train)} ({sum(e.unsafe for e in train)} unsafe), "
         f"validation {len(validation)} ({sum(e.unsafe for e in validation)} unsafe)")
     tokenizer = AutoTokenizer.from_pretrained(encoder_path(), local_files_only=True)
-    model = TextGuardModel(len(OUTPUTS), config.lora_rank, config.lora_alpha, config.lora_dropout)
+    model = TextGuardModel(len(OUTPUTS), config.lora_rank, config.lora_alpha, config.lora_dropout,
+                           config.head_hidden)
+    started = time.monotonic()
+    if config.lora_rank == 0:
+        features = pooled_features(model, tokenizer, [e.text for e in train], config.max_length, cache=cache_dir)
+        log(f"features for {len(train)} prompts in {time.monotonic() - started:.0f} s")
+        y, m = label_matrix(train)
+        weights = torch.ones(len(OUTPUTS))
+        weights[OUTPUTS.index("unsafe")] = config.unsafe_loss_weight
+        _train_head_on_features(model, features, torch.tensor(y), torch.tensor(m) * weights, config, log)
+    else:
+        _train_lora(model, tokenizer, train, config, rng, log)
+    train_seconds = time.monotonic() - started
 
+    # Calibration and threshold on the held-out validation slice only.
+    if config.lora_rank == 0:
+        with torch.no_grad():
+            val_features = pooled_features(model, tokenizer, [e.text for e in validation], config.max_length,
+                                           cache=cache_dir)
+            val_logits = model.head(val_features).numpy()
+    else:
+        val_logits = predict_logits(model, tokenizer, [e.text for e in validation], config.max_length)
+    return _calibrate_and_save(model, val_logits, validation, config, train_seconds, out_dir, log)
+
+
+def _train_lora(model: TextGuardModel, tokenizer, train: list[Example], config: TrainConfig,
+                rng: random.Random, log: Callable[[str], None]) -> None:
     texts = [e.text for e in train]
     enc = tokenizer(texts, truncation=True, max_length=config.max_length)
     lengths = [len(ids) for ids in enc["input_ids"]]
@@ -163,10 +231,14 @@ def train_text_guard(out_dir: Path, config: TrainConfig | None = None,
                 log(f"epoch {epoch + 1} step {step}/{steps} loss {loss.item():.4f} "
                     f"({time.monotonic() - started:.0f} s)")
         log(f"epoch {epoch + 1} mean loss {total / len(train):.4f} ({time.monotonic() - started:.0f} s)")
-    train_seconds = time.monotonic() - started
 
-    # Calibration and threshold on the held-out validation slice only.
-    val_logits = predict_logits(model, tokenizer, [e.text for e in validation], config.max_length)
+
+def _calibrate_and_save(model: TextGuardModel, val_logits: np.ndarray, validation: list[Example],
+                        config: TrainConfig, train_seconds: float, out_dir: Path,
+                        log: Callable[[str], None]) -> dict:
+    from safetensors.torch import save_file
+    from sklearn.metrics import average_precision_score
+
     vy, vm = label_matrix(validation)
     temperature = []
     for j in range(len(OUTPUTS)):
@@ -193,6 +265,7 @@ def train_text_guard(out_dir: Path, config: TrainConfig | None = None,
         "max_length": config.max_length,
         "lora_rank": config.lora_rank,
         "lora_alpha": config.lora_alpha,
+        "head_hidden": config.head_hidden,
         "temperature": temperature,
         "threshold": threshold,
         "train_config": asdict(config),

@@ -1,0 +1,81 @@
+"""The shared safety data: fixed splits reproduce the README's counts; training never sees test data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from guardforge.guard.training import data
+from guardforge.guard.training.text import expected_calibration_error, fit_temperature
+
+
+def _data_available() -> bool:
+    try:
+        data.data_root()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+pytestmark = pytest.mark.skipif(not _data_available(), reason="shared safety data not present")
+
+
+def test_openai_split_reproduces_readme_counts():
+    train, test = data.load_openai_moderation("train"), data.load_openai_moderation("test")
+    assert (len(train), sum(e.unsafe for e in train)) == (1190, 376)
+    assert (len(test), sum(e.unsafe for e in test)) == (490, 146)
+    assert not {e.text for e in train} & {e.text for e in test}
+
+
+def test_openai_label_mapping():
+    test = data.load_openai_moderation("test")
+    for ex in test:
+        if not ex.unsafe:
+            assert all(ex.labels[c] == 0 for c in data.CATEGORIES)
+    # Sexual content is S12 and harassment alone is unsafe without an S-code.
+    assert any(ex.labels["S12"] == 1 for ex in test)
+
+
+def test_training_data_excludes_test_sets():
+    training = {e.text for e in data.training_examples()}
+    assert not training & {e.text for e in data.load_openai_moderation("test")}
+    assert not training & {e.text for e in data.load_xstest()}
+    assert {e.source for e in data.training_examples()} == {"openai-mod", "ailuminate", "benign"}
+
+
+def test_validation_split_is_disjoint_stratified_and_deterministic():
+    examples = data.training_examples()
+    train, val = data.train_validation_split(examples, 0.15, seed=0)
+    assert len(train) + len(val) == len(examples)
+    assert not {id(e) for e in train} & {id(e) for e in val}
+    for source in ("openai-mod", "ailuminate", "benign"):
+        n_all = sum(e.source == source for e in examples)
+        n_val = sum(e.source == source for e in val)
+        assert abs(n_val / n_all - 0.15) < 0.02
+    again = data.train_validation_split(examples, 0.15, seed=0)[1]
+    assert [e.text for e in again] == [e.text for e in val]
+
+
+def test_ailuminate_maps_every_hazard():
+    rows = data.load_ailuminate()
+    assert len(rows) == 1200 and all(e.unsafe for e in rows)
+    assert {c for e in rows for c in data.CATEGORIES if e.labels[c] == 1} == set(data.CATEGORIES)
+
+
+def test_benign_prompts_file():
+    benign = data.load_benign()
+    assert len(benign) >= 300
+    assert len({e.text for e in benign}) == len(benign)
+    assert "a kitchen knife block on a marble counter" in {e.text for e in benign}
+
+
+def test_ece_and_temperature_scaling():
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(0, 2, 20000)
+    labels = (rng.random(20000) < 1 / (1 + np.exp(-true_logits))).astype(float)
+    overconfident = true_logits * 3  # a model three times too sure of itself
+    t = fit_temperature(overconfident, labels)
+    assert 2.5 < t < 3.5
+    before = expected_calibration_error(1 / (1 + np.exp(-overconfident)), labels)
+    after = expected_calibration_error(1 / (1 + np.exp(-overconfident / t)), labels)
+    assert after < before / 2
