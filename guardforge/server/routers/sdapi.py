@@ -39,7 +39,7 @@ def blocked_placeholder(width: int, height: int) -> str:
     """A grey image of the requested size that says 'blocked', for clients that expect one image per slot."""
     image = Image.new("RGB", (width, height), (128, 128, 128))
     draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default(size=max(8, min(width, height) // 6))
+    font = ImageFont.load_default(size=max(8, min(height // 3, width // 5)))  # 'blocked' spans ~60% of the width
     box = draw.textbbox((0, 0), "blocked", font=font)
     draw.text(((width - (box[2] - box[0])) / 2 - box[0], (height - (box[3] - box[1])) / 2 - box[1]),
               "blocked", fill=(255, 255, 255), font=font)
