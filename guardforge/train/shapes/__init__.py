@@ -1,0 +1,1 @@
+"""tiny-shapes: the procedural data, the detector and the tokenizer of the embedded default model."""

@@ -1,0 +1,355 @@
+"""Train tiny-shapes, an SD-architecture text-to-image model: a VAE stage, then a UNet + text-encoder stage."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from guardforge.train.shapes import data as shapes_data
+from guardforge.train.shapes.tokenizer import write_tokenizer
+
+
+class VAEConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    block_out_channels: list[int] = [16, 32, 32, 32]  # four blocks: 64x64 -> 8x8 (f=8)
+    norm_num_groups: int = 8
+    latent_channels: int = 4
+    n_images: int = 20000
+    batch_size: int = 16
+    lr: float = 2e-3
+    kl_weight: float = 1e-6
+    max_steps: int = 2000
+    max_minutes: float = 6.0
+
+
+class UNetConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    block_out_channels: list[int] = [32, 64]
+    attention_head_dim: int = 8
+    text_hidden_size: int = 64
+    text_layers: int = 2
+    text_heads: int = 4
+    max_length: int = 32  # tokens; the tokenizer pads to this, so the pipeline does too
+    n_images: int = 8000  # latents are computed once, so the UNet stage never runs the VAE
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup_steps: int = 50
+    uncond_rate: float = 0.1  # empty caption, so classifier-free guidance has an unconditional model
+    min_snr_gamma: float = 5.0
+    max_steps: int = 3000
+    max_minutes: float = 30.0
+    export_every_n_steps: int = 200
+
+
+class ShapesTrainConfig(BaseModel):
+    """configs/tiny-shapes.yaml: where to work, where to export, and both stages' settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    work_dir: Path = Path("runs/tiny-shapes")
+    export_dir: Path = Path("guardforge/assets/models/tiny-shapes")
+    seed: int = 0
+    threads: int = 2
+    vae: VAEConfig = VAEConfig()
+    unet: UNetConfig = UNetConfig()
+
+    @classmethod
+    def from_yaml(cls, path: Path) -> ShapesTrainConfig:
+        return cls.model_validate(yaml.safe_load(Path(path).read_text()) or {})
+
+
+# -- components -------------------------------------------------------------------------------------------
+
+def build_vae(cfg: VAEConfig):
+    from diffusers import AutoencoderKL
+
+    n = len(cfg.block_out_channels)
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=cfg.latent_channels,
+        block_out_channels=tuple(cfg.block_out_channels), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+        norm_num_groups=cfg.norm_num_groups, sample_size=shapes_data.SIZE,
+    )
+
+
+def build_unet(cfg: UNetConfig, latent_channels: int, latent_size: int):
+    from diffusers import UNet2DConditionModel
+
+    n = len(cfg.block_out_channels)
+    return UNet2DConditionModel(
+        sample_size=latent_size, in_channels=latent_channels, out_channels=latent_channels,
+        block_out_channels=tuple(cfg.block_out_channels), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D",) * n, up_block_types=("CrossAttnUpBlock2D",) * n,
+        cross_attention_dim=cfg.text_hidden_size, attention_head_dim=cfg.attention_head_dim,
+        norm_num_groups=min(32, cfg.block_out_channels[0]),
+    )
+
+
+def build_text_encoder(cfg: UNetConfig, tokenizer):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=cfg.text_hidden_size, intermediate_size=cfg.text_hidden_size * 4,
+        num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads,
+        max_position_embeddings=cfg.max_length, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    ))
+
+
+def build_noise_scheduler():
+    """DDPM's linear schedule (terminal SNR ~4e-5, so pure noise at T carries no colour) with v-prediction."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02,
+                         prediction_type="v_prediction", clip_sample=False, steps_offset=1)
+
+
+def load_tokenizer(folder: Path):
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(str(folder))
+
+
+def images_to_tensor(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+# -- stage 1: the VAE -------------------------------------------------------------------------------------
+
+class VAEModule(L.LightningModule):
+    """Reconstruction (L1 + MSE) plus a tiny KL term, so latents stay near a unit Gaussian in scale."""
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.vae = build_vae(cfg)
+
+    def training_step(self, batch, batch_idx):
+        (x,) = batch
+        posterior = self.vae.encode(x).latent_dist
+        recon = self.vae.decode(posterior.sample()).sample
+        rec = F.l1_loss(recon, x) + F.mse_loss(recon, x)
+        kl = posterior.kl().mean()
+        loss = rec + self.cfg.kl_weight * kl
+        psnr = 10 * torch.log10(4.0 / F.mse_loss(recon.clamp(-1, 1), x).detach())
+        self.log_dict({"vae/loss": loss, "vae/psnr": psnr}, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.vae.parameters(), lr=self.cfg.lr, weight_decay=0.0)
+
+
+class ImageDataModule(L.LightningDataModule):
+    def __init__(self, n_images: int, batch_size: int, seed: int):
+        super().__init__()
+        self.n_images, self.batch_size, self.seed = n_images, batch_size, seed
+
+    def setup(self, stage=None):
+        images, _ = shapes_data.make_dataset(self.n_images, seed=self.seed)
+        self.images = images_to_tensor(images)
+
+    def train_dataloader(self):
+        dataset = torch.utils.data.TensorDataset(self.images)
+        return torch.utils.data.DataLoader(dataset, batch_size=self.batch_size, shuffle=True, drop_last=True)
+
+
+@torch.no_grad()
+def encode_latents(vae, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Posterior means (unscaled) of images in [-1, 1]."""
+    vae.eval()
+    return torch.cat([vae.encode(images[i:i + batch_size]).latent_dist.mean
+                      for i in range(0, len(images), batch_size)])
+
+
+@torch.no_grad()
+def vae_psnr(vae, images: torch.Tensor) -> float:
+    vae.eval()
+    recon = vae.decode(encode_latents(vae, images)).sample.clamp(-1, 1)
+    return float(10 * torch.log10(4.0 / F.mse_loss(recon, images)))
+
+
+# -- stage 2: UNet + text encoder -------------------------------------------------------------------------
+
+class LatentDataModule(L.LightningDataModule):
+    """Scaled latents and token ids, computed once from a frozen VAE."""
+
+    def __init__(self, cfg: UNetConfig, vae, tokenizer, seed: int):
+        super().__init__()
+        self.cfg, self.vae, self.tokenizer, self.seed = cfg, vae, tokenizer, seed
+
+    def setup(self, stage=None):
+        images, captions = shapes_data.make_dataset(self.cfg.n_images, seed=self.seed + 1)
+        latents = encode_latents(self.vae, images_to_tensor(images)) * self.vae.config.scaling_factor
+        ids = self.tokenizer(captions, padding="max_length", max_length=self.cfg.max_length, truncation=True,
+                             return_tensors="pt").input_ids
+        self.dataset = torch.utils.data.TensorDataset(latents, ids)
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(self.dataset, batch_size=self.cfg.batch_size, shuffle=True,
+                                           drop_last=True)
+
+
+class TextToImageModule(L.LightningModule):
+    """The diffusion loss (v-prediction, Min-SNR weighted) on UNet + text encoder, VAE frozen outside."""
+
+    def __init__(self, cfg: UNetConfig, unet, text_encoder, empty_ids: torch.Tensor):
+        super().__init__()
+        self.cfg = cfg
+        self.unet, self.text_encoder = unet, text_encoder
+        self.noise_scheduler = build_noise_scheduler()
+        self.register_buffer("empty_ids", empty_ids, persistent=False)
+        self.register_buffer("alphas_cumprod", self.noise_scheduler.alphas_cumprod.clone(), persistent=False)
+
+    def training_step(self, batch, batch_idx):
+        latents, ids = batch
+        drop = torch.rand(len(ids), device=ids.device) < self.cfg.uncond_rate
+        ids = torch.where(drop[:, None], self.empty_ids.expand_as(ids), ids)
+        context = self.text_encoder(ids).last_hidden_state
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, len(self.alphas_cumprod), (len(latents),), device=latents.device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, t)
+        target = self.noise_scheduler.get_velocity(latents, noise, t)
+        pred = self.unet(noisy, t, context).sample
+        snr = self.alphas_cumprod[t] / (1 - self.alphas_cumprod[t])
+        weight = snr.clamp(max=self.cfg.min_snr_gamma) / (snr + 1)  # Min-SNR-gamma for v-prediction
+        loss = (F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3)) * weight).mean()
+        self.log("unet/loss", loss, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self):
+        params = list(self.unet.parameters()) + list(self.text_encoder.parameters())
+        optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=1e-2)
+        warmup = self.cfg.warmup_steps
+
+        def schedule(step: int) -> float:
+            return min(1.0, (step + 1) / warmup)
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+# -- export -----------------------------------------------------------------------------------------------
+
+def make_pipeline(vae, unet, text_encoder, tokenizer):
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+
+    scheduler = EulerDiscreteScheduler.from_config(build_noise_scheduler().config)
+    return StableDiffusionPipeline(vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+
+
+def export_pipeline(vae, unet, text_encoder, tokenizer, folder: Path) -> Path:
+    """Save a diffusers folder (safetensors), writing into a temp folder first so readers never see half."""
+    import shutil
+
+    folder = Path(folder)
+    tmp = folder.parent / f".{folder.name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    pipe = make_pipeline(vae, unet, text_encoder, tokenizer)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    card = folder / "MODEL_CARD.md"
+    if card.exists():  # the card is written by hand from measured figures; keep it across exports
+        shutil.copy(card, tmp / "MODEL_CARD.md")
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+    return folder
+
+
+class ExportCallback(L.Callback):
+    """Every N steps, export the pipeline so a usable model exists while training goes on."""
+
+    def __init__(self, vae, tokenizer, folder: Path, every: int):
+        self.vae, self.tokenizer, self.folder, self.every = vae, tokenizer, folder, every
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if step and step % self.every == 0:
+            export_pipeline(self.vae, module.unet, module.text_encoder, self.tokenizer, self.folder)
+            print(f"[step {step}] exported to {self.folder}", flush=True)
+
+    def on_train_end(self, trainer, module):
+        export_pipeline(self.vae, module.unet, module.text_encoder, self.tokenizer, self.folder)
+
+
+# -- the one command --------------------------------------------------------------------------------------
+
+def _trainer(cfg_steps: int, minutes: float, ckpt_dir: Path, callbacks: list, every: int = 50):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=every, save_top_k=0)
+    return L.Trainer(
+        max_steps=cfg_steps, max_time={"minutes": minutes}, accelerator="cpu", devices=1,
+        callbacks=[checkpoint, *callbacks], logger=L.pytorch.loggers.CSVLogger(ckpt_dir.parent, name="logs"),
+        enable_model_summary=False, log_every_n_steps=10, num_sanity_val_steps=0,
+    )
+
+
+def train_tiny_shapes(cfg: ShapesTrainConfig, resume: bool = False) -> dict:
+    """Run both stages (each resumable from its last checkpoint) and export the pipeline folder."""
+    from diffusers import AutoencoderKL
+
+    torch.set_num_threads(cfg.threads)
+    work = Path(cfg.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    report: dict = {}
+
+    tokenizer_dir = write_tokenizer(work / "tokenizer", shapes_data.vocabulary_words(), cfg.unet.max_length)
+    tokenizer = load_tokenizer(tokenizer_dir)
+
+    vae_dir = work / "vae"
+    if not (vae_dir / "config.json").exists():
+        L.seed_everything(cfg.seed)
+        started = time.perf_counter()
+        module = VAEModule(cfg.vae)
+        ckpt = work / "vae-ckpt" / "last.ckpt"
+        trainer = _trainer(cfg.vae.max_steps, cfg.vae.max_minutes, work / "vae-ckpt", [])
+        trainer.fit(module, ImageDataModule(cfg.vae.n_images, cfg.vae.batch_size, cfg.seed),
+                    ckpt_path=str(ckpt) if resume and ckpt.exists() else None)
+        vae = module.vae.eval()
+        probe, _ = shapes_data.make_dataset(512, seed=cfg.seed + 99)
+        probe_t = images_to_tensor(probe)
+        latents = encode_latents(vae, probe_t)
+        # SD's convention: scale latents to unit variance for the diffusion model.
+        vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+        report["vae_psnr_db"] = vae_psnr(vae, probe_t)
+        report["vae_steps"] = trainer.global_step
+        report["vae_minutes"] = (time.perf_counter() - started) / 60
+        vae.save_pretrained(vae_dir, safe_serialization=True)
+        (work / "vae_report.json").write_text(json.dumps(report, indent=1))
+        print(f"VAE: {report}", flush=True)
+    vae = AutoencoderKL.from_pretrained(vae_dir).eval().requires_grad_(False)
+
+    L.seed_everything(cfg.seed)
+    started = time.perf_counter()
+    latent_size = shapes_data.SIZE // 2 ** (len(cfg.vae.block_out_channels) - 1)
+    unet = build_unet(cfg.unet, vae.config.latent_channels, latent_size)
+    text_encoder = build_text_encoder(cfg.unet, tokenizer)
+    empty_ids = tokenizer([""], padding="max_length", max_length=cfg.unet.max_length,
+                          return_tensors="pt").input_ids
+    module = TextToImageModule(cfg.unet, unet, text_encoder, empty_ids)
+    ckpt = work / "unet-ckpt" / "last.ckpt"
+    export = ExportCallback(vae, tokenizer, Path(cfg.export_dir), cfg.unet.export_every_n_steps)
+    trainer = _trainer(cfg.unet.max_steps, cfg.unet.max_minutes, work / "unet-ckpt", [export])
+    trainer.fit(module, LatentDataModule(cfg.unet, vae, tokenizer, cfg.seed),
+                ckpt_path=str(ckpt) if resume and ckpt.exists() else None)
+    report["unet_steps"] = trainer.global_step
+    report["unet_minutes_this_run"] = (time.perf_counter() - started) / 60
+    report["unet_params_m"] = sum(p.numel() for p in unet.parameters()) / 1e6
+    report["text_encoder_params_m"] = sum(p.numel() for p in text_encoder.parameters()) / 1e6
+    (work / "unet_report.json").write_text(json.dumps(report, indent=1))
+    print(f"UNet: {report}", flush=True)
+    return report
