@@ -132,7 +132,7 @@ def test_sdapi_progress_and_interrupt_while_running(server, client):
 
 # -- native /v1 --------------------------------------------------------------------------------------
 def test_native_job_with_sse_and_image(client):
-    created = client.post("/v1/jobs", json={"prompt": "a blue circle", **TINY, "batch_size": 2})
+    created = client.post("/v1/jobs", json={"prompt": "a blue circle", **TINY, "steps": 12, "batch_size": 2})
     assert created.status_code == 202
     job_id = created.json()["id"]
     events = []
@@ -149,7 +149,8 @@ def test_native_job_with_sse_and_image(client):
     progress = [data for name, data in events if name == "progress" and data.get("step")]
     done = events[-1][1]
     assert events[-1][0] == "done" and done["state"] == "succeeded"
-    # The tiny job may finish before the stream opens; when it did not, steps arrive in order.
+    # The stream opens while the 12 steps run, so at least the last steps arrive, in order.
+    assert progress and progress[-1]["step"] == progress[-1]["total"] == 12
     assert [p["step"] for p in progress] == sorted(p["step"] for p in progress)
     assert all({"step", "total", "eta", "state"} <= set(p) for p in progress)
     assert len(done["verdicts"]) == 2 and len(done["images"]) == 2

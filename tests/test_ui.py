@@ -85,3 +85,16 @@ def test_generate_in_the_browser(ui_server, tmp_path):
             page.screenshot(path=str(ARTIFACTS / "ui-png-info.png"), full_page=True)
         finally:
             browser.close()
+
+
+def test_inpaint_mask_is_what_was_painted():
+    from PIL import Image
+
+    from guardforge.ui.app import _mask_from_editor
+
+    background = Image.new("RGB", (32, 32), (0, 0, 255))
+    layer = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
+    layer.paste((255, 255, 255, 255), (8, 8, 16, 24))
+    image, mask = _mask_from_editor({"background": background, "layers": [layer], "composite": None})
+    assert image.size == (32, 32) and mask.getbbox() == (8, 8, 16, 24)
+    assert _mask_from_editor({"background": background, "layers": [], "composite": None})[1] is None
