@@ -68,3 +68,57 @@ def test_long_prompt_and_short_negative_are_padded_to_the_same_length(pipe):
     kwargs = _embeds(pipe, long_prompt, "blurry")
     assert kwargs["prompt_embeds"].shape == kwargs["negative_prompt_embeds"].shape
     assert kwargs["prompt_embeds"].shape[1] == 77 * 3
+
+
+@pytest.fixture(scope="module")
+def sdxl(tmp_path_factory):
+    """A tiny SDXL pipeline (two CLIP encoders, text_time conditioning), as diffusers' SDXL tests build one."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from tests.tiny import write_char_tokenizer
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 1), projection_class_embeddings_input_dim=80,
+        cross_attention_dim=64, norm_num_groups=1)
+    vae = AutoencoderKL(block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+    config = CLIPTextConfig(bos_token_id=0, eos_token_id=2, hidden_size=32, intermediate_size=37,
+                            num_attention_heads=4, num_hidden_layers=3, pad_token_id=1, vocab_size=1000,
+                            projection_dim=32)
+    tokenizer = CLIPTokenizer.from_pretrained(str(write_char_tokenizer(tmp_path_factory.mktemp("tok"))))
+    pipe = StableDiffusionXLPipeline(
+        vae=vae, unet=unet, text_encoder=CLIPTextModel(config), text_encoder_2=CLIPTextModelWithProjection(config),
+        tokenizer=tokenizer, tokenizer_2=tokenizer, scheduler=EulerDiscreteScheduler(
+            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1))
+    return pipe
+
+
+def test_sdxl_weighting_pooled_and_clip_skip(sdxl):
+    plain = _embeds(sdxl, "a cat on a mat", "blurry")
+    weighted = _embeds(sdxl, "a (cat:1.5) on a mat", "blurry")
+    assert plain["prompt_embeds"].shape == (1, 77, 64)  # both encoders side by side
+    assert plain["pooled_prompt_embeds"].shape == plain["negative_pooled_prompt_embeds"].shape == (1, 32)
+    assert not torch.equal(plain["prompt_embeds"], weighted["prompt_embeds"])
+    ids = sdxl.tokenizer("a cat on a mat", padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        penultimate = sdxl.text_encoder(ids, output_hidden_states=True).hidden_states[-2]
+    assert torch.allclose(plain["prompt_embeds"][..., :32], penultimate, atol=1e-5)
+    deeper = _embeds(sdxl, "a cat on a mat", "blurry", clip_skip=2)
+    assert not torch.equal(plain["prompt_embeds"], deeper["prompt_embeds"])
+
+
+def test_sdxl_runs_through_the_engine(sdxl, tmp_path):
+    from guardforge.engine.pipelines import Engine
+    from guardforge.engine.request import GenerationRequest
+    from guardforge.models.cache import LoadedModel
+    from guardforge.settings import MemorySettings, Settings
+
+    loaded = LoadedModel(entry=None, pipeline=sdxl, memory=MemorySettings(), device=torch.device("cpu"))
+    request = GenerationRequest(prompt="a (cat:1.2)", negative_prompt="dog", steps=2, seed=3, sampler="DPM++ 2M")
+    [(image, seed)] = Engine(Settings(home=tmp_path)).run(loaded, request)
+    assert image.size == (32, 32) and seed == 3  # sample_size 16 x VAE factor 2
