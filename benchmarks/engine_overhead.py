@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
-import torch  # noqa: E402
+import torch
 
 # SD 1.5's UNet config (runwayml/stable-diffusion-v1-5 unet/config.json), written out so nothing is downloaded.
 SD15_UNET = dict(

@@ -49,7 +49,8 @@ def run_main(env, monkeypatch, capsys):
 
 
 def saved_paths(stdout: str) -> list[tuple[str, int]]:
-    return [(m.group(1), int(m.group(2))) for m in re.finditer(r"^(\S+\.png)  seed=(\d+)  action=allow$", stdout, re.M)]
+    lines = re.finditer(r"^(\S+\.png)  seed=(\d+)  action=allow$", stdout, re.MULTILINE)
+    return [(m.group(1), int(m.group(2))) for m in lines]
 
 
 def test_generate_then_regenerate_from_png_with_an_override(env, run_main, tmp_path):

@@ -67,7 +67,7 @@ def test_store_writes_dated_numbered_files_with_infotext_and_verdict(tmp_path, f
     assert first.parent.parent.name == "txt2img-images" and first.name == f"00000-7.{fmt}"
     assert second.parent.parent.name == "img2img-images"  # A1111 keeps inpainting with img2img
     assert read_infotext(first) == text
-    assert json.loads(first.with_name(f"00000-7.verdict.json").read_text()) == {"action": "allow"}
+    assert json.loads(first.with_name("00000-7.verdict.json").read_text()) == {"action": "allow"}
     assert len(store.new_id()) == 32 and store.new_id() != store.new_id()
 
 

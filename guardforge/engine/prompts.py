@@ -23,7 +23,7 @@ _ATTENTION = re.compile(r"""
 \)|]|
 [^\\()\[\]:]+|
 :
-""", re.X)
+""", re.VERBOSE)
 _ROUND = 1.1  # (word) multiplies attention by 1.1, [word] divides by it, as in A1111
 _SQUARE = 1 / 1.1
 

@@ -35,8 +35,7 @@ def decode_user_comment(raw: bytes | str) -> str:
         # Writers disagree on byte order; ASCII-range text shows it by where the zero bytes sit.
         big_endian = len(body) < 2 or body[0] == 0 or body[1] != 0
         return body.decode("utf-16-be" if big_endian else "utf-16-le", errors="replace")
-    if raw.startswith(_ASCII):
-        raw = raw[len(_ASCII):]
+    raw = raw.removeprefix(_ASCII)
     return raw.rstrip(b"\0").decode("utf-8", errors="replace")
 
 
