@@ -62,7 +62,12 @@ def config_for(workdir: Path, model: Path, steps: int, resolution: int, out: str
 
 
 def dataset_for(config, tokenizer):
-    from guardforge.train.dreambooth.data import DreamBoothBatches, ImageTransform, list_images, tokenize
+    from guardforge.train.dreambooth.data import (
+        DreamBoothBatches,
+        ImageTransform,
+        list_images,
+        tokenize,
+    )
 
     return DreamBoothBatches(
         list_images(config.instance_data_dir), list_images(config.class_data_dir),
@@ -74,16 +79,18 @@ def dataset_for(config, tokenizer):
 def run_ours(config, warmup: int) -> list[float]:
     """Our path as users run it: DreamBoothModule + Lightning Trainer (fit), timed per optimizer step."""
     import lightning as L
+    import torch
 
+    from guardforge.train.dreambooth.data import list_images
     from guardforge.train.dreambooth.run import BaseComponents, fit
 
     stamps: list[float] = []
 
     class Stamp(L.Callback):
         def on_train_batch_end(self, *args):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()  # as the plain loop does: time finished work, not queued work
             stamps.append(time.perf_counter())
-
-    from guardforge.train.dreambooth.data import list_images
 
     fit(config, BaseComponents.from_folder(Path(config.base_model)), list_images(config.instance_data_dir),
         list_images(config.class_data_dir), extra_callbacks=[Stamp()])

@@ -64,8 +64,8 @@ def studio(gf_home):
 
 
 def class_kwargs(folder, count=3):
-    return dict(folder=folder, count=count, prompt="a photo of dog", model="tiny-sd", resolution=16, seed=10,
-                steps=2)
+    return {"folder": folder, "count": count, "prompt": "a photo of dog", "model": "tiny-sd", "resolution": 16,
+            "seed": 10, "steps": 2}
 
 
 def test_flagged_instance_image_stops_the_job_before_training(studio, tmp_path, tiny_model_dir):

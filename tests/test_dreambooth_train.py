@@ -30,12 +30,12 @@ def make_images(folder: Path, colour: tuple[int, int, int], count: int = 3, size
 
 
 def tiny_config(root: Path, model: Path, **overrides) -> DreamBoothConfig:
-    values = dict(
-        base_model=str(model), instance_data_dir=root / "instance", instance_prompt="a photo of sks dog",
-        class_prompt="a photo of dog", class_data_dir=root / "class", num_class_images=3, resolution=16,
-        max_steps=6, learning_rate=1e-3, output_dir=root / "out", accelerator="cpu", logger="csv",
-        checkpoint_interval=100, validation_prompts=[], seed=3,
-    )
+    values = {
+        "base_model": str(model), "instance_data_dir": root / "instance", "instance_prompt": "a photo of sks dog",
+        "class_prompt": "a photo of dog", "class_data_dir": root / "class", "num_class_images": 3,
+        "resolution": 16, "max_steps": 6, "learning_rate": 1e-3, "output_dir": root / "out",
+        "accelerator": "cpu", "logger": "csv", "checkpoint_interval": 100, "validation_prompts": [], "seed": 3,
+    }
     values.update(overrides)
     return DreamBoothConfig(**values)
 
@@ -67,9 +67,10 @@ def test_resume_gives_the_same_losses(data, tiny_model_dir, mode):
     root, instance, classes = data
     # Accumulation, warm-up and a cosine schedule: every piece of state a resume must bring back.
     # LoRA dropout draws from the global RNG, so the RNG states in the checkpoint matter too.
-    common = dict(max_steps=8, gradient_accumulation_steps=2, lr_scheduler="cosine", lr_warmup_steps=2,
-                  random_flip=True, noise_offset=0.05, snr_gamma=5.0, train_text_encoder=True, mode=mode,
-                  lora={"rank": 4, "alpha": 4, "dropout": 0.1}, learning_rate=1e-3 if mode == "full" else 1e-2)
+    common = {"max_steps": 8, "gradient_accumulation_steps": 2, "lr_scheduler": "cosine", "lr_warmup_steps": 2,
+              "random_flip": True, "noise_offset": 0.05, "snr_gamma": 5.0, "train_text_encoder": True,
+              "mode": mode, "lora": {"rank": 4, "alpha": 4, "dropout": 0.1},
+              "learning_rate": 1e-3 if mode == "full" else 1e-2}
     _, _, straight = run(tiny_config(root, tiny_model_dir, output_dir=root / "a", **common),
                          tiny_model_dir, instance, classes)
 
@@ -85,7 +86,7 @@ def test_resume_gives_the_same_losses(data, tiny_model_dir, mode):
         fit(config, BaseComponents.from_folder(tiny_model_dir), instance, classes, progress=stop_at_half,
             cancel=cancel)
     assert len(interrupted) == 4
-    module, trainer, resumed = run(config, tiny_model_dir, instance, classes, resume="latest")
+    _, trainer, resumed = run(config, tiny_model_dir, instance, classes, resume="latest")
     assert trainer.global_step == 8
     assert len(straight) == 8 and len(interrupted + resumed) == 8
     np.testing.assert_allclose(interrupted + resumed, straight, rtol=0, atol=1e-6)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -13,7 +14,13 @@ class RichProgress:
     """Renders TrainProgress events: one bar per phase, with step, losses, it/s and ETA while training."""
 
     def __init__(self, console):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), console=console)
@@ -38,9 +45,10 @@ class RichProgress:
 
 @train_app.command("dreambooth")
 def dreambooth(
-    config: Path = typer.Argument(..., exists=True, dir_okay=False, help="DreamBooth YAML (see configs/)"),
-    overrides: list[str] = typer.Option([], "--set", help="Override a setting: key=value, e.g. lora.rank=8"),
-    resume: str = typer.Option(None, "--resume", help="'latest' or a checkpoint path"),
+    config: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="DreamBooth YAML (see configs/)")],
+    overrides: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override a setting: key=value, e.g. lora.rank=8")] = None,
+    resume: Annotated[str | None, typer.Option("--resume", help="'latest' or a checkpoint path")] = None,
 ) -> None:
     """Train a subject into a model (full or LoRA) and export it into the models folder."""
     import signal
@@ -51,7 +59,7 @@ def dreambooth(
     from guardforge.studio import Studio
     from guardforge.train.dreambooth.config import load_config
 
-    settings = load_config(config, overrides)
+    settings = load_config(config, overrides or [])
     console = Console()
     cancel = Event()
     reporter = RichProgress(console)

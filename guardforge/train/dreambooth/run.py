@@ -31,9 +31,11 @@ class BaseComponents:
 
     @classmethod
     def from_pipeline(cls, pipeline) -> BaseComponents:
+        import torch
+
         parts = {name: getattr(pipeline, name) for name in ("unet", "vae", "text_encoder")}
         # Training writes the weights: copy, so the generation cache keeps serving the untouched base model.
-        parts = {name: copy.deepcopy(module).to("cpu", dtype=_float32()) for name, module in parts.items()}
+        parts = {name: copy.deepcopy(module).to("cpu", dtype=torch.float32) for name, module in parts.items()}
         return cls(**parts, tokenizer=pipeline.tokenizer, scheduler=copy.deepcopy(pipeline.scheduler))
 
     @classmethod
@@ -44,12 +46,6 @@ class BaseComponents:
                                                            requires_safety_checker=False)
         return cls(unet=pipeline.unet, vae=pipeline.vae, text_encoder=pipeline.text_encoder,
                    tokenizer=pipeline.tokenizer, scheduler=pipeline.scheduler)
-
-
-def _float32():
-    import torch
-
-    return torch.float32
 
 
 class DreamBoothResult(BaseModel):
@@ -139,20 +135,28 @@ def fit(config: DreamBoothConfig, base: BaseComponents, instance_paths: list[Pat
     """
     import lightning as L
 
-    from guardforge.train.dreambooth.callbacks import CancelOnEvent, ProgressReporter, ValidationImages
-    from guardforge.train.dreambooth.data import DreamBoothDataModule, ImageTransform, tokenize
+    from guardforge.train.dreambooth.callbacks import (
+        CancelOnEvent,
+        ProgressReporter,
+        ValidationImages,
+    )
+    from guardforge.train.dreambooth.data import (
+        DreamBoothDataModule,
+        ImageTransform,
+        tokenize,
+    )
 
     ckpt_path = resolve_resume(config, resume)
     L.seed_everything(config.seed, workers=True, verbose=False)
     module = build_module(config, base)
     class_batch = config.resolved_class_batch_size
-    datamodule = DreamBoothDataModule(dict(
-        instance_paths=instance_paths, class_paths=class_paths if class_batch else [],
-        instance_batch_size=config.train_batch_size, class_batch_size=class_batch,
-        transform=ImageTransform(config.resolution, config.center_crop, config.random_flip),
-        instance_input_ids=tokenize(base.tokenizer, config.instance_prompt),
-        class_input_ids=tokenize(base.tokenizer, config.class_prompt) if class_batch else None,
-        seed=config.seed), workers=config.dataloader_workers)
+    datamodule = DreamBoothDataModule({
+        "instance_paths": instance_paths, "class_paths": class_paths if class_batch else [],
+        "instance_batch_size": config.train_batch_size, "class_batch_size": class_batch,
+        "transform": ImageTransform(config.resolution, config.center_crop, config.random_flip),
+        "instance_input_ids": tokenize(base.tokenizer, config.instance_prompt),
+        "class_input_ids": tokenize(base.tokenizer, config.class_prompt) if class_batch else None,
+        "seed": config.seed}, workers=config.dataloader_workers)
 
     canceller = CancelOnEvent(cancel or Event())
     # Order matters: a cancel set from inside the progress callback must stop this very step.
