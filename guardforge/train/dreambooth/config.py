@@ -123,6 +123,8 @@ class DreamBoothConfig(BaseModel):
             raise ValueError("with_prior_preservation needs a class_prompt such as 'a photo of dog'")
         if self.with_prior_preservation and self.num_class_images < 1:
             raise ValueError("with_prior_preservation needs num_class_images >= 1")
+        if self.accelerator == "cpu" and self.precision == "16-mixed":
+            raise ValueError("precision 16-mixed needs a GPU; on the CPU use 32 or bf16-mixed")
         lora_only = {"lora_diffusers", "lora_kohya"}
         formats = set(self.export_formats or [])
         if self.mode == "full" and formats & lora_only:
