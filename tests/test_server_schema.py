@@ -36,5 +36,6 @@ def test_no_server_errors_under_fuzzing(small_server):
     report = done.stdout[-6000:] + done.stderr[-2000:]
     assert done.returncode == 0, f"schemathesis found server errors:\n{report}\n--- server log ---\n{small_server.log()}"
     # Guard against a run that tested nothing (a schema that failed to load also exits 0 with no cases).
-    passed = re.search(r"(\d+) passed", done.stdout)
-    assert passed and int(passed.group(1)) >= 100, report
+    cases = re.search(r"(\d+) generated, (\d+) passed", done.stdout)
+    assert cases and int(cases.group(2)) == int(cases.group(1)) >= 100, report
+    assert re.search(r"Tested: (\d+)", done.stdout).group(1) == re.search(r"Selected: (\d+)", done.stdout).group(1)
