@@ -40,7 +40,14 @@ def test_no_job_vanishes_across_sigkill(tmp_path, tiny_model_dir):
         with httpx.Client(base_url=third.url, timeout=60) as client:
             job = wait_running_step(client, again)
             assert job["error"] is None
+    finally:
+        third.stop()  # SIGTERM: a graceful stop keeps the running job as a restart would, re-queued here
+
+    fourth = LiveServer(home, server_env(home, GUARDFORGE_JOBS__REQUEUE_RUNNING_ON_RESTART="true")).start()
+    try:
+        with httpx.Client(base_url=fourth.url, timeout=60) as client:
+            wait_running_step(client, again)
             assert client.delete(f"/v1/jobs/{again}").status_code == 200
             assert wait_state(client, again, {"cancelled"})["state"] == "cancelled"
     finally:
-        third.stop()
+        fourth.stop()

@@ -213,6 +213,17 @@ class JobQueue:
                 conn.execute(update(jobs_table).where(jobs_table.c.id.in_(ids)).values(**values))
         return ids
 
+    def release(self, job_id: str) -> str:
+        """A running job stopped by a graceful shutdown: treated as recover() would after a crash."""
+        if self.requeue_running_on_restart:
+            values = dict(state="queued", started_at=None, cancel_requested=False)
+        else:
+            values = dict(state="failed", error=RESTART_REASON, finished_at=time.time())
+        with self.engine.begin() as conn:
+            conn.execute(update(jobs_table).where(jobs_table.c.id == job_id, jobs_table.c.state == "running")
+                         .values(**values))
+        return values["state"]
+
     # -- reading -------------------------------------------------------------------------------------
     def get(self, job_id: str, owner: str | None) -> Job:
         """The job, if `owner` may see it (None: any owner)."""

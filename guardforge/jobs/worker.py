@@ -111,9 +111,13 @@ class Worker:
             request = GenerationRequest.model_validate(job.payload["request"])
             result = self.generate(request, on_progress=on_progress, cancel=cancel, save=save)
         except Cancelled:
-            reason = self.stop_reason.pop(job.id, "cancelled")
-            self.queue.finish(job.id, "cancelled", error=reason)
-            final.update(state="cancelled", error=reason)
+            if self._stop.is_set() and job.id not in self.stop_reason:
+                # The server is shutting down, nobody cancelled this job: keep it as a restart would.
+                final.update(state=self.queue.release(job.id), error="the server stopped")
+            else:
+                reason = self.stop_reason.pop(job.id, "cancelled")
+                self.queue.finish(job.id, "cancelled", error=reason)
+                final.update(state="cancelled", error=reason)
         except GuardforgeError as exc:
             self.queue.finish(job.id, "failed", error=str(exc))
             final.update(state="failed", error=str(exc))
