@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -20,6 +21,15 @@ from guardforge.guard.backends.embedded_image import EmbeddedImageBackend  # noq
 ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets" / "guard"
 TEXT_WEIGHTS = "text_guard.safetensors"
 TEXT_CONFIG = "text_guard.json"
+TEXT_VOCAB = "text_guard_vocab.json"
+
+
+def make_vectorizer(vocabulary: dict[str, int] | None = None):
+    """The word/bigram TF-IDF used as a second signal; training and inference must build it the same way."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    return TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, max_features=20000,
+                           vocabulary=vocabulary, dtype=np.float32)
 
 
 def encoder_path() -> Path:
@@ -98,6 +108,10 @@ class TextGuardModel(nn.Module):
 class EmbeddedTextBackend:
     """Scores prompts for S1..S13 and overall unsafe on CPU, offline, in a few milliseconds each.
 
+    Overall unsafe combines two signals with weights fitted on the validation split (Platt scaling with
+    two inputs): the MiniLM head's unsafe logit and a word/bigram TF-IDF logistic model's logit. The
+    second one catches explicit vocabulary that a frozen sentence embedding blurs.
+
     `threshold` is the calibrated overall-unsafe threshold chosen on the validation split; the evaluation
     reports recall and false-positive rate at it.
     """
@@ -123,12 +137,25 @@ class EmbeddedTextBackend:
         self.tokenizer = AutoTokenizer.from_pretrained(encoder_path(), local_files_only=True)
         model = TextGuardModel(len(self.outputs), self.config["lora_rank"], self.config["lora_alpha"],
                                head_hidden=self.config.get("head_hidden", 0))
-        model.load_trainable_state_dict(load_file(str(weights_path)))
+        model.load_trainable_state_dict({k: v for k, v in load_file(str(weights_path)).items()
+                                         if not k.startswith("tfidf.")})
         if model.rank > 0:
             # Folding the adapter into the encoder's weights makes inference cost the same as plain MiniLM.
             model.encoder = model.encoder.merge_and_unload()
         self.model = model.eval()
         self.temperature = torch.tensor(self.config["temperature"], dtype=torch.float32)
+        state = load_file(str(weights_path))
+        self.vectorizer = None
+        if "tfidf.idf" in state:
+            vocabulary = json.loads((weights_dir / TEXT_VOCAB).read_text(encoding="utf-8"))
+            self.vectorizer = make_vectorizer(vocabulary)
+            self.vectorizer.idf_ = state["tfidf.idf"].numpy()
+            self.tfidf_coef = state["tfidf.coef"].numpy()
+            self.tfidf_intercept = float(state["tfidf.intercept"].item())
+        self.stack = self.config.get("stack")  # [w_head, w_tfidf, bias] on the two unsafe logits
+
+    def tfidf_logits(self, texts: list[str]) -> np.ndarray:
+        return self.vectorizer.transform(texts) @ self.tfidf_coef + self.tfidf_intercept
 
     def logits(self, texts: list[str]) -> torch.Tensor:
         """Uncalibrated logits, (len(texts), len(outputs)); the training code calibrates on these."""
@@ -145,11 +172,17 @@ class EmbeddedTextBackend:
             raise TypeError("score_texts takes a list of strings; wrap a single prompt as [prompt]")
         if not texts:
             return []
-        probs = self.probabilities(list(texts)).tolist()
+        texts = list(texts)
+        logits = self.logits(texts)
+        probs = torch.sigmoid(logits / self.temperature).numpy()
         unsafe_index = self.outputs.index("unsafe")
+        unsafe = probs[:, unsafe_index].astype(np.float64)
+        if self.stack is not None and self.vectorizer is not None:
+            w_head, w_tfidf, bias = self.stack
+            z = w_head * logits[:, unsafe_index].numpy().astype(np.float64) + w_tfidf * self.tfidf_logits(texts) + bias
+            unsafe = 1.0 / (1.0 + np.exp(-z))
         results = []
-        for row in probs:
+        for row, p_unsafe in zip(probs.tolist(), unsafe.tolist(), strict=True):
             scores = {code: float(p) for code, p in zip(self.outputs, row, strict=True) if code != "unsafe"}
-            results.append(Scores(scores=scores, unsafe=float(row[unsafe_index]),
-                                  extra={"threshold": self.threshold}))
+            results.append(Scores(scores=scores, unsafe=float(p_unsafe), extra={"threshold": self.threshold}))
         return results
