@@ -103,6 +103,8 @@ def test_webuiapi_img2img_inpaint_and_listings(server):
     assert progress["progress"] == 0 and progress["current_image"] is None
     assert api.refresh_checkpoints() is None
     assert api.get_scripts() == {"txt2img": [], "img2img": []}
+    assert api.get_upscalers() == [] and api.get_latent_upscale_modes() == [] and api.get_sd_vae() == []
+    assert api.get_loras() == []
 
 
 def test_sdapi_progress_and_interrupt_while_running(server, client):

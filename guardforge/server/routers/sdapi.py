@@ -260,3 +260,9 @@ async def upscalers(caller: Caller = Depends(get_caller)) -> list[dict[str, Any]
 @router.get("/scripts", summary="Scripts (none: A1111 scripts do not run here)", responses=errors(401))
 async def scripts(caller: Caller = Depends(get_caller)) -> dict[str, list[str]]:
     return {"txt2img": [], "img2img": []}
+
+
+@router.get("/latent-upscale-modes", summary="Latent upscale modes (none: no hires fix here)", responses=errors(401))
+async def latent_upscale_modes(caller: Caller = Depends(get_caller)) -> list[dict[str, str]]:
+    # SillyTavern lists these beside /upscalers; an empty list says "no hires fix" without a 404.
+    return []
