@@ -83,6 +83,16 @@ def test_generate_in_the_browser(ui_server, tmp_path):
             expect(page.locator("#gf-steps input[type=number]")).to_have_value("5")
             expect(page.locator("#gf-seed input")).to_have_value("99")
             page.screenshot(path=str(ARTIFACTS / "ui-png-info.png"), full_page=True)
+
+            # History: the first job's parameters come back with one click.
+            page.get_by_text("History").click()
+            page.get_by_role("button", name="Refresh history").click()
+            page.locator("#gf-history-job input").click()
+            page.get_by_role("option", name=re.compile("a green triangle")).click()
+            page.get_by_role("button", name="Reuse these parameters").click()
+            expect(page.locator("#gf-prompt textarea")).to_have_value("a green triangle", timeout=30_000)
+            expect(page.locator("#gf-steps input[type=number]")).to_have_value("3")
+            expect(page.locator("#gf-seed input")).to_have_value("42")
         finally:
             browser.close()
 

@@ -104,7 +104,7 @@ def build_ui(studio) -> gr.Blocks:
             request = job.payload.get("request", {})
             rows.append([job.id, time.strftime("%H:%M:%S", time.localtime(job.created_at)), job.state,
                          request.get("prompt", "")[:80]])
-        return gr.update(value=rows), gr.update(choices=[r[0] for r in rows])
+        return gr.update(value=rows), gr.update(choices=[(f"{r[1]} {r[3]}", r[0]) for r in rows])
 
     def reuse(job_id):
         if not job_id:
@@ -181,7 +181,7 @@ def build_ui(studio) -> gr.Blocks:
         with gr.Accordion("History", open=False):
             refresh = gr.Button("Refresh history")
             table = gr.Dataframe(headers=["job", "time", "state", "prompt"], interactive=False)
-            chosen = gr.Dropdown([], label="Job")
+            chosen = gr.Dropdown([], label="Job", elem_id="gf-history-job")
             reuse_button = gr.Button("Reuse these parameters")
 
         params = [model, sampler, schedule, steps, cfg, width, height, seed]
