@@ -125,17 +125,19 @@ def test_progress_events_cover_the_whole_request(engine, loaded):
 def test_cancel_from_progress_stops_promptly(engine, loaded):
     cancel = threading.Event()
     seen = []
+    cancelled_at = []
 
     def on_progress(event):
         seen.append(event.step)
         if event.step == 2:
             cancel.set()
+            cancelled_at.append(time.perf_counter())
 
-    started = time.perf_counter()
     with pytest.raises(Cancelled):
         engine.run(loaded, req(steps=50), on_progress=on_progress, cancel=cancel)
-    assert seen == [1, 2]  # stopped at the step that saw the cancel, 48 steps never ran
-    assert time.perf_counter() - started < 10
+    # Measured from the cancel, not from the start, so a slow first run on a busy machine does not count.
+    assert time.perf_counter() - cancelled_at[0] < 2
+    assert seen == [1, 2]  # stopped at the step that saw the cancel: 48 steps never ran
     # The pipeline is usable afterwards and its scheduler is the model's own again.
     assert type(loaded.pipeline.scheduler).__name__ == "PNDMScheduler"
     assert len(engine.run(loaded, req())) == 1
