@@ -20,6 +20,8 @@ def eval_guard(
                                        help="prompts timed one at a time for the latency figures"),
     image_latency: bool = typer.Option(False, "--image-latency",
                                        help="also time the image backend on 512x512 images"),
+    threads: int | None = typer.Option(None, "--threads", min=1,
+                                       help="torch intra-op threads (default: torch's own choice)"),
 ) -> None:
     """Measure a text guard on a safety test set: AUPRC, F1, recall, FPR, per-category recall, latency."""
     from guardforge.guard import evaluation
@@ -29,6 +31,10 @@ def eval_guard(
 
     if dataset not in evaluation.DATASETS:
         raise typer.BadParameter(f"choose one of {', '.join(evaluation.DATASETS)}", param_hint="--dataset")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     settings = Settings()
     text_backend = build_backend(backend, "text", settings, Taxonomy())
     report = evaluation.evaluate_text_backend(text_backend, dataset, out_dir=out, threshold=threshold,

@@ -29,6 +29,9 @@ class EvalReport:
     category_recall: dict[str, tuple[float, int]] = field(default_factory=dict)  # code -> (recall, positives)
     latency_ms_p50: float = 0.0
     latency_ms_p95: float = 0.0
+    # CPU time of this process per prompt: on a shared, oversubscribed machine the wall-clock figures above
+    # mostly measure waiting for a core; this one is closer to what an idle machine would show.
+    cpu_ms_p50: float = 0.0
     curve_path: Path | None = None
 
     def lines(self) -> list[str]:
@@ -40,7 +43,7 @@ class EvalReport:
                f"  AUPRC {fmt(self.auprc)}  F1 {fmt(self.f1)}  precision {fmt(self.precision)}  "
                f"recall {fmt(self.recall)}  FPR {fmt(self.false_positive_rate)}",
                f"  latency per prompt (batch of 1): p50 {self.latency_ms_p50:.1f} ms, "
-               f"p95 {self.latency_ms_p95:.1f} ms"]
+               f"p95 {self.latency_ms_p95:.1f} ms; process CPU time p50 {self.cpu_ms_p50:.1f} ms"]
         if self.category_recall:
             out.append("  recall per category (at the threshold, on the overall score): " + ", ".join(
                 f"{code} {r:.2f} (n={n})" for code, (r, n) in self.category_recall.items()))
@@ -49,19 +52,21 @@ class EvalReport:
         return out
 
 
-def _timed_scores(backend, texts: list[str], latency_sample: int) -> tuple[np.ndarray, list[float]]:
+def _timed_scores(backend, texts: list[str],
+                  latency_sample: int) -> tuple[np.ndarray, list[float], list[float]]:
     """Overall P(unsafe) for every text (batched), and per-prompt latency measured one prompt at a time."""
     scores = []
     for start in range(0, len(texts), 32):
         scores.extend(s.unsafe for s in backend.score_texts(texts[start:start + 32]))
     # Latency is what a single request pays: batch of one, on a sample spread over the set.
     step = max(1, len(texts) // latency_sample)
-    latencies = []
+    latencies, cpu = [], []
     for text in texts[::step][:latency_sample]:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         backend.score_texts([text])
         latencies.append((time.perf_counter() - t0) * 1000)
-    return np.asarray(scores, dtype=np.float64), latencies
+        cpu.append((time.process_time() - c0) * 1000)
+    return np.asarray(scores, dtype=np.float64), latencies, cpu
 
 
 def plot_pr_curve(labels: np.ndarray, scores: np.ndarray, threshold: float, title: str, path: Path) -> Path:
@@ -99,7 +104,7 @@ def evaluate_examples(backend, examples: list[Example], dataset: str, threshold:
 
     texts = [e.text for e in examples]
     labels = np.asarray([e.unsafe for e in examples])
-    scores, latencies = _timed_scores(backend, texts, latency_sample)
+    scores, latencies, cpu = _timed_scores(backend, texts, latency_sample)
     predicted = scores >= threshold
     pos, neg = labels == 1, labels == 0
     tp, fp = int((predicted & pos).sum()), int((predicted & neg).sum())
@@ -124,7 +129,7 @@ def evaluate_examples(backend, examples: list[Example], dataset: str, threshold:
         false_positive_rate=fp / int(neg.sum()) if has_safe else None,
         category_recall=category_recall,
         latency_ms_p50=float(np.percentile(latencies, 50)), latency_ms_p95=float(np.percentile(latencies, 95)),
-        curve_path=curve,
+        cpu_ms_p50=float(np.percentile(cpu, 50)), curve_path=curve,
     )
 
 
