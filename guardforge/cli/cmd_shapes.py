@@ -14,10 +14,51 @@ from guardforge.cli import eval_app, train_app
 def train_tiny_shapes_command(
     config: Annotated[Path, typer.Argument(help="YAML config, e.g. configs/tiny-shapes.yaml")],
     resume: Annotated[bool, typer.Option(help="Continue each stage from its last checkpoint.")] = False,
+    stage: Annotated[list[str] | None, typer.Option(
+        help="Run only these stages (repeatable): vae, unet, decoder, export. Default: all, in that order.")] = None,
 ) -> None:
-    """Train the embedded default model (VAE, then UNet + text encoder) and export it."""
-    from guardforge.train.text_to_image import ShapesTrainConfig, train_tiny_shapes
+    """Train the embedded default model (VAE, UNet + text encoder, VAE decoder) and export it."""
+    from guardforge.train.text_to_image import STAGES, ShapesTrainConfig, train_tiny_shapes
 
-    report = train_tiny_shapes(ShapesTrainConfig.from_yaml(config), resume=resume)
+    unknown = set(stage or ()) - set(STAGES)
+    if unknown:
+        raise typer.BadParameter(f"unknown stage(s) {sorted(unknown)}; choose from {', '.join(STAGES)}")
+    stages = tuple(s for s in STAGES if s in stage) if stage else STAGES
+    report = train_tiny_shapes(ShapesTrainConfig.from_yaml(config), resume=resume, stages=stages)
     for key, value in report.items():
         typer.echo(f"{key}: {value:.3f}" if isinstance(value, float) else f"{key}: {value}")
+
+
+@eval_app.command("adherence")
+def eval_adherence_command(
+    model: Annotated[Path, typer.Option(help="A tiny-shapes diffusers folder.")] = Path(
+        __file__).resolve().parent.parent / "assets" / "models" / "tiny-shapes",
+    steps: Annotated[int, typer.Option(min=1)] = 20,
+    cfg: Annotated[float, typer.Option(min=0.0)] = 7.5,
+    sampler: Annotated[str, typer.Option(help="A1111 sampler name, e.g. Euler, 'Euler a', 'DPM++ 2M'.")] = "Euler",
+    n: Annotated[int, typer.Option(min=1, help="Prompts per split (held-out and seen).")] = 40,
+    seed: Annotated[int, typer.Option()] = 0,
+    threads: Annotated[int, typer.Option(min=1)] = 1,
+    out: Annotated[Path, typer.Option(help="Folder for the grid PNGs.")] = Path("outputs/adherence"),
+) -> None:
+    """Generate from held-out and seen single-object captions, read them with the detector, print accuracy."""
+    import time
+
+    import torch
+
+    from guardforge.train.shapes.adherence import ATTRIBUTES, evaluate, load_pipeline, save_grid
+
+    torch.set_num_threads(threads)
+    pipe = load_pipeline(model, sampler)
+    typer.echo(f"model {model}  sampler {sampler}  steps {steps}  cfg {cfg}  n {n} per split")
+    typer.echo(f"{'split':<10}" + "".join(f"{a:>12}" for a in (*ATTRIBUTES, "all")) + f"{'s/image':>10}")
+    for held_out in (True, False):
+        started = time.perf_counter()
+        report = evaluate(pipe, held_out, n, steps=steps, cfg=cfg, seed=seed)
+        per_image = (time.perf_counter() - started) / n
+        acc = report.accuracy()
+        typer.echo(f"{report.split:<10}" + "".join(f"{acc[a]:>12.1%}" for a in (*ATTRIBUTES, "all"))
+                   + f"{per_image:>10.3f}")
+        tag = f"{report.split}_{sampler.replace(' ', '_').replace('+', 'p')}_cfg{cfg:g}_steps{steps}"
+        grid = save_grid(report.samples[:24], out / f"{tag}.png")
+        typer.echo(f"  grid: {grid}")

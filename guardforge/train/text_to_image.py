@@ -30,12 +30,18 @@ class VAEConfig(BaseModel):
     kl_weight: float = 1e-6
     max_steps: int = 2000
     max_minutes: float = 6.0
+    # Decoder-only fine-tuning (encoder frozen, so the latents the UNet learned stay valid), like SD's ft-MSE VAE.
+    decoder_lr: float = 1e-3
+    decoder_max_steps: int = 3000
+    decoder_max_minutes: float = 15.0
 
 
 class UNetConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     block_out_channels: list[int] = [32, 64]
+    # Per level, whether it has (self- and cross-) attention; skipping it at the largest level saves most time.
+    attention_levels: list[bool] = [True, True]
     attention_head_dim: int = 8
     text_hidden_size: int = 64
     text_layers: int = 2
@@ -86,11 +92,12 @@ def build_vae(cfg: VAEConfig):
 def build_unet(cfg: UNetConfig, latent_channels: int, latent_size: int):
     from diffusers import UNet2DConditionModel
 
-    n = len(cfg.block_out_channels)
+    down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in cfg.attention_levels)
+    up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.attention_levels))
     return UNet2DConditionModel(
         sample_size=latent_size, in_channels=latent_channels, out_channels=latent_channels,
         block_out_channels=tuple(cfg.block_out_channels), layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D",) * n, up_block_types=("CrossAttnUpBlock2D",) * n,
+        down_block_types=down, up_block_types=up,
         cross_attention_dim=cfg.text_hidden_size, attention_head_dim=cfg.attention_head_dim,
         norm_num_groups=min(32, cfg.block_out_channels[0]),
     )
@@ -148,6 +155,32 @@ class VAEModule(L.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.AdamW(self.vae.parameters(), lr=self.cfg.lr, weight_decay=0.0)
+
+
+class DecoderModule(L.LightningModule):
+    """Sharpen the decoder alone on posterior means; the encoder, hence the latent space, does not move."""
+
+    def __init__(self, vae, cfg: VAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.vae = vae
+        self.vae.requires_grad_(False)
+        self.vae.decoder.requires_grad_(True)
+        self.vae.post_quant_conv.requires_grad_(True)
+
+    def training_step(self, batch, batch_idx):
+        (x,) = batch
+        with torch.no_grad():
+            latents = self.vae.encode(x).latent_dist.mean
+        recon = self.vae.decode(latents).sample
+        loss = F.l1_loss(recon, x) + F.mse_loss(recon, x)
+        psnr = 10 * torch.log10(4.0 / F.mse_loss(recon.clamp(-1, 1), x).detach())
+        self.log_dict({"decoder/loss": loss, "decoder/psnr": psnr}, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self):
+        params = [p for p in self.vae.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=self.cfg.decoder_lr, weight_decay=0.0)
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -298,8 +331,53 @@ def _trainer(cfg_steps: int, minutes: float, ckpt_dir: Path, callbacks: list, ev
     )
 
 
-def train_tiny_shapes(cfg: ShapesTrainConfig, resume: bool = False) -> dict:
-    """Run both stages (each resumable from its last checkpoint) and export the pipeline folder."""
+STAGES = ("vae", "unet", "decoder", "export")
+
+
+def finetune_decoder(cfg: ShapesTrainConfig, work: Path, resume: bool) -> dict:
+    """Stage 3: decoder-only fine-tuning; writes work/vae-decoder (same encoder, sharper decoder)."""
+    from diffusers import AutoencoderKL
+
+    L.seed_everything(cfg.seed + 2)
+    started = time.perf_counter()
+    vae = AutoencoderKL.from_pretrained(work / "vae")
+    module = DecoderModule(vae, cfg.vae)
+    ckpt = work / "decoder-ckpt" / "last.ckpt"
+    trainer = _trainer(cfg.vae.decoder_max_steps, cfg.vae.decoder_max_minutes, work / "decoder-ckpt", [])
+    trainer.fit(module, ImageDataModule(cfg.vae.n_images, cfg.vae.batch_size, cfg.seed + 2),
+                ckpt_path=str(ckpt) if resume and ckpt.exists() else None)
+    vae = module.vae.eval()
+    probe, _ = shapes_data.make_dataset(512, seed=cfg.seed + 99)
+    report = {"decoder_psnr_db": vae_psnr(vae, images_to_tensor(probe)), "decoder_steps": trainer.global_step,
+              "decoder_minutes": (time.perf_counter() - started) / 60}
+    vae.save_pretrained(work / "vae-decoder", safe_serialization=True)
+    (work / "decoder_report.json").write_text(json.dumps(report, indent=1))
+    print(f"decoder: {report}", flush=True)
+    return report
+
+
+def export_final(cfg: ShapesTrainConfig, work: Path) -> Path:
+    """Stage 4: the UNet and text encoder of the last checkpoint with the best VAE into the shipped folder."""
+    from diffusers import AutoencoderKL
+
+    tokenizer = load_tokenizer(work / "tokenizer")
+    vae_dir = work / "vae-decoder" if (work / "vae-decoder" / "config.json").exists() else work / "vae"
+    vae = AutoencoderKL.from_pretrained(vae_dir).eval()
+    latent_size = shapes_data.SIZE // 2 ** (len(cfg.vae.block_out_channels) - 1)
+    unet = build_unet(cfg.unet, vae.config.latent_channels, latent_size)
+    text_encoder = build_text_encoder(cfg.unet, tokenizer)
+    state = torch.load(work / "unet-ckpt" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    unet.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("unet.")})
+    text_encoder.load_state_dict({k[13:]: v for k, v in state.items() if k.startswith("text_encoder.")},
+                                 strict=False)  # position_ids buffers may or may not be saved
+    return export_pipeline(vae, unet.eval(), text_encoder.eval(), tokenizer, Path(cfg.export_dir))
+
+
+def train_tiny_shapes(cfg: ShapesTrainConfig, resume: bool = False, stages: tuple[str, ...] = STAGES) -> dict:
+    """Run the stages (each resumable from its last checkpoint) and export the pipeline folder.
+
+    vae and unet run in order; decoder needs only the vae (it may run beside unet), export needs both.
+    """
     from diffusers import AutoencoderKL
 
     torch.set_num_threads(cfg.threads)
@@ -311,7 +389,7 @@ def train_tiny_shapes(cfg: ShapesTrainConfig, resume: bool = False) -> dict:
     tokenizer = load_tokenizer(tokenizer_dir)
 
     vae_dir = work / "vae"
-    if not (vae_dir / "config.json").exists():
+    if "vae" in stages and not (vae_dir / "config.json").exists():
         L.seed_everything(cfg.seed)
         started = time.perf_counter()
         module = VAEModule(cfg.vae)
@@ -331,8 +409,21 @@ def train_tiny_shapes(cfg: ShapesTrainConfig, resume: bool = False) -> dict:
         vae.save_pretrained(vae_dir, safe_serialization=True)
         (work / "vae_report.json").write_text(json.dumps(report, indent=1))
         print(f"VAE: {report}", flush=True)
-    vae = AutoencoderKL.from_pretrained(vae_dir).eval().requires_grad_(False)
+    if "unet" in stages:
+        report |= _train_unet(cfg, work, tokenizer, vae_dir, resume)
+    if "decoder" in stages and not (work / "vae-decoder" / "config.json").exists():
+        report |= finetune_decoder(cfg, work, resume)
+    if "export" in stages:
+        report["exported"] = str(export_final(cfg, work))
+    return report
 
+
+def _train_unet(cfg: ShapesTrainConfig, work: Path, tokenizer, vae_dir: Path, resume: bool) -> dict:
+    """Stage 2: UNet + text encoder on the frozen VAE's latents."""
+    from diffusers import AutoencoderKL
+
+    report: dict = {}
+    vae = AutoencoderKL.from_pretrained(vae_dir).eval().requires_grad_(False)
     L.seed_everything(cfg.seed)
     started = time.perf_counter()
     latent_size = shapes_data.SIZE // 2 ** (len(cfg.vae.block_out_channels) - 1)

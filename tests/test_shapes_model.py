@@ -1,0 +1,92 @@
+"""The shipped tiny-shapes model: loads offline, follows captions, and runs img2img and inpainting."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from guardforge.train.shapes import data
+from guardforge.train.shapes.detector import detect
+
+MODEL = Path(__file__).resolve().parent.parent / "guardforge" / "assets" / "models" / "tiny-shapes"
+pytestmark = pytest.mark.skipif(not (MODEL / "model_index.json").exists(), reason="tiny-shapes not exported")
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from guardforge.train.shapes.adherence import load_pipeline
+
+    torch.set_num_threads(1)
+    return load_pipeline(MODEL, "Euler")
+
+
+def test_shipped_folder_is_small_and_loads_with_the_network_off():
+    size = sum(f.stat().st_size for f in MODEL.rglob("*") if f.is_file())
+    assert size <= 25 * 2**20, size
+    assert not list(MODEL.rglob("*.bin")) and list(MODEL.rglob("*.safetensors"))
+    index = json.loads((MODEL / "model_index.json").read_text())
+    assert index["safety_checker"] == [None, None] and index["requires_safety_checker"] is False
+    code = ("from diffusers import StableDiffusionPipeline; import sys; "
+            f"p = StableDiffusionPipeline.from_pretrained({str(MODEL)!r}, local_files_only=True); "
+            "print(p.unet.config.sample_size * p.vae_scale_factor, p.tokenizer.model_max_length)")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-2:] == ["64", "32"]
+
+
+def _score(pipe, cfg: float) -> int:
+    from guardforge.train.shapes.adherence import evaluate
+
+    report = evaluate(pipe, held_out=False, n=10, steps=12, cfg=cfg, seed=5)
+    return sum(report.correct[a] for a in ("background", "colour", "position"))
+
+
+def test_guidance_makes_images_follow_the_caption(pipe):
+    assert _score(pipe, 7.5) > _score(pipe, 1.0)
+
+
+def _red_circle() -> np.ndarray:
+    obj = data.ShapeObject("red", "circle", "large", "centre")
+    return data.render(data.Scene("white", [obj]))
+
+
+def test_img2img_changes_the_colour_it_is_asked_to(pipe):
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    img2img = StableDiffusionImg2ImgPipeline(**pipe.components)
+    before = detect(_red_circle())
+    assert before.colour == "red"
+    image = img2img("a large blue circle in the centre, on a white background", image=_red_circle(),
+                    strength=0.8, num_inference_steps=20, guidance_scale=7.5,
+                    generator=torch.Generator().manual_seed(0)).images[0]
+    assert detect(image, shapes=data.SHAPES).colour == "blue"
+
+
+def test_inpaint_changes_the_masked_region_only(pipe):
+    from diffusers import StableDiffusionInpaintPipeline
+    from PIL import Image
+
+    inpaint = StableDiffusionInpaintPipeline(**pipe.components)
+    scene = data.Scene("white", [data.ShapeObject("red", "circle", "large", "left")])
+    source = data.render(scene)
+    mask = np.zeros((64, 64), dtype=np.uint8)
+    mask[8:56, 32:64] = 255  # the right half, where nothing is yet
+    image = inpaint("a large blue square on the right, on a white background", image=source,
+                    mask_image=Image.fromarray(mask), strength=1.0, num_inference_steps=20, guidance_scale=7.5,
+                    generator=torch.Generator().manual_seed(0)).images[0]
+    before, after = np.asarray(source, dtype=float), np.asarray(image, dtype=float)
+    change = np.abs(after - before).mean(axis=2)
+    inside, outside = change[mask > 0].mean(), change[:, :24].mean()
+    assert inside > 3 * outside, (inside, outside)
+    right = after[8:56, 32:64].reshape(-1, 3)
+    blue = np.array(data.PALETTE["blue"], dtype=float)
+    assert (np.linalg.norm(right - blue, axis=1) < 80).sum() > 30  # a blue object appeared there
+    assert detect(Image.fromarray(after[:, :32].astype(np.uint8)).resize((64, 64))).colour == "red"
