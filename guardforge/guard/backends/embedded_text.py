@@ -183,6 +183,10 @@ class EmbeddedTextBackend:
             unsafe = 1.0 / (1.0 + np.exp(-z))
         results = []
         for row, p_unsafe in zip(probs.tolist(), unsafe.tolist(), strict=True):
-            scores = {code: float(p) for code, p in zip(self.outputs, row, strict=True) if code != "unsafe"}
+            # A hazard category is a kind of unsafe, so P(category) <= P(unsafe): capping the separately
+            # trained category heads there keeps a policy's per-category thresholds from firing on prompts
+            # that the (better calibrated, two-signal) overall score calls safe.
+            scores = {code: min(float(p), p_unsafe) for code, p in zip(self.outputs, row, strict=True)
+                      if code != "unsafe"}
             results.append(Scores(scores=scores, unsafe=float(p_unsafe), extra={"threshold": self.threshold}))
         return results
