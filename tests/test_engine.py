@@ -214,3 +214,19 @@ def test_clip_skip_changes_the_image(engine, loaded):
     assert not np.array_equal(pixels(one), pixels(two))
     with pytest.raises(InvalidRequest, match="only 3 layers"):
         engine.run(loaded, req(clip_skip=4))
+
+
+def test_engine_pixels_equal_a_plain_diffusers_call(engine, loaded):
+    """Without weights or clip skip, the engine's compel embeddings and seeding add nothing diffusers would not do."""
+    from diffusers import EulerAncestralDiscreteScheduler
+
+    pipe = loaded.pipeline
+    [(ours, _)] = engine.run(loaded, req(sampler="Euler a", steps=3, seed=9))
+    base = pipe.scheduler
+    pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(base.config)
+    try:
+        plain = pipe("a red square", negative_prompt="blurry", num_inference_steps=3, guidance_scale=7.0,
+                     generator=torch.Generator("cpu").manual_seed(9)).images[0]
+    finally:
+        pipe.scheduler = base
+    assert np.array_equal(pixels(ours), pixels(plain))
