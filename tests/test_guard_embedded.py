@@ -72,6 +72,8 @@ def test_text_backend_protocol_and_shapes(text_backend):
         assert set(result.scores) == text_backend.categories
         assert all(0.0 <= v <= 1.0 for v in result.scores.values())
         assert 0.0 <= result.unsafe <= 1.0 and not result.labels_only
+        # A category is a kind of unsafe: no category may be more likely than unsafe itself.
+        assert max(result.scores.values()) <= result.unsafe
     assert text_backend.score_texts([]) == []
     with pytest.raises(TypeError):
         text_backend.score_texts("a bare string")
