@@ -122,6 +122,30 @@ def test_progress_events_cover_the_whole_request(engine, loaded):
     assert events[-1].eta_s == 0 and all(e.it_per_s > 0 for e in events)
 
 
+def test_re_placing_weights_waits_for_the_generation_in_progress(engine, tiny_model_dir):
+    """Another request's memory settings (here bf16) must not change the weights under a running generation."""
+    from guardforge.settings import MemorySettings
+
+    loaded = make_loaded(tiny_model_dir)
+    [(reference, _)] = engine.run(loaded, req(steps=4))
+    order, dtypes = [], []
+    placer = threading.Thread(target=lambda: (loaded.place(MemorySettings(dtype="bf16")), order.append("placed")))
+
+    def on_progress(event):
+        dtypes.append(loaded.pipeline.unet.dtype)
+        if event.step == 1:
+            placer.start()
+            placer.join(timeout=0.5)  # long enough for an unguarded re-place to finish mid-run
+
+    [(image, _)] = engine.run(loaded, req(steps=4), on_progress=on_progress)
+    order.append("generated")
+    placer.join()
+    assert order == ["generated", "placed"]
+    assert dtypes == [torch.float32] * 4
+    assert np.array_equal(pixels(image), pixels(reference))
+    assert loaded.pipeline.unet.dtype == torch.bfloat16
+
+
 def test_cancel_from_progress_stops_promptly(engine, loaded):
     cancel = threading.Event()
     seen = []

@@ -12,7 +12,6 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -102,10 +101,6 @@ class Engine:
     def __init__(self, settings: Settings, registry: ModelRegistry | None = None):
         self.settings = settings
         self._registry = registry
-        # A request swaps the scheduler and loads LoRAs into the shared pipeline, so requests on the same
-        # model take turns; different models run in parallel.
-        self._locks: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
-        self._locks_guard = threading.Lock()
 
     @property
     def registry(self) -> ModelRegistry:
@@ -114,13 +109,6 @@ class Engine:
 
             self._registry = ModelRegistry(self.settings)
         return self._registry
-
-    def _lock_for(self, pipe: DiffusionPipeline) -> threading.Lock:
-        with self._locks_guard:
-            lock = self._locks.get(pipe)
-            if lock is None:
-                lock = self._locks[pipe] = threading.Lock()
-            return lock
 
     def size_for(self, loaded: LoadedModel, request: GenerationRequest) -> tuple[int, int]:
         native_w, native_h = native_size(loaded.pipeline)
@@ -164,11 +152,14 @@ class Engine:
             mode_inputs.update(width=width, height=height)
 
         progress = _Progress(request.n_iter, on_progress, cancel)
-        pipe = loaded.for_mode(mode)
-        # The engine reports progress through on_progress; diffusers' own tqdm bar would only add noise.
-        pipe.set_progress_bar_config(disable=True)
         results: list[tuple[Image.Image, int]] = []
-        with self._lock_for(loaded.pipeline):
+        # A request swaps the scheduler and loads LoRAs into the shared pipeline, and the cache re-places
+        # weights (another dtype or offload) under the same lock: so requests on one model take turns with
+        # each other and with the cache, while different models run in parallel.
+        with loaded.lock:
+            pipe = loaded.for_mode(mode)
+            # The engine reports progress through on_progress; diffusers' own tqdm bar would only add noise.
+            pipe.set_progress_bar_config(disable=True)
             progress.check_cancel()
             base_scheduler = pipe.scheduler
             try:
