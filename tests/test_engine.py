@@ -122,6 +122,27 @@ def test_progress_events_cover_the_whole_request(engine, loaded):
     assert events[-1].eta_s == 0 and all(e.it_per_s > 0 for e in events)
 
 
+def test_skip_ends_the_current_batch_only(engine, loaded):
+    """A1111's skip: the batch in progress stops early and keeps its partial images; later batches run whole."""
+    [(first, _), (second, _), (third, _)] = whole = engine.run(loaded, req(steps=6, n_iter=3))
+    skip = threading.Event()
+    events = []
+
+    def on_progress(event):
+        events.append((event.batch_index, event.step))
+        if event.batch_index == 0 and event.step == 2:
+            skip.set()
+
+    skipped = engine.run(loaded, req(steps=6, n_iter=3), on_progress=on_progress, skip=skip)
+    assert [seed for _, seed in skipped] == [seed for _, seed in whole] == [1, 2, 3]
+    assert not np.array_equal(pixels(skipped[0][0]), pixels(first))  # stopped after 2 of 6 steps
+    assert np.array_equal(pixels(skipped[1][0]), pixels(second))
+    assert np.array_equal(pixels(skipped[2][0]), pixels(third))
+    # Progress counts the skipped steps as done, so the next batch starts at step 7 of 18.
+    assert events == [(0, 1), (0, 2)] + [(1, s) for s in range(7, 13)] + [(2, s) for s in range(13, 19)]
+    assert not skip.is_set()
+
+
 def test_re_placing_weights_waits_for_the_generation_in_progress(engine, tiny_model_dir):
     """Another request's memory settings (here bf16) must not change the weights under a running generation."""
     from guardforge.settings import MemorySettings

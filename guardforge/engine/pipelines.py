@@ -69,13 +69,22 @@ def prepare_mask(mask: Image.Image, size: tuple[int, int], blur: int, invert: bo
 class _Progress:
     """Turns diffusers' per-step callback into ProgressEvents over the whole request and checks cancel."""
 
-    def __init__(self, n_iter: int, on_progress: ProgressCallback | None, cancel: threading.Event | None):
+    def __init__(self, n_iter: int, on_progress: ProgressCallback | None, cancel: threading.Event | None,
+                 skip: threading.Event | None = None):
         self.n_iter = n_iter
         self.on_progress = on_progress
         self.cancel = cancel
+        self.skip = skip
         self.iteration = 0
         self.done = 0
+        self.per_batch = 0
         self.started = time.perf_counter()
+
+    def end_iteration(self) -> None:
+        """A skipped batch ran fewer steps: count them as done so that step, total and ETA stay right."""
+        self.done = max(self.done, (self.iteration + 1) * self.per_batch)
+        if self.skip is not None:
+            self.skip.clear()  # a skip ends one batch only, as in A1111
 
     def check_cancel(self) -> None:
         if self.cancel is not None and self.cancel.is_set():
@@ -83,8 +92,8 @@ class _Progress:
 
     def callback(self, pipe: DiffusionPipeline, step: int, timestep: Any, kwargs: dict) -> dict:
         self.done += 1
+        self.per_batch = per_batch = int(getattr(pipe, "num_timesteps", 0) or step + 1)
         if self.on_progress is not None:
-            per_batch = int(getattr(pipe, "num_timesteps", 0) or step + 1)
             total = per_batch * self.n_iter
             elapsed = max(time.perf_counter() - self.started, 1e-9)
             rate = self.done / elapsed
@@ -92,6 +101,10 @@ class _Progress:
                                            eta_s=max(total - self.done, 0) / rate, batch_index=self.iteration))
         # Checked after reporting, so a caller that cancels from its progress handler stops at this step.
         self.check_cancel()
+        if self.skip is not None and self.skip.is_set():
+            # diffusers' own interrupt flag: the remaining steps of this batch are passed over and the
+            # latents decoded as they are, which is what A1111's skip delivers.
+            pipe._interrupt = True
         return kwargs
 
 
@@ -122,8 +135,13 @@ class Engine:
         mask: Image.Image | None = None,
         on_progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
+        skip: threading.Event | None = None,
     ) -> list[tuple[Image.Image, int]]:
-        """Generate batch_size x n_iter images; returns (image, seed) pairs in seed order."""
+        """Generate batch_size x n_iter images; returns (image, seed) pairs in seed order.
+
+        `cancel` stops the request between two steps (Cancelled is raised, nothing is returned); `skip`
+        ends the current batch early, keeps its partly denoised images, and goes on with the next batch.
+        """
         import torch
 
         mode = request.mode
@@ -151,7 +169,7 @@ class Engine:
         elif mode == "txt2img":
             mode_inputs.update(width=width, height=height)
 
-        progress = _Progress(request.n_iter, on_progress, cancel)
+        progress = _Progress(request.n_iter, on_progress, cancel, skip)
         results: list[tuple[Image.Image, int]] = []
         # A request swaps the scheduler and loads LoRAs into the shared pipeline, and the cache re-places
         # weights (another dtype or offload) under the same lock: so requests on one model take turns with
@@ -190,6 +208,7 @@ class Engine:
                                 # exactly, undoing the VAE round trip's drift there.
                                 image = Image.composite(image.convert("RGB"), original, blend_mask)
                             results.append((image, seed))
+                        progress.end_iteration()
             finally:
                 pipe.scheduler = base_scheduler
         return results
