@@ -5,27 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+# The byte table CLIPTokenizer itself decodes with, so our vocabularies cannot drift from it.
+from transformers.convert_slow_tokenizer import bytes_to_unicode
+
 import torch
-
-
-def byte_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible byte -> printable character table."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
-        range(ord("®"), ord("ÿ") + 1))
-    codes = printable[:]
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            codes.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, map(chr, codes)))
 
 
 def write_char_tokenizer(folder: Path) -> Path:
     """A CLIP BPE tokenizer over single byte-characters (no merges): real CLIPTokenizer code, no download."""
     folder.mkdir(parents=True, exist_ok=True)
-    chars = list(byte_to_unicode().values())
+    chars = list(bytes_to_unicode().values())
     tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
     (folder / "merges.txt").write_text("#version: 0.2\n")

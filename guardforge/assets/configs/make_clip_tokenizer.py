@@ -15,18 +15,8 @@ import json
 import sys
 from pathlib import Path
 
-
-def bytes_to_unicode() -> dict[int, str]:
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
-        range(ord("®"), ord("ÿ") + 1))
-    codes = printable[:]
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            codes.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, map(chr, codes), strict=True))
+# The byte table CLIPTokenizer itself decodes with, so our vocabularies cannot drift from it.
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 
 def build(bpe_gz: Path) -> tuple[dict[str, int], list[str]]:

@@ -5,21 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+# The byte table CLIPTokenizer itself decodes with, so our vocabularies cannot drift from it.
+from transformers.convert_slow_tokenizer import bytes_to_unicode
+
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
-
-
-def byte_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible byte -> printable character table (CLIPTokenizer expects this alphabet)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
-        range(ord("®"), ord("ÿ") + 1))
-    codes = printable[:]
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            codes.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, map(chr, codes)))
 
 
 def _bpe(pieces: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
@@ -39,7 +28,7 @@ def build_vocab_and_merges(words: list[str]) -> tuple[dict[str, int], list[tuple
     Each word is first split by the merges so far, then its pieces are joined left to right by new merges.
     New merges rank below all earlier ones, so they never change how an earlier word is assembled.
     """
-    chars = list(byte_to_unicode().values())
+    chars = list(bytes_to_unicode().values())
     tokens = chars + [c + "</w>" for c in chars]
     seen = set(tokens)
     ranks: dict[tuple[str, str], int] = {}
