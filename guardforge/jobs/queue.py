@@ -52,10 +52,12 @@ jobs_table = Table(
     "gf_jobs", metadata,
     Column("id", String(32), primary_key=True),
     Column("owner", String(64), nullable=False, index=True),
-    Column("kind", String(16), nullable=False),
+    Column("kind", String(16), nullable=False),  # "generate" or "dreambooth": what the payload is
     Column("priority", Integer, nullable=False, default=0),
     Column("state", String(16), nullable=False, index=True),
-    Column("payload", Text, nullable=False),  # JSON: {"request": ..., "save": bool}
+    # JSON: generate {"request": GenerationRequest, "save": bool};
+    # dreambooth {"request": DreamBoothConfig as submitted, "resume": bool, "export_name": str}
+    Column("payload", Text, nullable=False),
     Column("result", Text),  # JSON summary of the result, without pixels
     Column("error", Text),
     Column("cancel_requested", Boolean, nullable=False, default=False),
@@ -232,25 +234,38 @@ class JobQueue:
             raise JobNotFound(f"no job {job_id!r}")
         return job
 
-    def list(self, owner: str | None, limit: int = 50, state: str | None = None) -> list[Job]:
+    def list(self, owner: str | None, limit: int = 50, state: str | None = None,
+             kind: str | None = None) -> list[Job]:
         query = select(jobs_table).order_by(jobs_table.c.created_at.desc()).limit(limit)
         if owner is not None:
             query = query.where(jobs_table.c.owner == owner)
         if state is not None:
             query = query.where(jobs_table.c.state == state)
+        if kind is not None:
+            query = query.where(jobs_table.c.kind == kind)
         with self.engine.connect() as conn:
             return [self._job(row) for row in conn.execute(query)]
 
-    def active_for(self, owner: str | None) -> Job | None:
+    def active_for(self, owner: str | None, kind: str | None = None) -> Job | None:
         """The caller's running job, else its next queued one (A1111's /progress reports one job)."""
         query = select(jobs_table.c.id).where(jobs_table.c.state.in_(("running", "queued")))
         if owner is not None:
             query = query.where(jobs_table.c.owner == owner)
+        if kind is not None:
+            query = query.where(jobs_table.c.kind == kind)
         query = query.order_by((jobs_table.c.state == "running").desc(), jobs_table.c.priority.desc(),
                                jobs_table.c.created_at)
         with self.engine.connect() as conn:
             row = conn.execute(query.limit(1)).first()
         return self._get(row.id) if row else None
+
+    def active(self, kind: str | None = None) -> list[Job]:
+        """Every queued or running job (of `kind`), any owner."""
+        query = select(jobs_table).where(jobs_table.c.state.in_(("running", "queued")))
+        if kind is not None:
+            query = query.where(jobs_table.c.kind == kind)
+        with self.engine.connect() as conn:
+            return [self._job(row) for row in conn.execute(query)]
 
     def depth(self) -> int:
         with self.engine.connect() as conn:

@@ -1,4 +1,8 @@
-"""Workers: one thread per device takes jobs from the queue, runs them, and publishes their progress."""
+"""Workers: one thread per device takes jobs from the queue, runs them, and publishes their progress.
+
+A job's `kind` picks how it runs: `generate` (a GenerationRequest) or `dreambooth` (a DreamBoothConfig,
+trained and exported). The functions that do the work are the Studio's, passed in from above.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +24,10 @@ log = logging.getLogger(__name__)
 
 # generate(request, on_progress, cancel, save) -> GenerationResult: Studio.generate, passed in from above.
 GenerateFn = Callable[..., GenerationResult]
+# train(config, owner=, resume=, progress=, cancel=) -> DreamBoothResult: Studio.run_dreambooth_job.
+TrainFn = Callable[..., Any]
+# The fields of a training progress event (TrainProgress) that events and job views carry.
+TRAIN_FIELDS = ("phase", "loss", "instance_loss", "prior_loss", "it_per_s", "message")
 
 
 def _png_base64(image) -> str:
@@ -31,10 +39,12 @@ def _png_base64(image) -> str:
 class Worker:
     """A thread that runs one job at a time on one device."""
 
-    def __init__(self, queue: JobQueue, hub: ProgressHub, generate: GenerateFn, device: str, poll_s: float = 0.5):
+    def __init__(self, queue: JobQueue, hub: ProgressHub, generate: GenerateFn, device: str, poll_s: float = 0.5,
+                 train: TrainFn | None = None):
         self.queue = queue
         self.hub = hub
         self.generate = generate
+        self.train = train
         self.device = device
         self.poll_s = poll_s
         self.wake = threading.Event()
@@ -98,24 +108,24 @@ class Worker:
                 self._current = None
 
     def _execute(self, job: Job, cancel: threading.Event) -> None:
-        def on_progress(event: ProgressEvent) -> None:
-            self.hub.publish(job.id, {"type": "progress", "state": "running", "step": event.step,
-                                      "total": event.total, "eta": event.eta_s, "it_per_s": event.it_per_s,
-                                      "batch_index": event.batch_index})
-
-        save = bool(job.payload.get("save", True))
         final: dict[str, Any] = {"type": "done", "final": True}
         try:
             if cancel.is_set():
                 raise Cancelled("cancelled before it started")
-            request = GenerationRequest.model_validate(job.payload["request"])
-            result = self.generate(request, on_progress=on_progress, cancel=cancel, save=save)
-        except Cancelled:
+            if job.kind == "generate":
+                self._generate(job, cancel, final)
+            elif job.kind == "dreambooth" and self.train is not None:
+                self._train(job, cancel, final)
+            else:
+                raise GuardforgeError(f"this server cannot run jobs of kind {job.kind!r}")
+        except Cancelled as exc:
             if self._stop.is_set() and job.id not in self.stop_reason:
                 # The server is shutting down, nobody cancelled this job: keep it as a restart would.
                 final.update(state=self.queue.release(job.id), error="the server stopped")
             else:
                 reason = self.stop_reason.pop(job.id, "cancelled")
+                if job.kind == "dreambooth" and str(exc):  # where training stopped, and that it can resume
+                    reason = f"{reason}: {exc}"
                 self.queue.finish(job.id, "cancelled", error=reason)
                 final.update(state="cancelled", error=reason)
         except GuardforgeError as exc:
@@ -125,32 +135,63 @@ class Worker:
             log.error("job %s failed:\n%s", job.id, traceback.format_exc())
             self.queue.finish(job.id, "failed", error=f"{type(exc).__name__}: {exc}")
             final.update(state="failed", error=f"{type(exc).__name__}: {exc}")
-        else:
-            images = [
-                StoredImage(
-                    id=image.image_id, job_id=job.id, owner=job.owner, index=index, action=image.action,
-                    path=image.path,
-                    data=_png_base64(image.pil) if image.pil is not None and image.path is None else None,
-                )
-                for index, image in enumerate(result.images)
-            ]
-            summary = result.model_dump(mode="json", exclude={"request"})
-            for image in summary["images"]:
-                image.pop("path", None)  # where the server keeps files is not the caller's business
-            self.queue.finish(job.id, "succeeded", result=summary, images=images)
-            final.update(state="succeeded", blocked=result.blocked, prompt_verdict=result.prompt_verdict,
-                         verdicts=[image.verdict for image in result.images],
-                         images=[image.image_id for image in result.images])
         self.stop_reason.pop(job.id, None)
         self.hub.publish(job.id, final)
+
+    def _generate(self, job: Job, cancel: threading.Event, final: dict[str, Any]) -> None:
+        def on_progress(event: ProgressEvent) -> None:
+            self.hub.publish(job.id, {"type": "progress", "state": "running", "step": event.step,
+                                      "total": event.total, "eta": event.eta_s, "it_per_s": event.it_per_s,
+                                      "batch_index": event.batch_index})
+
+        save = bool(job.payload.get("save", True))
+        request = GenerationRequest.model_validate(job.payload["request"])
+        result = self.generate(request, on_progress=on_progress, cancel=cancel, save=save)
+        images = [
+            StoredImage(
+                id=image.image_id, job_id=job.id, owner=job.owner, index=index, action=image.action,
+                path=image.path,
+                data=_png_base64(image.pil) if image.pil is not None and image.path is None else None,
+            )
+            for index, image in enumerate(result.images)
+        ]
+        summary = result.model_dump(mode="json", exclude={"request"})
+        for image in summary["images"]:
+            image.pop("path", None)  # where the server keeps files is not the caller's business
+        self.queue.finish(job.id, "succeeded", result=summary, images=images)
+        final.update(state="succeeded", blocked=result.blocked, prompt_verdict=result.prompt_verdict,
+                     verdicts=[image.verdict for image in result.images],
+                     images=[image.image_id for image in result.images])
+
+    def _train(self, job: Job, cancel: threading.Event, final: dict[str, Any]) -> None:
+        from guardforge.train.dreambooth.config import DreamBoothConfig, TrainProgress
+
+        def on_progress(event: TrainProgress) -> None:
+            self.hub.publish(job.id, {"type": "progress", "state": "running", "step": event.step,
+                                      "total": event.total, "eta": event.eta_s,
+                                      **{name: getattr(event, name) for name in TRAIN_FIELDS}})
+
+        config = DreamBoothConfig.model_validate(job.payload["request"])
+        result = self.train(config, owner=job.owner, resume=bool(job.payload.get("resume")),
+                            progress=on_progress, cancel=cancel)
+        # Names, not server paths: the registry name to generate with, the file or folder in the models folder.
+        summary = {"models": result.models, "exports": {fmt: path.name for fmt, path in result.exports.items()},
+                   "steps": result.steps, "final_loss": result.final_loss,
+                   "class_images_generated": result.class_images_generated,
+                   "class_images_reused": result.class_images_reused,
+                   "refused_class_seeds": {str(k): v for k, v in result.refused_class_seeds.items()},
+                   "elapsed_s": result.elapsed_s}
+        self.queue.finish(job.id, "succeeded", result=summary)
+        final.update(state="succeeded", result=summary)
 
 
 class WorkerPool:
     """One worker per device, all on the same queue."""
 
-    def __init__(self, queue: JobQueue, hub: ProgressHub, generate: GenerateFn, devices: list[str]):
+    def __init__(self, queue: JobQueue, hub: ProgressHub, generate: GenerateFn, devices: list[str],
+                 train: TrainFn | None = None):
         self.queue = queue
-        self.workers = [Worker(queue, hub, generate, device) for device in devices]
+        self.workers = [Worker(queue, hub, generate, device, train=train) for device in devices]
         self.started = False
 
     def start(self) -> list[str]:
