@@ -45,6 +45,7 @@ def test_studio_train_dreambooth_lora_end_to_end(gf_home, tmp_path):
     # In the registry without a restart, and usable in a prompt: both formats give the same image,
     # which is not the base model's.
     assert {"sks-dog", "sks-dog-diffusers"} <= set(studio.registry.names(kind="lora"))
+    assert result.models == {"lora_diffusers": "sks-dog-diffusers", "lora_kohya": "sks-dog"}
     base = pixels(studio, "a photo of sks dog")
     kohya = pixels(studio, "<lora:sks-dog:1> a photo of sks dog")
     diffusers_format = pixels(studio, "<lora:sks-dog-diffusers:1> a photo of sks dog")

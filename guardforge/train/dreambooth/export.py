@@ -45,6 +45,13 @@ def to_kohya(unet_layers: dict, te_layers: dict | None, alpha: float) -> dict[st
 
 # -- Writing -----------------------------------------------------------------------------------------------
 
+def export_targets(models_dir: Path, name: str) -> dict[str, Path]:
+    """Where each export format of `name` is written in the models folder."""
+    checkpoints, loras = models_dir / "Stable-diffusion", models_dir / "Lora"
+    return {"diffusers": checkpoints / name, "single_file": checkpoints / f"{name}.safetensors",
+            "lora_diffusers": loras / f"{name}-diffusers", "lora_kohya": loras / f"{name}.safetensors"}
+
+
 def export_all(module, formats: list[str], models_dir: Path, name: str, *, alpha: float = 4.0,
                overwrite: bool = True) -> dict[str, Path]:
     """Write each format; returns format -> path. `module` is the trained DreamBoothModule."""
@@ -54,12 +61,11 @@ def export_all(module, formats: list[str], models_dir: Path, name: str, *, alpha
     from guardforge.models.convert import diffusers_to_original_sd
     from guardforge.train.dreambooth.callbacks import build_pipeline
 
-    checkpoints, loras = models_dir / "Stable-diffusion", models_dir / "Lora"
-    targets = {"diffusers": checkpoints / name, "single_file": checkpoints / f"{name}.safetensors",
-               "lora_diffusers": loras / f"{name}-diffusers", "lora_kohya": loras / f"{name}.safetensors"}
+    targets = export_targets(models_dir, name)
     for fmt in formats:
         if targets[fmt].exists() and not overwrite:
-            raise InvalidRequest(f"{targets[fmt]} exists; choose another export_name")
+            raise InvalidRequest(f"{targets[fmt].relative_to(models_dir)} exists in the models folder; "
+                                 "choose another export_name")
     metadata = {"guardforge": "dreambooth", "name": name}
     written: dict[str, Path] = {}
     with torch.no_grad():

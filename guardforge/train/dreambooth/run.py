@@ -19,6 +19,15 @@ from guardforge.train.dreambooth.config import DreamBoothConfig, TrainProgress
 ProgressFn = Callable[[TrainProgress], None]
 
 
+class TrainingCancelled(Cancelled):
+    """Training stopped between two steps on request; a checkpoint at `step` was saved to resume from."""
+
+    def __init__(self, message: str, step: int, total: int):
+        super().__init__(message)
+        self.step = step
+        self.total = total
+
+
 @dataclass
 class BaseComponents:
     """The base model's parts, in float32 on the CPU, owned by this run (never the cache's shared copies)."""
@@ -55,6 +64,7 @@ class DreamBoothResult(BaseModel):
     steps: int
     final_loss: float | None = None
     exports: dict[str, Path] = {}  # format -> path; the registry lists them under the export name
+    models: dict[str, str] = {}  # format -> the name the registry lists that export under
     class_images_generated: int = 0
     class_images_reused: int = 0
     refused_class_seeds: dict[int, list[int]] = {}
@@ -170,8 +180,9 @@ def fit(config: DreamBoothConfig, base: BaseComponents, instance_paths: list[Pat
     if canceller.cancelled and trainer.global_step < config.max_steps:
         path = checkpoint_dir(config) / "last.ckpt"
         trainer.save_checkpoint(path)
-        raise Cancelled(f"training cancelled at step {trainer.global_step}/{config.max_steps}; "
-                        f"checkpoint saved, continue with --resume latest")
+        raise TrainingCancelled(f"training cancelled at step {trainer.global_step}/{config.max_steps}; "
+                                f"checkpoint saved, continue with --resume latest",
+                                step=trainer.global_step, total=config.max_steps)
     return module, trainer
 
 
@@ -209,10 +220,12 @@ def _screen_outputs(guard):
 
 
 def train_dreambooth(studio, config: DreamBoothConfig, progress: ProgressFn | None = None,
-                     cancel: Event | None = None, resume: str | Path | None = None) -> DreamBoothResult:
+                     cancel: Event | None = None, resume: str | Path | None = None,
+                     overwrite_exports: bool = True) -> DreamBoothResult:
     """Screen the data, make the class images, train, export into the models folder, refresh the registry.
 
-    `studio` is the caller's Studio (passed in, never imported: train sits below it).
+    `studio` is the caller's Studio (passed in, never imported: train sits below it). With
+    `overwrite_exports=False` an export whose files exist fails the run instead of replacing them.
     """
     from guardforge.train.dreambooth.class_images import ensure_class_images
     from guardforge.train.dreambooth.data import list_images
@@ -258,15 +271,18 @@ def train_dreambooth(studio, config: DreamBoothConfig, progress: ProgressFn | No
                           resume=resume, screen=_screen_outputs(studio.guard))
 
     emit(TrainProgress(phase="exporting", step=trainer.global_step, total=config.max_steps))
-    exports = {}
+    exports: dict[str, Path] = {}
+    models: dict[str, str] = {}
     if trainer.is_global_zero:
         exports = export_all(module, config.resolved_export_formats, studio.settings.resolved_models_dir,
-                             config.resolved_export_name, alpha=config.lora.alpha)
+                             config.resolved_export_name, alpha=config.lora.alpha, overwrite=overwrite_exports)
         studio.registry.refresh()
+        by_path = {entry.path.resolve(): entry.name for entry in studio.registry.list()}
+        models = {fmt: by_path[path.resolve()] for fmt, path in exports.items() if path.resolve() in by_path}
     emit(TrainProgress(phase="done", step=trainer.global_step, total=config.max_steps,
                        loss=losses[-1] if losses else None))
     return DreamBoothResult(
         output_dir=config.output_dir, steps=trainer.global_step, final_loss=losses[-1] if losses else None,
-        exports=exports, class_images_generated=len(report.generated) if report else 0,
+        exports=exports, models=models, class_images_generated=len(report.generated) if report else 0,
         class_images_reused=len(report.reused) if report else 0,
         refused_class_seeds=report.refused_seeds if report else {}, elapsed_s=time.perf_counter() - started)
