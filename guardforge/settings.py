@@ -65,6 +65,21 @@ class JobsSettings(BaseModel):
     requeue_running_on_restart: bool = False
 
 
+class TrainingSettings(BaseModel):
+    """Training jobs submitted through the API: where their files may live, and how big they may be.
+
+    A remote caller names folders, so they are confined: instance (and class) images are read from
+    `data_dir` only, and each caller's run folders (checkpoints, logs, validation images) live under
+    `runs_dir/<owner>`. Exports go to the models folder under a plain name. The CLI is not confined.
+    """
+
+    data_dir: Path | None = None  # default: <home>/training-data
+    runs_dir: Path | None = None  # default: <home>/training-runs
+    max_steps: int = Field(10_000, ge=1)
+    max_resolution: int = Field(1024, ge=8)
+    max_class_images: int = Field(1000, ge=0)
+
+
 class ServerSettings(BaseModel):
     """The HTTP server: where it listens, who may call it, and how much one caller may ask."""
 
@@ -95,6 +110,7 @@ class Settings(BaseSettings):
     limits: Limits = Limits()
     guard: GuardSettings = GuardSettings()
     jobs: JobsSettings = JobsSettings()
+    training: TrainingSettings = TrainingSettings()
     server: ServerSettings = ServerSettings()
 
     @classmethod
@@ -120,6 +136,14 @@ class Settings(BaseSettings):
     @property
     def resolved_outputs_dir(self) -> Path:
         return self.outputs_dir or self.home / "outputs"
+
+    @property
+    def resolved_training_data_dir(self) -> Path:
+        return self.training.data_dir or self.home / "training-data"
+
+    @property
+    def resolved_training_runs_dir(self) -> Path:
+        return self.training.runs_dir or self.home / "training-runs"
 
     @property
     def resolved_database_url(self) -> str:

@@ -86,7 +86,8 @@ class Studio:
     def workers(self):
         from guardforge.jobs.worker import WorkerPool
 
-        return WorkerPool(self.jobs, self.events, self.generate, [self.settings.device])
+        return WorkerPool(self.jobs, self.events, self.generate, [self.settings.device],
+                          train=self.run_dreambooth_job)
 
     def start_workers(self) -> list[str]:
         """Start one worker per device; returns the ids of jobs a dead server had left running."""
@@ -186,8 +187,87 @@ class Studio:
             prompt_verdict=prompt_verdict.model_dump(),
         )
 
-    def train_dreambooth(self, config, progress=None, cancel: Event | None = None, resume=None):
+    def train_dreambooth(self, config, progress=None, cancel: Event | None = None, resume=None,
+                         overwrite_exports: bool = True):
         """DreamBooth (full or LoRA): guard the data, make class images, train, export into the models folder."""
         from guardforge.train.dreambooth.run import train_dreambooth
 
-        return train_dreambooth(self, config, progress=progress, cancel=cancel, resume=resume)
+        return train_dreambooth(self, config, progress=progress, cancel=cancel, resume=resume,
+                                overwrite_exports=overwrite_exports)
+
+    # -- DreamBooth as a queued job (a config from a remote caller) -------------------------------------
+    def confine_dreambooth(self, config, owner: str, resume: bool = False):
+        """The config with its paths checked and made absolute (see train/dreambooth/remote.py), its base model
+        found, its class-image generation within the limits; InvalidRequest (or ModelNotFound) says why not."""
+        from pydantic import ValidationError
+
+        from guardforge.engine.request import GenerationRequest
+        from guardforge.train.dreambooth.data import list_images
+        from guardforge.train.dreambooth.remote import check_export_name, confine
+
+        limits = self.settings.training
+        confined = confine(config, owner=owner, data_dir=self.settings.resolved_training_data_dir,
+                           runs_dir=self.settings.resolved_training_runs_dir, max_steps=limits.max_steps,
+                           max_resolution=limits.max_resolution, max_class_images=limits.max_class_images,
+                           server_device=self.settings.device)
+        self.registry.resolve(confined.base_model)
+        # The caller's own spelling in messages: the server's folders are not the caller's business.
+        if not confined.instance_data_dir.is_dir() or not list_images(confined.instance_data_dir):
+            raise InvalidRequest(f"instance_data_dir {str(config.instance_data_dir)!r} is not a folder of images "
+                                 "(.png, .jpg, .jpeg, .webp, .bmp) in the training-data folder")
+        if confined.with_prior_preservation:  # class images are generations: the same checks as any request
+            options = confined.class_images
+            try:
+                request = GenerationRequest(
+                    prompt=confined.class_prompt, negative_prompt=options.negative_prompt, model=confined.base_model,
+                    sampler=options.sampler, steps=options.steps, cfg_scale=options.cfg_scale,
+                    width=confined.resolution, height=confined.resolution)
+            except ValidationError as exc:
+                raise InvalidRequest(f"class_images: {exc.errors()[0]['msg']}") from None
+            try:
+                request.check_limits(self.settings.limits)
+            except InvalidRequest as exc:
+                raise InvalidRequest(f"class_images: {exc}") from None
+        if confined.validation_prompts and confined.validation_steps > self.settings.limits.max_steps:
+            raise InvalidRequest(f"validation_steps={confined.validation_steps} is over this server's limit of "
+                                 f"{self.settings.limits.max_steps}")
+        if resume and not any((confined.output_dir / "checkpoints").glob("*.ckpt")):
+            raise InvalidRequest(f"resume: output_dir {str(config.output_dir)!r} holds no checkpoint yet")
+        check_export_name(confined, self.settings.resolved_models_dir)
+        name = confined.resolved_export_name
+        # A user model shadows a shipped one of the same name: an export must not replace, say, the default model.
+        known = set(self.registry.names()) & {name, f"{name}-diffusers"}
+        if known:
+            raise InvalidRequest(f"export_name {name!r} is taken (the registry lists {', '.join(sorted(known))}); "
+                                 "choose another export_name")
+        return confined
+
+    def submit_dreambooth(self, config, owner: str = "local", priority: int = 0, resume: bool = False,
+                          max_active: int | None = None) -> str:
+        """Check the config now (paths, model, limits, export name), then queue it as a `dreambooth` job."""
+        confined = self.confine_dreambooth(config, owner, resume)
+        name = confined.resolved_export_name
+        if any(job.payload.get("export_name") == name for job in self.jobs.active(kind="dreambooth")):
+            raise InvalidRequest(f"export_name {name!r} is taken by a training job that is queued or running; "
+                                 "choose another export_name")
+        job_id = self.jobs.submit("dreambooth", {"request": config.model_dump(mode="json"), "resume": resume,
+                                                 "export_name": name},
+                                  owner=owner, priority=priority, max_active_for_owner=max_active)
+        self.workers.notify()
+        return job_id
+
+    def run_dreambooth_job(self, config, owner: str, resume: bool = False, progress=None,
+                           cancel: Event | None = None):
+        """What a worker runs for a `dreambooth` job: confine again (folders may have changed since the
+        submit), train, export without replacing any model. A cancel stops after the current step with a
+        checkpoint saved; the Cancelled it raises says where and how to resume."""
+        from guardforge.errors import Cancelled
+        from guardforge.train.dreambooth.run import TrainingCancelled
+
+        confined = self.confine_dreambooth(config, owner, resume)
+        try:
+            return self.train_dreambooth(confined, progress=progress, cancel=cancel,
+                                         resume="latest" if resume else None, overwrite_exports=False)
+        except TrainingCancelled as exc:
+            raise Cancelled(f"stopped after step {exc.step}/{exc.total}; a checkpoint was saved: submit the same "
+                            "config again with resume to continue from it") from exc

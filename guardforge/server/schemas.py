@@ -176,9 +176,18 @@ class JobCreated(BaseModel):
 
 
 class JobProgress(BaseModel):
+    """Denoising steps of a generation; for a training job, the phase and its steps, with the losses."""
+
     step: int
     total: int
     eta: float | None
+    # Training jobs only: screening, class_images, training, exporting, done; losses are per optimizer step.
+    phase: str | None = None
+    loss: float | None = None
+    instance_loss: float | None = None
+    prior_loss: float | None = None
+    it_per_s: float | None = None
+    message: str | None = None
 
 
 class JobImage(BaseModel):

@@ -100,7 +100,7 @@ def build_ui(studio) -> gr.Blocks:
 
     def history():
         rows = []
-        for job in studio.jobs.list(OWNER, limit=50):
+        for job in studio.jobs.list(OWNER, limit=50, kind="generate"):  # training jobs are not reusable here
             request = job.payload.get("request", {})
             rows.append([job.id, time.strftime("%H:%M:%S", time.localtime(job.created_at)), job.state,
                          request.get("prompt", "")[:80]])

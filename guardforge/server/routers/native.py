@@ -1,4 +1,5 @@
-"""Native /v1: submit a GenerationRequest as a job, follow it (poll or server-sent events), cancel it, fetch images."""
+"""Native /v1: submit a GenerationRequest or a DreamBooth config as a job, follow it (poll or server-sent
+events), cancel it, fetch images."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from guardforge.engine.request import GenerationRequest
 from guardforge.jobs.queue import TERMINAL, Job
+from guardforge.jobs.worker import TRAIN_FIELDS
 from guardforge.server.auth import Caller, get_caller, get_limited_caller
 from guardforge.server.schemas import (
     JobCreated,
@@ -21,6 +23,7 @@ from guardforge.server.schemas import (
     ModelView,
     errors,
 )
+from guardforge.train.dreambooth.config import DreamBoothConfig
 
 router = APIRouter(tags=["native"])
 
@@ -31,7 +34,9 @@ def job_view(request: Request, job: Job) -> JobView:
     if job.state == "running":
         latest = studio.events.latest(job.id)
         if latest:
-            progress = JobProgress(step=latest.get("step", 0), total=latest.get("total", 0), eta=latest.get("eta"))
+            progress = JobProgress(step=latest.get("step", 0), total=latest.get("total", 0), eta=latest.get("eta"),
+                                   **({name: latest.get(name) for name in TRAIN_FIELDS}
+                                      if "phase" in latest else {}))
     payload_request = dict(job.payload.get("request", {}))
     for key in ("init_image", "mask"):  # echoing megabytes of base64 on every poll helps no one
         if payload_request.get(key):
@@ -47,6 +52,8 @@ def job_view(request: Request, job: Job) -> JobView:
 
 def final_event(job: Job) -> dict:
     result = job.result or {}
+    if job.kind == "dreambooth":  # the exported models (registry names), steps, final loss
+        return {"state": job.state, "error": job.error, "kind": job.kind, "result": job.result}
     return {
         "state": job.state, "error": job.error, "blocked": result.get("blocked", False),
         "prompt_verdict": result.get("prompt_verdict"),
@@ -67,6 +74,26 @@ async def create_job(body: GenerationRequest, request: Request,
     job_id = await run_in_threadpool(app.state.studio.submit, body, owner=caller.owner, priority=priority,
                                      save=save, max_active=max_active)
     app.state.metrics.submitted.labels("native").inc()
+    job = app.state.studio.jobs.get(job_id, caller.owner)
+    return JobCreated(id=job.id, state=job.state, position=job.position)
+
+
+@router.post("/v1/train/dreambooth", status_code=202, response_model=JobCreated,
+             summary="Queue a DreamBooth training run", responses=errors(401, 404, 413, 422, 429))
+async def create_training_job(body: DreamBoothConfig, request: Request,
+                              priority: int = Query(0, ge=-100, le=100, description="Higher runs first"),
+                              resume: bool = Query(False, description="Continue from the newest checkpoint in "
+                                                   "output_dir (left by a cancelled or stopped run)"),
+                              caller: Caller = Depends(get_limited_caller)) -> JobCreated:
+    """The body is a DreamBooth config (docs/dreambooth.md). Folders are confined: `instance_data_dir` inside
+    the server's training-data folder, `output_dir` inside the caller's runs folder; exports go to the models
+    folder under a new `export_name`. Follow and cancel it as any job under /v1/jobs/{id}."""
+    app = request.app
+    max_active = app.state.studio.settings.server.max_active_jobs_per_key if caller.key_id else None
+    # Off the event loop: checking the config lists folders and may rescan the models folder.
+    job_id = await run_in_threadpool(app.state.studio.submit_dreambooth, body, owner=caller.owner,
+                                     priority=priority, resume=resume, max_active=max_active)
+    app.state.metrics.submitted.labels("train").inc()
     job = app.state.studio.jobs.get(job_id, caller.owner)
     return JobCreated(id=job.id, state=job.state, position=job.position)
 
@@ -123,7 +150,8 @@ async def job_events(job_id: str, request: Request, caller: Caller = Depends(get
                         return
                     yield ": keep-alive\n\n"
                     continue
-                yield sse("progress", {k: event.get(k) for k in ("step", "total", "eta", "state")})
+                keys = ("step", "total", "eta", "state") + (TRAIN_FIELDS if "phase" in event else ())
+                yield sse("progress", {k: event.get(k) for k in keys})
 
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

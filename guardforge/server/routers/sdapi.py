@@ -144,7 +144,7 @@ async def img2img(payload: Img2ImgPayload, request: Request,
 async def progress(request: Request, skip_current_image: bool = False,
                    caller: Caller = Depends(get_caller)) -> ProgressResponse:
     studio = request.app.state.studio
-    job = studio.jobs.active_for(caller.owner)
+    job = studio.jobs.active_for(caller.owner, kind="generate")
     if job is None:
         return ProgressResponse(progress=0.0, eta_relative=0.0, state=ProgressState())
     latest = studio.events.latest(job.id) or {}
@@ -162,7 +162,7 @@ async def progress(request: Request, skip_current_image: bool = False,
 
 def _stop_current(request: Request, caller: Caller, reason: str) -> None:
     studio = request.app.state.studio
-    job = studio.jobs.active_for(caller.owner)
+    job = studio.jobs.active_for(caller.owner, kind="generate")
     if job is not None and job.state == "running":
         studio.cancel(job.id, caller.owner, reason=reason)
 
