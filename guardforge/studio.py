@@ -246,12 +246,16 @@ class Studio:
                           max_active: int | None = None) -> str:
         """Check the config now (paths, model, limits, export name), then queue it as a `dreambooth` job."""
         confined = self.confine_dreambooth(config, owner, resume)
-        name = confined.resolved_export_name
-        if any(job.payload.get("export_name") == name for job in self.jobs.active(kind="dreambooth")):
+        name, output_dir = confined.resolved_export_name, str(confined.output_dir)
+        active = self.jobs.active(kind="dreambooth")
+        if any(job.payload.get("export_name") == name for job in active):
             raise InvalidRequest(f"export_name {name!r} is taken by a training job that is queued or running; "
                                  "choose another export_name")
+        if any(job.payload.get("output_dir") == output_dir for job in active):  # two runs, one checkpoint folder
+            raise InvalidRequest(f"output_dir {str(config.output_dir)!r} is in use by a training job that is queued "
+                                 "or running; choose another output_dir")
         job_id = self.jobs.submit("dreambooth", {"request": config.model_dump(mode="json"), "resume": resume,
-                                                 "export_name": name},
+                                                 "export_name": name, "output_dir": output_dir},
                                   owner=owner, priority=priority, max_active_for_owner=max_active)
         self.workers.notify()
         return job_id

@@ -136,6 +136,11 @@ def test_cancel_a_running_training_job_then_resume(setup):
         assert bob.get(f"/v1/jobs/{job_id}/events").status_code == 404
         assert job_id not in [j["id"] for j in bob.get("/v1/jobs").json()["jobs"]]
         assert alice.get(f"/v1/jobs/{job_id}").json()["state"] == "running"
+        # While it runs, its export name and its run folder are not handed to another job.
+        same_name = alice.post("/v1/train/dreambooth", json={**body, "output_dir": "long-2"})
+        assert same_name.status_code == 422 and "taken by a training job" in same_name.json()["detail"]
+        same_dir = alice.post("/v1/train/dreambooth", json={**body, "export_name": "long-2"})
+        assert same_dir.status_code == 422 and "is in use by a training job" in same_dir.json()["detail"]
 
         assert alice.delete(f"/v1/jobs/{job_id}").status_code == 200
         job = wait_state(alice, job_id, {"cancelled", "failed", "succeeded"}, timeout=60)

@@ -56,7 +56,8 @@ jobs_table = Table(
     Column("priority", Integer, nullable=False, default=0),
     Column("state", String(16), nullable=False, index=True),
     # JSON: generate {"request": GenerationRequest, "save": bool};
-    # dreambooth {"request": DreamBoothConfig as submitted, "resume": bool, "export_name": str}
+    # dreambooth {"request": DreamBoothConfig as submitted, "resume": bool, "export_name": str,
+    #             "output_dir": str (resolved; never shown to the caller)}
     Column("payload", Text, nullable=False),
     Column("result", Text),  # JSON summary of the result, without pixels
     Column("error", Text),
