@@ -166,6 +166,7 @@ def test_cancel_a_running_training_job_then_resume(setup):
     ({"max_steps": 6000}, 422, "max_steps=6000 is over this server's limit of 5000"),
     ({"strategy": "ddp"}, 422, "one device"),
     ({"devices": 2}, 422, "one device"),
+    ({"precision": "16-mixed"}, 422, "16-mixed needs a GPU"),  # the server runs with GUARDFORGE_DEVICE=cpu
     ({"class_images": {"sampler": "Nope"}}, 422, "unknown sampler"),
     ({"class_images": {"steps": 151}}, 422, "class_images: steps=151"),
     ({"base_model": "no-such-model"}, 404, "no-such-model"),

@@ -23,6 +23,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from guardforge.errors import InvalidRequest, PathEscape
 from guardforge.train.dreambooth.config import DreamBoothConfig
 from guardforge.train.dreambooth.export import export_targets
@@ -88,10 +90,12 @@ def confine(config: DreamBoothConfig, *, owner: str, data_dir: Path, runs_dir: P
     accelerator = config.accelerator
     if accelerator == "auto" and server_device == "cpu":
         accelerator = "cpu"  # the server was told to stay on the CPU; so is its training
-    confined = config.model_copy(update={
-        "instance_data_dir": instance, "class_data_dir": class_dir, "output_dir": output, "devices": 1,
-        "accelerator": accelerator})
-    return confined
+    values = {**config.model_dump(), "instance_data_dir": instance, "class_data_dir": class_dir,
+              "output_dir": output, "devices": 1, "accelerator": accelerator}
+    try:  # validated again: the server's device may make a setting impossible (16-mixed on the CPU)
+        return DreamBoothConfig.model_validate(values)
+    except ValidationError as exc:
+        raise InvalidRequest(f"on this server: {exc.errors()[0]['msg']}") from None
 
 
 def check_export_name(config: DreamBoothConfig, models_dir: Path) -> None:
