@@ -119,6 +119,16 @@ class Studio:
             self.workers.cancel(job_id, reason)
         return job
 
+    def skip(self, job_id: str, owner: str | None = None) -> bool:
+        """A1111's skip: end the running job's current batch early and go on with the next one."""
+        self.jobs.get(job_id, owner)  # the caller's job, or JobNotFound
+        return self.workers.skip(job_id)
+
+    def interrupt(self, job_id: str, owner: str | None = None) -> bool:
+        """A1111's interrupt: end the running job's current batch early, run no more, deliver what was made."""
+        self.jobs.get(job_id, owner)
+        return self.workers.interrupt(job_id)
+
     def image_bytes(self, image_id: str, owner: str | None = None) -> tuple[bytes, str]:
         """A delivered image of a job and its media type; blocked images have none."""
         from pathlib import Path
@@ -143,8 +153,14 @@ class Studio:
         on_progress: ProgressCallback | None = None,
         cancel: Event | None = None,
         save: bool = True,
+        skip: Event | None = None,
+        interrupt: Event | None = None,
     ) -> GenerationResult:
-        """Guard the inputs, run the engine, guard every output, save what the policy lets through."""
+        """Guard the inputs, run the engine, guard every output, save what the policy lets through.
+
+        `cancel` stops between two steps with nothing delivered; `skip` and `interrupt` are A1111's: they end
+        the current batch early (and, for interrupt, the request) and deliver what was made.
+        """
         from guardforge.engine.infotext import build_infotext
 
         started = time.perf_counter()
@@ -165,7 +181,7 @@ class Studio:
 
         loaded = self.pipelines.get(entry.name, memory=request.memory)  # per-request overrides of settings.memory
         outputs = self.engine.run(loaded, request, init_image=init_image, mask=mask,
-                                  on_progress=on_progress, cancel=cancel)
+                                  on_progress=on_progress, cancel=cancel, skip=skip, interrupt=interrupt)
         model_hash = entry.short_hash()
         verdicts = self.guard.check_output_images([image for image, _ in outputs])
         images: list[GeneratedImage] = []

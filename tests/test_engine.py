@@ -143,6 +143,17 @@ def test_skip_ends_the_current_batch_only(engine, loaded):
     assert not skip.is_set()
 
 
+def test_interrupt_delivers_the_batch_in_progress_and_runs_no_more(engine, loaded):
+    interrupt = threading.Event()
+
+    def on_progress(event):
+        if event.batch_index == 1 and event.step == 8:
+            interrupt.set()
+
+    results = engine.run(loaded, req(steps=6, n_iter=3), on_progress=on_progress, interrupt=interrupt)
+    assert [seed for _, seed in results] == [1, 2]  # batch 0 whole, batch 1 cut short, batch 2 never ran
+
+
 def test_re_placing_weights_waits_for_the_generation_in_progress(engine, tiny_model_dir):
     """Another request's memory settings (here bf16) must not change the weights under a running generation."""
     from guardforge.settings import MemorySettings

@@ -130,7 +130,30 @@ def test_sdapi_progress_and_interrupt_while_running(server, client):
     response = done["response"]
     assert response.status_code == 200
     info = json.loads(response.json()["info"])
-    assert info["guardforge"]["interrupted"] and info["guardforge"]["state"] == "cancelled"
+    # As in A1111: the batch in progress ends early and is delivered; the seven batches after it never run.
+    assert info["guardforge"]["interrupted"] and info["guardforge"]["state"] == "succeeded"
+    assert len(response.json()["images"]) == 1 and info["all_seeds"][:1] == [info["seed"]]
+
+
+def test_sdapi_skip_ends_one_batch_and_goes_on(server, client):
+    done: dict = {}
+
+    def call():
+        payload = {"prompt": "skip one", "steps": 150, "n_iter": 2, "width": 64, "height": 64, "seed": 5}
+        done["response"] = httpx.post(f"{server.url}/sdapi/v1/txt2img", json=payload, timeout=300)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and client.get("/sdapi/v1/progress").json()["state"]["sampling_step"] < 1:
+        time.sleep(0.05)
+    assert client.post("/sdapi/v1/skip").status_code == 200
+    assert client.get("/sdapi/v1/progress").json()["state"]["skipped"]
+    thread.join(300)
+    response = done["response"]
+    info = json.loads(response.json()["info"])
+    assert len(response.json()["images"]) == 2 and info["all_seeds"] == [5, 6]
+    assert info["guardforge"]["state"] == "succeeded" and not info["guardforge"]["interrupted"]
 
 
 # -- native /v1 --------------------------------------------------------------------------------------

@@ -70,15 +70,22 @@ class _Progress:
     """Turns diffusers' per-step callback into ProgressEvents over the whole request and checks cancel."""
 
     def __init__(self, n_iter: int, on_progress: ProgressCallback | None, cancel: threading.Event | None,
-                 skip: threading.Event | None = None):
+                 skip: threading.Event | None = None, interrupt: threading.Event | None = None):
         self.n_iter = n_iter
         self.on_progress = on_progress
         self.cancel = cancel
         self.skip = skip
+        self.interrupt = interrupt
         self.iteration = 0
         self.done = 0
         self.per_batch = 0
         self.started = time.perf_counter()
+
+    def interrupted(self) -> bool:
+        return self.interrupt is not None and self.interrupt.is_set()
+
+    def ends_batch(self) -> bool:
+        return self.interrupted() or (self.skip is not None and self.skip.is_set())
 
     def end_iteration(self) -> None:
         """A skipped batch ran fewer steps: count them as done so that step, total and ETA stay right."""
@@ -101,9 +108,9 @@ class _Progress:
                                            eta_s=max(total - self.done, 0) / rate, batch_index=self.iteration))
         # Checked after reporting, so a caller that cancels from its progress handler stops at this step.
         self.check_cancel()
-        if self.skip is not None and self.skip.is_set():
+        if self.ends_batch():
             # diffusers' own interrupt flag: the remaining steps of this batch are passed over and the
-            # latents decoded as they are, which is what A1111's skip delivers.
+            # latents decoded as they are, which is what A1111's skip and interrupt deliver.
             pipe._interrupt = True
         return kwargs
 
@@ -136,11 +143,13 @@ class Engine:
         on_progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
         skip: threading.Event | None = None,
+        interrupt: threading.Event | None = None,
     ) -> list[tuple[Image.Image, int]]:
         """Generate batch_size x n_iter images; returns (image, seed) pairs in seed order.
 
-        `cancel` stops the request between two steps (Cancelled is raised, nothing is returned); `skip`
-        ends the current batch early, keeps its partly denoised images, and goes on with the next batch.
+        `cancel` stops the request between two steps (Cancelled is raised, nothing is returned). As in A1111,
+        `skip` ends the current batch early, keeps its partly denoised images and goes on with the next batch;
+        `interrupt` does the same but runs no further batch, so the images made so far are returned.
         """
         import torch
 
@@ -169,7 +178,7 @@ class Engine:
         elif mode == "txt2img":
             mode_inputs.update(width=width, height=height)
 
-        progress = _Progress(request.n_iter, on_progress, cancel, skip)
+        progress = _Progress(request.n_iter, on_progress, cancel, skip, interrupt)
         results: list[tuple[Image.Image, int]] = []
         # A request swaps the scheduler and loads LoRAs into the shared pipeline, and the cache re-places
         # weights (another dtype or offload) under the same lock: so requests on one model take turns with
@@ -189,6 +198,8 @@ class Engine:
                     for iteration in range(request.n_iter):
                         progress.iteration = iteration
                         progress.check_cancel()
+                        if progress.interrupted():
+                            break
                         batch_seeds = seeds[iteration * request.batch_size:(iteration + 1) * request.batch_size]
                         pipe.scheduler = build_scheduler(base_scheduler.config, request.sampler, request.schedule,
                                                          seed=batch_seeds[0])

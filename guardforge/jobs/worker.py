@@ -13,6 +13,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from guardforge.engine.request import GenerationRequest, GenerationResult, ProgressEvent
@@ -36,6 +37,16 @@ def _png_base64(image) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+@dataclass
+class _Running:
+    """The job a worker runs and the signals that stop it: cancel (nothing delivered), A1111's skip and interrupt."""
+
+    job_id: str
+    cancel: threading.Event = field(default_factory=threading.Event)
+    skip: threading.Event = field(default_factory=threading.Event)
+    interrupt: threading.Event = field(default_factory=threading.Event)
+
+
 class Worker:
     """A thread that runs one job at a time on one device."""
 
@@ -50,7 +61,7 @@ class Worker:
         self.wake = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._current: tuple[str, threading.Event] | None = None
+        self._current: _Running | None = None
         self.stop_reason: dict[str, str] = {}  # job id -> "interrupted" / "skipped" / "cancelled"
         self._thread = threading.Thread(target=self._loop, name=f"guardforge-worker-{device}", daemon=True)
 
@@ -62,22 +73,38 @@ class Worker:
         self.wake.set()
         with self._lock:
             if self._current:
-                self._current[1].set()
+                self._current.cancel.set()
         self._thread.join(timeout)
 
     def cancel(self, job_id: str, reason: str = "cancelled") -> bool:
         """Stop `job_id` between two steps if this worker runs it."""
         with self._lock:
-            if self._current and self._current[0] == job_id:
+            if self._current and self._current.job_id == job_id:
                 self.stop_reason[job_id] = reason
-                self._current[1].set()
+                self._current.cancel.set()
+                return True
+        return False
+
+    def skip(self, job_id: str) -> bool:
+        """End the current batch of `job_id` early (A1111's skip) if this worker runs it."""
+        return self._signal(job_id, "skip", "skipped")
+
+    def interrupt(self, job_id: str) -> bool:
+        """End `job_id` after its current batch, cut short, delivering what was made (A1111's interrupt)."""
+        return self._signal(job_id, "interrupt", "interrupted")
+
+    def _signal(self, job_id: str, which: str, reason: str) -> bool:
+        with self._lock:
+            if self._current and self._current.job_id == job_id:
+                self.stop_reason[job_id] = reason
+                getattr(self._current, which).set()
                 return True
         return False
 
     @property
     def current_job(self) -> str | None:
         with self._lock:
-            return self._current[0] if self._current else None
+            return self._current.job_id if self._current else None
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -93,29 +120,30 @@ class Worker:
             self._run(job)
 
     def _run(self, job: Job) -> None:
-        cancel = threading.Event()
+        running = _Running(job.id)
+        cancel = running.cancel
         with self._lock:
-            self._current = (job.id, cancel)
+            self._current = running
         try:
             # A cancel may have landed between the claim and registering the event above.
             if self.queue.get(job.id, None).cancel_requested:
                 cancel.set()
             self.hub.publish(job.id, {"type": "state", "state": "running", "step": 0, "total": 0,
                                       "eta": None, "started_at": time.time()})
-            self._execute(job, cancel)
+            self._execute(job, running)
         finally:
             with self._lock:
                 self._current = None
 
-    def _execute(self, job: Job, cancel: threading.Event) -> None:
+    def _execute(self, job: Job, running: _Running) -> None:
         final: dict[str, Any] = {"type": "done", "final": True}
         try:
-            if cancel.is_set():
+            if running.cancel.is_set():
                 raise Cancelled("cancelled before it started")
             if job.kind == "generate":
-                self._generate(job, cancel, final)
+                self._generate(job, running, final)
             elif job.kind == "dreambooth" and self.train is not None:
-                self._train(job, cancel, final)
+                self._train(job, running.cancel, final)
             else:
                 raise GuardforgeError(f"this server cannot run jobs of kind {job.kind!r}")
         except Cancelled as exc:
@@ -138,7 +166,7 @@ class Worker:
         self.stop_reason.pop(job.id, None)
         self.hub.publish(job.id, final)
 
-    def _generate(self, job: Job, cancel: threading.Event, final: dict[str, Any]) -> None:
+    def _generate(self, job: Job, running: _Running, final: dict[str, Any]) -> None:
         def on_progress(event: ProgressEvent) -> None:
             self.hub.publish(job.id, {"type": "progress", "state": "running", "step": event.step,
                                       "total": event.total, "eta": event.eta_s, "it_per_s": event.it_per_s,
@@ -146,7 +174,8 @@ class Worker:
 
         save = bool(job.payload.get("save", True))
         request = GenerationRequest.model_validate(job.payload["request"])
-        result = self.generate(request, on_progress=on_progress, cancel=cancel, save=save)
+        result = self.generate(request, on_progress=on_progress, cancel=running.cancel, save=save, skip=running.skip,
+                               interrupt=running.interrupt)
         images = [
             StoredImage(
                 id=image.image_id, job_id=job.id, owner=job.owner, index=index, action=image.action,
@@ -156,6 +185,7 @@ class Worker:
             for index, image in enumerate(result.images)
         ]
         summary = result.model_dump(mode="json", exclude={"request"})
+        summary["interrupted"] = running.interrupt.is_set()
         for image in summary["images"]:
             image.pop("path", None)  # where the server keeps files is not the caller's business
         self.queue.finish(job.id, "succeeded", result=summary, images=images)
@@ -215,6 +245,12 @@ class WorkerPool:
 
     def cancel(self, job_id: str, reason: str = "cancelled") -> bool:
         return any(worker.cancel(job_id, reason) for worker in self.workers)
+
+    def skip(self, job_id: str) -> bool:
+        return any(worker.skip(job_id) for worker in self.workers)
+
+    def interrupt(self, job_id: str) -> bool:
+        return any(worker.interrupt(job_id) for worker in self.workers)
 
     def reason(self, job_id: str) -> str | None:
         for worker in self.workers:

@@ -84,7 +84,7 @@ def a1111_info(request: GenerationRequest, job: Job, ignored: list[str], sent: i
         "clip_skip": request.clip_skip, "is_using_inpainting_conditioning": False, "version": A1111_VERSION,
         "guardforge": {
             "job_id": job.id, "state": job.state, "error": job.error, "blocked": result.get("blocked", False),
-            "interrupted": job.state == "cancelled", "prompt_verdict": result.get("prompt_verdict"),
+            "interrupted": bool(result.get("interrupted")) or job.state == "cancelled", "prompt_verdict": result.get("prompt_verdict"),
             "verdicts": [image.get("verdict") for image in images],
             "actions": [image.get("action") for image in images], "ignored_fields": ignored,
             "images_sent": sent,
@@ -160,22 +160,25 @@ async def progress(request: Request, skip_current_image: bool = False,
                             textinfo=f"{job.state}" + (f", {job.position} ahead" if job.position else ""))
 
 
-def _stop_current(request: Request, caller: Caller, reason: str) -> None:
-    studio = request.app.state.studio
-    job = studio.jobs.active_for(caller.owner, kind="generate")
-    if job is not None and job.state == "running":
-        studio.cancel(job.id, caller.owner, reason=reason)
+def _running_job(request: Request, caller: Caller):
+    job = request.app.state.studio.jobs.active_for(caller.owner, kind="generate")
+    return job if job is not None and job.state == "running" else None
 
 
-@router.post("/interrupt", summary="Stop the caller's running job between two steps", responses=errors(401))
+@router.post("/interrupt", summary="End the caller's running job after its current batch, cut short; "
+             "the images made so far are returned, as in A1111", responses=errors(401))
 async def interrupt(request: Request, caller: Caller = Depends(get_caller)) -> None:
-    _stop_current(request, caller, "interrupted")
+    job = _running_job(request, caller)
+    if job is not None:
+        request.app.state.studio.interrupt(job.id, caller.owner)
 
 
-@router.post("/skip", summary="Stop the caller's running job (guardforge runs a request as one job)",
-             responses=errors(401))
+@router.post("/skip", summary="End the current batch of the caller's running job early and go on with the "
+             "next one, as in A1111", responses=errors(401))
 async def skip(request: Request, caller: Caller = Depends(get_caller)) -> None:
-    _stop_current(request, caller, "skipped")
+    job = _running_job(request, caller)
+    if job is not None:
+        request.app.state.studio.skip(job.id, caller.owner)
 
 
 def _title(entry) -> str:
