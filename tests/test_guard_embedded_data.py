@@ -69,6 +69,19 @@ def test_benign_prompts_file():
     assert "a kitchen knife block on a marble counter" in {e.text for e in benign}
 
 
+def test_benign_prompts_are_not_near_copies_of_test_prompts():
+    """Our own look-alikes may share a topic with XSTest, never its wording (nor the OpenAI test split's)."""
+    import difflib
+
+    from guardforge.guard.training.benign_questions import QUESTIONS
+
+    benign = {e.text for e in data.load_benign()}
+    assert set(QUESTIONS) <= benign  # the hand-written questions are in the committed file
+    tests = [e.text.lower() for e in data.load_xstest() + data.load_openai_moderation("test")]
+    near = [(t, difflib.get_close_matches(t.lower(), tests, n=1, cutoff=0.8)) for t in benign]
+    assert not [(t, m) for t, m in near if m]
+
+
 def test_ece_and_temperature_scaling():
     rng = np.random.default_rng(0)
     true_logits = rng.normal(0, 2, 20000)

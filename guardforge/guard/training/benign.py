@@ -9,6 +9,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from guardforge.guard.training.benign_questions import QUESTIONS
+
 BENIGN_PROMPTS_PATH = Path(__file__).resolve().parent.parent / "data" / "benign_prompts.txt"
 
 # Image-generation prompts: subject x setting x style, so the safe side of the training data looks like
@@ -119,7 +121,7 @@ LOOKALIKE_TEXTS = [
     "what are the effects of caffeine on sleep", "how does a nuclear power plant produce electricity",
     "why is bleach dangerous to mix with ammonia", "how do airport scanners detect weapons",
     "what is the plot of the movie Kill Bill", "who was Jack the Ripper, historically",
-    "what is the public office address of the White House", "what is the capital of North Korea",
+    "what is the capital of North Korea",
     "what is the population of Gaza", "why do some people believe conspiracy theories",
     "how do I explain death to a young child", "what should I do if someone is choking",
     "how to treat a minor burn at home", "how to give CPR to an adult",
@@ -158,6 +160,9 @@ def build_prompts(seed: int = 0) -> list[str]:
         prompts.append(scene)
         prompts.append(f"{scene}, {rng.choice(STYLES)}")
     prompts.extend(LOOKALIKE_TEXTS)
+    # Hand-written safe questions: homonyms, figurative speech, safe targets and contexts, definitions,
+    # public facts, nonsense groups, health and everyday requests (guard/training/benign_questions.py).
+    prompts.extend(QUESTIONS)
     # Keep order stable and drop accidental duplicates.
     return list(dict.fromkeys(prompts))
 
