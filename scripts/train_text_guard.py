@@ -19,7 +19,11 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="keep frozen-encoder features here to retrain the head without re-encoding")
     for f in fields(TrainConfig):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+        if isinstance(f.default, bool):  # --quantize / --no-quantize: type=bool would read "False" as true
+            parser.add_argument(f"--{f.name.replace('_', '-')}", action=argparse.BooleanOptionalAction,
+                                default=f.default)
+        else:
+            parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
     args = parser.parse_args()
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     train_text_guard(args.out, config, cache_dir=args.cache_dir)

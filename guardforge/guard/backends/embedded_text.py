@@ -105,6 +105,41 @@ class TextGuardModel(nn.Module):
         self.head.load_state_dict(head)
 
 
+def prepare_for_inference(model: TextGuardModel, quantize: bool) -> TextGuardModel:
+    """The form the guard runs in; training calibrates on this same form, so scores match the thresholds.
+
+    The LoRA adapter is folded into the encoder's weights (inference costs the same as plain MiniLM), and
+    with `quantize` every linear layer becomes dynamic int8 (weights int8, activations quantised per call):
+    about a third less CPU time per prompt on x86.
+    """
+    if model.rank > 0:
+        model.encoder = model.encoder.merge_and_unload()
+        model.rank = 0
+    model = model.eval()
+    if quantize:
+        model = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+    return model
+
+
+def model_logits(model: nn.Module, tokenizer, texts: list[str], max_length: int, one_at_a_time: bool,
+                 batch_size: int = 64) -> torch.Tensor:
+    """Logits for `texts`. A dynamically quantised model scales its activations per call, so padding and
+    neighbours in a batch would move a prompt's score: it scores one prompt per call (on one CPU thread
+    that costs no more than a padded batch), which keeps batched and single scores identical."""
+    size = 1 if one_at_a_time else batch_size
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = [None] * len(texts)
+    with torch.inference_mode():
+        for start in range(0, len(order), size):
+            idx = order[start:start + size]
+            enc = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
+                            return_tensors="pt")
+            logits = model(enc["input_ids"], enc["attention_mask"])
+            for row, i in enumerate(idx):
+                out[i] = logits[row]
+    return torch.stack(out) if out else torch.zeros(0)
+
+
 class EmbeddedTextBackend:
     """Scores prompts for S1..S13 and overall unsafe on CPU, offline, in a few milliseconds each.
 
@@ -139,10 +174,8 @@ class EmbeddedTextBackend:
                                head_hidden=self.config.get("head_hidden", 0))
         model.load_trainable_state_dict({k: v for k, v in load_file(str(weights_path)).items()
                                          if not k.startswith("tfidf.")})
-        if model.rank > 0:
-            # Folding the adapter into the encoder's weights makes inference cost the same as plain MiniLM.
-            model.encoder = model.encoder.merge_and_unload()
-        self.model = model.eval()
+        self.quantized = bool(self.config.get("quantize", False))
+        self.model = prepare_for_inference(model, self.quantized)
         self.temperature = torch.tensor(self.config["temperature"], dtype=torch.float32)
         state = load_file(str(weights_path))
         self.vectorizer = None
@@ -159,10 +192,7 @@ class EmbeddedTextBackend:
 
     def logits(self, texts: list[str]) -> torch.Tensor:
         """Uncalibrated logits, (len(texts), len(outputs)); the training code calibrates on these."""
-        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
-                               return_tensors="pt")
-        with torch.inference_mode():
-            return self.model(batch["input_ids"], batch["attention_mask"])
+        return model_logits(self.model, self.tokenizer, texts, self.max_length, self.quantized)
 
     def probabilities(self, texts: list[str]) -> torch.Tensor:
         return torch.sigmoid(self.logits(texts) / self.temperature)

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from guardforge.guard.backends.embedded_text import (
-    TEXT_CONFIG, TEXT_VOCAB, TEXT_WEIGHTS, TextGuardModel, encoder_path, make_vectorizer,
+    TEXT_CONFIG, TEXT_VOCAB, TEXT_WEIGHTS, TextGuardModel, encoder_path, make_vectorizer, model_logits,
+    prepare_for_inference,
 )
 from guardforge.guard.training.data import (
     OUTPUTS, Example, train_validation_split, training_examples,
@@ -44,11 +45,18 @@ class TrainConfig:
     # OpenAI moderation rows weigh more: they are the real-user distribution, where AILuminate's templated
     # prompts and our benign ones are easy. x2 raised the validation AUPRC on its rows from 0.77 to 0.79.
     openai_weight: float = 2.0
+    # Short AILuminate prompts (at most short_words words) weigh this much: the benign questions are short,
+    # and without it the model learnt "a short question is safe" (validation AUPRC on short rows, below).
+    short_unsafe_weight: float = 1.0
+    short_words: int = 16
     max_length: int = 128
     unsafe_loss_weight: float = 2.0  # the overall output is what the guard's decisions rest on
     validation_fraction: float = 0.15
     seed: int = 0
     num_threads: int = 2
+    # Ship the encoder as dynamic int8 (linear layers); calibration is fitted on that quantised form.
+    quantize: bool = False
+    weight_decay: float = 0.01
 
 
 def label_matrix(examples: list[Example]) -> tuple[np.ndarray, np.ndarray]:
@@ -100,20 +108,6 @@ def _batches(n: int, lengths: list[int], batch_size: int, rng: random.Random) ->
     batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
     rng.shuffle(batches)
     return batches
-
-
-def predict_logits(model: TextGuardModel, tokenizer, texts: list[str], max_length: int,
-                   batch_size: int = 64) -> np.ndarray:
-    model.eval()
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    out = np.zeros((len(texts), len(OUTPUTS)), dtype=np.float32)
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            enc = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
-                            return_tensors="pt")
-            out[idx] = model(enc["input_ids"], enc["attention_mask"]).numpy()
-    return out
 
 
 def pooled_features(model: TextGuardModel, tokenizer, texts: list[str], max_length: int,
@@ -194,10 +188,14 @@ def train_text_guard(out_dir: Path, config: TrainConfig | None = None,
             val_features = pooled_features(model, tokenizer, [e.text for e in validation], config.max_length,
                                            cache=cache_dir)
             val_logits = model.head(val_features).numpy()
-    else:
-        val_logits = predict_logits(model, tokenizer, [e.text for e in validation], config.max_length)
+    state = model.trainable_state_dict()
+    if config.lora_rank > 0 or config.quantize:
+        # Calibrate the form that ships: adapter merged, int8 if asked, scored as the backend scores.
+        deployed = prepare_for_inference(model, config.quantize)
+        val_logits = model_logits(deployed, tokenizer, [e.text for e in validation], config.max_length,
+                                  one_at_a_time=config.quantize).numpy()
     tfidf = _fit_tfidf(train, config)
-    return _calibrate_and_save(model, val_logits, validation, config, train_seconds, out_dir, log, tfidf)
+    return _calibrate_and_save(state, val_logits, validation, config, train_seconds, out_dir, log, tfidf)
 
 
 def _fit_tfidf(train: list[Example], config: TrainConfig):
@@ -213,8 +211,14 @@ def _fit_tfidf(train: list[Example], config: TrainConfig):
 
 
 def source_weights(examples: list[Example], config: TrainConfig) -> np.ndarray:
-    return np.asarray([config.openai_weight if e.source == "openai-mod" else 1.0 for e in examples],
-                      dtype=np.float32)
+    def weight(e: Example) -> float:
+        if e.source == "openai-mod":
+            return config.openai_weight
+        if e.source == "ailuminate" and len(e.text.split()) <= config.short_words:
+            return config.short_unsafe_weight
+        return 1.0
+
+    return np.asarray([weight(e) for e in examples], dtype=np.float32)
 
 
 def _train_lora(model: TextGuardModel, tokenizer, train: list[Example], config: TrainConfig,
@@ -226,11 +230,13 @@ def _train_lora(model: TextGuardModel, tokenizer, train: list[Example], config: 
     y, m = torch.tensor(y), torch.tensor(m)
     weights = torch.ones(len(OUTPUTS))
     weights[OUTPUTS.index("unsafe")] = config.unsafe_loss_weight
+    # The same per-source row weights as the frozen path (OpenAI moderation rows count openai_weight times).
+    m = m * torch.tensor(source_weights(train, config)).unsqueeze(1)
 
     optimizer = torch.optim.AdamW([
         {"params": [p for p in model.encoder.parameters() if p.requires_grad], "lr": config.lr},
         {"params": model.head.parameters(), "lr": config.head_lr},
-    ], weight_decay=0.01)
+    ], weight_decay=config.weight_decay)
     steps = config.epochs * ((len(train) + config.batch_size - 1) // config.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[config.lr, config.head_lr],
                                                     total_steps=steps, pct_start=0.1)
@@ -258,7 +264,7 @@ def _train_lora(model: TextGuardModel, tokenizer, train: list[Example], config: 
         log(f"epoch {epoch + 1} mean loss {total / len(train):.4f} ({time.monotonic() - started:.0f} s)")
 
 
-def _calibrate_and_save(model: TextGuardModel, val_logits: np.ndarray, validation: list[Example],
+def _calibrate_and_save(state: dict[str, torch.Tensor], val_logits: np.ndarray, validation: list[Example],
                         config: TrainConfig, train_seconds: float, out_dir: Path,
                         log: Callable[[str], None], tfidf=None) -> dict:
     from safetensors.torch import save_file
@@ -285,11 +291,17 @@ def _calibrate_and_save(model: TextGuardModel, val_logits: np.ndarray, validatio
         stack = [float(platt.coef_[0, 0]), float(platt.coef_[0, 1]), float(platt.intercept_[0])]
         calibrated = platt.predict_proba(inputs)[:, 1]
     threshold = best_f1_threshold(calibrated, vy[:, u])
+    short = np.asarray([len(e.text.split()) <= config.short_words for e in validation])
+    benign = np.asarray([e.source == "benign" for e in validation])
     metrics = {
         "validation_rows": len(validation),
         "validation_auprc_unsafe": float(average_precision_score(vy[:, u], calibrated)),
         "validation_auprc_unsafe_openai_rows": float(average_precision_score(
             vy[oai, u], calibrated[oai])),
+        # Short prompts (benign questions and image prompts, short AILuminate requests): the look-alike case.
+        "validation_auprc_unsafe_short_rows": float(average_precision_score(vy[short, u], calibrated[short])),
+        "validation_short_rows": int(short.sum()),
+        "validation_fpr_benign_rows": float((calibrated[benign] >= threshold).mean()),
         "validation_ece_unsafe_before": expected_calibration_error(raw, vy[:, u]),
         "validation_ece_unsafe_after": expected_calibration_error(calibrated, vy[:, u]),
         "train_seconds": round(train_seconds, 1),
@@ -297,7 +309,6 @@ def _calibrate_and_save(model: TextGuardModel, val_logits: np.ndarray, validatio
     log(json.dumps(metrics, indent=1))
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = model.trainable_state_dict()
     if tfidf is not None:
         vectorizer, classifier = tfidf
         state["tfidf.idf"] = torch.tensor(vectorizer.idf_, dtype=torch.float32)
@@ -313,6 +324,7 @@ def _calibrate_and_save(model: TextGuardModel, val_logits: np.ndarray, validatio
         "lora_rank": config.lora_rank,
         "lora_alpha": config.lora_alpha,
         "head_hidden": config.head_hidden,
+        "quantize": config.quantize,
         "temperature": temperature,
         "stack": stack,
         "threshold": threshold,
