@@ -9,8 +9,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything it needs is local; never reach for the hub
 
-from guardforge.guard.backends.embedded_text import ASSETS_DIR  # noqa: E402
-from guardforge.guard.training.text import TrainConfig, train_text_guard  # noqa: E402
+from guardforge.guard.backends.embedded_text import ASSETS_DIR
+from guardforge.guard.training.text import TrainConfig, train_text_guard
 
 
 def main() -> None:

@@ -20,11 +20,20 @@ import numpy as np
 import torch
 
 from guardforge.guard.backends.embedded_text import (
-    TEXT_CONFIG, TEXT_VOCAB, TEXT_WEIGHTS, TextGuardModel, encoder_path, make_vectorizer, model_logits,
+    TEXT_CONFIG,
+    TEXT_VOCAB,
+    TEXT_WEIGHTS,
+    TextGuardModel,
+    encoder_path,
+    make_vectorizer,
+    model_logits,
     prepare_for_inference,
 )
 from guardforge.guard.training.data import (
-    OUTPUTS, Example, train_validation_split, training_examples,
+    OUTPUTS,
+    Example,
+    train_validation_split,
+    training_examples,
 )
 
 
@@ -34,8 +43,9 @@ class TrainConfig:
     batch_size: int = 16
     lr: float = 1e-3
     head_lr: float = 3e-3
-    # 0 (shipped): the encoder stays frozen and only the head is trained, on features computed once.
-    # 16: LoRA on every linear layer; better in principle, but ~15 s a step on this project's shared 2 cores.
+    # 0: the encoder stays frozen and only the head is trained, on features computed once (minutes).
+    # 16 (shipped, with max_length 256 and quantize): LoRA on every linear layer, 1.3-2.6 s a step of 16
+    # prompts on one thread (64-256 tokens); see docs/guard-embedded.md for what each choice measured.
     lora_rank: int = 0
     lora_alpha: int = 32
     lora_dropout: float = 0.05
