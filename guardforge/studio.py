@@ -3,46 +3,18 @@
 from __future__ import annotations
 
 import base64
-import binascii
-import io
 import time
 from collections.abc import Callable
 from functools import cached_property
 from threading import Event
 
-from PIL import Image, UnidentifiedImageError
-
 from guardforge.engine.request import GeneratedImage, GenerationRequest, GenerationResult, ProgressEvent
 from guardforge.errors import InvalidRequest
+from guardforge.imaging import decode_image
+from guardforge.models.loading import check_checkpoint
 from guardforge.settings import Settings
 
 ProgressCallback = Callable[[ProgressEvent], None]
-
-
-def decode_image(data: str, max_pixels: int, what: str = "image") -> Image.Image:
-    """Decode base64 (or a data: URL) into an RGB image, refusing decompression bombs before decoding."""
-    if data.startswith("data:"):
-        _, _, data = data.partition(",")
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidRequest(f"{what} is not valid base64: {exc}") from None
-    try:
-        image = Image.open(io.BytesIO(raw))
-        if image.width * image.height > max_pixels:
-            raise InvalidRequest(
-                f"{what} is {image.width}x{image.height}, over the limit of {max_pixels} pixels"
-            )
-        image.load()
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise InvalidRequest(f"{what} is not a readable PNG, JPEG or WebP image: {exc}") from None
-    return image
-
-
-def encode_image(image: Image.Image, fmt: str = "PNG") -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 class Studio:
@@ -106,7 +78,9 @@ class Studio:
             decode_image(request.init_image, max_pixels, "init_image")
         if request.mask:
             decode_image(request.mask, max_pixels, "mask")
-        self.registry.resolve(request.model or self.settings.default_model)
+        entry = self.registry.resolve(request.model or self.settings.default_model)
+        check_checkpoint(entry, self.settings)
+        self.engine.check(request)
         job_id = self.jobs.submit("generate", {"request": request.model_dump(mode="json"), "save": save},
                                   owner=owner, priority=priority, max_active_for_owner=max_active)
         self.workers.notify()
@@ -145,7 +119,7 @@ class Studio:
 
     def moderate(self, inputs) -> dict:
         """OpenAI moderation-schema answer for text and images (data URLs)."""
-        return self.guard.moderate(inputs)
+        return self.guard.moderate(inputs, self.settings.limits.max_image_pixels)
 
     def generate(
         self,

@@ -52,6 +52,8 @@ TABLE = {"a knife attack": {"S1": 0.9, "S12": 0.1}, "a tree": {"S1": 0.01}, "nud
          RED: {"S12": 0.95}, BLUE: {"S1": 0.02}}
 
 
+MAX_PIXELS = 4096 * 4096
+
 def _guard(tmp_path, policy="default", backend=None, **kwargs) -> Guard:
     backend = backend or FixedScores(TABLE)
     return Guard(load_policy(policy) if isinstance(policy, str) else policy, text_backend=backend,
@@ -201,7 +203,7 @@ def _data_url(color) -> str:
 
 def test_moderation_schema(tmp_path):
     guard = _guard(tmp_path)
-    single = guard.moderate("a knife attack")
+    single = guard.moderate("a knife attack", MAX_PIXELS)
     assert single["id"].startswith("modr-") and single["model"] == "guardforge-fixed"
     [result] = single["results"]
     assert result["flagged"] is True and list(result["categories"]) == list(CATEGORY_ORDER)
@@ -209,9 +211,9 @@ def test_moderation_schema(tmp_path):
     assert result["category_scores"]["violence"] == pytest.approx(0.9)
     assert result["category_applied_input_types"]["violence"] == ["text"]
     assert result["s_codes"] == ["S1"] and result["s_code_scores"]["S1"] == pytest.approx(0.9)
-    assert [r["flagged"] for r in guard.moderate(["a tree", "nude"])["results"]] == [False, True]
+    assert [r["flagged"] for r in guard.moderate(["a tree", "nude"], MAX_PIXELS)["results"]] == [False, True]
     [parts] = guard.moderate([{"type": "text", "text": "a tree"},
-                              {"type": "image_url", "image_url": {"url": _data_url(RED)}}])["results"]
+                              {"type": "image_url", "image_url": {"url": _data_url(RED)}}], MAX_PIXELS)["results"]
     assert parts["flagged"] and parts["categories"]["sexual"] and parts["s_codes"] == ["S12"]
     # Applied types: the parts whose backend answered for that category (the text was scored for S1 only).
     assert parts["category_applied_input_types"]["sexual"] == ["image"]
@@ -223,11 +225,13 @@ def test_moderation_refuses_remote_urls_and_junk(tmp_path):
 
     guard = _guard(tmp_path)
     with pytest.raises(InvalidRequest, match="data: URL"):
-        guard.moderate([{"type": "image_url", "image_url": {"url": "https://example.com/x.png"}}])
+        guard.moderate([{"type": "image_url", "image_url": {"url": "https://example.com/x.png"}}], MAX_PIXELS)
     with pytest.raises(InvalidRequest):
-        guard.moderate([{"type": "audio"}])
-    with pytest.raises(InvalidRequest, match="readable image"):
-        guard.moderate([{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}])
+        guard.moderate([{"type": "audio"}], MAX_PIXELS)
+    with pytest.raises(InvalidRequest, match="not a readable"):
+        guard.moderate([{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}], MAX_PIXELS)
+    with pytest.raises(InvalidRequest, match="over the limit"):
+        guard.moderate([{"type": "image_url", "image_url": {"url": _data_url(RED)}}], max_pixels=10)
 
 
 def test_from_settings_builds_nothing_until_used(tmp_path):

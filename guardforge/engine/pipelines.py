@@ -20,7 +20,7 @@ from PIL import Image, ImageFilter, ImageOps
 from guardforge.engine.lora import applied_loras, resolve_loras
 from guardforge.engine.prompts import encode_prompts, extract_lora_tags
 from guardforge.engine.request import GenerationRequest, ProgressEvent
-from guardforge.engine.samplers import build_scheduler
+from guardforge.engine.samplers import build_scheduler, check_sampler
 from guardforge.errors import Cancelled, InvalidRequest
 
 if TYPE_CHECKING:
@@ -115,6 +115,13 @@ class _Progress:
         return kwargs
 
 
+def _check_strength(request: GenerationRequest) -> None:
+    if request.mode != "txt2img" and int(request.steps * request.denoising_strength) < 1:
+        raise InvalidRequest(
+            f"denoising_strength {request.denoising_strength} x {request.steps} steps leaves no step to run; "
+            "raise either")
+
+
 class Engine:
     """Runs requests on LoadedModels. Holds no model: Studio's cache does; this only keeps per-model locks."""
 
@@ -129,6 +136,15 @@ class Engine:
 
             self._registry = ModelRegistry(self.settings)
         return self._registry
+
+    def check(self, request: GenerationRequest) -> None:
+        """Refuse now, without loading anything, what run() would refuse later: an unknown sampler or a
+        schedule it lacks, a strength that leaves no step, a missing or pickle LoRA."""
+        check_sampler(request.sampler, request.schedule)
+        _check_strength(request)
+        _, tags = extract_lora_tags(request.prompt)
+        if tags:
+            resolve_loras(self.registry, tags, self.settings.allow_pickle)
 
     def size_for(self, loaded: LoadedModel, request: GenerationRequest) -> tuple[int, int]:
         native_w, native_h = native_size(loaded.pipeline)
@@ -158,10 +174,7 @@ class Engine:
             raise InvalidRequest(f"{mode} needs the decoded init image")
         if mode == "inpaint" and mask is None:
             raise InvalidRequest("inpaint needs the decoded mask")
-        if mode != "txt2img" and int(request.steps * request.denoising_strength) < 1:
-            raise InvalidRequest(
-                f"denoising_strength {request.denoising_strength} x {request.steps} steps leaves no step to run; "
-                "raise either")
+        _check_strength(request)
         width, height = self.size_for(loaded, request)
         seeds = request_seeds(request)
         prompt, tags = extract_lora_tags(request.prompt)

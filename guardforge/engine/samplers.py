@@ -88,13 +88,9 @@ def effective_schedule(sampler: str, schedule: str) -> str:
     return spec.automatic if schedule == "Automatic" else schedule
 
 
-def build_scheduler(base_config: dict[str, Any], sampler: str, schedule: str = "Automatic",
-                    seed: int | None = None) -> SchedulerMixin:
-    """A scheduler for `sampler` built with from_config, so the model's betas and prediction type are kept.
-
-    `seed` seeds the Brownian tree of DPM++ SDE, which draws its noise from one sampler-wide tree rather
-    than from the per-image generators; without it that sampler would not be reproducible.
-    """
+def check_sampler(sampler: str, schedule: str = "Automatic") -> tuple[SamplerSpec, type, Any, str]:
+    """The sampler's spec, diffusers class, that class's init parameters and the schedule in force, or
+    InvalidRequest when the name is unknown or diffusers has no such schedule for it."""
     import diffusers
 
     spec = sampler_spec(sampler)
@@ -102,19 +98,29 @@ def build_scheduler(base_config: dict[str, Any], sampler: str, schedule: str = "
         raise InvalidRequest(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
     cls = getattr(diffusers, spec.scheduler)
     accepted = inspect.signature(cls.__init__).parameters
+    wanted = effective_schedule(sampler, schedule)
+    if wanted != "Automatic" and SCHEDULE_FLAGS[wanted] not in accepted:
+        raise InvalidRequest(
+            f"sampler {spec.name!r} has no {wanted} schedule in diffusers; use schedule type Automatic, "
+            f"or a sampler that has one (Euler, DPM++ 2M, DPM++ SDE, Heun, LMS, DPM2, UniPC, DEIS)")
+    return spec, cls, accepted, wanted
+
+
+def build_scheduler(base_config: dict[str, Any], sampler: str, schedule: str = "Automatic",
+                    seed: int | None = None) -> SchedulerMixin:
+    """A scheduler for `sampler` built with from_config, so the model's betas and prediction type are kept.
+
+    `seed` seeds the Brownian tree of DPM++ SDE, which draws its noise from one sampler-wide tree rather
+    than from the per-image generators; without it that sampler would not be reproducible.
+    """
+    spec, cls, accepted, wanted = check_sampler(sampler, schedule)
     overrides = dict(spec.config)
     # A config saved with Karras/exponential sigmas on must not leak into "Automatic" for another sampler.
     for flag in SCHEDULE_FLAGS.values():
         if flag in accepted:
             overrides[flag] = False
-    wanted = effective_schedule(sampler, schedule)
     if wanted != "Automatic":
-        flag = SCHEDULE_FLAGS[wanted]
-        if flag not in accepted:
-            raise InvalidRequest(
-                f"sampler {spec.name!r} has no {wanted} schedule in diffusers; use schedule type Automatic, "
-                f"or a sampler that has one (Euler, DPM++ 2M, DPM++ SDE, Heun, LMS, DPM2, UniPC, DEIS)")
-        overrides[flag] = True
+        overrides[SCHEDULE_FLAGS[wanted]] = True
     if "noise_sampler_seed" in accepted and seed is not None:
         overrides["noise_sampler_seed"] = seed
     # Keys of another scheduler's config (e.g. PNDM's skip_prk_steps) are ignored by from_config.

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
 import uuid
 
 from PIL import Image
 
 from guardforge.errors import InvalidRequest
+from guardforge.imaging import decode_image
 from guardforge.guard.verdict import Verdict
 
 # OpenAI category -> the S-codes whose scores it takes (the maximum). Llama Guard has no harassment or
@@ -36,22 +34,17 @@ CATEGORY_ORDER: tuple[str, ...] = (
 )
 
 
-def decode_data_url(url: str) -> Image.Image:
+def decode_data_url(url: str, max_pixels: int) -> Image.Image:
     """An image from a `data:image/...;base64,` URL; remote URLs are refused (the guard never fetches)."""
     if not url.startswith("data:"):
         raise InvalidRequest("image_url must be a data: URL (data:image/png;base64,...); remote URLs are not fetched")
-    header, _, payload = url.partition(",")
+    header, _, _ = url.partition(",")
     if ";base64" not in header:
         raise InvalidRequest("image_url data: URL must be base64-encoded")
-    try:
-        image = Image.open(io.BytesIO(base64.b64decode(payload, validate=True)))
-        image.load()
-    except (binascii.Error, ValueError, OSError) as exc:
-        raise InvalidRequest(f"image_url is not a readable image: {exc}") from None
-    return image.convert("RGB")
+    return decode_image(url, max_pixels, "image_url").convert("RGB")
 
 
-def parse_inputs(inputs) -> list[list[tuple[str, object]]]:
+def parse_inputs(inputs, max_pixels: int) -> list[list[tuple[str, object]]]:
     """OpenAI `input` -> one list of ("text", str) / ("image", PIL) parts per result.
 
     A string is one result; a list of strings is one result each; a list of content parts is one result.
@@ -76,7 +69,7 @@ def parse_inputs(inputs) -> list[list[tuple[str, object]]]:
             url = image_url.get("url") if isinstance(image_url, dict) else image_url
             if not isinstance(url, str):
                 raise InvalidRequest("image_url part needs image_url.url")
-            parts.append(("image", decode_data_url(url)))
+            parts.append(("image", decode_data_url(url, max_pixels)))
         else:
             raise InvalidRequest(f"unsupported content part type {kind!r}; use text or image_url")
     return [parts]

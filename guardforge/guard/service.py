@@ -210,10 +210,11 @@ class Guard:
             return strong_blur(image)
         return image
 
-    def moderate(self, inputs) -> dict:
-        """An OpenAI moderation response for a string, a list of strings, or text/image content parts."""
+    def moderate(self, inputs, max_pixels: int) -> dict:
+        """An OpenAI moderation response for a string, a list of strings, or text/image content parts
+        (images over `max_pixels` are refused before they are decoded)."""
         results = []
-        for parts in parse_inputs(inputs):
+        for parts in parse_inputs(inputs, max_pixels):
             texts = [value for kind, value in parts if kind == "text"]
             images = [value for kind, value in parts if kind == "image"]
             verdicts = ([("text", v) for v in self.check_texts(texts, "prompt")]

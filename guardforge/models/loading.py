@@ -41,12 +41,8 @@ def _assets_version(folder: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def config_folder(family: str, settings: Settings) -> Path:
-    """A local diffusers-layout config folder for `family` (configs + tokenizers, no weights).
-
-    The package ships the JSON configs and one gzipped CLIP vocabulary; the first call unpacks them
-    under settings.home/cache/configs/ so that from_single_file(config=...) never touches the network.
-    """
+def shipped_config_name(family: str) -> str:
+    """The shipped config set for single files of `family`, or InvalidRequest saying what to do instead."""
     name = SHIPPED_CONFIGS.get(family)
     if name is None:
         repo = _MISSING_CONFIGS.get(family)
@@ -57,6 +53,26 @@ def config_folder(family: str, settings: Settings) -> Path:
             "(save one with DiffusionPipeline.save_pretrained on a connected machine, or convert with "
             "diffusers' scripts/convert_original_stable_diffusion_to_diffusers.py) and put it in Stable-diffusion/"
         )
+    return name
+
+
+def check_checkpoint(entry: ModelEntry, settings: Settings) -> None:
+    """Everything load_pipeline would refuse, decided from the registry entry alone (no weights read), so a
+    request naming such a model fails when it is submitted rather than in the worker."""
+    if entry.kind != "checkpoint":
+        raise InvalidRequest(f"{entry.name!r} is a {entry.kind}, not a checkpoint")
+    check_loadable(entry, settings)
+    if entry.format != "diffusers" and not (entry.is_pickle and entry.family == "unknown"):
+        shipped_config_name(entry.family)
+
+
+def config_folder(family: str, settings: Settings) -> Path:
+    """A local diffusers-layout config folder for `family` (configs + tokenizers, no weights).
+
+    The package ships the JSON configs and one gzipped CLIP vocabulary; the first call unpacks them
+    under settings.home/cache/configs/ so that from_single_file(config=...) never touches the network.
+    """
+    name = shipped_config_name(family)
     source = CONFIGS_DIR / name
     target = settings.home / "cache" / "configs" / name
     version = _assets_version(source)

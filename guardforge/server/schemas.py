@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from guardforge.engine.request import GenerationRequest
+from guardforge.engine.samplers import split_legacy_sampler
 from guardforge.errors import InvalidRequest
 
 # A1111 scheduler names (and labels) -> our schedule; the rest of A1111's list has no diffusers twin here.
@@ -96,7 +97,11 @@ def to_generation_request(payload: Txt2ImgPayload, default_model: str) -> tuple[
     )
     sampler = payload.sampler_name or payload.sampler_index
     if sampler:
+        # A1111 before 1.9 (and clients written for it) put the schedule in the name: "DPM++ 2M Karras".
+        sampler, legacy_schedule = split_legacy_sampler(sampler)
         fields["sampler"] = sampler
+        if legacy_schedule and not payload.scheduler:
+            fields["schedule"] = legacy_schedule
     if payload.steps is not None:
         fields["steps"] = payload.steps
     if isinstance(payload, Img2ImgPayload):
