@@ -24,7 +24,7 @@ def setup(tmp_path_factory, tiny_model_dir):
     alice = run_cli(["keys", "create", "alice"], env).strip()
     store = KeyStore(make_engine(f"sqlite:///{home / 'guardforge.db'}"))
     keys = {"alice": alice, **{name: store.create(name)[1] for name in ("bob", "carol", "dave", "erin")}}
-    live = LiveServer(home, env).start()
+    live = LiveServer(home, env, ui=True).start()
     yield live, keys, env
     live.stop()
 
@@ -112,3 +112,19 @@ def test_revoked_key_is_refused(setup):
         assert f"revoked {key_id}" in run_cli(["keys", "revoke", key_id], env)
         time.sleep(0.1)
         assert alice.get("/v1/jobs").status_code == 401
+
+
+def test_ui_login_is_the_key_and_its_own_id(setup):
+    # The UI files jobs under the logged-in user name, so that name must be the key's own id: a valid key
+    # under another key's id must not get in (it would see and cancel that key's jobs).
+    server, keys, _ = setup
+    bob, carol = keys["bob"], keys["carol"]
+    bob_id, carol_id = bob.split("_")[1], carol.split("_")[1]
+    with httpx.Client(base_url=server.url, timeout=60) as browser:
+        assert browser.post("/ui/login", data={"username": carol_id, "password": bob}).status_code in (400, 401)
+        assert browser.post("/ui/login", data={"username": "anyone", "password": bob}).status_code in (400, 401)
+        response = browser.post("/ui/login", data={"username": bob_id, "password": bob})
+        assert response.status_code == 200, response.text
+        assert browser.get("/ui/config").status_code == 200  # the session cookie now opens the UI
+    with httpx.Client(base_url=server.url, timeout=60) as stranger:
+        assert stranger.get("/ui/config").status_code == 401

@@ -175,8 +175,9 @@ def create_app(studio, *, start_workers: bool = True, mount_ui: bool = True) -> 
 
         from guardforge.ui.app import build_ui
 
-        # Off loopback the UI asks for a login whose password is an API key.
-        login = (lambda _user, key: studio.keys.verify(key) is not None) if app.state.auth.required else None
+        # Off loopback the UI asks for a login: user name the key's id, password the key. The user name must be
+        # the key's own id because the UI files jobs under the logged-in user name: each key sees only its own.
+        login = (lambda user, key: studio.keys.verify(key) == user) if app.state.auth.required else None
         app = gr.mount_gradio_app(app, build_ui(studio), path="/ui", auth=login)
 
     # Outermost: refuse oversized bodies before anything reads them.

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 import gradio as gr
 from PIL import Image
 
 from guardforge.engine.request import GenerationRequest
-from guardforge.studio import encode_image
+from guardforge.imaging import encode_image
 
-OWNER = "local"  # the UI's jobs; when the server needs keys, the UI login asks for one (see server.app)
+LOCAL_OWNER = "local"  # an open server's UI shares the "local" owner with the open API
+
+
+def _owner(request: gr.Request | None) -> str:
+    """Whose jobs these are: the logged-in key id (server.app makes the login's user name the key's id)."""
+    return getattr(request, "username", None) or LOCAL_OWNER
 SCHEDULES = ["Automatic", "Karras", "Exponential"]
 
 
@@ -46,7 +50,8 @@ def build_ui(studio) -> gr.Blocks:
         return list(SAMPLERS)
 
     def run(mode, prompt, negative, model, sampler, schedule, steps, cfg, width, height, seed,
-            init_image, strength, editor):
+            init_image, strength, editor, request: gr.Request):
+        owner = _owner(request)
         fields = dict(prompt=prompt, negative_prompt=negative, model=model or None, sampler=sampler,
                       schedule=schedule, steps=int(steps), cfg_scale=float(cfg), width=int(width),
                       height=int(height), seed=int(seed))
@@ -61,12 +66,13 @@ def build_ui(studio) -> gr.Blocks:
             fields.update(init_image=encode_image(background), mask=encode_image(mask),
                           denoising_strength=strength)
         try:
-            job_id = studio.submit(GenerationRequest(**fields), owner=OWNER)
+            max_active = studio.settings.server.max_active_jobs_per_key if owner != LOCAL_OWNER else None
+            job_id = studio.submit(GenerationRequest(**fields), owner=owner, max_active=max_active)
         except Exception as exc:  # a limit or an unknown name: show the reason, keep the page alive
             raise gr.Error(str(exc)) from None
         yield _bar(0, int(steps), "queued"), gr.update(), gr.update(), gr.update(), job_id
         while True:
-            job = studio.jobs.get(job_id, OWNER)
+            job = studio.jobs.get(job_id, owner)
             if job.state in ("succeeded", "failed", "cancelled"):
                 break
             latest = studio.events.latest(job_id) or {}
@@ -84,7 +90,7 @@ def build_ui(studio) -> gr.Blocks:
             else:
                 import io
 
-                data, _ = studio.image_bytes(stored["id"], OWNER)
+                data, _ = studio.image_bytes(stored["id"], owner)
                 image = Image.open(io.BytesIO(data))
             gallery.append((image, f"{stored['action']}"))
         first = result.get("images", [{}])[0] if result.get("images") else {}
@@ -93,23 +99,31 @@ def build_ui(studio) -> gr.Blocks:
         total = job.payload["request"]["steps"]
         yield _bar(total, total, "done"), gallery, first.get("infotext", ""), verdict, job_id
 
-    def show_selected(job_id, evt: gr.SelectData):
-        job = studio.jobs.get(job_id, OWNER)
+    def runner(mode: str):
+        # An explicit signature, so that Gradio sees the gr.Request parameter and fills it in.
+        def run_mode(prompt, negative, model, sampler, schedule, steps, cfg, width, height, seed, init_image,
+                     strength, editor, request: gr.Request):
+            yield from run(mode, prompt, negative, model, sampler, schedule, steps, cfg, width, height, seed,
+                           init_image, strength, editor, request)
+        return run_mode
+
+    def show_selected(job_id, evt: gr.SelectData, request: gr.Request):
+        job = studio.jobs.get(job_id, _owner(request))
         meta = (job.result or {}).get("images", [])[evt.index]
         return meta.get("infotext", ""), {"action": meta.get("action"), "verdict": meta.get("verdict")}
 
-    def history():
+    def history(request: gr.Request):
         rows = []
-        for job in studio.jobs.list(OWNER, limit=50, kind="generate"):  # training jobs are not reusable here
+        for job in studio.jobs.list(_owner(request), limit=50, kind="generate"):  # training jobs are not reusable here
             request = job.payload.get("request", {})
             rows.append([job.id, time.strftime("%H:%M:%S", time.localtime(job.created_at)), job.state,
                          request.get("prompt", "")[:80]])
         return gr.update(value=rows), gr.update(choices=[(f"{r[1]} {r[3]}", r[0]) for r in rows])
 
-    def reuse(job_id):
+    def reuse(job_id, request: gr.Request):
         if not job_id:
             raise gr.Error("choose a job from the history first")
-        return _fields_update(studio.jobs.get(job_id, OWNER).payload["request"])
+        return _fields_update(studio.jobs.get(job_id, _owner(request)).payload["request"])
 
     def read_png(path):
         if not path:
@@ -186,11 +200,11 @@ def build_ui(studio) -> gr.Blocks:
 
         params = [model, sampler, schedule, steps, cfg, width, height, seed]
         outputs = [progress, gallery, infotext, verdict, job_state]
-        txt_button.click(lambda *a: (yield from run("txt2img", *a)),
+        txt_button.click(runner("txt2img"),
                          [prompt, negative, *params, init_image, strength, editor], outputs)
-        img_button.click(lambda *a: (yield from run("img2img", *a)),
+        img_button.click(runner("img2img"),
                          [prompt, negative, *params, init_image, strength, editor], outputs)
-        inpaint_button.click(lambda *a: (yield from run("inpaint", *a)),
+        inpaint_button.click(runner("inpaint"),
                              [prompt, negative, *params, init_image, inpaint_strength, editor], outputs)
         gallery.select(show_selected, [job_state], [infotext, verdict])
         refresh.click(history, None, [table, chosen])
