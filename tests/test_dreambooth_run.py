@@ -107,3 +107,24 @@ def test_cli_reports_a_bad_config_in_one_line(tmp_path):
     assert done.returncode == 2
     assert done.stderr.startswith("error: resolution:") and "multiple of 8" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_folder_base_with_prior_preservation_needs_only_a_full_class_folder(gf_home, tmp_path):
+    import pytest
+
+    from guardforge.errors import InvalidRequest
+    from guardforge.settings import Settings
+    from guardforge.studio import Studio
+
+    studio = Studio(Settings(home=gf_home))
+    studio.guard = Guard(load_policy("default"), text_backend=WordIsUnsafe(), image_backend=RedIsUnsafe())
+    make_images(tmp_path / "instance", (40, 200, 40), count=2)
+    folder_base = gf_home / "models" / "Stable-diffusion" / "tiny-sd"  # a path, not a registry name
+    config = tiny_config(tmp_path, folder_base, num_class_images=2, max_steps=2, export_name="sks-folder")
+    with pytest.raises(InvalidRequest, match="2 of 2 missing"):  # a path cannot make class images
+        studio.train_dreambooth(config)
+    config.resolved_class_data_dir.mkdir(parents=True, exist_ok=True)
+    for i, path in enumerate(make_images(tmp_path / "made", (40, 40, 200), count=2)):
+        path.rename(config.resolved_class_data_dir / f"class-{i:05d}.png")
+    result = studio.train_dreambooth(config)
+    assert result.steps == 2 and result.class_images_generated == 0

@@ -227,7 +227,7 @@ def train_dreambooth(studio, config: DreamBoothConfig, progress: ProgressFn | No
     `studio` is the caller's Studio (passed in, never imported: train sits below it). With
     `overwrite_exports=False` an export whose files exist fails the run instead of replacing them.
     """
-    from guardforge.train.dreambooth.class_images import ensure_class_images
+    from guardforge.train.dreambooth.class_images import class_image_name, ensure_class_images
     from guardforge.train.dreambooth.data import list_images
     from guardforge.train.dreambooth.export import export_all
 
@@ -247,9 +247,11 @@ def train_dreambooth(studio, config: DreamBoothConfig, progress: ProgressFn | No
     report = None
     if config.with_prior_preservation:
         folder = config.resolved_class_data_dir
-        if (Path(config.base_model) / "model_index.json").is_file():
-            raise InvalidRequest("class images are made through the model registry: put the base model in "
-                                 "<models>/Stable-diffusion/ and name it, or fill class_data_dir yourself")
+        missing = [i for i in range(config.num_class_images) if not (folder / class_image_name(i)).is_file()]
+        if missing and (Path(config.base_model) / "model_index.json").is_file():
+            raise InvalidRequest(
+                "class images are made through the model registry: put the base model in <models>/Stable-diffusion/ "
+                f"and name it, or fill class_data_dir yourself ({len(missing)} of {config.num_class_images} missing)")
         options = config.class_images
         report = ensure_class_images(
             studio, folder=folder, count=config.num_class_images, prompt=config.class_prompt,
