@@ -35,6 +35,8 @@ def eval_adherence_command(
         __file__).resolve().parent.parent / "assets" / "models" / "tiny-shapes",
     steps: Annotated[int, typer.Option(min=1)] = 20,
     cfg: Annotated[float, typer.Option(min=0.0)] = 7.5,
+    guidance_rescale: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="diffusers' CFG rescale (Lin et al.), 0 = off; counters over-saturation.")] = 0.0,
     sampler: Annotated[str, typer.Option(help="A1111 sampler name, e.g. Euler, 'Euler a', 'DPM++ 2M'.")] = "Euler",
     n: Annotated[int, typer.Option(min=1, help="Prompts per split (held-out and seen).")] = 40,
     seed: Annotated[int, typer.Option()] = 0,
@@ -50,15 +52,17 @@ def eval_adherence_command(
 
     torch.set_num_threads(threads)
     pipe = load_pipeline(model, sampler)
-    typer.echo(f"model {model}  sampler {sampler}  steps {steps}  cfg {cfg}  n {n} per split")
+    typer.echo(f"model {model}  sampler {sampler}  steps {steps}  cfg {cfg}  rescale {guidance_rescale}  "
+               f"n {n} per split")
     typer.echo(f"{'split':<10}" + "".join(f"{a:>12}" for a in (*ATTRIBUTES, "all")) + f"{'s/image':>10}")
     for held_out in (True, False):
         started = time.perf_counter()
-        report = evaluate(pipe, held_out, n, steps=steps, cfg=cfg, seed=seed)
+        report = evaluate(pipe, held_out, n, steps=steps, cfg=cfg, seed=seed, guidance_rescale=guidance_rescale)
         per_image = (time.perf_counter() - started) / n
         acc = report.accuracy()
         typer.echo(f"{report.split:<10}" + "".join(f"{acc[a]:>12.1%}" for a in (*ATTRIBUTES, "all"))
                    + f"{per_image:>10.3f}")
-        tag = f"{report.split}_{sampler.replace(' ', '_').replace('+', 'p')}_cfg{cfg:g}_steps{steps}"
+        tag = f"{report.split}_{sampler.replace(' ', '_').replace('+', 'p')}_cfg{cfg:g}_steps{steps}" + (
+            f"_rescale{guidance_rescale:g}" if guidance_rescale else "")
         grid = save_grid(report.samples[:24], out / f"{tag}.png")
         typer.echo(f"  grid: {grid}")

@@ -39,19 +39,23 @@ def load_pipeline(folder: Path, sampler: str = "Euler"):
 
 
 @torch.no_grad()
-def generate(pipe, prompts: list[str], steps: int, cfg: float, seed: int, batch_size: int = 20) -> list[Image.Image]:
+def generate(pipe, prompts: list[str], steps: int, cfg: float, seed: int, batch_size: int = 20,
+             guidance_rescale: float = 0.0) -> list[Image.Image]:
     images = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
         generators = [torch.Generator().manual_seed(seed + start + i) for i in range(len(chunk))]
-        images += pipe(chunk, num_inference_steps=steps, guidance_scale=cfg, generator=generators).images
+        images += pipe(chunk, num_inference_steps=steps, guidance_scale=cfg,
+                       guidance_rescale=guidance_rescale, generator=generators).images
     return images
 
 
-def evaluate(pipe, held_out: bool, n: int, steps: int = 20, cfg: float = 7.5, seed: int = 0) -> AdherenceReport:
+def evaluate(pipe, held_out: bool, n: int, steps: int = 20, cfg: float = 7.5, seed: int = 0,
+             guidance_rescale: float = 0.0) -> AdherenceReport:
     """Score n single-object captions (held-out colour/shape pairs or seen ones) attribute by attribute."""
     cases = data.eval_cases(held_out, n, seed=1234 + int(held_out))
-    images = generate(pipe, [caption for _, _, caption in cases], steps, cfg, seed)
+    images = generate(pipe, [caption for _, _, caption in cases], steps, cfg, seed,
+                      guidance_rescale=guidance_rescale)
     report = AdherenceReport("held-out" if held_out else "seen", n)
     for (obj, background, caption), image in zip(cases, images, strict=True):
         # Only the base shapes are candidates: the model was never taught the reserved ones.
