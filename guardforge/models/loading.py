@@ -56,13 +56,14 @@ def shipped_config_name(family: str) -> str:
     return name
 
 
-def check_checkpoint(entry: ModelEntry, settings: Settings) -> None:
+def check_checkpoint(entry: ModelEntry, settings: Settings, shipped_configs: bool = True) -> None:
     """Everything load_pipeline would refuse, decided from the registry entry alone (no weights read), so a
-    request naming such a model fails when it is submitted rather than in the worker."""
+    request naming such a model fails when it is submitted rather than in the worker. `shipped_configs`
+    False: the caller brings its own single-file config folder, so the family needs none of ours."""
     if entry.kind != "checkpoint":
         raise InvalidRequest(f"{entry.name!r} is a {entry.kind}, not a checkpoint")
     check_loadable(entry, settings)
-    if entry.format != "diffusers" and not (entry.is_pickle and entry.family == "unknown"):
+    if shipped_configs and entry.format != "diffusers" and not (entry.is_pickle and entry.family == "unknown"):
         shipped_config_name(entry.family)
 
 
@@ -168,9 +169,7 @@ def load_pipeline(entry: ModelEntry, settings: Settings, *, torch_dtype: torch.d
     """
     from diffusers import DiffusionPipeline
 
-    if entry.kind != "checkpoint":
-        raise InvalidRequest(f"{entry.name!r} is a {entry.kind}, not a checkpoint")
-    check_loadable(entry, settings)
+    check_checkpoint(entry, settings, shipped_configs=config_dir is None)
     if entry.format == "diffusers":
         family = entry.family
         index = (entry.path / "model_index.json").read_text()
