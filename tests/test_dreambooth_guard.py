@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from guardforge.engine.request import GenerationRequest
-from guardforge.errors import GuardforgeError
+from guardforge.errors import GuardforgeError, InvalidRequest
 from guardforge.guard.backends.base import Scores
 from guardforge.guard.policy import load_policy
 from guardforge.guard.service import Guard
@@ -123,3 +123,23 @@ def test_class_images_are_deterministic_incremental_and_screened(studio, tmp_pat
 def test_unsafe_class_prompt_is_refused(studio, tmp_path):
     with pytest.raises(GuardforgeError, match="class prompt"):
         ensure_class_images(studio, **{**class_kwargs(tmp_path / "c"), "prompt": "a forbidden dog"})
+
+
+def test_class_images_of_another_recipe_are_refused_not_mixed_in(studio, tmp_path):
+    folder = tmp_path / "class"
+    ensure_class_images(studio, **class_kwargs(folder, count=2))
+    assert json.loads((folder / "manifest.json").read_text())["recipe"]["prompt"] == "a photo of dog"
+    # The user's own photos (not in the manifest) are welcome beside ours.
+    Image.new("RGB", (16, 16), (0, 90, 200)).save(folder / "class-00002.png")
+    assert ensure_class_images(studio, **class_kwargs(folder, count=3)).reused == [0, 1, 2]
+
+    for change, message in (({"prompt": "a photo of cat"}, "prompt 'a photo of dog' -> 'a photo of cat'"),
+                            ({"steps": 3}, "steps 2 -> 3"), ({"model": "other-sd"}, "model 'tiny-sd'")):
+        with pytest.raises(InvalidRequest, match=message):
+            ensure_class_images(studio, **{**class_kwargs(folder, count=3), **change})
+    # Once the stale files are gone, the new recipe fills the folder afresh.
+    for name in ("class-00000.png", "class-00001.png"):
+        (folder / name).unlink()
+    again = ensure_class_images(studio, **{**class_kwargs(folder, count=3), "steps": 3})
+    assert again.generated == [0, 1] and again.reused == [2]
+    assert json.loads((folder / "manifest.json").read_text())["recipe"]["steps"] == 3

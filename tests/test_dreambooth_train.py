@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from guardforge.errors import Cancelled
+from guardforge.errors import Cancelled, InvalidRequest
 from guardforge.train.dreambooth.config import DreamBoothConfig
 from guardforge.train.dreambooth.run import BaseComponents, fit
 
@@ -152,3 +152,52 @@ def test_validation_images_go_to_disk_and_tensorboard(data, tiny_model_dir):
     assert [e.step for e in events.Images("validation/00")] == [2, 4]
     assert "validation/01" not in events.Tags()["images"]
     assert len(events.Scalars("train/loss")) == 4
+
+
+def test_both_losses_are_logged_and_add_up(data, tiny_model_dir):
+    import csv
+
+    root, instance, classes = data
+    config = tiny_config(root, tiny_model_dir, max_steps=3, prior_loss_weight=0.25)
+    _, _, reported = run(config, tiny_model_dir, instance, classes)
+    with (config.output_dir / "logs" / "metrics.csv").open() as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("train/loss")]
+    assert [int(row["step"]) for row in rows] == [0, 1, 2]
+    for row, progress_loss in zip(rows, reported, strict=True):
+        total, instance_loss, prior = (float(row[f"train/{k}"]) for k in ("loss", "instance_loss", "prior_loss"))
+        assert instance_loss > 0 and prior > 0
+        assert total == pytest.approx(instance_loss + 0.25 * prior, rel=1e-6)
+        assert total == pytest.approx(progress_loss, rel=1e-6)  # the CLI bar shows what the logger holds
+
+
+def test_checkpoints_to_keep_and_resume_from_a_path(data, tiny_model_dir):
+    root, instance, classes = data
+    config = tiny_config(root, tiny_model_dir, max_steps=5, checkpoint_interval=1, checkpoints_to_keep=2)
+    run(config, tiny_model_dir, instance, classes)
+    folder = config.output_dir / "checkpoints"
+    # The newest two interval checkpoints survive, plus last.ckpt for `--resume latest`.
+    assert sorted(p.name for p in folder.glob("*.ckpt")) == ["last.ckpt", "step-000004.ckpt", "step-000005.ckpt"]
+
+    # A named checkpoint (not `latest`) continues from its own step: steps 5..7 run again from step 4.
+    longer = config.model_copy(update={"max_steps": 7, "output_dir": root / "longer"})
+    steps = []
+    _, trainer = fit(longer, BaseComponents.from_folder(tiny_model_dir), instance, classes,
+                     progress=lambda event: steps.append(event.step), resume=folder / "step-000004.ckpt")
+    assert steps == [5, 6, 7] and trainer.global_step == 7
+    with pytest.raises(InvalidRequest, match="no checkpoint file"):
+        fit(longer, BaseComponents.from_folder(tiny_model_dir), instance, classes, resume=root / "nope.ckpt")
+
+
+def test_centre_crop_takes_the_middle_and_random_crop_moves():
+    from guardforge.train.dreambooth.data import ImageTransform
+
+    # 16 rows x 48 columns: the middle 16 columns white, the sides black.
+    array = np.zeros((16, 48, 3), dtype=np.uint8)
+    array[:, 16:32] = 255
+    image = Image.fromarray(array)
+    centre = ImageTransform(16, center_crop=True)
+    for seed in range(5):
+        assert torch.equal(centre(image, torch.Generator().manual_seed(seed)), torch.ones(3, 16, 16))
+    randomly = ImageTransform(16)
+    crops = {float(randomly(image, torch.Generator().manual_seed(seed)).mean()) for seed in range(8)}
+    assert len(crops) > 1 and min(crops) < 1.0

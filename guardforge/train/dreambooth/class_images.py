@@ -3,8 +3,10 @@
 Image i is made with seed `seed + i`. When the guard blocks it (or would blur it: a blurred image is no
 class example), the next candidate seed for that index is `seed + i + k * count`, k = 1, 2, ... so that
 candidates never collide with another index's seed. Files are named by index (class-00007.png); those on
-disk are reused, so a re-run only fills the gaps and gives the same files. manifest.json records the seed
-behind every file and the seeds the guard refused.
+disk are reused, so a re-run only fills the gaps and gives the same files. manifest.json records the recipe
+(prompt, model, size, sampler settings, base seed), the seed behind every file and the seeds the guard
+refused. Files the manifest does not list are the user's own class images and are reused as they are; files it
+lists under another recipe are refused rather than silently mixed into this run's prior.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from threading import Event
 
-from guardforge.errors import Cancelled, GuardforgeError
+from guardforge.errors import Cancelled, GuardforgeError, InvalidRequest
 
 MANIFEST = "manifest.json"
 MAX_TRIES_PER_IMAGE = 8
@@ -43,6 +45,18 @@ def _read_manifest(folder: Path) -> dict:
     return {"images": {}, "refused": {}}
 
 
+def _check_recipe(folder: Path, manifest: dict, recipe: dict) -> None:
+    """Refuse class images this module made under another recipe: they would teach the wrong prior."""
+    recorded = manifest.get("recipe")
+    ours = [name for name in manifest["images"] if (folder / name).is_file()]
+    if recorded is None or recorded == recipe or not ours:
+        return
+    changed = ", ".join(f"{key} {recorded.get(key)!r} -> {recipe[key]!r}" for key in recipe
+                        if recorded.get(key) != recipe[key])
+    raise InvalidRequest(f"{folder} holds {len(ours)} class images made with other settings ({changed}); "
+                         "set class_data_dir to another folder, or delete them to have them remade")
+
+
 def _write_manifest(folder: Path, manifest: dict) -> None:
     tmp = folder / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
@@ -58,6 +72,12 @@ def ensure_class_images(studio, *, folder: Path, count: int, prompt: str, model:
 
     folder.mkdir(parents=True, exist_ok=True)
     manifest = _read_manifest(folder)
+    recipe = {"prompt": prompt, "negative_prompt": negative_prompt, "model": model, "resolution": resolution,
+              "sampler": sampler, "steps": steps, "cfg_scale": cfg_scale, "seed": seed}
+    _check_recipe(folder, manifest, recipe)
+    if manifest.get("recipe") not in (None, recipe):  # the old recipe's files are all gone: forget them
+        manifest = {"images": {}, "refused": {}}
+    manifest["recipe"] = recipe
     report = ClassImageReport(paths=[folder / class_image_name(i) for i in range(count)])
     for index, path in enumerate(report.paths):
         if path.is_file():
