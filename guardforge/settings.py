@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
@@ -103,6 +104,9 @@ class Settings(BaseSettings):
     database_url: str | None = None  # SQLAlchemy URL; a SQLite file under home by default
     default_model: str = "tiny-shapes"
     device: str = "auto"  # auto, cpu, cuda, cuda:1, mps, xpu
+    # The server's workers, one per entry (a device listed twice gets two workers, each with its own copy of
+    # the model). None: `device`, where `auto` with several CUDA GPUs means one worker per visible GPU.
+    devices: Annotated[list[str] | None, NoDecode] = None
     max_loaded_models: int = Field(2, ge=1)
     allow_pickle: bool = False
     output_format: Literal["png", "jpg", "webp"] = "png"
@@ -112,6 +116,16 @@ class Settings(BaseSettings):
     jobs: JobsSettings = JobsSettings()
     training: TrainingSettings = TrainingSettings()
     server: ServerSettings = ServerSettings()
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _split_devices(cls, value):
+        # GUARDFORGE_DEVICES=cuda:0,cuda:1 is what people type in a shell; a JSON list would be a trap.
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if value is not None and not value:
+            raise ValueError("devices must name at least one device (or be left unset)")
+        return value
 
     @classmethod
     def settings_customise_sources(

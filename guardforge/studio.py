@@ -57,9 +57,10 @@ class Studio:
     @cached_property
     def workers(self):
         from guardforge.jobs.worker import WorkerPool
+        from guardforge.models.devices import worker_devices
 
-        return WorkerPool(self.jobs, self.events, self.generate, [self.settings.device],
-                          train=self.run_dreambooth_job)
+        return WorkerPool(self.jobs, self.events, self.generate,
+                          worker_devices(self.settings.devices, self.settings.device), train=self.run_dreambooth_job)
 
     def start_workers(self) -> list[str]:
         """Start one worker per device; returns the ids of jobs a dead server had left running."""
@@ -129,11 +130,14 @@ class Studio:
         save: bool = True,
         skip: Event | None = None,
         interrupt: Event | None = None,
+        device: str | None = None,
+        replica: int = 0,
     ) -> GenerationResult:
         """Guard the inputs, run the engine, guard every output, save what the policy lets through.
 
         `cancel` stops between two steps with nothing delivered; `skip` and `interrupt` are A1111's: they end
-        the current batch early (and, for interrupt, the request) and deliver what was made.
+        the current batch early (and, for interrupt, the request) and deliver what was made. `device` (None:
+        settings.device) and `replica` pick the copy of the model to run on: each worker has its own.
         """
         from guardforge.engine.infotext import build_infotext
 
@@ -153,7 +157,8 @@ class Studio:
                 elapsed_s=time.perf_counter() - started, prompt_verdict=blocking[0].model_dump(), blocked=True,
             )
 
-        loaded = self.pipelines.get(entry.name, memory=request.memory)  # per-request overrides of settings.memory
+        # request.memory: per-request overrides of settings.memory
+        loaded = self.pipelines.get(entry.name, memory=request.memory, device=device, replica=replica)
         outputs = self.engine.run(loaded, request, init_image=init_image, mask=mask,
                                   on_progress=on_progress, cancel=cancel, skip=skip, interrupt=interrupt)
         model_hash = entry.short_hash()
@@ -174,7 +179,7 @@ class Studio:
         return GenerationResult(
             request=request, images=images, seeds=[seed for _, seed in outputs], model=entry.name,
             model_hash=model_hash, elapsed_s=time.perf_counter() - started,
-            prompt_verdict=prompt_verdict.model_dump(),
+            prompt_verdict=prompt_verdict.model_dump(), device=str(loaded.device),
         )
 
     def train_dreambooth(self, config, progress=None, cancel: Event | None = None, resume=None,

@@ -148,3 +148,18 @@ def test_vae_override_is_its_own_cache_entry(gf_home):
     assert cache.unload("tiny-sd") and cache.loaded() == []
     with pytest.raises(ModelNotFound):
         cache.get("tiny-sd", vae="nope")
+
+
+def test_a_copy_per_device_and_replica_with_its_own_cap(two_models):
+    # Two workers on one device each need their own pipeline (one runs in one thread at a time); the cap on
+    # loaded models is per device, so one worker's loads never evict the model another worker is running.
+    cache = _cache(max_loaded_models=1, device="cpu")
+    default = cache.get("tiny-sd")
+    second = cache.get("tiny-sd", device="cpu", replica=1)
+    assert second is not default and second.pipeline.unet is not default.pipeline.unet
+    assert second.replica == 1 and second.device == torch.device("cpu")
+    assert cache.loaded() == ["tiny-sd", "tiny-sd@cpu#1"]
+    assert cache.get("tiny-sd", device="cpu") is default  # the default device spelled out: the same copy
+    cache.get("tiny-b")  # evicts tiny-sd from the default slot only
+    assert cache.loaded() == ["tiny-sd@cpu#1", "tiny-b"]
+    assert cache.unload("tiny-sd") is True and cache.loaded() == ["tiny-b"]

@@ -133,3 +133,4 @@ class GenerationResult(BaseModel):
     elapsed_s: float
     prompt_verdict: dict | None = None
     blocked: bool = False  # the prompt or input image was blocked: the engine never ran
+    device: str | None = None  # where the engine ran (None when it never ran)

@@ -48,22 +48,29 @@ class _Running:
 
 
 class Worker:
-    """A thread that runs one job at a time on one device."""
+    """A thread that runs one job at a time on one device.
+
+    `index` is its place in the pool; `replica` counts the workers before it on the same device, so that each
+    gets its own copy of a model (a pipeline runs in one thread at a time).
+    """
 
     def __init__(self, queue: JobQueue, hub: ProgressHub, generate: GenerateFn, device: str, poll_s: float = 0.5,
-                 train: TrainFn | None = None):
+                 train: TrainFn | None = None, index: int = 0, replica: int = 0):
         self.queue = queue
         self.hub = hub
         self.generate = generate
         self.train = train
         self.device = device
+        self.index = index
+        self.replica = replica
         self.poll_s = poll_s
         self.wake = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._current: _Running | None = None
         self.stop_reason: dict[str, str] = {}  # job id -> "interrupted" / "skipped" / "cancelled"
-        self._thread = threading.Thread(target=self._loop, name=f"guardforge-worker-{device}", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=f"guardforge-worker-{index}-{device}",
+                                        daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -175,7 +182,7 @@ class Worker:
         save = bool(job.payload.get("save", True))
         request = GenerationRequest.model_validate(job.payload["request"])
         result = self.generate(request, on_progress=on_progress, cancel=running.cancel, save=save, skip=running.skip,
-                               interrupt=running.interrupt)
+                               interrupt=running.interrupt, device=self.device, replica=self.replica)
         images = [
             StoredImage(
                 id=image.image_id, job_id=job.id, owner=job.owner, index=index, action=image.action,
@@ -186,6 +193,7 @@ class Worker:
         ]
         summary = result.model_dump(mode="json", exclude={"request"})
         summary["interrupted"] = running.interrupt.is_set()
+        summary["worker"] = self.index  # with `device`: where it ran, to tell two workers on one device apart
         for image in summary["images"]:
             image.pop("path", None)  # where the server keeps files is not the caller's business
         self.queue.finish(job.id, "succeeded", result=summary, images=images)
@@ -221,7 +229,9 @@ class WorkerPool:
     def __init__(self, queue: JobQueue, hub: ProgressHub, generate: GenerateFn, devices: list[str],
                  train: TrainFn | None = None):
         self.queue = queue
-        self.workers = [Worker(queue, hub, generate, device, train=train) for device in devices]
+        self.workers = [Worker(queue, hub, generate, device, train=train, index=index,
+                               replica=devices[:index].count(device))
+                        for index, device in enumerate(devices)]
         self.started = False
 
     def start(self) -> list[str]:

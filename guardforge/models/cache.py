@@ -38,6 +38,9 @@ class LoadedModel:
     _modes: dict[str, DiffusionPipeline] = field(default_factory=dict, repr=False)
     placement: Placement | None = field(default=None, repr=False)
     vae: str | None = None
+    # Which copy this is when several workers share a device: each needs its own, since a pipeline runs in
+    # one thread at a time.
+    replica: int = 0
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     def for_mode(self, mode: Mode) -> DiffusionPipeline:
@@ -64,7 +67,10 @@ class LoadedModel:
 
 
 class PipelineCache:
-    """Keeps up to settings.max_loaded_models pipelines, least recently used evicted first.
+    """Keeps up to settings.max_loaded_models pipelines per device, least recently used evicted first.
+
+    A model is loaded once per device (and per replica, when several workers share one device); each device's
+    memory is its own, so the cap and the eviction apply per device. The default device is settings.device.
 
     Locking: `_lock` guards only the bookkeeping dicts and is never held while loading; a lock per model
     name makes two requests for the same model load it once, while requests for other models go on.
@@ -81,15 +87,31 @@ class PipelineCache:
         # can leave the patch in place (every later module is then created on the meta device).
         # Only loading waits on it; generation on loaded models does not.
         self._reading = threading.Lock()
-        self._device: torch.device | None = None
+        self._devices: dict[str | None, torch.device] = {}
 
     @property
     def device(self) -> torch.device:
-        if self._device is None:
-            from guardforge.models.devices import pick_device
+        """The default device (settings.device)."""
+        return self._resolve(None)
 
-            self._device = pick_device(self.settings.device)
-        return self._device
+    def _resolve(self, device: str | None) -> torch.device:
+        with self._lock:
+            resolved = self._devices.get(device)
+        if resolved is None:
+            import torch
+
+            from guardforge.models.devices import device_name, pick_device
+
+            resolved = torch.device(device_name(pick_device(self.settings.device if device is None else device)))
+            with self._lock:
+                self._devices[device] = resolved
+        return resolved
+
+    def _key(self, name: str, device: torch.device, replica: int) -> str:
+        # The default device keeps plain keys, so a one-device setup reads as before in loaded() and logs.
+        if device == self.device and replica == 0:
+            return name
+        return f"{name}@{device}" + (f"#{replica}" if replica else "")
 
     def _load_lock(self, key: str) -> threading.Lock:
         with self._lock:
@@ -106,12 +128,13 @@ class PipelineCache:
         return effective_memory(self.settings.memory, memory)  # a request's overrides
 
     def get(self, name: str, memory: MemorySettings | MemoryOptions | None = None,
-            vae: str | None = None) -> LoadedModel:
+            vae: str | None = None, device: str | None = None, replica: int = 0) -> LoadedModel:
         """The loaded model `name` (with VAE `vae` from the VAE folder, if given), placed as `memory` says.
 
         `memory` is either complete MemorySettings or a request's MemoryOptions laid over
-        settings.memory; None means settings.memory. A model whose file changed since it was loaded
-        (saved again under the same name) is loaded again.
+        settings.memory; None means settings.memory. `device` (None: settings.device) and `replica` pick
+        the copy: a worker asks for its own. A model whose file changed since it was loaded (saved again
+        under the same name) is loaded again.
         """
         from guardforge.models.loading import load_pipeline
         from guardforge.models.memory import apply_memory, resolve_dtype
@@ -119,7 +142,8 @@ class PipelineCache:
         entry = self.registry.resolve(name)
         vae_entry = self.registry.resolve(vae, kind="vae") if vae else None
         wanted = self._effective(memory)
-        key = entry.name if vae_entry is None else f"{entry.name}+vae:{vae_entry.name}"
+        target = self._resolve(device)
+        key = self._key(entry.name if vae_entry is None else f"{entry.name}+vae:{vae_entry.name}", target, replica)
         with self._load_lock(key):
             with self._lock:
                 loaded = self._loaded.get(key)
@@ -134,23 +158,24 @@ class PipelineCache:
                     loaded.place(wanted)
                 return loaded
             # Make room before loading, so the old weights are gone before the new ones arrive.
-            self._evict(keep=self.settings.max_loaded_models - 1)
-            device = self.device
+            self._evict(keep=self.settings.max_loaded_models - 1, slot=(target, replica))
             with self._reading:
-                pipe = load_pipeline(entry, self.settings, torch_dtype=resolve_dtype(wanted, device), vae=vae_entry)
-            placement = apply_memory(pipe, wanted, device)
-            loaded = LoadedModel(entry=entry, pipeline=pipe, memory=wanted, device=device,
-                                 placement=placement, vae=vae_entry.name if vae_entry else None)
+                pipe = load_pipeline(entry, self.settings, torch_dtype=resolve_dtype(wanted, target), vae=vae_entry)
+            placement = apply_memory(pipe, wanted, target)
+            loaded = LoadedModel(entry=entry, pipeline=pipe, memory=wanted, device=target, placement=placement,
+                                 vae=vae_entry.name if vae_entry else None, replica=replica)
             with self._lock:
                 self._loaded[key] = loaded
             return loaded
 
-    def _evict(self, keep: int) -> None:
+    def _evict(self, keep: int, slot: tuple[torch.device, int] | None = None) -> None:
+        """Keep the `keep` most recently used models of `slot` (device, replica); None: of every slot."""
         with self._lock:
             victims = []
-            while len(self._loaded) > keep:
-                _key, victim = self._loaded.popitem(last=False)
-                victims.append(victim)
+            slots = {(v.device, v.replica) for v in self._loaded.values()} if slot is None else {slot}
+            for each in slots:
+                keys = [k for k, v in self._loaded.items() if (v.device, v.replica) == each]  # LRU first
+                victims += [self._loaded.pop(k) for k in keys[:max(0, len(keys) - keep)]]
         self._release(victims)
 
     def _release(self, victims: list[LoadedModel]) -> None:

@@ -71,3 +71,27 @@ def free_memory(device: torch.device | None = None) -> None:
         torch.xpu.empty_cache()
     if (kind in (None, "mps")) and _mps_available():
         torch.mps.empty_cache()
+
+
+def device_name(device: torch.device) -> str:
+    """One spelling per device: `cuda` and `cuda:0` are the same GPU, and cache keys and job records must agree."""
+    if device.index is None and device.type == "cuda":
+        return f"cuda:{torch.cuda.current_device()}"
+    if device.index is None and device.type == "xpu":
+        return f"xpu:{torch.xpu.current_device()}"
+    return str(device)
+
+
+def worker_devices(devices: list[str] | None, device: str = "auto") -> list[str]:
+    """The device of each server worker, one entry per worker, checked and spelled out by device_name.
+
+    `devices` None means [`device`]. An `auto` entry means one worker per visible CUDA GPU when there are
+    several (a second GPU left idle is the usual surprise), else the one device `auto` picks.
+    """
+    names: list[str] = []
+    for setting in devices if devices is not None else [device]:
+        if setting == "auto" and torch.cuda.is_available() and torch.cuda.device_count() > 1:
+            names.extend(f"cuda:{index}" for index in range(torch.cuda.device_count()))
+        else:
+            names.append(device_name(pick_device(setting)))
+    return names

@@ -153,7 +153,8 @@ def create_app(studio, *, start_workers: bool = True, mount_ui: bool = True) -> 
     @app.get("/readyz", response_model=Health, summary="Readiness: database reachable and workers running",
              tags=["ops"], responses={503: {"model": Health, "description": "Not ready"}})
     async def readyz():
-        detail = {"workers": studio.workers.started if start_workers else "not started by this app"}
+        detail = {"workers": studio.workers.started if start_workers else "not started by this app",
+                  "devices": [worker.device for worker in studio.workers.workers]}
         try:
             detail["queued"] = studio.jobs.depth()
             ok = not start_workers or studio.workers.started
