@@ -39,3 +39,31 @@ def test_no_server_errors_under_fuzzing(small_server):
     cases = re.search(r"(\d+) generated, (\d+) passed", done.stdout)
     assert cases and int(cases.group(2)) == int(cases.group(1)) >= 100, report
     assert re.search(r"Tested: (\d+)", done.stdout).group(1) == re.search(r"Selected: (\d+)", done.stdout).group(1)
+
+
+def test_moderations_answer_is_documented_in_openais_schema(small_server):
+    import httpx
+
+    from guardforge.guard.moderation import CATEGORY_ORDER
+
+    with httpx.Client(base_url=small_server.url, timeout=120) as client:
+        schema = client.get("/openapi.json").json()
+        answer = client.post("/v1/moderations", json={"input": ["how do I bake bread?", "a kite"]})
+    ok = schema["paths"]["/v1/moderations"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert ok == {"$ref": "#/components/schemas/ModerationResponse"}
+    models = schema["components"]["schemas"]
+    assert set(models["ModerationResponse"]["required"]) == {"id", "model", "results"}
+    result = models["ModerationResult"]["properties"]
+    assert {"flagged", "categories", "category_scores", "category_applied_input_types"} <= set(result)
+    # OpenAI's own category names, "/" and "-" included, are the documented keys, and all are required.
+    for name, kind in (("ModerationCategories", "boolean"), ("ModerationCategoryScores", "number")):
+        assert list(models[name]["properties"]) == list(CATEGORY_ORDER)
+        assert set(models[name]["required"]) == set(CATEGORY_ORDER)
+        assert models[name]["properties"]["self-harm/intent"]["type"] == kind
+    # The live answer has the documented shape.
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["id"].startswith("modr-") and len(body["results"]) == 2
+    assert list(body["results"][0]["categories"]) == list(CATEGORY_ORDER)
+    applied = body["results"][0]["category_applied_input_types"]
+    assert list(applied) == list(CATEGORY_ORDER) and all(isinstance(v, list) for v in applied.values())

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from guardforge.engine.request import GenerationRequest
 from guardforge.engine.samplers import split_legacy_sampler
 from guardforge.errors import InvalidRequest
+from guardforge.guard.moderation import CATEGORY_ORDER
 
 # A1111 scheduler names (and labels) -> our schedule; the rest of A1111's list has no diffusers twin here.
 SCHEDULES = {"automatic": "Automatic", "karras": "Karras", "exponential": "Exponential"}
@@ -242,3 +243,38 @@ class ModerationRequest(BaseModel):
 
     input: str | list[str] | list[dict[str, Any]]
     model: str | None = None
+
+
+def _per_category(name: str, kind, doc: str) -> type[BaseModel]:
+    # OpenAI's category names ("self-harm/intent") are not identifiers: fields are named with "_" and carry the
+    # real name as alias, which is what goes over the wire and into the OpenAPI schema.
+    fields = {category.replace("/", "_").replace("-", "_"): (kind, Field(..., alias=category))
+              for category in CATEGORY_ORDER}
+    return create_model(name, __doc__=doc, __config__=ConfigDict(populate_by_name=True), **fields)
+
+
+ModerationCategories = _per_category("ModerationCategories", bool, "Whether the input violates each category.")
+ModerationCategoryScores = _per_category("ModerationCategoryScores", float, "Each category's score, 0..1.")
+ModerationAppliedInputTypes = _per_category(
+    "ModerationAppliedInputTypes", list[Literal["text", "image"]], "Which input types each category's score came from.")
+
+
+class ModerationResult(BaseModel):
+    """One input's moderation in OpenAI's schema, plus the guard's own Llama Guard hazard codes."""
+
+    flagged: bool
+    categories: ModerationCategories
+    category_scores: ModerationCategoryScores
+    category_applied_input_types: ModerationAppliedInputTypes
+    s_codes: list[str] = Field(..., description="Violated hazard categories (S1..S14 and custom ones)")
+    s_code_scores: dict[str, float] = Field(..., description="Score per hazard category")
+    actions: list[str] = Field(..., description="The policy's action per part: allow, flag, blur, block")
+    errors: list[str] = Field(..., description="Backend errors met while checking (the fail mode applied)")
+
+
+class ModerationResponse(BaseModel):
+    """OpenAI's moderation response."""
+
+    id: str = Field(..., examples=["modr-5b1c..."])
+    model: str
+    results: list[ModerationResult]
