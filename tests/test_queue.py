@@ -145,3 +145,17 @@ def test_finish_records_images_for_the_owner(db_url):
     with pytest.raises(JobNotFound):
         queue.image("img1", "b")
     assert queue.get(job, "a").finished_at <= time.time()
+
+
+def test_verified_keys_cache_is_bounded_and_forgets_a_revoked_key(tmp_path):
+    store = KeyStore(make_engine(f"sqlite:///{tmp_path / 'keys.db'}"), cache_size=2)
+    made = [store.create(name) for name in ("a", "b", "c")]
+    for key, plaintext in made:
+        assert store.verify(plaintext) == key.id
+    assert len(store._verified) == 2  # the oldest check was dropped; a busy server's memory stays flat
+    assert store.verify(made[0][1]) == made[0][0].id  # dropped from the cache, still a good key
+    store.revoke(made[2][0].id)
+    assert store.verify(made[2][1]) is None and len(store._verified) == 1
+    # Revoked from another process (the CLI), with this process's cache still holding the key: refused at once.
+    KeyStore(store.engine).revoke(made[0][0].id)
+    assert store.verify(made[0][1]) is None

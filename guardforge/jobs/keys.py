@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from sqlalchemy import Column, Float, MetaData, String, Table, select, update
@@ -47,11 +49,15 @@ def _hash(secret: str, salt: bytes) -> str:
 class KeyStore:
     """Create, check, list and revoke keys of the form gf_<id>_<secret>; only the hash is kept."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, cache_size: int = 1024):
         self.engine = engine
         metadata.create_all(engine)
-        # Verified keys, by the full key's sha256, so a request does not pay scrypt every time.
-        self._verified: dict[str, tuple[str, float]] = {}
+        # Recently verified keys (the full key's sha256 -> its id), so a request does not pay scrypt every time.
+        # Bounded, least recently used dropped first; it only skips the hash: the row (and its revocation) is
+        # read on every check, so a key revoked by another process is refused on its next request too.
+        self.cache_size = cache_size
+        self._verified: OrderedDict[str, str] = OrderedDict()
+        self._cache_lock = threading.Lock()  # checks run in the server's thread pool
 
     def create(self, name: str) -> tuple[ApiKey, str]:
         """A new key; the plaintext is returned once and never stored."""
@@ -65,7 +71,7 @@ class KeyStore:
         return ApiKey(key_id, name, now, None), f"{PREFIX}_{key_id}_{secret}"
 
     def verify(self, key: str) -> str | None:
-        """The key's id if `key` is a live key, else None."""
+        """The key's id if `key` is a live key, else None. Slow on a miss (scrypt): call it off an event loop."""
         parts = key.split("_", 2)
         if len(parts) != 3 or parts[0] != PREFIX:
             return None
@@ -75,12 +81,16 @@ class KeyStore:
         if row is None or row.revoked_at is not None:
             return None
         fingerprint = hashlib.sha256(key.encode()).hexdigest()
-        cached = self._verified.get(fingerprint)
-        if cached and cached[0] == key_id:
-            return key_id
+        with self._cache_lock:
+            if self._verified.get(fingerprint) == key_id:
+                self._verified.move_to_end(fingerprint)
+                return key_id
         if not hmac.compare_digest(_hash(secret, bytes.fromhex(row.salt)), row.hash):
             return None
-        self._verified[fingerprint] = (key_id, time.time())
+        with self._cache_lock:
+            self._verified[fingerprint] = key_id
+            while len(self._verified) > self.cache_size:
+                self._verified.popitem(last=False)
         return key_id
 
     def list(self) -> list[ApiKey]:
@@ -93,5 +103,7 @@ class KeyStore:
             if not conn.execute(update(keys_table).where(keys_table.c.id == key_id)
                                 .values(revoked_at=time.time())).rowcount:
                 raise KeyNotFound(f"no API key {key_id!r}")
-        self._verified = {k: v for k, v in self._verified.items() if v[0] != key_id}
+        with self._cache_lock:
+            for fingerprint in [f for f, cached_id in self._verified.items() if cached_id == key_id]:
+                del self._verified[fingerprint]
         return next(k for k in self.list() if k.id == key_id)

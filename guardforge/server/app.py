@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from guardforge.errors import (
     Cancelled,
@@ -178,8 +179,12 @@ def create_app(studio, *, start_workers: bool = True, mount_ui: bool = True) -> 
 
         # Off loopback the UI asks for a login: user name the key's id, password the key. The user name must be
         # the key's own id because the UI files jobs under the logged-in user name: each key sees only its own.
-        login = (lambda user, key: studio.keys.verify(key) == user) if app.state.auth.required else None
-        app = gr.mount_gradio_app(app, build_ui(studio), path="/ui", auth=login)
+        async def login(user: str, key: str) -> bool:
+            # Gradio awaits a coroutine here but would call a plain function on the event loop, scrypt and all.
+            return await run_in_threadpool(studio.keys.verify, key) == user
+
+        app = gr.mount_gradio_app(app, build_ui(studio), path="/ui",
+                                  auth=login if app.state.auth.required else None)
 
     # Outermost: refuse oversized bodies before anything reads them.
     app.add_middleware(BodySizeLimit, max_bytes=settings.server.max_body_bytes)

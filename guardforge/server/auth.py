@@ -8,6 +8,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from fastapi import Request
+from starlette.concurrency import run_in_threadpool
 
 from guardforge.errors import GuardforgeError
 from guardforge.server.limits import TokenBuckets
@@ -79,11 +80,13 @@ class Authenticator:
 
 async def get_caller(request: Request) -> Caller:
     """FastAPI dependency: who is calling (401 when a key is needed and missing or wrong)."""
-    return request.app.state.auth.caller(request)
+    # In the thread pool: a key not in the cache costs a scrypt hash (tens of ms) and a database read, which on
+    # the event loop would stall every other request, and a stream of wrong keys would stall the server.
+    return await run_in_threadpool(request.app.state.auth.caller, request)
 
 
 async def get_limited_caller(request: Request) -> Caller:
     """As get_caller, and spends one token of the caller's bucket (429 when empty): for expensive routes."""
-    caller = request.app.state.auth.caller(request)
+    caller = await get_caller(request)
     request.app.state.auth.buckets.take(caller.owner)
     return caller
