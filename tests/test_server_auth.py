@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -155,3 +156,25 @@ def test_key_checks_leave_the_event_loop_free(setup):
     assert statuses == [401] * 30
     # Measured on 2 cores: ~0.3 of the burst with the checks in the thread pool (the CPU is shared), ~0.9 without.
     assert probe_s < 0.5 * burst_s, f"/healthz took {probe_s:.3f} s during a {burst_s:.3f} s burst of key checks"
+
+
+def test_sdapi_options_are_per_key(setup):
+    import shutil
+
+    from guardforge.jobs.keys import KeyStore
+    from guardforge.jobs.queue import make_engine
+
+    server, _, _ = setup
+    models = server.home / "models" / "Stable-diffusion"
+    shutil.copytree(models / "tiny-sd", models / "tiny-b", dirs_exist_ok=True)
+    store = KeyStore(make_engine(f"sqlite:///{server.home / 'guardforge.db'}"))
+    frank, grace = store.create("frank")[1], store.create("grace")[1]
+    body = {"prompt": "whose model", "steps": 2, "width": 64, "height": 64, "seed": 1}
+    with client(server.url, frank) as f, client(server.url, grace) as g:
+        assert f.post("/sdapi/v1/refresh-checkpoints").status_code == 200
+        assert f.post("/sdapi/v1/options", json={"sd_model_checkpoint": "tiny-b"}).json()["updated"] == [
+            "sd_model_checkpoint"]
+        assert f.get("/sdapi/v1/options").json()["sd_model_checkpoint"].startswith("tiny-b")
+        assert g.get("/sdapi/v1/options").json()["sd_model_checkpoint"].startswith("tiny-sd")
+        assert json.loads(g.post("/sdapi/v1/txt2img", json=body).json()["info"])["sd_model_name"] == "tiny-sd"
+        assert json.loads(f.post("/sdapi/v1/txt2img", json=body).json()["info"])["sd_model_name"] == "tiny-b"

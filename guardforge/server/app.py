@@ -115,8 +115,10 @@ def create_app(studio, *, start_workers: bool = True, mount_ui: bool = True) -> 
         TokenBuckets(settings.server.rate_per_minute, settings.server.rate_burst),
     )
     app.state.metrics = Metrics(studio)
-    # A1111's options are server-wide; they live on this app, not in a module.
-    app.state.sdapi_options = {"sd_model_checkpoint": settings.default_model}
+    # A1111's /options, per caller (owner -> the options it set): one key switching its checkpoint must not
+    # switch everyone's. Keyless callers of an open server share the owner "local", so one set, as in A1111.
+    # They live on this app, not in a module.
+    app.state.sdapi_options = {}
 
     @app.exception_handler(GuardforgeError)
     async def _guardforge_error(request: Request, exc: GuardforgeError):

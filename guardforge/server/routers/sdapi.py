@@ -92,9 +92,15 @@ def a1111_info(request: GenerationRequest, job: Job, ignored: list[str], sent: i
     }
 
 
+def caller_options(request: Request, caller: Caller) -> dict[str, Any]:
+    """The /options this caller set (its own, see app.state.sdapi_options), the server's defaults otherwise."""
+    default = {"sd_model_checkpoint": request.app.state.studio.settings.default_model}
+    return request.app.state.sdapi_options.setdefault(caller.owner, default)
+
+
 async def generate(request: Request, payload: Txt2ImgPayload, caller: Caller) -> ImageResponse:
     studio = request.app.state.studio
-    gen, ignored = to_generation_request(payload, request.app.state.sdapi_options["sd_model_checkpoint"])
+    gen, ignored = to_generation_request(payload, caller_options(request, caller)["sd_model_checkpoint"])
     max_active = studio.settings.server.max_active_jobs_per_key if caller.key_id else None
     # Off the event loop: checking the request decodes its images and may rescan the models folder.
     job_id = await run_in_threadpool(studio.submit, gen, owner=caller.owner, priority=PRIORITY,
@@ -186,11 +192,11 @@ def _title(entry) -> str:
     return f"{entry.name} [{short}]" if short else entry.name
 
 
-@router.get("/options", summary="Server options (sd_model_checkpoint and a few read-only ones)",
+@router.get("/options", summary="The caller's options (sd_model_checkpoint and a few read-only ones)",
             responses=errors(401))
 async def get_options(request: Request, caller: Caller = Depends(get_caller)) -> dict[str, Any]:
     studio = request.app.state.studio
-    current = request.app.state.sdapi_options["sd_model_checkpoint"]
+    current = caller_options(request, caller)["sd_model_checkpoint"]
     try:
         current = _title(studio.registry.resolve(current))
     except Exception:  # the default model may be absent; show the name as configured
@@ -200,14 +206,14 @@ async def get_options(request: Request, caller: Caller = Depends(get_caller)) ->
             "sd_vae": "Automatic", "sd_lora": "None"}
 
 
-@router.post("/options", summary="Set sd_model_checkpoint (other options are reported as ignored)",
+@router.post("/options", summary="Set the caller's sd_model_checkpoint (other options are reported as ignored)",
              responses=errors(401, 404, 422))
 async def set_options(request: Request, options: dict[str, Any] = Body(...),
                       caller: Caller = Depends(get_caller)) -> dict[str, list[str]]:
     updated: list[str] = []
     if "sd_model_checkpoint" in options:
         entry = request.app.state.studio.registry.resolve(str(options["sd_model_checkpoint"]))
-        request.app.state.sdapi_options["sd_model_checkpoint"] = entry.name
+        caller_options(request, caller)["sd_model_checkpoint"] = entry.name
         updated.append("sd_model_checkpoint")
     return {"updated": updated, "ignored": sorted(k for k in options if k not in updated)}
 
