@@ -82,11 +82,38 @@ def build_pipeline(pl_module):
         feature_extractor=None, requires_safety_checker=False)
 
 
+class GatheredCopy(L.Callback):
+    """Under FSDP the trained weights live in shards across ranks, wrapped in FSDP units that only run in
+    lock-step on every rank. This keeps an unwrapped CPU copy of the module that receives the gathered
+    weights on rank 0: validation images render from it and exports write it. Gathering is collective,
+    so every rank calls `refresh`.
+    """
+
+    def __init__(self, copy: L.LightningModule):
+        self.copy = copy
+
+    def refresh(self, trainer) -> L.LightningModule | None:
+        state = trainer.strategy.lightning_module_state_dict()  # full on rank 0, empty elsewhere
+        if not trainer.is_global_zero:
+            return None
+        names = self.copy.trainable_names()
+        missing = names - state.keys()
+        if missing:
+            raise RuntimeError(f"the gathered state lacks {len(missing)} trained weights, e.g. {sorted(missing)[:3]}")
+        self.copy.load_state_dict({k: v for k, v in state.items() if k in names}, strict=False)
+        return self.copy
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        # The final weights, while the process group and the FSDP wrapping are still up.
+        self.refresh(trainer)
+
+
 class ValidationImages(L.Callback):
     """Every `interval` steps, one image per validation prompt with a fixed seed, to disk and to the logger."""
 
     def __init__(self, prompts: list[str], interval: int, output_dir: Path, *, seed: int = 0,
-                 steps: int = 25, resolution: int = 512, screen: ScreenFn | None = None):
+                 steps: int = 25, resolution: int = 512, screen: ScreenFn | None = None,
+                 gathered: GatheredCopy | None = None):
         self.prompts = prompts
         self.interval = interval
         self.output_dir = output_dir
@@ -94,14 +121,25 @@ class ValidationImages(L.Callback):
         self.steps = steps
         self.resolution = resolution
         self.screen = screen
+        self.gathered = gathered
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         last_micro_batch = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
         if not self.prompts or not self.interval or not last_micro_batch or step % self.interval:
             return
-        if trainer.is_global_zero:
-            self.render(trainer, pl_module, step)
+        if self.gathered is None:
+            if trainer.is_global_zero:
+                self.render(trainer, pl_module, step)
+            return
+        copy = self.gathered.refresh(trainer)
+        if copy is not None:
+            device = pl_module.device
+            copy.to(device)
+            try:
+                self.render(trainer, copy, step)
+            finally:
+                copy.to("cpu")
 
     @torch.no_grad()
     def render(self, trainer, pl_module, step: int) -> list[Path]:

@@ -123,6 +123,9 @@ class DreamBoothConfig(BaseModel):
             raise ValueError("with_prior_preservation needs a class_prompt such as 'a photo of dog'")
         if self.with_prior_preservation and self.num_class_images < 1:
             raise ValueError("with_prior_preservation needs num_class_images >= 1")
+        if self.strategy == "fsdp" and self.accelerator != "gpu":
+            raise ValueError("strategy fsdp shards over CUDA GPUs: set accelerator: gpu (Lightning's FSDP does "
+                             "not run on the CPU; use ddp there)")
         if self.accelerator == "cpu" and self.precision == "16-mixed":
             raise ValueError("precision 16-mixed needs a GPU; on the CPU use 32 or bf16-mixed")
         lora_only = {"lora_diffusers", "lora_kohya"}

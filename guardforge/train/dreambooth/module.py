@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from guardforge.train.dreambooth.config import DreamBoothConfig
 from guardforge.train.dreambooth.data import generator_for
+from guardforge.train.dreambooth.fsdp import unwrapped_name
 
 
 class DreamBoothModule(L.LightningModule):
@@ -143,13 +144,23 @@ class DreamBoothModule(L.LightningModule):
 
     # Checkpoints: only trained weights, plus every RNG state ---------------------------------------------
 
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        names = {name for name, p in self.named_parameters() if p.requires_grad}
-        return {k: v for k, v in self.state_dict().items() if k in names}
+    def trainable_names(self) -> set[str]:
+        """State-dict names of the trained parameters, as a full (gathered) state dict spells them."""
+        return {unwrapped_name(name) for name, p in self.named_parameters() if p.requires_grad}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        if gradient_clip_val and self.config.strategy == "fsdp":
+            # Each rank holds a shard: only FSDP's own clip_grad_norm_ sees the global norm.
+            self.trainer.model.clip_grad_norm_(gradient_clip_val)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # The frozen VAE (and the frozen base weights under LoRA) are the base model's: no need to copy them.
-        checkpoint["state_dict"] = self.trainable_state_dict()
+        # Filter what the strategy gathered rather than calling state_dict() again: under FSDP that call is
+        # collective and shard-shaped.
+        names = self.trainable_names()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in names}
         checkpoint["rng_states"] = {
             "torch": torch.get_rng_state(),
             "numpy": _numpy_state_to_plain(np.random.get_state()),

@@ -116,6 +116,14 @@ def build_logger(config: DreamBoothConfig):
                                name=config.resolved_export_name)
 
 
+def build_strategy(config: DreamBoothConfig):
+    if config.strategy != "fsdp":
+        return config.strategy
+    from guardforge.train.dreambooth.fsdp import fsdp_strategy
+
+    return fsdp_strategy()
+
+
 def build_trainer(config: DreamBoothConfig, callbacks: list):
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -126,7 +134,7 @@ def build_trainer(config: DreamBoothConfig, callbacks: list):
         # "step" is always among ModelCheckpoint's monitor candidates: keep the newest N.
         monitor="step", mode="max", save_top_k=config.checkpoints_to_keep)
     return L.Trainer(
-        accelerator=config.accelerator, strategy=config.strategy, devices=config.devices,
+        accelerator=config.accelerator, strategy=build_strategy(config), devices=config.devices,
         num_nodes=config.num_nodes, precision=config.precision, max_steps=config.max_steps,
         accumulate_grad_batches=config.gradient_accumulation_steps,
         gradient_clip_val=config.max_grad_norm, logger=build_logger(config),
@@ -141,12 +149,16 @@ def fit(config: DreamBoothConfig, base: BaseComponents, instance_paths: list[Pat
         screen=None, extra_callbacks: list | None = None):
     """Train on screened data. Returns (module, trainer); raises Cancelled after saving a resumable checkpoint.
 
-    `extra_callbacks` are Lightning callbacks added after ours (the benchmark times steps with one).
+    The module returned holds the trained weights, unwrapped (under FSDP, on rank 0: a gathered copy; on the
+    other ranks the sharded module, which is not for export). `extra_callbacks` are Lightning callbacks added
+    after ours (the benchmark times steps with one).
     """
     import lightning as L
+    import torch
 
     from guardforge.train.dreambooth.callbacks import (
         CancelOnEvent,
+        GatheredCopy,
         ProgressReporter,
         ValidationImages,
     )
@@ -158,6 +170,10 @@ def fit(config: DreamBoothConfig, base: BaseComponents, instance_paths: list[Pat
 
     ckpt_path = resolve_resume(config, resume)
     L.seed_everything(config.seed, workers=True, verbose=False)
+    gathered = None
+    if config.strategy == "fsdp":
+        with torch.random.fork_rng():  # the copy's LoRA init must not shift the training run's random draws
+            gathered = GatheredCopy(build_module(config, copy.deepcopy(base)))
     module = build_module(config, base)
     class_batch = config.resolved_class_batch_size
     datamodule = DreamBoothDataModule({
@@ -173,7 +189,9 @@ def fit(config: DreamBoothConfig, base: BaseComponents, instance_paths: list[Pat
     callbacks = [ProgressReporter(progress)] if progress is not None else []
     callbacks += [ValidationImages(
         config.validation_prompts, config.validation_interval, config.output_dir, seed=config.validation_seed,
-        steps=config.validation_steps, resolution=config.resolution, screen=screen), canceller]
+        steps=config.validation_steps, resolution=config.resolution, screen=screen, gathered=gathered),
+        canceller]
+    callbacks += [gathered] if gathered is not None else []
     callbacks += extra_callbacks or []
     trainer = build_trainer(config, callbacks)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -183,6 +201,8 @@ def fit(config: DreamBoothConfig, base: BaseComponents, instance_paths: list[Pat
         raise TrainingCancelled(f"training cancelled at step {trainer.global_step}/{config.max_steps}; "
                                 f"checkpoint saved, continue with --resume latest",
                                 step=trainer.global_step, total=config.max_steps)
+    if gathered is not None and trainer.is_global_zero:
+        return gathered.copy, trainer
     return module, trainer
 
 
