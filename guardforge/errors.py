@@ -9,6 +9,10 @@ class InvalidRequest(GuardforgeError, ValueError):
     """A request breaks a limit or names something that cannot work (HTTP 422)."""
 
 
+class Forbidden(GuardforgeError):
+    """The caller's key does not allow this (HTTP 403), e.g. a priority above the key's max_priority."""
+
+
 class ModelNotFound(GuardforgeError, LookupError):
     """No model of that name in the registry (HTTP 404)."""
 

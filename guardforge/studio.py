@@ -70,9 +70,19 @@ class Studio:
         if "workers" in self.__dict__:
             self.workers.stop()
 
+    @staticmethod
+    def check_priority(priority: int, max_priority: int | None) -> None:
+        """Forbidden when `priority` is above what the caller's key allows (None: no cap, the open server's own)."""
+        from guardforge.errors import Forbidden
+
+        if max_priority is not None and priority > max_priority:
+            raise Forbidden(f"priority {priority} is above this key's max_priority of {max_priority}; ask the "
+                            "server's admin for a key with a higher one (guardforge keys create --max-priority N)")
+
     def submit(self, request: GenerationRequest, owner: str = "local", priority: int = 0, save: bool = True,
-               max_active: int | None = None) -> str:
-        """Check the request now (limits, images, model) so a bad one fails at the door, then queue it."""
+               max_active: int | None = None, max_priority: int | None = None) -> str:
+        """Check the request now (priority, limits, images, model) so a bad one fails at the door, then queue it."""
+        self.check_priority(priority, max_priority)
         request.check_limits(self.settings.limits)
         max_pixels = self.settings.limits.max_image_pixels
         if request.init_image:
@@ -238,8 +248,9 @@ class Studio:
         return confined
 
     def submit_dreambooth(self, config, owner: str = "local", priority: int = 0, resume: bool = False,
-                          max_active: int | None = None) -> str:
-        """Check the config now (paths, model, limits, export name), then queue it as a `dreambooth` job."""
+                          max_active: int | None = None, max_priority: int | None = None) -> str:
+        """Check the config now (priority, paths, model, limits, export name), then queue it as a `dreambooth` job."""
+        self.check_priority(priority, max_priority)
         confined = self.confine_dreambooth(config, owner, resume)
         name, output_dir = confined.resolved_export_name, str(confined.output_dir)
         active = self.jobs.active(kind="dreambooth")

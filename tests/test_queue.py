@@ -159,3 +159,26 @@ def test_verified_keys_cache_is_bounded_and_forgets_a_revoked_key(tmp_path):
     # Revoked from another process (the CLI), with this process's cache still holding the key: refused at once.
     KeyStore(store.engine).revoke(made[0][0].id)
     assert store.verify(made[0][1]) is None
+
+
+def test_a_keys_table_from_before_max_priority_keeps_working(db_url):
+    # A database made by the first release: gf_api_keys without max_priority, one live key in it.
+    from guardforge.jobs.keys import _hash
+
+    engine = make_engine(db_url)
+    salt = b"0123456789abcdef"
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE gf_api_keys (id VARCHAR(16) PRIMARY KEY, name VARCHAR(128) NOT NULL, "
+                             "salt VARCHAR(64) NOT NULL, hash VARCHAR(128) NOT NULL, created_at FLOAT NOT NULL, "
+                             "revoked_at FLOAT)")
+        conn.exec_driver_sql("INSERT INTO gf_api_keys (id, name, salt, hash, created_at) VALUES "
+                             f"('0ldkey', 'old', '{salt.hex()}', '{_hash('s3cret', salt)}', 1.0)")
+    store = KeyStore(engine)
+    old = store.check("gf_0ldkey_s3cret")
+    assert old is not None and old.id == "0ldkey" and old.max_priority == 0
+    key, plaintext = store.create("urgent", max_priority=7)
+    assert store.check(plaintext).max_priority == 7 and key.max_priority == 7
+    assert KeyStore(make_engine(db_url)).check(plaintext).max_priority == 7  # a second open finds the column
+    assert [k.max_priority for k in store.list()] == [0, 7]
+    with pytest.raises(ValueError, match="between 0 and 100"):
+        store.create("greedy", max_priority=101)

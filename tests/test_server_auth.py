@@ -178,3 +178,25 @@ def test_sdapi_options_are_per_key(setup):
         assert g.get("/sdapi/v1/options").json()["sd_model_checkpoint"].startswith("tiny-sd")
         assert json.loads(g.post("/sdapi/v1/txt2img", json=body).json()["info"])["sd_model_name"] == "tiny-sd"
         assert json.loads(f.post("/sdapi/v1/txt2img", json=body).json()["info"])["sd_model_name"] == "tiny-b"
+
+
+def test_priority_above_the_keys_max_is_forbidden(setup):
+    server, _, env = setup
+    urgent = run_cli(["keys", "create", "heidi", "--max-priority", "5"], env).strip()
+    assert "heidi" in run_cli(["keys", "list"], env)
+    from guardforge.jobs.keys import KeyStore
+    from guardforge.jobs.queue import make_engine
+
+    plain = KeyStore(make_engine(f"sqlite:///{server.home / 'guardforge.db'}")).create("ivan")[1]
+    with client(server.url, urgent) as heidi, client(server.url, plain) as ivan:
+        refused = heidi.post("/v1/jobs", params={"priority": 6}, json={"prompt": "me first", **TINY})
+        assert refused.status_code == 403 and "max_priority of 5" in refused.json()["detail"], refused.text
+        assert heidi.get("/v1/jobs").json()["jobs"] == []  # nothing was queued
+        allowed = heidi.post("/v1/jobs", params={"priority": 5}, json={"prompt": "me first", **TINY})
+        assert allowed.status_code == 202, allowed.text
+        assert wait_state(heidi, allowed.json()["id"], {"succeeded"})["priority"] == 5
+        # A key made without --max-priority may not jump the queue at all, but may step back.
+        assert ivan.post("/v1/jobs", params={"priority": 1}, json={"prompt": "x", **TINY}).status_code == 403
+        behind = ivan.post("/v1/jobs", params={"priority": -3}, json={"prompt": "x", **TINY})
+        assert behind.status_code == 202, behind.text
+        wait_state(ivan, behind.json()["id"], {"succeeded"})

@@ -20,9 +20,11 @@ def _when(ts: float | None) -> str:
 
 
 @keys_app.command("create")
-def create(name: str = typer.Argument(..., help="Who or what the key is for")) -> None:
+def create(name: str = typer.Argument(..., help="Who or what the key is for"),
+           max_priority: int = typer.Option(0, min=0, max=100, help="The highest job priority the key may ask "
+                                            "for (higher runs first); 0 keeps it in line with everyone")) -> None:
     """Create a key and print it once; only its hash is stored."""
-    key, plaintext = _studio().keys.create(name)
+    key, plaintext = _studio().keys.create(name, max_priority=max_priority)
     typer.echo(plaintext)
     typer.secho(f"key {key.id} ({name}) created; store it now, it cannot be shown again", err=True)
 
@@ -33,9 +35,9 @@ def list_keys() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("id", "name", "created", "revoked")
+    table = Table("id", "name", "max priority", "created", "revoked")
     for key in _studio().keys.list():
-        table.add_row(key.id, key.name, _when(key.created_at), _when(key.revoked_at))
+        table.add_row(key.id, key.name, str(key.max_priority), _when(key.created_at), _when(key.revoked_at))
     Console().print(table)
 
 

@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from guardforge.errors import (
     Cancelled,
+    Forbidden,
     GuardBackendError,
     GuardforgeError,
     InvalidRequest,
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 # The one place where an error kind becomes a status code; the first matching class wins.
 STATUS_BY_ERROR: list[tuple[type[GuardforgeError], int]] = [
     (Unauthorized, 401),
+    (Forbidden, 403),
     (BodyTooLarge, 413),
     (QueueFull, 429),
     (TooManyActiveJobs, 429),

@@ -24,6 +24,7 @@ class Unauthorized(GuardforgeError):
 class Caller:
     owner: str  # the API key's id, or "local" for an unauthenticated caller on an open server
     key_id: str | None
+    max_priority: int | None = None  # the key's cap on job priority; None for "local", the server's own user
 
 
 def is_loopback(host: str) -> bool:
@@ -69,13 +70,13 @@ class Authenticator:
             if self.required:
                 raise Unauthorized("an API key is required: send 'Authorization: Bearer <key>'")
             return Caller(LOCAL_OWNER, None)
-        key_id = self.keys.verify(key)
-        if key_id is None:
+        found = self.keys.check(key)
+        if found is None:
             if not self.required:
                 # Clients such as the openai package always send some key; an open server ignores a foreign one.
                 return Caller(LOCAL_OWNER, None)
             raise Unauthorized("invalid or revoked API key")
-        return Caller(key_id, key_id)
+        return Caller(found.id, found.id, found.max_priority)
 
 
 async def get_caller(request: Request) -> Caller:

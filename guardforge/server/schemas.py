@@ -30,6 +30,7 @@ class ErrorResponse(BaseModel):
 ERRORS = {
     400: {"model": ErrorResponse, "description": "Malformed request"},
     401: {"model": ErrorResponse, "description": "Missing or invalid API key"},
+    403: {"model": ErrorResponse, "description": "The API key does not allow this (e.g. a priority over its max)"},
     404: {"model": ErrorResponse, "description": "No such model, job or image (for this key)"},
     413: {"model": ErrorResponse, "description": "Request body over the size limit"},
     422: {"model": ErrorResponse, "description": "A value breaks a limit or cannot work"},

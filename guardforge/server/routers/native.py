@@ -63,25 +63,27 @@ def final_event(job: Job) -> dict:
 
 
 @router.post("/v1/jobs", status_code=202, response_model=JobCreated, summary="Queue a generation",
-             responses=errors(401, 404, 413, 422, 429))
+             responses=errors(401, 403, 404, 413, 422, 429))
 async def create_job(body: GenerationRequest, request: Request,
-                     priority: int = Query(0, ge=-100, le=100, description="Higher runs first; FIFO within"),
+                     priority: int = Query(0, ge=-100, le=100, description="Higher runs first; FIFO within. "
+                                           "Above 0 only up to the API key's max_priority (403 otherwise)"),
                      save: bool = Query(True, description="Keep the images in the output folder"),
                      caller: Caller = Depends(get_limited_caller)) -> JobCreated:
     app = request.app
     max_active = app.state.studio.settings.server.max_active_jobs_per_key if caller.key_id else None
     # Off the event loop: checking the request decodes its images and may rescan the models folder.
     job_id = await run_in_threadpool(app.state.studio.submit, body, owner=caller.owner, priority=priority,
-                                     save=save, max_active=max_active)
+                                     save=save, max_active=max_active, max_priority=caller.max_priority)
     app.state.metrics.submitted.labels("native").inc()
     job = app.state.studio.jobs.get(job_id, caller.owner)
     return JobCreated(id=job.id, state=job.state, position=job.position)
 
 
 @router.post("/v1/train/dreambooth", status_code=202, response_model=JobCreated,
-             summary="Queue a DreamBooth training run", responses=errors(401, 404, 413, 422, 429))
+             summary="Queue a DreamBooth training run", responses=errors(401, 403, 404, 413, 422, 429))
 async def create_training_job(body: DreamBoothConfig, request: Request,
-                              priority: int = Query(0, ge=-100, le=100, description="Higher runs first"),
+                              priority: int = Query(0, ge=-100, le=100, description="Higher runs first; above "
+                                                    "0 only up to the API key's max_priority (403 otherwise)"),
                               resume: bool = Query(False, description="Continue from the newest checkpoint in "
                                                    "output_dir (left by a cancelled or stopped run)"),
                               caller: Caller = Depends(get_limited_caller)) -> JobCreated:
@@ -92,7 +94,8 @@ async def create_training_job(body: DreamBoothConfig, request: Request,
     max_active = app.state.studio.settings.server.max_active_jobs_per_key if caller.key_id else None
     # Off the event loop: checking the config lists folders and may rescan the models folder.
     job_id = await run_in_threadpool(app.state.studio.submit_dreambooth, body, owner=caller.owner,
-                                     priority=priority, resume=resume, max_active=max_active)
+                                     priority=priority, resume=resume, max_active=max_active,
+                                     max_priority=caller.max_priority)
     app.state.metrics.submitted.labels("train").inc()
     job = app.state.studio.jobs.get(job_id, caller.owner)
     return JobCreated(id=job.id, state=job.state, position=job.position)
