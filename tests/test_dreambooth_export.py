@@ -85,3 +85,55 @@ def test_lora_exports_load_back_with_load_lora_weights(folders, tiny_model_dir):
         pipe = StableDiffusionPipeline.from_pretrained(tiny_model_dir)
         pipe.load_lora_weights(str(source))
         np.testing.assert_allclose(image_of(pipe), expected, atol=1e-5, err_msg=str(source))
+
+
+def engine_image(studio, loaded, prompt: str) -> np.ndarray:
+    from guardforge.engine.request import GenerationRequest
+
+    request = GenerationRequest(prompt=prompt, seed=7, steps=3, width=16, height=16, sampler="Euler")
+    return np.asarray(studio.engine.run(loaded, request)[0][0], dtype=np.int16)
+
+
+def studio_image(studio, prompt: str, model: str) -> np.ndarray:
+    from guardforge.engine.request import GenerationRequest
+
+    request = GenerationRequest(prompt=prompt, model=model, seed=7, steps=3, width=16, height=16, sampler="Euler")
+    result = studio.generate(request, save=False)
+    assert result.images[0].action == "allow"
+    return np.asarray(result.images[0].pil, dtype=np.int16)
+
+
+def in_memory(studio, module):
+    """The base model's loaded entry with the trained module's live pipeline in it: the engine runs both alike."""
+    from dataclasses import replace
+
+    return replace(studio.pipelines.get("tiny-sd"), pipeline=build_pipeline(module), _modes={})
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_exports_generate_the_in_memory_image_through_the_registry(gf_home, tmp_path, tiny_model_dir, monkeypatch,
+                                                                   mode):
+    from guardforge.studio import Studio
+
+    monkeypatch.setenv("GUARDFORGE_GUARD__POLICY", "off")  # the same pixels, not a policy's view of them
+    make_images(tmp_path / "instance", (200, 40, 40))
+    make_images(tmp_path / "class", (40, 40, 200))
+    module = trained(tmp_path, tiny_model_dir, mode=mode, train_text_encoder=True)
+    formats = ["diffusers", "single_file"] if mode == "full" else ["lora_diffusers", "lora_kohya"]
+    studio = Studio()
+    prompt = "a photo of sks dog"
+    expected = engine_image(studio, in_memory(studio, module), prompt)
+    assert np.abs(expected - studio_image(studio, prompt, "tiny-sd")).max() > 1  # training changed the image
+
+    written = export_all(module, formats, gf_home / "models", "sks-dog")
+    studio.registry.refresh()  # what train_dreambooth does: no restart
+    if mode == "full":
+        names = {entry.path: entry.name for entry in studio.registry.list()}
+        for fmt in formats:
+            got = studio_image(studio, prompt, names[written[fmt]])
+            assert np.abs(got - expected).max() <= 1, fmt  # one 8-bit level: float rounding at the PNG step
+    else:
+        for lora in ("sks-dog", "sks-dog-diffusers"):
+            assert studio.registry.resolve(lora, "lora").name == lora
+            got = studio_image(studio, f"{prompt} <lora:{lora}:1>", "tiny-sd")
+            assert np.abs(got - expected).max() <= 1, lora
