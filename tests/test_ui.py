@@ -6,6 +6,7 @@ import re
 import shutil
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.livesrv import REPO, LiveServer, make_home, server_env
@@ -17,7 +18,9 @@ ARTIFACTS = REPO / "test-artifacts"
 @pytest.fixture(scope="module")
 def ui_server(tmp_path_factory, tiny_model_dir):
     home = make_home(tmp_path_factory.mktemp("ui"), tiny_model_dir)
-    live = LiveServer(home, server_env(home), ui=True).start()
+    # One generation's worth of rate-limit budget, refilled only after ~100 minutes: the second click is refused.
+    env = server_env(home, GUARDFORGE_SERVER__RATE_BURST="1", GUARDFORGE_SERVER__RATE_PER_MINUTE="0.01")
+    live = LiveServer(home, env, ui=True).start()
     yield live
     live.stop()
 
@@ -93,6 +96,15 @@ def test_generate_in_the_browser(ui_server, tmp_path):
             expect(page.locator("#gf-prompt textarea")).to_have_value("a green triangle", timeout=30_000)
             expect(page.locator("#gf-steps input[type=number]")).to_have_value("3")
             expect(page.locator("#gf-seed input")).to_have_value("42")
+
+            # The API's per-key rate limit holds for clicks too: the budget went on the first image.
+            page.get_by_role("tab", name="txt2img").click()
+            page.locator("#gf-generate").click()
+            expect(page.get_by_text(re.compile("Too many generations: rate limit reached; retry in"))).to_be_visible(
+                timeout=30_000)
+            page.screenshot(path=str(ARTIFACTS / "ui-rate-limited.png"), full_page=True)
+            jobs = httpx.get(f"{ui_server.url}/v1/jobs", timeout=30).json()["jobs"]
+            assert len(jobs) == 1, jobs  # the refused click queued nothing
         finally:
             browser.close()
 

@@ -187,7 +187,7 @@ def create_app(studio, *, start_workers: bool = True, mount_ui: bool = True) -> 
             # Gradio awaits a coroutine here but would call a plain function on the event loop, scrypt and all.
             return await run_in_threadpool(studio.keys.verify, key) == user
 
-        app = gr.mount_gradio_app(app, build_ui(studio), path="/ui",
+        app = gr.mount_gradio_app(app, build_ui(studio, rate_limit=app.state.auth.buckets.take), path="/ui",
                                   auth=login if app.state.auth.required else None)
 
     # Outermost: refuse oversized bodies before anything reads them.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import gradio as gr
 from PIL import Image
@@ -37,8 +38,12 @@ def _mask_from_editor(value: dict) -> tuple[Image.Image | None, Image.Image | No
     return background, mask if mask.getbbox() else None
 
 
-def build_ui(studio) -> gr.Blocks:
-    """The Blocks app for `studio`; every action is one Studio call."""
+def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Blocks:
+    """The Blocks app for `studio`; every action is one Studio call.
+
+    `rate_limit(owner)` spends one request of the owner's budget or raises: the server passes the API's own
+    per-key buckets, so clicking Generate costs what a POST /v1/jobs costs.
+    """
     limits = studio.settings.limits
 
     def model_names() -> list[str]:
@@ -52,6 +57,11 @@ def build_ui(studio) -> gr.Blocks:
     def run(mode, prompt, negative, model, sampler, schedule, steps, cfg, width, height, seed,
             init_image, strength, editor, request: gr.Request):
         owner = _owner(request)
+        if rate_limit is not None:
+            try:
+                rate_limit(owner)  # before anything else, as the API's door: refused clicks count too
+            except Exception as exc:
+                raise gr.Error(f"Too many generations: {exc}") from None
         fields = dict(prompt=prompt, negative_prompt=negative, model=model or None, sampler=sampler,
                       schedule=schedule, steps=int(steps), cfg_scale=float(cfg), width=int(width),
                       height=int(height), seed=int(seed))
