@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 
 import pytest
@@ -37,18 +38,18 @@ EXPECTED = (
 )
 
 
-def _tokenizer(with_template: bool):
+def _tokenizer(with_template: bool, extra_specials: tuple[str, ...] = ()):
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     corpus = EXPECTED + " ".join(TEXTS) + " safe unsafe S " + " ".join(str(n) for n in range(1, 20))
     words = sorted(set(re.findall(SPLIT, corpus)))
-    vocab = {token: i for i, token in enumerate(SPECIALS + words)}
+    vocab = {token: i for i, token in enumerate(SPECIALS + list(extra_specials) + words)}
     core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Split(Regex(SPLIT), behavior="isolated")
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<|begin_of_text|>", eos_token="<|eot|>",
                                         pad_token="<pad>", unk_token="<unk>",
-                                        additional_special_tokens=SPECIALS[3:])
+                                        additional_special_tokens=SPECIALS[3:] + list(extra_specials))
     if with_template:
         tokenizer.chat_template = LLAMA_GUARD_4_TEMPLATE
     return tokenizer
@@ -149,29 +150,37 @@ def test_guard_from_settings_runs_llama_guard(model_dir, tmp_path):
     assert guard.audit.recent(1)[0]["scores"] == pytest.approx(verdict.scores)
 
 
-def test_llama_guard_4_class_scores_text_batches(tmp_path):
-    """Llama4ForConditionalGeneration (tiny, text + vision config) through the same scoring path.
+LG4_IMAGE_TOKENS = ("<|image_start|>", "<|image_end|>", "<|patch|>", "<|tile_x_separator|>",
+                    "<|tile_y_separator|>")
 
-    Only text: the Llama 4 image processor needs torchvision, which this project does not install.
-    """
+
+def _tiny_llama4(tokenizer):
     from transformers import Llama4Config, Llama4ForConditionalGeneration, Llama4TextConfig, Llama4VisionConfig
 
-    from guardforge.guard.backends.llama_guard import detect_variant
-
-    tokenizer = _tokenizer(with_template=True)
     text = Llama4TextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, intermediate_size_mlp=64,
                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
                             num_local_experts=2, num_experts_per_tok=1, moe_layers=[1], max_position_embeddings=1024,
                             attention_chunk_size=1024, pad_token_id=tokenizer.pad_token_id)
-    vision = Llama4VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+    # intermediate_size = hidden_size / pixel_shuffle_ratio**2: the adapter reads the pixel-shuffled channels.
+    vision = Llama4VisionConfig(hidden_size=32, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
                                 image_size=28, patch_size=14, vision_output_dim=32, projector_input_dim=32,
                                 projector_output_dim=32, pixel_shuffle_ratio=0.5)
+    # The model swaps image features in at the patch tokens the processor writes.
     config = Llama4Config(text_config=text.to_dict(), vision_config=vision.to_dict(),
-                          image_token_index=tokenizer.convert_tokens_to_ids("<|image|>"))
-    config.save_pretrained(tmp_path)
-    assert detect_variant(tmp_path) == "lg4"
+                          image_token_index=tokenizer.convert_tokens_to_ids("<|patch|>"))
     torch.manual_seed(0)
-    backend = LlamaGuardBackend(Llama4ForConditionalGeneration(config), tokenizer, TAXONOMY, "lg4")
+    return Llama4ForConditionalGeneration(config).eval()
+
+
+def test_llama_guard_4_class_scores_text_batches(tmp_path):
+    """Llama4ForConditionalGeneration (tiny, text + vision config) through the same scoring path."""
+    from guardforge.guard.backends.llama_guard import detect_variant
+
+    tokenizer = _tokenizer(with_template=True, extra_specials=LG4_IMAGE_TOKENS)
+    model = _tiny_llama4(tokenizer)
+    model.config.save_pretrained(tmp_path)
+    assert detect_variant(tmp_path) == "lg4"
+    backend = LlamaGuardBackend(model, tokenizer, TAXONOMY, "lg4")
     assert backend.render("draw a cat") == EXPECTED
     batch = backend.score_texts(TEXTS)
     for text_input, batched in zip(TEXTS, batch):
@@ -179,6 +188,34 @@ def test_llama_guard_4_class_scores_text_batches(tmp_path):
         assert 0.0 <= batched.unsafe <= 1.0
         assert batched.unsafe == pytest.approx(single.unsafe, abs=1e-4)
         assert batched.scores == pytest.approx(single.scores, abs=1e-4)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torchvision") is None,
+                    reason="transformers' Llama 4 image processor needs torchvision, not installable beside torch 2.13")
+def test_llama_guard_4_scores_images():
+    """Llama4ForConditionalGeneration (tiny) + Llama4Processor: the LG4 image path, where torchvision exists."""
+    import numpy as np
+    import transformers
+    from PIL import Image
+    from transformers import Llama4Processor
+
+    tokenizer = _tokenizer(with_template=True, extra_specials=LG4_IMAGE_TOKENS)
+    image_processor = (getattr(transformers, "Llama4ImageProcessor", None) or transformers.Llama4ImageProcessorFast)(
+        size={"height": 28, "width": 28}, max_patches=1)
+    processor = Llama4Processor(image_processor=image_processor, tokenizer=tokenizer, patch_size=14,
+                                pixel_shuffle_ratio=0.5, chat_template=LLAMA_GUARD_4_TEMPLATE)
+    backend = LlamaGuardBackend(_tiny_llama4(tokenizer), processor, TAXONOMY, "lg4")
+    assert "User: <|image|>\n\n<END CONVERSATION>" in backend.render(image=True)
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)) for _ in range(2)]
+    first, second = backend.score_images(images)
+    for result in (first, second):
+        assert 0.0 <= result.unsafe <= 1.0 and set(result.scores) == set(TAXONOMY.codes)
+    assert first.unsafe != pytest.approx(second.unsafe, abs=1e-6)  # the image reaches the decision
+    [again] = backend.score_images(images[:1])  # a batch of two scores each image as alone
+    assert again.unsafe == pytest.approx(first.unsafe, abs=1e-4)
+    assert again.scores == pytest.approx(first.scores, abs=1e-4)
+    assert len(backend.score_texts(TEXTS)) == 3  # the same model reads text prompts
 
 
 def test_llama_guard_3_vision_scores_images():

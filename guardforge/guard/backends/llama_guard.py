@@ -205,8 +205,10 @@ class LlamaGuardBackend:
         attention = batch["attention_mask"]
         # Left padding: positions must count real tokens only, or a padded row would see shifted positions.
         batch["position_ids"] = (attention.cumsum(-1) - 1).clamp(min=0)
-        device = next(self.model.parameters()).device
-        batch = {key: value.to(device) for key, value in batch.items()}
+        first = next(self.model.parameters())
+        # Pixels follow the model's dtype: Llama 4's image processor hands out bfloat16 whatever the model.
+        batch = {key: value.to(first.device, dtype=first.dtype if value.is_floating_point() else None)
+                 for key, value in batch.items()}
         with torch.inference_mode():
             logits = self.model(**batch).logits.float()
         # Position -k-1 predicts the first token of "unsafe": that is the safe/unsafe decision.
