@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -88,9 +89,19 @@ def effective_schedule(sampler: str, schedule: str) -> str:
     return spec.automatic if schedule == "Automatic" else schedule
 
 
-def check_sampler(sampler: str, schedule: str = "Automatic") -> tuple[SamplerSpec, type, Any, str]:
-    """The sampler's spec, diffusers class, that class's init parameters and the schedule in force, or
-    InvalidRequest when the name is unknown or diffusers has no such schedule for it."""
+@dataclass(frozen=True)
+class CheckedSampler:
+    """A sampler request diffusers can serve: its spec, scheduler class, that class's init parameters and the
+    schedule in force."""
+
+    spec: SamplerSpec
+    scheduler_class: type
+    init_parameters: Mapping[str, Any]
+    schedule: str
+
+
+def check_sampler(sampler: str, schedule: str = "Automatic") -> CheckedSampler:
+    """The checked sampler, or InvalidRequest when the name is unknown or diffusers has no such schedule for it."""
     import diffusers
 
     spec = sampler_spec(sampler)
@@ -103,7 +114,7 @@ def check_sampler(sampler: str, schedule: str = "Automatic") -> tuple[SamplerSpe
         raise InvalidRequest(
             f"sampler {spec.name!r} has no {wanted} schedule in diffusers; use schedule type Automatic, "
             f"or a sampler that has one (Euler, DPM++ 2M, DPM++ SDE, Heun, LMS, DPM2, UniPC, DEIS)")
-    return spec, cls, accepted, wanted
+    return CheckedSampler(spec, cls, accepted, wanted)
 
 
 def build_scheduler(base_config: dict[str, Any], sampler: str, schedule: str = "Automatic",
@@ -113,7 +124,8 @@ def build_scheduler(base_config: dict[str, Any], sampler: str, schedule: str = "
     `seed` seeds the Brownian tree of DPM++ SDE, which draws its noise from one sampler-wide tree rather
     than from the per-image generators; without it that sampler would not be reproducible.
     """
-    spec, cls, accepted, wanted = check_sampler(sampler, schedule)
+    checked = check_sampler(sampler, schedule)
+    spec, accepted, wanted = checked.spec, checked.init_parameters, checked.schedule
     overrides = dict(spec.config)
     # A config saved with Karras/exponential sigmas on must not leak into "Automatic" for another sampler.
     for flag in SCHEDULE_FLAGS.values():
@@ -125,4 +137,4 @@ def build_scheduler(base_config: dict[str, Any], sampler: str, schedule: str = "
         overrides["noise_sampler_seed"] = seed
     # Keys of another scheduler's config (e.g. PNDM's skip_prk_steps) are ignored by from_config.
     config = {k: v for k, v in base_config.items() if not k.startswith("_")}
-    return cls.from_config({**config, **overrides})
+    return checked.scheduler_class.from_config({**config, **overrides})
