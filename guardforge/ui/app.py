@@ -9,6 +9,7 @@ import gradio as gr
 from PIL import Image
 
 from guardforge.engine.request import GenerationRequest
+from guardforge.errors import GuardforgeError
 from guardforge.imaging import encode_image
 
 LOCAL_OWNER = "local"  # an open server's UI shares the "local" owner with the open API
@@ -60,7 +61,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
         if rate_limit is not None:
             try:
                 rate_limit(owner)  # before anything else, as the API's door: refused clicks count too
-            except Exception as exc:
+            except GuardforgeError as exc:
                 raise gr.Error(f"Too many generations: {exc}") from None
         fields = dict(prompt=prompt, negative_prompt=negative, model=model or None, sampler=sampler,
                       schedule=schedule, steps=int(steps), cfg_scale=float(cfg), width=int(width),
