@@ -193,15 +193,18 @@ class Studio:
         )
 
     def train_dreambooth(self, config, progress=None, cancel: Event | None = None, resume=None,
-                         overwrite_exports: bool = True):
-        """DreamBooth (full or LoRA): guard the data, make class images, train, export into the models folder."""
+                         overwrite_exports: bool = True, device: str | None = None, replica: int = 0):
+        """DreamBooth (full or LoRA): guard the data, make class images, train, export into the models folder.
+
+        `device` and `replica` pick the model copy that makes the class images (a worker's own); where the
+        training itself runs is the config's accelerator and devices."""
         from guardforge.train.dreambooth.run import train_dreambooth
 
         return train_dreambooth(self, config, progress=progress, cancel=cancel, resume=resume,
-                                overwrite_exports=overwrite_exports)
+                                overwrite_exports=overwrite_exports, device=device, replica=replica)
 
     # -- DreamBooth as a queued job (a config from a remote caller) -------------------------------------
-    def confine_dreambooth(self, config, owner: str, resume: bool = False):
+    def confine_dreambooth(self, config, owner: str, resume: bool = False, device: str | None = None):
         """The config with its paths checked and made absolute (see train/dreambooth/remote.py), its base model
         found, its class-image generation within the limits; InvalidRequest (or ModelNotFound) says why not."""
         from pydantic import ValidationError
@@ -214,7 +217,7 @@ class Studio:
         confined = confine(config, owner=owner, data_dir=self.settings.resolved_training_data_dir,
                            runs_dir=self.settings.resolved_training_runs_dir, max_steps=limits.max_steps,
                            max_resolution=limits.max_resolution, max_class_images=limits.max_class_images,
-                           server_device=self.settings.device)
+                           device=device or self.settings.device)
         self.registry.resolve(confined.base_model)
         # The caller's own spelling in messages: the server's folders are not the caller's business.
         if not confined.instance_data_dir.is_dir() or not list_images(confined.instance_data_dir):
@@ -267,17 +270,18 @@ class Studio:
         return job_id
 
     def run_dreambooth_job(self, config, owner: str, resume: bool = False, progress=None,
-                           cancel: Event | None = None):
+                           cancel: Event | None = None, device: str | None = None, replica: int = 0):
         """What a worker runs for a `dreambooth` job: confine again (folders may have changed since the
         submit), train, export without replacing any model. A cancel stops after the current step with a
         checkpoint saved; the Cancelled it raises says where and how to resume."""
         from guardforge.errors import Cancelled
         from guardforge.train.dreambooth.run import TrainingCancelled
 
-        confined = self.confine_dreambooth(config, owner, resume)
+        confined = self.confine_dreambooth(config, owner, resume, device=device)
         try:
             return self.train_dreambooth(confined, progress=progress, cancel=cancel,
-                                         resume="latest" if resume else None, overwrite_exports=False)
+                                         resume="latest" if resume else None, overwrite_exports=False,
+                                         device=device, replica=replica)
         except TrainingCancelled as exc:
             raise Cancelled(f"stopped after step {exc.step}/{exc.total}; a checkpoint was saved: submit the same "
                             "config again with resume to continue from it") from exc

@@ -98,3 +98,19 @@ def test_batches_hold_instance_and_class_examples_in_ratio(tmp_path):
                                 transform=ImageTransform(16, random_flip=True), instance_input_ids=ids_i,
                                 class_input_ids=ids_c, seed=0, start_step=2)
     assert torch.equal(next(iter(resumed))["pixel_values"], dataset.batch(2)["pixel_values"])
+
+
+@pytest.mark.parametrize(("device", "expected"), [
+    ("cuda:1", ("gpu", [1])), ("cuda", ("gpu", [0])), ("cpu", ("cpu", 1)), ("mps", ("mps", 1)),
+    ("xpu:0", ("auto", 1)), ("auto", ("auto", 1)),
+])
+def test_a_server_job_trains_on_its_workers_device(tmp_path, device, expected):
+    from guardforge.train.dreambooth.remote import confine
+
+    data, runs = tmp_path / "data", tmp_path / "runs"
+    (data / "dog").mkdir(parents=True)
+    config = DreamBoothConfig(base_model="tiny-sd", instance_data_dir="dog", instance_prompt="a sks dog",
+                              with_prior_preservation=False, output_dir="run")
+    confined = confine(config, owner="alice", data_dir=data, runs_dir=runs, max_steps=1000, max_resolution=1024,
+                       max_class_images=100, device=device)
+    assert (confined.accelerator, confined.devices) == expected

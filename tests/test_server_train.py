@@ -97,6 +97,7 @@ def test_train_follow_events_then_generate_with_the_export(setup):
     assert done["result"]["models"] == {"diffusers": "sks-api"}
     assert done["result"]["exports"] == {"diffusers": "sks-api"} and done["result"]["steps"] == 3
     assert done["result"]["class_images_generated"] == 2
+    assert (done["result"]["device"], done["result"]["worker"]) == ("cpu", 0)  # the worker that took it
 
     with client(server.url, keys["alice"]) as alice:
         job = alice.get(f"/v1/jobs/{job_id}").json()

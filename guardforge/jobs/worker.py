@@ -211,14 +211,14 @@ class Worker:
 
         config = DreamBoothConfig.model_validate(job.payload["request"])
         result = self.train(config, owner=job.owner, resume=bool(job.payload.get("resume")),
-                            progress=on_progress, cancel=cancel)
+                            progress=on_progress, cancel=cancel, device=self.device, replica=self.replica)
         # Names, not server paths: the registry name to generate with, the file or folder in the models folder.
         summary = {"models": result.models, "exports": {fmt: path.name for fmt, path in result.exports.items()},
                    "steps": result.steps, "final_loss": result.final_loss,
                    "class_images_generated": result.class_images_generated,
                    "class_images_reused": result.class_images_reused,
                    "refused_class_seeds": {str(k): v for k, v in result.refused_class_seeds.items()},
-                   "elapsed_s": result.elapsed_s}
+                   "elapsed_s": result.elapsed_s, "device": self.device, "worker": self.index}
         self.queue.finish(job.id, "succeeded", result=summary)
         final.update(state="succeeded", result=summary)
 

@@ -66,7 +66,8 @@ def _write_manifest(folder: Path, manifest: dict) -> None:
 def ensure_class_images(studio, *, folder: Path, count: int, prompt: str, model: str, resolution: int,
                         seed: int = 0, sampler: str = "Euler a", steps: int = 25, cfg_scale: float = 7.0,
                         negative_prompt: str = "", on_image: Callable[[int, int], None] | None = None,
-                        cancel: Event | None = None) -> ClassImageReport:
+                        cancel: Event | None = None, device: str | None = None,
+                        replica: int = 0) -> ClassImageReport:
     """Make sure class-00000.png .. class-{count-1}.png exist in `folder`; generate only the missing ones."""
     from guardforge.engine.request import GenerationRequest
 
@@ -91,7 +92,7 @@ def ensure_class_images(studio, *, folder: Path, count: int, prompt: str, model:
             request = GenerationRequest(prompt=prompt, negative_prompt=negative_prompt, model=model,
                                         sampler=sampler, steps=steps, cfg_scale=cfg_scale, seed=candidate,
                                         width=resolution, height=resolution)
-            result = studio.generate(request, save=False)
+            result = studio.generate(request, save=False, device=device, replica=replica)
             if result.blocked:
                 raise GuardforgeError(f"the guard blocked the class prompt {prompt!r}; choose another class_prompt")
             image = result.images[0]

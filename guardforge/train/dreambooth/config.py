@@ -93,9 +93,9 @@ class DreamBoothConfig(BaseModel):
     logger: Literal["tensorboard", "wandb", "csv"] = "tensorboard"
 
     # Where it runs
-    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    accelerator: Literal["auto", "cpu", "gpu", "mps"] = "auto"
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"
-    devices: int | Literal["auto"] = "auto"
+    devices: int | list[int] | Literal["auto"] = "auto"  # a count, or which GPUs: [1] is cuda:1
     num_nodes: int = Field(1, ge=1)
     dataloader_workers: int = Field(0, ge=0)
 

@@ -51,8 +51,10 @@ def _inside(path: Path, roots: dict[str, Path]) -> bool:
 
 
 def confine(config: DreamBoothConfig, *, owner: str, data_dir: Path, runs_dir: Path, max_steps: int,
-            max_resolution: int, max_class_images: int, server_device: str = "auto") -> DreamBoothConfig:
+            max_resolution: int, max_class_images: int, device: str = "auto") -> DreamBoothConfig:
     """The config with absolute, checked paths and one device; InvalidRequest (422) naming what is wrong.
+
+    `device` is the device of the worker that runs the job (cpu, cuda:1, mps; auto: wherever Lightning finds).
 
     The export name is checked separately (`check_export_name`), once everything else is known to be right.
     """
@@ -87,15 +89,23 @@ def confine(config: DreamBoothConfig, *, owner: str, data_dir: Path, runs_dir: P
         raise PathEscape(f"output_dir {str(config.output_dir)!r} leaves your runs folder; give a folder name "
                          "such as 'sks-dog', relative to it")
 
-    accelerator = config.accelerator
-    if accelerator == "auto" and server_device == "cpu":
-        accelerator = "cpu"  # the server was told to stay on the CPU; so is its training
+    accelerator, devices = lightning_device(device, config.accelerator)
     values = {**config.model_dump(), "instance_data_dir": instance, "class_data_dir": class_dir,
-              "output_dir": output, "devices": 1, "accelerator": accelerator}
+              "output_dir": output, "devices": devices, "accelerator": accelerator}
     try:  # validated again: the server's device may make a setting impossible (16-mixed on the CPU)
         return DreamBoothConfig.model_validate(values)
     except ValidationError as exc:
         raise InvalidRequest(f"on this server: {exc.errors()[0]['msg']}") from None
+
+
+def lightning_device(device: str, asked: str = "auto") -> tuple[str, int | list[int]]:
+    """Lightning's (accelerator, devices) for a torch device name: the job trains where its worker runs."""
+    kind, _, index = device.partition(":")
+    if kind == "cuda":
+        return "gpu", [int(index or 0)]
+    if kind in ("cpu", "mps"):
+        return kind, 1
+    return asked, 1  # auto, or a device Lightning has no accelerator name for (xpu): its own choice
 
 
 def check_export_name(config: DreamBoothConfig, models_dir: Path) -> None:

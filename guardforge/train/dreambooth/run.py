@@ -241,7 +241,7 @@ def _screen_outputs(guard):
 
 def train_dreambooth(studio, config: DreamBoothConfig, progress: ProgressFn | None = None,
                      cancel: Event | None = None, resume: str | Path | None = None,
-                     overwrite_exports: bool = True) -> DreamBoothResult:
+                     overwrite_exports: bool = True, device: str | None = None, replica: int = 0) -> DreamBoothResult:
     """Screen the data, make the class images, train, export into the models folder, refresh the registry.
 
     `studio` is the caller's Studio (passed in, never imported: train sits below it). With
@@ -277,7 +277,7 @@ def train_dreambooth(studio, config: DreamBoothConfig, progress: ProgressFn | No
             studio, folder=folder, count=config.num_class_images, prompt=config.class_prompt,
             model=config.base_model, resolution=config.resolution, seed=options.seed, sampler=options.sampler,
             steps=options.steps, cfg_scale=options.cfg_scale, negative_prompt=options.negative_prompt,
-            cancel=cancel, on_image=lambda done, total: emit(TrainProgress(
+            cancel=cancel, device=device, replica=replica, on_image=lambda done, total: emit(TrainProgress(
                 phase="class_images", step=done, total=total, message="class images")))
         class_paths = report.paths
 
