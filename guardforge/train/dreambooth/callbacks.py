@@ -67,7 +67,11 @@ class CancelOnEvent(L.Callback):
         self.cancelled = False
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.cancel.is_set() and (batch_idx + 1) % trainer.accumulate_grad_batches == 0:
+        if (batch_idx + 1) % trainer.accumulate_grad_batches:
+            return
+        # The cancel reaches one process; under DDP/FSDP a rank that stopped alone would leave the others
+        # waiting in their next collective, and the checkpoint save after fit is collective too: agree first.
+        if trainer.strategy.reduce_boolean_decision(self.cancel.is_set(), all=False):
             self.cancelled = True
             trainer.should_stop = True
 
