@@ -116,7 +116,14 @@ def test_round_trip_through_studio_gives_identical_pixels(studio):
     again = studio.generate(request_from_infotext(text))
     assert again.seeds == [second.seed]
     with Image.open(second.path) as saved, Image.open(again.images[0].path) as regenerated:
-        assert np.array_equal(np.asarray(saved), np.asarray(regenerated))
+        # Alone, not in its batch of two: CPU BLAS picks its kernels by batch size, so about one seed in 30
+        # lands a pixel one 8-bit level away (A1111 behaves the same). At the batch's own size it is exact.
+        assert np.abs(np.asarray(saved, dtype=np.int16) - np.asarray(regenerated, dtype=np.int16)).max() <= 1
+    whole = studio.generate(request_from_infotext(result.images[0].infotext).model_copy(update={"batch_size": 2}))
+    assert whole.seeds == result.seeds
+    for original, regenerated in zip(result.images, whole.images, strict=True):
+        with Image.open(original.path) as a, Image.open(regenerated.path) as b:
+            assert np.array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_inpaint_round_trip_through_studio(studio):
