@@ -57,6 +57,7 @@ def test_yaml_and_set_overrides(tmp_path):
     (["export_name=../escape"], "plain file name"),
     (["accelerator=cpu", "precision=16-mixed"], "needs a GPU"),
     (["strategy=fsdp"], "strategy fsdp shards over CUDA GPUs: set accelerator: gpu"),
+    (["strategy=fsdp", "accelerator=gpu", "mode=lora", "export_formats=null"], "fsdp trains full models only"),
 ])
 def test_invalid_configs_say_what_is_wrong(tmp_path, override, message):
     with pytest.raises(ValidationError, match=message):

@@ -1,9 +1,9 @@
-"""DreamBooth on a CUDA GPU: FSDP (full and LoRA), resume under FSDP, 16-bit mixed precision.
+"""DreamBooth on a CUDA GPU: FSDP (full mode), resume under FSDP, 16-bit and bf16 mixed precision.
 
 Skipped where no CUDA device is present (CI); run on a GPU machine with
-`python -m pytest -q tests/test_dreambooth_gpu.py`. One GPU is enough: FSDP then shards over one rank, which
-still exercises the wrapping, FSDP's gradient clipping, the gathered state dict in checkpoints and the
-unwrapped copy that validation images and exports use.
+`python -m pytest -q tests/test_dreambooth_gpu.py`. On one GPU torch runs FSDP as NO_SHARD: these tests cover
+the wrapping, the checkpoint gather, the resume and the unwrapped copy for validation and export, but not
+sharding itself (world size > 1), which needs a machine with several GPUs.
 """
 
 from __future__ import annotations
@@ -51,19 +51,6 @@ def test_fsdp_full_trains_validates_and_hands_back_an_unwrapped_model(data, tiny
     assert image.shape == (16, 16, 3) and np.isfinite(image).all()
 
 
-def test_fsdp_lora_trains_only_lora(data, tiny_model_dir):
-    root, instance, classes = data
-    base = BaseComponents.from_folder(tiny_model_dir)
-    before = {k: v.clone() for k, v in base.unet.state_dict().items()}
-    config = gpu_config(root, tiny_model_dir, mode="lora", learning_rate=1e-2, validation_prompts=[])
-    module, _ = fit(config, base, instance, classes)
-    after = module.unet.state_dict()
-    assert any("lora_B" in k and after[k].abs().sum() > 0 for k in after)
-    for key, value in after.items():
-        if "lora_" not in key:
-            assert torch.equal(value.cpu(), before[key.replace(".base_layer", "")]), key
-
-
 def test_fsdp_resume_gives_the_same_losses(data, tiny_model_dir):
     root, instance, classes = data
     common = {"gradient_accumulation_steps": 2, "lr_scheduler": "cosine", "lr_warmup_steps": 2,
@@ -87,11 +74,12 @@ def test_fsdp_resume_gives_the_same_losses(data, tiny_model_dir):
     np.testing.assert_allclose(first + resumed, straight, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("strategy", ["auto", "fsdp"])
 @pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed"])
-def test_mixed_precision_on_the_gpu(data, tiny_model_dir, precision):
+def test_mixed_precision_on_the_gpu(data, tiny_model_dir, precision, strategy):
     root, instance, classes = data
     config = tiny_config(root, tiny_model_dir, accelerator="gpu", devices=1, precision=precision, max_steps=20,
-                         train_batch_size=2)
+                         train_batch_size=2, strategy=strategy)
     _, trainer, losses = run(config, tiny_model_dir, instance, classes)
     assert trainer.global_step == 20 and all(np.isfinite(losses))
     assert np.mean(losses[-5:]) < np.mean(losses[:5]), losses

@@ -86,19 +86,19 @@ def build_pipeline(pl_module):
         feature_extractor=None, requires_safety_checker=False)
 
 
-class GatheredCopy(L.Callback):
+class GatheredCopy:
     """Under FSDP the trained weights live in shards across ranks, wrapped in FSDP units that only run in
-    lock-step on every rank. This keeps an unwrapped CPU copy of the module that receives the gathered
-    weights on rank 0: validation images render from it and exports write it. Gathering is collective,
-    so every rank calls `refresh`.
+    lock-step on every rank. This keeps an unwrapped CPU copy of the module, on rank 0 only (`copy` is None
+    elsewhere), that receives the gathered weights: validation images render from it and exports write it.
+    Gathering is collective, so every rank calls `refresh`.
     """
 
-    def __init__(self, copy: L.LightningModule):
+    def __init__(self, copy: L.LightningModule | None):
         self.copy = copy
 
     def refresh(self, trainer) -> L.LightningModule | None:
         state = trainer.strategy.lightning_module_state_dict()  # full on rank 0, empty elsewhere
-        if not trainer.is_global_zero:
+        if not trainer.is_global_zero or self.copy is None:
             return None
         names = self.copy.trainable_names()
         missing = names - state.keys()
@@ -106,10 +106,6 @@ class GatheredCopy(L.Callback):
             raise RuntimeError(f"the gathered state lacks {len(missing)} trained weights, e.g. {sorted(missing)[:3]}")
         self.copy.load_state_dict({k: v for k, v in state.items() if k in names}, strict=False)
         return self.copy
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        # The final weights, while the process group and the FSDP wrapping are still up.
-        self.refresh(trainer)
 
 
 class ValidationImages(L.Callback):

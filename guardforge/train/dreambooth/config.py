@@ -126,6 +126,9 @@ class DreamBoothConfig(BaseModel):
         if self.strategy == "fsdp" and self.accelerator != "gpu":
             raise ValueError("strategy fsdp shards over CUDA GPUs: set accelerator: gpu (Lightning's FSDP does "
                              "not run on the CPU; use ddp there)")
+        if self.strategy == "fsdp" and self.mode == "lora":
+            raise ValueError("strategy fsdp trains full models only: LoRA's adapters are a few MB, so use ddp (its "
+                             "FSDP resume path mis-keys the optimizer state of a partly frozen model)")
         if self.accelerator == "cpu" and self.precision == "16-mixed":
             raise ValueError("precision 16-mixed needs a GPU; on the CPU use 32 or bf16-mixed")
         lora_only = {"lora_diffusers", "lora_kohya"}

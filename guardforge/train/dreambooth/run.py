@@ -172,8 +172,13 @@ def fit(config: DreamBoothConfig, base: BaseComponents, instance_paths: list[Pat
     L.seed_everything(config.seed, workers=True, verbose=False)
     gathered = None
     if config.strategy == "fsdp":
-        with torch.random.fork_rng():  # the copy's LoRA init must not shift the training run's random draws
-            gathered = GatheredCopy(build_module(config, copy.deepcopy(base)))
+        from lightning.fabric.utilities.rank_zero import _get_rank
+
+        # Only rank 0 renders and exports, so only it keeps a copy. The rank is known from the environment
+        # here: Lightning's launcher starts the other ranks with theirs set.
+        holder = (_get_rank() or 0) == 0
+        with torch.random.fork_rng(devices=[]):  # the copy's LoRA init must not shift the run's random draws
+            gathered = GatheredCopy(build_module(config, copy.deepcopy(base)) if holder else None)
     module = build_module(config, base)
     class_batch = config.resolved_class_batch_size
     datamodule = DreamBoothDataModule({
@@ -191,7 +196,6 @@ def fit(config: DreamBoothConfig, base: BaseComponents, instance_paths: list[Pat
         config.validation_prompts, config.validation_interval, config.output_dir, seed=config.validation_seed,
         steps=config.validation_steps, resolution=config.resolution, screen=screen, gathered=gathered),
         canceller]
-    callbacks += [gathered] if gathered is not None else []
     callbacks += extra_callbacks or []
     trainer = build_trainer(config, callbacks)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -201,8 +205,12 @@ def fit(config: DreamBoothConfig, base: BaseComponents, instance_paths: list[Pat
         raise TrainingCancelled(f"training cancelled at step {trainer.global_step}/{config.max_steps}; "
                                 f"checkpoint saved, continue with --resume latest",
                                 step=trainer.global_step, total=config.max_steps)
-    if gathered is not None and trainer.is_global_zero:
-        return gathered.copy, trainer
+    if gathered is not None:
+        # After fit, on every rank (the gather is collective), whether or not a step ran: a run resumed at
+        # max_steps trains nothing, and its copy must still receive the checkpoint's weights.
+        copy_ = gathered.refresh(trainer)
+        if copy_ is not None:
+            return copy_, trainer
     return module, trainer
 
 
