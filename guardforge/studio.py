@@ -254,7 +254,10 @@ class Studio:
                           max_active: int | None = None, max_priority: int | None = None) -> str:
         """Check the config now (priority, paths, model, limits, export name), then queue it as a `dreambooth` job."""
         self.check_priority(priority, max_priority)
-        confined = self.confine_dreambooth(config, owner, resume)
+        # Checked for each device a worker could run it on, so that a config one of them cannot train
+        # (16-mixed with a CPU worker) is refused now with a 4xx, not failed later on that worker.
+        for device in dict.fromkeys(worker.device for worker in self.workers.workers):
+            confined = self.confine_dreambooth(config, owner, resume, device=device)
         name, output_dir = confined.resolved_export_name, str(confined.output_dir)
         active = self.jobs.active(kind="dreambooth")
         if any(job.payload.get("export_name") == name for job in active):

@@ -61,16 +61,20 @@ def test_ctrl_c_on_one_rank_stops_both_with_a_checkpoint(gf_home, tmp_path):
     config_path = ddp_config(tmp_path, max_steps=500, checkpoint_interval=1000, validation_prompts=["a sks dog"],
                              validation_interval=1, validation_steps=1)
     first_image = tmp_path / "run" / "validation" / "step-00001" / "00.png"
-    process = subprocess.Popen([sys.executable, "-m", "guardforge", "train", "dreambooth", str(config_path)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ddp_env(gf_home),
-                               start_new_session=True)  # its own group: rank 1 is killed with it, whatever happens
+    log_path = tmp_path / "train.log"  # a file, not a pipe: nobody reads a pipe while we wait, and it fills
+    with log_path.open("w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "guardforge", "train", "dreambooth", str(config_path)],
+                                   stdout=log, stderr=subprocess.STDOUT, text=True, env=ddp_env(gf_home),
+                                   start_new_session=True)  # its own group: rank 1 is killed with it, come what may
     try:
+        deadline = time.monotonic() + 300  # a guard against hanging the suite, not a measurement
         while not first_image.exists():
-            assert process.poll() is None, process.stdout.read()[-3000:]
+            assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
             time.sleep(0.2)
         process.send_signal(signal.SIGINT)  # rank 0 only, as a terminal would if rank 1 were elsewhere
         # A rank left training alone would wait forever in its next all-reduce: the time-out is the failure.
-        output, _ = process.communicate(timeout=300)
+        process.wait(timeout=300)
+        output = log_path.read_text()
     finally:
         try:
             os.killpg(process.pid, signal.SIGKILL)

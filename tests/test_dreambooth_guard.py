@@ -125,7 +125,11 @@ def test_unsafe_class_prompt_is_refused(studio, tmp_path):
         ensure_class_images(studio, **{**class_kwargs(tmp_path / "c"), "prompt": "a forbidden dog"})
 
 
-def test_class_images_of_another_recipe_are_refused_not_mixed_in(studio, tmp_path):
+def test_class_images_of_another_recipe_are_refused_not_mixed_in(studio, tmp_path, tiny_model_dir):
+    import shutil
+
+    shutil.copytree(tiny_model_dir, studio.settings.resolved_models_dir / "Stable-diffusion" / "other-sd")
+    studio.registry.refresh()
     folder = tmp_path / "class"
     ensure_class_images(studio, **class_kwargs(folder, count=2))
     assert json.loads((folder / "manifest.json").read_text())["recipe"]["prompt"] == "a photo of dog"

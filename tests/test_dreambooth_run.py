@@ -128,3 +128,23 @@ def test_folder_base_with_prior_preservation_needs_only_a_full_class_folder(gf_h
         path.rename(config.resolved_class_data_dir / f"class-{i:05d}.png")
     result = studio.train_dreambooth(config)
     assert result.steps == 2 and result.class_images_generated == 0
+
+
+def test_submit_checks_the_config_against_the_workers_devices(gf_home):
+    """With `device: auto` the config alone cannot tell 16-mixed is impossible; the workers' CPU device can."""
+    import pytest
+
+    from guardforge.errors import InvalidRequest
+    from guardforge.settings import Settings
+    from guardforge.studio import Studio
+    from guardforge.train.dreambooth.config import DreamBoothConfig
+
+    studio = Studio(Settings(home=gf_home, device="auto"))
+    make_images(studio.settings.resolved_training_data_dir / "dog", (40, 200, 40), count=2)
+    config = DreamBoothConfig(base_model="tiny-sd", instance_data_dir="dog", instance_prompt="a sks dog",
+                              with_prior_preservation=False, output_dir="run", resolution=16, max_steps=1,
+                              precision="16-mixed")
+    assert [worker.device for worker in studio.workers.workers] == ["cpu"]  # no GPU here
+    with pytest.raises(InvalidRequest, match="16-mixed needs a GPU"):
+        studio.submit_dreambooth(config)
+    assert studio.jobs.active(kind="dreambooth") == []

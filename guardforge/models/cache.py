@@ -67,10 +67,11 @@ class LoadedModel:
 
 
 class PipelineCache:
-    """Keeps up to settings.max_loaded_models pipelines per device, least recently used evicted first.
+    """Keeps up to settings.max_loaded_models pipelines per worker slot (device, replica), LRU evicted first.
 
     A model is loaded once per device (and per replica, when several workers share one device); each device's
-    memory is its own, so the cap and the eviction apply per device. The default device is settings.device.
+    memory is its own, so the cap and the eviction apply per (device, replica): two workers on one device may
+    hold twice the cap there between them. The default device is settings.device.
 
     Locking: `_lock` guards only the bookkeeping dicts and is never held while loading; a lock per model
     name makes two requests for the same model load it once, while requests for other models go on.

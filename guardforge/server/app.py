@@ -158,9 +158,11 @@ def create_app(studio, *, start_workers: bool = True, mount_ui: bool = True) -> 
     @app.get("/readyz", response_model=Health, summary="Readiness: database reachable and workers running",
              tags=["ops"], responses={503: {"model": Health, "description": "Not ready"}})
     async def readyz():
-        detail = {"workers": studio.workers.started if start_workers else "not started by this app",
-                  "devices": [worker.device for worker in studio.workers.workers]}
-        try:
+        detail = {"workers": "not started by this app"}
+        try:  # the pool is built here on first use: a bad `devices` setting must read as not ready, too
+            if start_workers:
+                detail.update(workers=studio.workers.started,
+                              devices=[worker.device for worker in studio.workers.workers])
             detail["queued"] = studio.jobs.depth()
             ok = not start_workers or studio.workers.started
         except Exception as exc:  # the database is down: say so, do not crash the probe

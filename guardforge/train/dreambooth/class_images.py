@@ -73,7 +73,12 @@ def ensure_class_images(studio, *, folder: Path, count: int, prompt: str, model:
 
     folder.mkdir(parents=True, exist_ok=True)
     manifest = _read_manifest(folder)
-    recipe = {"prompt": prompt, "negative_prompt": negative_prompt, "model": model, "resolution": resolution,
+    # The model's content hash too: a model replaced under the same name makes other class images. (A
+    # diffusers folder given by path is not in the registry; its images can only be the user's own.)
+    from_folder = (Path(model) / "model_index.json").is_file()
+    model_hash = None if from_folder else studio.registry.resolve(model).short_hash()
+    recipe = {"prompt": prompt, "negative_prompt": negative_prompt, "model": model, "model_hash": model_hash,
+              "resolution": resolution,
               "sampler": sampler, "steps": steps, "cfg_scale": cfg_scale, "seed": seed}
     _check_recipe(folder, manifest, recipe)
     if manifest.get("recipe") not in (None, recipe):  # the old recipe's files are all gone: forget them

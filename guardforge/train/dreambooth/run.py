@@ -216,15 +216,20 @@ def fit(config: DreamBoothConfig, base: BaseComponents, instance_paths: list[Pat
 
 # -- Orchestration -----------------------------------------------------------------------------------------
 
-def load_base(studio, name: str) -> BaseComponents:
-    """A diffusers folder path, or a registry name (diffusers folder or single file via the model loader)."""
+def load_base(studio, name: str, device: str | None = None, replica: int = 0) -> BaseComponents:
+    """A diffusers folder path, or a registry name (diffusers folder or single file via the model loader).
+
+    A single file comes through the worker's own cached copy (`device`, `replica`), copied under its lock: the
+    copy must not race a generation on that pipeline, nor load into another worker's slot."""
     path = Path(name)
     if (path / "model_index.json").is_file():
         return BaseComponents.from_folder(path)
     entry = studio.registry.resolve(name)
     if entry.format == "diffusers":
         return BaseComponents.from_folder(entry.path)
-    return BaseComponents.from_pipeline(studio.pipelines.get(entry.name).pipeline)
+    loaded = studio.pipelines.get(entry.name, device=device, replica=replica)
+    with loaded.lock:
+        return BaseComponents.from_pipeline(loaded.pipeline)
 
 
 def screen_training_data(guard, instance_paths: list[Path], prompts: list[str]) -> None:
@@ -289,7 +294,7 @@ def train_dreambooth(studio, config: DreamBoothConfig, progress: ProgressFn | No
                 phase="class_images", step=done, total=total, message="class images")))
         class_paths = report.paths
 
-    base = load_base(studio, config.base_model)
+    base = load_base(studio, config.base_model, device=device, replica=replica)
     losses: list[float] = []
 
     def on_step(event: TrainProgress) -> None:
