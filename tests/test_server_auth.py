@@ -172,3 +172,60 @@ def test_priority_above_the_keys_max_is_forbidden(setup):
         behind = ivan.post("/v1/jobs", params={"priority": -3}, json={"prompt": "x", **TINY})
         assert behind.status_code == 202, behind.text
         wait_state(ivan, behind.json()["id"], {"succeeded"})
+
+
+def test_key_checks_run_off_the_event_loop(tmp_path, tiny_model_dir, monkeypatch):
+    """A key check held inside scrypt must not hold the server: /healthz is answered meanwhile.
+
+    In-process uvicorn on loopback, so the test can hold the stdlib's hashlib.scrypt at a gate it opens
+    only once /healthz has answered. On the event loop, the held check would keep /healthz from ever
+    answering: the probe's time-out is the failure, and no clock is compared.
+    """
+    import hashlib
+    import threading
+
+    import uvicorn
+
+    from guardforge.server.app import create_app
+    from guardforge.settings import Settings
+    from guardforge.studio import Studio
+    from tests.livesrv import free_port
+
+    home = make_home(tmp_path, tiny_model_dir)
+    studio = Studio(Settings(home=home, server={"require_auth": True}))
+    key = studio.keys.create("frank")[1]
+    wrong = key[:-3] + ("xyz" if not key.endswith("xyz") else "abc")  # a real key id: its row is read, then scrypt
+    entered, gate = threading.Event(), threading.Event()
+    real_scrypt = hashlib.scrypt
+
+    def gated_scrypt(*args, **kwargs):
+        entered.set()
+        gate.wait(timeout=60)
+        return real_scrypt(*args, **kwargs)
+
+    monkeypatch.setattr(hashlib, "scrypt", gated_scrypt)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(studio, start_workers=False, mount_ui=False),
+                                           host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        while not server.started:
+            thread.join(0.05)
+        answers: list[int] = []
+        checker = threading.Thread(target=lambda: answers.append(
+            httpx.get(f"{url}/v1/jobs", headers={"Authorization": f"Bearer {wrong}"}, timeout=90)
+            .status_code))
+        checker.start()
+        assert entered.wait(timeout=60)  # the key check is inside scrypt now, and stays there
+        try:
+            assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+        finally:
+            gate.set()
+        checker.join(timeout=90)
+        assert answers == [401]
+    finally:
+        gate.set()
+        server.should_exit = True
+        thread.join(timeout=30)
