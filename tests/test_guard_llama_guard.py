@@ -190,13 +190,30 @@ def test_llama_guard_4_class_scores_text_batches(tmp_path):
         assert batched.scores == pytest.approx(single.scores, abs=1e-4)
 
 
+def check_image_scores(backend, abs_tol: float) -> None:
+    """The image path of a vision Llama Guard: the image placeholder in the prompt, scores in range for every
+    category, different images scored differently, an image in a batch scored as alone, text still read."""
+    import numpy as np
+    from PIL import Image
+
+    assert "User: <|image|>\n\n<END CONVERSATION>" in backend.render(image=True)
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)) for _ in range(2)]
+    first, second = backend.score_images(images)
+    for result in (first, second):
+        assert 0.0 <= result.unsafe <= 1.0 and set(result.scores) == set(TAXONOMY.codes)
+    assert first.unsafe != pytest.approx(second.unsafe, abs=1e-6)  # the image reaches the decision
+    [again] = backend.score_images(images[:1])
+    assert again.unsafe == pytest.approx(first.unsafe, abs=abs_tol)
+    assert again.scores == pytest.approx(first.scores, abs=abs_tol)
+    assert len(backend.score_texts(TEXTS)) == 3  # the same model reads text prompts
+
+
 @pytest.mark.skipif(importlib.util.find_spec("torchvision") is None,
                     reason="transformers' Llama 4 image processor needs torchvision, not installable beside torch 2.13")
 def test_llama_guard_4_scores_images():
     """Llama4ForConditionalGeneration (tiny) + Llama4Processor: the LG4 image path, where torchvision exists."""
-    import numpy as np
     import transformers
-    from PIL import Image
     from transformers import Llama4Processor
 
     tokenizer = _tokenizer(with_template=True, extra_specials=LG4_IMAGE_TOKENS)
@@ -205,23 +222,11 @@ def test_llama_guard_4_scores_images():
     processor = Llama4Processor(image_processor=image_processor, tokenizer=tokenizer, patch_size=14,
                                 pixel_shuffle_ratio=0.5, chat_template=LLAMA_GUARD_4_TEMPLATE)
     backend = LlamaGuardBackend(_tiny_llama4(tokenizer), processor, TAXONOMY, "lg4")
-    assert "User: <|image|>\n\n<END CONVERSATION>" in backend.render(image=True)
-    rng = np.random.default_rng(0)
-    images = [Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)) for _ in range(2)]
-    first, second = backend.score_images(images)
-    for result in (first, second):
-        assert 0.0 <= result.unsafe <= 1.0 and set(result.scores) == set(TAXONOMY.codes)
-    assert first.unsafe != pytest.approx(second.unsafe, abs=1e-6)  # the image reaches the decision
-    [again] = backend.score_images(images[:1])  # a batch of two scores each image as alone
-    assert again.unsafe == pytest.approx(first.unsafe, abs=1e-4)
-    assert again.scores == pytest.approx(first.scores, abs=1e-4)
-    assert len(backend.score_texts(TEXTS)) == 3  # the same model reads text prompts
+    check_image_scores(backend, abs_tol=1e-4)
 
 
 def test_llama_guard_3_vision_scores_images():
     """MllamaForConditionalGeneration (tiny) + MllamaProcessor: the image path, with the shipped template."""
-    import numpy as np
-    from PIL import Image
     from transformers import (
         MllamaConfig,
         MllamaForConditionalGeneration,
@@ -248,14 +253,4 @@ def test_llama_guard_3_vision_scores_images():
         if "gate" in name and parameter.numel() == 1:  # zero-initialised tanh gates would hide the image
             torch.nn.init.constant_(parameter, 1.0)
     backend = LlamaGuardBackend(model, processor, TAXONOMY, "lg3-vision")
-    rendered = backend.render(image=True)
-    assert "User: <|image|>\n\n<END CONVERSATION>" in rendered
-    rng = np.random.default_rng(0)
-    images = [Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)) for _ in range(2)]
-    first, second = backend.score_images(images)
-    for result in (first, second):
-        assert 0.0 <= result.unsafe <= 1.0 and set(result.scores) == set(TAXONOMY.codes)
-    assert first.unsafe != pytest.approx(second.unsafe, abs=1e-6)  # the image reaches the decision
-    [again] = backend.score_images(images[:1])
-    assert again.unsafe == pytest.approx(first.unsafe, abs=1e-5)
-    assert len(backend.score_texts(TEXTS)) == 3  # the same model reads text prompts
+    check_image_scores(backend, abs_tol=1e-5)
