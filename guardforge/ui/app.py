@@ -11,13 +11,15 @@ from PIL import Image
 from guardforge.engine.request import GenerationRequest
 from guardforge.errors import GuardforgeError
 from guardforge.imaging import encode_image
-
-LOCAL_OWNER = "local"  # an open server's UI shares the "local" owner with the open API
+from guardforge.server.auth import LOCAL_OWNER
 
 
 def _owner(request: gr.Request | None) -> str:
-    """Whose jobs these are: the logged-in key id (server.app makes the login's user name the key's id)."""
+    """Whose jobs these are: the logged-in key id (server.app makes the login's user name the key's id), or the
+    open API's own owner when nobody logs in."""
     return getattr(request, "username", None) or LOCAL_OWNER
+
+
 SCHEDULES = ["Automatic", "Karras", "Exponential"]
 
 
@@ -126,9 +128,9 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
     def history(request: gr.Request):
         rows = []
         for job in studio.jobs.list(_owner(request), limit=50, kind="generate"):  # training jobs are not reusable here
-            request = job.payload.get("request", {})
+            asked = job.payload.get("request", {})  # not `request`: that is the caller's gr.Request
             rows.append([job.id, time.strftime("%H:%M:%S", time.localtime(job.created_at)), job.state,
-                         request.get("prompt", "")[:80]])
+                         asked.get("prompt", "")[:80]])
         return gr.update(value=rows), gr.update(choices=[(f"{r[1]} {r[3]}", r[0]) for r in rows])
 
     def reuse(job_id, request: gr.Request):

@@ -78,8 +78,7 @@ def ensure_class_images(studio, *, folder: Path, count: int, prompt: str, model:
     from_folder = (Path(model) / "model_index.json").is_file()
     model_hash = None if from_folder else studio.registry.resolve(model).short_hash()
     recipe = {"prompt": prompt, "negative_prompt": negative_prompt, "model": model, "model_hash": model_hash,
-              "resolution": resolution,
-              "sampler": sampler, "steps": steps, "cfg_scale": cfg_scale, "seed": seed}
+              "resolution": resolution, "sampler": sampler, "steps": steps, "cfg_scale": cfg_scale, "seed": seed}
     _check_recipe(folder, manifest, recipe)
     if manifest.get("recipe") not in (None, recipe):  # the old recipe's files are all gone: forget them
         manifest = {"images": {}, "refused": {}}
