@@ -8,16 +8,18 @@ sharding itself (world size > 1), which needs a machine with several GPUs.
 
 from __future__ import annotations
 
-from threading import Event
-
 import numpy as np
 import pytest
 import torch
 
-from guardforge.errors import Cancelled
 from guardforge.train.dreambooth.callbacks import build_pipeline
 from guardforge.train.dreambooth.run import BaseComponents, fit
-from tests.test_dreambooth_train import data, run, tiny_config  # noqa: F401  (data is a fixture)
+from tests.test_dreambooth_train import (
+    data,  # noqa: F401  (a fixture)
+    run,
+    straight_and_resumed_losses,
+    tiny_config,
+)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -55,23 +57,11 @@ def test_fsdp_resume_gives_the_same_losses(data, tiny_model_dir):
     root, instance, classes = data
     common = {"gradient_accumulation_steps": 2, "lr_scheduler": "cosine", "lr_warmup_steps": 2,
               "validation_prompts": [], "snr_gamma": 5.0}
-    _, _, straight = run(gpu_config(root, tiny_model_dir, output_dir=root / "a", **common),
-                         tiny_model_dir, instance, classes)
-    config = gpu_config(root, tiny_model_dir, output_dir=root / "b", **common)
-    cancel, first = Event(), []
-
-    def stop_at_half(event):
-        first.append(event.loss)
-        if event.step == 4:
-            cancel.set()
-
-    with pytest.raises(Cancelled, match="step 4/8"):
-        fit(config, BaseComponents.from_folder(tiny_model_dir), instance, classes, progress=stop_at_half,
-            cancel=cancel)
-    _, trainer, resumed = run(config, tiny_model_dir, instance, classes, resume="latest")
-    assert trainer.global_step == 8
+    straight, stopped_and_resumed = straight_and_resumed_losses(
+        gpu_config(root, tiny_model_dir, output_dir=root / "a", **common),
+        gpu_config(root, tiny_model_dir, output_dir=root / "b", **common), tiny_model_dir, instance, classes)
     # GPU kernels are not bit-reproducible run to run; the CPU test holds resume to 1e-6.
-    np.testing.assert_allclose(first + resumed, straight, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(stopped_and_resumed, straight, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("strategy", ["auto", "fsdp"])

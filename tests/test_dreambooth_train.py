@@ -62,6 +62,26 @@ def test_loss_falls_on_a_tiny_dataset(data, tiny_model_dir):
     assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:5]), losses
 
 
+def straight_and_resumed_losses(straight_config, resumed_config, model_dir, instance, classes):
+    """The losses of an 8-step run, and of the same run cancelled after step 4 and resumed from `latest`."""
+    _, _, straight = run(straight_config, model_dir, instance, classes)
+    cancel, interrupted = Event(), []
+
+    def stop_at_half(event):
+        interrupted.append(event.loss)
+        if event.step == 4:
+            cancel.set()
+
+    with pytest.raises(Cancelled, match="step 4/8"):
+        fit(resumed_config, BaseComponents.from_folder(model_dir), instance, classes, progress=stop_at_half,
+            cancel=cancel)
+    assert len(interrupted) == 4
+    _, trainer, resumed = run(resumed_config, model_dir, instance, classes, resume="latest")
+    assert trainer.global_step == 8
+    assert len(straight) == 8 and len(interrupted + resumed) == 8
+    return straight, interrupted + resumed
+
+
 @pytest.mark.parametrize("mode", ["full", "lora"])
 def test_resume_gives_the_same_losses(data, tiny_model_dir, mode):
     root, instance, classes = data
@@ -71,25 +91,10 @@ def test_resume_gives_the_same_losses(data, tiny_model_dir, mode):
               "random_flip": True, "noise_offset": 0.05, "snr_gamma": 5.0, "train_text_encoder": True,
               "mode": mode, "lora": {"rank": 4, "alpha": 4, "dropout": 0.1},
               "learning_rate": 1e-3 if mode == "full" else 1e-2}
-    _, _, straight = run(tiny_config(root, tiny_model_dir, output_dir=root / "a", **common),
-                         tiny_model_dir, instance, classes)
-
-    config = tiny_config(root, tiny_model_dir, output_dir=root / "b", **common)
-    cancel, interrupted = Event(), []
-
-    def stop_at_half(event):
-        interrupted.append(event.loss)
-        if event.step == 4:
-            cancel.set()
-
-    with pytest.raises(Cancelled, match="step 4/8"):
-        fit(config, BaseComponents.from_folder(tiny_model_dir), instance, classes, progress=stop_at_half,
-            cancel=cancel)
-    assert len(interrupted) == 4
-    _, trainer, resumed = run(config, tiny_model_dir, instance, classes, resume="latest")
-    assert trainer.global_step == 8
-    assert len(straight) == 8 and len(interrupted + resumed) == 8
-    np.testing.assert_allclose(interrupted + resumed, straight, rtol=0, atol=1e-6)
+    straight, stopped_and_resumed = straight_and_resumed_losses(
+        tiny_config(root, tiny_model_dir, output_dir=root / "a", **common),
+        tiny_config(root, tiny_model_dir, output_dir=root / "b", **common), tiny_model_dir, instance, classes)
+    np.testing.assert_allclose(stopped_and_resumed, straight, rtol=0, atol=1e-6)
 
 
 def test_lora_trains_only_lora_and_the_vae_never_changes(data, tiny_model_dir):
