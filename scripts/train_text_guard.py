@@ -18,6 +18,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ASSETS_DIR)
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="keep frozen-encoder features here to retrain the head without re-encoding")
+    parser.add_argument("--encoder-from", type=Path, default=None,
+                        help="keep this trained guard's adapter, head and settings; refit only the TF-IDF, "
+                             "the signals asked for (--profanity-signal), the calibration and the threshold")
     for f in fields(TrainConfig):
         if isinstance(f.default, bool):  # --quantize / --no-quantize: type=bool would read "False" as true
             parser.add_argument(f"--{f.name.replace('_', '-')}", action=argparse.BooleanOptionalAction,
@@ -26,7 +29,7 @@ def main() -> None:
             parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
     args = parser.parse_args()
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
-    train_text_guard(args.out, config, cache_dir=args.cache_dir)
+    train_text_guard(args.out, config, cache_dir=args.cache_dir, encoder_from=args.encoder_from)
 
 
 if __name__ == "__main__":

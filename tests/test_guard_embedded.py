@@ -137,3 +137,12 @@ def test_image_backend_distinguishes_inputs(image_backend):
     blue = Image.new("RGB", (512, 512), (30, 90, 200))
     s_skin, s_blue = (r.unsafe for r in image_backend.score_images([skin, blue]))
     assert s_skin > 10 * s_blue
+
+
+def test_shipped_text_guard_uses_the_profanity_signal(text_backend):
+    """The shipped weights stack three signals; abuse that asks for nothing harmful is still flagged."""
+    assert text_backend.profanity is not None and len(text_backend.stack) == 4
+    insult, scene = "you are a worthless idiot, shut up", "a watercolor of a lighthouse at dawn"
+    assert text_backend.profanity_logits([insult])[0] > 0 > text_backend.profanity_logits([scene])[0]
+    insult_score, scene_score = text_backend.score_texts([insult, scene])
+    assert insult_score.unsafe >= text_backend.threshold > scene_score.unsafe

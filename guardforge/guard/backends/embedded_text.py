@@ -22,6 +22,7 @@ ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets" / "guard"
 TEXT_WEIGHTS = "text_guard.safetensors"
 TEXT_CONFIG = "text_guard.json"
 TEXT_VOCAB = "text_guard_vocab.json"
+PROFANITY_VOCAB = "text_guard_profanity_vocab.json"
 
 
 def make_vectorizer(vocabulary: dict[str, int] | None = None):
@@ -30,6 +31,13 @@ def make_vectorizer(vocabulary: dict[str, int] | None = None):
 
     return TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, max_features=20000,
                            vocabulary=vocabulary, dtype=np.float32)
+
+
+def make_profanity_vectorizer(vocabulary: dict[str, int]):
+    """The word TF-IDF of alt-profanity-check's model (guard/training/profanity.py), rebuilt from its vocabulary."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    return TfidfVectorizer(stop_words="english", vocabulary=vocabulary, dtype=np.float64)
 
 
 def encoder_path() -> Path:
@@ -143,9 +151,10 @@ def model_logits(model: nn.Module, tokenizer, texts: list[str], max_length: int,
 class EmbeddedTextBackend:
     """Scores prompts for S1..S13 and overall unsafe on CPU, offline, in a few milliseconds each.
 
-    Overall unsafe combines two signals with weights fitted on the validation split (Platt scaling with
-    two inputs): the MiniLM head's unsafe logit and a word/bigram TF-IDF logistic model's logit. The
-    second one catches explicit vocabulary that a frozen sentence embedding blurs.
+    Overall unsafe combines signals with weights fitted on the validation split (Platt scaling with one
+    input per signal): the MiniLM head's unsafe logit, a word/bigram TF-IDF logistic model's logit (explicit
+    vocabulary that a sentence embedding blurs) and, in weights trained with it, alt-profanity-check's
+    linear model (abuse and slurs, from ~200k labelled comments).
 
     `threshold` is the calibrated overall-unsafe threshold chosen on the validation split; the evaluation
     reports recall and false-positive rate at it.
@@ -173,7 +182,7 @@ class EmbeddedTextBackend:
         model = TextGuardModel(len(self.outputs), self.config["lora_rank"], self.config["lora_alpha"],
                                head_hidden=self.config.get("head_hidden", 0))
         model.load_trainable_state_dict({k: v for k, v in load_file(str(weights_path)).items()
-                                         if not k.startswith("tfidf.")})
+                                         if not k.startswith(("tfidf.", "profanity."))})
         self.quantized = bool(self.config.get("quantize", False))
         self.model = prepare_for_inference(model, self.quantized)
         self.temperature = torch.tensor(self.config["temperature"], dtype=torch.float32)
@@ -185,10 +194,29 @@ class EmbeddedTextBackend:
             self.vectorizer.idf_ = state["tfidf.idf"].numpy()
             self.tfidf_coef = state["tfidf.coef"].numpy()
             self.tfidf_intercept = float(state["tfidf.intercept"].item())
-        self.stack = self.config.get("stack")  # [w_head, w_tfidf, bias] on the two unsafe logits
+        self.profanity = None
+        if "profanity.idf" in state:
+            vocabulary = json.loads((weights_dir / PROFANITY_VOCAB).read_text(encoding="utf-8"))
+            vectorizer = make_profanity_vectorizer(vocabulary)
+            vectorizer.idf_ = state["profanity.idf"].numpy().astype(np.float64)
+            self.profanity = (vectorizer, state["profanity.coef"].numpy().astype(np.float64),
+                              float(state["profanity.intercept"].item()))
+        # [w_head, w_tfidf, (w_profanity,) bias]: one weight per signal's unsafe logit, then the bias.
+        self.stack = self.config.get("stack")
 
     def tfidf_logits(self, texts: list[str]) -> np.ndarray:
         return self.vectorizer.transform(texts) @ self.tfidf_coef + self.tfidf_intercept
+
+    def profanity_logits(self, texts: list[str]) -> np.ndarray:
+        vectorizer, coef, intercept = self.profanity
+        return np.asarray(vectorizer.transform(texts) @ coef + intercept, dtype=np.float64)
+
+    def signal_logits(self, texts: list[str], head_logits: np.ndarray) -> np.ndarray:
+        """(len(texts), signals): the inputs of the stack, in its order."""
+        columns = [np.asarray(head_logits, dtype=np.float64), self.tfidf_logits(texts)]
+        if self.profanity is not None:
+            columns.append(self.profanity_logits(texts))
+        return np.stack(columns, axis=1)
 
     def logits(self, texts: list[str]) -> torch.Tensor:
         """Uncalibrated logits, (len(texts), len(outputs)); the training code calibrates on these."""
@@ -208,8 +236,8 @@ class EmbeddedTextBackend:
         unsafe_index = self.outputs.index("unsafe")
         unsafe = probs[:, unsafe_index].astype(np.float64)
         if self.stack is not None and self.vectorizer is not None:
-            w_head, w_tfidf, bias = self.stack
-            z = w_head * logits[:, unsafe_index].numpy().astype(np.float64) + w_tfidf * self.tfidf_logits(texts) + bias
+            *weights, bias = self.stack
+            z = self.signal_logits(texts, logits[:, unsafe_index].numpy()) @ np.asarray(weights) + bias
             unsafe = 1.0 / (1.0 + np.exp(-z))
         results = []
         for row, p_unsafe in zip(probs.tolist(), unsafe.tolist(), strict=True):

