@@ -63,6 +63,9 @@ class UNetConfig(BaseModel):
     max_steps: int = 3000
     max_minutes: float = 30.0
     export_every_n_steps: int = 200
+    # > 0: keep an exponential moving average of the weights (Lightning's EMAWeightAveraging) and ship it;
+    # the average samples better than the last step's weights of a short, noisy run. 0: ship the last step.
+    ema_decay: float = 0.0
 
 
 class ShapesTrainConfig(BaseModel):
@@ -106,7 +109,7 @@ def build_unet(cfg: UNetConfig, latent_channels: int, latent_size: int):
         block_out_channels=tuple(cfg.block_out_channels), layers_per_block=1,
         down_block_types=down, up_block_types=up,
         cross_attention_dim=cfg.text_hidden_size, attention_head_dim=cfg.attention_head_dim,
-        norm_num_groups=min(32, cfg.block_out_channels[0]),
+        norm_num_groups=math.gcd(32, *cfg.block_out_channels),  # GroupNorm needs groups dividing every width
     )
 
 
@@ -316,19 +319,27 @@ def export_pipeline(vae, unet, text_encoder, tokenizer, folder: Path) -> Path:
 
 
 class ExportCallback(L.Callback):
-    """Every N steps, export the pipeline so a usable model exists while training goes on."""
+    """Every N steps, export the pipeline (the EMA weights when averaging) so a usable model exists while
+    training goes on."""
 
-    def __init__(self, vae, tokenizer, folder: Path, every: int):
-        self.vae, self.tokenizer, self.folder, self.every = vae, tokenizer, folder, every
+    def __init__(self, vae, tokenizer, folder: Path, every: int, ema=None):
+        self.vae, self.tokenizer, self.folder, self.every, self.ema = vae, tokenizer, folder, every, ema
+
+    def _shipped(self, module):
+        # Lightning keeps the average in a private AveragedModel; it wraps a copy of the whole module.
+        average = getattr(self.ema, "_average_model", None)
+        return average.module if average is not None else module
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         step = trainer.global_step
         if step and step % self.every == 0:
-            export_pipeline(self.vae, module.unet, module.text_encoder, self.tokenizer, self.folder)
+            shipped = self._shipped(module)
+            export_pipeline(self.vae, shipped.unet, shipped.text_encoder, self.tokenizer, self.folder)
             print(f"[step {step}] exported to {self.folder}", flush=True)
 
     def on_train_end(self, trainer, module):
-        export_pipeline(self.vae, module.unet, module.text_encoder, self.tokenizer, self.folder)
+        shipped = self._shipped(module)
+        export_pipeline(self.vae, shipped.unet, shipped.text_encoder, self.tokenizer, self.folder)
 
 
 # -- the one command --------------------------------------------------------------------------------------
@@ -446,8 +457,15 @@ def _train_unet(cfg: ShapesTrainConfig, work: Path, tokenizer, vae_dir: Path, re
                           return_tensors="pt").input_ids
     module = TextToImageModule(cfg.unet, unet, text_encoder, empty_ids)
     ckpt = work / "unet-ckpt" / "last.ckpt"
-    export = ExportCallback(vae, tokenizer, Path(cfg.export_dir), cfg.unet.export_every_n_steps)
-    trainer = _trainer(cfg.unet.max_steps, cfg.unet.max_minutes, work / "unet-ckpt", [export])
+    callbacks = []
+    if cfg.unet.ema_decay > 0:
+        # With averaging on, a checkpoint's state_dict holds the average, so export_final ships it too.
+        from lightning.pytorch.callbacks import EMAWeightAveraging
+
+        callbacks.append(EMAWeightAveraging(decay=cfg.unet.ema_decay))
+    export = ExportCallback(vae, tokenizer, Path(cfg.export_dir), cfg.unet.export_every_n_steps,
+                            ema=callbacks[0] if callbacks else None)
+    trainer = _trainer(cfg.unet.max_steps, cfg.unet.max_minutes, work / "unet-ckpt", [*callbacks, export])
     trainer.fit(module, LatentDataModule(cfg.unet, vae, tokenizer, cfg.seed),
                 ckpt_path=str(ckpt) if resume and ckpt.exists() else None)
     report["unet_steps"] = trainer.global_step
