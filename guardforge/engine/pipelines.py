@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageFilter, ImageOps
 
+from guardforge.engine.latent_inpaint import LatentBlend, needs_latent_blend
 from guardforge.engine.lora import applied_loras, resolve_loras
 from guardforge.engine.prompts import encode_prompts, extract_lora_tags
 from guardforge.engine.request import GenerationRequest, ProgressEvent
@@ -115,6 +116,14 @@ class _Progress:
         return kwargs
 
 
+def _chained(first: Callable, second: Callable) -> Callable:
+    """One step-end callback that runs two in turn (diffusers takes one)."""
+    def callback(pipe: DiffusionPipeline, step: int, timestep: Any, kwargs: dict) -> dict:
+        return second(pipe, step, timestep, first(pipe, step, timestep, kwargs))
+
+    return callback
+
+
 def _check_strength(request: GenerationRequest) -> None:
     if request.mode != "txt2img" and int(request.steps * request.denoising_strength) < 1:
         raise InvalidRequest(
@@ -197,7 +206,13 @@ class Engine:
         # weights (another dtype or offload) under the same lock: so requests on one model take turns with
         # each other and with the cache, while different models run in parallel.
         with loaded.lock:
-            pipe = loaded.for_mode(mode)
+            latent_blend = None
+            if mode == "inpaint" and needs_latent_blend(loaded.pipeline):
+                pipe = loaded.for_mode("img2img")
+                latent_blend = LatentBlend(pipe, original, blend_mask)
+                mode_inputs = {"image": original, "strength": request.denoising_strength}
+            else:
+                pipe = loaded.for_mode(mode)
             # The engine reports progress through on_progress; diffusers' own tqdm bar would only add noise.
             pipe.set_progress_bar_config(disable=True)
             progress.check_cancel()
@@ -216,6 +231,10 @@ class Engine:
                         batch_seeds = seeds[iteration * request.batch_size:(iteration + 1) * request.batch_size]
                         pipe.scheduler = build_scheduler(base_scheduler.config, request.sampler, request.schedule,
                                                          seed=batch_seeds[0])
+                        callback = progress.callback
+                        if latent_blend is not None:
+                            latent_blend.start_batch(batch_seeds)
+                            callback = _chained(latent_blend, progress.callback)
                         output = pipe(
                             **embeds.kwargs,
                             **mode_inputs,
@@ -224,7 +243,7 @@ class Engine:
                             num_images_per_prompt=request.batch_size,
                             generator=[torch.Generator("cpu").manual_seed(s) for s in batch_seeds],
                             output_type="pil",
-                            callback_on_step_end=progress.callback,
+                            callback_on_step_end=callback,
                         )
                         for image, seed in zip(output.images, batch_seeds, strict=True):
                             if blend_mask is not None:
