@@ -56,6 +56,10 @@ def test_saved_stack_is_what_the_backend_scores(tmp_path, with_profanity):
 
     backend = EmbeddedTextBackend(tmp_path, num_threads=1)
     assert (backend.profanity is not None) == with_profanity
+    # The signals themselves, not only the (partly saturated) probabilities, must match column for column.
+    signals = backend.signal_logits(texts, backend.logits(texts)[:, u].numpy())
+    np.testing.assert_allclose(signals, np.stack(columns, axis=1), rtol=1e-5, atol=1e-4)
+    assert backend.stack == pytest.approx(meta["stack"])
     scored = np.array([s.unsafe for s in backend.score_texts(texts)])
     np.testing.assert_allclose(scored, expected, atol=1e-4)
     assert backend.threshold == pytest.approx(meta["threshold"])

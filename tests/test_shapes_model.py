@@ -108,37 +108,48 @@ def test_inpaint_through_the_engine_changes_the_masked_region_only(tmp_path):
 
 
 def test_latent_blend_puts_the_known_region_back(pipe):
-    """Without the blend, img2img repaints everything; with it, the last latents outside the mask are the
-    original's exactly and inside they are new."""
-    from diffusers import StableDiffusionImg2ImgPipeline
+    """Without the blend, img2img repaints everything; with it, after every Euler step the latents outside the
+    mask are the original's noised to the next sigma (x0 + sigma * noise), the clean original after the last
+    step, and inside they are new. Strength 0.6 starts part-way down the schedule."""
+    from types import SimpleNamespace
+
+    from diffusers import EulerDiscreteScheduler, StableDiffusionImg2ImgPipeline
     from PIL import Image
 
     from guardforge.engine.latent_inpaint import LatentBlend, needs_latent_blend
 
     img2img = StableDiffusionImg2ImgPipeline(**pipe.components)
+    img2img.scheduler = EulerDiscreteScheduler.from_config(img2img.scheduler.config)
     assert needs_latent_blend(img2img)
+    assert not needs_latent_blend(SimpleNamespace(transformer=object(), vae=img2img.vae))  # SD3, Flux
     source = data.render(data.Scene("white", [data.ShapeObject("red", "circle", "large", "left")]))
     mask = np.zeros((64, 64), dtype=np.uint8)
     mask[:, 32:] = 255
 
-    def final_latents(blend):
+    def run(blend, strength):
         seen = []
 
         def record(p, step, timestep, kwargs):
             kwargs = blend(p, step, timestep, kwargs) if blend else kwargs
-            seen.append(kwargs["latents"].clone())
+            sigma = p.scheduler.sigmas[p.scheduler.step_index]  # the next step's sigma, 0 after the last
+            seen.append((kwargs["latents"].clone(), float(sigma)))
             return kwargs
 
-        img2img("a large blue square on the right, on a white background", image=source, strength=1.0,
+        img2img("a large blue square on the right, on a white background", image=source, strength=strength,
                 num_inference_steps=8, guidance_scale=7.5, generator=torch.Generator().manual_seed(0),
                 callback_on_step_end=record, output_type="latent")
-        return seen[-1]
+        return seen
 
     blend = LatentBlend(img2img, source, Image.fromarray(mask))
     blend.start_batch([0])
-    keep = blend.mask == 0
-    blended, plain = final_latents(blend), final_latents(None)
-    known = blend.image_latents.expand_as(blended)
-    assert torch.equal(blended[keep.expand_as(blended)], known[keep.expand_as(known)])
-    assert not torch.allclose(plain[keep.expand_as(plain)], known[keep.expand_as(known)], atol=0.1)
-    assert not torch.allclose(blended[~keep.expand_as(blended)], known[~keep.expand_as(known)], atol=0.1)
+    keep = (blend.mask == 0).expand(1, blend.image_latents.shape[1], -1, -1)
+    x0, noise = blend.image_latents, blend.noise
+    for strength, steps in ((1.0, 8), (0.6, 4)):
+        seen = run(blend, strength)
+        assert len(seen) == steps
+        for latents, sigma in seen:
+            torch.testing.assert_close(latents[keep], (x0 + sigma * noise)[keep], rtol=1e-5, atol=1e-5)
+        assert seen[-1][1] == 0.0
+        assert not torch.allclose(seen[-1][0][~keep], x0[~keep], atol=0.1)  # the masked half is repainted
+    plain = run(None, 1.0)[-1][0]
+    assert not torch.allclose(plain[keep], x0[keep], atol=0.1)

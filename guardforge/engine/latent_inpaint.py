@@ -19,9 +19,11 @@ if TYPE_CHECKING:
 
 
 def needs_latent_blend(pipe: DiffusionPipeline) -> bool:
-    """True for a plain UNet (its input is the latent alone) on a latent width other than SD's 4."""
-    latent_channels = pipe.vae.config.latent_channels
-    return pipe.unet.config.in_channels == latent_channels != 4
+    """True for a plain UNet (its input is the latent alone) on a latent width other than SD's 4.
+
+    Transformer pipelines (SD3, Flux) have no `unet`; their own inpaint pipelines take any latent width."""
+    unet = getattr(pipe, "unet", None)
+    return unet is not None and unet.config.in_channels == pipe.vae.config.latent_channels != 4
 
 
 class LatentBlend:

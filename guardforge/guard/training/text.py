@@ -236,6 +236,12 @@ def train_text_guard(out_dir: Path, config: TrainConfig | None = None,
     return meta
 
 
+def _package_version(name: str) -> str:
+    from importlib.metadata import version
+
+    return f"{name} {version(name)}"
+
+
 def _fit_tfidf(train: list[Example], config: TrainConfig):
     """The second signal: logistic regression on word/bigram TF-IDF of the training prompts (overall only)."""
     from sklearn.linear_model import LogisticRegression
@@ -360,7 +366,9 @@ def _calibrate_and_save(state: dict[str, torch.Tensor], val_logits: np.ndarray, 
         state["tfidf.intercept"] = torch.tensor([classifier.intercept_[0]], dtype=torch.float32)
         vocabulary = {term: int(i) for term, i in sorted(vectorizer.vocabulary_.items(), key=lambda kv: kv[1])}
         (out_dir / TEXT_VOCAB).write_text(json.dumps(vocabulary, ensure_ascii=False), encoding="utf-8")
-    if profanity is not None:
+    if profanity is None:
+        (out_dir / PROFANITY_VOCAB).unlink(missing_ok=True)  # a refit without the signal must not leave it
+    else:
         vectorizer, coef, intercept = profanity
         state["profanity.idf"] = torch.tensor(vectorizer.idf_, dtype=torch.float32)
         state["profanity.coef"] = torch.tensor(coef, dtype=torch.float32)
@@ -382,6 +390,7 @@ def _calibrate_and_save(state: dict[str, torch.Tensor], val_logits: np.ndarray, 
         "train_config": asdict(config),
         "metrics": metrics,
         "encoder_from": encoder_from,
+        "profanity_package": _package_version("alt-profanity-check") if profanity is not None else None,
     }
     (out_dir / TEXT_CONFIG).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
     return meta
