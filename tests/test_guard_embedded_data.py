@@ -100,8 +100,8 @@ def test_profanity_signal_matches_the_package_model():
     pytest.importorskip("profanity_check")
     from profanity_check import profanity_check as package
 
-    from guardforge.guard.backends.embedded_text import make_profanity_vectorizer
-    from guardforge.guard.training.profanity import load_profanity_signal, profanity_logits
+    from guardforge.guard.backends.embedded_text import linear_logits, make_profanity_vectorizer
+    from guardforge.guard.training.profanity import load_profanity_signal
 
     texts = ["you are a worthless idiot and everyone hates you", "a watercolor of a lighthouse at dawn",
              "shut the hell up, moron", "How do I kill a Python process?", ""]
@@ -109,11 +109,11 @@ def test_profanity_signal_matches_the_package_model():
     svms = [c.estimator for c in package.model.calibrated_classifiers_]
     features = package.vectorizer.transform(texts)
     expected = np.mean([svm.decision_function(features) for svm in svms], axis=0)
-    np.testing.assert_allclose(profanity_logits(vectorizer, coef, intercept, texts), expected, rtol=1e-9)
+    np.testing.assert_allclose(linear_logits(vectorizer, coef, intercept, texts), expected, rtol=1e-9)
 
     rebuilt = make_profanity_vectorizer(dict(vectorizer.vocabulary_))
     rebuilt.idf_ = vectorizer.idf_.astype(np.float32).astype(np.float64)  # as stored in safetensors
-    z = profanity_logits(rebuilt, coef.astype(np.float32).astype(np.float64), intercept, texts)
+    z = linear_logits(rebuilt, coef.astype(np.float32).astype(np.float64), intercept, texts)
     np.testing.assert_allclose(z, expected, atol=1e-5)
     assert z[0] > 0 > z[1] and z[2] > z[3]
     # The package's own probabilities rank the texts the same way as the exported signal.

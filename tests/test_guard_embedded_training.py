@@ -28,8 +28,13 @@ def test_saved_stack_is_what_the_backend_scores(tmp_path, with_profanity):
         pytest.importorskip("profanity_check")
     from transformers import AutoTokenizer
 
-    from guardforge.guard.backends.embedded_text import EmbeddedTextBackend, TextGuardModel, encoder_path
-    from guardforge.guard.training.profanity import load_profanity_signal, profanity_logits
+    from guardforge.guard.backends.embedded_text import (
+        EmbeddedTextBackend,
+        TextGuardModel,
+        encoder_path,
+        linear_logits,
+    )
+    from guardforge.guard.training.profanity import load_profanity_signal
     from guardforge.guard.training.text import TrainConfig, _calibrate_and_save, _fit_tfidf, model_logits
 
     torch.manual_seed(0)
@@ -50,7 +55,7 @@ def test_saved_stack_is_what_the_backend_scores(tmp_path, with_profanity):
     vectorizer, classifier = tfidf
     columns = [val_logits[:, u], classifier.decision_function(vectorizer.transform(texts))]
     if with_profanity:
-        columns.append(profanity_logits(*profanity, texts))
+        columns.append(linear_logits(*profanity, texts))
     *weights, bias = meta["stack"]
     expected = 1 / (1 + np.exp(-(np.stack(columns, axis=1) @ np.asarray(weights) + bias)))
 

