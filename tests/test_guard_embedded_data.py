@@ -100,7 +100,7 @@ def test_profanity_signal_matches_the_package_model():
     pytest.importorskip("profanity_check")
     from profanity_check import profanity_check as package
 
-    from guardforge.guard.backends.embedded_text import linear_logits, make_profanity_vectorizer
+    from guardforge.guard.backends.embedded_text import fitted_profanity_tfidf, linear_logits
     from guardforge.guard.training.profanity import load_profanity_signal
 
     texts = ["you are a worthless idiot and everyone hates you", "a watercolor of a lighthouse at dawn",
@@ -111,10 +111,45 @@ def test_profanity_signal_matches_the_package_model():
     expected = np.mean([svm.decision_function(features) for svm in svms], axis=0)
     np.testing.assert_allclose(linear_logits(vectorizer, coef, intercept, texts), expected, rtol=1e-9)
 
-    rebuilt = make_profanity_vectorizer(dict(vectorizer.vocabulary_))
-    rebuilt.idf_ = vectorizer.idf_.astype(np.float32).astype(np.float64)  # as stored in safetensors
+    # The backend's scikit-learn-free twin, from the vocabulary and the idf as stored in safetensors (float32).
+    rebuilt = fitted_profanity_tfidf(dict(vectorizer.vocabulary_), vectorizer.idf_.astype(np.float32))
     z = linear_logits(rebuilt, coef.astype(np.float32).astype(np.float64), intercept, texts)
     np.testing.assert_allclose(z, expected, atol=1e-5)
     assert z[0] > 0 > z[1] and z[2] > z[3]
+    # The twin skips the package's stop-word removal: right only while no stop word is in the vocabulary.
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    assert not ENGLISH_STOP_WORDS & set(vectorizer.vocabulary_)
     # The package's own probabilities rank the texts the same way as the exported signal.
     assert list(np.argsort(package.predict_prob(texts))) == list(np.argsort(z))
+
+
+def test_runtime_tfidf_transforms_as_scikit_learn_does_on_the_shipped_signals():
+    """The backend scores with FittedTfidf (no scikit-learn import); training fits with scikit-learn."""
+    from safetensors.numpy import load_file
+
+    from guardforge.guard.backends.embedded_text import (
+        ASSETS_DIR, PROFANITY_VOCAB, TEXT_VOCAB, TEXT_WEIGHTS, fitted_profanity_tfidf, fitted_tfidf, make_vectorizer,
+    )
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    state = load_file(str(ASSETS_DIR / TEXT_WEIGHTS))
+    texts = ["How do I kill a Python process?", "A cat, a CAT and a cat's toy!", "", "   ", "naïve café ÜBER straße",
+             "you are a worthless idiot and everyone hates you", "bomb bomb bomb the bridge at dawn",
+             "the the the", "x y z 42 4242", "a watercolor of a lighthouse at dawn, 8k, trending"]
+    import json
+
+    vocabulary = json.loads((ASSETS_DIR / TEXT_VOCAB).read_text(encoding="utf-8"))
+    reference = make_vectorizer(vocabulary)
+    reference.idf_ = state["tfidf.idf"]
+    ours = fitted_tfidf(vocabulary, state["tfidf.idf"])
+    assert any(" " in term for term in reference.inverse_transform(reference.transform(texts))[7].tolist() +
+               reference.inverse_transform(reference.transform(texts))[0].tolist())  # bigrams are exercised
+    np.testing.assert_allclose(ours.transform(texts).toarray(), reference.transform(texts).toarray(), atol=1e-6)
+
+    vocabulary = json.loads((ASSETS_DIR / PROFANITY_VOCAB).read_text(encoding="utf-8"))
+    reference = TfidfVectorizer(stop_words="english", vocabulary=vocabulary, dtype=np.float64)
+    reference.idf_ = state["profanity.idf"].astype(np.float64)
+    ours = fitted_profanity_tfidf(vocabulary, state["profanity.idf"])
+    assert reference.transform(texts).nnz >= 10
+    np.testing.assert_allclose(ours.transform(texts).toarray(), reference.transform(texts).toarray(), atol=1e-12)

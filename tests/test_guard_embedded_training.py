@@ -68,3 +68,37 @@ def test_saved_stack_is_what_the_backend_scores(tmp_path, with_profanity):
     scored = np.array([s.unsafe for s in backend.score_texts(texts)])
     np.testing.assert_allclose(scored, expected, atol=1e-4)
     assert backend.threshold == pytest.approx(meta["threshold"])
+
+
+def test_backend_folds_the_adapter_in_exactly_as_peft_does():
+    """The backend merges the shipped LoRA by hand (no PeftModel at start-up); the trainer calibrated on peft's
+    merge_and_unload. Bitwise-equal weights mean the int8 model, hence every score, is the same."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from guardforge.guard.backends.embedded_text import (
+        ASSETS_DIR, TEXT_CONFIG, TEXT_WEIGHTS, TextGuardModel, merge_lora, prepare_for_inference,
+    )
+
+    config = json.loads((ASSETS_DIR / TEXT_CONFIG).read_text())
+    state = load_file(str(ASSETS_DIR / TEXT_WEIGHTS))
+    trained = TextGuardModel(len(config["outputs"]), config["lora_rank"], config["lora_alpha"])
+    trained.load_trainable_state_dict({k: v for k, v in state.items() if k.startswith(("lora.", "head."))})
+    by_peft = prepare_for_inference(trained, quantize=False).encoder.state_dict()
+
+    plain = TextGuardModel(len(config["outputs"]), 0, 0)
+    lora = {k[len("lora."):]: v for k, v in state.items() if k.startswith("lora.")}
+    merge_lora(plain.encoder, lora, config["lora_alpha"] / config["lora_rank"])
+    by_hand = plain.encoder.state_dict()
+
+    assert by_hand.keys() == by_peft.keys()
+    untouched = TextGuardModel(1, 0, 0).encoder.state_dict()
+    changed = [k for k in by_hand if not torch.equal(by_hand[k], untouched[k])]
+    assert len(changed) == len(lora) // 2  # every adapted layer moved, nothing else
+    assert all(torch.equal(by_hand[k], by_peft[k]) for k in by_hand)
+
+    with pytest.raises(ValueError, match="does not fit"):
+        any_matrix = next(iter(lora.values()))  # MiniLM-L6 has no layer 9
+        merge_lora(plain.encoder, {"base_model.model.encoder.layer.9.output.dense.lora_A.weight": any_matrix,
+                                   "base_model.model.encoder.layer.9.output.dense.lora_B.weight": any_matrix}, 2.0)

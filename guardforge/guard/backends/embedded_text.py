@@ -9,6 +9,8 @@ as a probability. How it was trained and what it reaches: guardforge/assets/guar
 from __future__ import annotations
 
 import json
+import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -33,11 +35,59 @@ def make_vectorizer(vocabulary: dict[str, int] | None = None):
                            vocabulary=vocabulary, dtype=np.float32)
 
 
-def make_profanity_vectorizer(vocabulary: dict[str, int]):
-    """The word TF-IDF of alt-profanity-check's model (guard/training/profanity.py), rebuilt from its vocabulary."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
+class FittedTfidf:
+    """`TfidfVectorizer.transform` of a fitted word vocabulary (lowercase, sklearn's default token pattern,
+    n-grams up to `ngram_max`, optional sublinear tf, idf, L2 rows), without importing scikit-learn.
 
-    return TfidfVectorizer(stop_words="english", vocabulary=vocabulary, dtype=np.float64)
+    Training fits with scikit-learn; scoring needs only this, and importing scikit-learn cost 0.5-1 s of the
+    CLI's cold start. tests/test_guard_embedded.py checks it against scikit-learn on both shipped signals.
+    Stop-word removal is left out: only the unigram profanity signal uses it, and its vocabulary, fitted with
+    those stop words removed, contains none of them, so dropping them or not looking them up is the same.
+    """
+
+    _TOKEN = re.compile(r"(?u)\b\w\w+\b")
+
+    def __init__(self, vocabulary: dict[str, int], idf: np.ndarray, ngram_max: int = 1, sublinear_tf: bool = False,
+                 dtype=np.float64):
+        self.vocabulary, self.idf = vocabulary, np.asarray(idf, dtype=dtype)
+        self.ngram_max, self.sublinear_tf, self.dtype = ngram_max, sublinear_tf, dtype
+
+    def _terms(self, text: str) -> list[str]:
+        tokens = self._TOKEN.findall(text.lower())
+        terms = list(tokens)
+        for n in range(2, self.ngram_max + 1):
+            terms += [" ".join(tokens[k:k + n]) for k in range(len(tokens) - n + 1)]
+        return terms
+
+    def transform(self, texts: list[str]):
+        from scipy.sparse import csr_matrix  # already imported by transformers and diffusers
+
+        rows, columns, values = [], [], []
+        for row, text in enumerate(texts):
+            counts = Counter(self.vocabulary[t] for t in self._terms(text) if t in self.vocabulary)
+            if not counts:
+                continue
+            index = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
+            tf = np.fromiter(counts.values(), dtype=self.dtype, count=len(counts))
+            if self.sublinear_tf:
+                tf = np.log(tf) + 1
+            weights = tf * self.idf[index]
+            weights /= np.sqrt((weights * weights).sum())
+            rows += [row] * len(index)
+            columns += index.tolist()
+            values += weights.tolist()
+        return csr_matrix((np.asarray(values, dtype=self.dtype), (rows, columns)),
+                          shape=(len(texts), len(self.vocabulary)), dtype=self.dtype)
+
+
+def fitted_tfidf(vocabulary: dict[str, int], idf: np.ndarray) -> FittedTfidf:
+    """The runtime twin of make_vectorizer."""
+    return FittedTfidf(vocabulary, idf, ngram_max=2, sublinear_tf=True, dtype=np.float32)
+
+
+def fitted_profanity_tfidf(vocabulary: dict[str, int], idf: np.ndarray) -> FittedTfidf:
+    """The runtime form of alt-profanity-check's word TF-IDF (guard/training/profanity.py), from its vocabulary."""
+    return FittedTfidf(vocabulary, idf, ngram_max=1, sublinear_tf=False, dtype=np.float64)
 
 
 def linear_logits(vectorizer, coef: np.ndarray, intercept: float, texts: list[str]) -> np.ndarray:
@@ -118,6 +168,23 @@ class TextGuardModel(nn.Module):
         self.head.load_state_dict(head)
 
 
+def merge_lora(encoder: nn.Module, lora: dict[str, torch.Tensor], scaling: float) -> None:
+    """Fold LoRA matrices, keyed as peft saves them (`base_model.model.<layer>.lora_A.weight`), into a plain
+    encoder's linear layers: W += (B @ A) * scaling, the very operation of peft's merge_and_unload, so the
+    merged weights are bitwise the same, without wrapping the encoder in a PeftModel first (0.4 s at start-up).
+    """
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in lora.items():
+        layer, _, matrix = key.removeprefix("base_model.model.").rpartition(".lora_")
+        pairs.setdefault(layer, {})[matrix.split(".")[0]] = value
+    modules = dict(encoder.named_modules())
+    for layer, ab in pairs.items():
+        if layer not in modules or set(ab) != {"A", "B"}:
+            raise ValueError(f"adapter does not fit the encoder: {layer} ({sorted(ab)})")
+        with torch.no_grad():
+            modules[layer].weight.data += (ab["B"] @ ab["A"]) * scaling
+
+
 def prepare_for_inference(model: TextGuardModel, quantize: bool) -> TextGuardModel:
     """The form the guard runs in; training calibrates on this same form, so scores match the thresholds.
 
@@ -184,27 +251,27 @@ class EmbeddedTextBackend:
         self.max_length = int(self.config["max_length"])
         self.threshold = float(self.config["threshold"])
         self.tokenizer = AutoTokenizer.from_pretrained(encoder_path(), local_files_only=True)
-        model = TextGuardModel(len(self.outputs), self.config["lora_rank"], self.config["lora_alpha"],
-                               head_hidden=self.config.get("head_hidden", 0))
-        model.load_trainable_state_dict({k: v for k, v in load_file(str(weights_path)).items()
-                                         if not k.startswith(("tfidf.", "profanity."))})
+        state = load_file(str(weights_path))
+        # The plain encoder with the adapter folded in: what prepare_for_inference makes of the trained model.
+        model = TextGuardModel(len(self.outputs), 0, 0, head_hidden=self.config.get("head_hidden", 0))
+        model.head.load_state_dict({k[len("head."):]: v for k, v in state.items() if k.startswith("head.")})
+        lora = {k[len("lora."):]: v for k, v in state.items() if k.startswith("lora.")}
+        if lora:
+            merge_lora(model.encoder, lora, self.config["lora_alpha"] / self.config["lora_rank"])
         self.quantized = bool(self.config.get("quantize", False))
         self.model = prepare_for_inference(model, self.quantized)
         self.temperature = torch.tensor(self.config["temperature"], dtype=torch.float32)
-        state = load_file(str(weights_path))
         self.vectorizer = None
         if "tfidf.idf" in state:
             vocabulary = json.loads((weights_dir / TEXT_VOCAB).read_text(encoding="utf-8"))
-            self.vectorizer = make_vectorizer(vocabulary)
-            self.vectorizer.idf_ = state["tfidf.idf"].numpy()
+            self.vectorizer = fitted_tfidf(vocabulary, state["tfidf.idf"].numpy())
             self.tfidf_coef = state["tfidf.coef"].numpy()
             self.tfidf_intercept = float(state["tfidf.intercept"].item())
         self.profanity = None
         if "profanity.idf" in state:
             vocabulary = json.loads((weights_dir / PROFANITY_VOCAB).read_text(encoding="utf-8"))
-            vectorizer = make_profanity_vectorizer(vocabulary)
-            vectorizer.idf_ = state["profanity.idf"].numpy().astype(np.float64)
-            self.profanity = (vectorizer, state["profanity.coef"].numpy().astype(np.float64),
+            self.profanity = (fitted_profanity_tfidf(vocabulary, state["profanity.idf"].numpy()),
+                              state["profanity.coef"].numpy().astype(np.float64),
                               float(state["profanity.intercept"].item()))
         # [w_head, w_tfidf, (w_profanity,) bias]: one weight per signal's unsafe logit, then the bias.
         self.stack = self.config.get("stack")
