@@ -21,6 +21,7 @@ class AdherenceReport:
     n: int
     correct: Counter = field(default_factory=Counter)
     samples: list[tuple[Image.Image, str]] = field(default_factory=list)
+    latent_error: float | None = None  # generated vs true-image latents; see evaluate
 
     def accuracy(self) -> dict[str, float]:
         return {a: self.correct[a] / self.n for a in ATTRIBUTES} | {"all": self.correct["all"] / self.n}
@@ -39,24 +40,75 @@ def load_pipeline(folder: Path, sampler: str = "Euler"):
 
 
 @torch.no_grad()
-def generate(pipe, prompts: list[str], steps: int, cfg: float, seed: int, batch_size: int = 20,
-             guidance_rescale: float = 0.0) -> list[Image.Image]:
-    images = []
+def generate_latents(pipe, prompts: list[str], steps: int, cfg: float, seed: int, batch_size: int = 20,
+                     guidance_rescale: float = 0.0) -> torch.Tensor:
+    """Final latents (scaled, as the UNet sees them), prompt i seeded seed + i."""
+    latents = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
         generators = [torch.Generator().manual_seed(seed + start + i) for i in range(len(chunk))]
-        images += pipe(chunk, num_inference_steps=steps, guidance_scale=cfg,
-                       guidance_rescale=guidance_rescale, generator=generators).images
-    return images
+        latents.append(pipe(chunk, num_inference_steps=steps, guidance_scale=cfg, guidance_rescale=guidance_rescale,
+                            generator=generators, output_type="latent").images)
+    return torch.cat(latents)
+
+
+@torch.no_grad()
+def decode(pipe, latents: torch.Tensor) -> list[Image.Image]:
+    """What the pipeline's own output_type="pil" path does with its final latents."""
+    pixels = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
+    return pipe.image_processor.postprocess(pixels, output_type="pil")
+
+
+def generate(pipe, prompts: list[str], steps: int, cfg: float, seed: int, batch_size: int = 20,
+             guidance_rescale: float = 0.0) -> list[Image.Image]:
+    return decode(pipe, generate_latents(pipe, prompts, steps, cfg, seed, batch_size, guidance_rescale))
+
+
+def true_pixels(cases: list) -> torch.Tensor:
+    """The generator's own images of the cases, in [-1, 1], (n, 3, 64, 64)."""
+    import numpy as np
+
+    images = np.stack([np.asarray(data.render(data.Scene(background, [obj]))) for obj, background, _ in cases])
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+@torch.no_grad()
+def true_latents(pipe, cases: list) -> torch.Tensor:
+    pixels = true_pixels(cases).to(pipe.vae.device, pipe.vae.dtype)
+    return pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
 
 
 def evaluate(pipe, held_out: bool, n: int, steps: int = 20, cfg: float = 7.5, seed: int = 0,
              guidance_rescale: float = 0.0) -> AdherenceReport:
-    """Score n single-object captions (held-out colour/shape pairs or seen ones) attribute by attribute."""
+    """Score n single-object captions (held-out colour/shape pairs or seen ones) attribute by attribute.
+
+    `latent_error` compares the final latents with those of the captions' true images (mean squared error over
+    their variance): the captions fix every attribute, so a perfect model lands on them.
+    """
     cases = data.eval_cases(held_out, n, seed=1234 + int(held_out))
-    images = generate(pipe, [caption for _, _, caption in cases], steps, cfg, seed,
-                      guidance_rescale=guidance_rescale)
-    report = AdherenceReport("held-out" if held_out else "seen", n)
+    latents = generate_latents(pipe, [caption for _, _, caption in cases], steps, cfg, seed,
+                               guidance_rescale=guidance_rescale)
+    report = score("held-out" if held_out else "seen", cases, decode(pipe, latents))
+    truth = true_latents(pipe, cases).to(latents.dtype)
+    report.latent_error = float(((latents - truth) ** 2).mean() / truth.var())
+    return report
+
+
+@torch.no_grad()
+def vae_round_trip(pipe, held_out: bool, n: int) -> AdherenceReport:
+    """The same cases' true images through the pipeline's VAE and back, read by the same detector.
+
+    It is the most a sample can score when its latents are exactly right: the gap between this row and the
+    generated one is the UNet's, the gap between this row and 100% is the VAE's (or the detector's).
+    """
+    cases = data.eval_cases(held_out, n, seed=1234 + int(held_out))
+    images = decode(pipe, true_latents(pipe, cases))
+    return score(f"{'held-out' if held_out else 'seen'} VAE", cases, images)
+
+
+def score(split: str, cases: list, images: list[Image.Image]) -> AdherenceReport:
+    """Read each image with the detector and count the attributes that match its case."""
+    report = AdherenceReport(split, len(cases))
     for (obj, background, caption), image in zip(cases, images, strict=True):
         # Only the base shapes are candidates: the model was never taught the reserved ones.
         found = detect(image, shapes=data.SHAPES)
