@@ -1,0 +1,57 @@
+"""The tiny-shapes training code (guardforge/train/text_to_image.py), run for a few steps at toy width."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import torch
+
+from guardforge.train.text_to_image import ShapesTrainConfig, reconstruction_loss, train_tiny_shapes
+
+
+def test_reconstruction_loss_weights_object_pixels_up():
+    x = torch.full((1, 3, 8, 8), -1.0)
+    x[:, :, 3:5, 3:5] = 1.0  # a 2x2 "object" on a flat background (the corner pixel is background)
+    on_background, on_object = x.clone(), x.clone()
+    on_background[:, :, 0, 7] += 0.5
+    on_object[:, :, 3, 3] -= 0.5
+    plain = [reconstruction_loss(r, x, 0.0) for r in (on_background, on_object)]
+    weighted = [reconstruction_loss(r, x, 9.0) for r in (on_background, on_object)]
+    assert torch.isclose(plain[0], plain[1])
+    assert torch.isclose(plain[0], torch.nn.functional.l1_loss(on_background, x)
+                         + torch.nn.functional.mse_loss(on_background, x))
+    assert torch.isclose(weighted[0], plain[0])
+    assert torch.isclose(weighted[1], 10 * plain[1])
+
+
+def toy_config(tmp_path, unet_steps: int) -> ShapesTrainConfig:
+    return ShapesTrainConfig.model_validate({
+        "work_dir": str(tmp_path / "work"), "export_dir": str(tmp_path / "export"), "threads": 1,
+        "vae": {"block_out_channels": [8, 8, 8], "norm_num_groups": 4, "latent_channels": 4, "n_images": 16,
+                "batch_size": 8, "object_weight": 9.0, "max_steps": 2, "decoder_max_steps": 2},
+        "unet": {"block_out_channels": [8, 16], "attention_levels": [False, True], "attention_head_dim": 4,
+                 "text_hidden_size": 16, "text_layers": 1, "text_heads": 2, "n_images": 16, "batch_size": 8,
+                 "warmup_steps": 1, "max_steps": unet_steps, "export_every_n_steps": 1000,
+                 "ema_decay": 0.9},
+    })
+
+
+def test_one_command_trains_every_stage_exports_a_pipeline_and_resumes(tmp_path, caplog):
+    from diffusers import StableDiffusionPipeline
+
+    report = train_tiny_shapes(toy_config(tmp_path, unet_steps=2))
+    assert report["vae_steps"] == 2 and report["unet_steps"] == 2 and report["decoder_steps"] == 2
+    pipe = StableDiffusionPipeline.from_pretrained(str(tmp_path / "export"), local_files_only=True)
+    assert pipe.vae.config.latent_channels == 4 and pipe.unet.config.sample_size == 16
+    image = pipe("a red circle", num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.size == (64, 64)
+
+    # A longer budget with --resume continues the UNet from its checkpoint rather than starting over;
+    # the finished VAE and decoder stages are not run again.
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch"):
+        resumed = train_tiny_shapes(toy_config(tmp_path, unet_steps=4), resume=True)
+    assert "Restored all states from the checkpoint" in caplog.text
+    assert resumed["unet_steps"] == 4
+    assert "vae_steps" not in resumed and "decoder_steps" not in resumed
+    assert json.loads((tmp_path / "work" / "unet_report.json").read_text())["unet_steps"] == 4
