@@ -126,10 +126,13 @@ def test_profanity_signal_matches_the_package_model():
 
 def test_runtime_tfidf_transforms_as_scikit_learn_does_on_the_shipped_signals():
     """The backend scores with FittedTfidf (no scikit-learn import); training fits with scikit-learn."""
+    import json
+
     from safetensors.numpy import load_file
 
     from guardforge.guard.backends.embedded_text import (
-        ASSETS_DIR, PROFANITY_VOCAB, TEXT_VOCAB, TEXT_WEIGHTS, fitted_profanity_tfidf, fitted_tfidf, make_vectorizer,
+        ASSETS_DIR, PROFANITY_VOCAB, TEXT_VOCAB, TEXT_WEIGHTS, FittedTfidf, fitted_profanity_tfidf, fitted_tfidf,
+        make_vectorizer,
     )
     from sklearn.feature_extraction.text import TfidfVectorizer
 
@@ -137,14 +140,19 @@ def test_runtime_tfidf_transforms_as_scikit_learn_does_on_the_shipped_signals():
     texts = ["How do I kill a Python process?", "A cat, a CAT and a cat's toy!", "", "   ", "naïve café ÜBER straße",
              "you are a worthless idiot and everyone hates you", "bomb bomb bomb the bridge at dawn",
              "the the the", "x y z 42 4242", "a watercolor of a lighthouse at dawn, 8k, trending"]
-    import json
 
     vocabulary = json.loads((ASSETS_DIR / TEXT_VOCAB).read_text(encoding="utf-8"))
     reference = make_vectorizer(vocabulary)
     reference.idf_ = state["tfidf.idf"]
     ours = fitted_tfidf(vocabulary, state["tfidf.idf"])
-    assert any(" " in term for term in reference.inverse_transform(reference.transform(texts))[7].tolist() +
-               reference.inverse_transform(reference.transform(texts))[0].tolist())  # bigrams are exercised
+    # Future fits too: the trainer's vectorizer may only use settings the runtime twin reproduces.
+    params = reference.get_params()
+    assert params["ngram_range"] == (1, ours.ngram_max) and params["sublinear_tf"] == ours.sublinear_tf
+    assert (params["analyzer"], params["lowercase"], params["token_pattern"]) == ("word", True, FittedTfidf._TOKEN.pattern)
+    assert (params["norm"], params["use_idf"], params["binary"]) == ("l2", True, False)
+    assert params["stop_words"] is params["strip_accents"] is params["preprocessor"] is params["tokenizer"] is None
+    terms = reference.inverse_transform(reference.transform(texts))
+    assert any(" " in term for term in [*terms[0], *terms[7]])  # bigrams are exercised
     np.testing.assert_allclose(ours.transform(texts).toarray(), reference.transform(texts).toarray(), atol=1e-6)
 
     vocabulary = json.loads((ASSETS_DIR / PROFANITY_VOCAB).read_text(encoding="utf-8"))

@@ -78,27 +78,44 @@ def test_backend_folds_the_adapter_in_exactly_as_peft_does():
     from safetensors.torch import load_file
 
     from guardforge.guard.backends.embedded_text import (
-        ASSETS_DIR, TEXT_CONFIG, TEXT_WEIGHTS, TextGuardModel, merge_lora, prepare_for_inference,
+        ASSETS_DIR, TEXT_CONFIG, TEXT_WEIGHTS, TextGuardModel, merge_lora, merged_model, prepare_for_inference,
     )
 
     config = json.loads((ASSETS_DIR / TEXT_CONFIG).read_text())
     state = load_file(str(ASSETS_DIR / TEXT_WEIGHTS))
     trained = TextGuardModel(len(config["outputs"]), config["lora_rank"], config["lora_alpha"])
     trained.load_trainable_state_dict({k: v for k, v in state.items() if k.startswith(("lora.", "head."))})
-    by_peft = prepare_for_inference(trained, quantize=False).encoder.state_dict()
+    by_peft = prepare_for_inference(trained, quantize=False)
 
-    plain = TextGuardModel(len(config["outputs"]), 0, 0)
-    lora = {k[len("lora."):]: v for k, v in state.items() if k.startswith("lora.")}
-    merge_lora(plain.encoder, lora, config["lora_alpha"] / config["lora_rank"])
-    by_hand = plain.encoder.state_dict()
-
-    assert by_hand.keys() == by_peft.keys()
+    by_hand = merged_model(state, config)  # the backend's own loading path
+    lora = {k for k in state if k.startswith("lora.")}
+    hand, peft = by_hand.state_dict(), by_peft.state_dict()
+    assert hand.keys() == peft.keys()
     untouched = TextGuardModel(1, 0, 0).encoder.state_dict()
-    changed = [k for k in by_hand if not torch.equal(by_hand[k], untouched[k])]
+    changed = [k for k, v in by_hand.encoder.state_dict().items() if not torch.equal(v, untouched[k])]
     assert len(changed) == len(lora) // 2  # every adapted layer moved, nothing else
-    assert all(torch.equal(by_hand[k], by_peft[k]) for k in by_hand)
+    assert all(torch.equal(hand[k], peft[k]) for k in hand)  # encoder and head
 
+    with pytest.raises(ValueError, match="lora_rank 0"):
+        merged_model(state, config | {"lora_rank": 0})
     with pytest.raises(ValueError, match="does not fit"):
-        any_matrix = next(iter(lora.values()))  # MiniLM-L6 has no layer 9
-        merge_lora(plain.encoder, {"base_model.model.encoder.layer.9.output.dense.lora_A.weight": any_matrix,
-                                   "base_model.model.encoder.layer.9.output.dense.lora_B.weight": any_matrix}, 2.0)
+        any_matrix = state[next(iter(lora))]  # MiniLM-L6 has no layer 9
+        merge_lora(TextGuardModel(1, 0, 0).encoder,
+                   {"base_model.model.encoder.layer.9.output.dense.lora_A.weight": any_matrix,
+                    "base_model.model.encoder.layer.9.output.dense.lora_B.weight": any_matrix}, 2.0)
+
+
+def test_scoring_a_prompt_imports_neither_scikit_learn_nor_peft():
+    """Both cost start-up time on every `guardforge generate`; the backend has its own TF-IDF and merge."""
+    import subprocess
+    import sys
+
+    script = ("import sys\n"
+              "from guardforge.guard.backends.embedded_text import EmbeddedTextBackend\n"
+              "backend = EmbeddedTextBackend(num_threads=1)\n"
+              "assert backend.vectorizer is not None and backend.profanity is not None\n"
+              "backend.score_texts(['a red circle on a blue background'])\n"
+              "print(sorted(m for m in ('sklearn', 'peft') if m in sys.modules))\n")
+    run = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip().splitlines()[-1] == "[]"

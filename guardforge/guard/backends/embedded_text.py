@@ -40,7 +40,8 @@ class FittedTfidf:
     n-grams up to `ngram_max`, optional sublinear tf, idf, L2 rows), without importing scikit-learn.
 
     Training fits with scikit-learn; scoring needs only this, and importing scikit-learn cost 0.5-1 s of the
-    CLI's cold start. tests/test_guard_embedded.py checks it against scikit-learn on both shipped signals.
+    CLI's cold start. tests/test_guard_embedded_data.py checks it against scikit-learn on both shipped
+    signals, and that make_vectorizer uses no setting this class lacks.
     Stop-word removal is left out: only the unigram profanity signal uses it, and its vocabulary, fitted with
     those stop words removed, contains none of them, so dropping them or not looking them up is the same.
     """
@@ -185,6 +186,20 @@ def merge_lora(encoder: nn.Module, lora: dict[str, torch.Tensor], scaling: float
             modules[layer].weight.data += (ab["B"] @ ab["A"]) * scaling
 
 
+def merged_model(state: dict[str, torch.Tensor], config: dict) -> TextGuardModel:
+    """The saved head and adapter on a plain encoder, adapter folded in: what prepare_for_inference makes of the
+    trained model, built without peft."""
+    model = TextGuardModel(len(config["outputs"]), 0, 0, head_hidden=config.get("head_hidden", 0))
+    model.head.load_state_dict({k[len("head."):]: v for k, v in state.items() if k.startswith("head.")})
+    lora = {k[len("lora."):]: v for k, v in state.items() if k.startswith("lora.")}
+    if lora:
+        rank = int(config.get("lora_rank", 0))
+        if rank <= 0:
+            raise ValueError(f"the weights carry a LoRA adapter but the config says lora_rank {rank}")
+        merge_lora(model.encoder, lora, config["lora_alpha"] / rank)
+    return model
+
+
 def prepare_for_inference(model: TextGuardModel, quantize: bool) -> TextGuardModel:
     """The form the guard runs in; training calibrates on this same form, so scores match the thresholds.
 
@@ -252,14 +267,8 @@ class EmbeddedTextBackend:
         self.threshold = float(self.config["threshold"])
         self.tokenizer = AutoTokenizer.from_pretrained(encoder_path(), local_files_only=True)
         state = load_file(str(weights_path))
-        # The plain encoder with the adapter folded in: what prepare_for_inference makes of the trained model.
-        model = TextGuardModel(len(self.outputs), 0, 0, head_hidden=self.config.get("head_hidden", 0))
-        model.head.load_state_dict({k[len("head."):]: v for k, v in state.items() if k.startswith("head.")})
-        lora = {k[len("lora."):]: v for k, v in state.items() if k.startswith("lora.")}
-        if lora:
-            merge_lora(model.encoder, lora, self.config["lora_alpha"] / self.config["lora_rank"])
         self.quantized = bool(self.config.get("quantize", False))
-        self.model = prepare_for_inference(model, self.quantized)
+        self.model = prepare_for_inference(merged_model(state, self.config), self.quantized)
         self.temperature = torch.tensor(self.config["temperature"], dtype=torch.float32)
         self.vectorizer = None
         if "tfidf.idf" in state:

@@ -4,8 +4,8 @@ That package ships a word TF-IDF and five sigmoid-calibrated linear SVMs trained
 human-labelled toxic and clean comments: abuse and slurs, which the OpenAI moderation set is full of and
 which our training data (harmful requests, image prompts) barely has. Its model is linear, so the mean of
 the five SVM decision functions is one weight vector over its vocabulary; we export that (vocabulary, idf,
-weights, intercept) into our own assets at training time. The backend then scores it with sklearn's
-TfidfVectorizer and needs neither the package nor its pickles at run time.
+weights, intercept) into our own assets at training time. The backend then scores it with its own TF-IDF
+transform (`FittedTfidf`) and needs neither the package, its pickles nor scikit-learn at run time.
 """
 
 from __future__ import annotations
