@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ class AdherenceReport:
     correct: Counter = field(default_factory=Counter)
     samples: list[tuple[Image.Image, str]] = field(default_factory=list)
     latent_error: float | None = None  # generated vs true-image latents; see evaluate
+    seconds: float = 0.0  # generating and decoding the samples, nothing else
 
     def accuracy(self) -> dict[str, float]:
         return {a: self.correct[a] / self.n for a in ATTRIBUTES} | {"all": self.correct["all"] / self.n}
@@ -85,10 +87,14 @@ def evaluate(pipe, held_out: bool, n: int, steps: int = 20, cfg: float = 7.5, se
     `latent_error` compares the final latents with those of the captions' true images (mean squared error over
     their variance): the captions fix every attribute, so a perfect model lands on them.
     """
-    cases = data.eval_cases(held_out, n, seed=1234 + int(held_out))
+    cases = _cases(held_out, n)
+    started = time.perf_counter()
     latents = generate_latents(pipe, [caption for _, _, caption in cases], steps, cfg, seed,
                                guidance_rescale=guidance_rescale)
-    report = score("held-out" if held_out else "seen", cases, decode(pipe, latents))
+    images = decode(pipe, latents)
+    seconds = time.perf_counter() - started
+    report = score("held-out" if held_out else "seen", cases, images)
+    report.seconds = seconds
     truth = true_latents(pipe, cases).to(latents.dtype)
     report.latent_error = float(((latents - truth) ** 2).mean() / truth.var())
     return report
@@ -98,12 +104,18 @@ def evaluate(pipe, held_out: bool, n: int, steps: int = 20, cfg: float = 7.5, se
 def vae_round_trip(pipe, held_out: bool, n: int) -> AdherenceReport:
     """The same cases' true images through the pipeline's VAE and back, read by the same detector.
 
-    It is the most a sample can score when its latents are exactly right: the gap between this row and the
-    generated one is the UNet's, the gap between this row and 100% is the VAE's (or the detector's).
+    The reference for the generated row: what a sample scores when its latents are exactly the true image's
+    encoding (a sample can beat it by luck, not by design). The gap between this row and the generated one is
+    the UNet's; the gap between this row and 100% is the VAE's (or the detector's).
     """
-    cases = data.eval_cases(held_out, n, seed=1234 + int(held_out))
+    cases = _cases(held_out, n)
     images = decode(pipe, true_latents(pipe, cases))
     return score(f"{'held-out' if held_out else 'seen'} VAE", cases, images)
+
+
+def _cases(held_out: bool, n: int) -> list:
+    """The evaluation's fixed captions: the generated and the VAE-only rows read the same ones."""
+    return data.eval_cases(held_out, n, seed=1234 + int(held_out))
 
 
 def score(split: str, cases: list, images: list[Image.Image]) -> AdherenceReport:
