@@ -34,6 +34,8 @@ def toy_config(tmp_path, unet_steps: int) -> ShapesTrainConfig:
                  "text_hidden_size": 16, "text_layers": 1, "text_heads": 2, "n_images": 16, "batch_size": 8,
                  "warmup_steps": 1, "max_steps": unet_steps, "export_every_n_steps": 1000,
                  "ema_decay": 0.9},
+        "sample_decoder": {"n_samples": 4, "steps": 2, "sample_batch": 2, "n_images": 8, "batch_size": 4,
+                           "max_steps": 2},
     })
 
 
@@ -42,6 +44,12 @@ def test_one_command_trains_every_stage_exports_a_pipeline_and_resumes(tmp_path,
 
     report = train_tiny_shapes(toy_config(tmp_path, unet_steps=2))
     assert report["vae_steps"] == 2 and report["unet_steps"] == 2 and report["decoder_steps"] == 2
+    assert report["sample_decoder_steps"] == 2
+    samples = torch.load(tmp_path / "work" / "decoder-samples.pt")
+    assert samples["latents"].shape == (4, 4, 16, 16) and samples["images"].shape == (4, 3, 64, 64)
+    # The export takes the last decoder stage's VAE.
+    exported = (tmp_path / "export" / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()
+    assert exported == (tmp_path / "work" / "vae-sampled" / "diffusion_pytorch_model.safetensors").read_bytes()
     pipe = StableDiffusionPipeline.from_pretrained(str(tmp_path / "export"), local_files_only=True)
     assert pipe.vae.config.latent_channels == 4 and pipe.unet.config.sample_size == 16
     image = pipe("a red circle", num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images[0]
@@ -53,5 +61,36 @@ def test_one_command_trains_every_stage_exports_a_pipeline_and_resumes(tmp_path,
         resumed = train_tiny_shapes(toy_config(tmp_path, unet_steps=4), resume=True)
     assert "Restored all states from the checkpoint" in caplog.text
     assert resumed["unet_steps"] == 4
-    assert "vae_steps" not in resumed and "decoder_steps" not in resumed
+    assert "vae_steps" not in resumed and "decoder_steps" not in resumed and "sample_decoder_steps" not in resumed
     assert json.loads((tmp_path / "work" / "unet_report.json").read_text())["unet_steps"] == 4
+
+
+def test_sampled_scenes_state_every_attribute_and_never_a_held_out_pair():
+    """The sample-decoder stage pairs each sample with its scene's true image: that is only right when the caption
+    fixes the image, and the held-out pairs must stay unseen."""
+    from guardforge.train.shapes import data
+    from guardforge.train.shapes.detector import detect
+    from guardforge.train.shapes.sample_decoder import fully_described_scenes
+
+    scenes = fully_described_scenes(200, seed=3)
+    assert len({caption for _, caption in scenes}) > 150
+    for scene, caption in scenes:
+        (obj,) = scene.objects
+        assert (obj.colour, obj.shape) not in data.HELD_OUT and obj.colour != scene.background
+        words = caption.split()
+        assert {obj.size, obj.colour, obj.shape, scene.background} <= set(words), caption
+        assert any(phrase in caption for phrase in data._POSITION_PHRASES[obj.position]), caption
+        found = detect(data.render(scene))
+        assert (found.colour, found.shape, found.position, found.size) == (obj.colour, obj.shape, obj.position,
+                                                                           obj.size)
+
+
+def test_pair_batches_draw_the_asked_share_from_each_pool():
+    from guardforge.train.text_to_image import PairDataModule
+
+    first = (torch.zeros(10, 1), torch.zeros(10, 1))
+    second = (torch.ones(990, 1), torch.ones(990, 1))
+    torch.manual_seed(0)
+    drawn = torch.cat([latents for latents, _ in PairDataModule(first, second, 0.5, 50).train_dataloader()])
+    assert len(drawn) == 1000
+    assert 0.4 < float((drawn == 0).float().mean()) < 0.6  # 1% of the pool, half of the draws

@@ -15,9 +15,10 @@ def train_tiny_shapes_command(
     config: Annotated[Path, typer.Argument(help="YAML config, e.g. configs/tiny-shapes.yaml")],
     resume: Annotated[bool, typer.Option(help="Continue each stage from its last checkpoint.")] = False,
     stage: Annotated[list[str] | None, typer.Option(
-        help="Run only these stages (repeatable): vae, unet, decoder, export. Default: all, in that order.")] = None,
+        help="Run only these stages (repeatable): vae, unet, decoder, sample-decoder, export. "
+             "Default: all, in that order.")] = None,
 ) -> None:
-    """Train the embedded default model (VAE, UNet + text encoder, VAE decoder) and export it."""
+    """Train the embedded default model (VAE, UNet + text encoder, two decoder stages) and export it."""
     from guardforge.train.text_to_image import STAGES, ShapesTrainConfig, train_tiny_shapes
 
     unknown = set(stage or ()) - set(STAGES)

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from guardforge.train.shapes import data as shapes_data
+from guardforge.train.shapes.sample_decoder import SampleDecoderConfig, sample_pairs
 from guardforge.train.shapes.tokenizer import write_tokenizer
 
 
@@ -84,6 +85,7 @@ class ShapesTrainConfig(BaseModel):
     threads: int = 2
     vae: VAEConfig = VAEConfig()
     unet: UNetConfig = UNetConfig()
+    sample_decoder: SampleDecoderConfig = SampleDecoderConfig()
 
     @classmethod
     def from_yaml(cls, path: Path) -> ShapesTrainConfig:
@@ -183,29 +185,36 @@ class VAEModule(L.LightningModule):
 
 
 class DecoderModule(L.LightningModule):
-    """Sharpen the decoder alone on posterior means; the encoder, hence the latent space, does not move."""
+    """Train the decoder alone; the encoder, hence the latent space the UNet learned, does not move.
 
-    def __init__(self, vae, cfg: VAEConfig):
+    A batch is images (decoded from their posterior means: sharpening, like SD's ft-MSE VAE) or (latents,
+    images) pairs given by the stage (the UNet's own samples, see shapes/sample_decoder.py).
+    """
+
+    def __init__(self, vae, lr: float, object_weight: float = 0.0, name: str = "decoder"):
         super().__init__()
-        self.cfg = cfg
+        self.lr, self.object_weight, self.name = lr, object_weight, name
         self.vae = vae
         self.vae.requires_grad_(False)
         self.vae.decoder.requires_grad_(True)
         self.vae.post_quant_conv.requires_grad_(True)
 
     def training_step(self, batch, batch_idx):
-        (x,) = batch
-        with torch.no_grad():
-            latents = self.vae.encode(x).latent_dist.mean
+        if len(batch) == 2:
+            latents, x = batch
+        else:
+            (x,) = batch
+            with torch.no_grad():
+                latents = self.vae.encode(x).latent_dist.mean
         recon = self.vae.decode(latents).sample
-        loss = reconstruction_loss(recon, x, self.cfg.object_weight)
+        loss = reconstruction_loss(recon, x, self.object_weight)
         psnr = 10 * torch.log10(4.0 / F.mse_loss(recon.clamp(-1, 1), x).detach())
-        self.log_dict({"decoder/loss": loss, "decoder/psnr": psnr}, prog_bar=True)
+        self.log_dict({f"{self.name}/loss": loss, f"{self.name}/psnr": psnr}, prog_bar=True)
         return loss
 
     def configure_optimizers(self):
         params = [p for p in self.vae.parameters() if p.requires_grad]
-        return torch.optim.AdamW(params, lr=self.cfg.decoder_lr, weight_decay=0.0)
+        return torch.optim.AdamW(params, lr=self.lr, weight_decay=0.0)
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -220,6 +229,24 @@ class ImageDataModule(L.LightningDataModule):
     def train_dataloader(self):
         dataset = torch.utils.data.TensorDataset(self.images)
         return torch.utils.data.DataLoader(dataset, batch_size=self.batch_size, shuffle=True, drop_last=True)
+
+
+class PairDataModule(L.LightningDataModule):
+    """(latents, images) from two pools, drawn so that `first_fraction` of the examples come from the first."""
+
+    def __init__(self, first: tuple[torch.Tensor, torch.Tensor], second: tuple[torch.Tensor, torch.Tensor],
+                 first_fraction: float, batch_size: int):
+        super().__init__()
+        self.first, self.second, self.first_fraction, self.batch_size = first, second, first_fraction, batch_size
+
+    def train_dataloader(self):
+        dataset = torch.utils.data.TensorDataset(torch.cat([self.first[0], self.second[0]]),
+                                                 torch.cat([self.first[1], self.second[1]]))
+        n_first, n_second = len(self.first[0]), len(self.second[0])
+        weights = torch.cat([torch.full((n_first,), self.first_fraction / n_first),
+                             torch.full((n_second,), (1 - self.first_fraction) / n_second)])
+        sampler = torch.utils.data.WeightedRandomSampler(weights, num_samples=len(dataset), replacement=True)
+        return torch.utils.data.DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=True)
 
 
 @torch.no_grad()
@@ -370,7 +397,13 @@ def _trainer(cfg_steps: int, minutes: float, ckpt_dir: Path, callbacks: list, ev
     )
 
 
-STAGES = ("vae", "unet", "decoder", "export")
+STAGES = ("vae", "unet", "decoder", "sample-decoder", "export")
+# Each VAE stage writes its own folder; later stages and the export take the latest one that exists.
+VAE_FOLDERS = ("vae-sampled", "vae-decoder", "vae")
+
+
+def latest_vae_dir(work: Path) -> Path:
+    return next((work / name for name in VAE_FOLDERS if (work / name / "config.json").exists()), work / "vae")
 
 
 def finetune_decoder(cfg: ShapesTrainConfig, work: Path, resume: bool) -> dict:
@@ -380,7 +413,7 @@ def finetune_decoder(cfg: ShapesTrainConfig, work: Path, resume: bool) -> dict:
     L.seed_everything(cfg.seed + 2)
     started = time.perf_counter()
     vae = AutoencoderKL.from_pretrained(work / "vae")
-    module = DecoderModule(vae, cfg.vae)
+    module = DecoderModule(vae, cfg.vae.decoder_lr, cfg.vae.object_weight)
     ckpt = work / "decoder-ckpt" / "last.ckpt"
     trainer = _trainer(cfg.vae.decoder_max_steps, cfg.vae.decoder_max_minutes, work / "decoder-ckpt", [])
     trainer.fit(module, ImageDataModule(cfg.vae.n_images, cfg.vae.batch_size, cfg.seed + 2),
@@ -395,13 +428,48 @@ def finetune_decoder(cfg: ShapesTrainConfig, work: Path, resume: bool) -> dict:
     return report
 
 
-def export_final(cfg: ShapesTrainConfig, work: Path) -> Path:
-    """Stage 4: the UNet and text encoder of the last checkpoint with the best VAE into the shipped folder."""
+def finetune_decoder_on_samples(cfg: ShapesTrainConfig, work: Path, resume: bool) -> dict:
+    """Stage 4: the decoder fine-tuned on the trained UNet's own guided samples beside posterior means;
+    writes work/vae-sampled. The samples are kept (decoder-samples.pt), so a resumed run does not redraw them."""
+    sd = cfg.sample_decoder
+    L.seed_everything(cfg.seed + 4)
+    started = time.perf_counter()
+    vae, unet, text_encoder, tokenizer = load_trained(cfg, work)
+    samples_file = work / "decoder-samples.pt"
+    if resume and samples_file.exists():
+        saved = torch.load(samples_file)
+        latents, images = saved["latents"], saved["images"]
+    else:
+        pipe = make_pipeline(vae, unet, text_encoder, tokenizer)
+        pipe.set_progress_bar_config(disable=True)
+        latents, images = sample_pairs(pipe, sd, seed=cfg.seed + 4)
+        torch.save({"latents": latents, "images": images}, samples_file)
+    sampling_minutes = (time.perf_counter() - started) / 60
+    dataset_images = images_to_tensor(shapes_data.make_dataset(sd.n_images, seed=cfg.seed + 5)[0])
+    posterior = (encode_latents(vae, dataset_images), dataset_images)
+    module = DecoderModule(vae, sd.lr, name="sample_decoder")
+    ckpt = work / "sample-decoder-ckpt" / "last.ckpt"
+    trainer = _trainer(sd.max_steps, sd.max_minutes, work / "sample-decoder-ckpt", [])
+    trainer.fit(module, PairDataModule((latents, images), posterior, sd.sample_fraction, sd.batch_size),
+                ckpt_path=str(ckpt) if resume and ckpt.exists() else None)
+    vae = module.vae.eval()
+    probe, _ = shapes_data.make_dataset(512, seed=cfg.seed + 99)
+    report = {"sample_decoder_psnr_db": vae_psnr(vae, images_to_tensor(probe)),
+              "sample_decoder_steps": trainer.global_step, "sample_decoder_sampling_minutes": sampling_minutes,
+              "sample_decoder_minutes": (time.perf_counter() - started) / 60}
+    vae.save_pretrained(work / "vae-sampled", safe_serialization=True)
+    (work / "sample_decoder_report.json").write_text(json.dumps(report, indent=1))
+    print(f"sample-decoder: {report}", flush=True)
+    return report
+
+
+def load_trained(cfg: ShapesTrainConfig, work: Path):
+    """(vae, unet, text_encoder, tokenizer): the latest VAE and the UNet checkpoint's weights (the EMA when
+    averaging)."""
     from diffusers import AutoencoderKL
 
     tokenizer = load_tokenizer(work / "tokenizer")
-    vae_dir = work / "vae-decoder" if (work / "vae-decoder" / "config.json").exists() else work / "vae"
-    vae = AutoencoderKL.from_pretrained(vae_dir).eval()
+    vae = AutoencoderKL.from_pretrained(latest_vae_dir(work)).eval()
     latent_size = shapes_data.SIZE // 2 ** (len(cfg.vae.block_out_channels) - 1)
     unet = build_unet(cfg.unet, vae.config.latent_channels, latent_size)
     text_encoder = build_text_encoder(cfg.unet, tokenizer)
@@ -409,13 +477,20 @@ def export_final(cfg: ShapesTrainConfig, work: Path) -> Path:
     unet.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("unet.")})
     text_encoder.load_state_dict({k[13:]: v for k, v in state.items() if k.startswith("text_encoder.")},
                                  strict=False)  # position_ids buffers may or may not be saved
-    return export_pipeline(vae, unet.eval(), text_encoder.eval(), tokenizer, Path(cfg.export_dir))
+    return vae, unet.eval(), text_encoder.eval(), tokenizer
+
+
+def export_final(cfg: ShapesTrainConfig, work: Path) -> Path:
+    """Stage 5: the UNet and text encoder of the last checkpoint with the latest VAE into the shipped folder."""
+    vae, unet, text_encoder, tokenizer = load_trained(cfg, work)
+    return export_pipeline(vae, unet, text_encoder, tokenizer, Path(cfg.export_dir))
 
 
 def train_tiny_shapes(cfg: ShapesTrainConfig, resume: bool = False, stages: tuple[str, ...] = STAGES) -> dict:
     """Run the stages (each resumable from its last checkpoint) and export the pipeline folder.
 
-    vae and unet run in order; decoder needs only the vae (it may run beside unet), export needs both.
+    vae and unet run in order; decoder needs only the vae (it may run beside unet); sample-decoder needs the
+    unet and the decoder's VAE; export needs the unet and takes the latest VAE.
     """
     from diffusers import AutoencoderKL
 
@@ -452,6 +527,8 @@ def train_tiny_shapes(cfg: ShapesTrainConfig, resume: bool = False, stages: tupl
         report |= _train_unet(cfg, work, tokenizer, vae_dir, resume)
     if "decoder" in stages and not (work / "vae-decoder" / "config.json").exists():
         report |= finetune_decoder(cfg, work, resume)
+    if "sample-decoder" in stages and not (work / "vae-sampled" / "config.json").exists():
+        report |= finetune_decoder_on_samples(cfg, work, resume)
     if "export" in stages:
         report["exported"] = str(export_final(cfg, work))
     return report
