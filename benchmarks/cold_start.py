@@ -8,8 +8,11 @@ Each round starts three new Python processes, interleaved, and times them by wal
   diffusers' StableDiffusionPipeline), nothing loaded or run;
 - diffusers: the reference, the same imports plus loading the shipped tiny-shapes folder and 20 Euler steps at
   CFG 7.5 for the same prompt, image saved, no guard;
-- guardforge: `guardforge generate "a red circle on a blue background"` with a fresh GUARDFORGE_HOME (prompt
-  guard, engine, output guard, PNG with infotext, audit row).
+- guardforge: `guardforge generate "a red circle on a blue background"` with the reference's settings spelled
+  out (Euler, 20 steps, CFG 7.5, seed 1, CPU) and a fresh GUARDFORGE_HOME (prompt guard, engine, output
+  guard, PNG with infotext, audit row); no GUARDFORGE_* variable of the caller's shell reaches it.
+
+The order of the three rotates from round to round, so no one of them always pays the cold page cache.
 
 It prints the median of each, guardforge's ratio to the reference, and each process's peak resident memory.
 """
@@ -49,13 +52,16 @@ image.save(sys.argv[1])
 
 def timed(command: list[str], env: dict[str, str]) -> tuple[float, float]:
     """Wall seconds and peak resident MiB of one child process (its own rusage, from wait4)."""
-    started = time.perf_counter()
-    child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(child.pid, 0)
-    seconds = time.perf_counter() - started
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode != 0:
-        raise SystemExit(f"{command[:3]} exited with {child.returncode}")
+    with tempfile.TemporaryFile() as stderr:
+        started = time.perf_counter()
+        child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        _, status, usage = os.wait4(child.pid, 0)
+        seconds = time.perf_counter() - started
+        child.returncode = os.waitstatus_to_exitcode(status)
+        if child.returncode != 0:
+            stderr.seek(0)
+            tail = stderr.read().decode(errors="replace")[-2000:]
+            raise SystemExit(f"{command[:3]} exited with {child.returncode}:\n{tail}")
     return seconds, usage.ru_maxrss / 1024  # KiB on Linux
 
 
@@ -66,10 +72,12 @@ def main() -> None:
 
     times: dict[str, list[float]] = {"floor": [], "diffusers": [], "guardforge": []}
     peaks: dict[str, float] = {}
-    guardforge_cli = [sys.executable, "-m", "guardforge", "generate", PROMPT, "--seed", "1"]
+    guardforge_cli = [sys.executable, "-m", "guardforge", "generate", PROMPT, "--seed", "1", "--sampler", "Euler",
+                      "--steps", "20", "--cfg", "7.5"]
+    caller = {k: v for k, v in os.environ.items() if not k.startswith("GUARDFORGE_")}
     with tempfile.TemporaryDirectory() as scratch:
         for round_index in range(args.rounds):
-            env = dict(os.environ, GUARDFORGE_HOME=str(Path(scratch) / f"home{round_index}"),
+            env = dict(caller, GUARDFORGE_HOME=str(Path(scratch) / f"home{round_index}"), GUARDFORGE_DEVICE="cpu",
                        HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
             runs = {
                 "floor": [sys.executable, "-c", FLOOR],
@@ -77,7 +85,9 @@ def main() -> None:
                               str(MODEL)],
                 "guardforge": guardforge_cli,
             }
-            for name, command in runs.items():
+            order = list(runs)[round_index % 3:] + list(runs)[:round_index % 3]
+            for name in order:
+                command = runs[name]
                 seconds, peak = timed(command, env)
                 times[name].append(seconds)
                 peaks[name] = max(peaks.get(name, 0.0), peak)
