@@ -120,6 +120,23 @@ def test_class_images_are_deterministic_incremental_and_screened(studio, tmp_pat
     assert third.reused == [0, 1, 2] and third.generated == [3]
 
 
+def test_class_images_of_a_model_replaced_under_the_same_name_are_refused(studio, tmp_path, gf_home):
+    """The recipe holds the model's content hash: new weights under an old name make another prior."""
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "class"
+    ensure_class_images(studio, **class_kwargs(folder, count=2))
+    before = json.loads((folder / "manifest.json").read_text())["recipe"]["model_hash"]
+    vae_file = gf_home / "models" / "Stable-diffusion" / "tiny-sd" / "vae" / "diffusion_pytorch_model.safetensors"
+    weights = load_file(str(vae_file))
+    name = next(iter(weights))
+    weights[name] = weights[name] + 0.01  # what a fine-tuned decoder saved over the old one looks like
+    save_file(weights, str(vae_file))
+    studio.registry.refresh()
+    with pytest.raises(InvalidRequest, match=f"model_hash '{before}' -> "):
+        ensure_class_images(studio, **class_kwargs(folder, count=2))
+
+
 def test_unsafe_class_prompt_is_refused(studio, tmp_path):
     with pytest.raises(GuardforgeError, match="class prompt"):
         ensure_class_images(studio, **{**class_kwargs(tmp_path / "c"), "prompt": "a forbidden dog"})

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Literal
 
 from guardforge.errors import ModelNotFound, PathEscape
 from guardforge.models.families import Family, family_from_folder, family_of_file
-from guardforge.models.hashing import HashCache
+from guardforge.models.hashing import HashCache, weight_files
 
 if TYPE_CHECKING:
     from guardforge.settings import Settings
@@ -102,16 +102,18 @@ def check_name(name: str) -> None:
 
 
 def _signature(path: Path) -> tuple[int, ...]:
-    # Size and mtime of the file (or of a folder's model_index.json / config): a model saved again under
-    # the same name gets a fresh entry, so no stale family or in-memory hash survives the rewrite.
-    probe = path
+    # Size and mtime of the file (or of a folder's model_index.json / config and of every weight file in it):
+    # a model saved again under the same name, even one component of it, gets a fresh entry, so no stale
+    # family, in-memory hash or loaded pipeline survives the rewrite.
+    probes = [path]
     if path.is_dir():
-        probe = next((path / m for m in ("model_index.json", "config.json") if (path / m).exists()), path)
+        probes = [next((path / m for m in ("model_index.json", "config.json") if (path / m).exists()), path),
+                  *weight_files(path)]
     try:
-        st = probe.stat()
+        stats = [probe.stat() for probe in probes]
     except OSError:
         return ()
-    return (st.st_size, st.st_mtime_ns)
+    return tuple(value for st in stats for value in (st.st_size, st.st_mtime_ns))
 
 
 def _inside(path: Path, root: Path) -> bool:
