@@ -257,6 +257,11 @@ def encode_latents(vae, images: torch.Tensor, batch_size: int = 256) -> torch.Te
                       for i in range(0, len(images), batch_size)])
 
 
+def probe_images(cfg: ShapesTrainConfig) -> torch.Tensor:
+    """The 512 images every VAE stage reports its PSNR on (and the VAE stage its latent scale from)."""
+    return images_to_tensor(shapes_data.make_dataset(512, seed=cfg.seed + 99)[0])
+
+
 @torch.no_grad()
 def vae_psnr(vae, images: torch.Tensor) -> float:
     vae.eval()
@@ -419,8 +424,7 @@ def finetune_decoder(cfg: ShapesTrainConfig, work: Path, resume: bool) -> dict:
     trainer.fit(module, ImageDataModule(cfg.vae.n_images, cfg.vae.batch_size, cfg.seed + 2),
                 ckpt_path=str(ckpt) if resume and ckpt.exists() else None)
     vae = module.vae.eval()
-    probe, _ = shapes_data.make_dataset(512, seed=cfg.seed + 99)
-    report = {"decoder_psnr_db": vae_psnr(vae, images_to_tensor(probe)), "decoder_steps": trainer.global_step,
+    report = {"decoder_psnr_db": vae_psnr(vae, probe_images(cfg)), "decoder_steps": trainer.global_step,
               "decoder_minutes": (time.perf_counter() - started) / 60}
     vae.save_pretrained(work / "vae-decoder", safe_serialization=True)
     (work / "decoder_report.json").write_text(json.dumps(report, indent=1))
@@ -453,8 +457,7 @@ def finetune_decoder_on_samples(cfg: ShapesTrainConfig, work: Path, resume: bool
     trainer.fit(module, PairDataModule((latents, images), posterior, sd.sample_fraction, sd.batch_size),
                 ckpt_path=str(ckpt) if resume and ckpt.exists() else None)
     vae = module.vae.eval()
-    probe, _ = shapes_data.make_dataset(512, seed=cfg.seed + 99)
-    report = {"sample_decoder_psnr_db": vae_psnr(vae, images_to_tensor(probe)),
+    report = {"sample_decoder_psnr_db": vae_psnr(vae, probe_images(cfg)),
               "sample_decoder_steps": trainer.global_step, "sample_decoder_sampling_minutes": sampling_minutes,
               "sample_decoder_minutes": (time.perf_counter() - started) / 60}
     vae.save_pretrained(work / "vae-sampled", safe_serialization=True)
@@ -512,8 +515,7 @@ def train_tiny_shapes(cfg: ShapesTrainConfig, resume: bool = False, stages: tupl
         trainer.fit(module, ImageDataModule(cfg.vae.n_images, cfg.vae.batch_size, cfg.seed),
                     ckpt_path=str(ckpt) if resume and ckpt.exists() else None)
         vae = module.vae.eval()
-        probe, _ = shapes_data.make_dataset(512, seed=cfg.seed + 99)
-        probe_t = images_to_tensor(probe)
+        probe_t = probe_images(cfg)
         latents = encode_latents(vae, probe_t)
         # SD's convention: scale latents to unit variance for the diffusion model.
         vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
