@@ -94,3 +94,13 @@ def test_pair_batches_draw_the_asked_share_from_each_pool():
     drawn = torch.cat([latents for latents, _ in PairDataModule(first, second, 0.5, 50).train_dataloader()])
     assert len(drawn) == 1000
     assert 0.4 < float((drawn == 0).float().mean()) < 0.6  # 1% of the pool, half of the draws
+
+
+def test_bad_sample_decoder_settings_are_refused_before_anything_runs():
+    import pytest
+    from pydantic import ValidationError
+
+    for bad, message in (({"sample_fraction": 2}, "less than or equal to 1"), ({"cfg_range": [5, 1]}, "low <= high"),
+                         ({"n_samples": 0}, "greater than or equal to 1"), ({"bogus": 1}, "Extra inputs")):
+        with pytest.raises(ValidationError, match=message):
+            ShapesTrainConfig.model_validate({"sample_decoder": bad})

@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from guardforge.train.shapes import data
 from guardforge.train.shapes.adherence import true_pixels
@@ -23,18 +23,27 @@ from guardforge.train.shapes.adherence import true_pixels
 class SampleDecoderConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    n_samples: int = 1200  # single-object scenes with every attribute stated, seen colour/shape pairs only
-    steps: int = 20  # Euler, as the pipeline ships
+    # Single-object scenes with every attribute stated, seen colour/shape pairs only.
+    n_samples: int = Field(1200, ge=1)
+    steps: int = Field(20, ge=1)  # Euler, as the pipeline ships
     # One guidance scale per sampling batch, uniform in this range: the decoder should serve every CFG a user
     # picks, not one.
     cfg_range: tuple[float, float] = (1.0, 10.0)
-    sample_batch: int = 20
-    sample_fraction: float = 0.5  # of each training batch; the rest are posterior means of dataset images
-    n_images: int = 4000
-    batch_size: int = 16
-    lr: float = 5e-4
-    max_steps: int = 3000
-    max_minutes: float = 5.0
+    sample_batch: int = Field(20, ge=1)
+    # Of each training batch; the rest are posterior means of dataset images.
+    sample_fraction: float = Field(0.5, ge=0.0, le=1.0)
+    n_images: int = Field(4000, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(5e-4, gt=0.0)
+    max_steps: int = Field(3000, ge=1)
+    max_minutes: float = Field(5.0, gt=0.0)
+
+    @field_validator("cfg_range")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 <= value[0] <= value[1]:
+            raise ValueError(f"cfg_range must be [low, high] with 0 <= low <= high, got {list(value)}")
+        return value
 
 
 def fully_described_scenes(n: int, seed: int) -> list[tuple[data.Scene, str]]:
