@@ -104,3 +104,8 @@ def test_bad_sample_decoder_settings_are_refused_before_anything_runs():
                          ({"n_samples": 0}, "greater than or equal to 1"), ({"bogus": 1}, "Extra inputs")):
         with pytest.raises(ValidationError, match=message):
             ShapesTrainConfig.model_validate({"sample_decoder": bad})
+
+
+def test_a_config_without_export_dir_does_not_export_into_the_shipped_model():
+    default = ShapesTrainConfig.model_validate({}).export_dir
+    assert "assets" not in default.parts and default.parts[0] == "runs", default

@@ -80,7 +80,9 @@ class ShapesTrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     work_dir: Path = Path("runs/tiny-shapes")
-    export_dir: Path = Path("guardforge/assets/models/tiny-shapes")
+    # Overwriting the shipped model takes a config that names it (configs/tiny-shapes.yaml does): a config that
+    # leaves export_dir out exports beside its checkpoints, since the UNet stage exports every few hundred steps.
+    export_dir: Path = Path("runs/tiny-shapes/export")
     seed: int = 0
     threads: int = 2
     vae: VAEConfig = VAEConfig()
