@@ -66,12 +66,13 @@ def test_decoding_the_final_latents_is_the_pipelines_own_pil_path(pipe):
     assert np.array_equal(np.asarray(ours), np.asarray(theirs))
 
 
-def test_vae_round_trip_reads_back_every_attribute_but_some_small_stars(pipe):
+def test_vae_round_trip_reads_back_every_attribute(pipe):
     from guardforge.train.shapes.adherence import vae_round_trip
 
     accuracy = vae_round_trip(pipe, held_out=False, n=20).accuracy()
     assert all(accuracy[a] == 1.0 for a in ("background", "colour", "position", "size")), accuracy
-    assert accuracy["shape"] >= 0.75, accuracy
+    # A few small stars decode as blobs a human would not call stars either.
+    assert accuracy["shape"] >= 0.9, accuracy
 
 
 def test_guidance_moves_the_latents_away_from_the_captions_true_images(pipe):

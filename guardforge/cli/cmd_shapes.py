@@ -70,5 +70,5 @@ def eval_adherence_command(
         typer.echo(f"{'  VAE only':<14}" + "".join(f"{reference[a]:>12.1%}" for a in (*ATTRIBUTES, "all")))
         tag = f"{report.split}_{sampler.replace(' ', '_').replace('+', 'p')}_cfg{cfg:g}_steps{steps}" + (
             f"_rescale{guidance_rescale:g}" if guidance_rescale else "")
-        grid = save_grid(report.samples[:24], out / f"{tag}.png")
+        grid = save_grid(report.samples[:48], out / f"{tag}.png")  # every sample of a default run, to audit
         typer.echo(f"  grid: {grid}")

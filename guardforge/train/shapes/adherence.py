@@ -129,13 +129,17 @@ def score(split: str, cases: list, images: list[Image.Image]) -> AdherenceReport
         hits = {a: getattr(found, a) == truth[a] for a in ATTRIBUTES}
         report.correct.update(a for a, hit in hits.items() if hit)
         report.correct["all"] += all(hits[a] for a in ("background", "colour", "shape", "position"))
-        report.samples.append((image, caption))
+        # The reading goes under the prompt in the grid, so a reader can check the detector by eye.
+        missed = [a for a in ("colour", "shape", "position", "background") if not hits[a]]
+        reading = f"{found.colour} {found.shape}, {found.position}, on {found.background}"
+        report.samples.append((image, f"{caption} // {'MISSED ' + '+'.join(missed) if missed else 'read'}: "
+                                      f"{reading}"))
     return report
 
 
 def save_grid(samples: list[tuple[Image.Image, str]], path: Path, columns: int = 6, scale: int = 2) -> Path:
-    """Samples in a grid with each prompt written under its image."""
-    tile, text_h = data.SIZE * scale, 34
+    """Samples in a grid with each caption written under its image ("//" starts a new line)."""
+    tile, text_h = data.SIZE * scale, 58
     rows = (len(samples) + columns - 1) // columns
     width = 210
     grid = Image.new("RGB", (columns * width, rows * (tile + text_h)), "white")
@@ -143,12 +147,15 @@ def save_grid(samples: list[tuple[Image.Image, str]], path: Path, columns: int =
     for i, (image, caption) in enumerate(samples):
         x, y = (i % columns) * width, (i // columns) * (tile + text_h)
         grid.paste(image.resize((tile, tile), Image.NEAREST), (x + (width - tile) // 2, y))
-        words, lines = caption.split(), [""]
-        for word in words:  # wrap to the tile's width
-            if len(lines[-1]) + len(word) + 1 > 34:
-                lines.append("")
-            lines[-1] = f"{lines[-1]} {word}".strip()
-        draw.multiline_text((x + 3, y + tile + 1), "\n".join(lines[:3]), fill="black", spacing=0)
+        lines = []
+        for part in caption.split("//"):
+            lines.append("")
+            for word in part.split():  # wrap to the tile's width
+                if lines[-1] and len(lines[-1]) + len(word) + 1 > 34:
+                    lines.append("")
+                lines[-1] = f"{lines[-1]} {word}".strip()
+        colour = "firebrick" if "MISSED" in caption else "black"
+        draw.multiline_text((x + 3, y + tile + 1), "\n".join(lines[:5]), fill=colour, spacing=0)
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
     return path
