@@ -64,14 +64,17 @@ def _unit_geometry(shape: str) -> tuple[float, float, float]:
             ((covered * ys).sum() / area - SIZE / 2) / r)
 
 
-def classify_shape(presence: np.ndarray, shapes: list[str]) -> tuple[str, float]:
+def classify_shape(presence: np.ndarray, shapes: list[str]) -> tuple[str | None, float]:
     """The shape that, drawn with the object's area and centroid and blurred as much as fits best,
     reproduces the presence map (0 = background, 1 = object) with the least squared error.
 
     Matching area and centroid rather than the bounding box keeps a blurred small star a star:
     blur rounds its points off, which moves a thresholded outline towards a circle but leaves the
-    mass where it was. Returns the shape and the soft IoU of its best rendering."""
+    mass where it was. Returns the shape and the soft IoU of its best rendering (None, 0 for an empty map).
+    Shapes are drawn upright, as the generator draws them: a rotated star is not read as a star."""
     mass = float(presence.sum())
+    if mass <= 0:
+        return None, 0.0
     ys, xs = _PIXEL_CENTRES
     mx, my = (presence * xs).sum() / mass, (presence * ys).sum() / mass
     best_shape, best_error, best_iou = shapes[0], float("inf"), 0.0
@@ -125,10 +128,14 @@ def detect(image: Image.Image | np.ndarray, shapes: list[str] | None = None,
     position = min(POSITIONS, key=lambda p: (POSITIONS[p][0] - cx) ** 2 + (POSITIONS[p][1] - cy) ** 2)
     extent = max(xs.max() - xs.min(), ys.max() - ys.min()) + 1
     size = "large" if extent >= 20 else "small"
-    # How far each pixel sits along the line from the background colour to the object's, near the object.
-    direction = obj_rgb - bg_rgb
+    # How far each pixel sits along the line from the background colour to this blob's own core colour
+    # (not obj_rgb, which a second, larger-cored object can pull away from it), near the blob: the window
+    # reaches past the softest blur tried (3 sigma of 1.5).
+    blob_core = core & mask
+    direction = np.median(pixels[blob_core] if blob_core.any() else pixels[mask], axis=0) - bg_rgb
     presence = np.clip((pixels - bg_rgb) @ direction / max(1e-6, float(direction @ direction)), 0, 1)
-    shape, score = classify_shape(presence * ndimage.binary_dilation(mask, iterations=3), shapes)
-    if score < MIN_SHAPE_SCORE:
+    window = ndimage.binary_dilation(mask, structure=np.ones((3, 3), dtype=bool), iterations=5)
+    shape, score = classify_shape(presence * window, shapes)
+    if not score >= MIN_SHAPE_SCORE:
         shape = None
     return Detection(background, colour, shape, position, size, score)

@@ -129,9 +129,13 @@ def measure(pipe, name: str, options: StudyOptions, grid_dir: Path | None = None
     grids = []
     if grid_dir is not None:
         tag = name.replace(" ", "-")
-        grids.append(save_grid(list(zip(subject_images, [options.instance_prompt] * n))[:12]
-                               + list(zip(recontext_images, [p for p, _, _ in cases]))[:12]
-                               + list(zip(class_images, [options.class_prompt] * n))[:12],
+        def captioned(images, prompts, readings):  # the detector's reading under each prompt, to check by eye
+            return [(im, f"{p} // read: {d.colour} {d.shape}, {d.position}, on {d.background}")
+                    for im, p, d in zip(images, prompts, readings)][:12]
+
+        grids.append(save_grid(captioned(subject_images, [options.instance_prompt] * n, subject)
+                               + captioned(recontext_images, [p for p, _, _ in cases], recontext)
+                               + captioned(class_images, [options.class_prompt] * n, klass),
                                grid_dir / f"dreambooth-{tag}.png"))
     return ArmResult(
         name=name,
