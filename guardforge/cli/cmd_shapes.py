@@ -42,7 +42,8 @@ def eval_adherence_command(
     n: Annotated[int, typer.Option(min=1, help="Prompts per split (held-out and seen).")] = 40,
     seed: Annotated[int, typer.Option()] = 0,
     threads: Annotated[int, typer.Option(min=1)] = 1,
-    out: Annotated[Path, typer.Option(help="Folder for the grid PNGs.")] = Path("outputs/adherence"),
+    out: Annotated[Path, typer.Option(help="Folder for the grid PNGs (prompt and detector reading under each "
+                                            "sample, misses in red).")] = Path("outputs/adherence"),
 ) -> None:
     """Generate from held-out and seen single-object captions, read them with the detector, print accuracy.
 
