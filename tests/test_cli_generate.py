@@ -112,3 +112,21 @@ def test_info_reports_versions_devices_and_settings_without_secrets(run_main):
     assert report["settings"]["guard"]["policy"] == "off"
     assert report["settings"]["guard"]["openai_api_key"] == "***"
     assert "sk-not-to-be-printed" not in out
+
+
+def test_readme_main_job_draws_the_prompt_and_prints_only_our_lines(gf_home):
+    """The README's first command as a new user runs it: default model and guard, a matching image, and on the
+    terminal our result line, not the libraries' load reports, progress bars or deprecation warnings."""
+    from guardforge.train.shapes.detector import detect
+
+    quiet_switches = ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS")
+    env = {k: v for k, v in os.environ.items() if k not in quiet_switches and not k.startswith("GUARDFORGE_")}
+    env.update(GUARDFORGE_HOME=str(gf_home), HF_HUB_OFFLINE="1")
+    done = cli(env, "generate", "a red circle on a blue background")
+    assert done.returncode == 0, done.stderr
+    [(path, _)] = saved_paths(done.stdout)
+    found = detect(Image.open(path))
+    assert (found.colour, found.shape, found.background) == ("red", "circle", "blue"), found
+    for chatter in ("LOAD REPORT", "Loading pipeline components", "Loading weights", "quantize_per_tensor",
+                    "torchvision", "Warning"):
+        assert chatter not in done.stderr, done.stderr[-2000:]

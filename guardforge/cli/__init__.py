@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -41,7 +42,16 @@ def _one_line(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def _quiet_libraries() -> None:
+    """A terminal user sees our lines, not the libraries' load reports, progress bars and info chatter (before
+    they are imported, since they read these at import); a variable the user set wins."""
+    for name, value in (("TRANSFORMERS_VERBOSITY", "error"), ("DIFFUSERS_VERBOSITY", "error"),
+                        ("HF_HUB_DISABLE_PROGRESS_BARS", "1")):
+        os.environ.setdefault(name, value)
+
+
 def main() -> None:
+    _quiet_libraries()
     _register()
     try:
         app(standalone_mode=False)

@@ -160,6 +160,17 @@ def load_vae(entry: ModelEntry, settings: Settings, family: str, torch_dtype: to
                                           local_files_only=True, **_dtype_kwargs(torch_dtype))
 
 
+
+def _follow_hub_progress_bar_switch() -> None:
+    """transformers and huggingface_hub hide their progress bars when HF_HUB_DISABLE_PROGRESS_BARS is set (the
+    CLI sets it unless the user did); diffusers has no such switch for its "Loading pipeline components" bar."""
+    from diffusers.utils import logging as diffusers_logging
+    from huggingface_hub.utils import are_progress_bars_disabled
+
+    if are_progress_bars_disabled():
+        diffusers_logging.disable_progress_bar()
+
+
 def load_pipeline(entry: ModelEntry, settings: Settings, *, torch_dtype: torch.dtype | None = None,
                   vae: ModelEntry | None = None, config_dir: Path | None = None) -> DiffusionPipeline:
     """The txt2img pipeline for a checkpoint entry, on the CPU, without network access.
@@ -169,6 +180,7 @@ def load_pipeline(entry: ModelEntry, settings: Settings, *, torch_dtype: torch.d
     """
     from diffusers import DiffusionPipeline
 
+    _follow_hub_progress_bar_switch()
     check_checkpoint(entry, settings, shipped_configs=config_dir is None)
     if entry.format == "diffusers":
         family = entry.family

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -212,7 +213,11 @@ def prepare_for_inference(model: TextGuardModel, quantize: bool) -> TextGuardMod
         model.rank = 0
     model = model.eval()
     if quantize:
-        model = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+        with warnings.catch_warnings():
+            # torch deprecates its eager quantisation API in favour of torchao; until torchao runs dynamic int8
+            # on this CPU as fast, the warning only tells every CLI user about our choice.
+            warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor", category=UserWarning)
+            model = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
     return model
 
 
