@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
 from guardforge.train.shapes import data
-from guardforge.train.shapes.detector import detect
+from guardforge.train.shapes.detector import detect, detect_objects
 from guardforge.train.shapes.tokenizer import write_tokenizer
 
 
@@ -83,6 +83,31 @@ def test_detector_reads_one_of_two_objects_wholly():
         read = next((o for o in (left, right) if o.position == found.position), None)
         wrong += read is None or (found.colour, found.shape) != (read.colour, read.shape)
     assert wrong <= 2, wrong
+
+
+@pytest.mark.parametrize("blur", [0.0, 1.0])
+def test_scene_reader_reads_both_objects_of_generator_images(blur):
+    from guardforge.train.shapes.adherence import score_pair
+
+    wrong = 0
+    for scene, _ in data.eval_scenes_two(150, seed=int(blur * 10)):
+        image = data.render(scene)
+        background, found = detect_objects(image.filter(ImageFilter.GaussianBlur(blur)) if blur else image)
+        truth = {(o.colour, o.shape, o.position) for o in scene.objects}
+        wrong += background != scene.background or {(d.colour, d.shape, d.position) for d in found} != truth
+        hits, _ = score_pair(scene, image)
+        assert hits == {"background": 1, "position": 2, "colour": 2, "shape": 2, "both": 1}, hits
+    assert wrong <= 1, wrong
+
+
+def test_two_object_captions_state_every_attribute_of_seen_pairs():
+    for scene, caption in data.eval_scenes_two(100):
+        assert len(scene.objects) == 2 and scene.objects[0].colour != scene.objects[1].colour
+        assert {scene.objects[0].position, scene.objects[1].position} in ({"left", "right"}, {"top", "bottom"})
+        for obj in scene.objects:
+            assert (obj.colour, obj.shape) not in data.HELD_OUT
+            assert f"{obj.size} {obj.colour} {obj.shape}" in caption
+        assert scene.background in caption
 
 
 def _polygon_image(points: list[tuple[float, float]]) -> Image.Image:

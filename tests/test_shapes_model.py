@@ -183,3 +183,18 @@ def test_latent_blend_puts_the_known_region_back(pipe):
         assert not torch.allclose(seen[-1][0][~keep], x0[~keep], atol=0.1)  # the masked half is repainted
     plain = run(None, 1.0)[-1][0]
     assert not torch.allclose(plain[keep], x0[keep], atol=0.1)
+
+
+def test_adherence_command_prints_every_row_and_writes_the_grids(tmp_path):
+    from typer.testing import CliRunner
+
+    from guardforge.cli import _register, app
+
+    _register()
+    result = CliRunner().invoke(app, ["eval", "adherence", "--n", "2", "--two-objects", "2", "--steps", "2",
+                                      "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    rows = [line.split()[0] for line in result.output.splitlines() if line.strip()]
+    assert {"held-out", "seen", "two"} <= set(rows) and rows.count("VAE") == 2, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "held-out_Euler_cfg7.5_steps2.png", "seen_Euler_cfg7.5_steps2.png", "two-objects_Euler_cfg7.5_steps2.png"]

@@ -42,6 +42,9 @@ def eval_adherence_command(
     n: Annotated[int, typer.Option(min=1, help="Prompts per split (held-out and seen).")] = 40,
     seed: Annotated[int, typer.Option()] = 0,
     threads: Annotated[int, typer.Option(min=1)] = 1,
+    two_objects: Annotated[int, typer.Option(
+        min=0, help="Also score this many two-object captions of seen pairs (which colour and shape go where).")
+    ] = 0,
     out: Annotated[Path, typer.Option(help="Folder for the grid PNGs (prompt and detector reading under each "
                                             "sample, misses in red).")] = Path("outputs/adherence"),
 ) -> None:
@@ -49,10 +52,20 @@ def eval_adherence_command(
 
     Under each split, "VAE only" reads the same captions' true images after a VAE round trip, the reference for
     a UNet that gets the latents exactly right. "latent err": generated against true latents, MSE / variance.
+    With --two-objects N, also N captions of two objects (seen pairs): colour, shape and position per object,
+    and "both", the images with both objects right.
     """
     import torch
 
-    from guardforge.train.shapes.adherence import ATTRIBUTES, evaluate, load_pipeline, save_grid, vae_round_trip
+    from guardforge.train.shapes.adherence import (
+        ATTRIBUTES,
+        PAIR_ATTRIBUTES,
+        evaluate,
+        evaluate_pairs,
+        load_pipeline,
+        save_grid,
+        vae_round_trip,
+    )
 
     torch.set_num_threads(threads)
     pipe = load_pipeline(model, sampler)
@@ -72,4 +85,12 @@ def eval_adherence_command(
         tag = f"{report.split}_{sampler.replace(' ', '_').replace('+', 'p')}_cfg{cfg:g}_steps{steps}" + (
             f"_rescale{guidance_rescale:g}" if guidance_rescale else "")
         grid = save_grid(report.samples[:48], out / f"{tag}.png")  # every sample of a default run, to audit
+        typer.echo(f"  grid: {grid}")
+    if two_objects:
+        pairs = evaluate_pairs(pipe, two_objects, steps=steps, cfg=cfg, seed=seed, guidance_rescale=guidance_rescale)
+        acc = pairs.accuracy()
+        typer.echo(f"{'':<14}" + "".join(f"{a:>12}" for a in PAIR_ATTRIBUTES))
+        typer.echo(f"{'two objects':<14}" + "".join(f"{acc[a]:>12.1%}" for a in PAIR_ATTRIBUTES)
+                   + f"{pairs.seconds / two_objects:>10.3f}")
+        grid = save_grid(pairs.samples[:48], out / f"two-objects{tag.removeprefix('seen')}.png")
         typer.echo(f"  grid: {grid}")

@@ -204,6 +204,20 @@ def eval_cases(held_out: bool, n: int, seed: int = 1234) -> list[tuple[ShapeObje
     return cases
 
 
+def eval_scenes_two(n: int, seed: int = 4321) -> list[tuple[Scene, str]]:
+    """n two-object (scene, caption) cases of seen pairs, every attribute stated, positions opposite."""
+    rng = random.Random(seed)
+    cases = []
+    for _ in range(n):
+        background = rng.choice(COLOURS)
+        first_pos, second_pos = rng.choice(_PAIRS)
+        first = random_object(rng, background, first_pos)
+        second = random_object(rng, background, second_pos, exclude_colour=first.colour)
+        scene = Scene(background, [first, second])
+        cases.append((scene, describe(scene, rng, say_size=True)))
+    return cases
+
+
 def vocabulary_words() -> list[str]:
     """Every word a caption can contain (the tokenizer makes each one a single token)."""
     words = {"a", "an", "and", "with", "background", "the", "on", "at", "to", "in", "over", "against", "near",
