@@ -34,6 +34,8 @@ def run_main(env, monkeypatch, capsys):
 
     for key in ("GUARDFORGE_HOME", "GUARDFORGE_GUARD__POLICY", "GUARDFORGE_GUARD__OPENAI_API_KEY"):
         monkeypatch.setenv(key, env[key])
+    # main() sets this default in os.environ; monkeypatch puts the session's value back afterwards.
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "1"))
 
     def call(*args):
         monkeypatch.setattr(sys, "argv", ["guardforge", *args])

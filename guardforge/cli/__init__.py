@@ -43,11 +43,14 @@ def _one_line(exc: ValidationError) -> str:
 
 
 def _quiet_libraries() -> None:
-    """A terminal user sees our lines, not the libraries' load reports, progress bars and info chatter (before
-    they are imported, since they read these at import); a variable the user set wins."""
-    for name, value in (("TRANSFORMERS_VERBOSITY", "error"), ("DIFFUSERS_VERBOSITY", "error"),
-                        ("HF_HUB_DISABLE_PROGRESS_BARS", "1")):
-        os.environ.setdefault(name, value)
+    """A terminal user sees our lines, not loading bars (unless HF_HUB_DISABLE_PROGRESS_BARS says otherwise), and
+    not transformers' notice that it falls back to PIL image processors: guardforge runs without torchvision on
+    purpose. Every other library warning (a missing weight, a truncated prompt) still reaches the terminal."""
+    import logging
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    logging.getLogger("transformers.utils.import_utils").addFilter(
+        lambda record: "requires torchvision (not installed)" not in record.getMessage())
 
 
 def main() -> None:

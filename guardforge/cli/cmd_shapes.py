@@ -89,7 +89,7 @@ def eval_adherence_command(
     if two_objects:
         pairs = evaluate_pairs(pipe, two_objects, steps=steps, cfg=cfg, seed=seed, guidance_rescale=guidance_rescale)
         acc = pairs.accuracy()
-        typer.echo(f"{'':<14}" + "".join(f"{a:>12}" for a in PAIR_ATTRIBUTES))
+        typer.echo(f"{'':<14}" + "".join(f"{a:>12}" for a in PAIR_ATTRIBUTES) + f"{'s/image':>10}")
         typer.echo(f"{'two objects':<14}" + "".join(f"{acc[a]:>12.1%}" for a in PAIR_ATTRIBUTES)
                    + f"{pairs.seconds / two_objects:>10.3f}")
         grid = save_grid(pairs.samples[:48], out / f"two-objects{tag.removeprefix('seen')}.png")

@@ -122,7 +122,10 @@ class TextGuardModel(nn.Module):
         super().__init__()
         from transformers import AutoModel
 
-        encoder = AutoModel.from_pretrained(encoder_path(), local_files_only=True, add_pooling_layer=False)
+        # Loaded whole, so every weight in the file has its place (a real missing or unexpected weight is still
+        # reported); the pooler is then dropped, since the guard mean-pools the token states.
+        encoder = AutoModel.from_pretrained(encoder_path(), local_files_only=True)
+        encoder.pooler = None
         self.rank = rank
         if rank > 0:
             from peft import get_peft_model

@@ -32,8 +32,8 @@ class AdherenceReport:
 
 @dataclass
 class PairReport:
-    """Two-object captions: colour, shape and position count per object (2n), background and "both" (every
-    attribute of both objects right) per image."""
+    """Two-object captions: colour, shape and position count per object (2n), background and "both" (both
+    objects of the stated colour and shape at their stated places; size is not scored) per image."""
 
     n: int
     correct: Counter = field(default_factory=Counter)
@@ -116,7 +116,6 @@ def evaluate(pipe, held_out: bool, n: int, steps: int = 20, cfg: float = 7.5, se
     return report
 
 
-@torch.no_grad()
 def evaluate_pairs(pipe, n: int, steps: int = 20, cfg: float = 7.5, seed: int = 0,
                    guidance_rescale: float = 0.0) -> PairReport:
     """Score n two-object captions of seen pairs ("a small red circle on the left and a large blue square on
@@ -142,7 +141,8 @@ def score_pair(scene: data.Scene, image: Image.Image) -> tuple[Counter, str]:
     right = 0
     for obj in scene.objects:
         there = next((d for d in found if d.position == obj.position), None)
-        hits["position"] += there is not None
+        # Position: the object of this colour stands at its place (swapped objects miss it, and colour too).
+        hits["position"] += any(d.colour == obj.colour and d.position == obj.position for d in found)
         hits["colour"] += there is not None and there.colour == obj.colour
         hits["shape"] += there is not None and there.shape == obj.shape
         right += there is not None and (there.colour, there.shape) == (obj.colour, obj.shape)
@@ -150,6 +150,7 @@ def score_pair(scene: data.Scene, image: Image.Image) -> tuple[Counter, str]:
     return hits, reading
 
 
+@torch.no_grad()
 def vae_round_trip(pipe, held_out: bool, n: int) -> AdherenceReport:
     """The same cases' true images through the pipeline's VAE and back, read by the same detector.
 

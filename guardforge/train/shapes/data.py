@@ -211,6 +211,8 @@ def eval_scenes_two(n: int, seed: int = 4321) -> list[tuple[Scene, str]]:
     for _ in range(n):
         background = rng.choice(COLOURS)
         first_pos, second_pos = rng.choice(_PAIRS)
+        if rng.random() < 0.5:  # as in training: the object named first is not always the left or top one
+            first_pos, second_pos = second_pos, first_pos
         first = random_object(rng, background, first_pos)
         second = random_object(rng, background, second_pos, exclude_colour=first.colour)
         scene = Scene(background, [first, second])

@@ -143,32 +143,41 @@ def detect(image: Image.Image | np.ndarray, shapes: list[str] | None = None,
 
 def detect_objects(image: Image.Image | np.ndarray, shapes: list[str] | None = None, max_objects: int = 2,
                    min_pixels: int = 12) -> tuple[str, list[Detection]]:
-    """Read a scene of up to `max_objects` objects: the background, then one Detection per object, largest
-    first. Each object is a connected region of pixels whose nearest palette colour is not the background's;
-    its shape is read as `detect` reads one, towards that region's own colour."""
+    """Read a scene of up to `max_objects` objects of different colours: the background, then one Detection per
+    object, largest first. An object is the largest connected region of pixels nearest one palette colour
+    (not the background's), so touching objects stay apart and an object's colour is never a blend; regions
+    with no core left after a one-pixel erosion (the blend-coloured rims of blurred edges) are not objects.
+    Its shape is read as `detect` reads one, towards the region's own core colour."""
     pixels = np.asarray(image.convert("RGB").resize((SIZE, SIZE)) if isinstance(image, Image.Image)
                         else image, dtype=np.float32)
     shapes = shapes or SHAPES + RESERVED_SHAPES
     background = detect(pixels, shapes=shapes).background
-    bg_rgb = _RGB[_NAMES.index(background)]
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    near_bg = np.argmin(((border[:, None, :] - _RGB[None]) ** 2).sum(axis=2), axis=1) == _NAMES.index(background)
+    bg_rgb = np.median(border[near_bg], axis=0)
     nearest = np.argmin(((pixels[:, :, None, :] - _RGB[None, None]) ** 2).sum(axis=3), axis=2)
-    # Blurred edges between two colours can be nearest a third; the size order below drops such slivers.
-    labels, count = ndimage.label(nearest != _NAMES.index(background), structure=np.ones((3, 3), dtype=bool))
-    sizes = ndimage.sum(np.ones_like(nearest), labels, range(1, count + 1)) if count else []
+    eight = np.ones((3, 3), dtype=bool)
+    regions = []
+    for index, name in enumerate(_NAMES):
+        if name == background or not (nearest == index).any():
+            continue
+        labels, count = ndimage.label(nearest == index, structure=eight)
+        sizes = ndimage.sum(np.ones_like(nearest), labels, range(1, count + 1))
+        region = labels == int(np.argmax(sizes)) + 1
+        core = ndimage.binary_erosion(region, structure=eight).sum()
+        if region.sum() >= min_pixels and core > 0:
+            regions.append((core, name, region))
     found = []
-    for index in np.argsort(sizes)[::-1][:max_objects]:
-        region = labels == index + 1
-        if region.sum() < min_pixels:
-            break
-        rgb = np.median(pixels[region], axis=0)
-        direction = rgb - bg_rgb
+    for _, name, region in sorted(regions, key=lambda r: -r[0])[:max_objects]:
+        distance = np.sqrt(((pixels[region] - bg_rgb) ** 2).sum(axis=1))
+        direction = np.median(pixels[region][distance >= 0.7 * distance.max()], axis=0) - bg_rgb
         presence = np.clip((pixels - bg_rgb) @ direction / max(1e-6, float(direction @ direction)), 0, 1)
-        window = ndimage.binary_dilation(region, structure=np.ones((3, 3), dtype=bool), iterations=5)
+        window = ndimage.binary_dilation(region, structure=eight, iterations=5)
         shape, score = classify_shape(presence * window, shapes)
         ys, xs = np.nonzero(region)
         cx, cy = (xs.min() + xs.max()) / 2, (ys.min() + ys.max()) / 2
         position = min(POSITIONS, key=lambda p: (POSITIONS[p][0] - cx) ** 2 + (POSITIONS[p][1] - cy) ** 2)
         extent = max(xs.max() - xs.min(), ys.max() - ys.min()) + 1
-        found.append(Detection(background, nearest_colour(rgb), shape if score >= MIN_SHAPE_SCORE else None,
+        found.append(Detection(background, name, shape if score >= MIN_SHAPE_SCORE else None,
                                position, "large" if extent >= 20 else "small", score))
     return background, found
