@@ -112,6 +112,13 @@ def lora_config(rank: int, alpha: int, dropout: float = 0.0):
                       target_modules=["query", "key", "value", "dense"], bias="none")
 
 
+def make_head(width: int, n_outputs: int, hidden: int = 0, dropout: float = 0.0) -> nn.Module:
+    """One linear layer, or a small MLP when `hidden` > 0."""
+    if hidden > 0:
+        return nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, n_outputs))
+    return nn.Linear(width, n_outputs)
+
+
 class TextGuardModel(nn.Module):
     """Encoder (LoRA-adapted, or frozen when rank is 0) -> mean pooling -> head with a logit per output.
 
@@ -133,12 +140,7 @@ class TextGuardModel(nn.Module):
             self.encoder = get_peft_model(encoder, lora_config(rank, alpha, dropout))
         else:
             self.encoder = encoder.requires_grad_(False)
-        width = encoder.config.hidden_size
-        if head_hidden > 0:
-            self.head = nn.Sequential(nn.Linear(width, head_hidden), nn.GELU(), nn.Dropout(dropout),
-                                      nn.Linear(head_hidden, n_outputs))
-        else:
-            self.head = nn.Linear(width, n_outputs)
+        self.head = make_head(encoder.config.hidden_size, n_outputs, head_hidden, dropout)
 
     def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state

@@ -27,6 +27,7 @@ from guardforge.guard.backends.embedded_text import (
     TextGuardModel,
     encoder_path,
     linear_logits,
+    make_head,
     make_vectorizer,
     model_features_and_logits,
     model_logits,
@@ -272,10 +273,10 @@ def _train_with_domain_expert(model: TextGuardModel, tokenizer, train: list[Exam
         from guardforge.guard.training.profanity import load_profanity_signal
 
         profanity = load_profanity_signal()
-    width = model.head.in_features
     stack, threshold = cross_fitted_stack(
         features, train, config, profanity,
-        fit_head=lambda f, part: _fit_head(torch.nn.Linear(width, len(OUTPUTS)), f, part, config, lambda _: None),
+        fit_head=lambda f, part: _fit_head(make_head(f.shape[1], len(OUTPUTS), config.head_hidden,
+                                                     config.lora_dropout), f, part, config, lambda _: None),
         fit_tfidf=lambda part: _fit_tfidf(part, config), log=log)
     domain = fit_domain(features, train, config.domain_source, config.gate_c, config.expert_c)
     train_seconds = time.monotonic() - started
