@@ -48,6 +48,9 @@ class Limits(BaseModel):
 class GuardSettings(BaseModel):
     text_backend: str = "embedded"
     image_backend: str = "embedded"
+    # The embedded text guard's weights: "prompts" (default), "comments" (chat and comment moderation) or a
+    # folder written by scripts/train_text_guard.py.
+    embedded_text_weights: str = "prompts"
     policy: str = "default"  # a shipped policy name or a path to a YAML file
     timeout_s: float = 30.0
     llama_guard_path: Path | None = None

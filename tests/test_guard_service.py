@@ -250,3 +250,20 @@ def test_audit_log_touches_the_database_only_when_used(tmp_path):
     log = AuditLog(f"sqlite:///{database}")
     assert not database.exists()  # building a Studio must not create files
     assert log.recent(5) == [] and database.is_file()
+
+
+def test_embedded_text_weights_setting_picks_a_shipped_set_or_fails_closed(tmp_path):
+    from guardforge.guard.registry import availability, backend_info
+    from guardforge.settings import Settings
+
+    missing = Settings(home=tmp_path, guard={"embedded_text_weights": str(tmp_path / "nowhere")})
+    assert availability(backend_info("embedded"), missing) == f"missing text weights {tmp_path / 'nowhere'}"
+    verdict = Guard.from_settings(missing).check_prompt("a tree")
+    assert verdict.action == "block" and "neither a shipped set" in verdict.error
+
+    comments = Settings(home=tmp_path, guard={"embedded_text_weights": "comments"})
+    assert availability(backend_info("embedded"), comments) == "ready (text weights: comments)"
+    guard = Guard.from_settings(comments)
+    abusive = guard.check_prompt("shut up you worthless idiot, nobody wants you here")
+    friendly = guard.check_prompt("thanks for the recipe, my kids loved it")
+    assert abusive.unsafe > 0.5 > friendly.unsafe

@@ -67,6 +67,14 @@ def availability(info: BackendInfo, settings) -> str:
 
         base_url, _ = resolve_endpoint(guard)
         return f"server {base_url}" if base_url else "needs guard.openai_base_url or OPENAI_BASE_URL"
+    if info.name == "embedded":
+        from guardforge.guard.backends.embedded_weights import text_weights_dir
+
+        try:
+            text_weights_dir(guard.embedded_text_weights)
+        except FileNotFoundError:
+            return f"missing text weights {guard.embedded_text_weights}"
+        return f"ready (text weights: {guard.embedded_text_weights})"
     return "ready"
 
 

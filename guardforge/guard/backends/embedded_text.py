@@ -20,10 +20,13 @@ from torch import nn
 
 from guardforge.guard.backends.base import Scores
 from guardforge.guard.backends.embedded_image import EmbeddedImageBackend  # noqa: F401  (registry: one module)
+from guardforge.guard.backends.embedded_weights import (
+    ASSETS_DIR,
+    TEXT_CONFIG,
+    TEXT_WEIGHTS,
+    text_weights_dir,
+)
 
-ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets" / "guard"
-TEXT_WEIGHTS = "text_guard.safetensors"
-TEXT_CONFIG = "text_guard.json"
 TEXT_VOCAB = "text_guard_vocab.json"
 PROFANITY_VOCAB = "text_guard_profanity_vocab.json"
 
@@ -285,6 +288,10 @@ class EmbeddedTextBackend:
     """
 
     name = "embedded"
+
+    @classmethod
+    def from_settings(cls, settings) -> EmbeddedTextBackend:
+        return cls(text_weights_dir(settings.guard.embedded_text_weights))
 
     def __init__(self, weights_dir: str | Path | None = None, num_threads: int | None = None):
         from safetensors.torch import load_file

@@ -11,7 +11,7 @@ gate and the other signals weighted by its complement (embedded_text.domain_colu
 
 The stack's weights are fitted on out-of-fold signals over the whole training split (cross-fitting: each
 signal refitted on four fifths, scored on the fifth), not on the validation slice, whose ~180 OpenAI rows
-are too few for nine inputs; domain rows weigh more in that fit because they are where the signals
+are too few for eight inputs; domain rows weigh more in that fit because they are where the signals
 disagree. The validation slice still gives the threshold, the per-category temperatures and the metrics.
 """
 
