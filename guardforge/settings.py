@@ -51,6 +51,18 @@ class GuardSettings(BaseModel):
     # The embedded text guard's weights: "prompts" (default), "comments" (chat and comment moderation) or a
     # folder written by scripts/train_text_guard.py.
     embedded_text_weights: str = "prompts"
+
+    @field_validator("embedded_text_weights")
+    @classmethod
+    def _known_weight_set(cls, value: str) -> str:
+        # A bare name must be a shipped set (a typo would otherwise block every check until noticed); a path
+        # is looked at when the guard loads, since the folder may be written after the settings are read.
+        from guardforge.guard.backends.embedded_weights import SHIPPED_TEXT_WEIGHTS
+
+        if value not in SHIPPED_TEXT_WEIGHTS and "/" not in value and "\\" not in value:
+            raise ValueError(f"{value!r} is not a shipped weight set ({', '.join(SHIPPED_TEXT_WEIGHTS)}) "
+                             "nor a folder path")
+        return value
     policy: str = "default"  # a shipped policy name or a path to a YAML file
     timeout_s: float = 30.0
     llama_guard_path: Path | None = None

@@ -129,12 +129,13 @@ COMMENTS_UNSAFE = ["you are a disgusting pig and everyone hates you", "shut up y
                    "I hope your whole family burns", "those people are vermin and should be wiped out"]
 
 
-def test_domain_expert_weights_score_in_the_backend_as_in_training(tmp_path):
-    """The cross-fitted stack with a gated expert: what the trainer measured on its validation slice is what
-    the backend scores from the saved weights, and the gate tells the expert's domain from the rest."""
+@pytest.mark.parametrize("with_profanity", [False, True])
+def test_domain_expert_weights_score_in_the_backend_as_in_training(tmp_path, with_profanity):
+    """The cross-fitted stack with a gated expert: the backend, from the saved weights alone, reproduces the
+    overall scores the trainer calibrated on its validation slice, and the gate tells the expert's domain
+    from the rest."""
     import time
 
-    from sklearn.metrics import average_precision_score
     from transformers import AutoTokenizer
 
     from guardforge.guard.backends.embedded_text import (
@@ -143,11 +144,13 @@ def test_domain_expert_weights_score_in_the_backend_as_in_training(tmp_path):
         encoder_path,
         model_features_and_logits,
     )
-    from guardforge.guard.training.text import TrainConfig, _train_with_domain_expert
+    from guardforge.guard.training.text import TrainConfig, _profanity, _train_with_domain_expert
 
+    if with_profanity:
+        pytest.importorskip("profanity_check")
     torch.manual_seed(0)
     config = TrainConfig(max_length=64, num_threads=1, domain_expert=True, quantize=True, stack_folds=2,
-                         head_epochs=50)
+                         head_epochs=50, profanity_signal=with_profanity)
     train = ([_example(t, 0, "openai-mod") for t in COMMENTS_SAFE] + [_example(t, 1, "openai-mod")
                                                                        for t in COMMENTS_UNSAFE]
              + [_example(t, 0, "benign") for t in SAFE] + [_example(t, 1, "ailuminate") for t in UNSAFE])
@@ -158,24 +161,19 @@ def test_domain_expert_weights_score_in_the_backend_as_in_training(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(encoder_path(), local_files_only=True)
     model = TextGuardModel(len(OUTPUTS), 0, 32)
     meta = _train_with_domain_expert(model, tokenizer, train, validation, config, time.monotonic(), tmp_path,
-                                     lambda _: None)
+                                     lambda _: None, _profanity(config))
 
     backend = EmbeddedTextBackend(tmp_path, num_threads=1)
     assert backend.domain is not None and backend.threshold == pytest.approx(meta["threshold"])
     texts = [e.text for e in validation]
     scores = np.array([s.unsafe for s in backend.score_texts(texts)])
-    labels = np.array([e.unsafe for e in validation])
-    assert average_precision_score(labels, scores) == pytest.approx(meta["metrics"]["validation_auprc_unsafe"])
-    benign = np.array([e.source == "benign" for e in validation])
-    assert (scores[benign] >= backend.threshold).mean() == pytest.approx(
-        meta["metrics"]["validation_fpr_benign_rows"])
-    # head, TF-IDF; the expert gated; both again weighted by the gate's complement; the gate
+    np.testing.assert_allclose(scores, meta["validation_unsafe"], rtol=0, atol=1e-6)
+    # head, TF-IDF (, profanity); the expert gated; the base again weighted by the gate's complement; the gate
     features, logits = model_features_and_logits(backend.model, backend.tokenizer, texts, backend.max_length, True)
     u = backend.outputs.index("unsafe")
     columns = backend.signal_logits(texts, logits[:, u].numpy(), features.numpy())
-    assert columns.shape == (len(texts), 6) and len(backend.stack) == 7
-    z = columns @ np.asarray(backend.stack[:-1]) + backend.stack[-1]
-    np.testing.assert_allclose(scores, 1 / (1 + np.exp(-z)), atol=1e-9)
+    base = 3 if with_profanity else 2
+    assert columns.shape == (len(texts), 2 * base + 2) and len(backend.stack) == 2 * base + 3
     gate = columns[:, -1]
     comments = np.array([e.source == "openai-mod" for e in validation])
     assert gate[comments].min() > gate[~comments].max()
@@ -183,8 +181,59 @@ def test_domain_expert_weights_score_in_the_backend_as_in_training(tmp_path):
         backend.signal_logits(texts, logits[:, u].numpy())
 
 
+def test_cross_fitting_never_scores_a_row_with_a_model_fitted_on_it():
+    """Every fold's head and TF-IDF see only that fold's fitting rows, and each row is held out exactly once."""
+    from guardforge.guard.training.crossfit import cross_fitted_stack
+    from guardforge.guard.training.text import TrainConfig, _fit_head, _fit_tfidf
+
+    config = TrainConfig(domain_expert=True, stack_folds=3, head_epochs=5, num_threads=1)
+    train = ([_example(t, 0, "openai-mod") for t in COMMENTS_SAFE] + [_example(t, 1, "openai-mod")
+                                                                       for t in COMMENTS_UNSAFE]
+             + [_example(t, 0, "benign") for t in SAFE] + [_example(t, 1, "ailuminate") for t in UNSAFE])
+    features = np.random.default_rng(0).normal(size=(len(train), 8))
+    seen: list[set[str]] = []
+
+    def fit_head(f, part):
+        seen.append({e.text for e in part})
+        return _fit_head(torch.nn.Linear(8, len(OUTPUTS)), f, part, config, lambda _: None)
+
+    def fit_tfidf(part):
+        assert {e.text for e in part} == seen[-1]
+        return _fit_tfidf(part, config)
+
+    stack, threshold = cross_fitted_stack(features, train, config, None, fit_head, fit_tfidf, lambda _: None)
+    held = [{e.text for e in train} - fitted for fitted in seen]
+    assert len(held) == 3 and sum(len(h) for h in held) == len(train)
+    assert set().union(*held) == {e.text for e in train}
+    assert len(stack) == 2 * 2 + 3 and 0 < threshold < 1
+
+
 def test_domain_expert_refuses_a_fine_tuned_encoder(tmp_path):
     from guardforge.guard.training.text import TrainConfig, train_text_guard
 
     with pytest.raises(ValueError, match="frozen encoder"):
         train_text_guard(tmp_path, TrainConfig(domain_expert=True, lora_rank=16))
+
+
+def test_a_domain_expert_guard_cannot_be_kept_with_encoder_from(tmp_path):
+    from guardforge.guard.backends.embedded_weights import SHIPPED_TEXT_WEIGHTS
+    from guardforge.guard.training.text import TrainConfig, train_text_guard
+
+    with pytest.raises(ValueError, match="retrain it"):
+        train_text_guard(tmp_path, TrainConfig(), encoder_from=SHIPPED_TEXT_WEIGHTS["comments"])
+
+
+def test_backend_refuses_a_stack_that_does_not_fit_its_signals(tmp_path):
+    import json
+    import shutil
+
+    from guardforge.guard.backends.embedded_text import EmbeddedTextBackend
+    from guardforge.guard.backends.embedded_weights import SHIPPED_TEXT_WEIGHTS, TEXT_CONFIG
+
+    folder = tmp_path / "weights"
+    shutil.copytree(SHIPPED_TEXT_WEIGHTS["comments"], folder)
+    config = json.loads((folder / TEXT_CONFIG).read_text(encoding="utf-8"))
+    config["stack"] = config["stack"][1:]
+    (folder / TEXT_CONFIG).write_text(json.dumps(config), encoding="utf-8")
+    with pytest.raises(ValueError, match="the stack has 8 numbers; these signals need 9"):
+        EmbeddedTextBackend(folder)

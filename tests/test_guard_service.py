@@ -256,6 +256,11 @@ def test_embedded_text_weights_setting_picks_a_shipped_set_or_fails_closed(tmp_p
     from guardforge.guard.registry import availability, backend_info
     from guardforge.settings import Settings
 
+    default = Settings(home=tmp_path)
+    assert availability(backend_info("embedded"), default) == "ready (text weights: prompts)"
+    with pytest.raises(ValueError, match="not a shipped weight set"):
+        Settings(home=tmp_path, guard={"embedded_text_weights": "comment"})
+
     missing = Settings(home=tmp_path, guard={"embedded_text_weights": str(tmp_path / "nowhere")})
     assert availability(backend_info("embedded"), missing) == f"missing text weights {tmp_path / 'nowhere'}"
     verdict = Guard.from_settings(missing).check_prompt("a tree")

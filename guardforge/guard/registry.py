@@ -67,7 +67,7 @@ def availability(info: BackendInfo, settings) -> str:
 
         base_url, _ = resolve_endpoint(guard)
         return f"server {base_url}" if base_url else "needs guard.openai_base_url or OPENAI_BASE_URL"
-    if info.name == "embedded":
+    if info.name == "embedded" and guard.text_backend == "embedded":
         from guardforge.guard.backends.embedded_weights import text_weights_dir
 
         try:

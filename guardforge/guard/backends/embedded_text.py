@@ -220,13 +220,16 @@ def prepare_for_inference(model: TextGuardModel, quantize: bool) -> TextGuardMod
         model.encoder = model.encoder.merge_and_unload()
         model.rank = 0
     model = model.eval()
-    if quantize:
-        with warnings.catch_warnings():
-            # torch deprecates its eager quantisation API in favour of torchao; until torchao runs dynamic int8
-            # on this CPU as fast, the warning only tells every CLI user about our choice.
-            warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor", category=UserWarning)
-            model = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
-    return model
+    return quantized_linear(model) if quantize else model
+
+
+def quantized_linear(module: nn.Module) -> nn.Module:
+    """A copy of `module` with every linear layer dynamic int8, as the guard runs it."""
+    with warnings.catch_warnings():
+        # torch deprecates its eager quantisation API in favour of torchao; until torchao runs dynamic int8
+        # on this CPU as fast, the warning only tells every CLI user about our choice.
+        warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor", category=UserWarning)
+        return torch.ao.quantization.quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8)
 
 
 def model_features_and_logits(model: nn.Module, tokenizer, texts: list[str], max_length: int,
@@ -258,13 +261,30 @@ def model_logits(model: nn.Module, tokenizer, texts: list[str], max_length: int,
     return model_features_and_logits(model, tokenizer, texts, max_length, one_at_a_time, batch_size)[1]
 
 
+def unit_rows(features: np.ndarray) -> np.ndarray:
+    features = np.asarray(features, dtype=np.float64)
+    return features / np.clip(np.linalg.norm(features, axis=1, keepdims=True), 1e-12, None)
+
+
 def domain_logits(features: np.ndarray, domain: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """The gate's and the expert's logits: linear models over the unit-length pooled features."""
-    features = np.asarray(features, dtype=np.float64)
-    unit = features / np.clip(np.linalg.norm(features, axis=1, keepdims=True), 1e-12, None)
-    gate = unit @ domain["gate.coef"] + domain["gate.intercept"][0]
-    expert = unit @ domain["expert.coef"] + domain["expert.intercept"][0]
-    return gate, expert
+    unit = unit_rows(features)
+    return (unit @ domain["gate.coef"] + domain["gate.intercept"][0],
+            unit @ domain["expert.coef"] + domain["expert.intercept"][0])
+
+
+DOMAIN_KEYS = ("gate.coef", "gate.intercept", "expert.coef", "expert.intercept")
+
+
+def stack_columns(head_unsafe: np.ndarray, tfidf: np.ndarray, profanity: np.ndarray | None = None,
+                  domain: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """The stack's inputs in their one order, for training and scoring alike: the head's, the TF-IDF's and
+    (if present) the profanity signal's unsafe logits, then, with a domain expert, domain_columns."""
+    columns = [np.asarray(head_unsafe, dtype=np.float64), np.asarray(tfidf, dtype=np.float64)]
+    if profanity is not None:
+        columns.append(np.asarray(profanity, dtype=np.float64))
+    base = np.stack(columns, axis=1)
+    return base if domain is None else domain_columns(base, *domain)
 
 
 def domain_columns(base: np.ndarray, gate_logit: np.ndarray, expert_logit: np.ndarray) -> np.ndarray:
@@ -329,11 +349,21 @@ class EmbeddedTextBackend:
         # A linear expert for one domain of text and the gate that says how much a text is of that domain,
         # both over the encoder's pooled features (present in weights trained with `domain_expert`).
         self.domain = None
-        if "domain.gate.coef" in state:
-            self.domain = {k.removeprefix("domain."): state[k].numpy().astype(np.float64)
-                           for k in state if k.startswith("domain.")}
+        found = {k.removeprefix("domain."): state[k].numpy().astype(np.float64) for k in state
+                 if k.startswith("domain.")}
+        if found:
+            if set(found) != set(DOMAIN_KEYS):
+                raise ValueError(f"{weights_path}: the domain expert needs {', '.join(DOMAIN_KEYS)}; "
+                                 f"found {', '.join(sorted(found))}")
+            self.domain = found
         # One weight per stack input (signal_logits' columns), then the bias.
         self.stack = self.config.get("stack")
+        if self.stack is not None and self.vectorizer is not None:
+            inputs = 2 + (self.profanity is not None)
+            inputs += inputs + 2 if self.domain is not None else 0
+            if len(self.stack) != inputs + 1:
+                raise ValueError(f"{config_path}: the stack has {len(self.stack)} numbers; these signals need "
+                                 f"{inputs + 1} (one weight per input, then the bias)")
 
     def tfidf_logits(self, texts: list[str]) -> np.ndarray:
         return linear_logits(self.vectorizer, self.tfidf_coef, self.tfidf_intercept, texts)
@@ -345,15 +375,11 @@ class EmbeddedTextBackend:
                       features: np.ndarray | None = None) -> np.ndarray:
         """(len(texts), inputs): the inputs of the stack, in its order; `features` (the pooled encoder
         output) is needed when the weights carry a domain expert."""
-        columns = [np.asarray(head_logits, dtype=np.float64), self.tfidf_logits(texts)]
-        if self.profanity is not None:
-            columns.append(self.profanity_logits(texts))
-        base = np.stack(columns, axis=1)
-        if self.domain is None:
-            return base
-        if features is None:
+        if self.domain is not None and features is None:
             raise ValueError("these weights carry a domain expert: pass the pooled features")
-        return domain_columns(base, *domain_logits(features, self.domain))
+        return stack_columns(head_logits, self.tfidf_logits(texts),
+                             self.profanity_logits(texts) if self.profanity is not None else None,
+                             domain_logits(features, self.domain) if self.domain is not None else None)
 
     def logits(self, texts: list[str]) -> torch.Tensor:
         """Uncalibrated logits, (len(texts), len(outputs)); the training code calibrates on these."""

@@ -12,7 +12,8 @@ gate and the other signals weighted by its complement (embedded_text.domain_colu
 The stack's weights are fitted on out-of-fold signals over the whole training split (cross-fitting: each
 signal refitted on four fifths, scored on the fifth), not on the validation slice, whose ~180 OpenAI rows
 are too few for eight inputs; domain rows weigh more in that fit because they are where the signals
-disagree. The validation slice still gives the threshold, the per-category temperatures and the metrics.
+disagree. The threshold comes from the same out-of-fold scores; the validation slice gives the per-category
+temperatures and the metrics.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ import numpy as np
 import torch
 
 from guardforge.guard.backends.embedded_text import (
-    domain_columns,
     domain_logits,
     linear_logits,
+    quantized_linear,
+    stack_columns,
+    unit_rows,
 )
 from guardforge.guard.training.data import OUTPUTS, Example
 
@@ -35,7 +38,7 @@ def fit_domain(features: np.ndarray, examples: list[Example], source: str, gate_
     """The gate (rows of `source` against the rest) and the expert (unsafe against safe on `source` rows)."""
     from sklearn.linear_model import LogisticRegression
 
-    unit = features / np.clip(np.linalg.norm(features, axis=1, keepdims=True), 1e-12, None)
+    unit = unit_rows(features)
     in_domain = np.asarray([e.source == source for e in examples])
     if in_domain.all() or not in_domain.any():
         raise ValueError(f"the domain expert needs rows of {source!r} and rows of other sources")
@@ -52,12 +55,11 @@ def fit_domain(features: np.ndarray, examples: list[Example], source: str, gate_
 
 def stack_inputs(head_unsafe: np.ndarray, texts: list[str], tfidf, profanity, domain: dict[str, np.ndarray],
                  features: np.ndarray) -> np.ndarray:
-    """The stack's columns, computed as the backend computes them (EmbeddedTextBackend.signal_logits)."""
+    """The stack's columns from the trainer's fitted objects, in the backend's order (stack_columns)."""
     vectorizer, classifier = tfidf
-    columns = [np.asarray(head_unsafe, dtype=np.float64), classifier.decision_function(vectorizer.transform(texts))]
-    if profanity is not None:
-        columns.append(linear_logits(*profanity, texts))
-    return domain_columns(np.stack(columns, axis=1), *domain_logits(features, domain))
+    return stack_columns(head_unsafe, classifier.decision_function(vectorizer.transform(texts)),
+                         linear_logits(*profanity, texts) if profanity is not None else None,
+                         domain_logits(features, domain))
 
 
 def cross_fitted_stack(features: np.ndarray, train: list[Example], config, profanity,
@@ -80,6 +82,8 @@ def cross_fitted_stack(features: np.ndarray, train: list[Example], config, profa
     for k, (fit_rows, held_rows) in enumerate(folds):
         part = [train[i] for i in fit_rows]
         head = fit_head(features[fit_rows], part)
+        if config.quantize:
+            head = quantized_linear(head)  # the head runs int8 in the guard: score the held-out rows so too
         with torch.no_grad():
             head_unsafe = head(torch.as_tensor(features[held_rows], dtype=torch.float32))[:, u].numpy()
         domain = fit_domain(features[fit_rows], part, config.domain_source, config.gate_c, config.expert_c)

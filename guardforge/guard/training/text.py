@@ -32,6 +32,7 @@ from guardforge.guard.backends.embedded_text import (
     model_features_and_logits,
     model_logits,
     prepare_for_inference,
+    stack_columns,
 )
 from guardforge.guard.training.crossfit import (
     best_f1_threshold,
@@ -207,12 +208,15 @@ def train_text_guard(out_dir: Path, config: TrainConfig | None = None,
     previous = None
     if encoder_from is not None:
         previous = json.loads((Path(encoder_from) / TEXT_CONFIG).read_text(encoding="utf-8"))
+        if previous["train_config"].get("domain_expert"):
+            raise ValueError(f"{encoder_from} was trained with domain_expert; retrain it rather than keep it")
         fresh = {"profanity_signal": config.profanity_signal, "num_threads": config.num_threads}
         config = TrainConfig(**(previous["train_config"] | fresh))
     torch.set_num_threads(config.num_threads)
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
 
+    profanity = _profanity(config)
     train, validation = train_validation_split(training_examples(), config.validation_fraction, config.seed)
     log(f"train {len(train)} ({sum(e.unsafe for e in train)} unsafe), "
         f"validation {len(validation)} ({sum(e.unsafe for e in validation)} unsafe)")
@@ -225,7 +229,8 @@ def train_text_guard(out_dir: Path, config: TrainConfig | None = None,
         model.load_trainable_state_dict({k: v for k, v in state.items() if k.startswith(("lora.", "head."))})
         log(f"adapter and head kept from {encoder_from}")
     elif config.domain_expert:
-        return _train_with_domain_expert(model, tokenizer, train, validation, config, started, out_dir, log)
+        return _train_with_domain_expert(model, tokenizer, train, validation, config, started, out_dir, log,
+                                         profanity)
     elif config.lora_rank == 0:
         features = pooled_features(model, tokenizer, [e.text for e in train], config.max_length, cache=cache_dir)
         log(f"features for {len(train)} prompts in {time.monotonic() - started:.0f} s")
@@ -248,18 +253,14 @@ def train_text_guard(out_dir: Path, config: TrainConfig | None = None,
         val_logits = model_logits(deployed, tokenizer, [e.text for e in validation], config.max_length,
                                   one_at_a_time=config.quantize).numpy()
     tfidf = _fit_tfidf(train, config)
-    profanity = None
-    if config.profanity_signal:
-        from guardforge.guard.training.profanity import load_profanity_signal
-
-        profanity = load_profanity_signal()
     return _calibrate_and_save(state, val_logits, validation, config, train_seconds, out_dir, log, tfidf,
                                profanity, encoder_from=previous and {"folder": str(encoder_from),
                                                                      "train_config": previous["train_config"]})
 
 
 def _train_with_domain_expert(model: TextGuardModel, tokenizer, train: list[Example], validation: list[Example],
-                              config: TrainConfig, started: float, out_dir: Path, log: Callable[[str], None]) -> dict:
+                              config: TrainConfig, started: float, out_dir: Path, log: Callable[[str], None],
+                              profanity=None) -> dict:
     """Frozen encoder (int8 if asked: features are taken from the form that ships), head, TF-IDF, profanity,
     domain expert and gate; stack cross-fitted on the training split (training/crossfit.py)."""
     encoder_only = prepare_for_inference(model, config.quantize)  # a copy when quantised; its head is unused
@@ -268,11 +269,6 @@ def _train_with_domain_expert(model: TextGuardModel, tokenizer, train: list[Exam
     features = features.numpy()
     log(f"features for {len(train)} prompts in {time.monotonic() - started:.0f} s")
     _fit_head(model.head, features, train, config, log)
-    profanity = None
-    if config.profanity_signal:
-        from guardforge.guard.training.profanity import load_profanity_signal
-
-        profanity = load_profanity_signal()
     stack, threshold = cross_fitted_stack(
         features, train, config, profanity,
         fit_head=lambda f, part: _fit_head(make_head(f.shape[1], len(OUTPUTS), config.head_hidden,
@@ -286,6 +282,15 @@ def _train_with_domain_expert(model: TextGuardModel, tokenizer, train: list[Exam
     return _calibrate_and_save(model.trainable_state_dict(), val_logits.numpy(), validation, config, train_seconds,
                                out_dir, log, _fit_tfidf(train, config), profanity,
                                domain=(domain, stack, threshold, val_features.numpy()))
+
+
+def _profanity(config: TrainConfig):
+    """alt-profanity-check's linear model when the config asks for it (the training extra), else None."""
+    if not config.profanity_signal:
+        return None
+    from guardforge.guard.training.profanity import load_profanity_signal
+
+    return load_profanity_signal()
 
 
 def _save_linear_signal(state: dict[str, torch.Tensor], prefix: str, vectorizer, coef, intercept,
@@ -403,10 +408,8 @@ def _calibrate_and_save(state: dict[str, torch.Tensor], val_logits: np.ndarray, 
 
         texts = [e.text for e in validation]
         vectorizer, classifier = tfidf
-        columns = [val_logits[:, u], classifier.decision_function(vectorizer.transform(texts))]
-        if profanity is not None:
-            columns.append(linear_logits(*profanity, texts))
-        inputs = np.stack(columns, axis=1)
+        inputs = stack_columns(val_logits[:, u], classifier.decision_function(vectorizer.transform(texts)),
+                               linear_logits(*profanity, texts) if profanity is not None else None)
         platt = LogisticRegression(C=1e4, max_iter=1000).fit(inputs, vy[:, u])
         stack = [float(w) for w in platt.coef_[0]] + [float(platt.intercept_[0])]
         calibrated = platt.predict_proba(inputs)[:, 1]
@@ -459,4 +462,5 @@ def _calibrate_and_save(state: dict[str, torch.Tensor], val_logits: np.ndarray, 
         "profanity_package": _package_version("alt-profanity-check") if profanity is not None else None,
     }
     (out_dir / TEXT_CONFIG).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
-    return meta
+    # Not saved: the overall scores it calibrated on, so a caller can check the backend reproduces them.
+    return meta | {"validation_unsafe": calibrated.tolist()}
