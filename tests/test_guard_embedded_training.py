@@ -129,8 +129,8 @@ COMMENTS_UNSAFE = ["you are a disgusting pig and everyone hates you", "shut up y
                    "I hope your whole family burns", "those people are vermin and should be wiped out"]
 
 
-@pytest.mark.parametrize("with_profanity", [False, True])
-def test_domain_expert_weights_score_in_the_backend_as_in_training(tmp_path, with_profanity):
+@pytest.mark.parametrize("with_profanity, extra_layers", [(False, ""), (True, "2,4")])
+def test_domain_expert_weights_score_in_the_backend_as_in_training(tmp_path, with_profanity, extra_layers):
     """The cross-fitted stack with a gated expert: the backend, from the saved weights alone, reproduces the
     overall scores the trainer calibrated on its validation slice, and the gate tells the expert's domain
     from the rest."""
@@ -150,7 +150,7 @@ def test_domain_expert_weights_score_in_the_backend_as_in_training(tmp_path, wit
         pytest.importorskip("profanity_check")
     torch.manual_seed(0)
     config = TrainConfig(max_length=64, num_threads=1, domain_expert=True, quantize=True, stack_folds=2,
-                         head_epochs=50, profanity_signal=with_profanity)
+                         head_epochs=50, profanity_signal=with_profanity, domain_extra_layers=extra_layers)
     train = ([_example(t, 0, "openai-mod") for t in COMMENTS_SAFE] + [_example(t, 1, "openai-mod")
                                                                        for t in COMMENTS_UNSAFE]
              + [_example(t, 0, "benign") for t in SAFE] + [_example(t, 1, "ailuminate") for t in UNSAFE])
@@ -169,7 +169,14 @@ def test_domain_expert_weights_score_in_the_backend_as_in_training(tmp_path, wit
     scores = np.array([s.unsafe for s in backend.score_texts(texts)])
     np.testing.assert_allclose(scores, meta["validation_unsafe"], rtol=0, atol=1e-6)
     # head, TF-IDF (, profanity); the expert gated; the base again weighted by the gate's complement; the gate
-    features, logits = model_features_and_logits(backend.model, backend.tokenizer, texts, backend.max_length, True)
+    layers = tuple(int(x) for x in extra_layers.split(",") if x)
+    assert backend.domain_layers == layers
+    features, logits = model_features_and_logits(backend.model, backend.tokenizer, texts, backend.max_length, True,
+                                                 extra_layers=layers)
+    assert features.shape == (len(texts), 384 * (1 + len(layers)))
+    last, plain_logits = model_features_and_logits(backend.model, backend.tokenizer, texts, backend.max_length, True)
+    torch.testing.assert_close(features[:, :384], last)  # the head reads the same last layer either way
+    torch.testing.assert_close(logits, plain_logits)
     u = backend.outputs.index("unsafe")
     columns = backend.signal_logits(texts, logits[:, u].numpy(), features.numpy())
     base = 3 if with_profanity else 2
@@ -201,7 +208,8 @@ def test_cross_fitting_never_scores_a_row_with_a_model_fitted_on_it():
         assert {e.text for e in part} == seen[-1]
         return _fit_tfidf(part, config)
 
-    stack, threshold = cross_fitted_stack(features, train, config, None, fit_head, fit_tfidf, lambda _: None)
+    stack, threshold = cross_fitted_stack(features, train, config, None, fit_head, fit_tfidf, lambda _: None,
+                                          width=8)
     held = [{e.text for e in train} - fitted for fitted in seen]
     assert len(held) == 3 and sum(len(h) for h in held) == len(train)
     assert set().union(*held) == {e.text for e in train}

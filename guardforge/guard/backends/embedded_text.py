@@ -150,6 +150,14 @@ class TextGuardModel(nn.Module):
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
+    def pool_layers(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    extra_layers: tuple[int, ...]) -> torch.Tensor:
+        """The last layer mean-pooled, then each of `extra_layers` (1 = the first block's output), side by side."""
+        states = self.encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        mask = attention_mask.unsqueeze(-1).to(states.last_hidden_state.dtype)
+        hidden = [states.last_hidden_state] + [states.hidden_states[layer] for layer in extra_layers]
+        return torch.cat([(h * mask).sum(1) / mask.sum(1).clamp(min=1.0) for h in hidden], dim=1)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.head(self.pool(input_ids, attention_mask))
 
@@ -233,11 +241,12 @@ def quantized_linear(module: nn.Module) -> nn.Module:
 
 
 def model_features_and_logits(model: nn.Module, tokenizer, texts: list[str], max_length: int,
-                              one_at_a_time: bool, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean-pooled encoder features and head logits for `texts`. A dynamically quantised model scales its
-    activations per call, so padding and neighbours in a batch would move a prompt's score: it scores one
-    prompt per call (on one CPU thread that costs no more than a padded batch), which keeps batched and
-    single scores identical."""
+                              one_at_a_time: bool, batch_size: int = 64,
+                              extra_layers: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean-pooled encoder features (the last layer's, then those of `extra_layers`) and head logits (from the
+    last layer's) for `texts`. A dynamically quantised model scales its activations per call, so padding and
+    neighbours in a batch would move a prompt's score: it scores one prompt per call (on one CPU thread that
+    costs no more than a padded batch), which keeps batched and single scores identical."""
     size = 1 if one_at_a_time else batch_size
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     features, logits = [None] * len(texts), [None] * len(texts)
@@ -246,8 +255,11 @@ def model_features_and_logits(model: nn.Module, tokenizer, texts: list[str], max
             idx = order[start:start + size]
             enc = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
                             return_tensors="pt")
-            pooled = model.pool(enc["input_ids"], enc["attention_mask"])
-            head = model.head(pooled)
+            if extra_layers:
+                pooled = model.pool_layers(enc["input_ids"], enc["attention_mask"], extra_layers)
+            else:
+                pooled = model.pool(enc["input_ids"], enc["attention_mask"])
+            head = model.head(pooled[:, :model.encoder.config.hidden_size])
             for row, i in enumerate(idx):
                 features[i], logits[i] = pooled[row], head[row]
     if not texts:
@@ -261,14 +273,17 @@ def model_logits(model: nn.Module, tokenizer, texts: list[str], max_length: int,
     return model_features_and_logits(model, tokenizer, texts, max_length, one_at_a_time, batch_size)[1]
 
 
-def unit_rows(features: np.ndarray) -> np.ndarray:
+def unit_rows(features: np.ndarray, width: int) -> np.ndarray:
+    """Each `width`-wide block of each row (one pooled layer) scaled to unit length."""
     features = np.asarray(features, dtype=np.float64)
-    return features / np.clip(np.linalg.norm(features, axis=1, keepdims=True), 1e-12, None)
+    blocks = features.reshape(len(features), -1, width)
+    blocks = blocks / np.clip(np.linalg.norm(blocks, axis=2, keepdims=True), 1e-12, None)
+    return blocks.reshape(len(features), -1)
 
 
-def domain_logits(features: np.ndarray, domain: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """The gate's and the expert's logits: linear models over the unit-length pooled features."""
-    unit = unit_rows(features)
+def domain_logits(features: np.ndarray, domain: dict[str, np.ndarray], width: int) -> tuple[np.ndarray, np.ndarray]:
+    """The gate's and the expert's logits: linear models over the pooled layers, each at unit length."""
+    unit = unit_rows(features, width)
     return (unit @ domain["gate.coef"] + domain["gate.intercept"][0],
             unit @ domain["expert.coef"] + domain["expert.intercept"][0])
 
@@ -349,6 +364,8 @@ class EmbeddedTextBackend:
         # A linear expert for one domain of text and the gate that says how much a text is of that domain,
         # both over the encoder's pooled features (present in weights trained with `domain_expert`).
         self.domain = None
+        # Earlier encoder layers the gate and expert also read (their features: last layer, then these).
+        self.domain_layers = tuple(int(layer) for layer in self.config.get("domain_extra_layers") or ())
         found = {k.removeprefix("domain."): state[k].numpy().astype(np.float64) for k in state
                  if k.startswith("domain.")}
         if found:
@@ -379,7 +396,8 @@ class EmbeddedTextBackend:
             raise ValueError("these weights carry a domain expert: pass the pooled features")
         return stack_columns(head_logits, self.tfidf_logits(texts),
                              self.profanity_logits(texts) if self.profanity is not None else None,
-                             domain_logits(features, self.domain) if self.domain is not None else None)
+                             domain_logits(features, self.domain, self.model.encoder.config.hidden_size)
+                             if self.domain is not None else None)
 
     def logits(self, texts: list[str]) -> torch.Tensor:
         """Uncalibrated logits, (len(texts), len(outputs)); the training code calibrates on these."""
@@ -395,7 +413,7 @@ class EmbeddedTextBackend:
             return []
         texts = list(texts)
         features, logits = model_features_and_logits(self.model, self.tokenizer, texts, self.max_length,
-                                                     self.quantized)
+                                                     self.quantized, extra_layers=self.domain_layers)
         probs = torch.sigmoid(logits / self.temperature).numpy()
         unsafe_index = self.outputs.index("unsafe")
         unsafe = probs[:, unsafe_index].astype(np.float64)

@@ -34,11 +34,11 @@ from guardforge.guard.training.data import OUTPUTS, Example
 
 
 def fit_domain(features: np.ndarray, examples: list[Example], source: str, gate_c: float,
-               expert_c: float) -> dict[str, np.ndarray]:
+               expert_c: float, width: int) -> dict[str, np.ndarray]:
     """The gate (rows of `source` against the rest) and the expert (unsafe against safe on `source` rows)."""
     from sklearn.linear_model import LogisticRegression
 
-    unit = unit_rows(features)
+    unit = unit_rows(features, width)
     in_domain = np.asarray([e.source == source for e in examples])
     if in_domain.all() or not in_domain.any():
         raise ValueError(f"the domain expert needs rows of {source!r} and rows of other sources")
@@ -54,22 +54,23 @@ def fit_domain(features: np.ndarray, examples: list[Example], source: str, gate_
 
 
 def stack_inputs(head_unsafe: np.ndarray, texts: list[str], tfidf, profanity, domain: dict[str, np.ndarray],
-                 features: np.ndarray) -> np.ndarray:
+                 features: np.ndarray, width: int) -> np.ndarray:
     """The stack's columns from the trainer's fitted objects, in the backend's order (stack_columns)."""
     vectorizer, classifier = tfidf
     return stack_columns(head_unsafe, classifier.decision_function(vectorizer.transform(texts)),
                          linear_logits(*profanity, texts) if profanity is not None else None,
-                         domain_logits(features, domain))
+                         domain_logits(features, domain, width))
 
 
 def cross_fitted_stack(features: np.ndarray, train: list[Example], config, profanity,
                        fit_head: Callable[[np.ndarray, list[Example]], torch.nn.Module],
-                       fit_tfidf: Callable[[list[Example]], tuple],
-                       log: Callable[[str], None]) -> tuple[list[float], float]:
+                       fit_tfidf: Callable[[list[Example]], tuple], log: Callable[[str], None],
+                       width: int) -> tuple[list[float], float]:
     """Stack weights (one per input, then the bias) and the overall threshold, from out-of-fold inputs over
     `train`. The weights are fitted with the domain's rows weighing more, then rescaled by a Platt fit on
     the unweighted rows, so the score reads as a probability on the training mix; the threshold maximises F1
-    on those out-of-fold scores (2,800 rows rather than the validation slice's 493)."""
+    on those out-of-fold scores (2,800 rows rather than the validation slice's 493). `features`: the last
+    layer's pooled output (what the head reads, `width` wide), then any earlier layers' (gate and expert)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
 
@@ -81,14 +82,14 @@ def cross_fitted_stack(features: np.ndarray, train: list[Example], config, profa
     folds = StratifiedKFold(config.stack_folds, shuffle=True, random_state=config.seed).split(texts, strata)
     for k, (fit_rows, held_rows) in enumerate(folds):
         part = [train[i] for i in fit_rows]
-        head = fit_head(features[fit_rows], part)
+        head = fit_head(features[fit_rows, :width], part)  # the head reads the last layer only
         if config.quantize:
             head = quantized_linear(head)  # the head runs int8 in the guard: score the held-out rows so too
         with torch.no_grad():
-            head_unsafe = head(torch.as_tensor(features[held_rows], dtype=torch.float32))[:, u].numpy()
-        domain = fit_domain(features[fit_rows], part, config.domain_source, config.gate_c, config.expert_c)
+            head_unsafe = head(torch.as_tensor(features[held_rows, :width], dtype=torch.float32))[:, u].numpy()
+        domain = fit_domain(features[fit_rows], part, config.domain_source, config.gate_c, config.expert_c, width)
         held = stack_inputs(head_unsafe, [texts[i] for i in held_rows], fit_tfidf(part), profanity, domain,
-                            features[held_rows])
+                            features[held_rows], width)
         if inputs is None:
             inputs = np.zeros((len(train), held.shape[1]))
         inputs[held_rows] = held
