@@ -245,3 +245,20 @@ def test_backend_refuses_a_stack_that_does_not_fit_its_signals(tmp_path):
     (folder / TEXT_CONFIG).write_text(json.dumps(config), encoding="utf-8")
     with pytest.raises(ValueError, match="the stack has 8 numbers; these signals need 9"):
         EmbeddedTextBackend(folder)
+
+
+def test_backend_refuses_domain_weights_for_other_layers(tmp_path):
+    import json
+    import shutil
+
+    from guardforge.guard.backends.embedded_text import EmbeddedTextBackend
+    from guardforge.guard.backends.embedded_weights import SHIPPED_TEXT_WEIGHTS, TEXT_CONFIG
+
+    folder = tmp_path / "weights"
+    shutil.copytree(SHIPPED_TEXT_WEIGHTS["comments"], folder)
+    config = json.loads((folder / TEXT_CONFIG).read_text(encoding="utf-8"))
+    assert config["domain_extra_layers"] == [2, 4]
+    config["domain_extra_layers"] = [4]
+    (folder / TEXT_CONFIG).write_text(json.dumps(config), encoding="utf-8")
+    with pytest.raises(ValueError, match="do not fit the pooled features"):
+        EmbeddedTextBackend(folder)

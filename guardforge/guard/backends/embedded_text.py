@@ -372,6 +372,10 @@ class EmbeddedTextBackend:
             if set(found) != set(DOMAIN_KEYS):
                 raise ValueError(f"{weights_path}: the domain expert needs {', '.join(DOMAIN_KEYS)}; "
                                  f"found {', '.join(sorted(found))}")
+            expected = self.model.encoder.config.hidden_size * (1 + len(self.domain_layers))
+            if any(len(found[k]) != expected for k in ("gate.coef", "expert.coef")):
+                raise ValueError(f"{weights_path}: the domain expert's weights do not fit the pooled features "
+                                 f"({expected} wide for layers {('last',) + self.domain_layers})")
             self.domain = found
         # One weight per stack input (signal_logits' columns), then the bias.
         self.stack = self.config.get("stack")
