@@ -262,3 +262,16 @@ def test_backend_refuses_domain_weights_for_other_layers(tmp_path):
     (folder / TEXT_CONFIG).write_text(json.dumps(config), encoding="utf-8")
     with pytest.raises(ValueError, match="do not fit the pooled features"):
         EmbeddedTextBackend(folder)
+
+
+@pytest.mark.parametrize("layers, message", [("2,x", "layer numbers"), ("6", "from 1 to 5"), ("0", "from 1 to 5")])
+def test_domain_extra_layers_are_checked_before_any_work(tmp_path, layers, message):
+    import time
+
+    from guardforge.guard.backends.embedded_text import TextGuardModel
+    from guardforge.guard.training.text import TrainConfig, _train_with_domain_expert
+
+    config = TrainConfig(domain_expert=True, domain_extra_layers=layers)
+    with pytest.raises(ValueError, match=message):
+        _train_with_domain_expert(TextGuardModel(len(OUTPUTS), 0, 32), None, [], [], config, time.monotonic(),
+                                  tmp_path, lambda _: None)

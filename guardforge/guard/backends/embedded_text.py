@@ -122,6 +122,12 @@ def make_head(width: int, n_outputs: int, hidden: int = 0, dropout: float = 0.0)
     return nn.Linear(width, n_outputs)
 
 
+def _mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Token states averaged over the real (unpadded) tokens."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
 class TextGuardModel(nn.Module):
     """Encoder (LoRA-adapted, or frozen when rank is 0) -> mean pooling -> head with a logit per output.
 
@@ -147,16 +153,14 @@ class TextGuardModel(nn.Module):
 
     def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return _mean_pool(hidden, attention_mask)
 
     def pool_layers(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                     extra_layers: tuple[int, ...]) -> torch.Tensor:
         """The last layer mean-pooled, then each of `extra_layers` (1 = the first block's output), side by side."""
         states = self.encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-        mask = attention_mask.unsqueeze(-1).to(states.last_hidden_state.dtype)
         hidden = [states.last_hidden_state] + [states.hidden_states[layer] for layer in extra_layers]
-        return torch.cat([(h * mask).sum(1) / mask.sum(1).clamp(min=1.0) for h in hidden], dim=1)
+        return torch.cat([_mean_pool(h, attention_mask) for h in hidden], dim=1)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.head(self.pool(input_ids, attention_mask))

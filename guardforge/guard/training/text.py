@@ -267,7 +267,11 @@ def _train_with_domain_expert(model: TextGuardModel, tokenizer, train: list[Exam
                               profanity=None) -> dict:
     """Frozen encoder (int8 if asked: features are taken from the form that ships), head, TF-IDF, profanity,
     domain expert and gate; stack cross-fitted on the training split (training/crossfit.py)."""
-    extra = tuple(int(layer) for layer in config.domain_extra_layers.split(",") if layer.strip())
+    extra = _extra_layers(config)
+    layers = model.encoder.config.num_hidden_layers
+    if any(not 1 <= layer < layers for layer in extra):
+        raise ValueError(f"domain_extra_layers {config.domain_extra_layers!r}: each must be an encoder layer "
+                         f"from 1 to {layers - 1} (the last, {layers}, is always read)")
     width = model.encoder.config.hidden_size  # one pooled layer's width in the features
     encoder_only = prepare_for_inference(model, config.quantize)  # a copy when quantised; its head is unused
     features, _ = model_features_and_logits(encoder_only, tokenizer, [e.text for e in train], config.max_length,
@@ -289,6 +293,15 @@ def _train_with_domain_expert(model: TextGuardModel, tokenizer, train: list[Exam
     return _calibrate_and_save(model.trainable_state_dict(), val_logits.numpy(), validation, config, train_seconds,
                                out_dir, log, _fit_tfidf(train, config), profanity,
                                domain=(domain, stack, threshold, val_features.numpy(), width))
+
+
+def _extra_layers(config: TrainConfig) -> tuple[int, ...]:
+    """`domain_extra_layers` ("2,4") as numbers."""
+    try:
+        return tuple(int(layer) for layer in config.domain_extra_layers.split(",") if layer.strip())
+    except ValueError:
+        raise ValueError(f"domain_extra_layers {config.domain_extra_layers!r}: give layer numbers such as "
+                         "'2,4'") from None
 
 
 def _profanity(config: TrainConfig):
@@ -389,8 +402,8 @@ def _calibrate_and_save(state: dict[str, torch.Tensor], val_logits: np.ndarray, 
     """Temperatures, stack, threshold and metrics on the validation slice; weights and settings to `out_dir`.
 
     `domain`: (expert and gate, cross-fitted stack weights, threshold, validation features, the width of one
-    pooled layer in them) from
-    _train_with_domain_expert; the stack and the threshold then come from there, not from this slice.
+    pooled layer in them) from _train_with_domain_expert; the stack and the threshold then come from there,
+    not from this slice.
     """
     from safetensors.torch import save_file
     from sklearn.metrics import average_precision_score
@@ -467,8 +480,7 @@ def _calibrate_and_save(state: dict[str, torch.Tensor], val_logits: np.ndarray, 
         "train_config": asdict(config),
         "metrics": metrics,
         "encoder_from": encoder_from,
-        "domain_extra_layers": ([int(x) for x in config.domain_extra_layers.split(",") if x.strip()]
-                                if domain is not None else None),
+        "domain_extra_layers": list(_extra_layers(config)) if domain is not None else None,
         "profanity_package": _package_version("alt-profanity-check") if profanity is not None else None,
     }
     (out_dir / TEXT_CONFIG).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
