@@ -275,3 +275,42 @@ def test_domain_extra_layers_are_checked_before_any_work(tmp_path, layers, messa
     with pytest.raises(ValueError, match=message):
         _train_with_domain_expert(TextGuardModel(len(OUTPUTS), 0, 32), None, [], [], config, time.monotonic(),
                                   tmp_path, lambda _: None)
+
+
+def test_domain_expert_keeps_the_encoder_features_in_cache_dir(tmp_path):
+    """--cache-dir serves the domain-expert run too: the training split is encoded once, and a run from the
+    cache saves the same weights byte for byte as one that encoded."""
+    import time
+
+    from transformers import AutoTokenizer
+
+    from guardforge.guard.backends.embedded_text import TEXT_WEIGHTS, TextGuardModel, encoder_path
+    from guardforge.guard.training.text import TrainConfig, _train_with_domain_expert
+
+    config = TrainConfig(max_length=64, num_threads=1, domain_expert=True, quantize=True, stack_folds=2,
+                         head_epochs=20)
+    train = ([_example(t, 0, "openai-mod") for t in COMMENTS_SAFE] + [_example(t, 1, "openai-mod")
+                                                                       for t in COMMENTS_UNSAFE]
+             + [_example(t, 0, "benign") for t in SAFE] + [_example(t, 1, "ailuminate") for t in UNSAFE])
+    validation = [_example("a red bicycle against a brick wall", 0, "benign"),
+                  _example("you ugly idiot, nobody wants you here", 1, "openai-mod")]
+    tokenizer = AutoTokenizer.from_pretrained(encoder_path(), local_files_only=True)
+    cache = tmp_path / "cache"
+
+    def run(out: str, cache_dir):
+        torch.manual_seed(0)
+        _train_with_domain_expert(TextGuardModel(len(OUTPUTS), 0, 32), tokenizer, train, validation, config,
+                                  time.monotonic(), tmp_path / out, lambda _: None, None, cache_dir)
+        return (tmp_path / out / TEXT_WEIGHTS).read_bytes()
+
+    encoded = run("encoded", None)
+    assert not cache.exists()
+    first = run("first", cache)
+    assert len(list(cache.glob("features-*.pt"))) == 1
+    assert run("from-cache", cache) == first == encoded
+    (path,) = cache.glob("features-*.pt")
+    torch.save(torch.zeros_like(torch.load(path)), path)
+    assert run("zeroed", cache) != first  # read from the cache, not encoded again
+    config.domain_extra_layers = "2"  # other settings, other features: a file of their own
+    run("other-layers", cache)
+    assert len(list(cache.glob("features-*.pt"))) == 2

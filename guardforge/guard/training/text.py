@@ -137,30 +137,42 @@ def _batches(n: int, lengths: list[int], batch_size: int, rng: random.Random) ->
     return batches
 
 
+def cached_features(cache: Path | None, texts: list[str], tag: str,
+                    compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """`compute()`'s features of `texts`, kept in `cache` (if given) under the texts and `tag` (what else
+    they depend on), so a retrain with other head or stack settings skips the encoder."""
+    import hashlib
+
+    if cache is None:
+        return compute()
+    key = hashlib.sha1(("\x00".join(texts) + f"|{tag}").encode("utf-8")).hexdigest()[:16]
+    path = cache / f"features-{key}.pt"
+    if path.is_file():
+        return torch.load(path)
+    out = compute()
+    cache.mkdir(parents=True, exist_ok=True)
+    torch.save(out, path)
+    return out
+
+
 def pooled_features(model: TextGuardModel, tokenizer, texts: list[str], max_length: int,
                     batch_size: int = 64, cache: Path | None = None) -> torch.Tensor:
     """Mean-pooled encoder outputs for a frozen encoder, computed once (and kept in `cache` if given)."""
-    import hashlib
 
-    if cache is not None:
-        key = hashlib.sha1(("\x00".join(texts) + f"|{max_length}").encode("utf-8")).hexdigest()[:16]
-        path = cache / f"features-{key}.pt"
-        if path.is_file():
-            return torch.load(path)
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    out = torch.zeros(len(texts), model.head.in_features if isinstance(model.head, torch.nn.Linear)
-                      else model.head[0].in_features)
-    # no_grad, not inference_mode: the head is trained on these afterwards, which inference tensors forbid.
-    with torch.no_grad():
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            enc = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
-                            return_tensors="pt")
-            out[idx] = model.pool(enc["input_ids"], enc["attention_mask"]).detach()
-    if cache is not None:
-        cache.mkdir(parents=True, exist_ok=True)
-        torch.save(out, path)
-    return out
+    def compute() -> torch.Tensor:
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = torch.zeros(len(texts), model.head.in_features if isinstance(model.head, torch.nn.Linear)
+                          else model.head[0].in_features)
+        # no_grad, not inference_mode: the head is trained on these afterwards, which inference tensors forbid.
+        with torch.no_grad():
+            for start in range(0, len(order), batch_size):
+                idx = order[start:start + batch_size]
+                enc = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
+                                return_tensors="pt")
+                out[idx] = model.pool(enc["input_ids"], enc["attention_mask"]).detach()
+        return out
+
+    return cached_features(cache, texts, str(max_length), compute)
 
 
 def _train_head_on_features(head: torch.nn.Module, features: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
@@ -234,7 +246,7 @@ def train_text_guard(out_dir: Path, config: TrainConfig | None = None,
         log(f"adapter and head kept from {encoder_from}")
     elif config.domain_expert:
         return _train_with_domain_expert(model, tokenizer, train, validation, config, started, out_dir, log,
-                                         profanity)
+                                         profanity, cache_dir)
     elif config.lora_rank == 0:
         features = pooled_features(model, tokenizer, [e.text for e in train], config.max_length, cache=cache_dir)
         log(f"features for {len(train)} prompts in {time.monotonic() - started:.0f} s")
@@ -264,7 +276,7 @@ def train_text_guard(out_dir: Path, config: TrainConfig | None = None,
 
 def _train_with_domain_expert(model: TextGuardModel, tokenizer, train: list[Example], validation: list[Example],
                               config: TrainConfig, started: float, out_dir: Path, log: Callable[[str], None],
-                              profanity=None) -> dict:
+                              profanity=None, cache_dir: Path | None = None) -> dict:
     """Frozen encoder (int8 if asked: features are taken from the form that ships), head, TF-IDF, profanity,
     domain expert and gate; stack cross-fitted on the training split (training/crossfit.py)."""
     extra = _extra_layers(config)
@@ -274,9 +286,11 @@ def _train_with_domain_expert(model: TextGuardModel, tokenizer, train: list[Exam
                          f"from 1 to {layers - 1} (the last, {layers}, is always read)")
     width = model.encoder.config.hidden_size  # one pooled layer's width in the features
     encoder_only = prepare_for_inference(model, config.quantize)  # a copy when quantised; its head is unused
-    features, _ = model_features_and_logits(encoder_only, tokenizer, [e.text for e in train], config.max_length,
-                                            one_at_a_time=config.quantize, extra_layers=extra)
-    features = features.numpy()
+    texts = [e.text for e in train]
+    features = cached_features(
+        cache_dir, texts, f"{config.max_length}|int8={config.quantize}|layers={extra}",
+        lambda: model_features_and_logits(encoder_only, tokenizer, texts, config.max_length,
+                                          one_at_a_time=config.quantize, extra_layers=extra)[0]).numpy()
     log(f"features for {len(train)} prompts in {time.monotonic() - started:.0f} s")
     _fit_head(model.head, features[:, :width], train, config, log)
     stack, threshold = cross_fitted_stack(
