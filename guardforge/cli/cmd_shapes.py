@@ -53,7 +53,7 @@ def eval_adherence_command(
     Under each split, "VAE only" reads the same captions' true images after a VAE round trip, the reference for
     a UNet that gets the latents exactly right. "latent err": generated against true latents, MSE / variance.
     With --two-objects N, also N captions of two objects (seen pairs): colour, shape and position per object,
-    and "both", the images with both objects right.
+    and "both", the images with both objects right; its "VAE only" row reads their true images likewise.
     """
     import torch
 
@@ -65,6 +65,7 @@ def eval_adherence_command(
         load_pipeline,
         save_grid,
         vae_round_trip,
+        vae_round_trip_pairs,
     )
 
     torch.set_num_threads(threads)
@@ -92,5 +93,7 @@ def eval_adherence_command(
         typer.echo(f"{'':<14}" + "".join(f"{a:>12}" for a in PAIR_ATTRIBUTES) + f"{'s/image':>10}")
         typer.echo(f"{'two objects':<14}" + "".join(f"{acc[a]:>12.1%}" for a in PAIR_ATTRIBUTES)
                    + f"{pairs.seconds / two_objects:>10.3f}")
+        reference = vae_round_trip_pairs(pipe, two_objects).accuracy()
+        typer.echo(f"{'  VAE only':<14}" + "".join(f"{reference[a]:>12.1%}" for a in PAIR_ATTRIBUTES))
         grid = save_grid(pairs.samples[:48], out / f"two-objects{tag.removeprefix('seen')}.png")
         typer.echo(f"  grid: {grid}")
