@@ -16,6 +16,25 @@ from guardforge.settings import Settings
 
 ProgressCallback = Callable[[ProgressEvent], None]
 
+# Long prompts are also guarded in windows of this many words (about one 75-token CLIP chunk, which the engine
+# encodes separately), overlapping by half, so a phrase cannot hide in filler a guard reads diluted or not at all.
+GUARD_WINDOW_WORDS = 40
+
+
+def encoded_prompt_views(prompt: str) -> list[str]:
+    """What the engine reads of a prompt, for the guard: the text without `<lora:...>` tags and weighting syntax
+    ("a n(a:1)ked" encodes as "a naked"), and for a long one, overlapping windows of it."""
+    from guardforge.engine.prompts import extract_lora_tags, plain_text
+
+    without_tags, _ = extract_lora_tags(prompt)
+    text = plain_text(without_tags)
+    words = text.split()
+    if len(words) <= GUARD_WINDOW_WORDS * 3 // 2:
+        return [text]
+    step = GUARD_WINDOW_WORDS // 2
+    return [text] + [" ".join(words[start:start + GUARD_WINDOW_WORDS])
+                     for start in range(0, len(words) - step, step)]
+
 
 class Studio:
     """Built from Settings; owns the model registry and cache, the engine, the guard and the output store."""
@@ -158,7 +177,7 @@ class Studio:
         mask = decode_image(request.mask, max_pixels, "mask") if request.mask else None
         entry = self.registry.resolve(request.model or self.settings.default_model)
 
-        prompt_verdict = self.guard.check_prompt(request.prompt)
+        prompt_verdict = self.guard.check_prompt(request.prompt, encoded_prompt_views(request.prompt))
         input_verdict = self.guard.check_input_image(init_image) if init_image is not None else None
         blocking = [v for v in (prompt_verdict, input_verdict) if v is not None and v.action == "block"]
         if blocking:

@@ -26,12 +26,15 @@ def test_most_severe_action_wins():
     assert policy.decide({"S12": 0.9, "S1": 0.6, "S5": 0.9}) == (["S1", "S5", "S12"], "block")
 
 
-def test_checkpoint_specific_action_and_blur_on_text_means_block():
+def test_checkpoint_specific_action_and_blur_means_block_where_nothing_is_delivered():
     policy = load_policy("default")
     assert policy.decide({"S12": 0.8}, checkpoint="output_image") == (["S12"], "blur")
     assert policy.decide({"S12": 0.8}, checkpoint="prompt") == (["S12"], "block")
     blur_all = _policy(default={"action": "blur"})
-    assert blur_all.decide({"S1": 0.9}, checkpoint="prompt")[1] == "block"
+    # The engine reads an input image and the trainer its data as they are: a blur there would let them through.
+    for checkpoint in ("prompt", "input_image", "training_data"):
+        assert blur_all.decide({"S1": 0.9}, checkpoint=checkpoint)[1] == "block", checkpoint
+    assert blur_all.decide({"S1": 0.9}, checkpoint="output_image")[1] == "blur"
 
 
 def test_excluded_categories_are_never_violated():

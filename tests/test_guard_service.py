@@ -121,6 +121,16 @@ def test_timeout_applies_fail_mode(tmp_path, fail_mode, action):
     assert all("timed out after 0.2 s" in v.error for v in verdicts)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_score_that_is_not_a_number_fails_closed(tmp_path, bad):
+    """NaN is below no threshold, so read as a score it would allow anything (a fp16 overflow in a guard
+    model gives exactly that): it is a backend error, and the fail mode decides."""
+    guard = _guard(tmp_path, backend=FixedScores({"x": {"S12": bad}}))
+    verdict = guard.check_prompt("x")
+    assert verdict.action == "block" and "not a finite number" in verdict.error
+    assert guard.check_prompt("a tree").action == "allow"  # the same backend's good answers still count
+
+
 def test_loading_failure_is_a_backend_error(tmp_path):
     def load():
         raise OSError("no weights in /models/lg4")

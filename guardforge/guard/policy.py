@@ -16,7 +16,9 @@ from guardforge.guard.taxonomy import HAZARD_CODES, Category, Taxonomy
 from guardforge.guard.verdict import Action, Checkpoint, most_severe
 
 SHIPPED = ("default", "permissive", "off")
-TEXT_CHECKPOINTS: tuple[Checkpoint, ...] = ("prompt",)
+# Only a generated image is delivered, so only it can be delivered blurred. A prompt, an input image or training
+# data is read by the engine or the trainer as it is: blurring it there would change nothing it sees.
+BLURRABLE_CHECKPOINTS: tuple[Checkpoint, ...] = ("output_image",)
 
 
 class PolicyError(GuardforgeError):
@@ -109,8 +111,8 @@ class Policy(BaseModel):
         if not violated and self.overall is not None and unsafe is not None and unsafe >= self.overall.threshold:
             actions.append(self.overall.action_at(checkpoint))
         action = most_severe(actions)
-        if action == "blur" and checkpoint in TEXT_CHECKPOINTS:
-            action = "block"  # text cannot be blurred; a rule that says blur means "not through"
+        if action == "blur" and checkpoint is not None and checkpoint not in BLURRABLE_CHECKPOINTS:
+            action = "block"  # a rule that says blur means "not through as it is"
         return violated, action
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from PIL import Image
 
@@ -16,7 +17,7 @@ from guardforge.guard.backends.base import Scores
 from guardforge.guard.blur import strong_blur
 from guardforge.guard.moderation import moderation_response, parse_inputs, result_from_verdicts
 from guardforge.guard.policy import Policy, load_policy
-from guardforge.guard.verdict import Checkpoint, Verdict
+from guardforge.guard.verdict import SEVERITY, Checkpoint, Verdict
 
 Loader = Callable[[], object]
 
@@ -164,6 +165,11 @@ class Guard:
             results = call_with_timeout(lambda: call(list(items)), self.timeout_s)
             if len(results) != len(items):
                 raise GuardBackendError(f"backend returned {len(results)} answers for {len(items)} inputs")
+            for result in results:
+                # NaN compares false with every threshold, so it would read as "allow": a broken answer is an error.
+                values = [*result.scores.values(), *([] if result.unsafe is None else [result.unsafe])]
+                if not all(math.isfinite(value) for value in values):
+                    raise GuardBackendError("backend returned a score that is not a finite number")
         except Exception as exc:  # any failure, including loading: the fail mode decides
             elapsed = (time.perf_counter() - started) * 1000
             message = str(exc) if isinstance(exc, GuardBackendError) else f"{type(exc).__name__}: {exc}"
@@ -183,8 +189,11 @@ class Guard:
         return self._run(checkpoint, "text", texts, [text_sha256(t) for t in texts],
                          [lambda t=t: t.encode("utf-8") for t in texts])
 
-    def check_prompt(self, text: str) -> Verdict:
-        return self.check_texts([text], "prompt")[0]
+    def check_prompt(self, text: str, variants: Sequence[str] = ()) -> Verdict:
+        """The prompt's verdict. `variants`: other readings of the same prompt that must pass too (the text the
+        engine will encode, its parts); all are scored in one batch and the most severe verdict stands."""
+        verdicts = self.check_texts(list(dict.fromkeys([text, *variants])), "prompt")
+        return max(verdicts, key=lambda verdict: SEVERITY[verdict.action])  # the first of the most severe
 
     def check_images(self, images: list[Image.Image], checkpoint: Checkpoint) -> list[Verdict]:
         images = [image.convert("RGB") for image in images]
