@@ -80,6 +80,19 @@ def test_flagged_instance_image_stops_the_job_before_training(studio, tmp_path, 
     assert studio.registry.names(kind="lora") == []
 
 
+def test_class_images_found_on_disk_are_screened_before_training(studio, tmp_path, tiny_model_dir):
+    """The user's own class images (or files put where ours were) are trained on with the prior loss: they
+    are training data, and a blocked one stops the job before any step."""
+    make_images(tmp_path / "instance", (40, 200, 40), count=2)
+    (tmp_path / "class").mkdir()
+    for index, colour in enumerate([(0, 90, 200), (230, 10, 10), (0, 90, 200)]):
+        Image.new("RGB", (16, 16), colour).save(tmp_path / "class" / f"class-0000{index}.png")
+    config = tiny_config(tmp_path, tiny_model_dir, with_prior_preservation=True)
+    with pytest.raises(GuardforgeError, match=r"nothing was trained: class-00001\.png \(S12\)$"):
+        train_dreambooth(studio, config)
+    assert not (config.output_dir / "checkpoints").exists() and studio.registry.names(kind="lora") == []
+
+
 def test_flagged_prompt_stops_the_job(studio, tmp_path):
     make_images(tmp_path / "instance", (40, 200, 40), count=2)
     config = tiny_config(tmp_path, "tiny-sd", class_data_dir=None,

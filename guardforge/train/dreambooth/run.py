@@ -233,7 +233,8 @@ def load_base(studio, name: str, device: str | None = None, replica: int = 0) ->
 
 
 def screen_training_data(guard, instance_paths: list[Path], prompts: list[str]) -> None:
-    """Every instance image and prompt through the guard before any step; a block stops the job, naming why."""
+    """Every image (instance, or class images found on disk) and prompt through the guard before any step; a
+    block stops the job, naming why."""
     from guardforge.train.dreambooth.data import load_rgb
 
     images = [(path.name, load_rgb(path)) for path in instance_paths]
@@ -293,6 +294,10 @@ def train_dreambooth(studio, config: DreamBoothConfig, progress: ProgressFn | No
             cancel=cancel, device=device, replica=replica, on_image=lambda done, total: emit(TrainProgress(
                 phase="class_images", step=done, total=total, message="class images")))
         class_paths = report.paths
+        # Images made here were screened as outputs; the ones found on disk (the user's own, or files put where
+        # ours were) are trained on just the same, so they are training data like the instance images.
+        emit(TrainProgress(phase="screening", message="checking the class images found on disk"))
+        screen_training_data(studio.guard, [report.paths[i] for i in report.reused], [])
 
     base = load_base(studio, config.base_model, device=device, replica=replica)
     losses: list[float] = []
