@@ -6,28 +6,41 @@ import base64
 import binascii
 import io
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from guardforge.errors import InvalidRequest
 
+# The raster formats clients send. Pillow would otherwise try every plugin it has, EPS among them, which
+# hands the bytes to Ghostscript: an outside interpreter has no business reading untrusted uploads.
+# No "MPO": Pillow opens MPO (phone cameras' multi-picture JPEG) through the JPEG plugin.
+ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+_ACCEPTED_NAMES = "PNG, JPEG, WebP, GIF, BMP or TIFF"
+
 
 def decode_image(data: str, max_pixels: int, what: str = "image") -> Image.Image:
-    """Decode base64 (or a data: URL) into an RGB image, refusing decompression bombs before decoding."""
+    """Decode base64 (or a data: URL) into an image, refusing decompression bombs before decoding."""
     if data.startswith("data:"):
         _, _, data = data.partition(",")
+    # A1111's decoder skips line breaks, so clients send base64.encodebytes output (76-column lines).
+    data = "".join(data.split())
     try:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise InvalidRequest(f"{what} is not valid base64: {exc}") from None
     try:
-        image = Image.open(io.BytesIO(raw))
+        image = Image.open(io.BytesIO(raw), formats=ACCEPTED_FORMATS)
         if image.width * image.height > max_pixels:
             raise InvalidRequest(
                 f"{what} is {image.width}x{image.height}, over the limit of {max_pixels} pixels"
             )
         image.load()
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise InvalidRequest(f"{what} is not a readable PNG, JPEG or WebP image: {exc}") from None
+    except InvalidRequest:
+        raise
+    except Exception as exc:
+        # Pillow's plugins report malformed files with whatever they trip on (ValueError for an oversized
+        # text chunk, SyntaxError, struct.error, EOFError...); each is the caller's bad file, not our failure.
+        raise InvalidRequest(f"{what} is not a readable {_ACCEPTED_NAMES} image: "
+                             f"{type(exc).__name__}: {exc}") from None
     return image
 
 

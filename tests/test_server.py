@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from tests.livesrv import LiveServer, make_home, server_env
+from tests.test_imaging import ztxt_bomb_png
 
 TINY = {"steps": 2, "width": 64, "height": 64, "seed": 7}
 LONG = {"prompt": "a long job", "steps": 150, "n_iter": 8, "width": 64, "height": 64}
@@ -262,11 +263,27 @@ def bomb_png(width=5000, height=5000) -> str:
      "leaves no step"),
     ("/v1/moderations", {"input": [{"type": "image_url", "image_url": {"url": f"data:image/png;base64,{bomb_png()}"}}]},
      422, "over the limit"),
+    # Pillow raises ValueError on a text chunk past MAX_TEXT_CHUNK: a bad file, not a server error.
+    ("/v1/jobs", {"prompt": "x", "init_image": base64.b64encode(ztxt_bomb_png()).decode()}, 422, "not a readable"),
+    ("/sdapi/v1/img2img", {"prompt": "x", "init_images": [base64.b64encode(ztxt_bomb_png()).decode()]}, 422,
+     "not a readable"),
+    ("/v1/moderations", {"input": [{"type": "image_url", "image_url": {
+        "url": "data:image/png;base64," + base64.b64encode(ztxt_bomb_png()).decode()}}]}, 422, "not a readable"),
 ])
 def test_bad_requests_are_4xx_with_a_reason(client, path, payload, status, needle):
     response = client.post(path, json=payload)
     assert response.status_code == status, response.text
     assert needle in response.text
+
+
+def test_sdapi_img2img_takes_base64_with_line_breaks(client):
+    # What base64.encodebytes and some A1111 clients send; A1111 decodes it, so must we.
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (20, 120, 220)).save(buffer, "PNG")
+    wrapped = base64.encodebytes(buffer.getvalue()).decode()
+    response = client.post("/sdapi/v1/img2img", json={"prompt": "x", "init_images": [wrapped], **TINY, "steps": 4})
+    assert response.status_code == 200, response.text
+    assert json.loads(response.json()["info"])["guardforge"]["state"] == "succeeded"
 
 
 def test_sdapi_reads_legacy_sampler_names(client):
