@@ -129,12 +129,13 @@ class LlamaGuardBackend:
         import torch
         import transformers
 
+        from guardforge.models.devices import pick_device
+
         folder = Path(folder).expanduser()
         variant = detect_variant(folder)
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if dtype is None:
-            dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        device = str(pick_device(device or "auto"))  # the engine's order: cuda, xpu, mps, then cpu
+        if dtype is None:  # a 4-12B guard in fp32 would not fit beside the image model on most accelerators
+            dtype = torch.float32 if device == "cpu" else torch.bfloat16
         kwargs = {"dtype": dtype, "local_files_only": True}
         if variant == "lg4":
             model = transformers.Llama4ForConditionalGeneration.from_pretrained(folder, **kwargs)

@@ -38,13 +38,14 @@ class ShieldGemma2Backend:
         import torch
         from transformers import AutoProcessor, ShieldGemma2ForImageClassification
 
+        from guardforge.models.devices import pick_device
+
         folder = Path(folder).expanduser()
         if not (folder / "config.json").is_file():
             raise GuardforgeError(f"{folder} has no config.json: point guard.shieldgemma_path at the model folder")
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if dtype is None:
-            dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        device = str(pick_device(device or "auto"))  # the engine's order: cuda, xpu, mps, then cpu
+        if dtype is None:  # a 4-12B guard in fp32 would not fit beside the image model on most accelerators
+            dtype = torch.float32 if device == "cpu" else torch.bfloat16
         model = ShieldGemma2ForImageClassification.from_pretrained(folder, dtype=dtype, local_files_only=True)
         processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
         return cls(model.to(device), processor)
