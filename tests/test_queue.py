@@ -117,6 +117,26 @@ def test_recover_running_jobs_after_a_crash(db_url, requeue):
         assert restarted.claim_next().id == waiting
 
 
+@pytest.mark.parametrize("requeue", [False, True])
+def test_a_cancel_requested_job_ends_cancelled_after_a_crash_or_a_stop(db_url, requeue):
+    queue = JobQueue(make_engine(db_url))
+    crashed, stopped, other = (queue.submit("generate", {}, owner="a") for _ in range(3))
+    for _ in range(3):
+        queue.claim_next()
+    # The user cancelled both while they ran; the server died (or stopped) before the worker acted on it.
+    queue.cancel(crashed, "a")
+    queue.cancel(stopped, "a")
+    restarted = JobQueue(make_engine(db_url), requeue_running_on_restart=requeue)
+    assert restarted.release(stopped) == "cancelled"
+    assert sorted(restarted.recover()) == sorted([crashed, other])
+    for job_id in (crashed, stopped):
+        job = restarted.get(job_id, None)
+        assert job.state == "cancelled" and job.finished_at is not None, job
+    # The job nobody cancelled is treated as before: re-queued, or failed with the reason.
+    assert restarted.get(other, None).state == ("queued" if requeue else "failed")
+    assert [j.id for j in iter(restarted.claim_next, None)] == ([other] if requeue else [])
+
+
 def test_keys_are_hashed_verified_and_revoked(db_url):
     store = KeyStore(make_engine(db_url))
     key, plaintext = store.create("alice")

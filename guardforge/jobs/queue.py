@@ -32,6 +32,7 @@ from guardforge.errors import GuardforgeError
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 RESTART_REASON = "the server stopped while this job was running"
+CANCELLED_BY_STOP = "cancelled (the server stopped before the job did)"
 
 
 class QueueFull(GuardforgeError):
@@ -205,27 +206,32 @@ class JobQueue:
         return self._get(job.id)
 
     def recover(self) -> list[str]:
-        """At start-up: jobs left running by a dead server are failed with a reason, or re-queued."""
+        """At start-up: jobs left running by a dead server are failed with a reason, or re-queued; those the
+        user had asked to cancel end cancelled."""
         with self.engine.begin() as conn:
             ids = [r.id for r in conn.execute(select(jobs_table.c.id).where(jobs_table.c.state == "running"))]
             if ids:
-                if self.requeue_running_on_restart:
-                    values = dict(state="queued", started_at=None, cancel_requested=False)
-                else:
-                    values = dict(state="failed", error=RESTART_REASON, finished_at=time.time())
-                conn.execute(update(jobs_table).where(jobs_table.c.id.in_(ids)).values(**values))
+                self._end_stopped(conn, jobs_table.c.id.in_(ids))
         return ids
 
     def release(self, job_id: str) -> str:
-        """A running job stopped by a graceful shutdown: treated as recover() would after a crash."""
+        """A running job stopped by a graceful shutdown: treated as recover() would after a crash; returns the
+        state it ends in."""
+        with self.engine.begin() as conn:
+            self._end_stopped(conn, jobs_table.c.id == job_id)
+            row = conn.execute(select(jobs_table.c.state).where(jobs_table.c.id == job_id)).first()
+        return row.state if row else "failed"
+
+    def _end_stopped(self, conn, which) -> None:
+        running = (jobs_table.c.state == "running") & which
+        # A cancel the worker never got to act on still stands: re-queueing it would run what the user stopped.
+        conn.execute(update(jobs_table).where(running, jobs_table.c.cancel_requested.is_(True)).values(
+            state="cancelled", error=CANCELLED_BY_STOP, finished_at=time.time()))
         if self.requeue_running_on_restart:
-            values = dict(state="queued", started_at=None, cancel_requested=False)
+            values = dict(state="queued", started_at=None)
         else:
             values = dict(state="failed", error=RESTART_REASON, finished_at=time.time())
-        with self.engine.begin() as conn:
-            conn.execute(update(jobs_table).where(jobs_table.c.id == job_id, jobs_table.c.state == "running")
-                         .values(**values))
-        return values["state"]
+        conn.execute(update(jobs_table).where(running).values(**values))
 
     # -- reading -------------------------------------------------------------------------------------
     def get(self, job_id: str, owner: str | None) -> Job:
