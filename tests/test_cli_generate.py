@@ -132,3 +132,48 @@ def test_readme_main_job_draws_the_prompt_and_prints_only_our_lines(gf_home):
     for chatter in ("LOAD REPORT", "Loading pipeline components", "Loading weights", "quantize_per_tensor",
                     "torchvision", "Warning"):
         assert chatter not in done.stderr, done.stderr[-2000:]
+
+
+def test_a_blocked_generation_exits_non_zero(run_main, monkeypatch):
+    monkeypatch.setenv("GUARDFORGE_GUARD__POLICY", "default")
+    code, out, err = run_main("generate", "a naked woman, explicit sex", "-m", "tiny-sd", "--steps", "2")
+    assert code == 1, err
+    assert "blocked by the guard before generation" in err
+    assert not saved_paths(out)
+
+
+def test_usage_errors_exit_2_with_clicks_usage_text(run_main):
+    code, _, err = run_main("bogus")
+    assert code == 2
+    assert re.search(r"^Usage: \S.* \[OPTIONS\] COMMAND \[ARGS\]\.\.\.$", err, re.MULTILINE), err
+    assert "--help' for help." in err
+    assert "Error: No such command 'bogus'." in err
+    assert "UsageError" not in err
+
+    code, out, err = run_main("generate", "x", "--steps", "many")
+    assert code == 2
+    assert "Error: Invalid value for '--steps'" in err
+
+    # A group without its command: the help, then click's code for a missing command; nothing else.
+    code, out, err = run_main("models")
+    assert code == 2
+    assert "list" in out + err and "hash" in out + err
+    assert "error" not in (out + err).lower()
+
+
+def test_ctrl_c_during_a_generation_says_interrupted_and_exits_130(run_main, monkeypatch):
+    import _thread
+    import threading
+
+    monkeypatch.setenv("GUARDFORGE_LIMITS__MAX_STEPS", "1000000")
+    # Ctrl-C as the terminal delivers it: KeyboardInterrupt in the main thread, here while the model loads or
+    # denoises (a million steps outlast the timer by far).
+    timer = threading.Timer(3.0, _thread.interrupt_main)
+    timer.start()
+    try:
+        code, out, err = run_main("generate", "a cat", "-m", "tiny-sd", "--steps", "1000000")
+    finally:
+        timer.cancel()
+    assert code == 130
+    assert err.strip().splitlines()[-1] == "interrupted"
+    assert not saved_paths(out)

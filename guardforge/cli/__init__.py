@@ -57,7 +57,9 @@ def main() -> None:
     _quiet_libraries()
     _register()
     try:
-        app(standalone_mode=False)
+        # Outside standalone mode typer hands back, instead of exiting with, the code of a typer.Exit (a blocked
+        # generation's 1) and of Ctrl-C inside a command, which it has already turned into Exit(130).
+        code = app(standalone_mode=False)
     except GuardforgeError as exc:
         typer.secho(f"error: {exc}", err=True, fg="red")
         sys.exit(2)
@@ -67,18 +69,32 @@ def main() -> None:
     except FileNotFoundError as exc:
         typer.secho(f"error: {exc.strerror}: {exc.filename}", err=True, fg="red")
         sys.exit(2)
-    except KeyboardInterrupt:
-        typer.secho("interrupted", err=True, fg="red")
-        sys.exit(130)
-    except Exception as exc:  # click usage errors and anything unexpected: one line, never a traceback
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Exit):
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(1)
+    except KeyboardInterrupt:  # Ctrl-C outside a command (typer catches it inside one)
+        _interrupted()
+    except typer.Abort:  # EOF at a prompt: click's message and code
+        typer.echo("Aborted!", err=True)
+        sys.exit(1)
+    except typer.TyperException as exc:
+        # typer 0.29 raises its own copy of click's exceptions (typer._click), not the click package's.
+        # Usage errors show click's usage line, hint and message and exit 2; a group run without a command
+        # raises NoArgsIsHelpError after typer has printed the help itself, leaving nothing more to say.
+        if exc.format_message():
+            show = getattr(exc, "show", None)
+            if show is not None:
+                show()
+            else:
+                typer.secho(f"Error: {exc.format_message()}", err=True, fg="red")
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # anything unexpected: one line, never a traceback
         typer.secho(f"error: {type(exc).__name__}: {exc}", err=True, fg="red")
         sys.exit(1)
+    # A command that returns normally gives None (exit 0); only an int is a typer.Exit's code.
+    if isinstance(code, int) and not isinstance(code, bool) and code:
+        if code == 130:  # SIGINT's conventional code: typer's rendering of KeyboardInterrupt
+            _interrupted()
+        sys.exit(code)
+
+
+def _interrupted() -> None:
+    typer.secho("interrupted", err=True, fg="red")
+    sys.exit(130)
