@@ -177,3 +177,43 @@ def test_ctrl_c_during_a_generation_says_interrupted_and_exits_130(run_main, mon
     assert code == 130
     assert err.strip().splitlines()[-1] == "interrupted"
     assert not saved_paths(out)
+
+
+def test_options_override_infotext_values_guardforge_does_not_support(run_main, tmp_path):
+    from PIL import PngImagePlugin
+
+    png = tmp_path / "a1111.png"
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a red circle\nNegative prompt: blurry\nSteps: 2, Sampler: DPM++ 3M SDE, "
+                                "Schedule type: SGM Uniform, CFG scale: 7, Seed: 1, Size: 64x64, Model: tiny-sd, "
+                                "Version: v1.10.1")
+    Image.new("RGB", (64, 64)).save(png, pnginfo=info)
+
+    code, _, err = run_main("generate", "--from-png", str(png))
+    assert code == 2
+    [line] = [line for line in err.splitlines() if line.startswith("error:")]
+    assert "unknown sampler 'DPM++ 3M SDE'" in line and "schedule:" in line
+    assert line.endswith(f"(read from {png}; give --sampler, --schedule to override it)"), line
+
+    code, out, err = run_main("generate", "--from-png", str(png), "--sampler", "DPM++ 2M", "--schedule", "Automatic")
+    assert code == 0, err
+    [(path, seed)] = saved_paths(out)
+    assert seed == 1
+    assert read_infotext(path).startswith("a red circle\nNegative prompt: blurry\nSteps: 2, Sampler: DPM++ 2M, "
+                                          "Schedule type: Karras, CFG scale: 7, Seed: 1, Size: 64x64")
+
+
+def test_a_batch_past_seed_2_32_reads_back_from_its_png(run_main):
+    # A1111 numbers a batch seed, seed+1 without wrapping and writes those seeds; each must be accepted back.
+    code, out, err = run_main("generate", "a cat", "-m", "tiny-sd", "--steps", "2", "--seed", "4294967295",
+                              "--batch-size", "2")
+    assert code == 0, err
+    saved = saved_paths(out)
+    assert [seed for _, seed in saved] == [4294967295, 4294967296]
+    assert "Seed: 4294967296," in read_infotext(saved[1][0])
+
+    code, out, err = run_main("generate", "--from-png", saved[1][0])
+    assert code == 0, err
+    [(path, seed)] = saved_paths(out)
+    assert seed == 4294967296
+    assert np.array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(saved[1][0])))

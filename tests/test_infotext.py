@@ -141,3 +141,16 @@ def test_inpaint_round_trip_through_studio(studio):
     assert np.array_equal(np.asarray(result.images[0].pil), np.asarray(again.images[0].pil))
     # Studio's decoded inputs reach the engine: the unmasked half is the original.
     assert np.array_equal(np.asarray(result.images[0].pil)[:, 20:], np.asarray(init)[:, 20:])
+
+
+def test_seeds_past_2_32_are_accepted_up_to_torchs_largest():
+    from pydantic import ValidationError
+
+    from guardforge.engine.request import SEED_MAX
+
+    assert request_from_infotext("x\nSteps: 2, Seed: 4294967296, Size: 64x64").seed == 4294967296
+    assert GenerationRequest(prompt="x", seed=SEED_MAX - 3, batch_size=2, n_iter=2).seed == SEED_MAX - 3
+    with pytest.raises(ValidationError, match="run past the largest seed"):
+        GenerationRequest(prompt="x", seed=SEED_MAX - 2, batch_size=2, n_iter=2)
+    with pytest.raises(ValidationError):
+        GenerationRequest(prompt="x", seed=SEED_MAX + 1)

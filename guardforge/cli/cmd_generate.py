@@ -25,7 +25,7 @@ def _read_b64(path: Path, what: str) -> str:
 def _base_fields(from_png: Path | None) -> dict[str, Any]:
     if from_png is None:
         return {}
-    from guardforge.engine.infotext import request_from_infotext
+    from guardforge.engine.infotext import fields_from_infotext
     from guardforge.storage.outputs import read_infotext
 
     if not from_png.is_file():
@@ -33,7 +33,34 @@ def _base_fields(from_png: Path | None) -> dict[str, Any]:
     text = read_infotext(from_png)
     if not text:
         raise InvalidRequest(f"{from_png} carries no generation parameters (no PNG `parameters` text or EXIF comment)")
-    return request_from_infotext(text).model_dump(exclude_unset=True, exclude={"memory"})
+    return fields_from_infotext(text)
+
+
+# The option that overrides each field an infotext can give, to name in an error about the image's value.
+_OPTION_FOR = {
+    "prompt": "PROMPT", "negative_prompt": "--negative", "model": "--model", "sampler": "--sampler",
+    "schedule": "--schedule", "steps": "--steps", "cfg_scale": "--cfg", "seed": "--seed", "width": "--width",
+    "height": "--height", "denoising_strength": "--strength", "mask_blur": "--mask-blur",
+    "inpainting_mask_invert": "--invert-mask", "clip_skip": "--clip-skip",
+}
+
+
+def _build_request(fields: dict[str, Any], from_image: set[str], from_png: Path | None):
+    """One validation of the merged fields; a value that came from the image is named as such, with the
+    option that replaces it, since the user never typed it."""
+    from pydantic import ValidationError
+
+    from guardforge.cli import _one_line
+    from guardforge.engine.request import GenerationRequest
+
+    try:
+        return GenerationRequest(**fields)
+    except ValidationError as exc:
+        culprits = [str(e["loc"][0]) for e in exc.errors() if e["loc"] and e["loc"][0] in from_image]
+        if not culprits:
+            raise
+        options = ", ".join(dict.fromkeys(_OPTION_FOR.get(name, name) for name in culprits))
+        raise InvalidRequest(f"{_one_line(exc)} (read from {from_png}; give {options} to override it)") from None
 
 
 @app.command()
@@ -63,12 +90,11 @@ def generate(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from guardforge.engine.request import GenerationRequest
     from guardforge.settings import Settings
     from guardforge.studio import Studio
 
     fields = _base_fields(from_png)
-    given = {
+    given: dict[str, Any] = {
         "prompt": prompt, "negative_prompt": negative, "model": model, "sampler": sampler, "schedule": schedule,
         "steps": steps, "cfg_scale": cfg, "seed": seed, "width": width, "height": height,
         "batch_size": batch_size, "n_iter": n_iter, "denoising_strength": strength, "mask_blur": mask_blur,
@@ -76,10 +102,12 @@ def generate(
         "init_image": _read_b64(init_image, "--init-image") if init_image else None,
         "mask": _read_b64(mask, "--mask") if mask else None,
     }
-    fields.update({k: v for k, v in given.items() if v is not None})
+    given = {k: v for k, v in given.items() if v is not None}
+    from_image = set(fields) - set(given)
+    fields.update(given)
     if "prompt" not in fields:
         raise InvalidRequest("give a PROMPT, or --from-png with an image made by guardforge or A1111")
-    request = GenerationRequest(**fields)
+    request = _build_request(fields, from_image, from_png)
 
     settings = Settings()
     if output is not None:

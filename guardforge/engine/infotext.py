@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 from guardforge.engine.request import GenerationRequest
-from guardforge.engine.samplers import canonical_sampler_name, effective_schedule, split_legacy_sampler
+from guardforge.engine.samplers import effective_schedule, split_legacy_sampler
 
 # A1111's modules/infotext_utils.py: `key: value` pairs, values quoted as JSON when they hold , : or newline.
 _PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
@@ -98,22 +98,27 @@ def parse_infotext(text: str) -> dict[str, Any]:
     return result
 
 
-def request_from_infotext(text: str, **overrides: Any) -> GenerationRequest:
-    """The GenerationRequest that an infotext describes (images are not in infotext: pass them in overrides)."""
+def fields_from_infotext(text: str) -> dict[str, Any]:
+    """The GenerationRequest fields an infotext gives, its values not yet checked (mostly strings).
+
+    Kept unchecked so that a caller can lay its own values over them first and validate once: an option
+    that replaces a value guardforge does not support (an "SGM Uniform" schedule) must win over it.
+    """
     p = parse_infotext(text)
     fields: dict[str, Any] = {"prompt": p["Prompt"], "negative_prompt": p["Negative prompt"]}
     mapping = {
-        "Steps": ("steps", int), "Schedule type": ("schedule", str), "CFG scale": ("cfg_scale", float),
-        "Seed": ("seed", int), "Size-1": ("width", int), "Size-2": ("height", int),
-        "Denoising strength": ("denoising_strength", float), "Clip skip": ("clip_skip", int),
-        "Mask blur": ("mask_blur", int), "Model": ("model", str),
+        "Steps": "steps", "Sampler": "sampler", "Schedule type": "schedule", "CFG scale": "cfg_scale",
+        "Seed": "seed", "Size-1": "width", "Size-2": "height", "Denoising strength": "denoising_strength",
+        "Clip skip": "clip_skip", "Mask blur": "mask_blur", "Model": "model",
     }
-    for key, (name, cast) in mapping.items():
+    for key, name in mapping.items():
         if key in p:
-            fields[name] = cast(p[key])
-    if "Sampler" in p:
-        fields["sampler"] = canonical_sampler_name(p["Sampler"]) or p["Sampler"]
+            fields[name] = p[key]
     if p.get("Mask mode") == _INVERTED_MASK_MODE:
         fields["inpainting_mask_invert"] = True
-    fields.update(overrides)
-    return GenerationRequest(**fields)
+    return fields
+
+
+def request_from_infotext(text: str, **overrides: Any) -> GenerationRequest:
+    """The GenerationRequest that an infotext describes (images are not in infotext: pass them in overrides)."""
+    return GenerationRequest(**{**fields_from_infotext(text), **overrides})

@@ -11,6 +11,11 @@ from guardforge.settings import DType, Limits, Offload
 
 ScheduleType = Literal["Automatic", "Karras", "Exponential"]
 
+# The largest seed torch.Generator.manual_seed takes. A1111 numbers a batch seed, seed+1, ... without wrapping
+# and writes those seeds in infotext, so a batch started at 4294967295 has a second image of seed 4294967296:
+# that seed must be accepted back. (Our CPU generator reads the seed's low 32 bits: same noise as seed 0.)
+SEED_MAX = 2**64 - 1
+
 
 class MemoryOptions(BaseModel):
     """Per-request overrides of MemorySettings; None keeps the setting in force."""
@@ -41,7 +46,7 @@ class GenerationRequest(BaseModel):
     schedule: ScheduleType = "Automatic"
     steps: int = Field(20, ge=1)
     cfg_scale: float = Field(7.0, ge=0.0, le=100.0)
-    seed: int = Field(-1, ge=-1, le=2**32 - 1)
+    seed: int = Field(-1, ge=-1, le=SEED_MAX)
     width: int | None = Field(None, ge=8)  # None: the model's native size
     height: int | None = Field(None, ge=8)
     batch_size: int = Field(1, ge=1)
@@ -75,6 +80,14 @@ class GenerationRequest(BaseModel):
     def _mask_needs_image(self) -> GenerationRequest:
         if self.mask is not None and self.init_image is None:
             raise ValueError("a mask needs an init_image to inpaint")
+        return self
+
+    @model_validator(mode="after")
+    def _batch_seeds_fit(self) -> GenerationRequest:
+        last = self.seed + self.batch_size * self.n_iter - 1
+        if self.seed != -1 and last > SEED_MAX:
+            raise ValueError(f"seeds {self.seed}..{last} (one per image) run past the largest seed, {SEED_MAX}; "
+                             "start lower")
         return self
 
     @property
