@@ -286,3 +286,41 @@ def test_engine_pixels_equal_a_plain_diffusers_call(engine, loaded):
     finally:
         pipe.scheduler = base
     assert np.array_equal(pixels(ours), pixels(plain))
+
+
+def _square_on_transparent_white(size=32, start=8, end=24):
+    """An editor's mask: opaque strokes (a square) on a transparent white canvas."""
+    rgba = np.zeros((size, size, 4), dtype=np.uint8)
+    rgba[..., :3] = 255
+    rgba[start:end, start:end, 3] = 255
+    return Image.fromarray(rgba, "RGBA")
+
+
+def test_inpaint_reads_an_rgba_masks_alpha_as_a1111_does(engine, loaded):
+    init = _init_image(32, 32)
+    request = req(init_image="x", mask="x", width=32, height=32, mask_blur=0, denoising_strength=1.0)
+    [(image, _)] = engine.run(loaded, request, init_image=init, mask=_square_on_transparent_white())
+    out, original = pixels(image), pixels(init)
+    inside = np.zeros((32, 32), dtype=bool)
+    inside[8:24, 8:24] = True
+    assert np.array_equal(out[~inside], original[~inside])  # the transparent canvas: kept exactly
+    assert not np.array_equal(out[inside], original[inside])  # the opaque square: repainted
+
+
+def test_binary_mask_thresholds_alpha_at_128_and_keeps_grey_masks():
+    from guardforge.engine.pipelines import binary_mask, prepare_mask
+
+    alpha = np.array([[0, 128, 129, 254]], dtype=np.uint8)
+    rgba = np.zeros((1, 4, 4), dtype=np.uint8)
+    rgba[..., 3] = alpha
+    assert np.asarray(binary_mask(Image.fromarray(rgba, "RGBA"))).tolist() == [[0, 0, 255, 255]]
+    la = Image.fromarray(np.stack([np.full_like(alpha, 255), alpha], axis=-1), "LA")
+    assert np.asarray(binary_mask(la)).tolist() == [[0, 0, 255, 255]]
+    # Fully opaque RGBA and plain grey masks: their grey level, not cut (A1111 leaves soft masks soft).
+    opaque = np.full((1, 4, 4), 255, dtype=np.uint8)
+    opaque[..., 0] = opaque[..., 1] = opaque[..., 2] = alpha
+    assert np.asarray(binary_mask(Image.fromarray(opaque, "RGBA"))).tolist() == alpha.tolist()
+    assert np.asarray(binary_mask(Image.fromarray(alpha, "L"))).tolist() == alpha.tolist()
+    # Invert comes after the alpha cut: the transparent canvas becomes the part repainted.
+    inverted = np.asarray(prepare_mask(_square_on_transparent_white(), (32, 32), blur=0, invert=True))
+    assert inverted[0, 0] == 255 and inverted[16, 16] == 0

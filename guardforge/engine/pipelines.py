@@ -57,14 +57,26 @@ def request_seeds(request: GenerationRequest) -> list[int]:
     return [first + i for i in range(total)]
 
 
+def binary_mask(mask: Image.Image) -> Image.Image:
+    """A1111's create_binary_mask: a mask with real transparency is its alpha channel, cut at 128 (above is
+    repainted); any other mask is its grey level as given. Editors and Gradio's sketch hand over an RGBA image
+    whose painted strokes are opaque on a transparent (often white) canvas, where grey alone would repaint all."""
+    if mask.mode in ("LA", "PA") or (mask.mode == "P" and "transparency" in mask.info):
+        mask = mask.convert("RGBA")
+    if mask.mode == "RGBA" and mask.getextrema()[-1] != (255, 255):
+        return mask.getchannel("A").point(lambda alpha: 255 if alpha > 128 else 0)
+    return mask.convert("L")
+
+
 def prepare_mask(mask: Image.Image, size: tuple[int, int], blur: int, invert: bool) -> Image.Image:
-    """The mask as A1111 uses it: grey-scale, resized to the output, inverted if asked, Gaussian-blurred."""
-    mask = mask.convert("L").resize(size, Image.LANCZOS)
+    """The mask in A1111's order: binary_mask, inverted if asked, Gaussian-blurred at the mask's own size (so
+    --mask-blur counts the mask's pixels, as in A1111), then resized to the output."""
+    mask = binary_mask(mask)
     if invert:
         mask = ImageOps.invert(mask)
     if blur > 0:
         mask = mask.filter(ImageFilter.GaussianBlur(blur))
-    return mask
+    return mask.resize(size, Image.LANCZOS)
 
 
 class _Progress:
