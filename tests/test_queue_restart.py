@@ -1,10 +1,13 @@
-"""SIGKILL a real server mid-generation: queued jobs run after restart, the running one fails or is re-queued."""
+"""SIGKILL a real server mid-generation: queued jobs run after restart, the running one fails or is re-queued.
+SIGTERM while connections drain: queued jobs stay queued."""
 
 from __future__ import annotations
 
+import threading
+
 import httpx
 
-from guardforge.jobs.queue import RESTART_REASON
+from guardforge.jobs.queue import RESTART_REASON, JobQueue, make_engine
 from tests.livesrv import LiveServer, make_home, server_env
 from tests.test_server import LONG, TINY, wait_running_step, wait_state
 
@@ -51,3 +54,36 @@ def test_no_job_vanishes_across_sigkill(tmp_path, tiny_model_dir):
             assert wait_state(client, again, {"cancelled"})["state"] == "cancelled"
     finally:
         fourth.stop()
+
+
+def test_a_graceful_stop_starts_no_queued_job_while_connections_drain(tmp_path, tiny_model_dir):
+    home = make_home(tmp_path, tiny_model_dir)
+    server = LiveServer(home, server_env(home)).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            # ~2 s of steps: it ends while uvicorn waits for the open stream below, freeing the worker.
+            running = client.post("/v1/jobs", json={"prompt": "ends during the drain", "steps": 30, "width": 64,
+                                                    "height": 64}).json()["id"]
+            waiting = client.post("/v1/jobs", json=LONG).json()["id"]
+            streaming = threading.Event()
+
+            def follow():  # an open event stream holds the stop up to timeout_graceful_shutdown (10 s)
+                try:
+                    with httpx.stream("GET", f"{server.url}/v1/jobs/{waiting}/events", timeout=60) as stream:
+                        for _ in stream.iter_lines():
+                            streaming.set()
+                except httpx.HTTPError:
+                    pass  # the server cut it at the end of the drain
+
+            threading.Thread(target=follow, daemon=True).start()
+            assert streaming.wait(30)
+            wait_running_step(client, running)
+        server.process.terminate()
+        server.process.wait(60)
+    finally:
+        server.kill()
+    queue = JobQueue(make_engine(f"sqlite:///{home / 'guardforge.db'}"))
+    assert queue.get(running, None).state == "succeeded"  # the job under way finished during the drain
+    # Queued when the stop began, so it waits for the next start (not started, then failed by the stop).
+    job = queue.get(waiting, None)
+    assert job.state == "queued" and job.started_at is None and job.error is None, job

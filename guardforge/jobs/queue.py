@@ -109,13 +109,14 @@ class StoredImage:
     data: str | None
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for `url`; SQLite gets WAL and a busy timeout so the worker and the routes can share it."""
+def make_engine(url: str, busy_timeout_s: float = 30.0) -> Engine:
+    """An engine for `url`; SQLite gets WAL and a busy timeout (how long a write waits for another writer's
+    lock before "database is locked") so the worker and the routes can share it."""
     if url.startswith("sqlite"):
         database = make_url(url).database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": busy_timeout_s})
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_connection, _record):  # WAL lets readers go on while the worker writes
@@ -178,6 +179,12 @@ class JobQueue:
                 ).rowcount
             if claimed:
                 return self._get(row.id)
+
+    def unclaim(self, job_id: str) -> None:
+        """Put a job claimed a moment ago back in the queue, in its old place (a stop began during the claim)."""
+        with self.engine.begin() as conn:
+            conn.execute(update(jobs_table).where(jobs_table.c.id == job_id, jobs_table.c.state == "running")
+                         .values(state="queued", started_at=None))
 
     def finish(self, job_id: str, state: JobState, result: dict[str, Any] | None = None,
                error: str | None = None, images: list[StoredImage] = ()) -> None:

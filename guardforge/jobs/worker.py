@@ -19,7 +19,7 @@ from typing import Any
 from guardforge.engine.request import GenerationRequest, GenerationResult, ProgressEvent
 from guardforge.errors import Cancelled, GuardforgeError
 from guardforge.jobs.events import ProgressHub
-from guardforge.jobs.queue import Job, JobQueue, StoredImage
+from guardforge.jobs.queue import TERMINAL, Job, JobQueue, StoredImage
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,8 @@ GenerateFn = Callable[..., GenerationResult]
 TrainFn = Callable[..., Any]
 # The fields of a training progress event (TrainProgress) that events and job views carry.
 TRAIN_FIELDS = ("phase", "loss", "instance_loss", "prior_loss", "it_per_s", "message")
+# Retrying to record a job's end: first pause, and the longest (a database restart takes seconds to minutes).
+RECORD_RETRY_S = (0.5, 30.0)
 
 
 def _png_base64(image) -> str:
@@ -66,6 +68,8 @@ class Worker:
         self.poll_s = poll_s
         self.wake = threading.Event()
         self._stop = threading.Event()
+        # A plain flag, not an Event: drain() is called from a signal handler, which must not take a lock.
+        self._draining = False
         self._lock = threading.Lock()
         self._current: _Running | None = None
         self.stop_reason: dict[str, str] = {}  # job id -> "interrupted" / "skipped" / "cancelled"
@@ -75,7 +79,16 @@ class Worker:
     def start(self) -> None:
         self._thread.start()
 
+    def drain(self) -> None:
+        """Take no more jobs; the one running goes on (the server's stop begins: what waits stays queued)."""
+        self._draining = True
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def stop(self, timeout: float = 10.0) -> None:
+        self._draining = True
         self._stop.set()
         self.wake.set()
         with self._lock:
@@ -115,16 +128,61 @@ class Worker:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            try:
-                job = self.queue.claim_next()
-            except Exception:  # a database hiccup must not kill the worker; retry after a pause
-                log.exception("claiming a job failed")
-                job = None
+            job = None
+            if not self._draining:
+                try:
+                    job = self.queue.claim_next()
+                except Exception:  # a database hiccup must not kill the worker; retry after a pause
+                    log.exception("claiming a job failed")
+                if job is not None and self._draining:
+                    # The stop began during the claim: the job was queued then, so it waits for the next start.
+                    self._put_back(job)
+                    job = None
             if job is None:
                 self.wake.wait(self.poll_s)
                 self.wake.clear()
                 continue
-            self._run(job)
+            try:
+                self._run(job)
+            except Exception as exc:
+                # Bookkeeping around the job failed (the database, most likely): this thread is the device's
+                # only worker, so it must live on, and the job must end with a reason, not stay running.
+                log.exception("worker %d: job %s could not be run", self.index, job.id)
+                error = f"{type(exc).__name__}: {exc}"
+                if self._record(job.id, "failed", error=error):
+                    self.hub.publish(job.id, {"type": "done", "final": True, "state": "failed", "error": error})
+
+    def _put_back(self, job: Job) -> None:
+        try:
+            self.queue.unclaim(job.id)
+        except Exception:  # left running: the next start's recover() treats it as after a crash
+            log.exception("job %s could not be put back in the queue", job.id)
+
+    def _record(self, job_id: str, state: str, **fields: Any) -> bool:
+        """queue.finish, retried with backoff while the database refuses (locked, restarting), since a job run
+        and not recorded would read as running forever. Gives up only when the server stops, saying so in the
+        log; the job then stays `running` in the database and the next start's recover() ends it."""
+        delay, longest = RECORD_RETRY_S
+        attempt = 0
+        while True:
+            try:
+                # After a failure the write may have landed anyway (a lost commit acknowledgement): once it
+                # has, writing again would insert the images twice.
+                if attempt and self.queue.get(job_id, None).state in TERMINAL:
+                    return True
+                self.queue.finish(job_id, state, **fields)
+                return True
+            except Exception as exc:
+                attempt += 1
+                if self._stop.is_set():
+                    log.error("job %s ended %s but could not be recorded (%s: %s); the server is stopping, so it "
+                              "stays running in the database until the next start recovers it", job_id, state,
+                              type(exc).__name__, exc)
+                    return False
+                log.warning("recording job %s as %s failed (%s: %s); retry %d in %.1f s", job_id, state,
+                            type(exc).__name__, exc, attempt, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, longest)
 
     def _run(self, job: Job) -> None:
         running = _Running(job.id)
@@ -156,19 +214,20 @@ class Worker:
         except Cancelled as exc:
             if self._stop.is_set() and job.id not in self.stop_reason:
                 # The server is shutting down, nobody cancelled this job: keep it as a restart would.
-                final.update(state=self.queue.release(job.id), error="the server stopped")
+                state = self.queue.release(job.id)
+                final.update(state=state, error="the server stopped" if state != "cancelled" else "cancelled")
             else:
                 reason = self.stop_reason.pop(job.id, "cancelled")
                 if job.kind == "dreambooth" and str(exc):  # where training stopped, and that it can resume
                     reason = f"{reason}: {exc}"
-                self.queue.finish(job.id, "cancelled", error=reason)
+                self._record(job.id, "cancelled", error=reason)
                 final.update(state="cancelled", error=reason)
         except GuardforgeError as exc:
-            self.queue.finish(job.id, "failed", error=str(exc))
+            self._record(job.id, "failed", error=str(exc))
             final.update(state="failed", error=str(exc))
         except Exception as exc:  # a bug or a backend crash: the job fails with the reason, the worker lives
             log.error("job %s failed:\n%s", job.id, traceback.format_exc())
-            self.queue.finish(job.id, "failed", error=f"{type(exc).__name__}: {exc}")
+            self._record(job.id, "failed", error=f"{type(exc).__name__}: {exc}")
             final.update(state="failed", error=f"{type(exc).__name__}: {exc}")
         self.stop_reason.pop(job.id, None)
         self.hub.publish(job.id, final)
@@ -196,7 +255,7 @@ class Worker:
         summary["worker"] = self.index  # with `device`: where it ran, to tell two workers on one device apart
         for image in summary["images"]:
             image.pop("path", None)  # where the server keeps files is not the caller's business
-        self.queue.finish(job.id, "succeeded", result=summary, images=images)
+        self._record(job.id, "succeeded", result=summary, images=images)
         final.update(state="succeeded", blocked=result.blocked, prompt_verdict=result.prompt_verdict,
                      verdicts=[image.verdict for image in result.images],
                      images=[image.image_id for image in result.images])
@@ -219,7 +278,7 @@ class Worker:
                    "class_images_reused": result.class_images_reused,
                    "refused_class_seeds": {str(k): v for k, v in result.refused_class_seeds.items()},
                    "elapsed_s": result.elapsed_s, "device": self.device, "worker": self.index}
-        self.queue.finish(job.id, "succeeded", result=summary)
+        self._record(job.id, "succeeded", result=summary)
         final.update(state="succeeded", result=summary)
 
 
@@ -243,6 +302,15 @@ class WorkerPool:
             worker.start()
         self.started = True
         return recovered
+
+    def drain(self) -> None:
+        """The server's stop has begun: take no more jobs (those queued stay queued for the next start)."""
+        for worker in self.workers:
+            worker.drain()
+
+    def dead(self) -> list[int]:
+        """Indexes of started workers whose thread has ended: their device runs nothing any more."""
+        return [worker.index for worker in self.workers if self.started and not worker.alive]
 
     def stop(self) -> None:
         for worker in self.workers:

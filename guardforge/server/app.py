@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -80,6 +83,36 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+def drain_on_stop_signals(drain: Callable[[], None]) -> Callable[[], None]:
+    """Call `drain` as soon as SIGINT or SIGTERM arrives, then the handler that was there (uvicorn's).
+
+    uvicorn runs the lifespan's shutdown only after its connections drain (up to timeout_graceful_shutdown,
+    held open by event streams and waiting A1111 calls); a worker still taking jobs then would start queued
+    jobs only to have the shutdown stop them. Returns a function that puts the previous handlers back.
+    """
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        return lambda: None
+    installed = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(sig)
+        if not callable(previous):  # default or ignored: no graceful stop to get ahead of
+            continue
+
+        def on_signal(signum, frame, previous=previous):
+            drain()
+            previous(signum, frame)
+
+        signal.signal(sig, on_signal)
+        installed[sig] = (on_signal, previous)
+
+    def restore() -> None:
+        for sig, (ours, previous) in installed.items():
+            if signal.getsignal(sig) is ours:
+                signal.signal(sig, previous)
+
+    return restore
+
+
 def create_app(studio, *, start_workers: bool = True, mount_ui: bool = True) -> FastAPI:
     """The HTTP app for `studio`. Workers start with the app (lifespan) and stop with it."""
     from guardforge.server.routers import moderations, native, sdapi
@@ -88,14 +121,17 @@ def create_app(studio, *, start_workers: bool = True, mount_ui: bool = True) -> 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        restore_signals = lambda: None  # noqa: E731
         if start_workers:
             recovered = studio.start_workers()
             if recovered:
                 log.warning("%d job(s) were running when the server last stopped: %s", len(recovered),
                             "re-queued" if settings.jobs.requeue_running_on_restart else "marked failed")
+            restore_signals = drain_on_stop_signals(studio.workers.drain)
         try:
             yield
         finally:
+            restore_signals()
             if start_workers:
                 studio.stop_workers()
 
@@ -160,11 +196,15 @@ def create_app(studio, *, start_workers: bool = True, mount_ui: bool = True) -> 
     async def readyz():
         detail = {"workers": "not started by this app"}
         try:  # the pool is built here on first use: a bad `devices` setting must read as not ready, too
+            dead: list[int] = []
             if start_workers:
+                dead = studio.workers.dead()
                 detail.update(workers=studio.workers.started,
                               devices=[worker.device for worker in studio.workers.workers])
+                if dead:  # a worker whose thread ended runs nothing more: its share of the queue would wait forever
+                    detail["dead_workers"] = dead
             detail["queued"] = studio.jobs.depth()
-            ok = not start_workers or studio.workers.started
+            ok = not start_workers or (studio.workers.started and not dead)
         except Exception as exc:  # the database is down: say so, do not crash the probe
             detail["database"] = f"{type(exc).__name__}: {exc}"
             ok = False
