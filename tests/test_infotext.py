@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import base64
+import errno
 import io
 import json
+import os
+import subprocess
+import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -88,6 +93,66 @@ def test_store_numbers_are_unique_under_concurrent_writers(tmp_path):
         t.join()
     numbers = sorted(int(p.name.split("-")[0]) for p in paths)
     assert numbers == list(range(8))
+
+
+def _files(root):
+    return sorted(p.name for p in root.rglob("*") if p.is_file())
+
+
+def test_an_image_whose_verdict_cannot_be_written_is_not_kept(tmp_path, monkeypatch):
+    store = OutputStore(tmp_path, "png")
+    image = Image.new("RGB", (16, 16), "blue")
+    unwritable = {"action": "blur"}
+    unwritable["self"] = unwritable  # a verdict json cannot write (circular)
+    with pytest.raises(ValueError, match="Circular"):
+        store.save(image, "x", unwritable, "txt2img", 7)
+    assert _files(tmp_path) == []
+
+    # The disk fills up as the image is put in place: its verdict, already in place, goes too.
+    real_replace = os.replace
+
+    def disk_full_for_images(source, target):
+        if str(target).endswith(".png"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", disk_full_for_images)
+    with pytest.raises(OSError, match="No space"):
+        store.save(image, "x", {"action": "allow"}, "txt2img", 7)
+    assert _files(tmp_path) == []
+    monkeypatch.undo()
+    path = store.save(image, "x", {"action": "allow"}, "txt2img", 7)
+    assert _files(tmp_path) == ["00000-7.png", "00000-7.verdict.json"]
+    assert read_infotext(path) == "x"
+
+
+_SLOW_SAVE = """
+import sys
+from pathlib import Path
+import numpy as np
+from PIL import Image
+from guardforge.storage.outputs import OutputStore
+noise = np.random.default_rng(0).integers(0, 256, (4096, 4096, 3), dtype=np.uint8)
+OutputStore(Path(sys.argv[1]), "png").save(Image.fromarray(noise), "x", {"action": "allow"}, "txt2img", 7)
+"""
+
+
+def test_a_crash_while_saving_leaves_no_half_written_image(tmp_path):
+    # Killed as soon as the first file of the save appears, long before a 48 MB noise PNG is encoded.
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_SAVE, str(tmp_path)])
+    deadline = time.monotonic() + 120
+    folder = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        written = [p for p in tmp_path.rglob("*") if p.is_file() and not p.name.endswith(".reserved")]
+        if written:
+            folder = written[0].parent
+            break
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait()
+    assert folder is not None, "the save never started"
+    visible = [name for name in _files(tmp_path) if not name.startswith(".")]
+    assert visible == []  # only hidden temporary files: no image that would not open, no verdict alone
 
 
 def _b64(image: Image.Image) -> str:

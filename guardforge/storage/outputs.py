@@ -74,11 +74,13 @@ class OutputStore:
         numbers = [int(m.group(1)) for p in folder.iterdir() if (m := _NUMBERED.match(p.name))]
         return max(numbers, default=-1) + 1
 
-    def _claim(self, folder: Path, seed: int) -> tuple[Path, int]:
-        # The seed is part of the name, so creating the image exclusively does not stop two writers from
-        # taking the same number. A writer first takes the number itself (an exclusive `.NNNNN.reserved`
-        # file), checks that no image has it yet, creates the image, then drops the reservation. The image
-        # exists before the reservation goes, so a later holder of that reservation sees it and moves on.
+    def _claim(self, folder: Path) -> int:
+        """Reserve the next free number: an exclusive `.NNNNN.reserved` file while no `NNNNN-*` file exists.
+
+        The seed is part of the file name, so creating the image exclusively could not stop two writers from
+        taking the same number; the number itself is what is created exclusively. The caller holds the
+        reservation until the image is in place, so a later holder of that number sees the image and moves on.
+        """
         number = self._next_number(folder)
         while True:
             reservation = folder / f".{number:05d}.reserved"
@@ -87,32 +89,48 @@ class OutputStore:
             except FileExistsError:
                 number += 1
                 continue
-            try:
-                if any(folder.glob(f"{number:05d}-*")):
-                    number += 1
-                    continue
-                path = folder / f"{number:05d}-{seed}{self.suffix}"
-                try:
-                    return path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-                except FileExistsError:
-                    number += 1
-            finally:
+            if any(folder.glob(f"{number:05d}-*")):
                 reservation.unlink(missing_ok=True)
+                number += 1
+                continue
+            return number
 
     def save(self, image: Image.Image, infotext: str, verdict: dict | None, mode: str, seed: int) -> Path:
+        """Write the image and its verdict so that neither is ever seen half-written, and the image never
+        without its verdict: both go to hidden temporary files first (a crash leaves only those), then the
+        verdict and the image are renamed into place in that order; any failure removes what was written."""
         folder = self.folder(mode)
         folder.mkdir(parents=True, exist_ok=True)
-        path, fd = self._claim(folder, seed)
+        number = self._claim(folder)
+        stem = f"{number:05d}-{seed}"
+        path = folder / f"{stem}{self.suffix}"
+        verdict_path = folder / f"{stem}.verdict.json"
+        temporary = {path: folder / f".{stem}{self.suffix}.tmp", verdict_path: folder / f".{stem}.verdict.json.tmp"}
+        placed: list[Path] = []
         try:
-            with os.fdopen(fd, "wb") as handle:
-                self._write(image, infotext, handle)
+            self._write_new(temporary[path], lambda handle: self._write(image, infotext, handle))
+            if verdict is not None:
+                body = json.dumps(verdict, indent=2, default=str).encode("utf-8")
+                self._write_new(temporary[verdict_path], lambda handle: handle.write(body))
+                os.replace(temporary[verdict_path], verdict_path)
+                placed.append(verdict_path)
+            os.replace(temporary[path], path)
+            placed.append(path)
         except BaseException:
-            path.unlink(missing_ok=True)
+            for leftover in [*temporary.values(), *placed]:
+                leftover.unlink(missing_ok=True)
             raise
-        if verdict is not None:
-            verdict_path = path.with_name(path.name[: -len(self.suffix)] + ".verdict.json")
-            verdict_path.write_text(json.dumps(verdict, indent=2, default=str), encoding="utf-8")
+        finally:
+            (folder / f".{number:05d}.reserved").unlink(missing_ok=True)
         return path
+
+    @staticmethod
+    def _write_new(target: Path, write) -> None:
+        # Flushed to the disk before the rename, so that after a power cut the name holds the whole file.
+        with open(target, "xb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
 
     def _write(self, image: Image.Image, infotext: str, handle) -> None:
         fmt = _PIL_FORMAT[self.suffix]
