@@ -59,10 +59,14 @@ class Handler(BaseHTTPRequestHandler):
         if text == "labels":
             choice = {"message": {"role": "assistant", "content": "unsafe\nS1,S15"}, "logprobs": None}
         elif text == "safe":
+            p = getattr(server, "safe_p_unsafe", 0.1)
             choice = {"message": {"role": "assistant", "content": "safe"},
                       "logprobs": {"content": [_entry("\n\n", -0.01, []),
-                                               _entry("safe", math.log(0.9), [("safe", math.log(0.9)),
-                                                                               ("unsafe", math.log(0.1))])]}}
+                                               _entry("safe", math.log(1 - p), [("safe", math.log(1 - p)),
+                                                                                 ("unsafe", math.log(p))])]}}
+        elif text == "no-top":  # logprobs of the chosen tokens only, as some providers send them
+            choice = {"message": {"role": "assistant", "content": "\n\nunsafe\nS10"},
+                      "logprobs": {"content": [_entry(e["token"], e["logprob"], []) for e in _logprob_answer()]}}
         else:
             choice = {"message": {"role": "assistant", "content": "\n\nunsafe\nS10"},
                       "logprobs": {"content": _logprob_answer()}}
@@ -112,10 +116,28 @@ def test_logprobs_give_probabilities(server):
     assert body["chat_template_kwargs"]["categories"]["S15"].startswith("Deepfakes.")
 
 
-def test_safe_answer_bounds_every_category(server):
+def test_a_safe_answer_names_no_category(server):
+    """P(unsafe) of a "safe" answer belongs to no category: spread over all of them, a 0.25 crossed S4's 0.2
+    and blocked harmless prompts as child exploitation. The policy's overall rule judges P(unsafe)."""
     [result] = _backend(server).score_texts(["safe"])
     assert result.unsafe == pytest.approx(0.1)
-    assert len(result.scores) == 14 and all(v == pytest.approx(0.1) for v in result.scores.values())
+    assert len(result.scores) == 14 and all(v == 0.0 for v in result.scores.values())
+
+
+def test_a_safe_answer_at_a_quarter_passes_the_shipped_policies(server):
+    from guardforge.guard.policy import load_policy
+
+    server.safe_p_unsafe = 0.25
+    [result] = _backend(server).score_texts(["safe"])
+    assert result.unsafe == pytest.approx(0.25)
+    for name in ("default", "permissive"):
+        assert load_policy(name).decide(result.scores, unsafe=result.unsafe, checkpoint="prompt") == ([], "allow")
+
+
+def test_labels_when_the_provider_sends_no_top_logprobs(server):
+    [result] = _backend(server).score_texts(["no-top"])
+    assert result.labels_only and result.unsafe == 1.0 and result.scores["S10"] == 1.0
+    assert result.scores["S1"] == 0.0
 
 
 def test_labels_only_without_logprobs(server):

@@ -128,16 +128,19 @@ class OpenAICompatBackend:
         text = (choice.get("message") or {}).get("content") or ""
         tokens = ((choice.get("logprobs") or {}).get("content")) or []
         unsafe_said, named = parse_output(text, self.taxonomy)
-        if not tokens:
-            scores = {code: (1.0 if code in named else 0.0) for code in self.categories}
-            return Scores(scores=scores, unsafe=1.0 if unsafe_said else 0.0, labels_only=True, extra={"text": text})
         decision = next((t for t in tokens if t.get("token", "").strip()), None)
         top = (decision or {}).get("top_logprobs") or []
         p_safe, p_unsafe = _prob_of(top, "safe"), _prob_of(top, "unsafe")
         if p_safe is None and p_unsafe is None:
-            raise GuardBackendError("logprobs did not include 'safe' or 'unsafe' at the decision token")
+            # No logprobs, or no top_logprobs at the decision (some providers send only the chosen token's):
+            # the answer's words are all there is.
+            scores = {code: (1.0 if code in named else 0.0) for code in self.categories}
+            return Scores(scores=scores, unsafe=1.0 if unsafe_said else 0.0, labels_only=True, extra={"text": text})
         unsafe = (p_unsafe or 0.0) / ((p_unsafe or 0.0) + (p_safe or 0.0))
-        scores = {code: unsafe for code in self.categories}  # the upper bound when no category was generated
+        # Without a generated category number (a "safe" answer) nothing says which category P(unsafe) belongs
+        # to: giving it to every category would let a 0.25 on a harmless prompt cross S4's 0.2 and block it.
+        # The categories the answer names get P(unsafe); the policy's `overall` rule judges P(unsafe) itself.
+        scores = {code: (unsafe if code in named else 0.0) for code in self.categories}
         number_top = self._category_number_logprobs(tokens)
         if number_top:
             probs = {self._back[f"S{e['token'].strip()}"]: math.exp(e["logprob"]) for e in number_top
