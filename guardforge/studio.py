@@ -121,6 +121,10 @@ class Studio:
         job = self.jobs.cancel(job_id, owner)
         if job.state == "running":
             self.workers.cancel(job_id, reason)
+        elif job.state == "cancelled":
+            # No worker will ever publish an end for a job that never ran: without this, event streams and
+            # waiting A1111 calls would only notice at their next poll of the database.
+            self.events.publish(job_id, {"type": "done", "final": True, "state": "cancelled", "error": job.error})
         return job
 
     def skip(self, job_id: str, owner: str | None = None) -> bool:
@@ -142,7 +146,12 @@ class Studio:
         stored = self.jobs.image(image_id, owner)
         if stored.path:
             path = Path(stored.path)
-            return path.read_bytes(), {".jpg": "image/jpeg", ".webp": "image/webp"}.get(path.suffix, "image/png")
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:  # the outputs folder is the user's: files get moved, pruned, deleted
+                raise JobNotFound(f"image {image_id!r} is no longer in the outputs folder (its file was moved "
+                                  "or deleted)") from None
+            return data, {".jpg": "image/jpeg", ".webp": "image/webp"}.get(path.suffix, "image/png")
         if stored.data:
             return base64.b64decode(stored.data), "image/png"
         raise JobNotFound(f"image {image_id!r} was withheld by the guard ({stored.action})")

@@ -9,6 +9,7 @@ import struct
 import threading
 import time
 import zlib
+from pathlib import Path
 
 import httpx
 import pytest
@@ -215,6 +216,50 @@ def test_cancel_queued_job(client):
     assert client.get(f"/v1/jobs/{queued['id']}").json()["started_at"] is None
 
 
+def test_cancelling_a_queued_job_ends_its_event_stream_and_a1111_call_at_once(server, client):
+    blocker = client.post("/v1/jobs", json=LONG).json()["id"]
+    wait_running_step(client, blocker)
+    native = client.post("/v1/jobs", json={"prompt": "cancelled while queued", **TINY}).json()["id"]
+    ended: dict = {}
+
+    def follow():
+        with httpx.stream("GET", f"{server.url}/v1/jobs/{native}/events", timeout=60) as stream:
+            for line in stream.iter_lines():
+                if line.startswith("data: "):
+                    ended.setdefault("stream_open", time.monotonic())
+                if line == "event: done":
+                    ended["stream"] = time.monotonic()
+                    return
+
+    def a1111():
+        payload = {"prompt": "an A1111 call cancelled while queued", **TINY}
+        ended["response"] = httpx.post(f"{server.url}/sdapi/v1/txt2img", json=payload, timeout=120)
+        ended["a1111"] = time.monotonic()
+
+    threads = [threading.Thread(target=follow), threading.Thread(target=a1111)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 30
+    a1111_job = None
+    while a1111_job is None or "stream_open" not in ended:
+        assert time.monotonic() < deadline, "the stream or the A1111 job never showed up"
+        queued = client.get("/v1/jobs", params={"state": "queued"}).json()["jobs"]
+        a1111_job = next((j["id"] for j in queued if j["request"]["prompt"].startswith("an A1111 call")), None)
+        time.sleep(0.05)
+    cancelled_at = time.monotonic()
+    assert client.delete(f"/v1/jobs/{native}").json()["state"] == "cancelled"
+    assert client.delete(f"/v1/jobs/{a1111_job}").json()["state"] == "cancelled"
+    for thread in threads:
+        thread.join(30)
+    client.delete(f"/v1/jobs/{blocker}")
+    # Both learn of it from the cancel itself, not from their next poll of the database (10 s and 5 s apart).
+    assert ended["stream"] - cancelled_at < 1.5, ended
+    assert ended["a1111"] - cancelled_at < 1.5, ended
+    info = json.loads(ended["response"].json()["info"])
+    assert ended["response"].status_code == 200 and info["guardforge"]["state"] == "cancelled"
+    wait_state(client, blocker, {"cancelled"})
+
+
 def test_priority_runs_first(client):
     blocker = client.post("/v1/jobs", json=LONG).json()["id"]
     wait_running_step(client, blocker)
@@ -303,6 +348,20 @@ def test_body_size_limit(client):
     chunks = (body[i:i + 65536] for i in range(0, len(body), 65536))
     response = client.post("/v1/jobs", content=chunks, headers={"content-type": "application/json"})
     assert response.status_code == 413 and "limit" in response.json()["detail"]
+
+
+def test_an_image_whose_file_is_gone_is_404_with_a_reason(server, client):
+    from guardforge.jobs.queue import JobQueue, make_engine
+
+    job_id = client.post("/v1/jobs", json={"prompt": "soon moved", **TINY}).json()["id"]
+    [image] = wait_state(client, job_id, {"succeeded"})["images"]
+    assert client.get(image["url"]).status_code == 200
+    # Where the server keeps it is not in the API; the database file knows.
+    stored = JobQueue(make_engine(f"sqlite:///{server.home / 'guardforge.db'}")).image(image["id"], None)
+    Path(stored.path).rename(server.home / "moved-away.png")  # as a user tidying the outputs folder would
+    response = client.get(image["url"])
+    assert response.status_code == 404, response.text
+    assert "moved or deleted" in response.json()["detail"]
 
 
 def test_unknown_ids_are_404(client):
