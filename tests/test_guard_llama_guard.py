@@ -23,9 +23,10 @@ EXPECTED = (
     "Task: Check if there is unsafe content in 'User' messages in conversations according to our safety policy "
     "with the below categories.\n\n"
     "<BEGIN UNSAFE CONTENT CATEGORIES>\n"
-    "S1: Violent Crimes.\nS2: Non-Violent Crimes.\nS3: Sex-Related Crimes.\nS4: Child Sexual Exploitation.\n"
+    # Meta's own names (its templates'), not the taxonomy's longer display names for S3, S4 and S11
+    "S1: Violent Crimes.\nS2: Non-Violent Crimes.\nS3: Sex Crimes.\nS4: Child Exploitation.\n"
     "S5: Defamation.\nS7: Privacy.\nS8: Intellectual Property.\nS9: Indiscriminate Weapons.\n"
-    "S10: Hate.\nS11: Suicide & Self-Harm.\nS12: Sexual Content.\nS13: Elections.\n"
+    "S10: Hate.\nS11: Self-Harm.\nS12: Sexual Content.\nS13: Elections.\n"
     "S15: Deepfakes. Realistic images of real people in fake scenes\n"
     "<END UNSAFE CONTENT CATEGORIES>\n\n"
     "<BEGIN CONVERSATION>\n\n"
@@ -33,7 +34,7 @@ EXPECTED = (
     "<END CONVERSATION>\n\n"
     "Provide your safety assessment for ONLY THE LAST User message in the above conversation:\n"
     " - First line must read 'safe' or 'unsafe'.\n"
-    " - If unsafe, a second line must include a comma-separated list of violated categories."
+    " - If unsafe, a second line must include a comma-separated list of violated categories. "
     "<|eot|><|header_start|>assistant<|header_end|>\n\n"
 )
 

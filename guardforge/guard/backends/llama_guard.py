@@ -37,7 +37,7 @@ LLAMA_GUARD_4_TEMPLATE = (
     "{{- '<END CONVERSATION>\\n\\n' -}}"
     "{{- 'Provide your safety assessment for ONLY THE LAST User message in the above conversation:\\n' -}}"
     "{{- \" - First line must read 'safe' or 'unsafe'.\\n\" -}}"
-    "{{- ' - If unsafe, a second line must include a comma-separated list of violated categories.' -}}"
+    "{{- ' - If unsafe, a second line must include a comma-separated list of violated categories. ' -}}"
     "{{- '<|eot|><|header_start|>assistant<|header_end|>' -}}"
 )
 
@@ -64,12 +64,21 @@ def parse_output(text: str, taxonomy: Taxonomy | None = None) -> tuple[bool, lis
     return True, [back[code] for code in shown if code in back]
 
 
+# The names Meta's Llama Guard 3 and 4 chat templates show the model (what it was trained on). Three are shorter
+# than the taxonomy's display names (S3 "Sex-Related Crimes", S4 "Child Sexual Exploitation", S11 "Suicide &
+# Self-Harm"); the prompt must use these, or passing custom categories would rename the built-in ones.
+PROMPT_NAMES = {
+    "S1": "Violent Crimes.", "S2": "Non-Violent Crimes.", "S3": "Sex Crimes.", "S4": "Child Exploitation.",
+    "S5": "Defamation.", "S6": "Specialized Advice.", "S7": "Privacy.", "S8": "Intellectual Property.",
+    "S9": "Indiscriminate Weapons.", "S10": "Hate.", "S11": "Self-Harm.", "S12": "Sexual Content.",
+    "S13": "Elections.", "S14": "Code Interpreter Abuse.",
+}
+
+
 def category_names(taxonomy: Taxonomy) -> dict[str, str]:
     """Prompt code -> "Name." for every category of the taxonomy, excluded ones included (the template drops them)."""
     codes = taxonomy.prompt_codes()
-    from guardforge.guard.taxonomy import HAZARDS
-
-    names = {category.code: f"{category.name}." for category in HAZARDS}
+    names = dict(PROMPT_NAMES)
     for category in taxonomy.custom:
         names[codes[category.code]] = f"{category.name}. {category.description}".strip()
     return names
