@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from guardforge.engine.prompts import encode_prompts, extract_lora_tags, parse_prompt_attention, plain_text
+from guardforge.engine.prompts import (
+    LoraTag,
+    encode_prompts,
+    extract_lora_tags,
+    parse_prompt_attention,
+    plain_text,
+    prompt_chunks,
+)
+from guardforge.errors import InvalidRequest
 from tests.test_engine import make_loaded
 
 
@@ -37,6 +45,57 @@ def test_lora_tags_are_taken_out_of_the_prompt():
     assert prompt == "a cat ,  on a mat"  # removed in place, spaces kept, as A1111 does
     assert [(t.name, t.weight) for t in tags] == [("styles/ink", 0.6), ("detail", 1.0)]
     assert plain_text("a (cat:1.3) [dog]") == "a cat dog"
+
+
+def test_lora_tags_read_a1111s_text_encoder_then_unet_weights():
+    _, tags = extract_lora_tags("<lora:a:0.8:0> <lora:b:0.5> <lora:c:te=0.3:unet=0.6> <lora:d:unet=0.2> <lora:e:0.7:0.7>")
+    assert tags == [LoraTag("a", 0.8, 0.0), LoraTag("b", 0.5), LoraTag("c", 0.3, 0.6), LoraTag("d", 1.0, 0.2),
+                    LoraTag("e", 0.7)]
+    assert [(t.weight, t.unet) for t in tags] == [(0.8, 0.0), (0.5, 0.5), (0.3, 0.6), (1.0, 0.2), (0.7, 0.7)]
+
+
+@pytest.mark.parametrize(("prompt", "message"), [
+    ("<lora:a:x>", "the text-encoder weight 'x' must be a number"),
+    ("<lora:a:1:y>", "the UNet weight 'y' must be a number"),
+    ("<lora:a:1:1:8>", "not A1111's dyn"),
+    ("<lora:a:dyn=8>", "not A1111's dyn"),
+    ("<lora::1>", "name is missing"),
+])
+def test_lora_tags_guardforge_cannot_honour_are_refused(prompt, message):
+    with pytest.raises(InvalidRequest, match=message):
+        extract_lora_tags(prompt)
+
+
+def test_an_attention_weight_that_is_not_a_number_is_refused():
+    # A1111's regex takes ":1.2.3)" as a weight and its float() fails the generation; we refuse it with a reason.
+    with pytest.raises(InvalidRequest, match=r"attention weight in '\(red:1.2.3\)' is not a number: '1.2.3'"):
+        parse_prompt_attention("(red:1.2.3) circle")
+    with pytest.raises(InvalidRequest, match="not a number"):
+        plain_text("a (cat:.) on a mat")
+    # With no bracket open, A1111 keeps the same characters as text.
+    assert parse_prompt_attention("red:1.2.3) circle") == [("red:1.2.3) circle", 1.0)]
+
+
+def test_the_submit_time_check_refuses_a_bad_weight_before_any_model_loads(tmp_path):
+    from guardforge.engine.pipelines import Engine
+    from guardforge.engine.request import GenerationRequest
+    from guardforge.settings import Settings
+
+    engine = Engine(Settings(home=tmp_path))
+    engine.check(GenerationRequest(prompt="(red:1.2) circle", negative_prompt="[blurry]"))
+    with pytest.raises(InvalidRequest, match="not a number"):
+        engine.check(GenerationRequest(prompt="(red:1.2.3) circle"))
+    with pytest.raises(InvalidRequest, match="not a number"):
+        engine.check(GenerationRequest(prompt="a circle", negative_prompt="(blurry:..)"))
+
+
+def test_break_splits_the_prompt_where_a1111_does():
+    assert prompt_chunks("a cat BREAK a (dog:1.2)") == [[("a cat", 1.0)], [("a ", 1.0), ("dog", 1.2)]]
+    assert prompt_chunks("a cat BREAK") == [[("a cat", 1.0)]]  # a final BREAK adds no chunk
+    assert prompt_chunks("BREAK a cat") == [[("", 1.0)], [("a cat", 1.0)]]  # a leading one an empty chunk
+    assert prompt_chunks("a BREAK BREAK b") == [[("a", 1.0)], [("", 1.0)], [("b", 1.0)]]
+    assert prompt_chunks("a BREAKING b") == [[("a BREAKING b", 1.0)]]
+    assert parse_prompt_attention("a BREAK b") == [("a BREAK b", 1.0)]  # the guard's reading is unchanged
 
 
 def _embeds(pipe, prompt, negative="", clip_skip=1):
@@ -122,3 +181,18 @@ def test_sdxl_runs_through_the_engine(sdxl, tmp_path):
     request = GenerationRequest(prompt="a (cat:1.2)", negative_prompt="dog", steps=2, seed=3, sampler="DPM++ 2M")
     [(image, seed)] = Engine(Settings(home=tmp_path)).run(loaded, request)
     assert image.size == (32, 32) and seed == 3  # sample_size 16 x VAE factor 2
+
+
+def test_break_starts_a_new_77_token_chunk(pipe):
+    both = _embeds(pipe, "a cat BREAK a dog", "blurry")
+    assert both["prompt_embeds"].shape == (1, 77 * 2, 32)
+    assert both["negative_prompt_embeds"].shape == (1, 77 * 2, 32)  # padded to the prompt's chunks
+    assert torch.equal(both["prompt_embeds"][:, :77], _embeds(pipe, "a cat")["prompt_embeds"])
+    assert torch.equal(both["prompt_embeds"][:, 77:], _embeds(pipe, "a dog")["prompt_embeds"])
+    assert torch.equal(_embeds(pipe, "a cat BREAK")["prompt_embeds"], _embeds(pipe, "a cat")["prompt_embeds"])
+
+
+def test_sdxl_pooled_output_is_the_first_chunks(sdxl):
+    broken = _embeds(sdxl, "a cat BREAK a dog")
+    assert broken["prompt_embeds"].shape == (1, 77 * 2, 64)
+    assert torch.equal(broken["pooled_prompt_embeds"], _embeds(sdxl, "a cat")["pooled_prompt_embeds"])

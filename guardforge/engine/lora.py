@@ -1,4 +1,4 @@
-"""LoRA at inference: resolve `<lora:name:w>` tags in the models folder, apply them for one request, remove them."""
+"""LoRA at inference: resolve `<lora:name:te:unet>` tags in the models folder, apply them for one request, remove them."""
 
 from __future__ import annotations
 
@@ -16,15 +16,17 @@ if TYPE_CHECKING:
 
 
 def merge_tags(tags: list[LoraTag]) -> list[LoraTag]:
-    """One entry per LoRA: a LoRA named twice is applied once with the summed weight (LoRA deltas add up)."""
-    weights: dict[str, float] = {}
+    """One entry per LoRA: a LoRA named twice is applied once with the summed weights (LoRA deltas add up),
+    the text encoder's and the UNet's each summed on its own."""
+    weights: dict[str, tuple[float, float]] = {}
     for tag in tags:
-        weights[tag.name] = weights.get(tag.name, 0.0) + tag.weight
-    return [LoraTag(name, weight) for name, weight in weights.items()]
+        te, unet = weights.get(tag.name, (0.0, 0.0))
+        weights[tag.name] = (te + tag.weight, unet + tag.unet)
+    return [LoraTag(name, te, None if unet == te else unet) for name, (te, unet) in weights.items()]
 
 
-def resolve_loras(registry: ModelRegistry, tags: list[LoraTag], allow_pickle: bool) -> list[tuple[ModelEntry, float]]:
-    """Registry entries of kind `lora` for the tags; checked before anything is loaded."""
+def resolve_loras(registry: ModelRegistry, tags: list[LoraTag], allow_pickle: bool) -> list[tuple[ModelEntry, LoraTag]]:
+    """Registry entries of kind `lora` for the tags, each with its merged tag; checked before anything is loaded."""
     resolved = []
     for tag in merge_tags(tags):
         entry = registry.resolve(tag.name, kind="lora")
@@ -32,8 +34,16 @@ def resolve_loras(registry: ModelRegistry, tags: list[LoraTag], allow_pickle: bo
             raise UnsafeModelFormat(
                 f"LoRA {entry.name!r} is a pickle file ({entry.path.suffix}), which can run code when loaded; "
                 "convert it to .safetensors or set allow_pickle: true")
-        resolved.append((entry, tag.weight))
+        resolved.append((entry, tag))
     return resolved
+
+
+def _component_weights(pipe: DiffusionPipeline, adapter: str, tag: LoraTag) -> dict[str, float]:
+    """diffusers' per-component adapter weights: text encoders get the tag's text-encoder weight, the denoiser
+    (unet or transformer) its UNet weight. Only parts the adapter has weights for are named, since diffusers
+    warns about the others."""
+    parts = [part for part, adapters in pipe.get_list_adapters().items() if adapter in adapters]
+    return {part: tag.weight if part.startswith("text_encoder") else tag.unet for part in parts}
 
 
 def _load(pipe: DiffusionPipeline, entry: ModelEntry, adapter_name: str) -> None:
@@ -46,7 +56,7 @@ def _load(pipe: DiffusionPipeline, entry: ModelEntry, adapter_name: str) -> None
 
 
 @contextmanager
-def applied_loras(pipe: DiffusionPipeline, loras: list[tuple[ModelEntry, float]]) -> Iterator[list[str]]:
+def applied_loras(pipe: DiffusionPipeline, loras: list[tuple[ModelEntry, LoraTag]]) -> Iterator[list[str]]:
     """Load each LoRA as its own adapter, activate them all with their weights, and always remove them.
 
     The pipeline is shared between requests, so the removal runs in `finally`: the next request sees the
@@ -58,11 +68,12 @@ def applied_loras(pipe: DiffusionPipeline, loras: list[tuple[ModelEntry, float]]
     had_adapters = bool(getattr(pipe, "get_list_adapters", dict)())
     names: list[str] = []
     try:
-        for index, (entry, _weight) in enumerate(loras):
+        for index, (entry, _tag) in enumerate(loras):
             name = f"gf_request_{index}"
             names.append(name)  # before loading: a half-loaded adapter is removed too
             _load(pipe, entry, name)
-        pipe.set_adapters(names, adapter_weights=[weight for _, weight in loras])
+        pipe.set_adapters(names, adapter_weights=[_component_weights(pipe, name, tag)
+                                                  for name, (_, tag) in zip(names, loras, strict=True)])
         yield names
     finally:
         if names:

@@ -19,7 +19,7 @@ from PIL import Image, ImageFilter, ImageOps
 
 from guardforge.engine.latent_inpaint import LatentBlend, needs_latent_blend
 from guardforge.engine.lora import applied_loras, resolve_loras
-from guardforge.engine.prompts import encode_prompts, extract_lora_tags
+from guardforge.engine.prompts import encode_prompts, extract_lora_tags, prompt_chunks
 from guardforge.engine.request import GenerationRequest, ProgressEvent
 from guardforge.engine.samplers import build_scheduler, check_sampler
 from guardforge.errors import Cancelled, InvalidRequest
@@ -160,10 +160,13 @@ class Engine:
 
     def check(self, request: GenerationRequest) -> None:
         """Refuse now, without loading anything, what run() would refuse later: an unknown sampler or a
-        schedule it lacks, a strength that leaves no step, a missing or pickle LoRA."""
+        schedule it lacks, a strength that leaves no step, a LoRA tag or attention weight that does not parse,
+        a missing or pickle LoRA."""
         check_sampler(request.sampler, request.schedule)
         _check_strength(request)
-        _, tags = extract_lora_tags(request.prompt)
+        prompt, tags = extract_lora_tags(request.prompt)
+        prompt_chunks(prompt)
+        prompt_chunks(request.negative_prompt)
         if tags:
             resolve_loras(self.registry, tags, self.settings.allow_pickle)
 

@@ -1,4 +1,4 @@
-"""A1111 prompt syntax: `<lora:name:w>` tags, `(word:1.2)`/`(word)`/`[word]` weights via compel, and clip skip."""
+"""A1111 prompt syntax: `<lora:name:w>` tags, `(word:1.2)`/`(word)`/`[word]` weights via compel, BREAK, clip skip."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ if TYPE_CHECKING:
     import torch
     from diffusers import DiffusionPipeline
 
-# A1111's extra-network syntax: <lora:name>, <lora:name:unet_weight>, <lora:name:unet_weight:te_weight>.
-_LORA_TAG = re.compile(r"<lora:([^:>]+)(?::([^:>]*))?(?::([^:>]*))?>", re.IGNORECASE)
+# A1111's extra-network syntax (modules/extra_networks.py): `<lora:` then `:`-separated items, the first the name.
+# Its Lora extension reads the next two as the text-encoder weight and the UNet weight (the UNet's defaults to
+# the text encoder's), `te=` and `unet=` by name, and a fourth, `dyn=`, as a rank limit.
+_LORA_TAG = re.compile(r"<lora:([^>]+)>", re.IGNORECASE)
 
 # A1111's attention grammar (modules/prompt_parser.py): escapes, brackets, `:weight)` and plain text.
 _ATTENTION = re.compile(r"""
@@ -26,12 +28,52 @@ _ATTENTION = re.compile(r"""
 """, re.VERBOSE)
 _ROUND = 1.1  # (word) multiplies attention by 1.1, [word] divides by it, as in A1111
 _SQUARE = 1 / 1.1
+# A1111's re_break: BREAK as a word, with the spaces around it, ends the 75-token chunk being filled.
+_BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
 
 
 @dataclass(frozen=True)
 class LoraTag:
+    """`weight` is A1111's first weight, the text encoder's, and also the UNet's unless `unet_weight` is set."""
+
     name: str
     weight: float = 1.0
+    unet_weight: float | None = None
+
+    @property
+    def unet(self) -> float:
+        return self.weight if self.unet_weight is None else self.unet_weight
+
+
+def _lora_weight(tag: str, what: str, text: str | None, default: float) -> float:
+    if text is None or not text.strip():
+        return default
+    try:
+        return float(text)
+    except ValueError:
+        raise InvalidRequest(f"{tag}: the {what} weight {text.strip()!r} must be a number, "
+                             "e.g. <lora:name:0.8> or <lora:name:0.8:0.5> (text encoder, then UNet)") from None
+
+
+def _lora_tag(body: str) -> LoraTag:
+    tag = f"<lora:{body}>"
+    name, *items = body.split(":")
+    if not name.strip():
+        raise InvalidRequest(f"{tag}: the LoRA's name is missing, e.g. <lora:name:0.8>")
+    positional: list[str] = []
+    named: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if sep:
+            named[key.strip()] = value
+        else:
+            positional.append(item)
+    if len(positional) > 2 or "dyn" in named:
+        raise InvalidRequest(f"{tag}: guardforge takes a text-encoder and a UNet weight, "
+                             "not A1111's dyn (rank limit); drop the rest")
+    te = _lora_weight(tag, "text-encoder", named.get("te", positional[0] if positional else None), 1.0)
+    unet = _lora_weight(tag, "UNet", named.get("unet", positional[1] if len(positional) > 1 else None), te)
+    return LoraTag(name.strip(), te, None if unet == te else unet)
 
 
 def extract_lora_tags(prompt: str) -> tuple[str, list[LoraTag]]:
@@ -39,29 +81,23 @@ def extract_lora_tags(prompt: str) -> tuple[str, list[LoraTag]]:
     tags: list[LoraTag] = []
 
     def take(match: re.Match[str]) -> str:
-        name, weight = match.group(1).strip(), (match.group(2) or "").strip()
-        try:
-            value = float(weight) if weight else 1.0
-        except ValueError:
-            raise InvalidRequest(f"<lora:{name}:{weight}>: the weight must be a number, e.g. <lora:{name}:0.8>") from None
-        tags.append(LoraTag(name, value))
+        tags.append(_lora_tag(match.group(1)))
         return ""
 
     return _LORA_TAG.sub(take, prompt), tags
 
 
-def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
-    """A1111's weighting: `(a:1.3)`, `(a)` x1.1, `[a]` /1.1, nested brackets multiply, `\\(` is literal.
-
-    Returns fragments with their weight, adjacent fragments of equal weight merged.
-    """
+def _parse(text: str, breaks: bool) -> list[list[Any]]:
+    """A1111's parse_prompt_attention as [text, weight] fragments, unmerged; with `breaks`, each BREAK is a
+    [None, 1.0] marker, which no bracket weights (A1111 turns a BREAK inside brackets into a weighted word)."""
     fragments: list[list[Any]] = []
     round_open: list[int] = []
     square_open: list[int] = []
 
     def multiply(start: int, factor: float) -> None:
         for fragment in fragments[start:]:
-            fragment[1] *= factor
+            if fragment[0] is not None:
+                fragment[1] *= factor
 
     for match in _ATTENTION.finditer(text):
         token, weight = match.group(0), match.group(1)
@@ -72,26 +108,67 @@ def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
         elif token == "[":
             square_open.append(len(fragments))
         elif weight is not None and round_open:
-            multiply(round_open.pop(), float(weight))
+            try:
+                factor = float(weight)
+            except ValueError:
+                # A1111 fails the generation here with Python's float() error; we refuse the request up front.
+                raise InvalidRequest(f"the attention weight in '{_around(text, match)}' is not a number: "
+                                     f"{weight!r}; write weights like (word:1.2)") from None
+            multiply(round_open.pop(), factor)
         elif token == ")" and round_open:
             multiply(round_open.pop(), _ROUND)
         elif token == "]" and square_open:
             multiply(square_open.pop(), _SQUARE)
         else:
-            fragments.append([token, 1.0])
+            for index, part in enumerate(_BREAK.split(token) if breaks else [token]):
+                if index:
+                    fragments.append([None, 1.0])
+                fragments.append([part, 1.0])
     # Brackets left open apply to the end of the prompt, as in A1111.
     for start in round_open:
         multiply(start, _ROUND)
     for start in square_open:
         multiply(start, _SQUARE)
+    return fragments
 
+
+def _around(text: str, match: re.Match[str]) -> str:
+    start = text.rfind("(", 0, match.start())
+    return text[max(start, match.start() - 40):match.end()]
+
+
+def _merged(fragments: list[list[Any]]) -> list[tuple[str, float]]:
     merged: list[list[Any]] = []
     for fragment in fragments:
         if merged and merged[-1][1] == fragment[1]:
             merged[-1][0] += fragment[0]
         else:
-            merged.append(fragment)
+            merged.append(list(fragment))
     return [(text_, float(weight)) for text_, weight in merged] or [("", 1.0)]
+
+
+def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
+    """A1111's weighting: `(a:1.3)`, `(a)` x1.1, `[a]` /1.1, nested brackets multiply, `\\(` is literal.
+
+    Returns fragments with their weight, adjacent fragments of equal weight merged. BREAK stays in the text
+    (see prompt_chunks). A weight that is not a number, `(a:1.2.3)`, raises InvalidRequest.
+    """
+    return _merged(_parse(text, breaks=False))
+
+
+def prompt_chunks(text: str) -> list[list[tuple[str, float]]]:
+    """The prompt as A1111 encodes it: one parse_prompt_attention list per BREAK-separated part, each of which
+    starts a new 75-token chunk. As in A1111, BREAK at the very end adds no chunk; anywhere else an empty part
+    is an empty chunk."""
+    parts: list[list[list[Any]]] = [[]]
+    for fragment in _parse(text, breaks=True):
+        if fragment[0] is None:
+            parts.append([])
+        else:
+            parts[-1].append(fragment)
+    if len(parts) > 1 and not "".join(text_ for text_, _ in parts[-1]).strip():
+        parts.pop()
+    return [_merged(part) for part in parts]
 
 
 def plain_text(prompt: str) -> str:
@@ -151,12 +228,23 @@ def _check_clip_skip(text_encoder: Any, layer: int) -> None:
 
 
 def _encode(provider: Any, prompt: str, device: Any) -> torch.Tensor:
-    fragments = parse_prompt_attention(prompt)
-    return provider.get_embeddings_for_weighted_prompt_fragments(
-        text_batch=[[text for text, _ in fragments]],
-        fragment_weights_batch=[[weight for _, weight in fragments]],
-        device=device,
-    )
+    # Each BREAK part is encoded on its own (compel splits a part of over 75 tokens into 77-token chunks, as
+    # A1111 does) and the parts are laid end to end, so each starts a chunk of its own.
+    import torch
+
+    return torch.cat([
+        provider.get_embeddings_for_weighted_prompt_fragments(
+            text_batch=[[text for text, _ in fragments]],
+            fragment_weights_batch=[[weight for _, weight in fragments]],
+            device=device,
+        )
+        for fragments in prompt_chunks(prompt)
+    ], dim=1)
+
+
+def _first_chunk_text(prompt: str) -> str:
+    # A1111's SDXL pooled output is that of the first chunk: the text before the first BREAK.
+    return "".join(text for text, _ in prompt_chunks(prompt)[0])
 
 
 def _pad_pair(provider: Any, positive: torch.Tensor, negative: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -196,8 +284,8 @@ def encode_prompts(pipe: DiffusionPipeline, prompt: str, negative_prompt: str, c
             halves.append(_pad_pair(provider, _encode(provider, prompt, device), _encode(provider, negative_prompt, device)))
         embeds = torch.cat([halves[0][0], halves[1][0]], dim=-1)
         negative = torch.cat([halves[0][1], halves[1][1]], dim=-1)
-        pooled = p2.get_pooled_embeddings([plain_text(prompt)], device=device)
-        negative_pooled = p2.get_pooled_embeddings([plain_text(negative_prompt)], device=device)
+        pooled = p2.get_pooled_embeddings([_first_chunk_text(prompt)], device=device)
+        negative_pooled = p2.get_pooled_embeddings([_first_chunk_text(negative_prompt)], device=device)
         return PromptEmbeds({"prompt_embeds": embeds, "negative_prompt_embeds": negative,
                              "pooled_prompt_embeds": pooled, "negative_pooled_prompt_embeds": negative_pooled})
 
