@@ -29,7 +29,7 @@ _ATTENTION = re.compile(r"""
 _ROUND = 1.1  # (word) multiplies attention by 1.1, [word] divides by it, as in A1111
 _SQUARE = 1 / 1.1
 # A1111's re_break: BREAK as a word, with the spaces around it, ends the 75-token chunk being filled.
-_BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
+_BREAK = re.compile(r"\s*\bBREAK\b\s*", re.DOTALL)
 
 
 @dataclass(frozen=True)
