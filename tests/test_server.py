@@ -110,6 +110,50 @@ def test_webuiapi_img2img_inpaint_and_listings(server):
     assert api.get_loras() == []
 
 
+def test_webuiapi_png_info_reads_back_what_txt2img_wrote(server):
+    import webuiapi
+
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=server.port, sampler="Euler a", steps=2)
+    made = api.txt2img(prompt="a png-info round trip", negative_prompt="blur", seed=99, width=64, height=48,
+                       save_images=True)  # saved files carry their infotext
+    read = api.png_info(made.image)
+    assert read.info == made.info["infotexts"][0]
+    parameters = read.parameters
+    assert parameters["Prompt"] == "a png-info round trip" and parameters["Negative prompt"] == "blur"
+    assert parameters["Seed"] == "99" and (parameters["Size-1"], parameters["Size-2"]) == ("64", "48")
+    assert parameters["Sampler"] == "Euler a" and parameters["Steps"] == "2"
+
+
+def test_png_info_reads_jpeg_exif_other_text_and_refuses_junk(client):
+    from PIL.PngImagePlugin import PngInfo
+
+    from guardforge.storage.outputs import user_comment
+
+    text = "a lighthouse\nNegative prompt: fog\nSteps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, " \
+           "Seed: 42, Size: 512x768, Model: some-model"
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0x9286] = user_comment(text)  # where A1111 puts it in a JPEG
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(buffer, "JPEG", exif=exif)
+    answer = client.post("/sdapi/v1/png-info", json={"image": base64.b64encode(buffer.getvalue()).decode()})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["info"] == text and body["parameters"]["Schedule type"] == "Karras"
+    assert (body["parameters"]["Size-1"], body["parameters"]["Size-2"]) == ("512", "768")
+
+    # No infotext: empty info, A1111's parse of nothing; other text chunks are the items.
+    info = PngInfo()
+    info.add_text("Software", "an editor")
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32)).save(buffer, "PNG", pnginfo=info)
+    body = client.post("/sdapi/v1/png-info", json={"image": base64.b64encode(buffer.getvalue()).decode()}).json()
+    assert body["info"] == "" and body["items"] == {"Software": "an editor"}
+    assert body["parameters"]["Prompt"] == ""
+
+    junk = client.post("/sdapi/v1/png-info", json={"image": base64.b64encode(b"not an image").decode()})
+    assert junk.status_code == 422 and "not a readable" in junk.json()["detail"]
+
+
 def test_sdapi_progress_and_interrupt_while_running(server, client):
     done: dict = {}
 

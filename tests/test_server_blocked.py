@@ -1,4 +1,5 @@
-"""A policy that blocks every generated image: A1111 clients get same-size 'blocked' placeholders, /v1 no pixels."""
+"""Policies that block every generated image, or every prompt: A1111 clients get 'blocked' placeholders of the
+size the images were, or would have been, made at; /v1 gives no pixels."""
 
 from __future__ import annotations
 
@@ -22,6 +23,27 @@ categories:
   S12: {threshold: 0.000001, action: block}
 checkpoints: {prompt: false, input_image: false, output_image: true, training_data: false}
 """
+
+
+# Every prompt scores above this S1 threshold: each request is refused before the model is loaded.
+BLOCK_PROMPTS = """
+name: block-all-prompts
+default: {threshold: 0.5, action: allow}
+categories:
+  S1: {threshold: 0.000001, action: block}
+checkpoints: {prompt: true, input_image: false, output_image: false, training_data: false}
+"""
+
+
+@pytest.fixture(scope="module")
+def prompt_blocking_server(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("blocked-prompts")
+    policy = root / "block-prompts.yaml"
+    policy.write_text(BLOCK_PROMPTS)
+    home = make_home(root, tiny_model_dir)
+    live = LiveServer(home, server_env(home, GUARDFORGE_GUARD__POLICY=str(policy))).start()
+    yield live
+    live.stop()
 
 
 @pytest.fixture(scope="module")
@@ -61,3 +83,16 @@ def test_native_api_withholds_blocked_pixels(server):
         assert image["action"] == "block" and image["url"] is None
         response = client.get(f"/v1/images/{image['id']}")
         assert response.status_code == 404 and "withheld" in response.json()["detail"]
+
+
+def test_a_blocked_prompt_without_a_size_gets_placeholders_at_the_models_native_size(server, prompt_blocking_server):
+    body = {"prompt": "anything", "steps": 2, "batch_size": 2, "seed": 5}  # no width or height: the model's own
+    made = httpx.post(f"{server.url}/sdapi/v1/txt2img", json=body, timeout=300).json()
+    refused = httpx.post(f"{prompt_blocking_server.url}/sdapi/v1/txt2img", json=body, timeout=300).json()
+    sizes = {name: [Image.open(io.BytesIO(base64.b64decode(e))).size for e in answer["images"]]
+             for name, answer in (("made", made), ("refused", refused))}
+    refused_info, made_info = json.loads(refused["info"]), json.loads(made["info"])
+    assert refused_info["guardforge"]["blocked"] and not made_info["guardforge"]["blocked"]
+    # The tiny model's native size (sample size 8, VAE factor 2), for images made and images refused alike.
+    assert sizes["refused"] == sizes["made"] == [(16, 16)] * 2, sizes
+    assert (refused_info["width"], refused_info["height"]) == (made_info["width"], made_info["height"]) == (16, 16)

@@ -126,6 +126,21 @@ class ImageResponse(BaseModel):
     info: str
 
 
+class PngInfoRequest(BaseModel):
+    """A1111's PNGInfoRequest."""
+
+    image: str = Field(..., description="The image as base64 (or a data URL): PNG, JPEG, WebP, ...")
+
+
+class PngInfoResponse(BaseModel):
+    """A1111's PNGInfoResponse."""
+
+    info: str = Field(..., description="The infotext (generation parameters) as stored; empty if none")
+    items: dict[str, Any] = Field(..., description="The image's other text fields")
+    parameters: dict[str, Any] = Field(..., description="The infotext parsed as A1111 parses it (values are "
+                                       "strings; Size becomes Size-1 and Size-2)")
+
+
 class ProgressState(BaseModel):
     skipped: bool = False
     interrupted: bool = False

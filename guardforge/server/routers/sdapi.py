@@ -5,14 +5,20 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import time
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Request
 from PIL import Image, ImageDraw, ImageFont
 from starlette.concurrency import run_in_threadpool
 
+from guardforge.engine.infotext import parse_infotext
 from guardforge.engine.request import GenerationRequest
+from guardforge.errors import GuardforgeError
+from guardforge.imaging import decode_image
 from guardforge.jobs.queue import TERMINAL, Job
 from guardforge.server.auth import Caller, get_caller, get_limited_caller
 from guardforge.server.schemas import (
@@ -20,6 +26,8 @@ from guardforge.server.schemas import (
     ImageResponse,
     Img2ImgPayload,
     Lora,
+    PngInfoRequest,
+    PngInfoResponse,
     ProgressResponse,
     ProgressState,
     Sampler,
@@ -48,6 +56,26 @@ def blocked_placeholder(width: int, height: int) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def native_size_of(studio, model: str) -> tuple[int, int]:
+    """The size the engine makes an image at when a request names none (engine.pipelines.native_size), read
+    from the model's config files: a request blocked at the prompt never loads the model."""
+    from guardforge.engine.pipelines import native_size
+    from guardforge.models.loading import CONFIGS_DIR, shipped_config_name
+
+    entry = studio.registry.resolve(model)
+    folder = entry.path if entry.format == "diffusers" else CONFIGS_DIR / shipped_config_name(entry.family)
+
+    def config(name: str) -> SimpleNamespace | None:
+        path = Path(folder) / name / "config.json"
+        return SimpleNamespace(config=SimpleNamespace(**json.loads(path.read_text()))) if path.is_file() else None
+
+    vae = config("vae")
+    factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae else 8  # diffusers' vae_scale_factor
+    # The parts of a pipeline native_size reads, so that both answers follow one rule.
+    return native_size(SimpleNamespace(unet=config("unet"), transformer=config("transformer"),
+                                       vae_scale_factor=factor))
+
+
 async def wait_for(studio, job_id: str) -> Job:
     """Await a job's end without blocking the event loop: woken by its final event, re-checked every 5 s."""
     with studio.events.subscribe(job_id) as subscription:
@@ -60,12 +88,13 @@ async def wait_for(studio, job_id: str) -> Job:
                 event = await subscription.get(timeout=5)
 
 
-def a1111_info(request: GenerationRequest, job: Job, ignored: list[str], sent: int) -> dict[str, Any]:
+def a1111_info(request: GenerationRequest, job: Job, ignored: list[str], sent: int,
+               size: tuple[int, int]) -> dict[str, Any]:
+    """`size`: what the request was made at when no image says so (a blocked prompt, a failure)."""
     result = job.result or {}
     images = result.get("images", [])
     seeds = result.get("seeds") or [image.get("seed") for image in images]
-    width = images[0]["width"] if images else request.width
-    height = images[0]["height"] if images else request.height
+    width, height = (images[0]["width"], images[0]["height"]) if images else size
     prompts = [request.prompt] * max(len(seeds), 1)
     return {
         "prompt": request.prompt, "all_prompts": prompts,
@@ -110,11 +139,18 @@ async def generate(request: Request, payload: Txt2ImgPayload, caller: Caller) ->
     if job.state == "failed":
         # Validation happened at submit, so a failure here is the server's (a backend or a model crashed).
         raise HTTPException(500, f"generation failed: {job.error}")
+    width, height = gen.width, gen.height
+    if width is None or height is None:
+        try:
+            native = await run_in_threadpool(native_size_of, studio, gen.model)
+        except (GuardforgeError, OSError, ValueError):  # the model left the folder since: A1111's default
+            native = (512, 512)
+        width, height = width or native[0], height or native[1]
     images: list[str] = []
     if payload.send_images:
         if (job.result or {}).get("blocked"):
-            slots = gen.batch_size * gen.n_iter
-            images = [blocked_placeholder(gen.width or 512, gen.height or 512)] * slots
+            # As large as the images the request would have made, so clients lay them out alike.
+            images = [blocked_placeholder(width, height)] * (gen.batch_size * gen.n_iter)
         for stored in job.images:
             if stored["action"] == "block":
                 meta = job.result["images"][stored["index"]]
@@ -126,7 +162,7 @@ async def generate(request: Request, payload: Txt2ImgPayload, caller: Caller) ->
     if isinstance(payload, Img2ImgPayload) and not payload.include_init_images:
         parameters["init_images"] = None  # A1111 drops them too unless asked
         parameters["mask"] = None
-    info = a1111_info(gen, job, ignored, len(images))
+    info = a1111_info(gen, job, ignored, len(images), (width, height))
     return ImageResponse(images=images, parameters=parameters, info=json.dumps(info))
 
 
@@ -185,6 +221,50 @@ async def skip(request: Request, caller: Caller = Depends(get_caller)) -> None:
     job = _running_job(request, caller)
     if job is not None:
         request.app.state.studio.skip(job.id, caller.owner)
+
+
+def infotext_of(image: Image.Image) -> str:
+    """storage.outputs.read_infotext's reading (PNG `parameters` chunk, else EXIF UserComment), of an image
+    already decoded under the upload rules instead of a file opened again."""
+    from guardforge.storage.outputs import decode_user_comment
+
+    text = image.info.get("parameters")
+    if text:
+        return str(text)
+    try:
+        raw = image.getexif().get_ifd(0x8769).get(0x9286)  # Exif IFD, UserComment
+    except Exception:  # a malformed EXIF block (Pillow raises what it trips on): no readable infotext there
+        return ""
+    return decode_user_comment(raw) if raw else ""
+
+
+# A1111's IGNORED_INFO_KEYS (Pillow's decoding details, not text the file carries), and the infotext itself.
+_NOT_ITEMS = {"parameters", "jfif", "jfif_version", "jfif_unit", "jfif_density", "dpi", "exif", "loop",
+              "background", "timestamp", "duration", "progressive", "progression", "icc_profile", "chromaticity",
+              "photoshop"}
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):  # JSON has no NaN
+        return str(value)
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, (tuple, list)):
+        return [_json_safe(v) for v in value]
+    return str(value)
+
+
+@router.post("/png-info", response_model=PngInfoResponse,
+             summary="The generation parameters stored in an image (A1111's PNG info)",
+             responses=errors(401, 413, 422))
+async def png_info(body: PngInfoRequest, request: Request, caller: Caller = Depends(get_caller)) -> PngInfoResponse:
+    max_pixels = request.app.state.studio.settings.limits.max_image_pixels
+    image = await run_in_threadpool(decode_image, body.image, max_pixels, "image")
+    info = infotext_of(image)
+    items = {str(k): _json_safe(v) for k, v in image.info.items() if k not in _NOT_ITEMS}
+    return PngInfoResponse(info=info, items=items, parameters=parse_infotext(info))
 
 
 def _title(entry) -> str:
