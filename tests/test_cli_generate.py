@@ -96,6 +96,7 @@ def test_img2img_from_files(run_main, tmp_path):
     (["x", "-m", "nope"], "error: no checkpoint named 'nope'"),
     (["x", "--sampler", "Euler z"], "error: sampler: Value error, unknown sampler 'Euler z'"),
     ([], "error: give a PROMPT, or --from-png"),
+    (["--from-png", __file__], f"error: --from-png {__file__} is not a readable PNG, JPEG or WebP image"),
 ])
 def test_errors_are_one_line(run_main, args, message):
     code, _, err = run_main("generate", *args)

@@ -30,7 +30,10 @@ def _base_fields(from_png: Path | None) -> dict[str, Any]:
 
     if not from_png.is_file():
         raise InvalidRequest(f"--from-png {from_png} is not a file")
-    text = read_infotext(from_png)
+    try:
+        text = read_infotext(from_png)
+    except OSError as exc:  # PIL's UnidentifiedImageError is an OSError
+        raise InvalidRequest(f"--from-png {from_png} is not a readable PNG, JPEG or WebP image: {exc}") from None
     if not text:
         raise InvalidRequest(f"{from_png} carries no generation parameters (no PNG `parameters` text or EXIF comment)")
     return fields_from_infotext(text)
