@@ -37,7 +37,7 @@ def test_check_json_one_object_per_input(env):
         assert {"flagged", "categories", "scores", "action", "backend", "latency_ms", "input"} <= set(row)
         assert all(0.0 <= v <= 1.0 for v in row["scores"].values())
     assert rows[0]["flagged"] and rows[0]["categories"] == ["S10"] and rows[0]["action"] == "block"
-    assert not rows[1]["flagged"] and rows[1]["action"] == "allow" and rows[1]["scores"]["S1"] == pytest.approx(0.1)
+    assert not rows[1]["flagged"] and rows[1]["action"] == "allow" and rows[1]["scores"]["S1"] == 0.0
     assert rows[2]["labels_only"] and rows[2]["categories"] == ["S1"]
     assert rows[3]["type"] == "image" and rows[3]["backend"] == "openai-compatible"
     assert (env / "guardforge.db").is_file()  # every verdict went to the audit log
@@ -62,6 +62,7 @@ def test_policy_prints_the_policy_in_force(env, tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["guard", "policy"])
     assert result.exit_code == 0, result.output
     assert "policy default" in result.output and "excluded" in result.output and "blur" in result.output
+    assert "model's own" in result.output  # the overall rule at the guard's own threshold
     custom = tmp_path / "mine.yaml"
     custom.write_text("name: mine\ncustom: [{code: XD, name: Deepfakes, description: fakes}]\n")
     result = CliRunner().invoke(app, ["guard", "policy", str(custom)])

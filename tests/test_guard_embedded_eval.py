@@ -58,6 +58,24 @@ def test_metrics_at_threshold_and_curve(tmp_path):
     assert any("AUPRC" in line for line in report.lines())
 
 
+def test_the_policy_figures_are_what_the_policy_does_with_the_same_scores():
+    """The threshold figures say where the model stands; the policy figures say what the product does: here
+    S1 (the only category this scorer names) blocks at >= 0.5, and a policy flagging the overall score at
+    0.3 flags the 0.33 cake."""
+    from guardforge.guard.policy import Policy
+
+    examples = [_example("bomb bomb bomb", 1, "S9"), _example("bomb attack now", 1, "S1"),
+                _example("quiet attack here x", 1, "S1"), _example("bomb shaped cake", 0),
+                _example("attack bomb cake", 0), _example("a red fox", 0)]
+    policy = Policy.model_validate({"name": "test", "default": {"threshold": 0.5, "action": "block"},
+                                    "overall": {"threshold": 0.3, "action": "flag"}})
+    report = evaluate_examples(WordScorer({"bomb", "attack"}), examples, "handmade", threshold=0.5, policy=policy)
+    assert report.policy == "test"
+    assert report.policy_blocked == (pytest.approx(2 / 3), pytest.approx(1 / 3))
+    assert report.policy_not_allowed == (pytest.approx(2 / 3), pytest.approx(2 / 3))
+    assert any(line.startswith("  policy test at the prompt checkpoint: blocked recall 0.667") for line in report.lines())
+
+
 def test_all_unsafe_set_reports_recall_only(tmp_path):
     examples = [_example("bomb bomb", 1, "S9"), _example("fox fox", 1, "S1")]
     report = evaluate_examples(WordScorer({"bomb"}), examples, "all-unsafe", threshold=0.5, out_dir=tmp_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from guardforge.guard.policy import Policy, PolicyError, load_policy
 
@@ -53,9 +54,41 @@ def test_custom_categories_get_rules_and_prompt_codes():
 
 def test_overall_unsafe_counts_only_without_a_category():
     policy = load_policy("default")
-    assert policy.decide({}, unsafe=0.9) == ([], "flag")
-    assert policy.decide({"S1": 0.9}, unsafe=0.9) == (["S1"], "block")
+    assert policy.decide({}, unsafe=0.9) == ([], "block")
+    assert policy.decide({"S5": 0.9}, unsafe=0.9) == (["S5"], "flag")  # a category said why: its rule decides
     assert policy.decide({}, unsafe=0.1) == ([], "allow")
+    assert load_policy("permissive").decide({}, unsafe=0.9) == ([], "flag")
+
+
+def test_overall_threshold_model_is_the_backends_own():
+    """The embedded text guard ships a calibrated threshold (0.401): `threshold: model` uses it, so the policy
+    acts where the guard was measured; a backend without one gets 0.5; a number in the policy wins."""
+    policy = load_policy("default")
+    assert policy.overall.threshold == "model"
+    assert policy.decide({}, unsafe=0.45, checkpoint="prompt", model_threshold=0.401) == ([], "block")
+    assert policy.decide({}, unsafe=0.45, checkpoint="prompt") == ([], "allow")
+    fixed = _policy(overall={"threshold": 0.6, "action": "block"})
+    assert fixed.decide({}, unsafe=0.55, model_threshold=0.401) == ([], "allow")
+    with pytest.raises(ValidationError):
+        _policy(overall={"threshold": "auto"})
+
+
+def test_an_excluded_category_does_not_come_back_through_the_overall_score():
+    """A fixed-head backend scores S12 even when the policy excludes it, and its overall P(unsafe) covers it."""
+    from guardforge.guard.backends.base import Scores
+    from guardforge.guard.policy import judge
+
+    policy = _policy(excluded=["S12", "S14"], overall={"threshold": 0.5, "action": "block"})
+    nude = Scores({"S12": 0.97}, unsafe=0.97)
+    assert judge(policy, nude, "output_image") == ({}, 0.0, [], "allow")
+    violent_and_nude = Scores({"S1": 0.4, "S12": 0.97}, unsafe=0.97)
+    assert judge(policy, violent_and_nude, "prompt")[1:] == (0.4, [], "allow")
+    # Nothing excluded was scored: the overall score stands as the backend gave it.
+    assert judge(policy, Scores({"S1": 0.4}, unsafe=0.9), "prompt")[1:] == (0.9, [], "block")
+
+
+def test_the_hash_does_not_depend_on_the_order_of_excluded_codes():
+    assert _policy(excluded=["S13", "S14"]).hash == _policy(excluded=["S14", "S13"]).hash
 
 
 def test_shipped_policies():

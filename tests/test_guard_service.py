@@ -282,3 +282,29 @@ def test_embedded_text_weights_setting_picks_a_shipped_set_or_fails_closed(tmp_p
     abusive = guard.check_prompt("shut up you worthless idiot, nobody wants you here")
     friendly = guard.check_prompt("thanks for the recipe, my kids loved it")
     assert abusive.unsafe > 0.5 > friendly.unsafe
+
+
+def _record_one(url: str, barrier) -> None:
+    from guardforge.guard.verdict import Verdict
+
+    log = AuditLog(url)
+    barrier.wait()  # every process reaches its first write on a fresh database at once
+    log.record(Verdict(checkpoint="prompt", action="allow", backend="x", content_sha256="0" * 64, policy_hash="p"))
+
+
+def test_processes_starting_on_a_fresh_database_lose_no_audit_row(tmp_path):
+    """The server, a CLI command and workers may all write the first row at once: create_all checks, then
+    creates, and the loser of that race used to raise 'table already exists' and lose its verdict's row."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    for trial in range(4):
+        url = f"sqlite:///{tmp_path / f'audit-{trial}.db'}"
+        barrier = context.Barrier(6)
+        workers = [context.Process(target=_record_one, args=(url, barrier)) for _ in range(6)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(60)
+        assert [worker.exitcode for worker in workers] == [0] * 6
+        assert len(AuditLog(url).recent(10)) == 6

@@ -22,9 +22,12 @@ def eval_guard(
                                        help="also time the image backend on 512x512 images"),
     threads: int | None = typer.Option(None, "--threads", min=1,
                                        help="torch intra-op threads (default: torch's own choice)"),
+    policy: str | None = typer.Option(None, "--policy",
+                                      help="also report what this policy does (default: settings guard.policy)"),
 ) -> None:
     """Measure a text guard on a safety test set: AUPRC, F1, recall, FPR, per-category recall, latency."""
     from guardforge.guard import evaluation
+    from guardforge.guard.policy import load_policy
     from guardforge.guard.registry import build_backend
     from guardforge.guard.taxonomy import Taxonomy
     from guardforge.settings import Settings
@@ -38,7 +41,8 @@ def eval_guard(
     settings = Settings()
     text_backend = build_backend(backend, "text", settings, Taxonomy())
     report = evaluation.evaluate_text_backend(text_backend, dataset, out_dir=out, threshold=threshold,
-                                              latency_sample=latency_sample)
+                                              latency_sample=latency_sample,
+                                              policy=load_policy(policy or settings.guard.policy))
     for line in report.lines():
         typer.echo(line)
     if image_latency:

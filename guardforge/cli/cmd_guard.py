@@ -124,6 +124,7 @@ def policy(name: str = typer.Argument(None, help="A shipped policy (default, per
     for code in taxonomy.excluded:
         table.add_row(code, taxonomy.get(code).name, "-", "excluded", "")
     if loaded.overall is not None:
-        table.add_row("unsafe", "overall P(unsafe), no category named", f"{loaded.overall.threshold:g}",
-                      loaded.overall.action, "")
+        threshold = loaded.overall.threshold
+        table.add_row("unsafe", "overall P(unsafe), no category named",
+                      "model's own" if threshold == "model" else f"{threshold:g}", loaded.overall.action, "")
     console.print(table)

@@ -20,9 +20,11 @@ from sqlalchemy import (
     Text,
     create_engine,
     insert,
+    inspect,
     select,
 )
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from guardforge.guard.verdict import Verdict
 
@@ -68,7 +70,13 @@ class AuditLog:
             if not self._created:
                 if self._sqlite_file is not None:
                     self._sqlite_file.parent.mkdir(parents=True, exist_ok=True)
-                self.metadata.create_all(self.engine, tables=[self.table])
+                try:
+                    self.metadata.create_all(self.engine, tables=[self.table])
+                except (OperationalError, ProgrammingError):
+                    # create_all checks, then creates: another process (the server beside a CLI, a second
+                    # worker) may create the table in between. Then it is there, and the row can go in.
+                    if not inspect(self.engine).has_table(self.table.name):
+                        raise
                 self._created = True
 
     def record(self, verdict: Verdict, content: bytes | None = None) -> None:

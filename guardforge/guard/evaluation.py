@@ -33,6 +33,12 @@ class EvalReport:
     # mostly measure waiting for a core; this one is closer to what an idle machine would show.
     cpu_ms_p50: float = 0.0
     curve_path: Path | None = None
+    # What the product does with these scores: the policy's action at the prompt checkpoint (Policy.decide
+    # over the category scores, then the overall rule), as (recall, false-positive rate) of "blocked" and of
+    # "not allowed" (blocked or flagged). None when no policy was given.
+    policy: str | None = None
+    policy_blocked: tuple[float, float | None] | None = None
+    policy_not_allowed: tuple[float, float | None] | None = None
 
     def lines(self) -> list[str]:
         def fmt(x: float | None) -> str:
@@ -44,6 +50,10 @@ class EvalReport:
                f"recall {fmt(self.recall)}  FPR {fmt(self.false_positive_rate)}",
                f"  latency per prompt (batch of 1): p50 {self.latency_ms_p50:.1f} ms, "
                f"p95 {self.latency_ms_p95:.1f} ms; process CPU time p50 {self.cpu_ms_p50:.1f} ms"]
+        if self.policy_blocked is not None:
+            (br, bf), (nr, nf) = self.policy_blocked, self.policy_not_allowed
+            out.append(f"  policy {self.policy} at the prompt checkpoint: blocked recall {br:.3f} FPR {fmt(bf)}; "
+                       f"blocked or flagged recall {nr:.3f} FPR {fmt(nf)}")
         if self.category_recall:
             out.append("  recall per category (at the threshold, on the overall score): " + ", ".join(
                 f"{code} {r:.2f} (n={n})" for code, (r, n) in self.category_recall.items()))
@@ -52,12 +62,11 @@ class EvalReport:
         return out
 
 
-def _timed_scores(backend, texts: list[str],
-                  latency_sample: int) -> tuple[np.ndarray, list[float], list[float]]:
-    """Overall P(unsafe) for every text (batched), and per-prompt latency measured one prompt at a time."""
+def _timed_scores(backend, texts: list[str], latency_sample: int) -> tuple[list, list[float], list[float]]:
+    """Every text's answer (batched), and per-prompt latency measured one prompt at a time."""
     scores = []
     for start in range(0, len(texts), 32):
-        scores.extend(s.unsafe for s in backend.score_texts(texts[start:start + 32]))
+        scores.extend(backend.score_texts(texts[start:start + 32]))
     # Latency is what a single request pays: batch of one, on a sample spread over the set.
     step = max(1, len(texts) // latency_sample)
     latencies, cpu = [], []
@@ -66,7 +75,13 @@ def _timed_scores(backend, texts: list[str],
         backend.score_texts([text])
         latencies.append((time.perf_counter() - t0) * 1000)
         cpu.append((time.process_time() - c0) * 1000)
-    return np.asarray(scores, dtype=np.float64), latencies, cpu
+    return scores, latencies, cpu
+
+
+def _rates(hit: np.ndarray, labels: np.ndarray) -> tuple[float, float | None]:
+    """(recall, false-positive rate) of `hit` as a prediction of unsafe."""
+    pos, neg = labels == 1, labels == 0
+    return float(hit[pos].mean()), float(hit[neg].mean()) if neg.any() else None
 
 
 def plot_pr_curve(labels: np.ndarray, scores: np.ndarray, threshold: float, title: str, path: Path) -> Path:
@@ -99,12 +114,13 @@ def plot_pr_curve(labels: np.ndarray, scores: np.ndarray, threshold: float, titl
 
 def evaluate_examples(backend, examples: list[Example], dataset: str, threshold: float,
                       out_dir: Path | None = None, latency_sample: int = 100,
-                      log: Callable[[str], None] | None = None) -> EvalReport:
+                      log: Callable[[str], None] | None = None, policy=None) -> EvalReport:
     from sklearn.metrics import average_precision_score
 
     texts = [e.text for e in examples]
     labels = np.asarray([e.unsafe for e in examples])
-    scores, latencies, cpu = _timed_scores(backend, texts, latency_sample)
+    answers, latencies, cpu = _timed_scores(backend, texts, latency_sample)
+    scores = np.asarray([answer.unsafe for answer in answers], dtype=np.float64)
     predicted = scores >= threshold
     pos, neg = labels == 1, labels == 0
     tp, fp = int((predicted & pos).sum()), int((predicted & neg).sum())
@@ -121,7 +137,15 @@ def evaluate_examples(backend, examples: list[Example], dataset: str, threshold:
     if out_dir is not None and has_safe:
         curve = plot_pr_curve(labels, scores, threshold, f"{dataset} ({getattr(backend, 'name', '?')})",
                               Path(out_dir) / f"{dataset}.png")
+    policy_figures = {}
+    if policy is not None:
+        from guardforge.guard.policy import judge
+
+        actions = np.asarray([judge(policy, answer, "prompt")[3] for answer in answers])
+        policy_figures = {"policy": policy.name, "policy_blocked": _rates(actions == "block", labels),
+                          "policy_not_allowed": _rates(actions != "allow", labels)}
     return EvalReport(
+        **policy_figures,
         dataset=dataset, backend=getattr(backend, "name", type(backend).__name__), rows=len(examples),
         unsafe_rows=int(pos.sum()), threshold=threshold,
         auprc=float(average_precision_score(labels, scores)) if has_safe else None,
@@ -134,13 +158,15 @@ def evaluate_examples(backend, examples: list[Example], dataset: str, threshold:
 
 
 def evaluate_text_backend(backend, dataset: str, out_dir: Path | None = None, threshold: float | None = None,
-                          latency_sample: int = 100) -> EvalReport:
-    """Evaluate on one data set's test rows at `threshold` (default: the backend's shipped threshold)."""
+                          latency_sample: int = 100, policy=None) -> EvalReport:
+    """Evaluate on one data set's test rows at `threshold` (default: the backend's shipped threshold) and, with
+    `policy`, what that policy does with the same answers."""
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
     if threshold is None:
         threshold = float(getattr(backend, "threshold", 0.5))
-    return evaluate_examples(backend, load_dataset(dataset), dataset, threshold, out_dir, latency_sample)
+    return evaluate_examples(backend, load_dataset(dataset), dataset, threshold, out_dir, latency_sample,
+                             policy=policy)
 
 
 def image_latency(backend, size: int = 512, count: int = 16, batch_size: int = 8,

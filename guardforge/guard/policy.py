@@ -6,12 +6,13 @@ import hashlib
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from guardforge.errors import GuardforgeError
+from guardforge.guard.backends.base import Scores
 from guardforge.guard.taxonomy import HAZARD_CODES, Category, Taxonomy
 from guardforge.guard.verdict import Action, Checkpoint, most_severe
 
@@ -37,6 +38,19 @@ class Rule(BaseModel):
 
     def action_at(self, checkpoint: Checkpoint | None) -> Action:
         return self.at.get(checkpoint, self.action) if checkpoint else self.action
+
+
+class OverallRule(Rule):
+    """The rule for the backend's overall P(unsafe). `threshold: model` is the threshold the backend ships with
+    (the embedded text guard's F1-best point on held-out data; `Scores.extra["threshold"]`), 0.5 where it has none:
+    a calibrated guard's own operating point, not a number the policy guesses for every backend."""
+
+    threshold: Annotated[float, Field(gt=0.0, le=1.0)] | Literal["model"] = "model"
+
+    def resolve(self, model_threshold: float | None) -> float:
+        if self.threshold != "model":
+            return self.threshold
+        return 0.5 if model_threshold is None else float(model_threshold)
 
 
 class CustomCategory(BaseModel):
@@ -68,7 +82,7 @@ class Policy(BaseModel):
     categories: dict[str, Rule] = Field(default_factory=dict)
     # The backend's overall P(unsafe), used only when no category crossed its threshold (e.g. a guard
     # that answered "unsafe" without naming a category). None: ignore it.
-    overall: Rule | None = None
+    overall: OverallRule | None = None
     excluded: list[str] = Field(default_factory=list)
     custom: list[CustomCategory] = Field(default_factory=list)
     checkpoints: Checkpoints = Checkpoints()
@@ -91,7 +105,9 @@ class Policy(BaseModel):
     @property
     def hash(self) -> str:
         """sha256 of the canonical JSON form: the audit log says which policy decided."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        data = self.model_dump(mode="json")
+        data["excluded"] = sorted(data["excluded"])  # the same taxonomy whatever order they were listed in
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     @property
@@ -102,18 +118,40 @@ class Policy(BaseModel):
         return self.categories.get(code, self.default)
 
     def decide(self, scores: dict[str, float], unsafe: float | None = None,
-               checkpoint: Checkpoint | None = None) -> tuple[list[str], Action]:
-        """Violated categories and the action: the most severe action among them (block > blur > flag)."""
+               checkpoint: Checkpoint | None = None,
+               model_threshold: float | None = None) -> tuple[list[str], Action]:
+        """Violated categories and the action: the most severe action among them (block > blur > flag).
+        `model_threshold`: the backend's own overall threshold, for an `overall` rule at `threshold: model`."""
         active = set(self.taxonomy.codes)
         violated = [code for code in self.taxonomy.codes
                     if code in scores and code in active and scores[code] >= self.rule(code).threshold]
         actions = [self.rule(code).action_at(checkpoint) for code in violated]
-        if not violated and self.overall is not None and unsafe is not None and unsafe >= self.overall.threshold:
+        if (not violated and self.overall is not None and unsafe is not None
+                and unsafe >= self.overall.resolve(model_threshold)):
             actions.append(self.overall.action_at(checkpoint))
         action = most_severe(actions)
         if action == "blur" and checkpoint is not None and checkpoint not in BLURRABLE_CHECKPOINTS:
             action = "block"  # a rule that says blur means "not through as it is"
         return violated, action
+
+
+def judge(policy: Policy, result: Scores, checkpoint: Checkpoint | None) -> tuple[dict[str, float], float | None,
+                                                                           list[str], Action]:
+    """A backend's answer under a policy: the active categories' scores, the overall score the policy reads,
+    the violated categories and the action. Shared by the guard and its evaluation, so both decide alike.
+
+    A backend with a fixed head (the embedded ones, ShieldGemma) also scores excluded categories, and its
+    overall P(unsafe) covers them: a policy that excludes S12 would still stop nudity through the overall rule.
+    Such an overall score is read as no higher than the highest active category's."""
+    active = policy.taxonomy.codes
+    scores = {code: float(result.scores[code]) for code in active if code in result.scores}
+    unsafe = result.unsafe
+    if unsafe is not None and any(code in result.scores for code in policy.taxonomy.excluded):
+        unsafe = min(float(unsafe), max(scores.values(), default=0.0))
+    threshold = result.extra.get("threshold")
+    violated, action = policy.decide(scores, unsafe=unsafe, checkpoint=checkpoint,
+                                     model_threshold=threshold if isinstance(threshold, (int, float)) else None)
+    return scores, unsafe, violated, action
 
 
 def _shipped_path(name: str) -> Path:

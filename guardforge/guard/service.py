@@ -16,7 +16,7 @@ from guardforge.guard.audit import AuditLog
 from guardforge.guard.backends.base import Scores
 from guardforge.guard.blur import strong_blur
 from guardforge.guard.moderation import moderation_response, parse_inputs, result_from_verdicts
-from guardforge.guard.policy import Policy, load_policy
+from guardforge.guard.policy import Policy, judge, load_policy
 from guardforge.guard.verdict import SEVERITY, Checkpoint, Verdict
 
 Loader = Callable[[], object]
@@ -136,10 +136,8 @@ class Guard:
 
     def _from_scores(self, checkpoint: Checkpoint, sha: str, backend: str, result: Scores,
                      latency_ms: float) -> Verdict:
-        active = self.policy.taxonomy.codes
-        scores = {code: float(result.scores[code]) for code in active if code in result.scores}
-        violated, action = self.policy.decide(scores, unsafe=result.unsafe, checkpoint=checkpoint)
-        return Verdict(checkpoint=checkpoint, scores=scores, unsafe=result.unsafe, violated=violated,
+        scores, unsafe, violated, action = judge(self.policy, result, checkpoint)
+        return Verdict(checkpoint=checkpoint, scores=scores, unsafe=unsafe, violated=violated,
                        action=action, backend=backend, latency_ms=latency_ms, labels_only=result.labels_only,
                        content_sha256=sha, policy_hash=self.policy_hash)
 
@@ -160,6 +158,8 @@ class Guard:
         name = "unknown"
         try:
             backend = self.backend(modality)
+            # A verdict's latency is the check's, not the one-off load before the first one (docs/guard.md).
+            started = time.perf_counter()
             name = getattr(backend, "name", type(backend).__name__)
             call = backend.score_texts if modality == "text" else backend.score_images
             results = call_with_timeout(lambda: call(list(items)), self.timeout_s)
