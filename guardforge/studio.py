@@ -195,6 +195,7 @@ class Studio:
                 elapsed_s=time.perf_counter() - started, prompt_verdict=blocking[0].model_dump(), blocked=True,
             )
 
+        self.engine.check(request)  # what the engine would refuse later, refused before any model loads
         # request.memory: per-request overrides of settings.memory
         loaded = self.pipelines.get(entry.name, memory=request.memory, device=device, replica=replica)
         outputs = self.engine.run(loaded, request, init_image=init_image, mask=mask,

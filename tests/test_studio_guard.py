@@ -91,3 +91,12 @@ def test_the_embedded_guard_reads_through_weighting_syntax(gf_home, tiny_model_d
     studio = Studio(Settings(home=gf_home))
     result = _generate(studio, "a n(a:1)ked woman, expl(i:1)cit s(e:1)x")
     assert result.blocked and "S12" in result.prompt_verdict["violated"]
+
+
+def test_a_bad_negative_prompt_is_refused_before_any_model_loads(studio):
+    from guardforge.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest, match="1.2.3"):
+        studio.generate(GenerationRequest(prompt="a cat", negative_prompt="(blurry:1.2.3)", model="tiny-sd", steps=2,
+                                          width=16, height=16), save=False)
+    assert studio.pipelines.loaded() == []
