@@ -230,6 +230,16 @@ def test_moderation_schema(tmp_path):
     assert parts["category_applied_input_types"]["violence"] == ["text"]
 
 
+def test_a_category_over_its_threshold_is_flagged_even_when_the_policy_allows_it(tmp_path):
+    """OpenAI's rule: any category true means flagged. The CLI's row and the moderation result agree."""
+    policy = Policy.model_validate({"categories": {"S1": {"threshold": 0.5, "action": "allow"}}})
+    guard = _guard(tmp_path, policy=policy)
+    verdict = guard.check_prompt("a knife attack")
+    assert verdict.action == "allow" and verdict.violated == ["S1"] and verdict.flagged
+    [result] = guard.moderate("a knife attack", MAX_PIXELS)["results"]
+    assert result["categories"]["violence"] is True and result["flagged"] is True
+
+
 def test_moderation_refuses_remote_urls_and_junk(tmp_path):
     from guardforge.errors import InvalidRequest
 

@@ -86,7 +86,7 @@ def result_from_verdicts(verdicts: list[tuple[str, Verdict]]) -> dict:
             scores[code] = max(scores.get(code, 0.0), score)
             types_by_code.setdefault(code, set()).add(kind)
         violated.update(verdict.violated)
-        flagged = flagged or verdict.action != "allow"
+        flagged = flagged or verdict.flagged  # as in OpenAI's schema: any category true means flagged
     categories: dict[str, bool] = {}
     category_scores: dict[str, float] = {}
     applied: dict[str, list[str]] = {}

@@ -32,4 +32,6 @@ class Verdict(BaseModel):
 
     @property
     def flagged(self) -> bool:
+        """A category crossed its threshold (even one the policy allows) or the policy acted: the CLI's and
+        /v1/moderations' `flagged` alike."""
         return bool(self.violated) or self.action != "allow"
