@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -107,6 +109,48 @@ def test_generate_in_the_browser(ui_server, tmp_path):
             assert len(jobs) == 1, jobs  # the refused click queued nothing
         finally:
             browser.close()
+
+
+@pytest.fixture(scope="module")
+def busy_ui_server(tmp_path_factory, tiny_model_dir):
+    home = make_home(tmp_path_factory.mktemp("ui-busy"), tiny_model_dir)
+    live = LiveServer(home, server_env(home, GUARDFORGE_LIMITS__MAX_STEPS="150"), ui=True).start()
+    yield live
+    live.stop()
+
+
+def test_two_users_clicks_both_reach_the_queue(busy_ui_server):
+    from gradio_client import Client
+
+    def click(prompt: str) -> None:
+        client = Client(f"{busy_ui_server.url}/ui/", verbose=False)
+        # The txt2img tab's Generate: prompt, negative, model, sampler, schedule, steps, cfg, width, height,
+        # seed, init image, strength, inpaint editor. 150 steps: still running when the other click comes.
+        client.predict(prompt, "", "tiny-sd", "Euler a", "Automatic", 150, 7, 64, 64, 1, None, 0.75, None,
+                       api_name="/run_mode")
+
+    with httpx.Client(base_url=busy_ui_server.url, timeout=30) as api:
+        # One request first: two submits racing on a fresh process can trip over diffusers' lazy import
+        # (engine.samplers.check_sampler), which is not what this test is about.
+        warm = api.post("/v1/jobs", json={"prompt": "warm-up", "steps": 1, "width": 64, "height": 64}).json()["id"]
+        while api.get(f"/v1/jobs/{warm}").json()["state"] in ("queued", "running"):
+            time.sleep(0.2)
+        clicks = [threading.Thread(target=click, args=(f"ui user {n}",), daemon=True) for n in (1, 2)]
+        for thread in clicks:
+            thread.start()
+        deadline, jobs = time.monotonic() + 60, []
+        while time.monotonic() < deadline:
+            jobs = [j for j in api.get("/v1/jobs").json()["jobs"] if j["request"]["prompt"].startswith("ui user")]
+            if len(jobs) == 2:
+                break
+            time.sleep(0.2)
+        # One worker: one runs, the other waits in our queue (with Gradio's default limit of 1, it waited in
+        # Gradio's instead, unsubmitted, until the first was done).
+        assert sorted(j["state"] for j in jobs) == ["queued", "running"], jobs
+        for job in jobs:
+            api.delete(f"/v1/jobs/{job['id']}")
+    for thread in clicks:
+        thread.join(60)
 
 
 def test_inpaint_mask_is_what_was_painted():

@@ -213,12 +213,16 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
 
         params = [model, sampler, schedule, steps, cfg, width, height, seed]
         outputs = [progress, gallery, infotext, verdict, job_state]
+        # No Gradio concurrency limit (its default is 1: one user's generation at a time, the next user's click
+        # not even submitted): a handler only submits and polls, and our queue applies the workers, the
+        # per-key caps and the rate limit, as it does for the API.
         txt_button.click(runner("txt2img"),
-                         [prompt, negative, *params, init_image, strength, editor], outputs)
+                         [prompt, negative, *params, init_image, strength, editor], outputs, concurrency_limit=None)
         img_button.click(runner("img2img"),
-                         [prompt, negative, *params, init_image, strength, editor], outputs)
+                         [prompt, negative, *params, init_image, strength, editor], outputs, concurrency_limit=None)
         inpaint_button.click(runner("inpaint"),
-                             [prompt, negative, *params, init_image, inpaint_strength, editor], outputs)
+                             [prompt, negative, *params, init_image, inpaint_strength, editor], outputs,
+                             concurrency_limit=None)
         gallery.select(show_selected, [job_state], [infotext, verdict])
         refresh.click(history, None, [table, chosen])
         fields = [prompt, negative, *params]
