@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -100,14 +101,26 @@ class CheckedSampler:
     schedule: str
 
 
+# diffusers resolves its lazy attributes non-atomically: two threads asking for a scheduler class first at the
+# same moment (two workers, two requests just after a start) got AttributeError. A lock, not state: it guards
+# only that first lookup.
+_DIFFUSERS_LOOKUP = threading.Lock()
+
+
+def scheduler_class(name: str) -> type:
+    """diffusers' scheduler class of that name, safe to ask for from several threads at once."""
+    with _DIFFUSERS_LOOKUP:
+        import diffusers
+
+        return getattr(diffusers, name)
+
+
 def check_sampler(sampler: str, schedule: str = "Automatic") -> CheckedSampler:
     """The checked sampler, or InvalidRequest when the name is unknown or diffusers has no such schedule for it."""
-    import diffusers
-
     spec = sampler_spec(sampler)
     if spec is None:
         raise InvalidRequest(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
-    cls = getattr(diffusers, spec.scheduler)
+    cls = scheduler_class(spec.scheduler)
     accepted = inspect.signature(cls.__init__).parameters
     wanted = effective_schedule(sampler, schedule)
     if wanted != "Automatic" and SCHEDULE_FLAGS[wanted] not in accepted:
