@@ -221,6 +221,16 @@ class Studio:
             prompt_verdict=prompt_verdict.model_dump(), device=str(loaded.device),
         )
 
+    def native_size(self, model: str | None = None) -> tuple[int, int]:
+        """(width, height) a request for `model` that names no size is made at, read from the model's config
+        files: nothing is loaded."""
+        from guardforge.engine.pipelines import native_size_from_configs
+        from guardforge.models.loading import CONFIGS_DIR, shipped_config_name
+
+        entry = self.registry.resolve(model or self.settings.default_model)
+        folder = entry.path if entry.format == "diffusers" else CONFIGS_DIR / shipped_config_name(entry.family)
+        return native_size_from_configs(folder)
+
     def train_dreambooth(self, config, progress=None, cancel: Event | None = None, resume=None,
                          overwrite_exports: bool = True, device: str | None = None, replica: int = 0):
         """DreamBooth (full or LoRA): guard the data, make class images, train, export into the models folder.

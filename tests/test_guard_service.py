@@ -17,6 +17,7 @@ from guardforge.guard.moderation import CATEGORY_ORDER
 from guardforge.guard.policy import Policy, load_policy
 from guardforge.guard.service import Guard, image_sha256, text_sha256
 from guardforge.guard.taxonomy import HAZARD_CODES
+from tests.test_queue import db_url, postgres  # noqa: F401  (fixtures: the audit log on SQLite and PostgreSQL)
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 
@@ -302,14 +303,31 @@ def _record_one(url: str, barrier) -> None:
     log.record(Verdict(checkpoint="prompt", action="allow", backend="x", content_sha256="0" * 64, policy_hash="p"))
 
 
-def test_processes_starting_on_a_fresh_database_lose_no_audit_row(tmp_path):
+def _fresh_database(db_url: str, tmp_path, trial: int) -> str:
+    if db_url.startswith("sqlite"):
+        return f"sqlite:///{tmp_path / f'audit-{trial}.db'}"
+    import uuid
+
+    from sqlalchemy import create_engine
+
+    server, _, _ = db_url.rpartition("/")
+    name = f"gf_audit_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f"CREATE DATABASE {name}")
+    admin.dispose()
+    return f"{server}/{name}"
+
+
+def test_processes_starting_on_a_fresh_database_lose_no_audit_row(db_url, tmp_path):
     """The server, a CLI command and workers may all write the first row at once: create_all checks, then
-    creates, and the loser of that race used to raise 'table already exists' and lose its verdict's row."""
+    creates, and the loser of that race raised (SQLite: 'table already exists'; PostgreSQL: a unique violation
+    in its catalogue) and lost its verdict's row."""
     import multiprocessing
 
     context = multiprocessing.get_context("fork")
     for trial in range(4):
-        url = f"sqlite:///{tmp_path / f'audit-{trial}.db'}"
+        url = _fresh_database(db_url, tmp_path, trial)
         barrier = context.Barrier(6)
         workers = [context.Process(target=_record_one, args=(url, barrier)) for _ in range(6)]
         for worker in workers:

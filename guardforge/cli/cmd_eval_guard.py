@@ -29,7 +29,6 @@ def eval_guard(
     from guardforge.guard import evaluation
     from guardforge.guard.policy import load_policy
     from guardforge.guard.registry import build_backend
-    from guardforge.guard.taxonomy import Taxonomy
     from guardforge.settings import Settings
 
     if dataset not in evaluation.DATASETS:
@@ -39,13 +38,14 @@ def eval_guard(
 
         torch.set_num_threads(threads)
     settings = Settings()
-    text_backend = build_backend(backend, "text", settings, Taxonomy())
+    # Built for the policy's taxonomy, as the guard builds it, so the policy figures are the product's decisions.
+    policy_in_force = load_policy(policy or settings.guard.policy)
+    text_backend = build_backend(backend, "text", settings, policy_in_force.taxonomy)
     report = evaluation.evaluate_text_backend(text_backend, dataset, out_dir=out, threshold=threshold,
-                                              latency_sample=latency_sample,
-                                              policy=load_policy(policy or settings.guard.policy))
+                                              latency_sample=latency_sample, policy=policy_in_force)
     for line in report.lines():
         typer.echo(line)
     if image_latency:
-        image_backend = build_backend(backend, "image", settings, Taxonomy())
+        image_backend = build_backend(backend, "image", settings, policy_in_force.taxonomy)
         figures = evaluation.image_latency(image_backend)
         typer.echo("image backend, 512x512: " + ", ".join(f"{k} {v:.1f}" for k, v in figures.items()))

@@ -13,6 +13,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageFilter, ImageOps
@@ -48,6 +49,23 @@ def native_size(pipe: DiffusionPipeline) -> tuple[int, int]:
         default = getattr(pipe, "default_sample_size", sample)
         return int(default) * factor, int(default) * factor
     return int(sample) * factor, int(sample) * factor
+
+
+def native_size_from_configs(folder: Path) -> tuple[int, int]:
+    """native_size read from a diffusers folder's config files, without loading the model (a request blocked at
+    the prompt never loads it, yet its placeholder must have the size its image would have had)."""
+    import json
+    from types import SimpleNamespace
+
+    def config(name: str) -> SimpleNamespace | None:
+        path = Path(folder) / name / "config.json"
+        return SimpleNamespace(config=SimpleNamespace(**json.loads(path.read_text()))) if path.is_file() else None
+
+    vae = config("vae")
+    factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae else 8  # diffusers' vae_scale_factor
+    # The parts of a pipeline native_size reads, so that both answers follow one rule.
+    return native_size(SimpleNamespace(unet=config("unet"), transformer=config("transformer"),
+                                       vae_scale_factor=factor))
 
 
 def request_seeds(request: GenerationRequest) -> list[int]:

@@ -24,7 +24,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from guardforge.guard.verdict import Verdict
 
@@ -72,9 +72,10 @@ class AuditLog:
                     self._sqlite_file.parent.mkdir(parents=True, exist_ok=True)
                 try:
                     self.metadata.create_all(self.engine, tables=[self.table])
-                except (OperationalError, ProgrammingError):
+                except (OperationalError, ProgrammingError, IntegrityError):
                     # create_all checks, then creates: another process (the server beside a CLI, a second
                     # worker) may create the table in between. Then it is there, and the row can go in.
+                    # (SQLite says "already exists"; PostgreSQL a unique violation in its catalogue.)
                     if not inspect(self.engine).has_table(self.table.name):
                         raise
                 self._created = True

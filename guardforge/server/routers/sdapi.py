@@ -7,8 +7,6 @@ import io
 import json
 import math
 import time
-from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Request
@@ -54,26 +52,6 @@ def blocked_placeholder(width: int, height: int) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def native_size_of(studio, model: str) -> tuple[int, int]:
-    """The size the engine makes an image at when a request names none (engine.pipelines.native_size), read
-    from the model's config files: a request blocked at the prompt never loads the model."""
-    from guardforge.engine.pipelines import native_size
-    from guardforge.models.loading import CONFIGS_DIR, shipped_config_name
-
-    entry = studio.registry.resolve(model)
-    folder = entry.path if entry.format == "diffusers" else CONFIGS_DIR / shipped_config_name(entry.family)
-
-    def config(name: str) -> SimpleNamespace | None:
-        path = Path(folder) / name / "config.json"
-        return SimpleNamespace(config=SimpleNamespace(**json.loads(path.read_text()))) if path.is_file() else None
-
-    vae = config("vae")
-    factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae else 8  # diffusers' vae_scale_factor
-    # The parts of a pipeline native_size reads, so that both answers follow one rule.
-    return native_size(SimpleNamespace(unet=config("unet"), transformer=config("transformer"),
-                                       vae_scale_factor=factor))
 
 
 async def wait_for(studio, job_id: str) -> Job:
@@ -142,7 +120,7 @@ async def generate(request: Request, payload: Txt2ImgPayload, caller: Caller) ->
     width, height = gen.width, gen.height
     if width is None or height is None:
         try:
-            native = await run_in_threadpool(native_size_of, studio, gen.model)
+            native = await run_in_threadpool(studio.native_size, gen.model)
         except (GuardforgeError, OSError, ValueError):  # the model left the folder since: A1111's default
             native = (512, 512)
         width, height = width or native[0], height or native[1]
