@@ -77,7 +77,7 @@ def main() -> None:
     except typer.TyperException as exc:
         # typer 0.29 raises its own copy of click's exceptions (typer._click), not the click package's.
         # Usage errors show click's usage line, hint and message and exit 2; a group run without a command
-        # raises NoArgsIsHelpError after typer has printed the help itself, leaving nothing more to say.
+        # raises NoArgsIsHelpError, whose message is the group's help and whose show() prints just that.
         if exc.format_message():
             show = getattr(exc, "show", None)
             if show is not None:
