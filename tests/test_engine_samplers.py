@@ -25,6 +25,6 @@ print(errors or "ok")
 def test_first_sampler_lookups_from_three_threads_at_once_all_succeed():
     """diffusers resolves its lazy attributes non-atomically; unguarded, two of three fresh processes here
     raised AttributeError ('no attribute EulerAncestralDiscreteScheduler')."""
-    for _ in range(4):
+    for _ in range(3):  # unguarded, each run failed with probability about 2/3
         out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=120)
         assert out.returncode == 0 and out.stdout.strip().splitlines()[-1] == "ok", out.stdout + out.stderr[-2000:]

@@ -17,7 +17,7 @@ from guardforge.guard.moderation import CATEGORY_ORDER
 from guardforge.guard.policy import Policy, load_policy
 from guardforge.guard.service import Guard, image_sha256, text_sha256
 from guardforge.guard.taxonomy import HAZARD_CODES
-from tests.test_queue import db_url, postgres  # noqa: F401  (fixtures: the audit log on SQLite and PostgreSQL)
+from tests.test_queue import db_url, new_postgres_database, postgres  # noqa: F401  (fixtures: SQLite and PostgreSQL)
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 
@@ -306,17 +306,7 @@ def _record_one(url: str, barrier) -> None:
 def _fresh_database(db_url: str, tmp_path, trial: int) -> str:
     if db_url.startswith("sqlite"):
         return f"sqlite:///{tmp_path / f'audit-{trial}.db'}"
-    import uuid
-
-    from sqlalchemy import create_engine
-
-    server, _, _ = db_url.rpartition("/")
-    name = f"gf_audit_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f"CREATE DATABASE {name}")
-    admin.dispose()
-    return f"{server}/{name}"
+    return new_postgres_database(db_url.rpartition("/")[0])
 
 
 def test_processes_starting_on_a_fresh_database_lose_no_audit_row(db_url, tmp_path):

@@ -45,7 +45,11 @@ def db_url(request, tmp_path) -> str:
     """The same tests on a SQLite file and on PostgreSQL: one queue implementation, two URLs."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'sub' / 'jobs.db'}"
-    server = request.getfixturevalue("postgres")
+    return new_postgres_database(request.getfixturevalue("postgres"))
+
+
+def new_postgres_database(server: str) -> str:
+    """The URL of a new, empty database on the throwaway server."""
     name = f"gf_{uuid.uuid4().hex[:12]}"
     admin = create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:

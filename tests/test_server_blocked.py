@@ -35,26 +35,24 @@ checkpoints: {prompt: true, input_image: false, output_image: false, training_da
 """
 
 
-@pytest.fixture(scope="module")
-def prompt_blocking_server(tmp_path_factory, tiny_model_dir):
-    root = tmp_path_factory.mktemp("blocked-prompts")
-    policy = root / "block-prompts.yaml"
-    policy.write_text(BLOCK_PROMPTS)
+def _server_with_policy(tmp_path_factory, tiny_model_dir, name: str, policy_yaml: str):
+    root = tmp_path_factory.mktemp(name)
+    policy = root / f"{name}.yaml"
+    policy.write_text(policy_yaml)
     home = make_home(root, tiny_model_dir)
     live = LiveServer(home, server_env(home, GUARDFORGE_GUARD__POLICY=str(policy))).start()
     yield live
     live.stop()
+
+
+@pytest.fixture(scope="module")
+def prompt_blocking_server(tmp_path_factory, tiny_model_dir):
+    yield from _server_with_policy(tmp_path_factory, tiny_model_dir, "blocked-prompts", BLOCK_PROMPTS)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_model_dir):
-    root = tmp_path_factory.mktemp("blocked")
-    policy = root / "block-all.yaml"
-    policy.write_text(BLOCK_ALL)
-    home = make_home(root, tiny_model_dir)
-    live = LiveServer(home, server_env(home, GUARDFORGE_GUARD__POLICY=str(policy))).start()
-    yield live
-    live.stop()
+    yield from _server_with_policy(tmp_path_factory, tiny_model_dir, "blocked", BLOCK_ALL)
 
 
 def test_sdapi_answers_a_blocked_image_with_a_placeholder(server):
