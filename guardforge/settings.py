@@ -79,6 +79,10 @@ class JobsSettings(BaseModel):
     max_queue: int = Field(100, ge=1)  # queued jobs beyond this are refused (HTTP 429)
     # A job that was running when the server died is failed with a reason unless this says re-queue it.
     requeue_running_on_restart: bool = False
+    # Pixels of ended jobs (images kept in the database, init images and masks in payloads) are deleted this many
+    # hours after the job ended; the job rows and their infotexts stay. None keeps them forever (files saved to
+    # the outputs folder are never touched). A1111 calls with save_images=false keep nothing either way.
+    retention_hours: float | None = Field(None, gt=0)
 
 
 class TrainingSettings(BaseModel):

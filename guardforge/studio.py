@@ -78,8 +78,10 @@ class Studio:
         from guardforge.jobs.worker import WorkerPool
         from guardforge.models.devices import worker_devices
 
+        retention = self.settings.jobs.retention_hours
         return WorkerPool(self.jobs, self.events, self.generate,
-                          worker_devices(self.settings.devices, self.settings.device), train=self.run_dreambooth_job)
+                          worker_devices(self.settings.devices, self.settings.device), train=self.run_dreambooth_job,
+                          retention_s=retention * 3600 if retention else None)
 
     def start_workers(self) -> list[str]:
         """Start one worker per device; returns the ids of jobs a dead server had left running."""
@@ -136,6 +138,23 @@ class Studio:
         """A1111's interrupt: end the running job's current batch early, run no more, deliver what was made."""
         self.jobs.get(job_id, owner)
         return self.workers.interrupt(job_id)
+
+    def forget_job_images(self, job_id: str) -> bool:
+        """Drop an ended job's pixels (its images kept in the database, its init image and mask), keeping the job
+        and its infotexts: an A1111 call with save_images=false keeps nothing once answered. False when the job
+        had not ended (a worker still needs its payload) or was purged already."""
+        return bool(self.jobs.purge(job_id=job_id))
+
+    def prune_jobs(self, older_than_hours: float | None = None) -> int:
+        """Drop the pixels of every job that ended more than `older_than_hours` ago (default:
+        jobs.retention_hours); running and queued jobs are never touched. Returns how many jobs were purged."""
+        hours = older_than_hours if older_than_hours is not None else self.settings.jobs.retention_hours
+        if hours is None:
+            raise InvalidRequest("no age given and jobs.retention_hours is not set (keep forever): say how old, "
+                                 "e.g. --older-than 24")
+        if hours < 0:
+            raise InvalidRequest(f"the age must be 0 hours or more, not {hours}")
+        return self.jobs.purge(finished_before=time.time() - hours * 3600)
 
     def image_bytes(self, image_id: str, owner: str | None = None) -> tuple[bytes, str]:
         """A delivered image of a job and its media type; blocked images have none."""

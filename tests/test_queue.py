@@ -206,3 +206,52 @@ def test_a_keys_table_from_before_max_priority_keeps_working(db_url):
     assert [k.max_priority for k in store.list()] == [0, 7]
     with pytest.raises(ValueError, match="between 0 and 100"):
         store.create("greedy", max_priority=101)
+
+
+def test_purge_drops_only_the_pixels_of_ended_jobs_old_enough(db_url):
+    from sqlalchemy import update
+
+    from guardforge.jobs.queue import ImageGone, StoredImage, jobs_table
+
+    queue = JobQueue(make_engine(db_url))
+    payload = {"request": {"prompt": "p", "init_image": "SU5JVA==", "mask": "TUFTSw=="}, "save": False}
+
+    def ended(owner: str, ended_hours_ago: float) -> str:
+        job = queue.submit("generate", payload, owner=owner)
+        queue.claim_next()
+        queue.finish(job, "succeeded", result={"images": [{"infotext": f"{owner}, Steps: 2"}]},
+                     images=[StoredImage(f"img-{owner}", job, owner, 0, "allow", None, "UElYRUxT"),
+                             StoredImage(f"blk-{owner}", job, owner, 1, "block", None, None)])
+        with queue.engine.begin() as conn:  # as if it had ended that long ago
+            conn.execute(update(jobs_table).where(jobs_table.c.id == job)
+                         .values(finished_at=time.time() - ended_hours_ago * 3600))
+        return job
+
+    old, recent = ended("old", 48), ended("recent", 1)
+    running = queue.submit("generate", payload, owner="running")
+    queue.claim_next()
+    queued = queue.submit("generate", payload, owner="queued")
+
+    assert queue.purge(finished_before=time.time() - 24 * 3600) == 1
+    job = queue.get(old, None)
+    assert job.payload["request"]["init_image"] is None and job.payload["request"]["mask"] is None
+    assert job.payload["request"]["prompt"] == "p" and job.payload["purged_at"] <= time.time()
+    # The history stays: the row, its result (infotexts) and its image rows.
+    assert job.state == "succeeded" and job.result["images"][0]["infotext"] == "old, Steps: 2"
+    assert [i["id"] for i in job.images] == ["img-old", "blk-old"]
+    with pytest.raises(ImageGone, match="no longer kept"):
+        queue.image("img-old", "old")
+    assert queue.image("blk-old", "old").action == "block"  # withheld, not purged: the guard's reason stands
+    assert queue.image("img-recent", "recent").data == "UElYRUxT"
+    assert queue.get(recent, None).payload == payload
+
+    # Even "everything that ended before tomorrow" leaves running and queued jobs whole: a worker needs them.
+    assert queue.purge(finished_before=time.time() + 24 * 3600) == 1  # the recent one; the old one is done
+    assert queue.purge(job_id=running) == 0 and queue.purge(job_id=queued) == 0
+    assert queue.get(running, None).payload == payload and queue.get(running, None).state == "running"
+    assert queue.get(queued, None).payload == payload and queue.get(queued, None).state == "queued"
+    with pytest.raises(ImageGone):
+        queue.image("img-recent", "recent")
+    # Once it has ended, the job's own purge works.
+    queue.finish(running, "succeeded", result={"images": []})
+    assert queue.purge(job_id=running) == 1 and queue.get(running, None).payload["request"]["init_image"] is None

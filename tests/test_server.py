@@ -408,6 +408,63 @@ def test_an_image_whose_file_is_gone_is_404_with_a_reason(server, client):
     assert "moved or deleted" in response.json()["detail"]
 
 
+def noise_png_b64(size=(128, 128), seed=0) -> str:
+    """Random pixels: a PNG that does not compress, so its base64 is a distinctive string to look for."""
+    import random
+
+    rng = random.Random(seed)
+    buffer = io.BytesIO()
+    Image.frombytes("RGB", size, rng.randbytes(size[0] * size[1] * 3)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def database_bytes(server) -> bytes:
+    """The database file as it lies on disk, its write-ahead log folded in first (a purge's pages may sit there)."""
+    import sqlite3
+
+    path = server.home / "guardforge.db"
+    with sqlite3.connect(path, timeout=30) as conn:
+        busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    assert busy == 0
+    return path.read_bytes()
+
+
+def test_sdapi_with_save_images_false_keeps_no_pixels_in_the_database(server, client):
+    import sqlite3
+
+    init, mask = noise_png_b64(seed=1), noise_png_b64(seed=2)
+    response = client.post("/sdapi/v1/img2img", json={"prompt": "keep nothing", "init_images": [init],
+                                                       "mask": mask, **TINY})  # save_images: false, A1111's default
+    assert response.status_code == 200, response.text
+    body = response.json()
+    [output] = body["images"]
+    info = json.loads(body["info"])
+    job_id = info["guardforge"]["job_id"]
+
+    # The answer was whole; then the job's pixels went: read from the real file, not through the server.
+    with sqlite3.connect(server.home / "guardforge.db") as conn:
+        payload, result = conn.execute("SELECT payload, result FROM gf_jobs WHERE id = ?", (job_id,)).fetchone()
+        rows = conn.execute("SELECT id, action, path, data FROM gf_images WHERE job_id = ?", (job_id,)).fetchall()
+    request = json.loads(payload)["request"]
+    assert request["init_image"] is None and request["mask"] is None and request["prompt"] == "keep nothing"
+    assert [(action, path, data) for _, action, path, data in rows] == [("allow", None, None)]
+    # History and audit stay: the job, its infotext and its verdicts.
+    assert json.loads(result)["images"][0]["infotext"] == info["infotexts"][0]
+    assert client.get(f"/v1/jobs/{job_id}").json()["state"] == "succeeded"
+    gone = client.get(f"/v1/images/{rows[0][0]}")
+    assert gone.status_code == 410 and "save_images=false" in gone.json()["detail"], gone.text
+    # Not even in free pages of the file (secure_delete) or its log.
+    on_disk = database_bytes(server)
+    for pixels in (init, mask, output):
+        assert pixels[1000:1100].encode() not in on_disk
+
+    # The same look finds what a native save=false job keeps for its later GET (so the check above can fail).
+    kept = client.post("/v1/jobs?save=false", json={"prompt": "kept for a GET", **TINY}).json()["id"]
+    [image] = wait_state(client, kept, {"succeeded"})["images"]
+    data = base64.b64encode(client.get(image["url"]).content).decode()
+    assert data[200:300].encode() in database_bytes(server)
+
+
 def test_unknown_ids_are_404(client):
     assert client.get("/v1/jobs/nope").status_code == 404
     assert client.delete("/v1/jobs/nope").status_code == 404

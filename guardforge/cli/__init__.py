@@ -19,8 +19,9 @@ guard_app = typer.Typer(no_args_is_help=True, help="Check text and images with t
 eval_app = typer.Typer(no_args_is_help=True, help="Measure the guard and the models.")
 train_app = typer.Typer(no_args_is_help=True, help="Train models (DreamBooth, tiny-shapes).")
 keys_app = typer.Typer(no_args_is_help=True, help="Manage API keys.")
+jobs_app = typer.Typer(no_args_is_help=True, help="Manage the server's job history.")
 for _name, _group in (("models", models_app), ("guard", guard_app), ("eval", eval_app),
-                      ("train", train_app), ("keys", keys_app)):
+                      ("train", train_app), ("keys", keys_app), ("jobs", jobs_app)):
     app.add_typer(_group, name=_name)
 
 

@@ -47,6 +47,15 @@ class TooManyActiveJobs(GuardforgeError):
     """The caller already has its maximum of queued and running jobs (HTTP 429)."""
 
 
+class ImageGone(JobNotFound):
+    """The image existed, but its pixels were deleted (save_images=false once answered, or retention; HTTP 410)."""
+
+
+# What purge() takes out of a generate job's payload: the caller's pixels, megabytes of base64 each.
+PAYLOAD_IMAGE_FIELDS = ("init_image", "mask")
+PURGED_KEY = "purged_at"  # in the payload of a purged job: when its pixels were dropped
+
+
 metadata = MetaData()
 
 jobs_table = Table(
@@ -123,6 +132,8 @@ def make_engine(url: str, busy_timeout_s: float = 30.0) -> Engine:
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
+            # Purged pixels (purge()) are zeroed, not left readable in free pages of the file.
+            cursor.execute("PRAGMA secure_delete=ON")
             cursor.close()
 
         return engine
@@ -240,6 +251,47 @@ class JobQueue:
             values = dict(state="failed", error=RESTART_REASON, finished_at=time.time())
         conn.execute(update(jobs_table).where(running).values(**values))
 
+    def purge(self, job_id: str | None = None, finished_before: float | None = None) -> int:
+        """Drop the pixels of ended jobs: the base64 images kept in the database for them (files in the outputs
+        folder are the user's and stay) and the init image and mask in their payload. The job rows, their
+        results (infotexts, verdicts) and the image rows stay, so history and audit do; the payload gets
+        `purged_at`. Queued and running jobs are never touched: a worker needs their payloads.
+
+        `job_id`: that one job; `finished_before`: every job that ended before this time. Returns how many jobs
+        were purged (a job already purged is not counted again)."""
+        if job_id is None and finished_before is None:
+            raise ValueError("purge needs a job id or a time")
+        which = jobs_table.c.state.in_(TERMINAL) & ~jobs_table.c.payload.contains(
+            f'"{PURGED_KEY}"', autoescape=True)  # json.dumps escapes quotes inside values, so only the key matches
+        if job_id is not None:
+            which &= jobs_table.c.id == job_id
+        if finished_before is not None:
+            which &= jobs_table.c.finished_at < finished_before
+        now = time.time()
+        purged = 0
+        with self.engine.connect() as conn:
+            ids = [row.id for row in conn.execute(select(jobs_table.c.id).where(which))]
+        # One job per transaction: a payload may be megabytes, and SQLite's write lock is the workers' too.
+        for candidate in ids:
+            with self.engine.begin() as conn:
+                row = conn.execute(select(jobs_table.c.kind, jobs_table.c.payload)
+                                   .where(which & (jobs_table.c.id == candidate))).first()
+                if row is None:  # purged meanwhile by another caller
+                    continue
+                payload = json.loads(row.payload)
+                request = payload.get("request")
+                if row.kind == "generate" and isinstance(request, dict):
+                    for key in PAYLOAD_IMAGE_FIELDS:
+                        if request.get(key) is not None:
+                            request[key] = None
+                payload[PURGED_KEY] = now
+                conn.execute(update(jobs_table).where(jobs_table.c.id == candidate)
+                             .values(payload=json.dumps(payload)))
+                conn.execute(update(images_table).where(images_table.c.job_id == candidate,
+                                                        images_table.c.data.is_not(None)).values(data=None))
+                purged += 1
+        return purged
+
     # -- reading -------------------------------------------------------------------------------------
     def get(self, job_id: str, owner: str | None) -> Job:
         """The job, if `owner` may see it (None: any owner)."""
@@ -291,6 +343,12 @@ class JobQueue:
             row = conn.execute(select(images_table).where(images_table.c.id == image_id)).first()
         if row is None or (owner is not None and row.owner != owner):
             raise JobNotFound(f"no image {image_id!r}")
+        if row.path is None and row.data is None and row.action != "block":
+            # A delivered image with neither a file nor pixels: purge() dropped them (the worker stores one or
+            # the other for every image the guard let through).
+            raise ImageGone(f"image {image_id!r} is no longer kept: its job's image data was deleted (an A1111 "
+                            "call with save_images=false keeps nothing once answered; other jobs' data goes "
+                            "after jobs.retention_hours or `guardforge jobs prune`)")
         return StoredImage(row.id, row.job_id, row.owner, row.idx, row.action, row.path, row.data)
 
     def _get(self, job_id: str) -> Job | None:

@@ -31,6 +31,8 @@ TrainFn = Callable[..., Any]
 TRAIN_FIELDS = ("phase", "loss", "instance_loss", "prior_loss", "it_per_s", "message")
 # Retrying to record a job's end: first pause, and the longest (a database restart takes seconds to minutes).
 RECORD_RETRY_S = (0.5, 30.0)
+# How often the pool purges old jobs' pixels when jobs.retention_hours is set (at most; see WorkerPool).
+PRUNE_EVERY_S = 3600.0
 
 
 def _png_base64(image) -> str:
@@ -283,14 +285,21 @@ class Worker:
 
 
 class WorkerPool:
-    """One worker per device, all on the same queue."""
+    """One worker per device, all on the same queue; with `retention_s`, also the thread that purges the pixels
+    of jobs that ended longer ago than that (at start, then every `prune_every_s`)."""
 
     def __init__(self, queue: JobQueue, hub: ProgressHub, generate: GenerateFn, devices: list[str],
-                 train: TrainFn | None = None):
+                 train: TrainFn | None = None, retention_s: float | None = None,
+                 prune_every_s: float = PRUNE_EVERY_S):
         self.queue = queue
         self.workers = [Worker(queue, hub, generate, device, train=train, index=index,
                                replica=devices[:index].count(device))
                         for index, device in enumerate(devices)]
+        self.retention_s = retention_s
+        # Never slower than a tenth of the retention, so a short one is kept to within ~10%.
+        self.prune_every_s = min(prune_every_s, retention_s / 10) if retention_s else prune_every_s
+        self._pruner_stop = threading.Event()
+        self._pruner: threading.Thread | None = None
         self.started = False
 
     def start(self) -> list[str]:
@@ -300,8 +309,28 @@ class WorkerPool:
         recovered = self.queue.recover()
         for worker in self.workers:
             worker.start()
+        if self.retention_s:
+            self._pruner_stop.clear()
+            self._pruner = threading.Thread(target=self._prune_loop, name="guardforge-pruner", daemon=True)
+            self._pruner.start()
         self.started = True
         return recovered
+
+    def prune(self) -> int:
+        """Purge the pixels of jobs that ended more than `retention_s` ago; returns how many jobs."""
+        if not self.retention_s:
+            return 0
+        return self.queue.purge(finished_before=time.time() - self.retention_s)
+
+    def _prune_loop(self) -> None:
+        while not self._pruner_stop.is_set():
+            try:
+                purged = self.prune()
+                if purged:
+                    log.info("retention: purged the image data of %d jobs", purged)
+            except Exception:  # a database hiccup: the next round tries again; the workers go on regardless
+                log.exception("purging old job data failed")
+            self._pruner_stop.wait(self.prune_every_s)
 
     def drain(self) -> None:
         """The server's stop has begun: take no more jobs (those queued stay queued for the next start)."""
@@ -313,8 +342,12 @@ class WorkerPool:
         return [worker.index for worker in self.workers if self.started and not worker.alive]
 
     def stop(self) -> None:
+        self._pruner_stop.set()
         for worker in self.workers:
             worker.stop()
+        if self._pruner is not None:
+            self._pruner.join(10)
+            self._pruner = None
         self.started = False
 
     def notify(self) -> None:

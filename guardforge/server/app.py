@@ -25,7 +25,7 @@ from guardforge.errors import (
     UnsafeModelFormat,
 )
 from guardforge.jobs.keys import KeyNotFound
-from guardforge.jobs.queue import JobNotFound, QueueFull, TooManyActiveJobs
+from guardforge.jobs.queue import ImageGone, JobNotFound, QueueFull, TooManyActiveJobs
 from guardforge.server.auth import Authenticator, Unauthorized, auth_required
 from guardforge.server.limits import BodySizeLimit, BodyTooLarge, RateLimited, TokenBuckets
 from guardforge.server.schemas import Health
@@ -40,6 +40,7 @@ STATUS_BY_ERROR: list[tuple[type[GuardforgeError], int]] = [
     (QueueFull, 429),
     (TooManyActiveJobs, 429),
     (RateLimited, 429),
+    (ImageGone, 410),  # before JobNotFound, its base class: the image was there and its pixels were deleted
     (JobNotFound, 404),
     (KeyNotFound, 404),
     (ModelNotFound, 404),

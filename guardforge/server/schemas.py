@@ -32,6 +32,7 @@ ERRORS = {
     401: {"model": ErrorResponse, "description": "Missing or invalid API key"},
     403: {"model": ErrorResponse, "description": "The API key does not allow this (e.g. a priority over its max)"},
     404: {"model": ErrorResponse, "description": "No such model, job or image (for this key)"},
+    410: {"model": ErrorResponse, "description": "The image's data was deleted (save_images=false, retention)"},
     413: {"model": ErrorResponse, "description": "Request body over the size limit"},
     422: {"model": ErrorResponse, "description": "A value breaks a limit or cannot work"},
     429: {"model": ErrorResponse, "description": "Queue full, rate limit or per-key job cap reached"},

@@ -162,7 +162,7 @@ async def job_events(job_id: str, request: Request, caller: Caller = Depends(get
 
 @router.get("/v1/images/{image_id}", summary="An image a job delivered",
             responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}},
-                             "description": "The image file"}, **errors(401, 404)})
+                             "description": "The image file"}, **errors(401, 404, 410)})
 async def get_image(image_id: str, request: Request, caller: Caller = Depends(get_caller)) -> Response:
     data, media_type = request.app.state.studio.image_bytes(image_id, caller.owner)
     return Response(data, media_type=media_type)

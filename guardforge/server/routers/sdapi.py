@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import math
 import time
 from typing import Any
@@ -36,6 +37,7 @@ from guardforge.server.schemas import (
     to_generation_request,
 )
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/sdapi/v1", tags=["sdapi (A1111)"])
 A1111_VERSION = "guardforge-0.1.0"
 PRIORITY = 0  # sdapi callers wait on the answer, but are not ahead of native jobs
@@ -114,6 +116,22 @@ async def generate(request: Request, payload: Txt2ImgPayload, caller: Caller) ->
                                      save=payload.save_images, max_active=max_active)
     request.app.state.metrics.submitted.labels("sdapi").inc()
     job = await wait_for(studio, job_id)
+    try:
+        return await answer(request, payload, caller, gen, ignored, job)
+    finally:
+        if not payload.save_images:
+            # A1111 keeps nothing it was not asked to save: the images were read into the answer above, so the
+            # job's pixels (its images and its init image and mask) go now; the job row and infotexts stay.
+            try:
+                await run_in_threadpool(studio.forget_job_images, job.id)
+            except Exception:  # the answer is good; jobs.retention_hours or `jobs prune` gets the data later
+                log.exception("job %s: dropping its image data failed", job.id)
+
+
+async def answer(request: Request, payload: Txt2ImgPayload, caller: Caller, gen: GenerationRequest,
+                 ignored: list[str], job: Job) -> ImageResponse:
+    """The A1111 response for an ended job."""
+    studio = request.app.state.studio
     if job.state == "failed":
         # Validation happened at submit, so a failure here is the server's (a backend or a model crashed).
         raise HTTPException(500, f"generation failed: {job.error}")
