@@ -42,6 +42,14 @@ def pick_device(setting: str = "auto") -> torch.device:
     return device
 
 
+def large_model_placement(device: str | None, dtype: torch.dtype | None) -> tuple[str, torch.dtype]:
+    """Where and in what precision a multi-billion-parameter model (a guard) loads: `device` as the engine picks
+    it (auto: CUDA, XPU, MPS, then CPU), and unless given, bf16 on any accelerator (a 4-12B model in fp32 would
+    not fit beside the image model) and fp32 on CPU."""
+    picked = str(pick_device(device or "auto"))
+    return picked, dtype if dtype is not None else (torch.float32 if picked == "cpu" else torch.bfloat16)
+
+
 def available_memory(device: torch.device) -> int | None:
     """Bytes free on the device now, or None where torch cannot tell."""
     if device.type == "cuda":

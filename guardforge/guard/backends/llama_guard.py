@@ -135,16 +135,13 @@ class LlamaGuardBackend:
     @classmethod
     def from_pretrained(cls, folder: Path, taxonomy: Taxonomy, device: str | None = None,
                         dtype=None) -> LlamaGuardBackend:
-        import torch
         import transformers
 
-        from guardforge.models.devices import pick_device
+        from guardforge.models.devices import large_model_placement
 
         folder = Path(folder).expanduser()
         variant = detect_variant(folder)
-        device = str(pick_device(device or "auto"))  # the engine's order: cuda, xpu, mps, then cpu
-        if dtype is None:  # a 4-12B guard in fp32 would not fit beside the image model on most accelerators
-            dtype = torch.float32 if device == "cpu" else torch.bfloat16
+        device, dtype = large_model_placement(device, dtype)
         kwargs = {"dtype": dtype, "local_files_only": True}
         if variant == "lg4":
             model = transformers.Llama4ForConditionalGeneration.from_pretrained(folder, **kwargs)

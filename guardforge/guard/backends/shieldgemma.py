@@ -35,17 +35,14 @@ class ShieldGemma2Backend:
 
     @classmethod
     def from_pretrained(cls, folder: Path, device: str | None = None, dtype=None) -> ShieldGemma2Backend:
-        import torch
         from transformers import AutoProcessor, ShieldGemma2ForImageClassification
 
-        from guardforge.models.devices import pick_device
+        from guardforge.models.devices import large_model_placement
 
         folder = Path(folder).expanduser()
         if not (folder / "config.json").is_file():
             raise GuardforgeError(f"{folder} has no config.json: point guard.shieldgemma_path at the model folder")
-        device = str(pick_device(device or "auto"))  # the engine's order: cuda, xpu, mps, then cpu
-        if dtype is None:  # a 4-12B guard in fp32 would not fit beside the image model on most accelerators
-            dtype = torch.float32 if device == "cpu" else torch.bfloat16
+        device, dtype = large_model_placement(device, dtype)
         model = ShieldGemma2ForImageClassification.from_pretrained(folder, dtype=dtype, local_files_only=True)
         processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
         return cls(model.to(device), processor)

@@ -232,14 +232,14 @@ def load_base(studio, name: str, device: str | None = None, replica: int = 0) ->
         return BaseComponents.from_pipeline(loaded.pipeline)
 
 
-def screen_training_data(guard, instance_paths: list[Path], prompts: list[str]) -> None:
+def screen_training_data(guard, image_paths: list[Path], prompts: list[str]) -> None:
     """Every image (instance, or class images found on disk) and prompt through the guard before any step; a
     block stops the job, naming why."""
     from guardforge.train.dreambooth.data import load_rgb
 
-    images = [(path.name, load_rgb(path)) for path in instance_paths]
+    images = [(path.name, load_rgb(path)) for path in image_paths]
     verdicts = guard.check_training_data(images, prompts)
-    names = [path.name for path in instance_paths] + [f"prompt {prompt!r}" for prompt in prompts]
+    names = [path.name for path in image_paths] + [f"prompt {prompt!r}" for prompt in prompts]
     blocked = [f"{name} ({', '.join(verdict.violated) or verdict.error or 'unsafe'})"
                for name, verdict in zip(names, verdicts) if verdict.action == "block"]
     if blocked:
