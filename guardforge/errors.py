@@ -31,3 +31,7 @@ class Cancelled(GuardforgeError):
 
 class GuardBackendError(GuardforgeError):
     """A guard backend failed or timed out; the policy's fail mode decides what happens."""
+
+
+class IncompatibleDependencies(GuardforgeError):
+    """The installed libraries cannot run this feature together (HTTP 503): a server-side set-up problem, named."""

@@ -267,10 +267,13 @@ class Studio:
         found, its class-image generation within the limits; InvalidRequest (or ModelNotFound) says why not."""
         from pydantic import ValidationError
 
+        from guardforge.dependencies import require_lora_support
         from guardforge.engine.request import GenerationRequest
         from guardforge.train.dreambooth.data import list_images
         from guardforge.train.dreambooth.remote import check_export_name, confine
 
+        if config.mode == "lora":
+            require_lora_support()
         limits = self.settings.training
         confined = confine(config, owner=owner, data_dir=self.settings.resolved_training_data_dir,
                            runs_dir=self.settings.resolved_training_runs_dir, max_steps=limits.max_steps,

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image, ImageFilter, ImageOps
 
 from guardforge.engine.latent_inpaint import LatentBlend, needs_latent_blend
+from guardforge.dependencies import require_lora_support
 from guardforge.engine.lora import applied_loras, resolve_loras
 from guardforge.engine.prompts import encode_prompts, extract_lora_tags, prompt_chunks
 from guardforge.engine.request import GenerationRequest, ProgressEvent
@@ -186,6 +187,7 @@ class Engine:
         prompt_chunks(prompt)
         prompt_chunks(request.negative_prompt)
         if tags:
+            require_lora_support()
             resolve_loras(self.registry, tags, self.settings.allow_pickle)
 
     def size_for(self, loaded: LoadedModel, request: GenerationRequest) -> tuple[int, int]:

@@ -20,6 +20,7 @@ from guardforge.errors import (
     Forbidden,
     GuardBackendError,
     GuardforgeError,
+    IncompatibleDependencies,
     InvalidRequest,
     ModelNotFound,
     UnsafeModelFormat,
@@ -48,6 +49,7 @@ STATUS_BY_ERROR: list[tuple[type[GuardforgeError], int]] = [
     (UnsafeModelFormat, 422),
     (Cancelled, 409),
     (GuardBackendError, 503),
+    (IncompatibleDependencies, 503),  # the server's installed set, not the caller's request
 ]
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from PIL import Image
 from pydantic import BaseModel
 
+from guardforge.dependencies import require_lora_support
 from guardforge.errors import Cancelled, GuardforgeError, InvalidRequest
 from guardforge.train.dreambooth.config import DreamBoothConfig, TrainProgress
 
@@ -265,6 +266,8 @@ def train_dreambooth(studio, config: DreamBoothConfig, progress: ProgressFn | No
     from guardforge.train.dreambooth.data import list_images
     from guardforge.train.dreambooth.export import export_all
 
+    if config.mode == "lora":
+        require_lora_support()
     started = time.perf_counter()
     emit = progress or (lambda event: None)
     cancel = cancel or Event()
