@@ -129,7 +129,11 @@ def feature_conflicts() -> list[str]:
 
 def _venv(folder: Path) -> str:
     subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
-    return str(folder / "bin" / "python")
+    python = str(folder / "bin" / "python")
+    # The pip a venv is born with can be years old; its resolver gives up where a current one does not.
+    subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--upgrade", "pip"],
+                   check=True)
+    return python
 
 
 def trial(kind: str, folder: Path | None, pytest_args: list[str], lift_upper: bool = False) -> int:
@@ -145,8 +149,9 @@ def trial(kind: str, folder: Path | None, pytest_args: list[str], lift_upper: bo
         constraints = []
         if kind == "lowest":
             floors = Path(tmp) / "floors.txt"
-            floors.write_text("".join(f"{req.name}=={_floor(req)}\n" for req in requirements
-                                      if _floor(req) and canonicalize_name(req.name) != "torch"))
+            pins = {req.name: _floor(req) for req in requirements if canonicalize_name(req.name) != "torch"}
+            floors.write_text("".join(f"{name}=={version}\n" for name, version in pins.items() if version))
+            print("[deps] floors: " + ", ".join(f"{name}=={version}" for name, version in pins.items() if version))
             constraints = ["-c", str(floors)]
         print(f"[deps] installing the {kind} set into {folder} ...", flush=True)
         install = subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
@@ -178,9 +183,18 @@ def trial(kind: str, folder: Path | None, pytest_args: list[str], lift_upper: bo
         return 1 if broke else 0
 
 
-def _floor(req: Requirement) -> str | None:
-    floors = [spec.version for spec in req.specifier if spec.operator in (">=", "==", "~=")]
-    return floors[0] if floors else None
+def _floor(req: Requirement, python: str = sys.executable) -> str | None:
+    """The oldest release the requirement allows (a bound such as >=2.5 may name no release: compel has 2.5.1)."""
+    if not any(spec.operator in (">=", "==", "~=", ">") for spec in req.specifier):
+        return None
+    done = subprocess.run([python, "-m", "pip", "index", "versions", req.name, "--disable-pip-version-check"],
+                          capture_output=True, text=True)
+    listed = re.search(r"Available versions: (.*)", done.stdout)
+    if done.returncode or not listed:
+        raise SystemExit(f"cannot list the releases of {req.name}: {done.stderr.strip()[-300:]}")
+    releases = sorted(Version(v.strip()) for v in listed.group(1).split(","))
+    allowed = [v for v in releases if req.specifier.contains(v, prereleases=False)]
+    return str(min(allowed, key=lambda v: v.public)) if allowed else None
 
 
 def main(argv: list[str] | None = None) -> int:
