@@ -43,6 +43,10 @@ class Limits(BaseModel):
     max_batch_size: int = Field(8, ge=1)
     max_n_iter: int = Field(16, ge=1)
     max_image_pixels: int = Field(4096 * 4096, ge=64)
+    # /v1/moderations: items in one call's `input` (strings or content parts), and characters in one text, the
+    # same cap as a prompt's (GenerationRequest.prompt): anything that may be generated from can be moderated.
+    max_moderation_inputs: int = Field(32, ge=1)
+    max_moderation_chars: int = Field(20_000, ge=1)
 
 
 class GuardSettings(BaseModel):
@@ -110,6 +114,13 @@ class ServerSettings(BaseModel):
     rate_per_minute: float = Field(120.0, gt=0)  # per API key, token bucket
     rate_burst: int = Field(30, ge=1)
     max_active_jobs_per_key: int = Field(8, ge=1)  # queued + running
+    # A moderation call costs one token per this many characters of text or per this many inputs (text or
+    # image parts), whichever is more: scoring is per text and per 40-word window of a long one.
+    moderation_chars_per_token: int = Field(2000, ge=1)
+    moderation_parts_per_token: int = Field(8, ge=1)
+    # With keys required, /readyz and /metrics need a key too (/healthz never does); off, they stay open to
+    # probes and scrapers. They show worker devices, queue depth and request counts per route.
+    protect_ops: bool = False
 
 
 class Settings(BaseSettings):

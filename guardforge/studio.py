@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import math
 import time
 from collections.abc import Callable
 from functools import cached_property
@@ -10,15 +11,13 @@ from threading import Event
 
 from guardforge.engine.request import GeneratedImage, GenerationRequest, GenerationResult, ProgressEvent
 from guardforge.errors import InvalidRequest
+from guardforge.guard.windows import GUARD_WINDOW_WORDS, text_windows  # noqa: F401 (GUARD_WINDOW_WORDS: re-exported)
 from guardforge.imaging import decode_image
 from guardforge.models.loading import check_checkpoint
 from guardforge.settings import Settings
 
 ProgressCallback = Callable[[ProgressEvent], None]
-
-# Long prompts are also guarded in windows of this many words (about one 75-token CLIP chunk, which the engine
-# encodes separately), overlapping by half, so a phrase cannot hide in filler a guard reads diluted or not at all.
-GUARD_WINDOW_WORDS = 40
+Charge = Callable[[int], None]  # spends rate-limit tokens (server.auth.Caller.charge)
 
 
 def encoded_prompt_views(prompt: str) -> list[str]:
@@ -28,12 +27,7 @@ def encoded_prompt_views(prompt: str) -> list[str]:
 
     without_tags, _ = extract_lora_tags(prompt)
     text = plain_text(without_tags)
-    words = text.split()
-    if len(words) <= GUARD_WINDOW_WORDS * 3 // 2:
-        return [text]
-    step = GUARD_WINDOW_WORDS // 2
-    return [text] + [" ".join(words[start:start + GUARD_WINDOW_WORDS])
-                     for start in range(0, len(words) - step, step)]
+    return [text] + text_windows(text)
 
 
 class Studio:
@@ -101,14 +95,17 @@ class Studio:
                             "server's admin for a key with a higher one (guardforge keys create --max-priority N)")
 
     def submit(self, request: GenerationRequest, owner: str = "local", priority: int = 0, save: bool = True,
-               max_active: int | None = None, max_priority: int | None = None) -> str:
-        """Check the request now (priority, limits, images, model) so a bad one fails at the door, then queue it."""
+               max_active: int | None = None, max_priority: int | None = None, charge: Charge | None = None) -> str:
+        """Check the request now (priority, limits, images, model) so a bad one fails at the door, then queue it.
+        `charge` (the caller's rate limit) is spent between the checks that cost nothing and those that work."""
         self.check_priority(priority, max_priority)
         request.check_limits(self.settings.limits)
+        if charge is not None:
+            charge(1)
         max_pixels = self.settings.limits.max_image_pixels
-        if request.init_image:
+        if request.init_image is not None:
             decode_image(request.init_image, max_pixels, "init_image")
-        if request.mask:
+        if request.mask is not None:
             decode_image(request.mask, max_pixels, "mask")
         entry = self.registry.resolve(request.model or self.settings.default_model)
         check_checkpoint(entry, self.settings)
@@ -175,8 +172,20 @@ class Studio:
             return base64.b64decode(stored.data), "image/png"
         raise JobNotFound(f"image {image_id!r} was withheld by the guard ({stored.action})")
 
-    def moderate(self, inputs) -> dict:
-        """OpenAI moderation-schema answer for text and images (data URLs)."""
+    def moderation_cost(self, inputs) -> int:
+        """Rate-limit tokens a moderation call costs, by its size; InvalidRequest past the per-call caps."""
+        from guardforge.guard.moderation import measure_inputs
+
+        limits, server = self.settings.limits, self.settings.server
+        parts, chars = measure_inputs(inputs, limits.max_moderation_inputs, limits.max_moderation_chars)
+        return max(1, math.ceil(parts / server.moderation_parts_per_token),
+                   math.ceil(chars / server.moderation_chars_per_token))
+
+    def moderate(self, inputs, charge: Charge | None = None) -> dict:
+        """OpenAI moderation-schema answer for text and images (data URLs), within the caps of settings.limits."""
+        cost = self.moderation_cost(inputs)
+        if charge is not None:
+            charge(cost)
         return self.guard.moderate(inputs, self.settings.limits.max_image_pixels)
 
     def generate(
@@ -201,8 +210,9 @@ class Studio:
         started = time.perf_counter()
         request.check_limits(self.settings.limits)
         max_pixels = self.settings.limits.max_image_pixels
-        init_image = decode_image(request.init_image, max_pixels, "init_image") if request.init_image else None
-        mask = decode_image(request.mask, max_pixels, "mask") if request.mask else None
+        init_image = (decode_image(request.init_image, max_pixels, "init_image")
+                      if request.init_image is not None else None)
+        mask = decode_image(request.mask, max_pixels, "mask") if request.mask is not None else None
         entry = self.registry.resolve(request.model or self.settings.default_model)
 
         prompt_verdict = self.guard.check_prompt(request.prompt, encoded_prompt_views(request.prompt))
@@ -279,7 +289,8 @@ class Studio:
                            runs_dir=self.settings.resolved_training_runs_dir, max_steps=limits.max_steps,
                            max_resolution=limits.max_resolution, max_class_images=limits.max_class_images,
                            device=device or self.settings.device)
-        self.registry.resolve(confined.base_model)
+        # Loaded by the worker as a generation's model is: a pickle is refused now, not in the worker.
+        check_checkpoint(self.registry.resolve(confined.base_model), self.settings)
         # The caller's own spelling in messages: the server's folders are not the caller's business.
         if not confined.instance_data_dir.is_dir() or not list_images(confined.instance_data_dir):
             raise InvalidRequest(f"instance_data_dir {str(config.instance_data_dir)!r} is not a folder of images "
@@ -312,9 +323,13 @@ class Studio:
         return confined
 
     def submit_dreambooth(self, config, owner: str = "local", priority: int = 0, resume: bool = False,
-                          max_active: int | None = None, max_priority: int | None = None) -> str:
-        """Check the config now (priority, paths, model, limits, export name), then queue it as a `dreambooth` job."""
+                          max_active: int | None = None, max_priority: int | None = None,
+                          charge: Charge | None = None) -> str:
+        """Check the config now (priority, paths, model, limits, export name), then queue it as a `dreambooth` job.
+        `charge` is spent before the checks that read folders and the models folder."""
         self.check_priority(priority, max_priority)
+        if charge is not None:
+            charge(1)
         # Checked for each device a worker could run it on, so that a config one of them cannot train
         # (16-mixed with a CPU worker) is refused now with a 4xx, not failed later on that worker.
         for device in dict.fromkeys(worker.device for worker in self.workers.workers):

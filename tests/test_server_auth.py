@@ -95,11 +95,14 @@ def test_per_key_job_cap_and_queue_full(setup):
 def test_rate_limit_is_per_key(setup):
     server, keys, _ = setup
     with client(server.url, keys["carol"]) as carol, client(server.url, keys["dave"]) as dave:
-        # Requests that fail validation still spend tokens: the bucket guards the door, not the GPU.
-        statuses = [carol.post("/v1/jobs", json={"prompt": "x", "steps": 10_000}).status_code for _ in range(8)]
+        # Refused by the checks that need no work (schema, limits): free, however many.
+        assert {carol.post("/v1/jobs", json={"prompt": "x", "steps": 10_000}).status_code for _ in range(8)} == {422}
+        # An image to decode is work the bucket guards, so a bad one spends a token.
+        statuses = [carol.post("/v1/jobs", json={"prompt": "x", "init_image": "%%%"}).status_code for _ in range(8)]
         assert statuses.count(429) >= 2 and set(statuses) <= {422, 429}
-        assert "rate limit" in carol.post("/v1/jobs", json={"prompt": "x"}).json()["detail"]
-        assert dave.post("/v1/jobs", json={"prompt": "x", "steps": 10_000}).status_code == 422
+        limited = carol.post("/v1/jobs", json={"prompt": "x"})
+        assert "rate limit" in limited.json()["detail"] and int(limited.headers["retry-after"]) >= 1
+        assert dave.post("/v1/jobs", json={"prompt": "x", "init_image": "%%%"}).status_code == 422
 
 
 def test_revoked_key_is_refused(setup):

@@ -66,6 +66,15 @@ class GenerationRequest(BaseModel):
             raise ValueError(f"must be a multiple of 8, got {value} (try {value // 8 * 8 or 8})")
         return value
 
+    @field_validator("init_image", "mask")
+    @classmethod
+    def _not_empty(cls, value: str | None, info) -> str | None:
+        # "" would pass for "no image" in truthiness tests and read as an image in `mode`: refuse the ambiguity.
+        if value is not None and not value.strip():
+            raise ValueError(f"{info.field_name} is empty: send a base64 image (or a data: URL), or leave "
+                             f"{info.field_name} out")
+        return value
+
     @field_validator("sampler")
     @classmethod
     def _known_sampler(cls, value: str) -> str:

@@ -75,6 +75,32 @@ def parse_inputs(inputs, max_pixels: int) -> list[list[tuple[str, object]]]:
     return [parts]
 
 
+def measure_inputs(inputs, max_inputs: int, max_chars: int) -> tuple[int, int]:
+    """(parts, characters of text) of an OpenAI `input`, checked against the per-call caps before any work
+    (no image is decoded here); InvalidRequest naming the cap and its setting when one is broken."""
+    if isinstance(inputs, str):
+        items = [inputs]
+    elif isinstance(inputs, list) and inputs:
+        items = inputs
+        if len(items) > max_inputs:
+            raise InvalidRequest(f"input has {len(items)} items; this server takes at most {max_inputs} per call "
+                                 "(limits.max_moderation_inputs): send them in several calls")
+    else:
+        raise InvalidRequest("input must be a string, a non-empty list of strings, or a list of content parts")
+    chars = 0
+    for index, item in enumerate(items):
+        if hasattr(item, "model_dump"):
+            item = item.model_dump()
+        text = item if isinstance(item, str) else item.get("text") if isinstance(item, dict) else None
+        if isinstance(text, str):
+            if len(text) > max_chars:
+                where = "input" if isinstance(inputs, str) else f"input[{index}]"
+                raise InvalidRequest(f"{where} has {len(text)} characters; this server takes at most {max_chars} "
+                                     "per text (limits.max_moderation_chars), as for a prompt")
+            chars += len(text)
+    return len(items), chars
+
+
 def result_from_verdicts(verdicts: list[tuple[str, Verdict]]) -> dict:
     """One OpenAI moderation `results[]` entry from the verdicts of one input's parts (text or image)."""
     scores: dict[str, float] = {}

@@ -18,12 +18,19 @@ from guardforge.guard.blur import strong_blur
 from guardforge.guard.moderation import moderation_response, parse_inputs, result_from_verdicts
 from guardforge.guard.policy import Policy, judge, load_policy
 from guardforge.guard.verdict import SEVERITY, Checkpoint, Verdict
+from guardforge.guard.windows import text_windows
 
 Loader = Callable[[], object]
 
 
+def text_bytes(text: str) -> bytes:
+    # surrogatepass: the server refuses lone surrogates at the door, but a CLI argument can still carry one
+    # (undecodable bytes in argv arrive as U+DC80..U+DCFF); hashing and auditing it must not crash the check.
+    return text.encode("utf-8", "surrogatepass")
+
+
 def text_sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return hashlib.sha256(text_bytes(text)).hexdigest()
 
 
 def image_sha256(image: Image.Image) -> str:
@@ -31,6 +38,25 @@ def image_sha256(image: Image.Image) -> str:
     digest = hashlib.sha256(f"{image.mode}:{image.width}x{image.height}:".encode())
     digest.update(image.tobytes())
     return digest.hexdigest()
+
+
+def merge_verdicts(verdicts: list[Verdict]) -> Verdict:
+    """One verdict for one text read as several views (whole and windows): the most severe action, every
+    category any view violated, and each category's highest score."""
+    worst = max(verdicts, key=lambda verdict: SEVERITY[verdict.action])  # the first of the most severe
+    if len(verdicts) == 1:
+        return worst
+    scores: dict[str, float] = {}
+    for verdict in verdicts:
+        for code, score in verdict.scores.items():
+            scores[code] = max(scores.get(code, 0.0), score)
+    unsafe = [verdict.unsafe for verdict in verdicts if verdict.unsafe is not None]
+    violated = sorted({code for verdict in verdicts for code in verdict.violated}, key=lambda c: (len(c), c))
+    return worst.model_copy(update={
+        "scores": scores, "violated": violated, "unsafe": max(unsafe) if unsafe else None,
+        "error": next((verdict.error for verdict in verdicts if verdict.error), None),
+        "content_sha256": verdicts[0].content_sha256,  # the whole text's, as the audit log lists it first
+    })
 
 
 def _png(image: Image.Image) -> bytes:
@@ -187,7 +213,7 @@ class Guard:
 
     def check_texts(self, texts: list[str], checkpoint: Checkpoint = "prompt") -> list[Verdict]:
         return self._run(checkpoint, "text", texts, [text_sha256(t) for t in texts],
-                         [lambda t=t: t.encode("utf-8") for t in texts])
+                         [lambda t=t: text_bytes(t) for t in texts])
 
     def check_prompt(self, text: str, variants: Sequence[str] = ()) -> Verdict:
         """The prompt's verdict. `variants`: other readings of the same prompt that must pass too (the text the
@@ -222,11 +248,15 @@ class Guard:
     def moderate(self, inputs, max_pixels: int) -> dict:
         """An OpenAI moderation response for a string, a list of strings, or text/image content parts
         (images over `max_pixels` are refused before they are decoded)."""
+        parsed = parse_inputs(inputs, max_pixels)
+        # Every text with its windows (guard.windows) in one batch, as a generation's prompt is read.
+        views = [[value, *text_windows(value)] for parts in parsed for kind, value in parts if kind == "text"]
+        text_verdicts = iter(self.check_texts([view for text in views for view in text], "prompt"))
+        merged = iter([merge_verdicts([next(text_verdicts) for _ in text]) for text in views])
         results = []
-        for parts in parse_inputs(inputs, max_pixels):
-            texts = [value for kind, value in parts if kind == "text"]
+        for parts in parsed:
             images = [value for kind, value in parts if kind == "image"]
-            verdicts = ([("text", v) for v in self.check_texts(texts, "prompt")]
+            verdicts = ([("text", next(merged)) for kind, _ in parts if kind == "text"]
                         + [("image", v) for v in self.check_images(images, "input_image")])
             results.append(result_from_verdicts(verdicts))
         return moderation_response(self.model_name, results)

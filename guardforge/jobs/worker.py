@@ -35,9 +35,13 @@ RECORD_RETRY_S = (0.5, 30.0)
 PRUNE_EVERY_S = 3600.0
 
 
-def _png_base64(image) -> str:
+def _png_base64(image, infotext: str) -> str:
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", infotext)  # as a saved file and A1111's answers carry it
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format="PNG", pnginfo=info)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
@@ -248,7 +252,7 @@ class Worker:
             StoredImage(
                 id=image.image_id, job_id=job.id, owner=job.owner, index=index, action=image.action,
                 path=image.path,
-                data=_png_base64(image.pil) if image.pil is not None and image.path is None else None,
+                data=_png_base64(image.pil, image.infotext) if image.pil is not None and image.path is None else None,
             )
             for index, image in enumerate(result.images)
         ]

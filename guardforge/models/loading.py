@@ -102,12 +102,16 @@ def config_folder(family: str, settings: Settings) -> Path:
     return target
 
 
-def pickle_message(entry: ModelEntry) -> str:
+def pickle_message(entry: ModelEntry, models_dir: Path | None = None) -> str:
     src = entry.path.name
     dst = entry.path.with_suffix(".safetensors").name
+    # The folder inside the models folder: API callers see this message, and the server's paths are its own.
+    folder = entry.path.parent
+    if models_dir is not None and folder.is_relative_to(models_dir):
+        folder = f"the models folder's {folder.relative_to(models_dir).as_posix()}/"
     return (
         f"{entry.name!r} is a pickle checkpoint ({entry.path.suffix}): unpickling can run arbitrary code hidden in "
-        f"the file, so guardforge refuses it. Convert it once to safetensors, in {entry.path.parent}: "
+        f"the file, so guardforge refuses it. Convert it once to safetensors, in {folder}: "
         f"python -c \"import torch, safetensors.torch as st; sd = torch.load('{src}', map_location='cpu', "
         f"weights_only=True); sd = sd.get('state_dict', sd); st.save_file({{k: v.contiguous() for k, v in "
         f"sd.items() if isinstance(v, torch.Tensor)}}, '{dst}')\" (weights_only=True loads tensors and refuses "
@@ -118,7 +122,7 @@ def pickle_message(entry: ModelEntry) -> str:
 def check_loadable(entry: ModelEntry, settings: Settings) -> None:
     """Refuse pickle checkpoints unless settings.allow_pickle."""
     if entry.is_pickle and not settings.allow_pickle:
-        raise UnsafeModelFormat(pickle_message(entry))
+        raise UnsafeModelFormat(pickle_message(entry, settings.resolved_models_dir))
 
 
 def _single_file_family(entry: ModelEntry) -> str:

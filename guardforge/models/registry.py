@@ -247,7 +247,8 @@ class ModelRegistry:
             self.refresh()
             entry = self._find(name, kind)
         if entry is None:
-            known = ", ".join(self.names(kind)) or f"none (put models in {self.root / KIND_FOLDERS[kind]})"
+            # The folder inside the models folder: API callers read this, and the server's paths are its own.
+            known = ", ".join(self.names(kind)) or f"none (put them in the models folder's {KIND_FOLDERS[kind]}/)"
             raise ModelNotFound(f"no {kind} named {name!r}; known: {known}")
         self._check_inside(entry)
         return entry

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
+from http import HTTPStatus
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from guardforge.errors import (
     Cancelled,
@@ -27,17 +30,20 @@ from guardforge.errors import (
 )
 from guardforge.jobs.keys import KeyNotFound
 from guardforge.jobs.queue import ImageGone, JobNotFound, QueueFull, TooManyActiveJobs
-from guardforge.server.auth import Authenticator, Unauthorized, auth_required
+from guardforge.server.auth import Authenticator, Unauthorized, auth_required, get_ops_caller
+from guardforge.server.bodies import MalformedBody, UnsupportedMediaType, check_json_body
 from guardforge.server.limits import BodySizeLimit, BodyTooLarge, RateLimited, TokenBuckets
-from guardforge.server.schemas import Health
+from guardforge.server.schemas import Health, error_body
 
 log = logging.getLogger(__name__)
 
 # The one place where an error kind becomes a status code; the first matching class wins.
 STATUS_BY_ERROR: list[tuple[type[GuardforgeError], int]] = [
+    (MalformedBody, 400),
     (Unauthorized, 401),
     (Forbidden, 403),
     (BodyTooLarge, 413),
+    (UnsupportedMediaType, 415),
     (QueueFull, 429),
     (TooManyActiveJobs, 429),
     (RateLimited, 429),
@@ -53,8 +59,50 @@ STATUS_BY_ERROR: list[tuple[type[GuardforgeError], int]] = [
 ]
 
 
+# Retry-After for a full queue or a key at its job cap: a slot frees when some job ends, which may be in a second
+# (a generation) or an hour (training); the queue cannot say when, so this is a polling pace, not a promise.
+BUSY_RETRY_AFTER_S = 5
+
+
 def status_for(exc: GuardforgeError) -> int:
     return next((code for cls, code in STATUS_BY_ERROR if isinstance(exc, cls)), 400)
+
+
+def retry_after_header(seconds: float) -> str:
+    """RFC 9110 delay-seconds: a whole number, rounded up so a client that waits it is not refused again."""
+    return str(max(1, math.ceil(seconds)))
+
+
+def error_name(status: int) -> str:
+    """The `error` of an answer Starlette or FastAPI make themselves (MethodNotAllowed for 405)."""
+    try:
+        return HTTPStatus(status).phrase.title().replace(" ", "").replace("-", "")
+    except ValueError:
+        return "HTTPError"
+
+
+# Starlette answers a path with no route of the request's method from the first route of that path only, so
+# its Allow header names that route's methods (POST for /v1/jobs, where GET is served too).
+_METHOD_ORDER = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(app: FastAPI, scope: dict) -> list[str]:
+    """The methods some route serves at this request's path, asked of the routes themselves (FastAPI nests
+    included routers, so there is no flat list of paths to read)."""
+    from starlette.routing import Match
+
+    methods = [method for method in _METHOD_ORDER[:-1]
+               if any(route.matches({**scope, "method": method})[0] == Match.FULL for route in app.router.routes)]
+    return methods + ["OPTIONS"] if methods else []
+
+
+def body_parse_reason(cause: BaseException | None) -> str:
+    if isinstance(cause, UnicodeDecodeError):
+        return (f"the body is not valid UTF-8 (byte 0x{cause.object[cause.start]:02x} at position {cause.start}); "
+                "send JSON encoded as UTF-8")
+    if isinstance(cause, RecursionError):
+        return "the body is not JSON this server can read: it is nested too deeply"
+    return "the body is not JSON this server can read"
 
 
 def _validation_detail(exc: ValidationError | RequestValidationError) -> list[dict]:
@@ -139,6 +187,8 @@ def create_app(studio, *, start_workers: bool = True, mount_ui: bool = True) -> 
                 studio.stop_workers()
 
     app = FastAPI(
+        # Every route: what FastAPI's JSON parsing lets through and no model can use (NaN, lone surrogates).
+        dependencies=[Depends(check_json_body)],
         title="guardforge",
         version="0.1.0",
         summary="Local image generation with a content-safety guard",
@@ -164,17 +214,49 @@ def create_app(studio, *, start_workers: bool = True, mount_ui: bool = True) -> 
     @app.exception_handler(GuardforgeError)
     async def _guardforge_error(request: Request, exc: GuardforgeError):
         status = status_for(exc)
-        headers = {"WWW-Authenticate": 'Bearer, Basic realm="guardforge"'} if status == 401 else None
-        return JSONResponse({"error": type(exc).__name__, "detail": str(exc)}, status_code=status,
-                            headers=headers)
+        headers = {}
+        if status == 401:
+            headers["WWW-Authenticate"] = 'Bearer, Basic realm="guardforge"'
+        if status == 429:  # every 429 (RFC 6585) says when to come back; RateLimited knows, the queue does not
+            headers["Retry-After"] = retry_after_header(getattr(exc, "retry_after", BUSY_RETRY_AFTER_S))
+        # backslashreplace: a message quoting the caller's text must not fail to encode (lone surrogates).
+        detail = str(exc).encode("utf-8", "backslashreplace").decode("utf-8")
+        return JSONResponse(error_body(request.url.path, type(exc).__name__, detail), status_code=status,
+                            headers=headers or None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        # What Starlette and FastAPI raise themselves (no route, wrong method, an unreadable body), in our shape.
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            allowed = allowed_methods(request.app, request.scope)
+            headers["Allow"] = ", ".join(allowed)
+            if request.method == "OPTIONS":  # RFC 9110: OPTIONS asks what the path supports; that is not an error
+                return Response(status_code=204, headers=headers)
+            detail = f"{request.method} is not served at {request.url.path}; it takes {', '.join(allowed)}"
+            return JSONResponse(error_body(request.url.path, "MethodNotAllowed", detail), 405, headers=headers)
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            return JSONResponse(error_body(request.url.path, "MalformedBody", body_parse_reason(exc.__cause__)),
+                                400, headers=headers or None)
+        detail = exc.detail
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"no route {request.url.path}; /docs lists them"
+        return JSONResponse(error_body(request.url.path, error_name(exc.status_code), detail), exc.status_code,
+                            headers=headers or None)
 
     @app.exception_handler(ValidationError)
     async def _validation_error(request: Request, exc: ValidationError):
-        return JSONResponse({"error": "ValidationError", "detail": _validation_detail(exc)}, status_code=422)
+        return JSONResponse(error_body(request.url.path, "ValidationError", _validation_detail(exc)), 422)
 
     @app.exception_handler(RequestValidationError)
     async def _request_validation_error(request: Request, exc: RequestValidationError):
-        return JSONResponse({"error": "ValidationError", "detail": _validation_detail(exc)}, status_code=422)
+        syntax = next((e for e in exc.errors() if e.get("type") == "json_invalid"), None)
+        if syntax is not None:  # not JSON at all: malformed (400), as a body that is not UTF-8 is
+            reason = (syntax.get("ctx") or {}).get("error", "a syntax error")
+            position = syntax.get("loc", ("body", "?"))[-1]
+            return JSONResponse(error_body(request.url.path, "MalformedBody",
+                                           f"the body is not valid JSON: {reason} at character {position}"), 400)
+        return JSONResponse(error_body(request.url.path, "ValidationError", _validation_detail(exc)), 422)
 
     @app.middleware("http")
     async def _measure(request: Request, call_next):
@@ -195,7 +277,8 @@ def create_app(studio, *, start_workers: bool = True, mount_ui: bool = True) -> 
         return Health(status="ok")
 
     @app.get("/readyz", response_model=Health, summary="Readiness: database reachable and workers running",
-             tags=["ops"], responses={503: {"model": Health, "description": "Not ready"}})
+             tags=["ops"], responses={503: {"model": Health, "description": "Not ready"}},
+             dependencies=[Depends(get_ops_caller)])
     async def readyz():
         detail = {"workers": "not started by this app"}
         try:  # the pool is built here on first use: a bad `devices` setting must read as not ready, too
@@ -215,7 +298,8 @@ def create_app(studio, *, start_workers: bool = True, mount_ui: bool = True) -> 
         return health if ok else JSONResponse(health.model_dump(), status_code=503)
 
     @app.get("/metrics", summary="Prometheus metrics", tags=["ops"],
-             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
+             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+             dependencies=[Depends(get_ops_caller)])
     async def metrics() -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST
 

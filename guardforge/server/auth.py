@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import ipaddress
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
 
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
@@ -25,6 +28,9 @@ class Caller:
     owner: str  # the API key's id, or "local" for an unauthenticated caller on an open server
     key_id: str | None
     max_priority: int | None = None  # the key's cap on job priority; None for "local", the server's own user
+    # Spends `cost` tokens of the caller's rate-limit bucket (RateLimited when short). Studio calls it once a
+    # request has passed the checks that cost nothing, before the work: a refused malformed request is free.
+    charge: Callable[[int], None] | None = field(default=None, compare=False, repr=False)
 
 
 def is_loopback(host: str) -> bool:
@@ -87,7 +93,23 @@ async def get_caller(request: Request) -> Caller:
 
 
 async def get_limited_caller(request: Request) -> Caller:
-    """As get_caller, and spends one token of the caller's bucket (429 when empty): for expensive routes."""
+    """As get_caller, with `charge` set to the caller's bucket: for expensive routes, which pass it to Studio.
+
+    Not spent here: FastAPI solves dependencies before it reports the body's validation errors, so a token
+    taken here would be lost to a request that is then refused."""
     caller = await get_caller(request)
-    request.app.state.auth.buckets.take(caller.owner)
-    return caller
+    return dataclasses.replace(caller, charge=partial(request.app.state.auth.buckets.take, caller.owner))
+
+
+async def get_ops_caller(request: Request) -> Caller | None:
+    """/readyz and /metrics: public, unless server.protect_ops asks for a key where keys are required."""
+    if request.app.state.studio.settings.server.protect_ops:
+        return await get_caller(request)
+    return None
+
+
+def sees_server_paths(request: Request) -> bool:
+    """Whether this caller may see where files live on the server: the open server's user on this machine (A1111
+    shows them, and local scripts open the files). Anyone else sees paths relative to the models folder."""
+    client = request.client.host if request.client else ""
+    return not request.app.state.auth.required and is_loopback(client)

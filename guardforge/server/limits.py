@@ -6,11 +6,18 @@ import json
 import threading
 import time
 
-from guardforge.errors import GuardforgeError
+from guardforge.errors import GuardforgeError, InvalidRequest
 
 
 class RateLimited(GuardforgeError):
-    """The caller spent its request budget; retry later (HTTP 429)."""
+    """The caller spent its request budget; retry later (HTTP 429).
+
+    `retry_after`: seconds until the bucket holds what the refused request costs (the Retry-After header rounds
+    it up to whole seconds)."""
+
+    def __init__(self, message: str, retry_after: float):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class BodyTooLarge(GuardforgeError):
@@ -18,7 +25,8 @@ class BodyTooLarge(GuardforgeError):
 
 
 class TokenBuckets:
-    """One token bucket per caller: `rate_per_minute` refill, `burst` capacity."""
+    """One token bucket per caller: `rate_per_minute` refill, `burst` capacity. A request costs one token, a
+    moderation call more by its size (Studio.moderation_cost)."""
 
     def __init__(self, rate_per_minute: float, burst: int):
         self.rate = rate_per_minute / 60.0
@@ -26,16 +34,20 @@ class TokenBuckets:
         self._lock = threading.Lock()
         self._buckets: dict[str, tuple[float, float]] = {}
 
-    def take(self, owner: str) -> None:
+    def take(self, owner: str, cost: int = 1) -> None:
+        if cost > self.burst:
+            # A full bucket could never pay for it: a 429 would have the client wait for nothing.
+            raise InvalidRequest(f"this request costs {cost} tokens, more than a key's bucket holds "
+                                 f"({self.burst:g}, server.rate_burst); split it into smaller requests")
         now = time.monotonic()
         with self._lock:
             tokens, last = self._buckets.get(owner, (self.burst, now))
             tokens = min(self.burst, tokens + (now - last) * self.rate)
-            if tokens < 1.0:
+            if tokens < cost:
                 self._buckets[owner] = (tokens, now)
-                wait = (1.0 - tokens) / self.rate
-                raise RateLimited(f"rate limit reached; retry in {wait:.1f} s")
-            self._buckets[owner] = (tokens - 1.0, now)
+                wait = (cost - tokens) / self.rate
+                raise RateLimited(f"rate limit reached; retry in {wait:.1f} s", retry_after=wait)
+            self._buckets[owner] = (tokens - cost, now)
 
 
 class BodySizeLimit:
@@ -52,7 +64,7 @@ class BodySizeLimit:
         if length is not None:
             # The server (h11/httptools) never passes more bytes than Content-Length says.
             if not length.isdigit() or int(length) > self.max_bytes:
-                return await self._refuse(send)
+                return await self._refuse(scope, send)
             return await self.app(scope, receive, send)
         # No Content-Length (chunked): read the body here, counting, and replay it to the app. The app would
         # hold the whole JSON body in memory anyway; reading it first lets us answer 413 ourselves, since
@@ -66,7 +78,7 @@ class BodySizeLimit:
             body = message.get("body", b"")
             seen += len(body)
             if seen > self.max_bytes:
-                return await self._refuse(send)
+                return await self._refuse(scope, send)
             chunks.append(body)
             if not message.get("more_body", False):
                 break
@@ -77,9 +89,11 @@ class BodySizeLimit:
 
         await self.app(scope, replaying_receive, send)
 
-    async def _refuse(self, send):
-        body = json.dumps({"error": "BodyTooLarge",
-                           "detail": f"request body is over this server's limit of {self.max_bytes} bytes"}).encode()
+    async def _refuse(self, scope, send):
+        from guardforge.server.schemas import error_body
+
+        body = json.dumps(error_body(scope.get("path", ""), "BodyTooLarge",
+                                     f"request body is over this server's limit of {self.max_bytes} bytes")).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(body)).encode())]})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from guardforge.engine.request import GenerationRequest
 from guardforge.engine.samplers import split_legacy_sampler
@@ -28,12 +28,13 @@ class ErrorResponse(BaseModel):
 
 
 ERRORS = {
-    400: {"model": ErrorResponse, "description": "Malformed request"},
+    400: {"model": ErrorResponse, "description": "The body is not JSON: not UTF-8, a syntax error, NaN/Infinity"},
     401: {"model": ErrorResponse, "description": "Missing or invalid API key"},
     403: {"model": ErrorResponse, "description": "The API key does not allow this (e.g. a priority over its max)"},
     404: {"model": ErrorResponse, "description": "No such model, job or image (for this key)"},
     410: {"model": ErrorResponse, "description": "The image's data was deleted (save_images=false, retention)"},
     413: {"model": ErrorResponse, "description": "Request body over the size limit"},
+    415: {"model": ErrorResponse, "description": "The body was not sent as application/json"},
     422: {"model": ErrorResponse, "description": "A value breaks a limit or cannot work"},
     429: {"model": ErrorResponse, "description": "Queue full, rate limit or per-key job cap reached"},
 }
@@ -41,6 +42,38 @@ ERRORS = {
 
 def errors(*codes: int) -> dict[int, dict]:
     return {code: ERRORS[code] for code in codes}
+
+
+class OpenAIError(BaseModel):
+    message: str = Field(..., examples=["input has 40 items; this server takes at most 32 per call (...)"])
+    type: str = Field(..., description="The error's kind, as `error` elsewhere", examples=["InvalidRequest"])
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIErrorResponse(BaseModel):
+    """The OpenAI-compatible routes' errors: OpenAI's shape, whose `error.message` its clients show (they show
+    nothing of a plain string), and `detail` as on every other route."""
+
+    error: OpenAIError
+    detail: Any
+
+
+# Routes whose callers are OpenAI clients.
+OPENAI_PATHS = frozenset({"/v1/moderations"})
+
+
+def openai_errors(*codes: int) -> dict[int, dict]:
+    return {code: {"model": OpenAIErrorResponse, "description": ERRORS[code]["description"]} for code in codes}
+
+
+def error_body(path: str, kind: str, detail: Any) -> dict[str, Any]:
+    """The JSON of an error answer at `path`: {error, detail}, or OpenAI's shape (with detail) on its routes."""
+    if path not in OPENAI_PATHS:
+        return {"error": kind, "detail": detail}
+    message = detail if isinstance(detail, str) else "; ".join(
+        f"{'.'.join(str(part) for part in item.get('loc', ()))}: {item.get('msg', '')}" for item in detail)
+    return {"error": {"message": message, "type": kind, "param": None, "code": None}, "detail": detail}
 
 
 # -- A1111 -----------------------------------------------------------------------------------------
@@ -72,10 +105,17 @@ class Img2ImgPayload(Txt2ImgPayload):
     """A1111's StableDiffusionImg2ImgProcessingAPI: init_images, optional mask (inpaint)."""
 
     init_images: list[str] = Field(..., min_length=1)
-    mask: str | None = None
+    mask: str | None = None  # "" is no mask, as A1111 reads it
     mask_blur: int = 4
     inpainting_mask_invert: int = 0
     include_init_images: bool = False
+
+    @field_validator("init_images")
+    @classmethod
+    def _first_is_an_image(cls, value: list[str]) -> list[str]:
+        if not value[0].strip():  # the one guardforge uses; A1111 would fail decoding it
+            raise ValueError("init_images[0] is empty: send a base64 image (or a data: URL)")
+        return value
 
 
 def to_generation_request(payload: Txt2ImgPayload, default_model: str) -> tuple[GenerationRequest, list[str]]:
@@ -108,7 +148,7 @@ def to_generation_request(payload: Txt2ImgPayload, default_model: str) -> tuple[
     if payload.steps is not None:
         fields["steps"] = payload.steps
     if isinstance(payload, Img2ImgPayload):
-        fields.update(init_image=payload.init_images[0], mask=payload.mask, mask_blur=payload.mask_blur,
+        fields.update(init_image=payload.init_images[0], mask=payload.mask or None, mask_blur=payload.mask_blur,
                       inpainting_mask_invert=bool(payload.inpainting_mask_invert))
         if payload.denoising_strength is not None:
             fields["denoising_strength"] = payload.denoising_strength

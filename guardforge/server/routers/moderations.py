@@ -6,14 +6,19 @@ from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from guardforge.server.auth import Caller, get_limited_caller
-from guardforge.server.schemas import ModerationRequest, ModerationResponse, errors
+from guardforge.server.schemas import ModerationRequest, ModerationResponse, openai_errors
 
 router = APIRouter(tags=["moderations (OpenAI)"])
 
 
 @router.post("/v1/moderations", response_model=ModerationResponse,
-             summary="Classify text and images (OpenAI moderation schema)", responses=errors(401, 413, 422, 429))
+             summary="Classify text and images (OpenAI moderation schema)",
+             description="At most `limits.max_moderation_inputs` items (32 by default) per call and "
+                         "`limits.max_moderation_chars` characters (20,000) per text; a call costs one rate-limit "
+                         "token per 8 inputs or per 2,000 characters by default, whichever is more "
+                         "(docs/serve.md, Limits and errors).",
+             responses=openai_errors(400, 401, 413, 415, 422, 429))
 async def moderations(body: ModerationRequest, request: Request,
                       caller: Caller = Depends(get_limited_caller)) -> ModerationResponse:
     # The guard's models run on CPU/GPU for tens of ms: off the event loop, like generation.
-    return await run_in_threadpool(request.app.state.studio.moderate, body.input)
+    return await run_in_threadpool(request.app.state.studio.moderate, body.input, charge=caller.charge)

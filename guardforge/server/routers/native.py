@@ -73,7 +73,8 @@ async def create_job(body: GenerationRequest, request: Request,
     max_active = app.state.studio.settings.server.max_active_jobs_per_key if caller.key_id else None
     # Off the event loop: checking the request decodes its images and may rescan the models folder.
     job_id = await run_in_threadpool(app.state.studio.submit, body, owner=caller.owner, priority=priority,
-                                     save=save, max_active=max_active, max_priority=caller.max_priority)
+                                     save=save, max_active=max_active, max_priority=caller.max_priority,
+                                     charge=caller.charge)
     app.state.metrics.submitted.labels("native").inc()
     job = app.state.studio.jobs.get(job_id, caller.owner)
     return JobCreated(id=job.id, state=job.state, position=job.position)
@@ -95,7 +96,7 @@ async def create_training_job(body: DreamBoothConfig, request: Request,
     # Off the event loop: checking the config lists folders and may rescan the models folder.
     job_id = await run_in_threadpool(app.state.studio.submit_dreambooth, body, owner=caller.owner,
                                      priority=priority, resume=resume, max_active=max_active,
-                                     max_priority=caller.max_priority)
+                                     max_priority=caller.max_priority, charge=caller.charge)
     app.state.metrics.submitted.labels("train").inc()
     job = app.state.studio.jobs.get(job_id, caller.owner)
     return JobCreated(id=job.id, state=job.state, position=job.position)

@@ -19,7 +19,7 @@ from guardforge.engine.request import GenerationRequest
 from guardforge.errors import GuardforgeError
 from guardforge.imaging import decode_image
 from guardforge.jobs.queue import TERMINAL, Job
-from guardforge.server.auth import Caller, get_caller, get_limited_caller
+from guardforge.server.auth import Caller, get_caller, get_limited_caller, sees_server_paths
 from guardforge.server.schemas import (
     SCHEDULERS_LISTED,
     ImageResponse,
@@ -113,7 +113,7 @@ async def generate(request: Request, payload: Txt2ImgPayload, caller: Caller) ->
     max_active = studio.settings.server.max_active_jobs_per_key if caller.key_id else None
     # Off the event loop: checking the request decodes its images and may rescan the models folder.
     job_id = await run_in_threadpool(studio.submit, gen, owner=caller.owner, priority=PRIORITY,
-                                     save=payload.save_images, max_active=max_active)
+                                     save=payload.save_images, max_active=max_active, charge=caller.charge)
     request.app.state.metrics.submitted.labels("sdapi").inc()
     job = await wait_for(studio, job_id)
     try:
@@ -286,20 +286,36 @@ async def get_options(request: Request, caller: Caller = Depends(get_caller)) ->
              responses=errors(401, 404, 422))
 async def set_options(request: Request, options: dict[str, Any] = Body(...),
                       caller: Caller = Depends(get_caller)) -> dict[str, list[str]]:
+    from guardforge.models.loading import check_checkpoint
+
+    studio = request.app.state.studio
     updated: list[str] = []
     if "sd_model_checkpoint" in options:
-        entry = request.app.state.studio.registry.resolve(str(options["sd_model_checkpoint"]))
+        entry = studio.registry.resolve(str(options["sd_model_checkpoint"]))
+        # What every later generation of this caller would be refused for (a pickle above all), refused now.
+        check_checkpoint(entry, studio.settings)
         caller_options(request, caller)["sd_model_checkpoint"] = entry.name
         updated.append("sd_model_checkpoint")
     return {"updated": updated, "ignored": sorted(k for k in options if k not in updated)}
 
 
-@router.get("/sd-models", response_model=list[SdModel], summary="Checkpoints in the registry",
-            responses=errors(401))
+def shown_path(request: Request, entry) -> str:
+    """Where a model's file is, as this caller may see it: the full path for the open server's local user,
+    else the path inside the models folder (a shipped model: its name). The server's layout is its own."""
+    if sees_server_paths(request):
+        return str(entry.path)
+    models_dir = request.app.state.studio.settings.resolved_models_dir
+    if entry.source != "user" or not entry.path.is_relative_to(models_dir):
+        return entry.name
+    return entry.path.relative_to(models_dir).as_posix()
+
+
+@router.get("/sd-models", response_model=list[SdModel], summary="Checkpoints in the registry (`filename` is "
+            "inside the models folder, a full path only for a local caller of an open server)", responses=errors(401))
 async def sd_models(request: Request, caller: Caller = Depends(get_caller)) -> list[SdModel]:
     entries = request.app.state.studio.registry.list("checkpoint")
     return [SdModel(title=_title(e), model_name=e.name, hash=e.short_hash_if_known,
-                    sha256=e.sha256() if e.short_hash_if_known else None, filename=str(e.path))
+                    sha256=e.sha256() if e.short_hash_if_known else None, filename=shown_path(request, e))
             for e in entries]
 
 
@@ -328,12 +344,12 @@ async def schedulers(caller: Caller = Depends(get_caller)) -> list[Scheduler]:
 @router.get("/loras", response_model=list[Lora], summary="LoRAs in models/Lora", responses=errors(401))
 async def loras(request: Request, caller: Caller = Depends(get_caller)) -> list[Lora]:
     entries = request.app.state.studio.registry.list("lora")
-    return [Lora(name=e.name, alias=e.name, path=str(e.path)) for e in entries]
+    return [Lora(name=e.name, alias=e.name, path=shown_path(request, e)) for e in entries]
 
 
 @router.get("/sd-vae", summary="VAEs in models/VAE", responses=errors(401))
 async def sd_vae(request: Request, caller: Caller = Depends(get_caller)) -> list[dict[str, str]]:
-    return [{"model_name": e.name, "filename": str(e.path)}
+    return [{"model_name": e.name, "filename": shown_path(request, e)}
             for e in request.app.state.studio.registry.list("vae")]
 
 
