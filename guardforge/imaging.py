@@ -27,13 +27,21 @@ def decode_image(data: str, max_pixels: int, what: str = "image") -> Image.Image
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise InvalidRequest(f"{what} is not valid base64: {exc}") from None
+    return open_image(io.BytesIO(raw), max_pixels, what)
+
+
+def open_image(source, max_pixels: int, what: str = "image", load: bool = True) -> Image.Image:
+    """Open a file path or binary stream as decode_image does: size from the header checked against
+    `max_pixels` first, then (with `load`) the pixels decoded; `load=False` leaves only header and text chunks
+    read (PNG info)."""
     try:
-        image = Image.open(io.BytesIO(raw), formats=ACCEPTED_FORMATS)
+        image = Image.open(source, formats=ACCEPTED_FORMATS)
         if image.width * image.height > max_pixels:
             raise InvalidRequest(
                 f"{what} is {image.width}x{image.height}, over the limit of {max_pixels} pixels"
             )
-        image.load()
+        if load:
+            image.load()
     except InvalidRequest:
         raise
     except Exception as exc:

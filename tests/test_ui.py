@@ -102,8 +102,9 @@ def test_generate_in_the_browser(ui_server, tmp_path):
             # The API's per-key rate limit holds for clicks too: the budget went on the first image.
             page.get_by_role("tab", name="txt2img").click()
             page.locator("#gf-generate").click()
-            expect(page.get_by_text(re.compile("Too many generations: rate limit reached; retry in"))).to_be_visible(
-                timeout=30_000)
+            # When to come back, in words and on the clock (the API says it in Retry-After), not "retry in 5998.7 s".
+            expect(page.get_by_text(re.compile(r"Too many generations: rate limit reached; retry in 1 h \d+ min"
+                                               r"( \d+ s)? \(at \d\d:\d\d:\d\d server time\)"))).to_be_visible(timeout=30_000)
             page.screenshot(path=str(ARTIFACTS / "ui-rate-limited.png"), full_page=True)
             jobs = httpx.get(f"{ui_server.url}/v1/jobs", timeout=30).json()["jobs"]
             assert len(jobs) == 1, jobs  # the refused click queued nothing

@@ -185,6 +185,10 @@ def create_app(studio, *, start_workers: bool = True, mount_ui: bool = True) -> 
             restore_signals()
             if start_workers:
                 studio.stop_workers()
+            if mount_ui:  # the UI's uploads and shown images leave with the server (Gradio's cache, ui/mount.py)
+                from guardforge.ui.mount import clear_ui_cache
+
+                clear_ui_cache(settings)
 
     app = FastAPI(
         # Every route: what FastAPI's JSON parsing lets through and no model can use (NaN, lone surrogates).
@@ -306,9 +310,7 @@ def create_app(studio, *, start_workers: bool = True, mount_ui: bool = True) -> 
         return Response(app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     if mount_ui:
-        import gradio as gr
-
-        from guardforge.ui.app import build_ui
+        from guardforge.ui.mount import mount_ui as mount_gradio_ui
 
         # Off loopback the UI asks for a login: user name the key's id, password the key. The user name must be
         # the key's own id because the UI files jobs under the logged-in user name: each key sees only its own.
@@ -316,8 +318,8 @@ def create_app(studio, *, start_workers: bool = True, mount_ui: bool = True) -> 
             # Gradio awaits a coroutine here but would call a plain function on the event loop, scrypt and all.
             return await run_in_threadpool(studio.keys.verify, key) == user
 
-        app = gr.mount_gradio_app(app, build_ui(studio, rate_limit=app.state.auth.buckets.take), path="/ui",
-                                  auth=login if app.state.auth.required else None)
+        app = mount_gradio_ui(app, studio, rate_limit=app.state.auth.buckets.take,
+                              auth=login if app.state.auth.required else None)
 
     # Outermost: refuse oversized bodies before anything reads them.
     app.add_middleware(BodySizeLimit, max_bytes=settings.server.max_body_bytes)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import math
 import time
 from collections.abc import Callable
 
@@ -12,6 +14,16 @@ from guardforge.engine.request import GenerationRequest
 from guardforge.errors import GuardforgeError
 from guardforge.imaging import encode_image
 from guardforge.server.auth import LOCAL_OWNER
+from guardforge.ui import guard_view
+from guardforge.ui.uploads import (
+    CLEAN_EVERY_S,
+    KEEP_UPLOADS_S,
+    UploadedFile,
+    UploadedImage,
+    UploadedImageEditor,
+    open_upload,
+    with_cap,
+)
 
 
 def _owner(request: gr.Request | None) -> str:
@@ -23,10 +35,19 @@ def _owner(request: gr.Request | None) -> str:
 SCHEDULES = ["Automatic", "Karras", "Exponential"]
 
 
-def _bar(step: int, total: int, state: str) -> str:
-    percent = int(100 * step / total) if total else 0
-    return (f'<div id="gf-progress" data-state="{state}"><progress value="{step}" max="{total or 1}" '
-            f'style="width:100%"></progress> {state} {step}/{total} ({percent}%)</div>')
+_bar = guard_view.bar
+
+
+def _retry_message(exc: GuardforgeError) -> str:
+    """The rate limit's refusal, saying when to come back (the API says it in Retry-After)."""
+    wait = getattr(exc, "retry_after", None)
+    if wait is None:
+        return f"Too many generations: {exc}"
+    wait = max(1, math.ceil(wait))  # as the API's Retry-After: waiting this long is enough
+    hours, rest = divmod(wait, 3600)
+    span = " ".join(f"{n} {unit}" for n, unit in ((hours, "h"), (rest // 60, "min"), (rest % 60, "s")) if n)
+    return (f"Too many generations: rate limit reached; retry in {span} "
+            f"(at {time.strftime('%H:%M:%S', time.localtime(time.time() + wait))} server time)")
 
 
 def _mask_from_editor(value: dict) -> tuple[Image.Image | None, Image.Image | None]:
@@ -36,6 +57,9 @@ def _mask_from_editor(value: dict) -> tuple[Image.Image | None, Image.Image | No
     background = value["background"].convert("RGB")
     mask = Image.new("L", background.size, 0)
     for layer in value.get("layers") or []:
+        if layer.size != background.size:  # the canvas sends layers the image's size; a hand-made call may not
+            raise gr.Error(f"a painted layer is {layer.width}x{layer.height}, the image "
+                           f"{background.width}x{background.height}: they must match")
         alpha = layer.convert("RGBA").getchannel("A").point(lambda a: 255 if a > 0 else 0)
         mask.paste(255, (0, 0), alpha)
     return background, mask if mask.getbbox() else None
@@ -48,9 +72,21 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
     per-key buckets, so clicking Generate costs what a POST /v1/jobs costs.
     """
     limits = studio.settings.limits
+    reasons = guard_view.Reasons(studio.guard.policy)
 
     def model_names() -> list[str]:
         return [e.name for e in studio.registry.list("checkpoint")]
+
+    def native_size(model: str | None) -> tuple[int, int] | None:
+        """The size `model` was trained at, as the CLI defaults to; None when its configs cannot say."""
+        try:
+            return studio.native_size(model or None)
+        except Exception:  # an unreadable or vanished model: keep whatever size the form has
+            return None
+
+    def sizes_for(model):
+        size = native_size(model)
+        return (gr.update(), gr.update()) if size is None else (gr.update(value=size[0]), gr.update(value=size[1]))
 
     def sampler_names() -> list[str]:
         from guardforge.engine.samplers import SAMPLERS
@@ -64,13 +100,14 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
             try:
                 rate_limit(owner)  # before anything else, as the API's door: refused clicks count too
             except GuardforgeError as exc:
-                raise gr.Error(f"Too many generations: {exc}") from None
+                raise gr.Error(_retry_message(exc)) from None
         fields = dict(prompt=prompt, negative_prompt=negative, model=model or None, sampler=sampler,
                       schedule=schedule, steps=int(steps), cfg_scale=float(cfg), width=int(width),
                       height=int(height), seed=int(seed))
         if mode == "img2img":
             if init_image is None:
                 raise gr.Error("drop an image to start from")
+            # Decoded under the pixel cap by UploadedImage, so re-encoding it costs no more than the API's call.
             fields.update(init_image=encode_image(init_image.convert("RGB")), denoising_strength=strength)
         elif mode == "inpaint":
             background, mask = _mask_from_editor(editor)
@@ -93,24 +130,22 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
                    gr.update(), gr.update(), gr.update(), job_id)
             time.sleep(0.25)
         if job.state != "succeeded":
-            yield _bar(0, 0, f"{job.state}: {job.error}"), [], "", {}, job_id
+            yield _bar(0, 0, job.state, f"{job.state}: {job.error}", "error"), [], "", {}, job_id
             return
         result = job.result or {}
         gallery = []
         for stored, meta in zip(job.images, result.get("images", [])):
             if stored["action"] == "block":
-                image = Image.new("RGB", (meta["width"], meta["height"]), (128, 128, 128))
+                image = guard_view.withheld(meta["width"], meta["height"])
             else:
-                import io
-
                 data, _ = studio.image_bytes(stored["id"], owner)
-                image = Image.open(io.BytesIO(data))
-            gallery.append((image, f"{stored['action']}"))
+                image = Image.open(io.BytesIO(data))  # our own output, written by this server
+            gallery.append((image, guard_view.caption(meta, reasons)))
         first = result.get("images", [{}])[0] if result.get("images") else {}
-        verdict = {"action": first.get("action"), "verdict": first.get("verdict"),
-                   "prompt_verdict": result.get("prompt_verdict"), "blocked": result.get("blocked", False)}
+        state, action, note = guard_view.outcome(result, reasons)
         total = job.payload["request"]["steps"]
-        yield _bar(total, total, "done"), gallery, first.get("infotext", ""), verdict, job_id
+        yield (_bar(total, total, state, note, action), gallery, first.get("infotext", ""),
+               guard_view.verdict_json(result), job_id)
 
     def runner(mode: str):
         # An explicit signature, so that Gradio sees the gr.Request parameter and fills it in.
@@ -122,8 +157,9 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
 
     def show_selected(job_id, evt: gr.SelectData, request: gr.Request):
         job = studio.jobs.get(job_id, _owner(request))
-        meta = (job.result or {}).get("images", [])[evt.index]
-        return meta.get("infotext", ""), {"action": meta.get("action"), "verdict": meta.get("verdict")}
+        result = job.result or {}
+        meta = result.get("images", [])[evt.index]
+        return meta.get("infotext", ""), guard_view.verdict_json(result, evt.index)
 
     def history(request: gr.Request):
         rows = []
@@ -143,8 +179,10 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
             return (gr.update(),) * 10 + ("",)
         from guardforge.engine.infotext import request_from_infotext
 
-        image = Image.open(path)
+        # Header and text chunks only: the parameters come before the pixels, which are never decoded here.
+        image = open_upload(path, limits.max_image_pixels, "the image", load=False)
         text = image.info.get("parameters", "")  # A1111 and guardforge write a PNG tEXt chunk "parameters"
+        image.close()
         if not text:
             return (gr.update(),) * 10 + ("this image carries no generation parameters",)
         try:
@@ -167,7 +205,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
             gr.update(value=get("seed")) if get("seed") is not None else gr.update(),
         )
 
-    with gr.Blocks(title="guardforge") as ui:
+    with gr.Blocks(title="guardforge", delete_cache=(CLEAN_EVERY_S, KEEP_UPLOADS_S)) as ui:
         gr.Markdown("# guardforge")
         job_state = gr.State("")
         with gr.Row():
@@ -182,27 +220,33 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
         with gr.Row():
             steps = gr.Slider(1, limits.max_steps, value=20, step=1, label="Steps", elem_id="gf-steps")
             cfg = gr.Slider(0, 30, value=7, step=0.5, label="CFG scale")
-            width = gr.Slider(64, limits.max_width, value=512, step=8, label="Width", elem_id="gf-width")
-            height = gr.Slider(64, limits.max_height, value=512, step=8, label="Height", elem_id="gf-height")
+            # The model's own size by default, as the CLI: 512 on a 64 px model is 64 times the work, for worse.
+            native_w, native_h = native_size(default_model) or (512, 512)
+            width = gr.Slider(8, limits.max_width, value=native_w, step=8, label="Width", elem_id="gf-width")
+            height = gr.Slider(8, limits.max_height, value=native_h, step=8, label="Height", elem_id="gf-height")
             seed = gr.Number(-1, precision=0, label="Seed (-1: random)", elem_id="gf-seed")
         with gr.Tabs():
             with gr.Tab("txt2img"):
                 txt_button = gr.Button("Generate", variant="primary", elem_id="gf-generate")
             with gr.Tab("img2img"):
-                init_image = gr.Image(type="pil", label="Start from")
+                init_image = with_cap(UploadedImage(type="pil", label="Start from", elem_id="gf-init-image"),
+                                      limits.max_image_pixels)
                 strength = gr.Slider(0, 1, value=0.75, step=0.05, label="Denoising strength")
                 img_button = gr.Button("Generate from image", variant="primary")
             with gr.Tab("inpaint"):
-                editor = gr.ImageEditor(type="pil", label="Paint the area to repaint",
-                                        brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"))
+                editor = with_cap(UploadedImageEditor(type="pil", label="Paint the area to repaint",
+                                                      brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"),
+                                                      elem_id="gf-editor"),
+                                  limits.max_image_pixels)
                 inpaint_strength = gr.Slider(0, 1, value=0.75, step=0.05, label="Denoising strength")
                 inpaint_button = gr.Button("Inpaint", variant="primary")
             with gr.Tab("PNG info"):
-                png = gr.File(label="Drop a PNG made by guardforge or A1111", file_types=[".png"], type="filepath",
-                              elem_id="gf-png")
+                png = UploadedFile(label="Drop a PNG made by guardforge or A1111", file_types=[".png"],
+                                   type="filepath", elem_id="gf-png")
                 png_text = gr.Textbox(label="Parameters found", lines=4, elem_id="gf-png-text")
         progress = gr.HTML(_bar(0, 0, "idle"))
-        gallery = gr.Gallery(label="Images", columns=4, elem_id="gf-gallery")
+        # Four columns even for one image: fitted to one column, the caption (what the guard did) falls off.
+        gallery = gr.Gallery(label="Images", columns=4, fit_columns=False, object_fit="contain", elem_id="gf-gallery")
         infotext = gr.Textbox(label="Infotext", lines=3, elem_id="gf-infotext")
         verdict = gr.JSON(label="Verdict", elem_id="gf-verdict")
         with gr.Accordion("History", open=False):
@@ -224,6 +268,8 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
                              [prompt, negative, *params, init_image, inpaint_strength, editor], outputs,
                              concurrency_limit=None)
         gallery.select(show_selected, [job_state], [infotext, verdict])
+        # `input`, not `change`: a model set by PNG info or Reuse comes with its own size, which must stay.
+        model.input(sizes_for, [model], [width, height])
         refresh.click(history, None, [table, chosen])
         fields = [prompt, negative, *params]
         reuse_button.click(reuse, [chosen], fields)

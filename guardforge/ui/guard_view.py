@@ -1,0 +1,123 @@
+"""What the UI shows of a job's end: progress, and plainly what the guard decided (blocked, blurred, flagged)."""
+
+from __future__ import annotations
+
+import html
+
+from PIL import Image, ImageDraw, ImageFont
+
+from guardforge.guard.taxonomy import HAZARDS
+
+# What each action did to the image, in the words a user reads under it.
+DID = {"allow": "allowed", "flag": "flagged for review", "blur": "blurred by the guard",
+       "block": "withheld by the guard"}
+SHORT = {"flag": "flagged for review", "blur": "blurred", "block": "withheld (blocked)"}
+SEVERITY = {"allow": 0, "flag": 1, "blur": 2, "block": 3}
+COLORS = {"allow": "#15803d", "flag": "#b45309", "blur": "#b45309", "block": "#b91c1c", "error": "#b91c1c",
+          "idle": "inherit"}
+WHAT = {"prompt": "the prompt", "input_image": "the starting image", "output_image": "the image"}
+
+
+class Reasons:
+    """Why the guard acted, in words: the categories whose rule led to the action, with their names."""
+
+    def __init__(self, policy):
+        self.policy = policy
+        self.names = {c.code: c.name for c in HAZARDS}
+        self.names.update({c.code: c.name for c in policy.taxonomy.active})
+
+    def codes(self, verdict: dict) -> list[str]:
+        """The violated categories whose rule did what was done, most likely first. A prompt can cross the
+        threshold of a category the policy lets through there (S12 blurred in outputs, allowed in prompts)."""
+        scores, action = verdict.get("scores") or {}, verdict.get("action") or "allow"
+        violated = verdict.get("violated") or []
+        acting = [code for code in violated if self.policy.rule(code).action_at(verdict.get("checkpoint")) == action]
+        return sorted(acting or violated, key=lambda code: -scores.get(code, 0))
+
+    def name(self, code: str) -> str:
+        return f"{code} {self.names.get(code, '')}".strip()
+
+    def __call__(self, verdict: dict | None) -> str:
+        """'S1 Violent Crimes, score 0.91; ...'; the backend's error when it failed."""
+        if not verdict:
+            return ""
+        scores, action = verdict.get("scores") or {}, verdict.get("action") or "allow"
+        text = "; ".join(self.name(code) + self._score(verdict, scores.get(code)) for code in self.codes(verdict))
+        if not text and verdict.get("unsafe") is not None and action != "allow":
+            text = f"overall unsafe score {verdict['unsafe']:.2f}"  # the guard named no category
+        if verdict.get("error"):
+            text = (text + "; " if text else "") + f"the guard could not check: {verdict['error']}"
+        return text
+
+    @staticmethod
+    def _score(verdict: dict, score: float | None) -> str:
+        if score is None or verdict.get("labels_only"):
+            return ""
+        return f", score {score:.2f}" if score >= 0.01 else ", score <0.01"
+
+
+def bar(step: int, total: int, state: str, note: str = "", action: str = "allow") -> str:
+    """The status box: a progress bar while a job runs, and a line saying what the guard did once it ended."""
+    percent = int(100 * step / total) if total else 0
+    meter = ("" if state == "blocked" else
+             f'<progress value="{step}" max="{total or 1}" style="width:100%"></progress> '
+             f"{html.escape(state)} {step}/{total} ({percent}%)")
+    color = COLORS.get(action, "inherit")
+    line = (f'<div id="gf-guard" data-action="{action}" style="color:{color};border-left:4px solid {color};'
+            f'padding:4px 10px;margin:6px 0 0 2px;font-weight:600">{html.escape(note)}</div>') if note else ""
+    return f'<div id="gf-progress" data-state="{html.escape(state)}" data-action="{action}">{meter}{line}</div>'
+
+
+def outcome(result: dict, reasons: Reasons) -> tuple[str, str, str]:
+    """(state, action, sentence) for a job that succeeded: blocked at the door, or what happened to its images."""
+    if result.get("blocked"):
+        verdict = result.get("prompt_verdict") or {}
+        what = WHAT.get(verdict.get("checkpoint"), "the request")
+        why = reasons(verdict)
+        return ("blocked", "block",
+                f"Blocked by the guard: {what} was refused{f' ({why})' if why else ''}. Nothing was generated.")
+    images = result.get("images") or []
+    action = max((image.get("action") or "allow" for image in images), key=SEVERITY.__getitem__, default="allow")
+    parts = []
+    for kind in ("block", "blur", "flag"):
+        hit = [image for image in images if image.get("action") == kind]
+        if hit:
+            codes = sorted({code for image in hit for code in reasons.codes(image.get("verdict") or {})})
+            errors = sorted({image["verdict"]["error"] for image in hit if (image.get("verdict") or {}).get("error")})
+            why = [reasons.name(code) for code in codes] + [f"the guard could not check: {e}" for e in errors]
+            parts.append(f"{len(hit)} of {len(images)} {'image' if len(images) == 1 else 'images'} {SHORT[kind]}"
+                         + (f" ({'; '.join(why)})" if why else ""))
+    prompt = result.get("prompt_verdict") or {}
+    if prompt.get("action") == "flag":
+        parts.append(f"the prompt was flagged for review ({reasons(prompt)})")
+    if not parts:
+        return "done", "allow", "Guard: allowed."
+    note = "Guard: " + "; ".join(parts) + "."
+    return "done", max(action, prompt.get("action") or "allow", key=SEVERITY.__getitem__), note
+
+
+def caption(image: dict, reasons: Reasons) -> str:
+    action = image.get("action") or "allow"
+    why = reasons(image.get("verdict"))
+    return DID[action] + (f": {why}" if why and action != "allow" else "")
+
+
+def withheld(width: int, height: int) -> Image.Image:
+    """A grey tile of the image's size that says it was blocked, in the image's place."""
+    image = Image.new("RGB", (width, height), (128, 128, 128))
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=max(8, min(height // 3, width // 5)))
+    box = draw.textbbox((0, 0), "blocked", font=font)
+    draw.text(((width - (box[2] - box[0])) / 2 - box[0], (height - (box[3] - box[1])) / 2 - box[1]),
+              "blocked", fill=(255, 255, 255), font=font)
+    return image
+
+
+def verdict_json(result: dict, index: int | None = None) -> dict:
+    """The Verdict panel: the action taken (never null), whether the request was blocked, and the verdicts."""
+    images = result.get("images") or []
+    if result.get("blocked"):
+        return {"action": "block", "blocked": True, "prompt_verdict": result.get("prompt_verdict")}
+    image = images[index or 0] if images else {}
+    return {"action": image.get("action") or "allow", "blocked": False, "verdict": image.get("verdict"),
+            "prompt_verdict": result.get("prompt_verdict")}
