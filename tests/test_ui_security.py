@@ -188,3 +188,19 @@ def test_the_cache_is_the_homes_and_leaves_with_the_server(keyed, tmp_path):
     assert cache.stat().st_mode & 0o777 == 0o700
     live.stop()
     assert not cache.exists()  # uploads and shown images leave with the server
+
+
+def test_no_input_downloads_a_url(keyed):
+    """Gradio looks for file values in every input and downloads an http(s) URL it finds there: a Dropdown's
+    value made the server resolve the reviewer's host (this sandbox has no network, so the DNS error was the
+    evidence). Refused before any lookup; nothing is written to the cache."""
+    live, keys, _, _ = keyed
+    cache = live.home / "ui-cache"
+    before = set(cache.iterdir())
+    url = {"path": "https://example.invalid/x.png", "meta": {"_type": "gradio.FileData"}}
+    for api_name, data in (("sizes_for", [url]), ("reuse", [url]),
+                           ("run_mode", ["x", url, *FIELDS[1:], None, 0.5, None])):
+        kind, answer = call(live, keys["b"], api_name, *data)
+        assert kind == "error" and "upload" in str(answer), (api_name, kind, answer)
+        assert "resolve" not in str(answer).lower(), answer
+    assert set(cache.iterdir()) == before

@@ -63,6 +63,7 @@ def mount_ui(app, studio, rate_limit: Callable[[str], None] | None,
     import gradio as gr
 
     from guardforge.ui.app import build_ui
+    from guardforge.ui.uploads import uploads_only
 
     settings = studio.settings
     cache = ui_cache_dir(settings)
@@ -73,6 +74,7 @@ def mount_ui(app, studio, rate_limit: Callable[[str], None] | None,
     # machine and never cleaned.
     os.environ["GRADIO_TEMP_DIR"] = str(cache)
     ui = build_ui(studio, rate_limit=rate_limit)
+    uploads_only(ui)
     app = gr.mount_gradio_app(
         # Nothing allowed beyond the cache, and no block list: CacheFilesOnly serves the cache alone (stricter than
         # any list), inputs must come from the upload folder, and Gradio's refusal of a blocked path would name

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import types
 from pathlib import Path
 
 import gradio as gr
@@ -27,17 +28,47 @@ KEEP_UPLOADS_S = 3600
 CLEAN_EVERY_S = 600
 
 
+def refuse_unless_uploaded(block, url_or_file_path) -> None:
+    """gr.Error unless the path is a file in `block`'s cache (an upload, or an image the UI showed)."""
+    if url_or_file_path is None:
+        return
+    cache = os.path.realpath(block.GRADIO_CACHE)  # each component reads GRADIO_TEMP_DIR when built
+    try:
+        path = os.path.realpath(str(url_or_file_path))
+    except (ValueError, OSError):  # a NUL byte or a name the OS can't take: not an upload either
+        raise gr.Error(NOT_UPLOADED) from None
+    # A URL or relative name resolves against the server's working folder: outside the cache, refused too.
+    if os.path.commonpath([cache, path]) != cache or path == cache:
+        raise gr.Error(NOT_UPLOADED)
+
+
+def _move_uploaded(self, url_or_file_path):
+    refuse_unless_uploaded(self, url_or_file_path)
+    return type(self).move_resource_to_block_cache(self, url_or_file_path)
+
+
+async def _async_move_uploaded(self, url_or_file_path):
+    refuse_unless_uploaded(self, url_or_file_path)
+    return await type(self).async_move_resource_to_block_cache(self, url_or_file_path)
+
+
+def uploads_only(ui: gr.Blocks) -> None:
+    """Every block of `ui` refuses file values that were not uploaded, not only the file components: Gradio
+    looks for FileData in any input (a Dropdown's, a Textbox's) and downloads an http(s) URL it finds there into
+    the cache, unchecked and uncapped, before any handler could refuse it."""
+    for block in ui.blocks.values():
+        if isinstance(block, _UploadsOnly):
+            continue
+        # Bound on the instance: Gradio's per-session copies of a block (deepcopy) rebind them to the copy.
+        block.move_resource_to_block_cache = types.MethodType(_move_uploaded, block)
+        block.async_move_resource_to_block_cache = types.MethodType(_async_move_uploaded, block)
+
+
 class _UploadsOnly:
     """Mixed into a Gradio component: its inputs must be files Gradio received by upload."""
 
     def _uploaded(self, url_or_file_path):
-        if url_or_file_path is None:
-            return
-        cache = os.path.realpath(self.GRADIO_CACHE)  # each component reads GRADIO_TEMP_DIR when built
-        path = os.path.realpath(str(url_or_file_path))
-        # A URL or relative name resolves against the server's working folder: outside the cache, refused too.
-        if os.path.commonpath([cache, path]) != cache or path == cache:
-            raise gr.Error(NOT_UPLOADED)
+        refuse_unless_uploaded(self, url_or_file_path)
 
     def move_resource_to_block_cache(self, url_or_file_path):
         self._uploaded(url_or_file_path)
