@@ -176,20 +176,6 @@ def test_oversized_upload_is_refused_before_decoding(keyed, tmp_path):
     assert b_jobs(live, keys) == []
 
 
-def test_the_cache_is_the_homes_and_leaves_with_the_server(keyed, tmp_path):
-    """Last in this module: it stops the server."""
-    live, keys, a_png, _ = keyed
-    with browser(live, keys["b"]) as session:
-        uploaded = Path(session.post("/ui/gradio_api/upload",
-                                     files={"files": ("mine.png", a_png.read_bytes())}).json()[0])
-    cache = live.home / "ui-cache"
-    # Not /tmp/gradio, which every Gradio app on the machine shares and nothing cleans.
-    assert uploaded.resolve().is_relative_to(cache.resolve()) and uploaded.is_file()
-    assert cache.stat().st_mode & 0o777 == 0o700
-    live.stop()
-    assert not cache.exists()  # uploads and shown images leave with the server
-
-
 def test_no_input_downloads_a_url(keyed):
     """Gradio looks for file values in every input and downloads an http(s) URL it finds there: a Dropdown's
     value made the server resolve the reviewer's host (this sandbox has no network, so the DNS error was the
@@ -204,3 +190,39 @@ def test_no_input_downloads_a_url(keyed):
         assert kind == "error" and "upload" in str(answer), (api_name, kind, answer)
         assert "resolve" not in str(answer).lower(), answer
     assert set(cache.iterdir()) == before
+
+
+def test_file_route_refuses_a_nul_byte_without_a_500(keyed):
+    """os.path.realpath raises on a NUL byte: the reviewer's file=%00 got a 500, before any login."""
+    live, keys, _, _ = keyed
+    for route in ("/ui/gradio_api/file=%00", "/ui/gradio_api/file/x%00y", "/ui/gradio_api/file=/etc/%00hostname"):
+        response = httpx.get(live.url + route, timeout=30)
+        assert response.status_code == 403 and "Not served" in response.text, (route, response.status_code)
+
+
+def test_a_cache_that_could_not_be_emptied_still_starts_private(tmp_path):
+    """rmtree(ignore_errors=True) can leave the folder behind (here: the cache is a link rmtree refuses to
+    follow); mkdir then raised FileExistsError and the server did not start."""
+    from types import SimpleNamespace
+
+    from guardforge.ui.mount import prepare_ui_cache
+
+    target = tmp_path / "elsewhere"
+    target.mkdir(mode=0o755)
+    (tmp_path / "ui-cache").symlink_to(target)
+    cache = prepare_ui_cache(SimpleNamespace(home=tmp_path))
+    assert cache.is_dir() and cache.stat().st_mode & 0o777 == 0o700
+
+
+def test_the_cache_is_the_homes_and_leaves_with_the_server(keyed, tmp_path):
+    """Last in this module: it stops the server."""
+    live, keys, a_png, _ = keyed
+    with browser(live, keys["b"]) as session:
+        uploaded = Path(session.post("/ui/gradio_api/upload",
+                                     files={"files": ("mine.png", a_png.read_bytes())}).json()[0])
+    cache = live.home / "ui-cache"
+    # Not /tmp/gradio, which every Gradio app on the machine shares and nothing cleans.
+    assert uploaded.resolve().is_relative_to(cache.resolve()) and uploaded.is_file()
+    assert cache.stat().st_mode & 0o777 == 0o700
+    live.stop()
+    assert not cache.exists()  # uploads and shown images leave with the server

@@ -25,6 +25,17 @@ def clear_ui_cache(settings) -> None:
     shutil.rmtree(ui_cache_dir(settings), ignore_errors=True)
 
 
+def prepare_ui_cache(settings) -> Path:
+    """The UI cache, emptied and readable by the server's user alone."""
+    cache = ui_cache_dir(settings)
+    clear_ui_cache(settings)  # a crash leaves uploads behind: the next start removes them
+    # exist_ok: a removal that partly failed (a file another user owns, a mount point) must not stop the server;
+    # and the mode is set again, since mkdir's applies only to a folder it creates.
+    cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+    cache.chmod(0o700)
+    return cache
+
+
 class CacheFilesOnly:
     """ASGI middleware: Gradio's file routes under `prefix` answer 403 for any path outside `cache`.
 
@@ -45,7 +56,10 @@ class CacheFilesOnly:
         match = _FILE_ROUTE.fullmatch(path[len(self.prefix):].lstrip("/"))
         if match is None:
             return False
-        target = os.path.realpath(os.path.abspath(match.group(1)))  # as Gradio resolves it, symlinks followed
+        try:
+            target = os.path.realpath(os.path.abspath(match.group(1)))  # as Gradio resolves it, symlinks followed
+        except (ValueError, OSError):  # a NUL byte (file=%00) or a name the OS refuses: no file to serve
+            return True
         return os.path.commonpath([self.cache, target]) != self.cache
 
     async def __call__(self, scope, receive, send):
@@ -66,9 +80,7 @@ def mount_ui(app, studio, rate_limit: Callable[[str], None] | None,
     from guardforge.ui.uploads import uploads_only
 
     settings = studio.settings
-    cache = ui_cache_dir(settings)
-    clear_ui_cache(settings)  # a crash leaves uploads behind: the next start removes them
-    cache.mkdir(mode=0o700, parents=True)
+    cache = prepare_ui_cache(settings)
     # Gradio has no other setting for it: each component reads it when built, the upload route when mounted, and
     # the path check on every event. Without it, the cache is /tmp/gradio, shared with every Gradio app on the
     # machine and never cleaned.
