@@ -303,12 +303,19 @@ def test_every_429_carries_retry_after(keyed):
     ("/sdapi/v1/img2img", {"prompt": "x", "init_images": []}),
     ("/v1/train/dreambooth", dreambooth(resolution=63)),
     ("/v1/moderations", {"input": []}),
+    # Content parts were parsed only after the token was spent:
+    ("/v1/moderations", {"input": [{"type": "video", "video": "x"}]}),
+    ("/v1/moderations", {"input": [{"type": "image_url", "image_url": {"url": "https://example.invalid/x.png"}}]}),
+    ("/v1/moderations", {"input": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,%%%"}}]}),
+    ("/v1/moderations", {"input": [{"type": "text", "text": "fine"}, {"type": "text", "text": 5}]}),
 ])
 def test_requests_refused_by_validation_cost_no_token(keyed, path, payload):
     with httpx.Client(base_url=keyed.url, timeout=60, headers=key_for(keyed, "free")) as client:
         statuses = {client.post(path, json=payload).status_code for _ in range(8)}  # burst is 5
         assert statuses == {422}, statuses
         assert client.post("/v1/moderations", json={"input": "still has tokens"}).status_code == 200
+        if {"type": "text", "text": 5} in payload.get("input", []):  # was "unsupported content part type 'text'"
+            assert "must be a string" in client.post(path, json=payload).json()["error"]["message"]
 
 
 # -- 6. pickle checkpoints through side doors --------------------------------------------------------------------

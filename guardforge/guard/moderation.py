@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import uuid
 
 from PIL import Image
@@ -34,14 +36,45 @@ CATEGORY_ORDER: tuple[str, ...] = (
 )
 
 
-def decode_data_url(url: str, max_pixels: int) -> Image.Image:
-    """An image from a `data:image/...;base64,` URL; remote URLs are refused (the guard never fetches)."""
+def check_data_url(url: str) -> None:
+    """InvalidRequest unless `url` is a base64 `data:` URL: no pixel is decoded here, so it runs before the
+    rate-limit token is spent."""
     if not url.startswith("data:"):
         raise InvalidRequest("image_url must be a data: URL (data:image/png;base64,...); remote URLs are not fetched")
-    header, _, _ = url.partition(",")
+    header, _, data = url.partition(",")
     if ";base64" not in header:
         raise InvalidRequest("image_url data: URL must be base64-encoded")
+    try:  # as decode_image reads it (line breaks skipped); linear and in C, unlike the image decode after it
+        base64.b64decode("".join(data.split()), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidRequest(f"image_url is not valid base64: {exc}") from None
+
+
+def decode_data_url(url: str, max_pixels: int) -> Image.Image:
+    """An image from a `data:image/...;base64,` URL; remote URLs are refused (the guard never fetches)."""
+    check_data_url(url)
     return decode_image(url, max_pixels, "image_url").convert("RGB")
+
+
+def check_part(item) -> tuple[str, object]:
+    """("text", str) or ("image_url", url) from one content part; InvalidRequest saying what is wrong with it."""
+    if hasattr(item, "model_dump"):  # a pydantic content part from the server's request model
+        item = item.model_dump()
+    if not isinstance(item, dict):
+        raise InvalidRequest("content parts must be objects with a type")
+    kind = item.get("type")
+    if kind == "text":
+        if not isinstance(item.get("text"), str):
+            raise InvalidRequest("a text part's text must be a string")
+        return "text", item["text"]
+    if kind == "image_url":
+        image_url = item.get("image_url")
+        url = image_url.get("url") if isinstance(image_url, dict) else image_url
+        if not isinstance(url, str):
+            raise InvalidRequest("image_url part needs image_url.url")
+        check_data_url(url)
+        return "image_url", url
+    raise InvalidRequest(f"unsupported content part type {kind!r}; use text or image_url")
 
 
 def parse_inputs(inputs, max_pixels: int) -> list[list[tuple[str, object]]]:
@@ -57,21 +90,9 @@ def parse_inputs(inputs, max_pixels: int) -> list[list[tuple[str, object]]]:
         return [[("text", item)] for item in inputs]
     parts: list[tuple[str, object]] = []
     for item in inputs:
-        if hasattr(item, "model_dump"):  # a pydantic content part from the server's request model
-            item = item.model_dump()
-        if not isinstance(item, dict):
-            raise InvalidRequest("content parts must be objects with a type")
-        kind = item.get("type")
-        if kind == "text" and isinstance(item.get("text"), str):
-            parts.append(("text", item["text"]))
-        elif kind == "image_url":
-            image_url = item.get("image_url")
-            url = image_url.get("url") if isinstance(image_url, dict) else image_url
-            if not isinstance(url, str):
-                raise InvalidRequest("image_url part needs image_url.url")
-            parts.append(("image", decode_data_url(url, max_pixels)))
-        else:
-            raise InvalidRequest(f"unsupported content part type {kind!r}; use text or image_url")
+        kind, value = check_part(item)
+        parts.append(("text", value) if kind == "text" else
+                     ("image", decode_image(value, max_pixels, "image_url").convert("RGB")))
     return [parts]
 
 
@@ -87,11 +108,16 @@ def measure_inputs(inputs, max_inputs: int, max_chars: int) -> tuple[int, int]:
                                  "(limits.max_moderation_inputs): send them in several calls")
     else:
         raise InvalidRequest("input must be a string, a non-empty list of strings, or a list of content parts")
+    # A list of content parts is checked part by part here, before the token is spent: only the image decode
+    # (parse_inputs) comes after it, so a malformed part costs nothing.
+    parts = not isinstance(inputs, str) and not all(isinstance(item, str) for item in items)
     chars = 0
     for index, item in enumerate(items):
-        if hasattr(item, "model_dump"):
-            item = item.model_dump()
-        text = item if isinstance(item, str) else item.get("text") if isinstance(item, dict) else None
+        if parts:
+            kind, value = check_part(item)
+            text = value if kind == "text" else None
+        else:
+            text = item
         if isinstance(text, str):
             if len(text) > max_chars:
                 where = "input" if isinstance(inputs, str) else f"input[{index}]"
