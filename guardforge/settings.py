@@ -87,6 +87,10 @@ class JobsSettings(BaseModel):
     # hours after the job ended; the job rows and their infotexts stay. None keeps them forever (files saved to
     # the outputs folder are never touched). A1111 calls with save_images=false keep nothing either way.
     retention_hours: float | None = Field(None, gt=0)
+    # torch intra-op threads of each server worker on the CPU. None: the cores the server may use less one, which
+    # is left to the HTTP server so that job status and progress answer while a generation runs, shared among
+    # the CPU workers (at least 1).
+    cpu_threads: int | None = Field(None, ge=1)
 
 
 class TrainingSettings(BaseModel):
@@ -114,6 +118,10 @@ class ServerSettings(BaseModel):
     rate_per_minute: float = Field(120.0, gt=0)  # per API key, token bucket
     rate_burst: int = Field(30, ge=1)
     max_active_jobs_per_key: int = Field(8, ge=1)  # queued + running
+    # Seconds an idle keep-alive connection stays open. Longer than the idle expiry of client pools (httpx 5 s,
+    # aiohttp 15 s) so that the client closes first: when both are 5 s, a client reuses a connection just as
+    # the server closes it and gets a connection reset (httpx ReadError) for a request the server never saw.
+    keep_alive_s: int = Field(75, ge=1)
     # A moderation call costs one token per this many characters of text or per this many inputs (text or
     # image parts), whichever is more: scoring is per text and per 40-word window of a long one.
     moderation_chars_per_token: int = Field(2000, ge=1)

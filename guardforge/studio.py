@@ -75,7 +75,8 @@ class Studio:
         retention = self.settings.jobs.retention_hours
         return WorkerPool(self.jobs, self.events, self.generate,
                           worker_devices(self.settings.devices, self.settings.device), train=self.run_dreambooth_job,
-                          retention_s=retention * 3600 if retention else None)
+                          retention_s=retention * 3600 if retention else None,
+                          cpu_threads=self.settings.jobs.cpu_threads)
 
     def start_workers(self) -> list[str]:
         """Start one worker per device; returns the ids of jobs a dead server had left running."""

@@ -33,4 +33,4 @@ def serve(
     typer.echo(f"guardforge on http://{server.host}:{server.port}  (docs: /docs, UI: /ui)")
     # Event streams and waiting A1111 calls would hold a graceful shutdown open; give them 10 s.
     uvicorn.run(application, host=server.host, port=server.port, log_level=log_level,
-                timeout_graceful_shutdown=10)
+                timeout_graceful_shutdown=10, timeout_keep_alive=server.keep_alive_s)

@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     create_engine,
     event,
     func,
@@ -87,6 +88,33 @@ images_table = Table(
     Column("path", Text),  # saved by the OutputStore
     Column("data", Text),  # base64 PNG when the caller asked not to save (A1111's save_images=false)
 )
+
+
+# The reads every status poll makes, built once: building a statement costs more CPU than running it on
+# SQLite, and a server answers these tens of times a second per poller.
+_JOB_BY_ID = select(jobs_table).where(jobs_table.c.id == bindparam("job_id"))
+_POSITION = select(func.count()).select_from(jobs_table).where(
+    jobs_table.c.state == "queued",
+    (jobs_table.c.priority > bindparam("priority"))
+    | ((jobs_table.c.priority == bindparam("priority")) & (jobs_table.c.created_at < bindparam("created_at"))),
+)
+_IMAGES_OF_JOB = (select(images_table.c.id, images_table.c.idx, images_table.c.action)
+                  .where(images_table.c.job_id == bindparam("job_id")).order_by(images_table.c.idx))
+
+
+def _active_query(by_owner: bool, by_kind: bool):
+    query = select(jobs_table).where(jobs_table.c.state.in_(("running", "queued")))
+    if by_owner:
+        query = query.where(jobs_table.c.owner == bindparam("owner"))
+    if by_kind:
+        query = query.where(jobs_table.c.kind == bindparam("kind"))
+    return query.order_by((jobs_table.c.state == "running").desc(), jobs_table.c.priority.desc(),
+                          jobs_table.c.created_at).limit(1)
+
+
+_DEPTH = select(func.count()).select_from(jobs_table).where(jobs_table.c.state == "queued")  # /readyz, /metrics
+# A1111's /progress polls this one: (owner given, kind given) -> statement.
+_ACTIVE_FOR = {(o, k): _active_query(o, k) for o in (False, True) for k in (False, True)}
 
 
 @dataclass
@@ -314,16 +342,10 @@ class JobQueue:
 
     def active_for(self, owner: str | None, kind: str | None = None) -> Job | None:
         """The caller's running job, else its next queued one (A1111's /progress reports one job)."""
-        query = select(jobs_table.c.id).where(jobs_table.c.state.in_(("running", "queued")))
-        if owner is not None:
-            query = query.where(jobs_table.c.owner == owner)
-        if kind is not None:
-            query = query.where(jobs_table.c.kind == kind)
-        query = query.order_by((jobs_table.c.state == "running").desc(), jobs_table.c.priority.desc(),
-                               jobs_table.c.created_at)
         with self.engine.connect() as conn:
-            row = conn.execute(query.limit(1)).first()
-        return self._get(row.id) if row else None
+            row = conn.execute(_ACTIVE_FOR[owner is not None, kind is not None],
+                               {"owner": owner, "kind": kind}).first()
+            return self._complete(conn, self._job(row)) if row else None
 
     def active(self, kind: str | None = None) -> list[Job]:
         """Every queued or running job (of `kind`), any owner."""
@@ -335,8 +357,7 @@ class JobQueue:
 
     def depth(self) -> int:
         with self.engine.connect() as conn:
-            return conn.execute(select(func.count()).select_from(jobs_table)
-                                .where(jobs_table.c.state == "queued")).scalar_one()
+            return conn.execute(_DEPTH).scalar_one()
 
     def image(self, image_id: str, owner: str | None) -> StoredImage:
         with self.engine.connect() as conn:
@@ -353,22 +374,18 @@ class JobQueue:
 
     def _get(self, job_id: str) -> Job | None:
         with self.engine.connect() as conn:
-            row = conn.execute(select(jobs_table).where(jobs_table.c.id == job_id)).first()
-            if row is None:
-                return None
-            job = self._job(row)
-            if job.state == "queued":
-                job.position = conn.execute(select(func.count()).select_from(jobs_table).where(
-                    jobs_table.c.state == "queued",
-                    (jobs_table.c.priority > job.priority)
-                    | ((jobs_table.c.priority == job.priority) & (jobs_table.c.created_at < job.created_at)),
-                )).scalar_one()
-            if job.state in TERMINAL:
-                job.images = [
-                    {"id": r.id, "index": r.idx, "action": r.action}
-                    for r in conn.execute(select(images_table.c.id, images_table.c.idx, images_table.c.action)
-                                          .where(images_table.c.job_id == job_id).order_by(images_table.c.idx))
-                ]
+            row = conn.execute(_JOB_BY_ID, {"job_id": job_id}).first()
+            return self._complete(conn, self._job(row)) if row else None
+
+    @staticmethod
+    def _complete(conn, job: Job) -> Job:
+        """`job` with its place in the queue (queued) or its images (ended), read in the same transaction."""
+        if job.state == "queued":
+            job.position = conn.execute(_POSITION, {"priority": job.priority,
+                                                    "created_at": job.created_at}).scalar_one()
+        if job.state in TERMINAL:
+            job.images = [{"id": r.id, "index": r.idx, "action": r.action}
+                          for r in conn.execute(_IMAGES_OF_JOB, {"job_id": job.id})]
         return job
 
     @staticmethod

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import os
 import threading
 import time
 import traceback
@@ -33,6 +34,23 @@ TRAIN_FIELDS = ("phase", "loss", "instance_loss", "prior_loss", "it_per_s", "mes
 RECORD_RETRY_S = (0.5, 30.0)
 # How often the pool purges old jobs' pixels when jobs.retention_hours is set (at most; see WorkerPool).
 PRUNE_EVERY_S = 3600.0
+
+
+def cpu_worker_threads(devices: list[str], setting: int | None = None) -> int:
+    """torch intra-op threads for each worker on the CPU: `setting`, or else the cores this process may run on
+    less one, shared among the CPU workers, at least 1.
+
+    The core left over is the HTTP server's: torch's default takes every core, and its OpenMP threads spin
+    while they wait for each other, so the event loop (job status, progress) would wait for a core whenever
+    a generation runs; on a loaded machine a thread descheduled in a parallel region stalls the whole op.
+    """
+    if setting is not None:
+        return setting
+    try:
+        cores = len(os.sched_getaffinity(0))  # a taskset or a container's cpuset, not the machine's count
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, (cores - 1) // max(1, sum(device == "cpu" for device in devices)))
 
 
 def _png_base64(image, infotext: str) -> str:
@@ -63,7 +81,7 @@ class Worker:
     """
 
     def __init__(self, queue: JobQueue, hub: ProgressHub, generate: GenerateFn, device: str, poll_s: float = 0.5,
-                 train: TrainFn | None = None, index: int = 0, replica: int = 0):
+                 train: TrainFn | None = None, index: int = 0, replica: int = 0, threads: int | None = None):
         self.queue = queue
         self.hub = hub
         self.generate = generate
@@ -71,6 +89,7 @@ class Worker:
         self.device = device
         self.index = index
         self.replica = replica
+        self.threads = threads  # torch intra-op threads of this worker's thread; None: torch's default
         self.poll_s = poll_s
         self.wake = threading.Event()
         self._stop = threading.Event()
@@ -133,6 +152,11 @@ class Worker:
             return self._current.job_id if self._current else None
 
     def _loop(self) -> None:
+        if self.threads is not None:
+            import torch
+
+            # OpenMP's thread count is per calling thread: it must be set here, in the thread that runs the jobs.
+            torch.set_num_threads(self.threads)
         while not self._stop.is_set():
             job = None
             if not self._draining:
@@ -290,14 +314,16 @@ class Worker:
 
 class WorkerPool:
     """One worker per device, all on the same queue; with `retention_s`, also the thread that purges the pixels
-    of jobs that ended longer ago than that (at start, then every `prune_every_s`)."""
+    of jobs that ended longer ago than that (at start, then every `prune_every_s`). Workers on the CPU run torch
+    on `cpu_threads` threads each (None: see cpu_worker_threads)."""
 
     def __init__(self, queue: JobQueue, hub: ProgressHub, generate: GenerateFn, devices: list[str],
                  train: TrainFn | None = None, retention_s: float | None = None,
-                 prune_every_s: float = PRUNE_EVERY_S):
+                 prune_every_s: float = PRUNE_EVERY_S, cpu_threads: int | None = None):
         self.queue = queue
+        threads = cpu_worker_threads(devices, cpu_threads)
         self.workers = [Worker(queue, hub, generate, device, train=train, index=index,
-                               replica=devices[:index].count(device))
+                               replica=devices[:index].count(device), threads=threads if device == "cpu" else None)
                         for index, device in enumerate(devices)]
         self.retention_s = retention_s
         # Never slower than a tenth of the retention, so a short one is kept to within ~10%.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import logging
 import threading
 from collections import OrderedDict
@@ -167,6 +169,11 @@ class PipelineCache:
                                  vae=vae_entry.name if vae_entry else None, replica=replica)
             with self._lock:
                 self._loaded[key] = loaded
+            # A pipeline's Python objects (modules, configs, the imports its loading pulled in) live as long
+            # as it is cached; frozen, the collector's full passes skip them. Unfrozen, each full pass walked
+            # them all while holding the GIL, 30-270 ms during which a server answered nothing (docs/serve.md,
+            # "Under load"). _release thaws them, so an evicted model's reference cycles are collected too.
+            gc.freeze()
             return loaded
 
     def _evict(self, keep: int, slot: tuple[torch.device, int] | None = None) -> None:
@@ -191,6 +198,7 @@ class PipelineCache:
             with victim.lock:
                 victim._modes.clear()
         del victims
+        gc.unfreeze()  # back into the collector, for free_memory's collection; the next load freezes again
         for device in devices:
             free_memory(device)
 

@@ -89,6 +89,9 @@ async def get_caller(request: Request) -> Caller:
     """FastAPI dependency: who is calling (401 when a key is needed and missing or wrong)."""
     # In the thread pool: a key not in the cache costs a scrypt hash (tens of ms) and a database read, which on
     # the event loop would stall every other request, and a stream of wrong keys would stall the server.
+    # Without a key there is nothing to look up: the trip to the pool would cost more than the answer.
+    if presented_key(request) is None:
+        return request.app.state.auth.caller(request)
     return await run_in_threadpool(request.app.state.auth.caller, request)
 
 

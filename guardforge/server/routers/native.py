@@ -27,6 +27,10 @@ from guardforge.train.dreambooth.config import DreamBoothConfig
 
 router = APIRouter(tags=["native"])
 
+# Every database read and write and every file read of these routes runs in the thread pool, never on the event
+# loop: on the loop, a write waiting for SQLite's lock (up to its 30 s busy timeout), a PostgreSQL round trip or
+# a large image read would hold up every other request, status polls and event streams included.
+
 
 def job_view(request: Request, job: Job) -> JobView:
     studio = request.app.state.studio
@@ -48,6 +52,11 @@ def job_view(request: Request, job: Job) -> JobView:
         images=[JobImage(id=i["id"], index=i["index"], action=i["action"],
                          url=None if i["action"] == "block" else f"/v1/images/{i['id']}") for i in job.images],
     )
+
+
+def _submitted(studio, submit, body, owner: str, **options) -> Job:
+    """Queue `body` with `submit` and read the new job back (its place in the queue): one trip to the pool."""
+    return studio.jobs.get(submit(body, owner=owner, **options), owner)
 
 
 def final_event(job: Job) -> dict:
@@ -72,11 +81,11 @@ async def create_job(body: GenerationRequest, request: Request,
     app = request.app
     max_active = app.state.studio.settings.server.max_active_jobs_per_key if caller.key_id else None
     # Off the event loop: checking the request decodes its images and may rescan the models folder.
-    job_id = await run_in_threadpool(app.state.studio.submit, body, owner=caller.owner, priority=priority,
-                                     save=save, max_active=max_active, max_priority=caller.max_priority,
-                                     charge=caller.charge)
+    studio = app.state.studio
+    job = await run_in_threadpool(_submitted, studio, studio.submit, body, owner=caller.owner, priority=priority,
+                                  save=save, max_active=max_active, max_priority=caller.max_priority,
+                                  charge=caller.charge)
     app.state.metrics.submitted.labels("native").inc()
-    job = app.state.studio.jobs.get(job_id, caller.owner)
     return JobCreated(id=job.id, state=job.state, position=job.position)
 
 
@@ -94,11 +103,11 @@ async def create_training_job(body: DreamBoothConfig, request: Request,
     app = request.app
     max_active = app.state.studio.settings.server.max_active_jobs_per_key if caller.key_id else None
     # Off the event loop: checking the config lists folders and may rescan the models folder.
-    job_id = await run_in_threadpool(app.state.studio.submit_dreambooth, body, owner=caller.owner,
-                                     priority=priority, resume=resume, max_active=max_active,
-                                     max_priority=caller.max_priority, charge=caller.charge)
+    studio = app.state.studio
+    job = await run_in_threadpool(_submitted, studio, studio.submit_dreambooth, body, owner=caller.owner,
+                                  priority=priority, resume=resume, max_active=max_active,
+                                  max_priority=caller.max_priority, charge=caller.charge)
     app.state.metrics.submitted.labels("train").inc()
-    job = app.state.studio.jobs.get(job_id, caller.owner)
     return JobCreated(id=job.id, state=job.state, position=job.position)
 
 
@@ -107,20 +116,25 @@ async def create_training_job(body: DreamBoothConfig, request: Request,
 async def list_jobs(request: Request, limit: int = Query(50, ge=1, le=500),
                     state: str | None = Query(None, pattern="^(queued|running|succeeded|failed|cancelled)$"),
                     caller: Caller = Depends(get_caller)) -> JobList:
-    jobs = request.app.state.studio.jobs.list(caller.owner, limit=limit, state=state)
-    return JobList(jobs=[job_view(request, job) for job in jobs])
+    def read() -> JobList:  # up to 500 rows of JSON to decode
+        jobs = request.app.state.studio.jobs.list(caller.owner, limit=limit, state=state)
+        return JobList(jobs=[job_view(request, job) for job in jobs])
+
+    return await run_in_threadpool(read)
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobView, summary="One job: state, progress, result",
             responses=errors(401, 404))
 async def get_job(job_id: str, request: Request, caller: Caller = Depends(get_caller)) -> JobView:
-    return job_view(request, request.app.state.studio.jobs.get(job_id, caller.owner))
+    job = await run_in_threadpool(request.app.state.studio.jobs.get, job_id, caller.owner)
+    return job_view(request, job)
 
 
 @router.delete("/v1/jobs/{job_id}", response_model=JobView, summary="Cancel a queued or running job",
                responses=errors(401, 404))
 async def cancel_job(job_id: str, request: Request, caller: Caller = Depends(get_caller)) -> JobView:
-    return job_view(request, request.app.state.studio.cancel(job_id, caller.owner))
+    job = await run_in_threadpool(request.app.state.studio.cancel, job_id, caller.owner)  # a write: SQLite's lock
+    return job_view(request, job)
 
 
 @router.get("/v1/jobs/{job_id}/events", summary="Server-sent events: progress steps, then the verdicts",
@@ -129,7 +143,7 @@ async def cancel_job(job_id: str, request: Request, caller: Caller = Depends(get
                        **errors(401, 404)})
 async def job_events(job_id: str, request: Request, caller: Caller = Depends(get_caller)):
     studio = request.app.state.studio
-    studio.jobs.get(job_id, caller.owner)  # 404 before the stream starts
+    await run_in_threadpool(studio.jobs.get, job_id, caller.owner)  # 404 before the stream starts
 
     def sse(name: str, data: dict) -> str:
         return f"event: {name}\ndata: {json.dumps(data)}\n\n"
@@ -137,7 +151,7 @@ async def job_events(job_id: str, request: Request, caller: Caller = Depends(get
     async def stream():
         with studio.events.subscribe(job_id) as subscription:
             # Read the state after subscribing, so an event published in between is not lost.
-            job = studio.jobs.get(job_id, None)
+            job = await run_in_threadpool(studio.jobs.get, job_id, None)
             if job.state in TERMINAL:
                 yield sse("done", final_event(job))
                 return
@@ -148,7 +162,7 @@ async def job_events(job_id: str, request: Request, caller: Caller = Depends(get
             while True:
                 event = await subscription.get(timeout=10)
                 if event is None or event.get("final"):
-                    job = studio.jobs.get(job_id, None)
+                    job = await run_in_threadpool(studio.jobs.get, job_id, None)
                     if job.state in TERMINAL:
                         yield sse("done", final_event(job))
                         return
@@ -165,12 +179,12 @@ async def job_events(job_id: str, request: Request, caller: Caller = Depends(get
             responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}},
                              "description": "The image file"}, **errors(401, 404, 410)})
 async def get_image(image_id: str, request: Request, caller: Caller = Depends(get_caller)) -> Response:
-    data, media_type = request.app.state.studio.image_bytes(image_id, caller.owner)
+    data, media_type = await run_in_threadpool(request.app.state.studio.image_bytes, image_id, caller.owner)
     return Response(data, media_type=media_type)
 
 
 @router.get("/v1/models", response_model=ModelList, summary="Models in the registry", responses=errors(401))
 async def list_models(request: Request, caller: Caller = Depends(get_caller)) -> ModelList:
-    entries = request.app.state.studio.registry.list()
+    entries = await run_in_threadpool(request.app.state.studio.registry.list)  # may rescan the models folder
     return ModelList(models=[ModelView(name=e.name, hash=e.short_hash_if_known, path=e.path.name) for e in entries])
 
