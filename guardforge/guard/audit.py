@@ -81,15 +81,23 @@ class AuditLog:
                 self._created = True
 
     def record(self, verdict: Verdict, content: bytes | None = None) -> None:
+        self.record_many([(verdict, content)])
+
+    def record_many(self, rows: list[tuple[Verdict, bytes | None]]) -> None:
+        """Verdicts with their content (or None), in one transaction: a batch of 64 prompts is one commit, not
+        64 (2 ms each on SQLite, a third of the time of checking a large file)."""
+        if not rows:
+            return
         self._ensure_table()
+        now = datetime.now(timezone.utc)
+        values = [dict(
+            time=now, checkpoint=verdict.checkpoint, content_sha256=verdict.content_sha256, content=content,
+            backend=verdict.backend, scores=verdict.scores, unsafe=verdict.unsafe, violated=verdict.violated,
+            action=verdict.action, policy_hash=verdict.policy_hash, latency_ms=verdict.latency_ms,
+            labels_only=int(verdict.labels_only), error=verdict.error,
+        ) for verdict, content in rows]
         with self.engine.begin() as connection:
-            connection.execute(insert(self.table).values(
-                time=datetime.now(timezone.utc), checkpoint=verdict.checkpoint,
-                content_sha256=verdict.content_sha256, content=content, backend=verdict.backend,
-                scores=verdict.scores, unsafe=verdict.unsafe, violated=verdict.violated, action=verdict.action,
-                policy_hash=verdict.policy_hash, latency_ms=verdict.latency_ms,
-                labels_only=int(verdict.labels_only), error=verdict.error,
-            ))
+            connection.execute(insert(self.table), values)
 
     def recent(self, n: int = 20) -> list[dict]:
         """The last n rows, newest first, as plain dicts."""

@@ -8,6 +8,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from PIL import Image
 
@@ -57,6 +58,22 @@ def merge_verdicts(verdicts: list[Verdict]) -> Verdict:
         "error": next((verdict.error for verdict in verdicts if verdict.error), None),
         "content_sha256": verdicts[0].content_sha256,  # the whole text's, as the audit log lists it first
     })
+
+
+@dataclass(frozen=True)
+class PromptReading:
+    """Everything the guard scores for one prompt (built by guardforge.studio.prompt_reading): the prompt as
+    written, its other readings (the text the engine encodes, windows of a long one), and the prompts its
+    negative prompt implies (guard/negation.py) with the reason to give when one of those decides."""
+
+    text: str
+    views: tuple[str, ...] = ()
+    implied: tuple[str, ...] = ()
+    implied_reason: str | None = None
+
+
+def _most_severe(verdicts: list[Verdict]) -> Verdict:
+    return max(verdicts, key=lambda verdict: SEVERITY[verdict.action])  # the first of the most severe
 
 
 def _png(image: Image.Image) -> bytes:
@@ -175,8 +192,9 @@ class Guard:
             verdicts = [self._off(checkpoint, sha) for sha in hashes]
         else:
             verdicts = self._score(checkpoint, modality, items, hashes)
-        for verdict, content in zip(verdicts, contents, strict=True):
-            self._record(verdict, content)
+        if self.audit is not None:  # the whole batch in one transaction
+            self.audit.record_many([(verdict, content() if self.store_content else None)
+                                    for verdict, content in zip(verdicts, contents, strict=True)])
         return verdicts
 
     def _score(self, checkpoint: Checkpoint, modality: str, items: list, hashes: list[str]) -> list[Verdict]:
@@ -205,10 +223,6 @@ class Guard:
         return [self._from_scores(checkpoint, sha, name, result, elapsed)
                 for sha, result in zip(hashes, results, strict=True)]
 
-    def _record(self, verdict: Verdict, content: Callable[[], bytes]) -> None:
-        if self.audit is not None:
-            self.audit.record(verdict, content() if self.store_content else None)
-
     # --- checkpoints ----------------------------------------------------------------------------------
 
     def check_texts(self, texts: list[str], checkpoint: Checkpoint = "prompt") -> list[Verdict]:
@@ -218,8 +232,28 @@ class Guard:
     def check_prompt(self, text: str, variants: Sequence[str] = ()) -> Verdict:
         """The prompt's verdict. `variants`: other readings of the same prompt that must pass too (the text the
         engine will encode, its parts); all are scored in one batch and the most severe verdict stands."""
-        verdicts = self.check_texts(list(dict.fromkeys([text, *variants])), "prompt")
-        return max(verdicts, key=lambda verdict: SEVERITY[verdict.action])  # the first of the most severe
+        return self.check_prompts([PromptReading(text, tuple(variants))])[0]
+
+    def check_prompts(self, readings: Sequence[PromptReading]) -> list[Verdict]:
+        """One verdict per prompt, every reading of every prompt scored in one batch: one backend call, under
+        one guard.timeout_s (a caller with many prompts sends them in chunks, see `guard check --file`).
+
+        A prompt's verdict is the most severe of its own readings', unless one of its implied prompts is more
+        severe still: then that one's, with the reading's `implied_reason` as its `reason`."""
+        groups = []
+        for reading in readings:
+            own = list(dict.fromkeys([reading.text, *reading.views]))
+            groups.append((own, [text for text in dict.fromkeys(reading.implied) if text not in own]))
+        scored = iter(self.check_texts([text for own, implied in groups for text in (*own, *implied)], "prompt"))
+        verdicts = []
+        for reading, (own, implied) in zip(readings, groups, strict=True):
+            verdict = _most_severe([next(scored) for _ in own])
+            if implied:
+                by_implied = _most_severe([next(scored) for _ in implied])
+                if SEVERITY[by_implied.action] > SEVERITY[verdict.action]:
+                    verdict = by_implied.model_copy(update={"reason": reading.implied_reason})
+            verdicts.append(verdict)
+        return verdicts
 
     def check_images(self, images: list[Image.Image], checkpoint: Checkpoint) -> list[Verdict]:
         images = [image.convert("RGB") for image in images]

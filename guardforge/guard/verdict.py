@@ -27,6 +27,9 @@ class Verdict(BaseModel):
     latency_ms: float = 0.0
     labels_only: bool = False  # scores are 0/1 labels, not probabilities
     error: str | None = None  # set when the backend failed and the fail mode decided
+    # Set when the verdict is not the plain reading of the content: for a prompt, when the prompt its negative
+    # prompt implies decided it (guard/negation.py). Shown to the user beside the categories.
+    reason: str | None = None
     content_sha256: str = ""
     policy_hash: str = ""
 
