@@ -8,9 +8,11 @@ import time
 from collections.abc import Callable
 from functools import cached_property
 from threading import Event
+from typing import NamedTuple
 
 from guardforge.engine.request import GeneratedImage, GenerationRequest, GenerationResult, ProgressEvent
 from guardforge.errors import InvalidRequest
+from guardforge.guard.service import PromptReading
 from guardforge.guard.windows import GUARD_WINDOW_WORDS, text_windows  # noqa: F401 (GUARD_WINDOW_WORDS: re-exported)
 from guardforge.imaging import decode_image
 from guardforge.models.loading import check_checkpoint
@@ -28,6 +30,39 @@ def encoded_prompt_views(prompt: str) -> list[str]:
     without_tags, _ = extract_lora_tags(prompt)
     text = plain_text(without_tags)
     return [text] + text_windows(text)
+
+
+class RequestTexts(NamedTuple):
+    prompt: str
+    negative_prompt: str
+
+
+def request_texts(request: GenerationRequest) -> RequestTexts:
+    """Every text a generation reads, as the engine will be given it. The one place to extend: styles and
+    wildcards, when they exist, are expanded here, and the engine must then be handed these same texts, so that
+    what the guard reads (prompt_reading) is what the engine encodes."""
+    return RequestTexts(request.prompt, request.negative_prompt)
+
+
+def prompt_reading(prompt: str, negative_prompt: str = "") -> PromptReading:
+    """What the guard scores for a prompt and its negative prompt: the prompt as typed and as the engine encodes
+    it (encoded_prompt_views), and, when the negative prompt (or a weight below 0 in the prompt) asks for
+    something by negation (guard/negation.py), the prompt as it would read if it asked outright, whole and in
+    the same windows. Used by generate and by `guard check`, so both read a prompt alike. InvalidRequest when
+    the engine would refuse a text (an attention weight or <lora:> tag that does not parse)."""
+    from guardforge.engine.prompts import extract_lora_tags, prompt_chunks
+    from guardforge.guard.negation import read_negation
+
+    views = encoded_prompt_views(prompt)
+    # Read as the engine reads each: the prompt without its LoRA tags; the negative prompt whole (the engine
+    # takes no LoRA from it).
+    negative_parts = prompt_chunks(negative_prompt)
+    negation = read_negation(negative_parts, prompt_chunks(extract_lora_tags(prompt)[0]))
+    if not negation:
+        return PromptReading(prompt, tuple(views))
+    text = views[0]
+    implied = [negation.implied_prompt(text)] + [negation.implied_prompt(window) for window in text_windows(text)]
+    return PromptReading(prompt, tuple(views), tuple(implied), negation.reason(implied[0]))
 
 
 class Studio:
@@ -216,7 +251,8 @@ class Studio:
         mask = decode_image(request.mask, max_pixels, "mask") if request.mask is not None else None
         entry = self.registry.resolve(request.model or self.settings.default_model)
 
-        prompt_verdict = self.guard.check_prompt(request.prompt, encoded_prompt_views(request.prompt))
+        texts = request_texts(request)
+        [prompt_verdict] = self.guard.check_prompts([prompt_reading(texts.prompt, texts.negative_prompt)])
         input_verdict = self.guard.check_input_image(init_image) if init_image is not None else None
         blocking = [v for v in (prompt_verdict, input_verdict) if v is not None and v.action == "block"]
         if blocking:

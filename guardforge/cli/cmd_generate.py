@@ -130,7 +130,8 @@ def generate(
     if result.blocked:
         verdict = result.prompt_verdict or {}
         categories = ", ".join(verdict.get("violated") or []) or "policy"
-        typer.secho(f"blocked by the guard before generation ({categories})", err=True, fg="red")
+        reason = f"; {verdict['reason']}" if verdict.get("reason") else ""
+        typer.secho(f"blocked by the guard before generation ({categories}{reason})", err=True, fg="red")
         raise typer.Exit(1)
     for image in result.images:
         where = image.path or f"not saved ({image.action})"

@@ -47,6 +47,8 @@ class Reasons:
             text = f"overall unsafe score {verdict['unsafe']:.2f}"  # the guard named no category
         if verdict.get("error"):
             text = (text + "; " if text else "") + f"the guard could not check: {verdict['error']}"
+        if verdict.get("reason"):  # e.g. the prompt its negative prompt implies decided it
+            text = (text + "; " if text else "") + verdict["reason"]
         return text
 
     @staticmethod
