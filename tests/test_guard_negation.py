@@ -84,3 +84,12 @@ def test_the_implied_prompt_is_read_whole_and_in_the_prompts_windows():
     assert all(text.endswith(", nude, naked, uncensored") for text in reading.implied)
     assert "clothes" in reading.implied_reason and "nude, naked, uncensored" in reading.implied_reason
 
+
+def test_the_docs_list_the_table_as_it_is():
+    from guardforge.guard.negation import IMPLICATIONS
+    from tests.livesrv import REPO
+
+    doc = (REPO / "docs" / "guard.md").read_text(encoding="utf-8")
+    for implication in IMPLICATIONS:
+        row = f"| {implication.name} | {', '.join(implication.terms)} | {', '.join(implication.implies)} |"
+        assert row in doc, row
