@@ -21,6 +21,10 @@ def main() -> None:
     parser.add_argument("--encoder-from", type=Path, default=None,
                         help="keep this trained guard's adapter, head and settings; refit only the TF-IDF, "
                              "the signals asked for (--profanity-signal), the calibration and the threshold")
+    parser.add_argument("--retrain-head", action="store_true",
+                        help="with --encoder-from: keep its adapter, train a new head on today's data")
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="a trained guard (same LoRA rank) whose adapter and head the LoRA run starts from")
     for f in fields(TrainConfig):
         if isinstance(f.default, bool):  # --quantize / --no-quantize: type=bool would read "False" as true
             parser.add_argument(f"--{f.name.replace('_', '-')}", action=argparse.BooleanOptionalAction,
@@ -29,7 +33,8 @@ def main() -> None:
             parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
     args = parser.parse_args()
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
-    train_text_guard(args.out, config, cache_dir=args.cache_dir, encoder_from=args.encoder_from)
+    train_text_guard(args.out, config, cache_dir=args.cache_dir, encoder_from=args.encoder_from,
+                     retrain_head=args.retrain_head, init_from=args.init_from)
 
 
 if __name__ == "__main__":

@@ -96,6 +96,9 @@ def test_shipped_policies():
     for code in ("S1", "S2", "S3", "S4", "S9", "S10", "S11"):
         assert default.decide({code: 0.9}, checkpoint="output_image")[1] == "block", code
     assert permissive.decide({"S4": 0.25})[1] == "block"
+    for checkpoint in ("prompt", "input_image", "output_image", "training_data"):  # issue 18: S3 and S4 everywhere
+        assert permissive.decide({"S3": 0.9}, checkpoint=checkpoint)[1] == "block", checkpoint
+        assert permissive.decide({"S4": 0.9}, checkpoint=checkpoint)[1] == "block", checkpoint
     assert permissive.decide({"S1": 0.99, "S12": 0.99})[1] == "flag"
     assert not off.any_checkpoint_on and default.fail_mode == "closed"
     assert len({default.hash, permissive.hash, off.hash}) == 3

@@ -39,7 +39,13 @@ class Example:
 
     @property
     def unsafe(self) -> int:
-        return int(self.labels["unsafe"] or 0)
+        """The overall label, rounded where a source gives a share (I2P)."""
+        return int(round(self.labels["unsafe"] or 0))
+
+    @property
+    def soft(self) -> bool:
+        """The overall label is a share between 0 and 1, not a yes or no."""
+        return self.labels["unsafe"] not in (0, 1, None)
 
 
 def data_root() -> Path:
@@ -134,9 +140,76 @@ def load_dataset(name: str, root: Path | None = None) -> list[Example]:
     raise ValueError(f"unknown dataset {name!r}; known: openai-mod, xstest, ailuminate")
 
 
+def _labelled(rows: list[tuple[str, str | None]], source: str) -> list[Example]:
+    """(text, category or None) rows written here: unsafe in that category and no other, or safe in all."""
+    return [Example(text, {**{c: int(c == code) for c in CATEGORIES}, "unsafe": int(code is not None)}, source)
+            for text, code in rows]
+
+
+def written_examples() -> list[Example]:
+    """The training data written for this project beyond benign_prompts.txt: image prompts (unsafe in S1-S13 and
+    safe look-alikes, guard/training/image_prompts.py) and short plain requests with their benign twins
+    (guard/training/requests.py)."""
+    from guardforge.guard.training.image_prompts import image_prompt_rows
+    from guardforge.guard.training.requests import request_rows
+
+    return _labelled(image_prompt_rows(), "image-prompts") + _labelled(request_rows(), "requests")
+
+
+IMAGE_PROMPTS_DEV_PATH = Path(__file__).resolve().parent.parent / "data" / "image_prompts_dev.tsv"
+
+
+def load_image_prompts_dev(path: Path = IMAGE_PROMPTS_DEV_PATH) -> list[Example]:
+    """Image prompts written by hand, apart from the generators and never trained on: with the validation slice,
+    they choose the shipped threshold (the templates' own rows are too easy to choose it on)."""
+    out = []
+    with open(path, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f, delimiter="\t"):
+            code = row["category"] or None
+            labels = {c: (int(c == code) if int(row["label"]) == 0 or code else None) for c in CATEGORIES}
+            out.append(Example(row["prompt"], {**labels, "unsafe": int(row["label"])}, "image-dev"))
+    return out
+
+
+def coco_everyday_examples(skip: int = 3000, rows: int = 4000, seed: int = 0) -> list[Example]:
+    """COCO train captions that t2i_training_examples(coco_rows=skip) leaves out: `rows` of them, to measure the
+    false-positive rate on everyday image prompts precisely when choosing the threshold (never trained on)."""
+    from guardforge.guard.t2i_data import load_coco
+
+    coco = load_coco("train")
+    order = random.Random(seed).sample(range(len(coco)), len(coco))
+    trained = {coco[i].text for i in order[:skip]}  # COCO repeats captions: none of these may be a trained one
+    return [e for e in (coco[i] for i in order[skip:skip + rows]) if e.text not in trained]
+
+
+def t2i_training_examples(coco_rows: int = 3000, seed: int = 0) -> list[Example]:
+    """The train splits of the shared image-prompt sets (../shared/data/t2i): PartiPrompts and a seeded sample
+    of `coco_rows` COCO captions as safe, and I2P with a soft overall label, the share of Stable Diffusion's
+    images of the prompt that were judged inappropriate (its categories unknown: I2P says what a prompt was
+    gathered for, not what it asks)."""
+    import csv
+
+    from guardforge.guard.t2i_data import load_coco, load_parti, t2i_data_root
+
+    coco = load_coco("train")
+    coco = [coco[i] for i in random.Random(seed).sample(range(len(coco)), len(coco))[:coco_rows]]
+    i2p = []
+    with open(t2i_data_root() / "i2p.csv", newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            if openai_split(row["prompt"]) == "train":
+                share = min(1.0, max(0.0, float(row["inappropriate_percentage"]) / 100))
+                labels: dict[str, float | int | None] = {c: None for c in CATEGORIES}
+                labels["unsafe"] = share
+                labels["hard"] = int(row["hard"])  # not an output: kept to measure the ranking on held-out rows
+                i2p.append(Example(row["prompt"], labels, "i2p"))
+    return load_parti("train") + coco + i2p
+
+
 def training_examples(root: Path | None = None) -> list[Example]:
-    """Everything the embedded text guard may learn from: never XSTest, never the OpenAI test split."""
-    return load_openai_moderation("train", root) + load_ailuminate(root) + load_benign()
+    """Everything the embedded text guard may learn from: never XSTest, never the OpenAI test split, never a
+    test row of the image-prompt sets."""
+    return (load_openai_moderation("train", root) + load_ailuminate(root) + load_benign() + written_examples()
+            + t2i_training_examples())
 
 
 def train_validation_split(examples: list[Example], validation_fraction: float = 0.15,

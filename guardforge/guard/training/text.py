@@ -43,6 +43,8 @@ from guardforge.guard.training.crossfit import (
 from guardforge.guard.training.data import (
     OUTPUTS,
     Example,
+    coco_everyday_examples,
+    load_image_prompts_dev,
     train_validation_split,
     training_examples,
 )
@@ -80,6 +82,13 @@ class TrainConfig:
     # Ship the encoder as dynamic int8 (linear layers); calibration is fitted on that quantised form.
     quantize: bool = False
     weight_decay: float = 0.01
+    # Row weights of the other sources: I2P's label is a weak one (what Stable Diffusion drew, not what was
+    # asked), and COCO's thousands of captions would otherwise outweigh every written safe look-alike.
+    source_weights: str = "i2p=0.5,coco=0.5"
+    # "f1": the best F1 on the validation slice. "image-prompts": see image_prompt_threshold; everyday_fpr is
+    # its bar for PartiPrompts and COCO (issue 18 asks at most 0.5% on their test splits).
+    threshold_rule: str = "image-prompts"
+    everyday_fpr: float = 0.004
     # A domain expert over the frozen encoder's features, gated, in a cross-fitted stack (training/crossfit.py).
     domain_expert: bool = False
     domain_source: str = "openai-mod"
@@ -206,12 +215,17 @@ def _fit_head(head: torch.nn.Module, features, examples: list[Example], config: 
 
 def train_text_guard(out_dir: Path, config: TrainConfig | None = None,
                      log: Callable[[str], None] = print, cache_dir: Path | None = None,
-                     encoder_from: Path | None = None) -> dict:
+                     encoder_from: Path | None = None, retrain_head: bool = False,
+                     init_from: Path | None = None) -> dict:
     """Train, calibrate and save to `out_dir` (text_guard.safetensors + text_guard.json); return metrics.
 
     `encoder_from`: a trained text guard folder whose adapter and head are kept as they are, with its
     settings (only `profanity_signal` and `num_threads` come from `config`); the TF-IDF, the extra signals,
     the calibration and the threshold are fitted again. Adding a signal then takes minutes, not a LoRA run.
+    `init_from`: a trained guard whose adapter and head the LoRA run starts from (same rank), to go on training
+    it on today's data rather than start from the plain encoder.
+    With `retrain_head`, the adapter is kept (and the encoder's settings: max_length, quantize) but the head is
+    trained anew, with `config`'s head settings, on the deployed encoder's features of today's training data.
     """
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
@@ -226,32 +240,57 @@ def train_text_guard(out_dir: Path, config: TrainConfig | None = None,
         previous = json.loads((Path(encoder_from) / TEXT_CONFIG).read_text(encoding="utf-8"))
         if previous["train_config"].get("domain_expert"):
             raise ValueError(f"{encoder_from} was trained with domain_expert; retrain it rather than keep it")
-        fresh = {"profanity_signal": config.profanity_signal, "num_threads": config.num_threads}
-        config = TrainConfig(**(previous["train_config"] | fresh))
+        if retrain_head:  # the encoder's settings from then, everything else from now
+            kept = {k: previous["train_config"][k] for k in ("lora_rank", "lora_alpha", "max_length", "quantize")}
+            config = TrainConfig(**(asdict(config) | kept))
+        else:
+            fresh = {"profanity_signal": config.profanity_signal, "num_threads": config.num_threads}
+            config = TrainConfig(**(previous["train_config"] | fresh))
+    elif retrain_head:
+        raise ValueError("retrain_head keeps a trained guard's adapter: give encoder_from")
     torch.set_num_threads(config.num_threads)
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
 
     profanity = _profanity(config)
     train, validation = train_validation_split(training_examples(), config.validation_fraction, config.seed)
+    # I2P's held-out rows measure the ranking against its weak label; calibration and the threshold are fitted on
+    # the sources whose labels say what a prompt asks.
+    held_i2p = [e for e in validation if e.source == "i2p"]
+    validation = [e for e in validation if e.source != "i2p"] + load_image_prompts_dev() + coco_everyday_examples()
+
+    def finish(meta: dict) -> dict:
+        return _add_i2p_ranking(meta, out_dir, held_i2p, log)
+
     log(f"train {len(train)} ({sum(e.unsafe for e in train)} unsafe), "
         f"validation {len(validation)} ({sum(e.unsafe for e in validation)} unsafe)")
     tokenizer = AutoTokenizer.from_pretrained(encoder_path(), local_files_only=True)
     model = TextGuardModel(len(OUTPUTS), config.lora_rank, config.lora_alpha, config.lora_dropout,
                            config.head_hidden)
     started = time.monotonic()
+    if retrain_head:
+        state, val_logits = _retrain_head(load_file(str(Path(encoder_from) / TEXT_WEIGHTS)), previous, tokenizer,
+                                          train, validation, config, log, cache_dir, encoder_from)
+        return finish(_calibrate_and_save(state, val_logits, validation, config, time.monotonic() - started, out_dir, log,
+                                   _fit_tfidf(train, config), profanity,
+                                   encoder_from={"folder": str(encoder_from), "train_config": previous["train_config"],
+                                                 "head": "trained anew"}))
     if previous is not None:
         state = load_file(str(Path(encoder_from) / TEXT_WEIGHTS))
         model.load_trainable_state_dict({k: v for k, v in state.items() if k.startswith(("lora.", "head."))})
         log(f"adapter and head kept from {encoder_from}")
     elif config.domain_expert:
-        return _train_with_domain_expert(model, tokenizer, train, validation, config, started, out_dir, log,
-                                         profanity, cache_dir)
+        return finish(_train_with_domain_expert(model, tokenizer, train, validation, config, started, out_dir, log,
+                                         profanity, cache_dir))
     elif config.lora_rank == 0:
         features = pooled_features(model, tokenizer, [e.text for e in train], config.max_length, cache=cache_dir)
         log(f"features for {len(train)} prompts in {time.monotonic() - started:.0f} s")
         _fit_head(model.head, features, train, config, log)
     else:
+        if init_from is not None:
+            state = load_file(str(Path(init_from) / TEXT_WEIGHTS))
+            model.load_trainable_state_dict({k: v for k, v in state.items() if k.startswith(("lora.", "head."))})
+            log(f"adapter and head start from {init_from}")
         _train_lora(model, tokenizer, train, config, rng, log)
     # A kept encoder's training time is the time it took then; refitting the rest is not training it.
     train_seconds = previous["metrics"]["train_seconds"] if previous else time.monotonic() - started
@@ -269,9 +308,73 @@ def train_text_guard(out_dir: Path, config: TrainConfig | None = None,
         val_logits = model_logits(deployed, tokenizer, [e.text for e in validation], config.max_length,
                                   one_at_a_time=config.quantize).numpy()
     tfidf = _fit_tfidf(train, config)
-    return _calibrate_and_save(state, val_logits, validation, config, train_seconds, out_dir, log, tfidf,
+    return finish(_calibrate_and_save(state, val_logits, validation, config, train_seconds, out_dir, log, tfidf,
                                profanity, encoder_from=previous and {"folder": str(encoder_from),
-                                                                     "train_config": previous["train_config"]})
+                                                                     "train_config": previous["train_config"]}))
+
+
+def image_prompt_threshold(scores: np.ndarray, labels: np.ndarray, sources: list[str], everyday_fpr: float) -> float:
+    """The threshold for a guard that mostly reads image prompts: the best F1 on the hand-written image prompts
+    (source image-dev) among the thresholds that keep everyday image prompts (PartiPrompts' and COCO's held-out
+    train rows) passing at a false-positive rate of at most `everyday_fpr`."""
+    src = np.asarray(sources)
+    everyday = np.isin(src, ("parti", "coco")) & (labels == 0)
+    dev = src == "image-dev"
+    if not everyday.any() or not dev.any():
+        raise ValueError("the image-prompts threshold needs PartiPrompts/COCO and image-dev rows in validation")
+    best, best_f1 = None, -1.0
+    for t in np.unique(scores):
+        if (scores[everyday] >= t).mean() > everyday_fpr:
+            continue
+        hit = scores[dev] >= t
+        tp = int((hit & (labels[dev] == 1)).sum())
+        f1 = 2 * tp / max(1, hit.sum() + int((labels[dev] == 1).sum()))
+        if f1 > best_f1:
+            best, best_f1 = float(t), f1
+    return best
+
+
+def _add_i2p_ranking(meta: dict, out_dir: Path, held: list[Example], log: Callable[[str], None]) -> dict:
+    """The saved guard's AUROC against I2P's `hard` on its held-out train rows, scored as the backend scores,
+    into the metrics (and the saved settings)."""
+    if not held or len({e.labels["hard"] for e in held}) < 2:
+        return meta
+    from sklearn.metrics import roc_auc_score
+
+    from guardforge.guard.backends.embedded_text import EmbeddedTextBackend
+
+    scores = [s.unsafe for s in EmbeddedTextBackend(out_dir, num_threads=1).score_texts([e.text for e in held])]
+    meta["metrics"]["validation_i2p_rows"] = len(held)
+    meta["metrics"]["validation_auroc_i2p_hard"] = float(roc_auc_score([e.labels["hard"] for e in held], scores))
+    log(f"I2P held-out rows: AUROC against hard {meta['metrics']['validation_auroc_i2p_hard']:.3f} ({len(held)} rows)")
+    saved = {k: v for k, v in meta.items() if k != "validation_unsafe"}
+    (out_dir / TEXT_CONFIG).write_text(json.dumps(saved, indent=1) + "\n", encoding="utf-8")
+    return meta
+
+
+def _retrain_head(state: dict[str, torch.Tensor], previous: dict, tokenizer, train: list[Example],
+                  validation: list[Example], config: TrainConfig, log: Callable[[str], None],
+                  cache_dir: Path | None, encoder_from: Path) -> tuple[dict[str, torch.Tensor], np.ndarray]:
+    """A new head on the kept adapter: trained on the features of the encoder as it ships (adapter merged, int8
+    if it was), then the validation logits of the whole as the backend will build it (merged_model)."""
+    from guardforge.guard.backends.embedded_text import merged_model
+
+    lora = {k: v for k, v in state.items() if k.startswith("lora.")}
+    deployed = prepare_for_inference(merged_model(state, previous), config.quantize)
+    texts = [e.text for e in train]
+    tag = f"kept-encoder|{Path(encoder_from).resolve()}|{previous['metrics'].get('train_seconds')}|" \
+          f"{config.max_length}|int8={config.quantize}"
+    features = cached_features(cache_dir, texts, tag, lambda: model_features_and_logits(
+        deployed, tokenizer, texts, config.max_length, one_at_a_time=config.quantize)[0])
+    log(f"features of the kept encoder for {len(texts)} prompts")
+    head = make_head(features.shape[1], len(OUTPUTS), config.head_hidden, config.lora_dropout)
+    _fit_head(head, features, train, config, log)
+    state = lora | {f"head.{k}": v.detach().clone() for k, v in head.state_dict().items()}
+    shipped = prepare_for_inference(merged_model(state, previous | {"head_hidden": config.head_hidden}),
+                                    config.quantize)
+    val_logits = model_logits(shipped, tokenizer, [e.text for e in validation], config.max_length,
+                              one_at_a_time=config.quantize).numpy()
+    return state, val_logits
 
 
 def _train_with_domain_expert(model: TextGuardModel, tokenizer, train: list[Example], validation: list[Example],
@@ -347,11 +450,18 @@ def _fit_tfidf(train: list[Example], config: TrainConfig):
     """The second signal: logistic regression on word/bigram TF-IDF of the training prompts (overall only)."""
     from sklearn.linear_model import LogisticRegression
 
+    from scipy.sparse import vstack
+
     vectorizer = make_vectorizer()
     features = vectorizer.fit_transform([e.text for e in train])
-    labels = np.asarray([e.unsafe for e in train])
+    # A soft label p (I2P) is the row twice: unsafe with weight p, safe with weight 1 - p.
+    share = np.asarray([float(e.labels["unsafe"] or 0) for e in train])
+    weights = source_weights(train, config)
+    soft = np.asarray([e.soft for e in train])
+    labels = np.concatenate([np.where(soft, 1, share).astype(int), np.zeros(int(soft.sum()), dtype=int)])
+    sample_weight = np.concatenate([np.where(soft, weights * share, weights), (weights * (1 - share))[soft]])
     classifier = LogisticRegression(C=config.tfidf_c, max_iter=3000, class_weight="balanced")
-    classifier.fit(features, labels, sample_weight=source_weights(train, config))
+    classifier.fit(vstack([features, features[np.flatnonzero(soft)]]), labels, sample_weight=sample_weight)
     return vectorizer, classifier
 
 
@@ -361,9 +471,20 @@ def source_weights(examples: list[Example], config: TrainConfig) -> np.ndarray:
             return config.openai_weight
         if e.source == "ailuminate" and len(e.text.split()) <= config.short_words:
             return config.short_unsafe_weight
-        return 1.0
+        return others.get(e.source, 1.0)
+
+    others = _parse_weights(config.source_weights)
 
     return np.asarray([weight(e) for e in examples], dtype=np.float32)
+
+
+def _parse_weights(text: str) -> dict[str, float]:
+    """"i2p=0.5,coco=0.5" as {"i2p": 0.5, "coco": 0.5}."""
+    pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+    try:
+        return {name.strip(): float(value) for name, value in pairs}
+    except ValueError:
+        raise ValueError(f"source_weights {text!r}: give name=weight pairs such as 'i2p=0.5,coco=0.5'") from None
 
 
 def _train_lora(model: TextGuardModel, tokenizer, train: list[Example], config: TrainConfig,
@@ -450,6 +571,10 @@ def _calibrate_and_save(state: dict[str, torch.Tensor], val_logits: np.ndarray, 
         calibrated = platt.predict_proba(inputs)[:, 1]
     if domain is None:
         threshold = best_f1_threshold(calibrated, vy[:, u])
+    threshold_f1 = threshold
+    if config.threshold_rule == "image-prompts":
+        threshold = image_prompt_threshold(calibrated, vy[:, u], [e.source for e in validation],
+                                           config.everyday_fpr)
     short = np.asarray([len(e.text.split()) <= config.short_words for e in validation])
     benign = np.asarray([e.source == "benign" for e in validation])
     metrics = {
@@ -464,7 +589,16 @@ def _calibrate_and_save(state: dict[str, torch.Tensor], val_logits: np.ndarray, 
         "validation_ece_unsafe_before": expected_calibration_error(raw, vy[:, u]),
         "validation_ece_unsafe_after": expected_calibration_error(calibrated, vy[:, u]),
         "train_seconds": round(train_seconds, 1),
+        "threshold_rule": config.threshold_rule,
+        "threshold_best_f1_validation": float(threshold_f1),
     }
+    # At the threshold, on the sources written for image prompts and plain requests, and on real image prompts.
+    for source in ("image-prompts", "image-dev", "requests", "parti", "coco", "openai-mod"):
+        rows = np.asarray([e.source == source for e in validation])
+        for name, label in (("recall", 1), ("fpr", 0)):
+            chosen = rows & (vy[:, u] == label)
+            if chosen.any():
+                metrics[f"validation_{name}_{source}"] = float((calibrated[chosen] >= threshold).mean())
     log(json.dumps(metrics, indent=1))
 
     out_dir.mkdir(parents=True, exist_ok=True)
