@@ -69,17 +69,11 @@ def test_benign_prompts_file():
     assert "a kitchen knife block on a marble counter" in {e.text for e in benign}
 
 
-def test_benign_prompts_are_not_near_copies_of_test_prompts():
-    """Our own look-alikes may share a topic with XSTest, never its wording (nor the OpenAI test split's)."""
-    import difflib
-
+def test_hand_written_questions_are_in_the_committed_file():
+    """(That neither they nor any other training text is a near copy of a test row: test_guard_near_duplicates.)"""
     from guardforge.guard.training.benign_questions import QUESTIONS
 
-    benign = {e.text for e in data.load_benign()}
-    assert set(QUESTIONS) <= benign  # the hand-written questions are in the committed file
-    tests = [e.text.lower() for e in data.load_xstest() + data.load_openai_moderation("test")]
-    near = [(t, difflib.get_close_matches(t.lower(), tests, n=1, cutoff=0.8)) for t in benign]
-    assert not [(t, m) for t, m in near if m]
+    assert set(QUESTIONS) <= {e.text for e in data.load_benign()}
 
 
 def test_ece_and_temperature_scaling():
