@@ -10,14 +10,17 @@ from guardforge.guard.training.text import expected_calibration_error, fit_tempe
 
 
 def _data_available() -> bool:
+    from guardforge.guard.t2i_data import t2i_data_root
+
     try:
         data.data_root()
+        t2i_data_root()  # training reads the image-prompt sets' train rows too
     except FileNotFoundError:
         return False
     return True
 
 
-pytestmark = pytest.mark.skipif(not _data_available(), reason="shared safety data not present")
+pytestmark = pytest.mark.skipif(not _data_available(), reason="shared safety or image-prompt data not present")
 
 
 def test_openai_split_reproduces_readme_counts():
@@ -40,7 +43,14 @@ def test_training_data_excludes_test_sets():
     training = {e.text for e in data.training_examples()}
     assert not training & {e.text for e in data.load_openai_moderation("test")}
     assert not training & {e.text for e in data.load_xstest()}
-    assert {e.source for e in data.training_examples()} == {"openai-mod", "ailuminate", "benign"}
+    assert {e.source for e in data.training_examples()} == {"openai-mod", "ailuminate", "benign", "image-prompts",
+                                                            "requests", "parti", "coco", "i2p"}
+    from guardforge.guard.t2i_data import load_t2i
+
+    for name in ("i2p", "parti", "coco"):  # never a test row of the image-prompt sets
+        assert not training & {e.text for e in load_t2i(name, "test")}, name
+    # The rows that choose the threshold are never trained on.
+    assert not training & {e.text for e in data.load_image_prompts_dev() + data.coco_everyday_examples()}
 
 
 def test_validation_split_is_disjoint_stratified_and_deterministic():

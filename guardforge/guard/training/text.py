@@ -86,9 +86,9 @@ class TrainConfig:
     # asked), and COCO's thousands of captions would otherwise outweigh every written safe look-alike.
     source_weights: str = "i2p=0.5,coco=0.5"
     # "f1": the best F1 on the validation slice. "image-prompts": see image_prompt_threshold; everyday_fpr is
-    # its bar for PartiPrompts and COCO (issue 18 asks at most 0.5% on their test splits).
+    # its bar for PartiPrompts and for COCO, each (issue 18 asks at most 0.5% on their test splits).
     threshold_rule: str = "image-prompts"
-    everyday_fpr: float = 0.004
+    everyday_fpr: float = 0.005
     # A domain expert over the frozen encoder's features, gated, in a cross-fitted stack (training/crossfit.py).
     domain_expert: bool = False
     domain_source: str = "openai-mod"
@@ -244,7 +244,8 @@ def train_text_guard(out_dir: Path, config: TrainConfig | None = None,
             kept = {k: previous["train_config"][k] for k in ("lora_rank", "lora_alpha", "max_length", "quantize")}
             config = TrainConfig(**(asdict(config) | kept))
         else:
-            fresh = {"profanity_signal": config.profanity_signal, "num_threads": config.num_threads}
+            fresh = {"profanity_signal": config.profanity_signal, "num_threads": config.num_threads,
+                     "threshold_rule": config.threshold_rule, "everyday_fpr": config.everyday_fpr}
             config = TrainConfig(**(previous["train_config"] | fresh))
     elif retrain_head:
         raise ValueError("retrain_head keeps a trained guard's adapter: give encoder_from")
@@ -315,16 +316,16 @@ def train_text_guard(out_dir: Path, config: TrainConfig | None = None,
 
 def image_prompt_threshold(scores: np.ndarray, labels: np.ndarray, sources: list[str], everyday_fpr: float) -> float:
     """The threshold for a guard that mostly reads image prompts: the best F1 on the hand-written image prompts
-    (source image-dev) among the thresholds that keep everyday image prompts (PartiPrompts' and COCO's held-out
-    train rows) passing at a false-positive rate of at most `everyday_fpr`."""
+    (source image-dev) among the thresholds that keep everyday image prompts passing: PartiPrompts' and COCO's
+    held-out train rows, each at a false-positive rate of at most `everyday_fpr`."""
     src = np.asarray(sources)
-    everyday = np.isin(src, ("parti", "coco")) & (labels == 0)
+    everyday = [(src == name) & (labels == 0) for name in ("parti", "coco")]
     dev = src == "image-dev"
-    if not everyday.any() or not dev.any():
-        raise ValueError("the image-prompts threshold needs PartiPrompts/COCO and image-dev rows in validation")
+    if not all(rows.any() for rows in everyday) or not dev.any():
+        raise ValueError("the image-prompts threshold needs PartiPrompts, COCO and image-dev rows in validation")
     best, best_f1 = None, -1.0
     for t in np.unique(scores):
-        if (scores[everyday] >= t).mean() > everyday_fpr:
+        if any((scores[rows] >= t).mean() > everyday_fpr for rows in everyday):  # each set on its own
             continue
         hit = scores[dev] >= t
         tp = int((hit & (labels[dev] == 1)).sum())
