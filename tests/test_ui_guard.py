@@ -12,14 +12,14 @@ import pytest
 from tests.livesrv import LiveServer, make_home, server_env
 from tests.test_ui import ARTIFACTS, chromium, set_number
 
-# "I will kill you" scores S11 0.51 with the embedded text guard: blocked at the 0.4 default. Every other prompt
+# "I will kill you" scores S1 (violent crimes) 0.91 with the embedded text guard: blocked. Every other prompt
 # is flagged (S13 at a threshold nothing stays under) and every image blurred (S12 likewise, allowed in prompts).
 POLICY = """
 name: ui-guard
 default: {threshold: 0.4, action: block}
 categories:
   S12: {threshold: 0.000001, action: blur, at: {prompt: allow}}
-  S13: {threshold: 0.000001, action: flag}
+  S13: {threshold: 0.000000001, action: flag}
 excluded: [S14]
 checkpoints: {prompt: true, input_image: false, output_image: true, training_data: false}
 """
@@ -52,7 +52,7 @@ def test_blocked_flagged_and_blurred_are_said(guarded, request):
     progress, gallery, _, verdict = client.predict("I will kill you", *FIELDS, api_name="/run_mode")
     # The reviewer saw a green "done 20/20 (100%)", an empty gallery and "action": null.
     assert 'data-state="blocked"' in progress and "done" not in progress
-    assert "Blocked by the guard: the prompt was refused (S11 Suicide &amp; Self-Harm, score 0.5" in progress
+    assert "Blocked by the guard: the prompt was refused (S1 Violent Crimes, score 0.9" in progress
     assert "Nothing was generated" in progress
     assert gallery == [] and verdict["action"] == "block" and verdict["blocked"] is True
 
@@ -91,7 +91,7 @@ def test_newcomer_sees_the_model_size_and_the_guard(guarded):
             page.locator("#gf-generate").click()
             expect(page.locator("#gf-progress")).to_have_attribute("data-state", "blocked", timeout=120_000)
             expect(page.locator("#gf-guard")).to_contain_text(re.compile(r"Blocked by the guard: the prompt was "
-                                                                         r"refused \(S11 Suicide & Self-Harm"))
+                                                                         r"refused \(S1 Violent Crimes"))
             expect(page.locator("#gf-verdict")).to_contain_text("block")
             page.screenshot(path=str(ARTIFACTS / "ui-blocked.png"), full_page=True)
 

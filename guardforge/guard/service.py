@@ -73,7 +73,9 @@ class PromptReading:
 
 
 def _most_severe(verdicts: list[Verdict]) -> Verdict:
-    return max(verdicts, key=lambda verdict: SEVERITY[verdict.action])  # the first of the most severe
+    """The most severe verdict; among equally severe, the reading that scored highest (the one that says why: the
+    engine's text "a naked woman" over the raw "a n(a:1)ked woman" when both are blocked), then the first."""
+    return max(verdicts, key=lambda verdict: (SEVERITY[verdict.action], verdict.unsafe or 0.0))
 
 
 def _png(image: Image.Image) -> bytes:
