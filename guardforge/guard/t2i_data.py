@@ -8,10 +8,9 @@ copies the data into the project.
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
-from guardforge.guard.training.data import CATEGORIES, Example
+from guardforge.guard.training.data import CATEGORIES, Example, shared_data_folder
 from guardforge.guard.training.data import openai_split as split_of  # the one sha1 rule both folders use
 
 T2I_DATASETS: tuple[str, ...] = ("i2p", "parti", "coco")
@@ -29,15 +28,7 @@ _FILES = {"i2p": "i2p.csv", "parti": "parti_prompts.tsv", "coco": "coco_30k.csv"
 
 def t2i_data_root() -> Path:
     """The shared prompt-set folder: GUARDFORGE_T2I_DATA, else ../shared/data/t2i beside the checkout."""
-    env = os.environ.get("GUARDFORGE_T2I_DATA")
-    if env:
-        return Path(env)
-    repo = Path(__file__).resolve().parents[2]
-    for candidate in (repo.parent / "shared" / "data" / "t2i", Path("/work/shared/data/t2i")):
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError("text-to-image prompt sets not found; set GUARDFORGE_T2I_DATA to the folder "
-                            "holding i2p.csv, parti_prompts.tsv and coco_30k.csv")
+    return shared_data_folder("t2i", "GUARDFORGE_T2I_DATA", "i2p.csv, parti_prompts.tsv and coco_30k.csv")
 
 
 def _check_split(split: str) -> None:

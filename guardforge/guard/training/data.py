@@ -48,17 +48,22 @@ class Example:
         return self.labels["unsafe"] not in (0, 1, None)
 
 
-def data_root() -> Path:
-    """The shared data folder: GUARDFORGE_SAFETY_DATA, else ../shared/data/safety beside the checkout."""
-    env = os.environ.get("GUARDFORGE_SAFETY_DATA")
+def shared_data_folder(name: str, variable: str, holding: str) -> Path:
+    """A folder of ../shared/data (read, never copied): `variable` when set, else ../shared/data/<name> beside the
+    checkout; FileNotFoundError naming `variable` and what the folder should hold otherwise."""
+    env = os.environ.get(variable)
     if env:
         return Path(env)
     repo = Path(__file__).resolve().parents[3]
-    for candidate in (repo.parent / "shared" / "data" / "safety", Path("/work/shared/data/safety")):
+    for candidate in (repo.parent / "shared" / "data" / name, Path("/work/shared/data") / name):
         if candidate.is_dir():
             return candidate
-    raise FileNotFoundError(
-        "safety data not found; set GUARDFORGE_SAFETY_DATA to the folder holding moderation-api-release/")
+    raise FileNotFoundError(f"{name} data not found; set {variable} to the folder holding {holding}")
+
+
+def data_root() -> Path:
+    """The shared safety data: GUARDFORGE_SAFETY_DATA, else ../shared/data/safety beside the checkout."""
+    return shared_data_folder("safety", "GUARDFORGE_SAFETY_DATA", "moderation-api-release/")
 
 
 def openai_split(prompt: str) -> str:
