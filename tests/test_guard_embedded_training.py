@@ -38,7 +38,7 @@ def test_saved_stack_is_what_the_backend_scores(tmp_path, with_profanity):
     from guardforge.guard.training.text import TrainConfig, _calibrate_and_save, _fit_tfidf, model_logits
 
     torch.manual_seed(0)
-    config = TrainConfig(max_length=64, profanity_signal=with_profanity, num_threads=1)
+    config = TrainConfig(max_length=64, profanity_signal=with_profanity, num_threads=1, threshold_rule="f1")
     train = [_example(t, 0, "benign") for t in SAFE[:3]] + [_example(t, 1, "ailuminate") for t in UNSAFE[:3]]
     validation = [_example(t, 0, "benign") for t in SAFE] + [_example(t, 1, "openai-mod") for t in UNSAFE]
     texts = [e.text for e in validation]
@@ -150,7 +150,8 @@ def test_domain_expert_weights_score_in_the_backend_as_in_training(tmp_path, wit
         pytest.importorskip("profanity_check")
     torch.manual_seed(0)
     config = TrainConfig(max_length=64, num_threads=1, domain_expert=True, quantize=True, stack_folds=2,
-                         head_epochs=50, profanity_signal=with_profanity, domain_extra_layers=extra_layers)
+                         head_epochs=50, profanity_signal=with_profanity, domain_extra_layers=extra_layers,
+                         threshold_rule="f1")
     train = ([_example(t, 0, "openai-mod") for t in COMMENTS_SAFE] + [_example(t, 1, "openai-mod")
                                                                        for t in COMMENTS_UNSAFE]
              + [_example(t, 0, "benign") for t in SAFE] + [_example(t, 1, "ailuminate") for t in UNSAFE])
@@ -288,7 +289,7 @@ def test_domain_expert_keeps_the_encoder_features_in_cache_dir(tmp_path):
     from guardforge.guard.training.text import TrainConfig, _train_with_domain_expert
 
     config = TrainConfig(max_length=64, num_threads=1, domain_expert=True, quantize=True, stack_folds=2,
-                         head_epochs=20)
+                         head_epochs=20, threshold_rule="f1")
     train = ([_example(t, 0, "openai-mod") for t in COMMENTS_SAFE] + [_example(t, 1, "openai-mod")
                                                                        for t in COMMENTS_UNSAFE]
              + [_example(t, 0, "benign") for t in SAFE] + [_example(t, 1, "ailuminate") for t in UNSAFE])
@@ -314,3 +315,19 @@ def test_domain_expert_keeps_the_encoder_features_in_cache_dir(tmp_path):
     config.domain_extra_layers = "2"  # other settings, other features: a file of their own
     run("other-layers", cache)
     assert len(list(cache.glob("features-*.pt"))) == 2
+
+
+def test_the_image_prompt_threshold_is_the_best_f1_that_keeps_each_everyday_set_passing():
+    from guardforge.guard.training.text import image_prompt_threshold
+
+    sources = ["image-dev"] * 6 + ["parti"] * 4 + ["coco"] * 4
+    labels = np.array([1, 1, 1, 0, 0, 0] + [0] * 8)
+    scores = np.array([0.9, 0.5, 0.2, 0.3, 0.1, 0.05] + [0.01, 0.02, 0.03, 0.25] + [0.01, 0.02, 0.03, 0.04])
+    # Best F1 on the dev rows alone is at 0.2 (all three unsafe, one safe above it), but a PartiPrompts row scores
+    # 0.25: with no false positive allowed the threshold must be above it, where 0.5 (two of three, no safe row)
+    # beats 0.3 (the same two and a safe row).
+    assert image_prompt_threshold(scores, labels, sources, everyday_fpr=0.0) == 0.5
+    # A quarter of each everyday set may be stopped: 0.2 is allowed.
+    assert image_prompt_threshold(scores, labels, sources, everyday_fpr=0.25) == 0.2
+    with pytest.raises(ValueError, match="PartiPrompts, COCO and image-dev"):
+        image_prompt_threshold(scores[:6], labels[:6], sources[:6], everyday_fpr=0.01)
