@@ -18,7 +18,10 @@ for a before/after in one sitting). One warm-up job loads the model. Then two ph
 
 Each poller sends a request, waits `--interval` seconds after the answer (0: back to back, which measures
 throughput: latency then is about pollers / requests per second), and records the latency of every request
-and every error by type. `--route` picks what is polled: `job` GET /v1/jobs/{id}, `progress` GET
+and every error by type. The pollers start spread evenly over one interval, as independent clients would
+(`--start burst`: all in the same instant, the worst case of a page of 50 tabs reopened at once: its first
+round then queues 50 requests, connections included, behind each other, and that round alone is the slowest
+1% of a 15 s phase). `--route` picks what is polled: `job` GET /v1/jobs/{id}, `progress` GET
 /sdapi/v1/progress, `healthz` GET /healthz (no database: the floor of the HTTP stack itself).
 
 It prints per phase the requests, p50/p95/p99/max latency, errors by type and the server's CPU use; the
@@ -82,6 +85,8 @@ class Phase:
     def __init__(self, name: str):
         self.name = name
         self.latencies: list[float] = []
+        self.sent: list[float] = []  # when each of `latencies` was sent, seconds into the phase
+        self.origin = 0.0  # perf_counter at the phase's start
         self.errors: Counter[str] = Counter()
         self.states: Counter[str] = Counter()
         self.seconds = 0.0
@@ -98,7 +103,14 @@ class Phase:
                 f"  errors: {errors}\n      server CPU {self.cpu / self.seconds * 100:.0f}%; its event loop ran "
                 f"{self.loop[0] / self.seconds * 100:.0f}% of the time and waited for a core "
                 f"{self.loop[1] / self.seconds * 100:.0f}%; the pollers' loop ran "
-                f"{self.client_loop[0] / self.seconds * 100:.0f}%, waited {self.client_loop[1] / self.seconds * 100:.0f}%")
+                f"{self.client_loop[0] / self.seconds * 100:.0f}%, waited {self.client_loop[1] / self.seconds * 100:.0f}%"
+                f"\n      the slowest 1% were sent in second(s) {self.slowest_seconds()} of the phase")
+
+    def slowest_seconds(self) -> str:
+        """Where the tail comes from: a start-up burst shows as second 0, a stall as one later second."""
+        slowest = sorted(zip(self.latencies, self.sent), reverse=True)[:max(1, len(self.latencies) // 100)]
+        return ", ".join(f"{second} ({count})" for second, count in
+                         sorted(Counter(int(sent) for _, sent in slowest).items()))
 
 
 async def poll(client: httpx.AsyncClient, url_of, phase: Phase, until: float, interval: float) -> None:
@@ -111,6 +123,7 @@ async def poll(client: httpx.AsyncClient, url_of, phase: Phase, until: float, in
                 phase.errors[f"HTTP {response.status_code}"] += 1
             else:
                 phase.latencies.append(elapsed)
+                phase.sent.append(started - phase.origin)
                 if response.headers.get("content-type", "").startswith("application/json"):
                     phase.states[str(response.json().get("state", "-"))[:16]] += 1
         except httpx.HTTPError as exc:
@@ -138,6 +151,7 @@ async def poll_raw(port: int, url_of, phase: Phase, until: float, interval: floa
                 phase.errors[f"HTTP {status}"] += 1
             else:
                 phase.latencies.append(elapsed)
+                phase.sent.append(started - phase.origin)
                 if body.startswith(b"{"):
                     phase.states[str(json.loads(body).get("state", "-"))[:16]] += 1
         except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError) as exc:
@@ -184,10 +198,13 @@ async def feed(client: httpx.AsyncClient, body: dict, target: list[str], until: 
     return done
 
 
-def poller(client: httpx.AsyncClient, port: int, url_of, phase: Phase, until: float, args):
+async def poller(client: httpx.AsyncClient, port: int, url_of, phase: Phase, until: float, args, index: int):
+    if args.start == "staggered":
+        await asyncio.sleep(args.interval * index / args.pollers)
     if args.client == "raw":
-        return poll_raw(port, url_of, phase, until, args.interval, args.timeout)
-    return poll(client, url_of, phase, until, args.interval)
+        await poll_raw(port, url_of, phase, until, args.interval, args.timeout)
+    else:
+        await poll(client, url_of, phase, until, args.interval)
 
 
 async def measured(phase: Phase, pid: int, pollers) -> None:
@@ -195,6 +212,7 @@ async def measured(phase: Phase, pid: int, pollers) -> None:
     me = os.getpid()
     cpu, loop, client = cpu_seconds(pid), schedstat(pid, pid), schedstat(me, me)  # main threads run the loops
     started = time.monotonic()
+    phase.origin = time.perf_counter()
     await asyncio.gather(*pollers)
     phase.seconds = time.monotonic() - started
     phase.cpu = cpu_seconds(pid) - cpu
@@ -221,7 +239,7 @@ async def run(url: str, args, pid: int) -> tuple[Phase, Phase]:
         idle = Phase("idle")
         print("idle phase", flush=True)
         until = time.monotonic() + args.seconds
-        await measured(idle, pid, (poller(client, port, path, idle, until, args) for _ in range(args.pollers)))
+        await measured(idle, pid, (poller(client, port, path, idle, until, args, i) for i in range(args.pollers)))
 
         busy = Phase("busy")
         feeder = asyncio.create_task(feed(control, body, target, time.monotonic() + args.seconds + 30))
@@ -230,7 +248,7 @@ async def run(url: str, args, pid: int) -> tuple[Phase, Phase]:
         await wait_state(control, target[0], {"running"})
         print("busy phase", flush=True)
         until = time.monotonic() + args.seconds
-        await measured(busy, pid, (poller(client, port, path, busy, until, args) for _ in range(args.pollers)))
+        await measured(busy, pid, (poller(client, port, path, busy, until, args, i) for i in range(args.pollers)))
         feeder.cancel()
         try:
             await feeder
@@ -244,6 +262,8 @@ def main() -> None:
     parser.add_argument("--pollers", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each phase")
     parser.add_argument("--interval", type=float, default=0.25, help="pause after each answer, per poller")
+    parser.add_argument("--start", choices=("staggered", "burst"), default="staggered",
+                        help="pollers start spread over one interval, or all at once")
     parser.add_argument("--route", choices=("job", "progress", "healthz"), default="job")
     parser.add_argument("--steps", type=int, default=50, help="steps per generation in the busy phase")
     parser.add_argument("--timeout", type=float, default=30.0, help="client timeout per request")
@@ -300,7 +320,7 @@ def main() -> None:
     print(f"CPU: {model}, {os.cpu_count()} cores; 1-minute load average {load:.2f} at the start, "
           f"{os.getloadavg()[0]:.2f} at the end (other processes share these cores)")
     print(f"{args.pollers} pollers on {args.route}, {args.interval * 1000:.0f} ms between a poller's requests, "
-          f"{args.seconds:.0f} s a phase, busy jobs of {args.steps} steps, client "
+          f"{args.seconds:.0f} s a phase, {args.start} start, busy jobs of {args.steps} steps, client "
           f"{'raw' if args.client == 'raw' else 'httpx, pool ' + args.pool}; server "
           f"{args.server_root or ROOT}, env {args.env or 'defaults'}")
     print(idle.line())
