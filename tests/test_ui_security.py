@@ -192,6 +192,47 @@ def test_no_input_downloads_a_url(keyed):
     assert set(cache.iterdir()) == before
 
 
+def test_the_canvas_blob_route_takes_only_what_the_editor_paints(keyed):
+    """Gradio's accept_blobs took any layer index (it grew a list to that length: index 10**9 asked for 8 GB),
+    any blob type, and answered a call without a file with a 500."""
+    live, keys, a_png, _ = keyed
+    with browser(live, keys["b"]) as session:
+        config = session.get("/ui/config").json()
+        editor = next(c["id"] for c in config["components"] if c.get("type") == "imageeditor")
+
+        def blob(files=True, **fields):
+            form = {"component_id": str(editor), "session_hash": "canvas", "fn_name": "accept_blobs", "id": "edit-1",
+                    **{k: str(v) for k, v in fields.items()}}
+            # A multipart form either way: a field without a file name is not a file.
+            attached = {"file": ("blob", a_png.read_bytes(), "image/png")} if files else {"note": (None, "no file")}
+            return session.post("/ui/gradio_api/component_server", data=form, files=attached)
+
+        assert blob(type="layer", index=0).status_code == 200
+        for fields, needle in (({"type": "layer", "index": 10**9}, "out of range"),
+                               ({"type": "layer", "index": -1}, "out of range"),
+                               ({"type": "layer", "index": "x"}, "index"),
+                               ({"type": "script", "index": 0}, "background, layer or composite")):
+            answer = blob(**fields)
+            assert answer.status_code == 422 and needle in answer.text, (fields, answer.status_code, answer.text)
+        answer = blob(files=False, type="background", index="null")
+        assert answer.status_code == 422, (answer.status_code, answer.text)
+
+
+def test_pending_canvas_blobs_stay_within_their_budget():
+    """Blobs wait in memory under ids the browser picks until the edit is submitted: an id never submitted
+    stayed forever. The oldest edits go once the pending ones pass the budget."""
+    from gradio.components.image_editor import AcceptBlobs
+
+    from guardforge.ui.uploads import UploadedImageEditor
+
+    editor = UploadedImageEditor(type="pil")
+    editor.blob_budget_bytes = 2500
+    for edit in range(5):
+        editor.accept_blobs(AcceptBlobs(data={"type": "background", "index": None, "id": f"e{edit}", "file": b""},
+                                        files=[("blob", bytes(1000))]))
+    assert list(editor.blob_storage) == ["e3", "e4"]
+
+
 def test_file_route_refuses_a_nul_byte_without_a_500(keyed):
     """os.path.realpath raises on a NUL byte: the reviewer's file=%00 got a 500, before any login."""
     live, keys, _, _ = keyed
@@ -203,15 +244,41 @@ def test_file_route_refuses_a_nul_byte_without_a_500(keyed):
 def test_a_cache_that_could_not_be_emptied_still_starts_private(tmp_path):
     """rmtree(ignore_errors=True) can leave the folder behind (here: the cache is a link rmtree refuses to
     follow); mkdir then raised FileExistsError and the server did not start."""
-    from types import SimpleNamespace
-
-    from guardforge.ui.mount import prepare_ui_cache
+    from guardforge.ui.mount import UICache
 
     target = tmp_path / "elsewhere"
     target.mkdir(mode=0o755)
     (tmp_path / "ui-cache").symlink_to(target)
-    cache = prepare_ui_cache(SimpleNamespace(home=tmp_path))
-    assert cache.is_dir() and cache.stat().st_mode & 0o777 == 0o700
+    cache = UICache(tmp_path)
+    assert cache.path.is_dir() and cache.path.stat().st_mode & 0o777 == 0o700
+    cache.close()
+
+
+def test_servers_sharing_a_home_keep_their_caches_and_a_dead_ones_is_removed(tmp_path):
+    """One server's stop emptied the whole ui-cache, uploads of another server on the same home included."""
+    import subprocess
+    import sys
+
+    from guardforge.ui.mount import UICache
+
+    script = ("import sys, time; from pathlib import Path; from guardforge.ui.mount import UICache; "
+              "c = UICache(Path(sys.argv[1])); (c.path / 'upload.png').write_bytes(b'x'); print(c.path, flush=True); "
+              "time.sleep(600)")
+    other = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    dead = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        other_path, dead_path = Path(other.stdout.readline().strip()), Path(dead.stdout.readline().strip())
+        dead.kill()  # SIGKILL: no chance to clean up
+        dead.wait()
+        mine = UICache(tmp_path)
+        (mine.path / "mine.png").write_bytes(b"y")
+        assert (other_path / "upload.png").is_file()  # a running server's uploads stay
+        assert not dead_path.exists()  # a dead one's go
+        mine.close()
+        assert not mine.path.exists() and (other_path / "upload.png").is_file()
+    finally:
+        other.kill()
+        dead.kill()
 
 
 def test_the_cache_is_the_homes_and_leaves_with_the_server(keyed, tmp_path):
@@ -225,4 +292,5 @@ def test_the_cache_is_the_homes_and_leaves_with_the_server(keyed, tmp_path):
     assert uploaded.resolve().is_relative_to(cache.resolve()) and uploaded.is_file()
     assert cache.stat().st_mode & 0o777 == 0o700
     live.stop()
-    assert not cache.exists()  # uploads and shown images leave with the server
+    assert not uploaded.exists()  # uploads and shown images leave with the server
+    assert [path.name for path in cache.iterdir()] == [".lock"]

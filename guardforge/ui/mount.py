@@ -5,9 +5,17 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
+from guardforge.server.schemas import route_path
 
 UI_PATH = "/ui"
 UI_CACHE = "ui-cache"  # under the guardforge home
@@ -16,24 +24,59 @@ UI_CACHE = "ui-cache"  # under the guardforge home
 _FILE_ROUTE = re.compile(r"(?:gradio_api/+)?file(?:=|/)(.*)", re.S)
 
 
-def ui_cache_dir(settings) -> Path:
-    return Path(settings.home) / UI_CACHE
+class UICache:
+    """This server's folder for Gradio's uploads and shown images, under <home>/ui-cache/: private to the server's
+    user, held by a lock while the server runs, removed when it stops.
+
+    Servers sharing one home (several behind a proxy, a test beside a running server) each keep their own
+    folder; the next to start removes the folders of servers that died without cleaning up, known by their
+    lock being free."""
+
+    def __init__(self, home: Path):
+        self.root = Path(home) / UI_CACHE
+        # exist_ok and chmod: a removal that partly failed, or a link in its place, must not stop the server.
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.root.chmod(0o700)
+        with open(self.root / ".lock", "a") as guard:
+            _lock(guard, wait=True)  # one server at a time cleans and creates
+            self._remove_leftovers()
+            token = secrets.token_hex(8)
+            self._held = open(self.root / f"{token}.lock", "a")
+            _lock(self._held, wait=False)
+            self.path = self.root / token
+            self.path.mkdir(mode=0o700)
+
+    def _remove_leftovers(self) -> None:
+        running = set()
+        for lock in self.root.glob("*.lock"):
+            if lock.name == ".lock" or fcntl is None:  # Windows: no locks, so every folder counts as running
+                running.add(lock.stem)
+                continue
+            with open(lock, "a") as handle:
+                try:
+                    _lock(handle, wait=False)
+                except BlockingIOError:
+                    running.add(lock.stem)
+        for entry in self.root.iterdir():
+            if entry.name == ".lock" or entry.name.removesuffix(".lock") in running:
+                continue
+            # A dead server's folder and lock, or what an older guardforge kept directly in the cache.
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Remove every upload and every image the UI showed."""
+        shutil.rmtree(self.path, ignore_errors=True)
+        (self.root / f"{self.path.name}.lock").unlink(missing_ok=True)
+        self._held.close()  # and with it the lock
 
 
-def clear_ui_cache(settings) -> None:
-    """Remove every upload and every image the UI showed: done when the server starts and when it stops."""
-    shutil.rmtree(ui_cache_dir(settings), ignore_errors=True)
-
-
-def prepare_ui_cache(settings) -> Path:
-    """The UI cache, emptied and readable by the server's user alone."""
-    cache = ui_cache_dir(settings)
-    clear_ui_cache(settings)  # a crash leaves uploads behind: the next start removes them
-    # exist_ok: a removal that partly failed (a file another user owns, a mount point) must not stop the server;
-    # and the mode is set again, since mkdir's applies only to a folder it creates.
-    cache.mkdir(mode=0o700, parents=True, exist_ok=True)
-    cache.chmod(0o700)
-    return cache
+def _lock(handle, wait: bool) -> None:
+    """An exclusive lock on the open file; BlockingIOError if another process holds it and not `wait`."""
+    if fcntl is not None:
+        fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
 
 
 class CacheFilesOnly:
@@ -48,9 +91,7 @@ class CacheFilesOnly:
         self.cache = os.path.realpath(cache)
 
     def _refused(self, scope) -> bool:
-        path, root = scope["path"], scope.get("root_path", "")
-        if root and path.startswith(root + "/"):  # behind a proxy's prefix: the route is what follows it
-            path = path[len(root):]
+        path = route_path(scope)
         if not path.startswith(self.prefix):
             return False
         match = _FILE_ROUTE.fullmatch(path[len(self.prefix):].lstrip("/"))
@@ -80,7 +121,8 @@ def mount_ui(app, studio, rate_limit: Callable[[str], None] | None,
     from guardforge.ui.uploads import uploads_only
 
     settings = studio.settings
-    cache = prepare_ui_cache(settings)
+    ui_cache = UICache(settings.home)
+    cache = ui_cache.path
     # Gradio has no other setting for it: each component reads it when built, the upload route when mounted, and
     # the path check on every event. Without it, the cache is /tmp/gradio, shared with every Gradio app on the
     # machine and never cleaned.
@@ -101,4 +143,5 @@ def mount_ui(app, studio, rate_limit: Callable[[str], None] | None,
     # launched itself: `_check_allowed` returns at once while has_launched is false, as it stays when mounted.
     ui.has_launched = True
     app.add_middleware(CacheFilesOnly, prefix=UI_PATH, cache=cache)
+    app.state.ui_cache = ui_cache  # closed when the server stops (server/app.py)
     return app

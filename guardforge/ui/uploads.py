@@ -15,6 +15,8 @@ import types
 from pathlib import Path
 
 import gradio as gr
+from fastapi import HTTPException
+from gradio.components.base import server
 from gradio.data_classes import FileData
 from PIL import Image
 
@@ -115,6 +117,37 @@ class UploadedImageEditor(_UploadsOnly, gr.ImageEditor):
     layers as bytes (accept_blobs), which go through the same opener."""
 
     max_pixels: int = 0
+    # Gradio keeps the canvas's blobs in memory under an id the browser picks until the edit is submitted, and
+    # takes any layer index (index 10**9 built a list of a billion entries). The UI paints one layer.
+    max_layers = 8
+    blob_budget_bytes = 256 * 2**20  # all pending edits together; the oldest go first
+
+    @server
+    def accept_blobs(self, data):
+        fields = data.data
+        kind, index = fields.get("type"), fields.get("index")
+        if kind not in ("background", "layer", "composite"):
+            raise HTTPException(422, f"a canvas blob is a background, layer or composite, not {kind!r}")
+        if kind == "layer":
+            try:
+                index = int(index)
+            except (TypeError, ValueError):
+                raise HTTPException(422, "a layer blob needs its index") from None
+            if not 0 <= index < self.max_layers:
+                raise HTTPException(422, f"layer index {index} is out of range (0-{self.max_layers - 1})")
+        if len(data.files) != 1 or not fields.get("id"):
+            raise HTTPException(422, "a canvas blob is one file under an edit id")
+        super().accept_blobs(data)
+        self._trim_blobs()
+
+    def _trim_blobs(self) -> None:
+        def size(blobs) -> int:
+            return sum(len(blob) for blob in (blobs.background, blobs.composite, *blobs.layers)
+                       if isinstance(blob, (bytes, bytearray)))
+
+        total = sum(size(blobs) for blobs in self.blob_storage.values())
+        while total > self.blob_budget_bytes and len(self.blob_storage) > 1:
+            total -= size(self.blob_storage.pop(next(iter(self.blob_storage))))
 
     def convert_and_format_image(self, file: FileData | bytes | None, flatten_on_white: bool = False):
         if file is None:
