@@ -126,6 +126,10 @@ class ServerSettings(BaseModel):
     # image parts), whichever is more: scoring is per text and per 40-word window of a long one.
     moderation_chars_per_token: int = Field(2000, ge=1)
     moderation_parts_per_token: int = Field(8, ge=1)
+    # Moderation calls scored at once; the rest wait their turn without holding a thread. Uncapped, they took
+    # every thread of the pool that status, image and auth reads share, and ran the guard's torch threads many
+    # times over on the same cores.
+    max_concurrent_moderations: int = Field(2, ge=1)
     # With keys required, /readyz and /metrics need a key too (/healthz never does); off, they stay open to
     # probes and scrapers. They show worker devices, queue depth and request counts per route.
     protect_ops: bool = False

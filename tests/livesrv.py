@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,6 +21,42 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+class ThrowawayPostgres:
+    """A PostgreSQL server (trust auth, loopback, its own data folder) for as long as the object lives, when its
+    binaries are installed: the queue tests and a database that goes down under a running server."""
+
+    def __init__(self):
+        import pytest
+
+        self.initdb, self.pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+        if not (self.initdb and self.pg_ctl):
+            pytest.skip("PostgreSQL binaries (initdb, pg_ctl) are not installed")
+        pytest.importorskip("psycopg")
+        # postgres refuses to run as root; run it as the postgres user where we are root.
+        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        self.data = Path(tempfile.mkdtemp(prefix="gf-pg-"))
+        if self.as_user:
+            shutil.chown(self.data, "postgres")
+        self.port = free_port()
+        subprocess.run([*self.as_user, self.initdb, "-D", str(self.data / "db"), "-U", "postgres", "--auth=trust"],
+                       check=True, capture_output=True)
+        self.start()
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        subprocess.run([*self.as_user, self.pg_ctl, "-D", str(self.data / "db"), "-w", "-l", str(self.data / "log"),
+                        "-o", f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1", "start"],
+                       check=True, capture_output=True)
+
+    def stop(self) -> None:
+        subprocess.run([*self.as_user, self.pg_ctl, "-D", str(self.data / "db"), "-m", "immediate", "stop"],
+                       capture_output=True)
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.data, ignore_errors=True)
 
 
 def make_home(root: Path, tiny_model_dir: Path) -> Path:

@@ -15,29 +15,15 @@ from sqlalchemy import create_engine
 
 from guardforge.jobs.keys import KeyNotFound, KeyStore
 from guardforge.jobs.queue import RESTART_REASON, JobNotFound, JobQueue, QueueFull, TooManyActiveJobs, make_engine
-from tests.livesrv import free_port
+from tests.livesrv import ThrowawayPostgres, free_port
 
 
 @pytest.fixture(scope="module")
 def postgres():
     """A throwaway PostgreSQL server (trust auth, loopback) when its binaries are installed."""
-    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
-    if not (initdb and pg_ctl):
-        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) are not installed")
-    pytest.importorskip("psycopg")
-    # postgres refuses to run as root; run it as the postgres user where we are root.
-    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    data = Path(tempfile.mkdtemp(prefix="gf-pg-"))
-    if as_user:
-        shutil.chown(data, "postgres")
-    port = free_port()
-    subprocess.run([*as_user, initdb, "-D", str(data / "db"), "-U", "postgres", "--auth=trust"],
-                   check=True, capture_output=True)
-    subprocess.run([*as_user, pg_ctl, "-D", str(data / "db"), "-w", "-l", str(data / "log"), "-o",
-                    f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
-    yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
-    subprocess.run([*as_user, pg_ctl, "-D", str(data / "db"), "-m", "immediate", "stop"], capture_output=True)
-    shutil.rmtree(data, ignore_errors=True)
+    server = ThrowawayPostgres()
+    yield server.url
+    server.remove()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -14,6 +14,7 @@ import io
 import json
 import math
 import threading
+import time
 
 import httpx
 import pytest
@@ -202,6 +203,47 @@ def test_unparsable_bodies_are_400_in_the_documented_shape(keyed, raw, needle):
 
 
 # -- 4. moderation caps, cost and windows -----------------------------------------------------------------------
+class CountsConcurrentCalls:
+    """Text backend that takes 0.3 s a call and records how many calls ran at once."""
+
+    name = "test-concurrency"
+    categories = frozenset({"S1"})
+
+    def __init__(self):
+        self.lock, self.running, self.most = threading.Lock(), 0, 0
+
+    def score_texts(self, texts):
+        from guardforge.guard.backends.base import Scores
+
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        time.sleep(0.3)
+        with self.lock:
+            self.running -= 1
+        return [Scores({"S1": 0.0}) for _ in texts]
+
+
+def test_moderation_calls_run_at_most_the_configured_number_at_once(tmp_path, tiny_model_dir):
+    """Uncapped, each call took a thread of the pool that status and auth reads share, and ran the guard's torch
+    threads on the same cores as every other call."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from guardforge.guard.policy import load_policy
+    from guardforge.guard.service import Guard
+    from guardforge.settings import Settings
+    from guardforge.studio import Studio
+
+    studio = Studio(Settings(home=make_home(tmp_path, tiny_model_dir), server={"max_concurrent_moderations": 2}))
+    backend = CountsConcurrentCalls()
+    studio.guard = Guard(load_policy("default"), text_backend=backend)
+    with InProcessServer(studio, start_workers=False) as server, httpx.Client(base_url=server.url, timeout=60) as c:
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(lambda i: c.post("/v1/moderations", json={"input": f"text {i}"}), range(6)))
+    assert [a.status_code for a in answers] == [200] * 6
+    assert backend.most == 2
+
+
 def test_moderation_caps_inputs_per_call_and_characters_per_input(keyed):
     with httpx.Client(base_url=keyed.url, timeout=60, headers=key_for(keyed, "caps")) as client:
         many = client.post("/v1/moderations", json={"input": [f"text {i}" for i in range(2000)]})
@@ -406,6 +448,66 @@ def test_ops_routes_are_public_unless_protect_ops(keyed, tmp_path, tiny_model_di
         for path in ("/readyz", "/metrics"):
             assert_error(client.get(path), 401, "API key")
             assert client.get(path, headers=key_for(server, "ops")).status_code == 200
+
+
+def test_a_public_readyz_says_the_database_is_down_without_the_drivers_text(tmp_path, tiny_model_dir):
+    """The driver's message names the database's host, port and user: the log gets it, a public probe does not."""
+    from guardforge.settings import Settings
+    from guardforge.studio import Studio
+    from tests.livesrv import ThrowawayPostgres
+
+    database = ThrowawayPostgres()
+    try:
+        studio = Studio(Settings(home=make_home(tmp_path, tiny_model_dir), database_url=f"{database.url}/postgres",
+                                 server={"require_auth": True}))
+        with InProcessServer(studio, start_workers=False) as server:
+            assert httpx.get(server.url + "/readyz", timeout=60).status_code == 200
+            database.stop()
+            probe = httpx.get(server.url + "/readyz", timeout=60)
+    finally:
+        database.remove()
+    assert probe.status_code == 503, probe.text
+    assert probe.json()["detail"]["database"].startswith("unreachable")
+    assert "127.0.0.1" not in probe.text and str(database.port) not in probe.text and "postgres" not in probe.text
+
+
+def test_a_body_without_content_type_is_read_as_json_and_another_type_is_415(keyed):
+    """A1111 (on an older FastAPI) reads a body sent without a Content-Type as JSON, and scripts rely on it."""
+    with httpx.Client(base_url=keyed.url, timeout=60, headers=key_for(keyed, "ctype")) as client:
+        bare = client.build_request("POST", "/v1/moderations", content=b'{"input": "a red apple"}')
+        assert "content-type" not in bare.headers  # raw bytes: httpx names no type
+        answer = client.send(bare)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["results"][0]["flagged"] is False
+        form = client.post("/v1/jobs", content=b"prompt=x", headers={"content-type": "application/x-www-form-urlencoded"})
+        assert_error(form, 415, "application/x-www-form-urlencoded", "application/json")
+
+
+def test_the_openai_error_shape_holds_behind_a_proxy_prefix(tmp_path, tiny_model_dir):
+    """Behind `--root-path /gf` the request path is /gf/v1/moderations: the OpenAI shape was keyed on the path
+    without the prefix, and errors there came back in the native shape that the openai client cannot read."""
+    import uvicorn
+
+    from guardforge.server.app import create_app
+    from guardforge.settings import Settings
+    from guardforge.studio import Studio
+
+    studio = Studio(Settings(home=make_home(tmp_path, tiny_model_dir)))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(studio, start_workers=False, mount_ui=False),
+                                           host="127.0.0.1", port=port, log_level="warning", root_path="/gf"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            thread.join(0.05)
+        # The proxy strips /gf; uvicorn puts it back in front of the path and names it the root path.
+        answer = httpx.post(f"http://127.0.0.1:{port}/v1/moderations", json={"input": ["x"] * 100}, timeout=60)
+        assert answer.status_code == 422, answer.text
+        assert "at most 32" in answer.json()["error"]["message"], answer.json()
+    finally:
+        server.should_exit = True
+        thread.join(60)
 
 
 def test_retry_after_header_is_rounded_up_delay_seconds():

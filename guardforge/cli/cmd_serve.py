@@ -13,6 +13,8 @@ def serve(
     port: int = typer.Option(None, help="Port (default: settings server.port, 7860)"),
     ui: bool = typer.Option(True, help="Mount the web UI at /ui"),
     log_level: str = typer.Option("info", help="uvicorn log level"),
+    root_path: str = typer.Option("", help="The path prefix a reverse proxy serves this under and strips "
+                                           "(e.g. /studio), so that links and the UI point through the proxy"),
 ) -> None:
     """Serve /sdapi/v1, /v1, /v1/moderations and the web UI; API keys are required off loopback."""
     import uvicorn
@@ -33,4 +35,4 @@ def serve(
     typer.echo(f"guardforge on http://{server.host}:{server.port}  (docs: /docs, UI: /ui)")
     # Event streams and waiting A1111 calls would hold a graceful shutdown open; give them 10 s.
     uvicorn.run(application, host=server.host, port=server.port, log_level=log_level,
-                timeout_graceful_shutdown=10, timeout_keep_alive=server.keep_alive_s)
+                timeout_graceful_shutdown=10, timeout_keep_alive=server.keep_alive_s, root_path=root_path)

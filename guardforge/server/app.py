@@ -31,7 +31,7 @@ from guardforge.errors import (
 )
 from guardforge.jobs.keys import KeyNotFound
 from guardforge.jobs.queue import ImageGone, JobNotFound, QueueFull, TooManyActiveJobs
-from guardforge.server.auth import Authenticator, Unauthorized, auth_required, get_ops_caller
+from guardforge.server.auth import Authenticator, Unauthorized, auth_required, get_ops_caller, sees_server_paths
 from guardforge.server.bodies import MalformedBody, UnsupportedMediaType, check_json_body
 from guardforge.server.limits import BodySizeLimit, BodyTooLarge, RateLimited, TokenBuckets
 from guardforge.server.schemas import Health, error_body
@@ -218,13 +218,14 @@ def create_app(studio, *, start_workers: bool = True, mount_ui: bool = True) -> 
             if start_workers:
                 studio.stop_workers()
             if mount_ui:  # the UI's uploads and shown images leave with the server (Gradio's cache, ui/mount.py)
-                from guardforge.ui.mount import clear_ui_cache
-
-                clear_ui_cache(settings)
+                app.state.ui_cache.close()
 
     app = FastAPI(
         # Every route: what FastAPI's JSON parsing lets through and no model can use (NaN, lone surrogates).
         dependencies=[Depends(check_json_body)],
+        # A body without a Content-Type is read as JSON, as A1111 (on an older FastAPI) and its scripts expect;
+        # a body that names another type is still refused (415, server/bodies.py).
+        strict_content_type=False,
         title="guardforge",
         version="0.1.0",
         summary="Local image generation with a content-safety guard",
@@ -257,7 +258,7 @@ def create_app(studio, *, start_workers: bool = True, mount_ui: bool = True) -> 
             headers["Retry-After"] = retry_after_header(getattr(exc, "retry_after", BUSY_RETRY_AFTER_S))
         # backslashreplace: a message quoting the caller's text must not fail to encode (lone surrogates).
         detail = str(exc).encode("utf-8", "backslashreplace").decode("utf-8")
-        return JSONResponse(error_body(request.url.path, type(exc).__name__, detail), status_code=status,
+        return JSONResponse(error_body(request.scope, type(exc).__name__, detail), status_code=status,
                             headers=headers or None)
 
     @app.exception_handler(StarletteHTTPException)
@@ -270,19 +271,19 @@ def create_app(studio, *, start_workers: bool = True, mount_ui: bool = True) -> 
             if request.method == "OPTIONS":  # RFC 9110: OPTIONS asks what the path supports; that is not an error
                 return Response(status_code=204, headers=headers)
             detail = f"{request.method} is not served at {request.url.path}; it takes {', '.join(allowed)}"
-            return JSONResponse(error_body(request.url.path, "MethodNotAllowed", detail), 405, headers=headers)
+            return JSONResponse(error_body(request.scope, "MethodNotAllowed", detail), 405, headers=headers)
         if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
-            return JSONResponse(error_body(request.url.path, "MalformedBody", body_parse_reason(exc.__cause__)),
+            return JSONResponse(error_body(request.scope, "MalformedBody", body_parse_reason(exc.__cause__)),
                                 400, headers=headers or None)
         detail = exc.detail
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"no route {request.url.path}; /docs lists them"
-        return JSONResponse(error_body(request.url.path, error_name(exc.status_code), detail), exc.status_code,
+        return JSONResponse(error_body(request.scope, error_name(exc.status_code), detail), exc.status_code,
                             headers=headers or None)
 
     @app.exception_handler(ValidationError)
     async def _validation_error(request: Request, exc: ValidationError):
-        return JSONResponse(error_body(request.url.path, "ValidationError", _validation_detail(exc)), 422)
+        return JSONResponse(error_body(request.scope, "ValidationError", _validation_detail(exc)), 422)
 
     @app.exception_handler(RequestValidationError)
     async def _request_validation_error(request: Request, exc: RequestValidationError):
@@ -290,9 +291,9 @@ def create_app(studio, *, start_workers: bool = True, mount_ui: bool = True) -> 
         if syntax is not None:  # not JSON at all: malformed (400), as a body that is not UTF-8 is
             reason = (syntax.get("ctx") or {}).get("error", "a syntax error")
             position = syntax.get("loc", ("body", "?"))[-1]
-            return JSONResponse(error_body(request.url.path, "MalformedBody",
+            return JSONResponse(error_body(request.scope, "MalformedBody",
                                            f"the body is not valid JSON: {reason} at character {position}"), 400)
-        return JSONResponse(error_body(request.url.path, "ValidationError", _validation_detail(exc)), 422)
+        return JSONResponse(error_body(request.scope, "ValidationError", _validation_detail(exc)), 422)
 
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
 
@@ -307,7 +308,7 @@ def create_app(studio, *, start_workers: bool = True, mount_ui: bool = True) -> 
     @app.get("/readyz", response_model=Health, summary="Readiness: database reachable and workers running",
              tags=["ops"], responses={503: {"model": Health, "description": "Not ready"}},
              dependencies=[Depends(get_ops_caller)])
-    async def readyz():
+    async def readyz(request: Request):
         detail = {"workers": "not started by this app"}
         try:  # the pool is built here on first use: a bad `devices` setting must read as not ready, too
             dead: list[int] = []
@@ -317,10 +318,14 @@ def create_app(studio, *, start_workers: bool = True, mount_ui: bool = True) -> 
                               devices=[worker.device for worker in studio.workers.workers])
                 if dead:  # a worker whose thread ended runs nothing more: its share of the queue would wait forever
                     detail["dead_workers"] = dead
-            detail["queued"] = studio.jobs.depth()
+            detail["queued"] = await run_in_threadpool(studio.jobs.depth)
             ok = not start_workers or (studio.workers.started and not dead)
         except Exception as exc:  # the database is down: say so, do not crash the probe
-            detail["database"] = f"{type(exc).__name__}: {exc}"
+            # The driver's text names hosts, users and paths: the log and the local user get it, a public
+            # probe only that the database is unreachable.
+            log.warning("readiness: the database is unreachable: %s: %s", type(exc).__name__, exc)
+            detail["database"] = (f"{type(exc).__name__}: {exc}" if sees_server_paths(request)
+                                  else "unreachable (the server log has the error)")
             ok = False
         health = Health(status="ok" if ok else "unavailable", detail=detail)
         return health if ok else JSONResponse(health.model_dump(), status_code=503)

@@ -74,10 +74,10 @@ async def check_json_body(request: Request) -> None:
     if not reads_body or not await request.body():
         return
     content_type = request.headers.get("content-type")
-    if not is_json(content_type):
+    if content_type is not None and not is_json(content_type):
         # FastAPI would hand the bytes to the model and answer "Input should be a valid dictionary": `curl -d`
         # without -H sends application/x-www-form-urlencoded, and that message does not say what is wrong.
-        raise UnsupportedMediaType(f"the body was sent as {content_type or 'no Content-Type'}; send JSON with "
+        raise UnsupportedMediaType(f"the body was sent as {content_type or 'an empty Content-Type'}; send JSON with "
                                    "'Content-Type: application/json'")
     try:
         value = await request.json()  # parsed and cached by FastAPI already, for a route that reads a body

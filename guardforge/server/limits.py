@@ -92,7 +92,7 @@ class BodySizeLimit:
     async def _refuse(self, scope, send):
         from guardforge.server.schemas import error_body
 
-        body = json.dumps(error_body(scope.get("path", ""), "BodyTooLarge",
+        body = json.dumps(error_body(scope, "BodyTooLarge",
                                      f"request body is over this server's limit of {self.max_bytes} bytes")).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"),

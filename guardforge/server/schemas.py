@@ -67,9 +67,16 @@ def openai_errors(*codes: int) -> dict[int, dict]:
     return {code: {"model": OpenAIErrorResponse, "description": ERRORS[code]["description"]} for code in codes}
 
 
-def error_body(path: str, kind: str, detail: Any) -> dict[str, Any]:
-    """The JSON of an error answer at `path`: {error, detail}, or OpenAI's shape (with detail) on its routes."""
-    if path not in OPENAI_PATHS:
+def route_path(scope: dict) -> str:
+    """The path as the routes know it: behind a proxy's prefix (`--root-path`), what follows the prefix."""
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root + "/") else path
+
+
+def error_body(scope: dict, kind: str, detail: Any) -> dict[str, Any]:
+    """The JSON of an error answer to the request of `scope`: {error, detail}, or OpenAI's shape (with detail)
+    on its routes."""
+    if route_path(scope) not in OPENAI_PATHS:
         return {"error": kind, "detail": detail}
     message = detail if isinstance(detail, str) else "; ".join(
         f"{'.'.join(str(part) for part in item.get('loc', ()))}: {item.get('msg', '')}" for item in detail)

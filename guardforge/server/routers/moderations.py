@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from functools import partial
+
+import anyio
+import anyio.to_thread
 from fastapi import APIRouter, Depends, Request
-from starlette.concurrency import run_in_threadpool
 
 from guardforge.server.auth import Caller, get_limited_caller
 from guardforge.server.schemas import ModerationRequest, ModerationResponse, openai_errors
@@ -20,5 +23,10 @@ router = APIRouter(tags=["moderations (OpenAI)"])
              responses=openai_errors(400, 401, 413, 415, 422, 429))
 async def moderations(body: ModerationRequest, request: Request,
                       caller: Caller = Depends(get_limited_caller)) -> ModerationResponse:
-    # The guard's models run on CPU/GPU for tens of ms: off the event loop, like generation.
-    return await run_in_threadpool(request.app.state.studio.moderate, body.input, charge=caller.charge)
+    # The guard's models run on CPU/GPU for tens of ms: off the event loop, like generation, and at most
+    # server.max_concurrent_moderations at once (a waiting call holds no thread).
+    state = request.app.state
+    if getattr(state, "moderation_slots", None) is None:  # made in the event loop: older anyio needs one
+        state.moderation_slots = anyio.CapacityLimiter(state.studio.settings.server.max_concurrent_moderations)
+    return await anyio.to_thread.run_sync(partial(state.studio.moderate, body.input, charge=caller.charge),
+                                          limiter=state.moderation_slots)
