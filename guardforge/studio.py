@@ -8,8 +8,9 @@ import time
 from collections.abc import Callable
 from functools import cached_property
 from threading import Event
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
+from guardforge.caller import LOCAL, Caller, Charge
 from guardforge.engine.request import GeneratedImage, GenerationRequest, GenerationResult, ProgressEvent
 from guardforge.errors import InvalidRequest
 from guardforge.guard.service import PromptReading
@@ -18,8 +19,10 @@ from guardforge.imaging import decode_image
 from guardforge.models.loading import check_checkpoint
 from guardforge.settings import Settings
 
+if TYPE_CHECKING:  # the queue's module loads SQLAlchemy: a one-off CLI generate needs neither
+    from guardforge.jobs.queue import Job
+
 ProgressCallback = Callable[[ProgressEvent], None]
-Charge = Callable[[int], None]  # spends rate-limit tokens (server.auth.Caller.charge)
 
 
 def encoded_prompt_views(prompt: str) -> list[str]:
@@ -113,31 +116,63 @@ class Studio:
                           retention_s=retention * 3600 if retention else None,
                           cpu_threads=self.settings.jobs.cpu_threads)
 
+    # -- models ------------------------------------------------------------------------------------------------
+    def models(self, kind: str | None = None) -> list:
+        """The registry's entries (checkpoints, LoRAs, VAEs), the models folder rescanned when it changed."""
+        return self.registry.list(kind)
+
+    def model(self, name: str | None = None):
+        """The checkpoint a name, file name, A1111 title or hash means (None: the default model)."""
+        return self.registry.resolve(name or self.settings.default_model)
+
+    def refresh_models(self) -> None:
+        self.registry.refresh()
+
+    def usable_checkpoint(self, name: str):
+        """The checkpoint `name` means, refused now (ModelNotFound, UnsafeModelFormat) for whatever would fail
+        every generation made with it later: a pickle above all."""
+        entry = self.registry.resolve(name)
+        check_checkpoint(entry, self.settings)
+        return entry
+
     def start_workers(self) -> list[str]:
         """Start one worker per device; returns the ids of jobs a dead server had left running."""
         return self.workers.start()
+
+    def drain_workers(self) -> None:
+        """Take no new job; the running ones finish (a stop signal's first step)."""
+        self.workers.drain()
+
+    def worker_status(self) -> dict:
+        """{started, devices, dead}: whether the workers run, each one's device, the indexes of any whose thread
+        ended (it runs nothing more)."""
+        return {"started": self.workers.started, "devices": [worker.device for worker in self.workers.workers],
+                "dead": self.workers.dead()}
+
+    def queue_depth(self) -> int:
+        """Jobs waiting in the queue."""
+        return self.jobs.depth()
 
     def stop_workers(self) -> None:
         if "workers" in self.__dict__:
             self.workers.stop()
 
-    @staticmethod
-    def check_priority(priority: int, max_priority: int | None) -> None:
-        """Forbidden when `priority` is above what the caller's key allows (None: no cap, the open server's own)."""
-        from guardforge.errors import Forbidden
+    def caller(self, key_id: str | None = None, max_priority: int | None = None,
+               charge: Charge | None = None) -> Caller:
+        """The Caller for an API key (None: the open server's or the CLI's own user): the per-key rules of the
+        settings, the key's own priority cap, and the rate-limit bucket the interface spends from."""
+        if key_id is None:
+            return Caller(charge=charge)
+        return Caller(owner=key_id, key_id=key_id, max_priority=max_priority,
+                      max_active=self.settings.server.max_active_jobs_per_key, charge=charge)
 
-        if max_priority is not None and priority > max_priority:
-            raise Forbidden(f"priority {priority} is above this key's max_priority of {max_priority}; ask the "
-                            "server's admin for a key with a higher one (guardforge keys create --max-priority N)")
-
-    def submit(self, request: GenerationRequest, owner: str = "local", priority: int = 0, save: bool = True,
-               max_active: int | None = None, max_priority: int | None = None, charge: Charge | None = None) -> str:
-        """Check the request now (priority, limits, images, model) so a bad one fails at the door, then queue it.
-        `charge` (the caller's rate limit) is spent between the checks that cost nothing and those that work."""
-        self.check_priority(priority, max_priority)
+    def submit(self, request: GenerationRequest, caller: Caller = LOCAL, priority: int = 0,
+               save: bool = True) -> Job:
+        """Check the request now (the caller's caps, limits, images, model) so a bad one fails at the door, then
+        queue it. The caller's rate limit is spent between the checks that cost nothing and those that work."""
+        caller.check_priority(priority)
         request.check_limits(self.settings.limits)
-        if charge is not None:
-            charge(1)
+        caller.spend(1)
         max_pixels = self.settings.limits.max_image_pixels
         if request.init_image is not None:
             decode_image(request.init_image, max_pixels, "init_image")
@@ -147,13 +182,50 @@ class Studio:
         check_checkpoint(entry, self.settings)
         self.engine.check(request)
         job_id = self.jobs.submit("generate", {"request": request.model_dump(mode="json"), "save": save},
-                                  owner=owner, priority=priority, max_active_for_owner=max_active)
+                                  owner=caller.owner, priority=priority, max_active_for_owner=caller.max_active)
         self.workers.notify()
-        return job_id
+        return self.jobs.get(job_id, caller.owner)  # with its place in the queue
 
-    def cancel(self, job_id: str, owner: str | None = None, reason: str = "cancelled"):
+    def job(self, job_id: str, caller: Caller = LOCAL) -> Job:
+        """One of the caller's jobs (JobNotFound for another's: whose it is stays unsaid)."""
+        return self.jobs.get(job_id, caller.owner)
+
+    def list_jobs(self, caller: Caller = LOCAL, limit: int = 50, state: str | None = None,
+                  kind: str | None = None) -> list[Job]:
+        """The caller's jobs, newest first."""
+        return self.jobs.list(caller.owner, limit=limit, state=state, kind=kind)
+
+    def active_job(self, caller: Caller = LOCAL, kind: str = "generate") -> Job | None:
+        """The caller's job that runs now, else the next of its queued ones (A1111's one current job)."""
+        return self.jobs.active_for(caller.owner, kind=kind)
+
+    def subscribe(self, job_id: str):
+        """A context manager whose `await .get(timeout)` hands over the job's progress events as they come."""
+        return self.events.subscribe(job_id)
+
+    def latest_event(self, job_id: str) -> dict | None:
+        """The newest progress event of a running job (step, total, eta; training phases), kept in memory."""
+        return self.events.latest(job_id)
+
+    async def wait(self, job_id: str, caller: Caller = LOCAL) -> Job:
+        """Await the end of one of the caller's jobs without holding the event loop: woken by its final event,
+        the database read again every 5 s and at each wake, in a thread."""
+        import asyncio
+
+        from guardforge.jobs.queue import TERMINAL
+
+        with self.subscribe(job_id) as subscription:
+            while True:
+                job = await asyncio.to_thread(self.jobs.get, job_id, caller.owner)
+                if job.state in TERMINAL:
+                    return job
+                event = await subscription.get(timeout=5)
+                while event is not None and not event.get("final"):
+                    event = await subscription.get(timeout=5)
+
+    def cancel(self, job_id: str, caller: Caller = LOCAL, reason: str = "cancelled"):
         """Cancel a queued job now, or a running one between two steps."""
-        job = self.jobs.cancel(job_id, owner)
+        job = self.jobs.cancel(job_id, caller.owner)
         if job.state == "running":
             self.workers.cancel(job_id, reason)
         elif job.state == "cancelled":
@@ -162,15 +234,19 @@ class Studio:
             self.events.publish(job_id, {"type": "done", "final": True, "state": "cancelled", "error": job.error})
         return job
 
-    def skip(self, job_id: str, owner: str | None = None) -> bool:
+    def skip(self, job_id: str, caller: Caller = LOCAL) -> bool:
         """A1111's skip: end the running job's current batch early and go on with the next one."""
-        self.jobs.get(job_id, owner)  # the caller's job, or JobNotFound
+        self.jobs.get(job_id, caller.owner)  # the caller's job, or JobNotFound
         return self.workers.skip(job_id)
 
-    def interrupt(self, job_id: str, owner: str | None = None) -> bool:
+    def interrupt(self, job_id: str, caller: Caller = LOCAL) -> bool:
         """A1111's interrupt: end the running job's current batch early, run no more, deliver what was made."""
-        self.jobs.get(job_id, owner)
+        self.jobs.get(job_id, caller.owner)
         return self.workers.interrupt(job_id)
+
+    def stop_reason(self, job_id: str) -> str | None:
+        """Why a running job was asked to stop early ("skipped", "interrupted", "cancelled"), if it was."""
+        return self.workers.reason(job_id)
 
     def forget_job_images(self, job_id: str) -> bool:
         """Drop an ended job's pixels (its images kept in the database, its init image and mask), keeping the job
@@ -189,13 +265,13 @@ class Studio:
             raise InvalidRequest(f"the age must be 0 hours or more, not {hours}")
         return self.jobs.purge(finished_before=time.time() - hours * 3600)
 
-    def image_bytes(self, image_id: str, owner: str | None = None) -> tuple[bytes, str]:
-        """A delivered image of a job and its media type; blocked images have none."""
+    def image_bytes(self, image_id: str, caller: Caller = LOCAL) -> tuple[bytes, str]:
+        """A delivered image of one of the caller's jobs and its media type; blocked images have none."""
         from pathlib import Path
 
         from guardforge.jobs.queue import JobNotFound
 
-        stored = self.jobs.image(image_id, owner)
+        stored = self.jobs.image(image_id, caller.owner)
         if stored.path:
             path = Path(stored.path)
             try:
@@ -359,14 +435,12 @@ class Studio:
                                  "choose another export_name")
         return confined
 
-    def submit_dreambooth(self, config, owner: str = "local", priority: int = 0, resume: bool = False,
-                          max_active: int | None = None, max_priority: int | None = None,
-                          charge: Charge | None = None) -> str:
-        """Check the config now (priority, paths, model, limits, export name), then queue it as a `dreambooth` job.
-        `charge` is spent before the checks that read folders and the models folder."""
-        self.check_priority(priority, max_priority)
-        if charge is not None:
-            charge(1)
+    def submit_dreambooth(self, config, caller: Caller = LOCAL, priority: int = 0, resume: bool = False) -> Job:
+        """Check the config now (the caller's caps, paths, model, limits, export name), then queue it as a
+        `dreambooth` job. The caller's rate limit is spent before the checks that read folders."""
+        caller.check_priority(priority)
+        caller.spend(1)
+        owner = caller.owner
         # Checked for each device a worker could run it on, so that a config one of them cannot train
         # (16-mixed with a CPU worker) is refused now with a 4xx, not failed later on that worker.
         for device in dict.fromkeys(worker.device for worker in self.workers.workers):
@@ -381,9 +455,9 @@ class Studio:
                                  "or running; choose another output_dir")
         job_id = self.jobs.submit("dreambooth", {"request": config.model_dump(mode="json"), "resume": resume,
                                                  "export_name": name, "output_dir": output_dir},
-                                  owner=owner, priority=priority, max_active_for_owner=max_active)
+                                  owner=owner, priority=priority, max_active_for_owner=caller.max_active)
         self.workers.notify()
-        return job_id
+        return self.jobs.get(job_id, owner)
 
     def run_dreambooth_job(self, config, owner: str, resume: bool = False, progress=None,
                            cancel: Event | None = None, device: str | None = None, replica: int = 0):

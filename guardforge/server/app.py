@@ -127,7 +127,7 @@ class Metrics:
         self.submitted = Counter("guardforge_jobs_submitted", "Jobs accepted into the queue",
                                  ["api"], registry=self.registry)
         depth = Gauge("guardforge_queue_depth", "Jobs waiting in the queue", registry=self.registry)
-        depth.set_function(studio.jobs.depth)
+        depth.set_function(studio.queue_depth)
 
     def render(self) -> bytes:
         from prometheus_client import generate_latest
@@ -205,11 +205,11 @@ def create_app(studio, *, start_workers: bool = True, mount_ui: bool = True) -> 
         gc.collect()
         gc.freeze()
         if start_workers:
-            recovered = studio.start_workers()
+            recovered = await run_in_threadpool(studio.start_workers)  # recovery reads and writes the database
             if recovered:
                 log.warning("%d job(s) were running when the server last stopped: %s", len(recovered),
                             "re-queued" if settings.jobs.requeue_running_on_restart else "marked failed")
-            restore_signals = drain_on_stop_signals(studio.workers.drain)
+            restore_signals = drain_on_stop_signals(studio.drain_workers)
         try:
             yield
         finally:
@@ -239,7 +239,7 @@ def create_app(studio, *, start_workers: bool = True, mount_ui: bool = True) -> 
     )
     app.state.studio = studio
     app.state.auth = Authenticator(
-        studio.keys, auth_required(settings.server.require_auth, settings.server.host),
+        studio, auth_required(settings.server.require_auth, settings.server.host),
         TokenBuckets(settings.server.rate_per_minute, settings.server.rate_burst),
     )
     app.state.metrics = Metrics(studio)
@@ -308,18 +308,17 @@ def create_app(studio, *, start_workers: bool = True, mount_ui: bool = True) -> 
     @app.get("/readyz", response_model=Health, summary="Readiness: database reachable and workers running",
              tags=["ops"], responses={503: {"model": Health, "description": "Not ready"}},
              dependencies=[Depends(get_ops_caller)])
-    async def readyz(request: Request):
+    def readyz(request: Request):  # a plain def: the database read runs in the thread pool
         detail = {"workers": "not started by this app"}
         try:  # the pool is built here on first use: a bad `devices` setting must read as not ready, too
-            dead: list[int] = []
+            ok = True
             if start_workers:
-                dead = studio.workers.dead()
-                detail.update(workers=studio.workers.started,
-                              devices=[worker.device for worker in studio.workers.workers])
-                if dead:  # a worker whose thread ended runs nothing more: its share of the queue would wait forever
-                    detail["dead_workers"] = dead
-            detail["queued"] = await run_in_threadpool(studio.jobs.depth)
-            ok = not start_workers or (studio.workers.started and not dead)
+                workers = studio.worker_status()
+                detail.update(workers=workers["started"], devices=workers["devices"])
+                if workers["dead"]:  # a worker whose thread ended runs nothing more: its share of the queue waits
+                    detail["dead_workers"] = workers["dead"]
+                ok = workers["started"] and not workers["dead"]
+            detail["queued"] = studio.queue_depth()
         except Exception as exc:  # the database is down: say so, do not crash the probe
             # The driver's text names hosts, users and paths: the log and the local user get it, a public
             # probe only that the database is unreachable.
@@ -333,7 +332,7 @@ def create_app(studio, *, start_workers: bool = True, mount_ui: bool = True) -> 
     @app.get("/metrics", summary="Prometheus metrics", tags=["ops"],
              responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
              dependencies=[Depends(get_ops_caller)])
-    async def metrics() -> Response:
+    def metrics() -> Response:  # a plain def: the queue-depth gauge reads the database
         from prometheus_client import CONTENT_TYPE_LATEST
 
         return Response(app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -6,31 +6,18 @@ import base64
 import binascii
 import dataclasses
 import ipaddress
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import partial
 
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
+from guardforge.caller import Caller
 from guardforge.errors import GuardforgeError
 from guardforge.server.limits import TokenBuckets
-
-LOCAL_OWNER = "local"
 
 
 class Unauthorized(GuardforgeError):
     """No valid API key where one is required (HTTP 401)."""
-
-
-@dataclass(frozen=True)
-class Caller:
-    owner: str  # the API key's id, or "local" for an unauthenticated caller on an open server
-    key_id: str | None
-    max_priority: int | None = None  # the key's cap on job priority; None for "local", the server's own user
-    # Spends `cost` tokens of the caller's rate-limit bucket (RateLimited when short). Studio calls it once a
-    # request has passed the checks that cost nothing, before the work: a refused malformed request is free.
-    charge: Callable[[int], None] | None = field(default=None, compare=False, repr=False)
 
 
 def is_loopback(host: str) -> bool:
@@ -65,8 +52,8 @@ def presented_key(request: Request) -> str | None:
 class Authenticator:
     """Resolves a request to a Caller and spends from that caller's rate-limit bucket when asked."""
 
-    def __init__(self, keys, required: bool, buckets: TokenBuckets):
-        self.keys = keys
+    def __init__(self, studio, required: bool, buckets: TokenBuckets):
+        self.studio = studio
         self.required = required
         self.buckets = buckets
 
@@ -75,14 +62,14 @@ class Authenticator:
         if key is None:
             if self.required:
                 raise Unauthorized("an API key is required: send 'Authorization: Bearer <key>'")
-            return Caller(LOCAL_OWNER, None)
-        found = self.keys.check(key)
+            return self.studio.caller()
+        found = self.studio.keys.check(key)
         if found is None:
             if not self.required:
                 # Clients such as the openai package always send some key; an open server ignores a foreign one.
-                return Caller(LOCAL_OWNER, None)
+                return self.studio.caller()
             raise Unauthorized("invalid or revoked API key")
-        return Caller(found.id, found.id, found.max_priority)
+        return self.studio.caller(found.id, found.max_priority)
 
 
 async def get_caller(request: Request) -> Caller:

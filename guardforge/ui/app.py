@@ -13,7 +13,7 @@ from PIL import Image
 from guardforge.engine.request import GenerationRequest
 from guardforge.errors import GuardforgeError
 from guardforge.imaging import encode_image
-from guardforge.server.auth import LOCAL_OWNER
+from guardforge.caller import LOCAL_OWNER, Caller
 from guardforge.ui import guard_view
 from guardforge.ui.uploads import (
     CLEAN_EVERY_S,
@@ -30,6 +30,11 @@ def _owner(request: gr.Request | None) -> str:
     """Whose jobs these are: the logged-in key id (server.app makes the login's user name the key's id), or the
     open API's own owner when nobody logs in."""
     return getattr(request, "username", None) or LOCAL_OWNER
+
+
+def _caller(studio, request: gr.Request | None) -> Caller:
+    owner = _owner(request)
+    return studio.caller(None if owner == LOCAL_OWNER else owner)
 
 
 SCHEDULES = ["Automatic", "Karras", "Exponential"]
@@ -75,7 +80,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
     reasons = guard_view.Reasons(studio.guard.policy)
 
     def model_names() -> list[str]:
-        return [e.name for e in studio.registry.list("checkpoint")]
+        return [e.name for e in studio.models("checkpoint")]
 
     def native_size(model: str | None) -> tuple[int, int] | None:
         """The size `model` was trained at, as the CLI defaults to; None when its configs cannot say."""
@@ -115,17 +120,17 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
                 raise gr.Error("load an image and paint the area to repaint")
             fields.update(init_image=encode_image(background), mask=encode_image(mask),
                           denoising_strength=strength)
+        caller = _caller(studio, request)
         try:
-            max_active = studio.settings.server.max_active_jobs_per_key if owner != LOCAL_OWNER else None
-            job_id = studio.submit(GenerationRequest(**fields), owner=owner, max_active=max_active)
+            job_id = studio.submit(GenerationRequest(**fields), caller).id
         except Exception as exc:  # a limit or an unknown name: show the reason, keep the page alive
             raise gr.Error(str(exc)) from None
         yield _bar(0, int(steps), "queued"), gr.update(), gr.update(), gr.update(), job_id
         while True:
-            job = studio.jobs.get(job_id, owner)
+            job = studio.job(job_id, caller)
             if job.state in ("succeeded", "failed", "cancelled"):
                 break
-            latest = studio.events.latest(job_id) or {}
+            latest = studio.latest_event(job_id) or {}
             yield (_bar(int(latest.get("step") or 0), int(latest.get("total") or steps), job.state),
                    gr.update(), gr.update(), gr.update(), job_id)
             time.sleep(0.25)
@@ -138,7 +143,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
             if stored["action"] == "block":
                 image = guard_view.withheld(meta["width"], meta["height"])
             else:
-                data, _ = studio.image_bytes(stored["id"], owner)
+                data, _ = studio.image_bytes(stored["id"], caller)
                 image = Image.open(io.BytesIO(data))  # our own output, written by this server
             gallery.append((image, guard_view.caption(meta, reasons)))
         first = result.get("images", [{}])[0] if result.get("images") else {}
@@ -156,14 +161,14 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
         return run_mode
 
     def show_selected(job_id, evt: gr.SelectData, request: gr.Request):
-        job = studio.jobs.get(job_id, _owner(request))
+        job = studio.job(job_id, _caller(studio, request))
         result = job.result or {}
         meta = result.get("images", [])[evt.index]
         return meta.get("infotext", ""), guard_view.verdict_json(result, evt.index)
 
     def history(request: gr.Request):
         rows = []
-        for job in studio.jobs.list(_owner(request), limit=50, kind="generate"):  # training jobs are not reusable here
+        for job in studio.list_jobs(_caller(studio, request), limit=50, kind="generate"):  # training jobs are not reusable here
             asked = job.payload.get("request", {})  # not `request`: that is the caller's gr.Request
             rows.append([job.id, time.strftime("%H:%M:%S", time.localtime(job.created_at)), job.state,
                          asked.get("prompt", "")[:80]])
@@ -172,7 +177,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
     def reuse(job_id, request: gr.Request):
         if not job_id:
             raise gr.Error("choose a job from the history first")
-        return _fields_update(studio.jobs.get(job_id, _owner(request)).payload["request"])
+        return _fields_update(studio.job(job_id, _caller(studio, request)).payload["request"])
 
     def read_png(path):
         if not path:

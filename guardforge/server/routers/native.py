@@ -36,7 +36,7 @@ def job_view(request: Request, job: Job) -> JobView:
     studio = request.app.state.studio
     progress = None
     if job.state == "running":
-        latest = studio.events.latest(job.id)
+        latest = studio.latest_event(job.id)
         if latest:
             progress = JobProgress(step=latest.get("step", 0), total=latest.get("total", 0), eta=latest.get("eta"),
                                    **({name: latest.get(name) for name in TRAIN_FIELDS}
@@ -52,11 +52,6 @@ def job_view(request: Request, job: Job) -> JobView:
         images=[JobImage(id=i["id"], index=i["index"], action=i["action"],
                          url=None if i["action"] == "block" else f"/v1/images/{i['id']}") for i in job.images],
     )
-
-
-def _submitted(studio, submit, body, owner: str, **options) -> Job:
-    """Queue `body` with `submit` and read the new job back (its place in the queue): one trip to the pool."""
-    return studio.jobs.get(submit(body, owner=owner, **options), owner)
 
 
 def final_event(job: Job) -> dict:
@@ -79,12 +74,8 @@ async def create_job(body: GenerationRequest, request: Request,
                      save: bool = Query(True, description="Keep the images in the output folder"),
                      caller: Caller = Depends(get_limited_caller)) -> JobCreated:
     app = request.app
-    max_active = app.state.studio.settings.server.max_active_jobs_per_key if caller.key_id else None
     # Off the event loop: checking the request decodes its images and may rescan the models folder.
-    studio = app.state.studio
-    job = await run_in_threadpool(_submitted, studio, studio.submit, body, owner=caller.owner, priority=priority,
-                                  save=save, max_active=max_active, max_priority=caller.max_priority,
-                                  charge=caller.charge)
+    job = await run_in_threadpool(app.state.studio.submit, body, caller, priority=priority, save=save)
     app.state.metrics.submitted.labels("native").inc()
     return JobCreated(id=job.id, state=job.state, position=job.position)
 
@@ -101,12 +92,9 @@ async def create_training_job(body: DreamBoothConfig, request: Request,
     the server's training-data folder, `output_dir` inside the caller's runs folder; exports go to the models
     folder under a new `export_name`. Follow and cancel it as any job under /v1/jobs/{id}."""
     app = request.app
-    max_active = app.state.studio.settings.server.max_active_jobs_per_key if caller.key_id else None
     # Off the event loop: checking the config lists folders and may rescan the models folder.
-    studio = app.state.studio
-    job = await run_in_threadpool(_submitted, studio, studio.submit_dreambooth, body, owner=caller.owner,
-                                  priority=priority, resume=resume, max_active=max_active,
-                                  max_priority=caller.max_priority, charge=caller.charge)
+    job = await run_in_threadpool(app.state.studio.submit_dreambooth, body, caller, priority=priority,
+                                  resume=resume)
     app.state.metrics.submitted.labels("train").inc()
     return JobCreated(id=job.id, state=job.state, position=job.position)
 
@@ -117,7 +105,7 @@ async def list_jobs(request: Request, limit: int = Query(50, ge=1, le=500),
                     state: str | None = Query(None, pattern="^(queued|running|succeeded|failed|cancelled)$"),
                     caller: Caller = Depends(get_caller)) -> JobList:
     def read() -> JobList:  # up to 500 rows of JSON to decode
-        jobs = request.app.state.studio.jobs.list(caller.owner, limit=limit, state=state)
+        jobs = request.app.state.studio.list_jobs(caller, limit=limit, state=state)
         return JobList(jobs=[job_view(request, job) for job in jobs])
 
     return await run_in_threadpool(read)
@@ -126,14 +114,14 @@ async def list_jobs(request: Request, limit: int = Query(50, ge=1, le=500),
 @router.get("/v1/jobs/{job_id}", response_model=JobView, summary="One job: state, progress, result",
             responses=errors(401, 404))
 async def get_job(job_id: str, request: Request, caller: Caller = Depends(get_caller)) -> JobView:
-    job = await run_in_threadpool(request.app.state.studio.jobs.get, job_id, caller.owner)
+    job = await run_in_threadpool(request.app.state.studio.job, job_id, caller)
     return job_view(request, job)
 
 
 @router.delete("/v1/jobs/{job_id}", response_model=JobView, summary="Cancel a queued or running job",
                responses=errors(401, 404))
 async def cancel_job(job_id: str, request: Request, caller: Caller = Depends(get_caller)) -> JobView:
-    job = await run_in_threadpool(request.app.state.studio.cancel, job_id, caller.owner)  # a write: SQLite's lock
+    job = await run_in_threadpool(request.app.state.studio.cancel, job_id, caller)  # a write: SQLite's lock
     return job_view(request, job)
 
 
@@ -143,26 +131,26 @@ async def cancel_job(job_id: str, request: Request, caller: Caller = Depends(get
                        **errors(401, 404)})
 async def job_events(job_id: str, request: Request, caller: Caller = Depends(get_caller)):
     studio = request.app.state.studio
-    await run_in_threadpool(studio.jobs.get, job_id, caller.owner)  # 404 before the stream starts
+    await run_in_threadpool(studio.job, job_id, caller)  # 404 before the stream starts
 
     def sse(name: str, data: dict) -> str:
         return f"event: {name}\ndata: {json.dumps(data)}\n\n"
 
     async def stream():
-        with studio.events.subscribe(job_id) as subscription:
+        with studio.subscribe(job_id) as subscription:
             # Read the state after subscribing, so an event published in between is not lost.
-            job = await run_in_threadpool(studio.jobs.get, job_id, None)
+            job = await run_in_threadpool(studio.job, job_id, caller)
             if job.state in TERMINAL:
                 yield sse("done", final_event(job))
                 return
             yield sse("state", {"state": job.state, "position": job.position})
-            latest = studio.events.latest(job_id)
+            latest = studio.latest_event(job_id)
             if latest:
                 yield sse("progress", latest)
             while True:
                 event = await subscription.get(timeout=10)
                 if event is None or event.get("final"):
-                    job = await run_in_threadpool(studio.jobs.get, job_id, None)
+                    job = await run_in_threadpool(studio.job, job_id, caller)
                     if job.state in TERMINAL:
                         yield sse("done", final_event(job))
                         return
@@ -179,12 +167,12 @@ async def job_events(job_id: str, request: Request, caller: Caller = Depends(get
             responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}},
                              "description": "The image file"}, **errors(401, 404, 410)})
 async def get_image(image_id: str, request: Request, caller: Caller = Depends(get_caller)) -> Response:
-    data, media_type = await run_in_threadpool(request.app.state.studio.image_bytes, image_id, caller.owner)
+    data, media_type = await run_in_threadpool(request.app.state.studio.image_bytes, image_id, caller)
     return Response(data, media_type=media_type)
 
 
 @router.get("/v1/models", response_model=ModelList, summary="Models in the registry", responses=errors(401))
 async def list_models(request: Request, caller: Caller = Depends(get_caller)) -> ModelList:
-    entries = await run_in_threadpool(request.app.state.studio.registry.list)  # may rescan the models folder
+    entries = await run_in_threadpool(request.app.state.studio.models)  # may rescan the models folder
     return ModelList(models=[ModelView(name=e.name, hash=e.short_hash_if_known, path=e.path.name) for e in entries])
 

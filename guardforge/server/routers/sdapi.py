@@ -18,7 +18,7 @@ from guardforge.engine.infotext import parse_infotext
 from guardforge.engine.request import GenerationRequest
 from guardforge.errors import GuardforgeError
 from guardforge.imaging import decode_image
-from guardforge.jobs.queue import TERMINAL, Job
+from guardforge.jobs.queue import Job
 from guardforge.server.auth import Caller, get_caller, get_limited_caller, sees_server_paths
 from guardforge.server.schemas import (
     SCHEDULERS_LISTED,
@@ -54,18 +54,6 @@ def blocked_placeholder(width: int, height: int) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-async def wait_for(studio, job_id: str) -> Job:
-    """Await a job's end without blocking the event loop: woken by its final event, re-checked every 5 s."""
-    with studio.events.subscribe(job_id) as subscription:
-        while True:
-            job = studio.jobs.get(job_id, None)
-            if job.state in TERMINAL:
-                return job
-            event = await subscription.get(timeout=5)
-            while event is not None and not event.get("final"):
-                event = await subscription.get(timeout=5)
 
 
 def a1111_info(request: GenerationRequest, job: Job, ignored: list[str], sent: int,
@@ -110,12 +98,10 @@ def caller_options(request: Request, caller: Caller) -> dict[str, Any]:
 async def generate(request: Request, payload: Txt2ImgPayload, caller: Caller) -> ImageResponse:
     studio = request.app.state.studio
     gen, ignored = to_generation_request(payload, caller_options(request, caller)["sd_model_checkpoint"])
-    max_active = studio.settings.server.max_active_jobs_per_key if caller.key_id else None
     # Off the event loop: checking the request decodes its images and may rescan the models folder.
-    job_id = await run_in_threadpool(studio.submit, gen, owner=caller.owner, priority=PRIORITY,
-                                     save=payload.save_images, max_active=max_active, charge=caller.charge)
+    job = await run_in_threadpool(studio.submit, gen, caller, priority=PRIORITY, save=payload.save_images)
     request.app.state.metrics.submitted.labels("sdapi").inc()
-    job = await wait_for(studio, job_id)
+    job = await studio.wait(job.id, caller)
     try:
         return await answer(request, payload, caller, gen, ignored, job)
     finally:
@@ -152,7 +138,7 @@ async def answer(request: Request, payload: Txt2ImgPayload, caller: Caller, gen:
                 meta = job.result["images"][stored["index"]]
                 images.append(blocked_placeholder(meta["width"], meta["height"]))
             else:
-                data, _ = studio.image_bytes(stored["id"], caller.owner)
+                data, _ = await run_in_threadpool(studio.image_bytes, stored["id"], caller)
                 images.append(base64.b64encode(data).decode("ascii"))
     parameters = payload.model_dump()
     if isinstance(payload, Img2ImgPayload) and not payload.include_init_images:
@@ -179,15 +165,17 @@ async def img2img(payload: Img2ImgPayload, request: Request,
 
 @router.get("/progress", response_model=ProgressResponse, summary="Progress of the caller's current job",
             responses=errors(401))
-async def progress(request: Request, skip_current_image: bool = False,
-                   caller: Caller = Depends(get_caller)) -> ProgressResponse:
+def progress(request: Request, skip_current_image: bool = False,
+             caller: Caller = Depends(get_caller)) -> ProgressResponse:
+    # A plain def, as every route here that reads the database or the models folder: FastAPI runs it in the
+    # thread pool, off the event loop.
     studio = request.app.state.studio
-    job = studio.jobs.active_for(caller.owner, kind="generate")
+    job = studio.active_job(caller)
     if job is None:
         return ProgressResponse(progress=0.0, eta_relative=0.0, state=ProgressState())
-    latest = studio.events.latest(job.id) or {}
+    latest = studio.latest_event(job.id) or {}
     step, total = int(latest.get("step") or 0), int(latest.get("total") or 0)
-    reason = studio.workers.reason(job.id)
+    reason = studio.stop_reason(job.id)
     state = ProgressState(
         job=job.id, job_count=1, job_no=0, sampling_step=step, sampling_steps=total,
         job_timestamp=time.strftime("%Y%m%d%H%M%S", time.localtime(job.started_at or job.created_at)),
@@ -199,24 +187,24 @@ async def progress(request: Request, skip_current_image: bool = False,
 
 
 def _running_job(request: Request, caller: Caller):
-    job = request.app.state.studio.jobs.active_for(caller.owner, kind="generate")
+    job = request.app.state.studio.active_job(caller)
     return job if job is not None and job.state == "running" else None
 
 
 @router.post("/interrupt", summary="End the caller's running job after its current batch, cut short; "
              "the images made so far are returned, as in A1111", responses=errors(401))
-async def interrupt(request: Request, caller: Caller = Depends(get_caller)) -> None:
+def interrupt(request: Request, caller: Caller = Depends(get_caller)) -> None:
     job = _running_job(request, caller)
     if job is not None:
-        request.app.state.studio.interrupt(job.id, caller.owner)
+        request.app.state.studio.interrupt(job.id, caller)
 
 
 @router.post("/skip", summary="End the current batch of the caller's running job early and go on with the "
              "next one, as in A1111", responses=errors(401))
-async def skip(request: Request, caller: Caller = Depends(get_caller)) -> None:
+def skip(request: Request, caller: Caller = Depends(get_caller)) -> None:
     job = _running_job(request, caller)
     if job is not None:
-        request.app.state.studio.skip(job.id, caller.owner)
+        request.app.state.studio.skip(job.id, caller)
 
 
 def infotext_of(image: Image.Image) -> str:
@@ -270,11 +258,11 @@ def _title(entry) -> str:
 
 @router.get("/options", summary="The caller's options (sd_model_checkpoint and a few read-only ones)",
             responses=errors(401))
-async def get_options(request: Request, caller: Caller = Depends(get_caller)) -> dict[str, Any]:
+def get_options(request: Request, caller: Caller = Depends(get_caller)) -> dict[str, Any]:
     studio = request.app.state.studio
     current = caller_options(request, caller)["sd_model_checkpoint"]
     try:
-        current = _title(studio.registry.resolve(current))
+        current = _title(studio.model(current))
     except Exception:  # the default model may be absent; show the name as configured
         pass
     return {"sd_model_checkpoint": current, "sd_checkpoint_hash": None,
@@ -284,16 +272,12 @@ async def get_options(request: Request, caller: Caller = Depends(get_caller)) ->
 
 @router.post("/options", summary="Set the caller's sd_model_checkpoint (other options are reported as ignored)",
              responses=errors(401, 404, 422))
-async def set_options(request: Request, options: dict[str, Any] = Body(...),
-                      caller: Caller = Depends(get_caller)) -> dict[str, list[str]]:
-    from guardforge.models.loading import check_checkpoint
-
+def set_options(request: Request, options: dict[str, Any] = Body(...),
+                caller: Caller = Depends(get_caller)) -> dict[str, list[str]]:
     studio = request.app.state.studio
     updated: list[str] = []
     if "sd_model_checkpoint" in options:
-        entry = studio.registry.resolve(str(options["sd_model_checkpoint"]))
-        # What every later generation of this caller would be refused for (a pickle above all), refused now.
-        check_checkpoint(entry, studio.settings)
+        entry = studio.usable_checkpoint(str(options["sd_model_checkpoint"]))
         caller_options(request, caller)["sd_model_checkpoint"] = entry.name
         updated.append("sd_model_checkpoint")
     return {"updated": updated, "ignored": sorted(k for k in options if k not in updated)}
@@ -312,21 +296,21 @@ def shown_path(request: Request, entry) -> str:
 
 @router.get("/sd-models", response_model=list[SdModel], summary="Checkpoints in the registry (`filename` is "
             "inside the models folder, a full path only for a local caller of an open server)", responses=errors(401))
-async def sd_models(request: Request, caller: Caller = Depends(get_caller)) -> list[SdModel]:
-    entries = request.app.state.studio.registry.list("checkpoint")
+def sd_models(request: Request, caller: Caller = Depends(get_caller)) -> list[SdModel]:
+    entries = request.app.state.studio.models("checkpoint")
     return [SdModel(title=_title(e), model_name=e.name, hash=e.short_hash_if_known,
                     sha256=e.sha256() if e.short_hash_if_known else None, filename=shown_path(request, e))
             for e in entries]
 
 
 @router.post("/refresh-checkpoints", summary="Rescan the models folder", responses=errors(401))
-async def refresh_checkpoints(request: Request, caller: Caller = Depends(get_caller)) -> None:
-    request.app.state.studio.registry.refresh()
+def refresh_checkpoints(request: Request, caller: Caller = Depends(get_caller)) -> None:
+    request.app.state.studio.refresh_models()
 
 
 @router.post("/refresh-loras", summary="Rescan the models folder", responses=errors(401))
-async def refresh_loras(request: Request, caller: Caller = Depends(get_caller)) -> None:
-    request.app.state.studio.registry.refresh()
+def refresh_loras(request: Request, caller: Caller = Depends(get_caller)) -> None:
+    request.app.state.studio.refresh_models()
 
 
 @router.get("/samplers", response_model=list[Sampler], summary="Sampler names (A1111's)", responses=errors(401))
@@ -342,15 +326,15 @@ async def schedulers(caller: Caller = Depends(get_caller)) -> list[Scheduler]:
 
 
 @router.get("/loras", response_model=list[Lora], summary="LoRAs in models/Lora", responses=errors(401))
-async def loras(request: Request, caller: Caller = Depends(get_caller)) -> list[Lora]:
-    entries = request.app.state.studio.registry.list("lora")
+def loras(request: Request, caller: Caller = Depends(get_caller)) -> list[Lora]:
+    entries = request.app.state.studio.models("lora")
     return [Lora(name=e.name, alias=e.name, path=shown_path(request, e)) for e in entries]
 
 
 @router.get("/sd-vae", summary="VAEs in models/VAE", responses=errors(401))
-async def sd_vae(request: Request, caller: Caller = Depends(get_caller)) -> list[dict[str, str]]:
+def sd_vae(request: Request, caller: Caller = Depends(get_caller)) -> list[dict[str, str]]:
     return [{"model_name": e.name, "filename": shown_path(request, e)}
-            for e in request.app.state.studio.registry.list("vae")]
+            for e in request.app.state.studio.models("vae")]
 
 
 @router.get("/upscalers", summary="Upscalers (none: guardforge has no upscaler)", responses=errors(401))
