@@ -373,6 +373,15 @@ class Studio:
         folder = entry.path if entry.format == "diffusers" else CONFIGS_DIR / shipped_config_name(entry.family)
         return native_size_from_configs(folder)
 
+    def dreambooth_services(self, device: str | None = None, replica: int = 0):
+        """What DreamBooth training may ask of this studio (train sits below it and gets only these).
+        `device` and `replica` pick the model copy (a worker's own) that makes the class images."""
+        from guardforge.train.dreambooth.services import DreamBoothServices
+
+        return DreamBoothServices.from_parts(registry=self.registry, pipelines=self.pipelines, guard=self.guard,
+                                             generate=self.generate, models_dir=self.settings.resolved_models_dir,
+                                             device=device, replica=replica)
+
     def train_dreambooth(self, config, progress=None, cancel: Event | None = None, resume=None,
                          overwrite_exports: bool = True, device: str | None = None, replica: int = 0):
         """DreamBooth (full or LoRA): guard the data, make class images, train, export into the models folder.
@@ -381,8 +390,8 @@ class Studio:
         training itself runs is the config's accelerator and devices."""
         from guardforge.train.dreambooth.run import train_dreambooth
 
-        return train_dreambooth(self, config, progress=progress, cancel=cancel, resume=resume,
-                                overwrite_exports=overwrite_exports, device=device, replica=replica)
+        return train_dreambooth(self.dreambooth_services(device, replica), config, progress=progress, cancel=cancel,
+                                resume=resume, overwrite_exports=overwrite_exports)
 
     # -- DreamBooth as a queued job (a config from a remote caller) -------------------------------------
     def confine_dreambooth(self, config, owner: str, resume: bool = False, device: str | None = None):

@@ -1,5 +1,5 @@
 """The guard around DreamBooth: flagged training data stops the job before any step; class images are
-made through the Studio, screened, deterministic and incremental.
+made through the Studio's services, screened, deterministic and incremental.
 
 The backends here are test-only classes implementing the guard's backend protocol; the Guard, the Policy,
 the Studio and the engine are the real ones.
@@ -63,6 +63,12 @@ def studio(gf_home):
     return studio
 
 
+def made_by(studio) -> dict:
+    """The studio's class-image maker and model hash, as ensure_class_images takes them."""
+    services = studio.dreambooth_services()
+    return {"generate_class_image": services.generate_class_image, "model_hash": services.model_hash}
+
+
 def class_kwargs(folder, count=3):
     return {"folder": folder, "count": count, "prompt": "a photo of dog", "model": "tiny-sd", "resolution": 16,
             "seed": 10, "steps": 2}
@@ -73,7 +79,7 @@ def test_flagged_instance_image_stops_the_job_before_training(studio, tmp_path, 
     Image.new("RGB", (24, 24), (230, 10, 10)).save(tmp_path / "instance" / "zz-red.png")
     config = tiny_config(tmp_path, "tiny-sd", class_data_dir=None)
     with pytest.raises(GuardforgeError, match=r"zz-red\.png \(S12\)") as caught:
-        train_dreambooth(studio, config)
+        train_dreambooth(studio.dreambooth_services(), config)
     assert "img-0.png" not in str(caught.value)
     # Nothing ran: no class images, no checkpoints, no logs, no export.
     assert not config.output_dir.exists()
@@ -89,7 +95,7 @@ def test_class_images_found_on_disk_are_screened_before_training(studio, tmp_pat
         Image.new("RGB", (16, 16), colour).save(tmp_path / "class" / f"class-0000{index}.png")
     config = tiny_config(tmp_path, tiny_model_dir, with_prior_preservation=True)
     with pytest.raises(GuardforgeError, match=r"nothing was trained: class-00001\.png \(S12\)$"):
-        train_dreambooth(studio, config)
+        train_dreambooth(studio.dreambooth_services(), config)
     assert not (config.output_dir / "checkpoints").exists() and studio.registry.names(kind="lora") == []
 
 
@@ -98,7 +104,7 @@ def test_flagged_prompt_stops_the_job(studio, tmp_path):
     config = tiny_config(tmp_path, "tiny-sd", class_data_dir=None,
                          validation_prompts=["a forbidden thing"], validation_interval=1)
     with pytest.raises(GuardforgeError, match=r"prompt 'a forbidden thing' \(S1\)"):
-        train_dreambooth(studio, config)
+        train_dreambooth(studio.dreambooth_services(), config)
     assert not config.output_dir.exists()
 
 
@@ -106,7 +112,7 @@ def test_class_images_are_deterministic_incremental_and_screened(studio, tmp_pat
     folder = tmp_path / "class"
     studio.guard = Guard(load_policy("default"), text_backend=WordIsUnsafe(),
                          image_backend=RedIsUnsafe(refuse_calls={1}))  # the second image made is refused
-    first = ensure_class_images(studio, **class_kwargs(folder))
+    first = ensure_class_images(**made_by(studio), **class_kwargs(folder))
     assert first.generated == [0, 1, 2] and first.reused == []
     assert sorted(p.name for p in folder.glob("*.png")) == ["class-00000.png", "class-00001.png",
                                                              "class-00002.png"]
@@ -124,12 +130,12 @@ def test_class_images_are_deterministic_incremental_and_screened(studio, tmp_pat
     kept = (folder / "class-00002.png").read_bytes()
     (folder / "class-00002.png").unlink()
     studio.guard = Guard(load_policy("default"), text_backend=WordIsUnsafe(), image_backend=RedIsUnsafe())
-    second = ensure_class_images(studio, **class_kwargs(folder))
+    second = ensure_class_images(**made_by(studio), **class_kwargs(folder))
     assert second.reused == [0, 1] and second.generated == [2]
     assert np.array_equal(np.asarray(Image.open(folder / "class-00002.png")),
                           np.asarray(Image.open(__import__("io").BytesIO(kept))))
     # Asking for more only adds the new indices.
-    third = ensure_class_images(studio, **class_kwargs(folder, count=4))
+    third = ensure_class_images(**made_by(studio), **class_kwargs(folder, count=4))
     assert third.reused == [0, 1, 2] and third.generated == [3]
 
 
@@ -138,7 +144,7 @@ def test_class_images_of_a_model_replaced_under_the_same_name_are_refused(studio
     from safetensors.torch import load_file, save_file
 
     folder = tmp_path / "class"
-    ensure_class_images(studio, **class_kwargs(folder, count=2))
+    ensure_class_images(**made_by(studio), **class_kwargs(folder, count=2))
     before = json.loads((folder / "manifest.json").read_text())["recipe"]["model_hash"]
     vae_file = gf_home / "models" / "Stable-diffusion" / "tiny-sd" / "vae" / "diffusion_pytorch_model.safetensors"
     weights = load_file(str(vae_file))
@@ -147,12 +153,12 @@ def test_class_images_of_a_model_replaced_under_the_same_name_are_refused(studio
     save_file(weights, str(vae_file))
     studio.registry.refresh()
     with pytest.raises(InvalidRequest, match=f"model_hash '{before}' -> "):
-        ensure_class_images(studio, **class_kwargs(folder, count=2))
+        ensure_class_images(**made_by(studio), **class_kwargs(folder, count=2))
 
 
 def test_unsafe_class_prompt_is_refused(studio, tmp_path):
     with pytest.raises(GuardforgeError, match="class prompt"):
-        ensure_class_images(studio, **{**class_kwargs(tmp_path / "c"), "prompt": "a forbidden dog"})
+        ensure_class_images(**made_by(studio), **{**class_kwargs(tmp_path / "c"), "prompt": "a forbidden dog"})
 
 
 def test_class_images_of_another_recipe_are_refused_not_mixed_in(studio, tmp_path, tiny_model_dir):
@@ -161,19 +167,19 @@ def test_class_images_of_another_recipe_are_refused_not_mixed_in(studio, tmp_pat
     shutil.copytree(tiny_model_dir, studio.settings.resolved_models_dir / "Stable-diffusion" / "other-sd")
     studio.registry.refresh()
     folder = tmp_path / "class"
-    ensure_class_images(studio, **class_kwargs(folder, count=2))
+    ensure_class_images(**made_by(studio), **class_kwargs(folder, count=2))
     assert json.loads((folder / "manifest.json").read_text())["recipe"]["prompt"] == "a photo of dog"
     # The user's own photos (not in the manifest) are welcome beside ours.
     Image.new("RGB", (16, 16), (0, 90, 200)).save(folder / "class-00002.png")
-    assert ensure_class_images(studio, **class_kwargs(folder, count=3)).reused == [0, 1, 2]
+    assert ensure_class_images(**made_by(studio), **class_kwargs(folder, count=3)).reused == [0, 1, 2]
 
     for change, message in (({"prompt": "a photo of cat"}, "prompt 'a photo of dog' -> 'a photo of cat'"),
                             ({"steps": 3}, "steps 2 -> 3"), ({"model": "other-sd"}, "model 'tiny-sd'")):
         with pytest.raises(InvalidRequest, match=message):
-            ensure_class_images(studio, **{**class_kwargs(folder, count=3), **change})
+            ensure_class_images(**made_by(studio), **{**class_kwargs(folder, count=3), **change})
     # Once the stale files are gone, the new recipe fills the folder afresh.
     for name in ("class-00000.png", "class-00001.png"):
         (folder / name).unlink()
-    again = ensure_class_images(studio, **{**class_kwargs(folder, count=3), "steps": 3})
+    again = ensure_class_images(**made_by(studio), **{**class_kwargs(folder, count=3), "steps": 3})
     assert again.generated == [0, 1] and again.reused == [2]
     assert json.loads((folder / "manifest.json").read_text())["recipe"]["steps"] == 3

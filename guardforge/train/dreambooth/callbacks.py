@@ -12,10 +12,9 @@ import torch
 from PIL import Image
 
 from guardforge.train.dreambooth.config import TrainProgress
+from guardforge.train.dreambooth.services import ScreenOutputs
 
 ProgressFn = Callable[[TrainProgress], None]
-# Screens a list of images; returns each one as it may be shown (None where the guard withheld it).
-ScreenFn = Callable[[list[Image.Image]], list[Image.Image | None]]
 
 
 def _metric(outputs, name: str) -> float | None:
@@ -112,7 +111,7 @@ class ValidationImages(L.Callback):
     """Every `interval` steps, one image per validation prompt with a fixed seed, to disk and to the logger."""
 
     def __init__(self, prompts: list[str], interval: int, output_dir: Path, *, seed: int = 0,
-                 steps: int = 25, resolution: int = 512, screen: ScreenFn | None = None,
+                 steps: int = 25, resolution: int = 512, screen: ScreenOutputs | None = None,
                  gathered: GatheredCopy | None = None):
         self.prompts = prompts
         self.interval = interval

@@ -1,4 +1,5 @@
-"""Class images for prior preservation, made by the base model through the Studio, screened like any output.
+"""Class images for prior preservation, made by the base model and screened like any output (the caller's
+`generate_class_image`, see services.py).
 
 Image i is made with seed `seed + i`. When the guard blocks it (or would blur it: a blurred image is no
 class example), the next candidate seed for that index is `seed + i + k * count`, k = 1, 2, ... so that
@@ -17,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from threading import Event
 
+from guardforge.engine.request import GenerationRequest
 from guardforge.errors import Cancelled, GuardforgeError, InvalidRequest
+from guardforge.train.dreambooth.services import GenerateClassImage, ModelHash
 
 MANIFEST = "manifest.json"
 MAX_TRIES_PER_IMAGE = 8
@@ -63,21 +66,19 @@ def _write_manifest(folder: Path, manifest: dict) -> None:
     tmp.replace(folder / MANIFEST)
 
 
-def ensure_class_images(studio, *, folder: Path, count: int, prompt: str, model: str, resolution: int,
-                        seed: int = 0, sampler: str = "Euler a", steps: int = 25, cfg_scale: float = 7.0,
-                        negative_prompt: str = "", on_image: Callable[[int, int], None] | None = None,
-                        cancel: Event | None = None, device: str | None = None,
-                        replica: int = 0) -> ClassImageReport:
+def ensure_class_images(generate_class_image: GenerateClassImage, model_hash: ModelHash, *, folder: Path,
+                        count: int, prompt: str, model: str, resolution: int, seed: int = 0,
+                        sampler: str = "Euler a", steps: int = 25, cfg_scale: float = 7.0, negative_prompt: str = "",
+                        on_image: Callable[[int, int], None] | None = None,
+                        cancel: Event | None = None) -> ClassImageReport:
     """Make sure class-00000.png .. class-{count-1}.png exist in `folder`; generate only the missing ones."""
-    from guardforge.engine.request import GenerationRequest
-
     folder.mkdir(parents=True, exist_ok=True)
     manifest = _read_manifest(folder)
     # The model's content hash too: a model replaced under the same name makes other class images. (A
     # diffusers folder given by path is not in the registry; its images can only be the user's own.)
     from_folder = (Path(model) / "model_index.json").is_file()
-    model_hash = None if from_folder else studio.registry.resolve(model).short_hash()
-    recipe = {"prompt": prompt, "negative_prompt": negative_prompt, "model": model, "model_hash": model_hash,
+    recipe = {"prompt": prompt, "negative_prompt": negative_prompt, "model": model,
+              "model_hash": None if from_folder else model_hash(model),
               "resolution": resolution, "sampler": sampler, "steps": steps, "cfg_scale": cfg_scale, "seed": seed}
     _check_recipe(folder, manifest, recipe)
     if manifest.get("recipe") not in (None, recipe):  # the old recipe's files are all gone: forget them
@@ -96,13 +97,10 @@ def ensure_class_images(studio, *, folder: Path, count: int, prompt: str, model:
             request = GenerationRequest(prompt=prompt, negative_prompt=negative_prompt, model=model,
                                         sampler=sampler, steps=steps, cfg_scale=cfg_scale, seed=candidate,
                                         width=resolution, height=resolution)
-            result = studio.generate(request, save=False, device=device, replica=replica)
-            if result.blocked:
-                raise GuardforgeError(f"the guard blocked the class prompt {prompt!r}; choose another class_prompt")
-            image = result.images[0]
-            if image.action in ("allow", "flag") and image.pil is not None:
+            image = generate_class_image(request)
+            if image is not None:
                 tmp = path.with_suffix(".tmp.png")
-                image.pil.save(tmp)
+                image.save(tmp)
                 tmp.replace(path)  # a file named by index is always complete
                 manifest["images"][path.name] = candidate
                 break

@@ -5,17 +5,15 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from threading import Event
-from typing import Any
 
-from PIL import Image
 from pydantic import BaseModel
 
 from guardforge.dependencies import require_lora_support
-from guardforge.errors import Cancelled, GuardforgeError, InvalidRequest
+from guardforge.errors import Cancelled, InvalidRequest
 from guardforge.train.dreambooth.config import DreamBoothConfig, TrainProgress
+from guardforge.train.dreambooth.services import BaseComponents, DreamBoothServices
 
 ProgressFn = Callable[[TrainProgress], None]
 
@@ -27,35 +25,6 @@ class TrainingCancelled(Cancelled):
         super().__init__(message)
         self.step = step
         self.total = total
-
-
-@dataclass
-class BaseComponents:
-    """The base model's parts, in float32 on the CPU, owned by this run (never the cache's shared copies)."""
-
-    unet: Any
-    vae: Any
-    text_encoder: Any
-    tokenizer: Any
-    scheduler: Any
-
-    @classmethod
-    def from_pipeline(cls, pipeline) -> BaseComponents:
-        import torch
-
-        parts = {name: getattr(pipeline, name) for name in ("unet", "vae", "text_encoder")}
-        # Training writes the weights: copy, so the generation cache keeps serving the untouched base model.
-        parts = {name: copy.deepcopy(module).to("cpu", dtype=torch.float32) for name, module in parts.items()}
-        return cls(**parts, tokenizer=pipeline.tokenizer, scheduler=copy.deepcopy(pipeline.scheduler))
-
-    @classmethod
-    def from_folder(cls, folder: Path) -> BaseComponents:
-        from diffusers import StableDiffusionPipeline
-
-        pipeline = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, feature_extractor=None,
-                                                           requires_safety_checker=False)
-        return cls(unet=pipeline.unet, vae=pipeline.vae, text_encoder=pipeline.text_encoder,
-                   tokenizer=pipeline.tokenizer, scheduler=pipeline.scheduler)
 
 
 class DreamBoothResult(BaseModel):
@@ -217,50 +186,13 @@ def fit(config: DreamBoothConfig, base: BaseComponents, instance_paths: list[Pat
 
 # -- Orchestration -----------------------------------------------------------------------------------------
 
-def load_base(studio, name: str, device: str | None = None, replica: int = 0) -> BaseComponents:
-    """A diffusers folder path, or a registry name (diffusers folder or single file via the model loader).
-
-    A single file comes through the worker's own cached copy (`device`, `replica`), copied under its lock: the
-    copy must not race a generation on that pipeline, nor load into another worker's slot."""
-    path = Path(name)
-    if (path / "model_index.json").is_file():
-        return BaseComponents.from_folder(path)
-    entry = studio.registry.resolve(name)
-    if entry.format == "diffusers":
-        return BaseComponents.from_folder(entry.path)
-    loaded = studio.pipelines.get(entry.name, device=device, replica=replica)
-    with loaded.lock:
-        return BaseComponents.from_pipeline(loaded.pipeline)
-
-
-def screen_training_data(guard, image_paths: list[Path], prompts: list[str]) -> None:
-    """Every image (instance, or class images found on disk) and prompt through the guard before any step; a
-    block stops the job, naming why."""
-    from guardforge.train.dreambooth.data import load_rgb
-
-    images = [(path.name, load_rgb(path)) for path in image_paths]
-    verdicts = guard.check_training_data(images, prompts)
-    names = [path.name for path in image_paths] + [f"prompt {prompt!r}" for prompt in prompts]
-    blocked = [f"{name} ({', '.join(verdict.violated) or verdict.error or 'unsafe'})"
-               for name, verdict in zip(names, verdicts) if verdict.action == "block"]
-    if blocked:
-        raise GuardforgeError(f"the guard blocked the training data, nothing was trained: {'; '.join(blocked)}")
-
-
-def _screen_outputs(guard):
-    def screen(images: list[Image.Image]) -> list[Image.Image | None]:
-        verdicts = guard.check_output_images(images)
-        return [guard.enforce(image, verdict) for image, verdict in zip(images, verdicts, strict=True)]
-    return screen
-
-
-def train_dreambooth(studio, config: DreamBoothConfig, progress: ProgressFn | None = None,
+def train_dreambooth(services: DreamBoothServices, config: DreamBoothConfig, progress: ProgressFn | None = None,
                      cancel: Event | None = None, resume: str | Path | None = None,
-                     overwrite_exports: bool = True, device: str | None = None, replica: int = 0) -> DreamBoothResult:
-    """Screen the data, make the class images, train, export into the models folder, refresh the registry.
+                     overwrite_exports: bool = True) -> DreamBoothResult:
+    """Screen the data, make the class images, train, export into the models folder, have the exports listed.
 
-    `studio` is the caller's Studio (passed in, never imported: train sits below it). With
-    `overwrite_exports=False` an export whose files exist fails the run instead of replacing them.
+    `services` is all this asks of the rest of guardforge (see services.py). With `overwrite_exports=False` an
+    export whose files exist fails the run instead of replacing them.
     """
     from guardforge.train.dreambooth.class_images import class_image_name, ensure_class_images
     from guardforge.train.dreambooth.data import list_images
@@ -278,7 +210,7 @@ def train_dreambooth(studio, config: DreamBoothConfig, progress: ProgressFn | No
         raise InvalidRequest(f"{config.instance_data_dir} holds no images (.png, .jpg, .jpeg, .webp, .bmp)")
     prompts = [config.instance_prompt, *([config.class_prompt] if config.class_prompt else []),
                *config.validation_prompts]
-    screen_training_data(studio.guard, instance_paths, prompts)
+    services.screen_training_data(instance_paths, prompts)
 
     class_paths: list[Path] = []
     report = None
@@ -291,18 +223,18 @@ def train_dreambooth(studio, config: DreamBoothConfig, progress: ProgressFn | No
                 f"and name it, or fill class_data_dir yourself ({len(missing)} of {config.num_class_images} missing)")
         options = config.class_images
         report = ensure_class_images(
-            studio, folder=folder, count=config.num_class_images, prompt=config.class_prompt,
-            model=config.base_model, resolution=config.resolution, seed=options.seed, sampler=options.sampler,
-            steps=options.steps, cfg_scale=options.cfg_scale, negative_prompt=options.negative_prompt,
-            cancel=cancel, device=device, replica=replica, on_image=lambda done, total: emit(TrainProgress(
+            services.generate_class_image, services.model_hash, folder=folder, count=config.num_class_images,
+            prompt=config.class_prompt, model=config.base_model, resolution=config.resolution, seed=options.seed,
+            sampler=options.sampler, steps=options.steps, cfg_scale=options.cfg_scale,
+            negative_prompt=options.negative_prompt, cancel=cancel, on_image=lambda done, total: emit(TrainProgress(
                 phase="class_images", step=done, total=total, message="class images")))
         class_paths = report.paths
         # Images made here were screened as outputs; the ones found on disk (the user's own, or files put where
         # ours were) are trained on just the same, so they are training data like the instance images.
         emit(TrainProgress(phase="screening", message="checking the class images found on disk"))
-        screen_training_data(studio.guard, [report.paths[i] for i in report.reused], [])
+        services.screen_training_data([report.paths[i] for i in report.reused], [])
 
-    base = load_base(studio, config.base_model, device=device, replica=replica)
+    base = services.load_base(config.base_model)
     losses: list[float] = []
 
     def on_step(event: TrainProgress) -> None:
@@ -311,17 +243,15 @@ def train_dreambooth(studio, config: DreamBoothConfig, progress: ProgressFn | No
         emit(event)
 
     module, trainer = fit(config, base, instance_paths, class_paths, progress=on_step, cancel=cancel,
-                          resume=resume, screen=_screen_outputs(studio.guard))
+                          resume=resume, screen=services.screen_outputs)
 
     emit(TrainProgress(phase="exporting", step=trainer.global_step, total=config.max_steps))
     exports: dict[str, Path] = {}
     models: dict[str, str] = {}
     if trainer.is_global_zero:
-        exports = export_all(module, config.resolved_export_formats, studio.settings.resolved_models_dir,
+        exports = export_all(module, config.resolved_export_formats, services.models_dir,
                              config.resolved_export_name, alpha=config.lora.alpha, overwrite=overwrite_exports)
-        studio.registry.refresh()
-        by_path = {entry.path.resolve(): entry.name for entry in studio.registry.list()}
-        models = {fmt: by_path[path.resolve()] for fmt, path in exports.items() if path.resolve() in by_path}
+        models = services.register_exports(exports)
     emit(TrainProgress(phase="done", step=trainer.global_step, total=config.max_steps,
                        loss=losses[-1] if losses else None))
     return DreamBoothResult(
