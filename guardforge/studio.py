@@ -334,7 +334,7 @@ class Studio:
         if blocking:
             return GenerationResult(
                 request=request, images=[], seeds=[], model=entry.name, model_hash=entry.short_hash_if_known,
-                elapsed_s=time.perf_counter() - started, prompt_verdict=blocking[0].model_dump(), blocked=True,
+                elapsed_s=time.perf_counter() - started, prompt_verdict=blocking[0], blocked=True,
             )
 
         self.engine.check(request)  # what the engine would refuse later, refused before any model loads
@@ -354,13 +354,13 @@ class Studio:
                 path = str(self.store.save(delivered, infotext, verdict.model_dump(), request.mode, seed))
             images.append(GeneratedImage(
                 image_id=self.store.new_id(), seed=seed, infotext=infotext, width=image.width,
-                height=image.height, path=path, verdict=verdict.model_dump(), action=verdict.action,
+                height=image.height, path=path, verdict=verdict, action=verdict.action,
                 pil=delivered,
             ))
         return GenerationResult(
             request=request, images=images, seeds=[seed for _, seed in outputs], model=entry.name,
             model_hash=model_hash, elapsed_s=time.perf_counter() - started,
-            prompt_verdict=prompt_verdict.model_dump(), device=str(loaded.device),
+            prompt_verdict=prompt_verdict, device=str(loaded.device),
         )
 
     def native_size(self, model: str | None = None) -> tuple[int, int]:

@@ -63,7 +63,7 @@ def test_guard_check_reads_a_prompt_as_generate_does(gf_home, monkeypatch):
         [row] = _check(prompt, "--negative", negative)
         generated = studio.generate(GenerationRequest(prompt=prompt, negative_prompt=negative, model="tiny-sd",
                                                       steps=2, width=16, height=16, seed=1), save=False)
-        verdict = generated.prompt_verdict
+        verdict = generated.prompt_verdict.model_dump()
         assert (row["action"], row["categories"], row["reason"]) == (verdict["action"], verdict["violated"],
                                                                      verdict["reason"]), prompt
         assert row["scores"] == pytest.approx(verdict["scores"], abs=1e-5)

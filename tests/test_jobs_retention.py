@@ -18,6 +18,7 @@ from guardforge.jobs.queue import (
     jobs_table,
     make_engine,
 )
+from guardforge.jobs.results import GenerationJobResult
 from tests.livesrv import REPO, LiveServer, make_home, run_cli, server_env
 from tests.test_server import noise_png_b64, wait_state
 
@@ -27,7 +28,7 @@ PAYLOAD = {"request": {"prompt": "p", "init_image": "SU5JVA==", "mask": None}, "
 def ended_job(queue: JobQueue, owner: str, ended_hours_ago: float) -> str:
     job = queue.submit("generate", PAYLOAD, owner=owner)
     queue.claim_next()
-    queue.finish(job, "succeeded", result={"images": []},
+    queue.finish(job, "succeeded", result=GenerationJobResult(model="m"),
                  images=[StoredImage(f"img-{owner}", job, owner, 0, "allow", None, "UElYRUxT")])
     with queue.engine.begin() as conn:  # as if it had ended that long ago
         conn.execute(update(jobs_table).where(jobs_table.c.id == job)

@@ -15,6 +15,7 @@ from sqlalchemy import create_engine
 
 from guardforge.jobs.keys import KeyNotFound, KeyStore
 from guardforge.jobs.queue import RESTART_REASON, JobNotFound, JobQueue, QueueFull, TooManyActiveJobs, make_engine
+from guardforge.jobs.results import GenerationJobResult, ImageResult
 from tests.livesrv import ThrowawayPostgres, free_port
 
 
@@ -148,7 +149,7 @@ def test_finish_records_images_for_the_owner(db_url):
     queue = JobQueue(make_engine(db_url))
     job = queue.submit("generate", {}, owner="a")
     queue.claim_next()
-    queue.finish(job, "succeeded", result={"images": []},
+    queue.finish(job, "succeeded", result=GenerationJobResult(model="m"),
                  images=[StoredImage("img1", job, "a", 0, "allow", None, "aGk=")])
     assert queue.get(job, "a").images == [{"id": "img1", "index": 0, "action": "allow"}]
     assert queue.image("img1", "a").data == "aGk="
@@ -205,7 +206,7 @@ def test_purge_drops_only_the_pixels_of_ended_jobs_old_enough(db_url):
     def ended(owner: str, ended_hours_ago: float) -> str:
         job = queue.submit("generate", payload, owner=owner)
         queue.claim_next()
-        queue.finish(job, "succeeded", result={"images": [{"infotext": f"{owner}, Steps: 2"}]},
+        queue.finish(job, "succeeded", result=GenerationJobResult(model="m", images=[ImageResult(image_id=f"img-{owner}", seed=2, infotext=f"{owner}, Steps: 2", width=8, height=8)]),
                      images=[StoredImage(f"img-{owner}", job, owner, 0, "allow", None, "UElYRUxT"),
                              StoredImage(f"blk-{owner}", job, owner, 1, "block", None, None)])
         with queue.engine.begin() as conn:  # as if it had ended that long ago
@@ -223,7 +224,7 @@ def test_purge_drops_only_the_pixels_of_ended_jobs_old_enough(db_url):
     assert job.payload["request"]["init_image"] is None and job.payload["request"]["mask"] is None
     assert job.payload["request"]["prompt"] == "p" and job.payload["purged_at"] <= time.time()
     # The history stays: the row, its result (infotexts) and its image rows.
-    assert job.state == "succeeded" and job.result["images"][0]["infotext"] == "old, Steps: 2"
+    assert job.state == "succeeded" and job.result.images[0].infotext == "old, Steps: 2"
     assert [i["id"] for i in job.images] == ["img-old", "blk-old"]
     with pytest.raises(ImageGone, match="no longer kept"):
         queue.image("img-old", "old")
@@ -239,5 +240,5 @@ def test_purge_drops_only_the_pixels_of_ended_jobs_old_enough(db_url):
     with pytest.raises(ImageGone):
         queue.image("img-recent", "recent")
     # Once it has ended, the job's own purge works.
-    queue.finish(running, "succeeded", result={"images": []})
+    queue.finish(running, "succeeded", result=GenerationJobResult(model="m"))
     assert queue.purge(job_id=running) == 1 and queue.get(running, None).payload["request"]["init_image"] is None

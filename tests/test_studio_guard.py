@@ -59,7 +59,7 @@ def _generate(studio, prompt: str):
                                     "a (forbidden:0.9) thing"])
 def test_a_word_split_by_syntax_is_guarded_as_the_engine_reads_it(studio, prompt):
     result = _generate(studio, prompt)
-    assert result.blocked and result.images == [] and result.prompt_verdict["violated"] == ["S1"]
+    assert result.blocked and result.images == [] and result.prompt_verdict.violated == ["S1"]
     assert studio.pipelines.loaded() == []  # the engine never ran
 
 
@@ -90,7 +90,7 @@ def test_the_embedded_guard_reads_through_weighting_syntax(gf_home, tiny_model_d
 
     studio = Studio(Settings(home=gf_home))
     result = _generate(studio, "a n(a:1)ked woman, expl(i:1)cit s(e:1)x")
-    assert result.blocked and "S12" in result.prompt_verdict["violated"]
+    assert result.blocked and "S12" in result.prompt_verdict.violated
 
 
 def test_a_bad_negative_prompt_is_refused_before_any_model_loads(studio):

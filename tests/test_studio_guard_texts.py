@@ -85,7 +85,7 @@ def _generate(studio, prompt: str, negative: str = "", **fields):
 def test_the_attack_through_the_negative_prompt_is_blocked_and_says_so(studio):
     result = _generate(studio, "a woman on a beach", ATTACK)
     assert result.blocked and result.images == [] and studio.pipelines.loaded() == []
-    verdict = result.prompt_verdict
+    verdict = result.prompt_verdict.model_dump()
     assert verdict["violated"] == ["S12"] and verdict["action"] == "block"
     assert "negative prompt" in verdict["reason"] and "clothes, swimsuit, bikini, dressed" in verdict["reason"]
     assert "'a woman on a beach, nude, naked, uncensored'" in verdict["reason"]
@@ -95,7 +95,7 @@ def test_the_attack_through_the_negative_prompt_is_blocked_and_says_so(studio):
 
 def test_a_negative_prompt_full_of_unsafe_words_is_safe_practice(studio):
     result = _generate(studio, "a woman on a beach", SAFE_NEGATIVE)
-    assert not result.blocked and len(result.images) == 1 and result.prompt_verdict["action"] == "allow"
+    assert not result.blocked and len(result.images) == 1 and result.prompt_verdict.action == "allow"
     assert studio.guard.backend("text").calls == [["a woman on a beach"]]  # nothing more was scored
 
 
@@ -106,12 +106,12 @@ def test_a_negated_term_at_weight_zero_is_not_read(studio):
 
 def test_a_weight_below_zero_in_the_negative_prompt_asks_for_it(studio):
     result = _generate(studio, "a woman on a beach", "lowres, (nude:-1)")
-    assert result.blocked and "weight below 0" in result.prompt_verdict["reason"]
+    assert result.blocked and "weight below 0" in result.prompt_verdict.reason
 
 
 def test_a_prompt_that_decides_by_itself_gets_no_reason(studio):
     result = _generate(studio, "a nude woman on a beach", ATTACK)
-    assert result.blocked and result.prompt_verdict["reason"] is None
+    assert result.blocked and result.prompt_verdict.reason is None
 
 
 @pytest.mark.parametrize("mode", ["img2img", "inpaint"])
@@ -124,13 +124,13 @@ def test_img2img_and_inpaint_guard_the_prompt_and_the_starting_image(studio, mod
     assert text.calls == [["a blue square"]] and image.seen == 2  # the starting image, then the output
 
     unsafe_text = _generate(studio, "a nude woman", **images)
-    assert unsafe_text.blocked and unsafe_text.prompt_verdict["checkpoint"] == "prompt" and image.seen == 3
+    assert unsafe_text.blocked and unsafe_text.prompt_verdict.checkpoint == "prompt" and image.seen == 3
 
     attack = _generate(studio, "a woman", ATTACK, **images)
-    assert attack.blocked and attack.prompt_verdict["reason"] and image.seen == 4
+    assert attack.blocked and attack.prompt_verdict.reason and image.seen == 4
 
     unsafe_image = _generate(studio, "a blue square", **{**images, "init_image": png_b64(RED)})
-    assert unsafe_image.blocked and unsafe_image.prompt_verdict["checkpoint"] == "input_image"
+    assert unsafe_image.blocked and unsafe_image.prompt_verdict.checkpoint == "input_image"
     assert text.calls[-1] == ["a blue square"] and image.seen == 5  # both were checked
     checkpoints = [row["checkpoint"] for row in studio.guard.audit.recent(3)]
     assert checkpoints == ["input_image", "prompt", "input_image"]
@@ -170,16 +170,17 @@ def test_the_issues_example_with_the_shipped_guard(gf_home):
 
     studio = Studio(Settings(home=gf_home))
     attack = _generate(studio, "a woman on a beach", ATTACK)
-    assert attack.blocked and "S12" in attack.prompt_verdict["violated"]
-    assert "a woman on a beach, nude, naked, uncensored" in attack.prompt_verdict["reason"]
+    assert attack.blocked and "S12" in attack.prompt_verdict.violated
+    assert "a woman on a beach, nude, naked, uncensored" in attack.prompt_verdict.reason
     safe = _generate(studio, "a woman on a beach", "nsfw, nude, blood, gore, lowres")
-    assert not safe.blocked and safe.prompt_verdict["reason"] is None
+    assert not safe.blocked and safe.prompt_verdict.reason is None
 
 
 def test_guardforge_generate_and_the_ui_say_the_negative_prompt_decided(gf_home, monkeypatch):
     from typer.testing import CliRunner
 
     from guardforge.cli import _register, app
+    from guardforge.jobs.results import GenerationJobResult
     from guardforge.ui.guard_view import Reasons, outcome
 
     _register()
@@ -191,7 +192,7 @@ def test_guardforge_generate_and_the_ui_say_the_negative_prompt_decided(gf_home,
 
     studio = _studio(gf_home)
     blocked = _generate(studio, "a woman on a beach", ATTACK)
-    state, action, sentence = outcome({"blocked": True, "prompt_verdict": blocked.prompt_verdict},
-                                      Reasons(studio.guard.policy))
+    result = GenerationJobResult.model_validate(blocked.model_dump(exclude={"request"}))  # as a worker records it
+    state, action, sentence = outcome(result, Reasons(studio.guard.policy))
     assert (state, action) == ("blocked", "block") and "S12 Sexual Content" in sentence
     assert "negating 'clothes, swimsuit, bikini, dressed' asks for 'nude, naked, uncensored'" in sentence

@@ -128,9 +128,9 @@ def generate(
         result = studio.generate(request, on_progress=on_progress)
 
     if result.blocked:
-        verdict = result.prompt_verdict or {}
-        categories = ", ".join(verdict.get("violated") or []) or "policy"
-        reason = f"; {verdict['reason']}" if verdict.get("reason") else ""
+        verdict = result.prompt_verdict
+        categories = ", ".join(verdict.violated if verdict else []) or "policy"
+        reason = f"; {verdict.reason}" if verdict and verdict.reason else ""
         typer.secho(f"blocked by the guard before generation ({categories}{reason})", err=True, fg="red")
         raise typer.Exit(1)
     for image in result.images:

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from guardforge.errors import InvalidRequest
+from guardforge.guard.verdict import Verdict
 from guardforge.settings import DType, Limits, Offload
 
 ScheduleType = Literal["Automatic", "Karras", "Exponential"]
@@ -140,7 +141,7 @@ class GeneratedImage(BaseModel):
     width: int
     height: int
     path: str | None = None
-    verdict: dict | None = None  # guard Verdict as a dict, when the guard ran
+    verdict: Verdict | None = None  # None when the guard was off
     action: Literal["allow", "flag", "blur", "block"] = "allow"
     # The PIL image as delivered (blurred if the policy said so; None when blocked). Not serialised.
     pil: Any = Field(default=None, exclude=True, repr=False)
@@ -153,6 +154,6 @@ class GenerationResult(BaseModel):
     model: str
     model_hash: str | None
     elapsed_s: float
-    prompt_verdict: dict | None = None
+    prompt_verdict: Verdict | None = None
     blocked: bool = False  # the prompt or input image was blocked: the engine never ran
     device: str | None = None  # where the engine ran (None when it never ran)

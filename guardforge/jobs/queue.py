@@ -29,6 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine, make_url
 
 from guardforge.errors import GuardforgeError
+from guardforge.jobs.results import JobResult, parse_result
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
@@ -125,7 +126,7 @@ class Job:
     priority: int
     state: JobState
     payload: dict[str, Any]
-    result: dict[str, Any] | None
+    result: JobResult | None  # set once the job succeeded
     error: str | None
     cancel_requested: bool
     created_at: float
@@ -225,11 +226,11 @@ class JobQueue:
             conn.execute(update(jobs_table).where(jobs_table.c.id == job_id, jobs_table.c.state == "running")
                          .values(state="queued", started_at=None))
 
-    def finish(self, job_id: str, state: JobState, result: dict[str, Any] | None = None,
+    def finish(self, job_id: str, state: JobState, result: JobResult | None = None,
                error: str | None = None, images: list[StoredImage] = ()) -> None:
         with self.engine.begin() as conn:
             conn.execute(update(jobs_table).where(jobs_table.c.id == job_id).values(
-                state=state, result=json.dumps(result) if result is not None else None, error=error,
+                state=state, result=result.model_dump_json() if result is not None else None, error=error,
                 finished_at=time.time(),
             ))
             for image in images:
@@ -392,7 +393,8 @@ class JobQueue:
     def _job(row) -> Job:
         return Job(
             id=row.id, owner=row.owner, kind=row.kind, priority=row.priority, state=row.state,
-            payload=json.loads(row.payload), result=json.loads(row.result) if row.result else None,
+            payload=json.loads(row.payload),
+            result=parse_result(row.kind, json.loads(row.result)) if row.result else None,
             error=row.error, cancel_requested=bool(row.cancel_requested), created_at=row.created_at,
             started_at=row.started_at, finished_at=row.finished_at,
         )

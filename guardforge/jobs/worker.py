@@ -21,6 +21,7 @@ from guardforge.engine.request import GenerationRequest, GenerationResult, Progr
 from guardforge.errors import Cancelled, GuardforgeError
 from guardforge.jobs.events import ProgressHub
 from guardforge.jobs.queue import TERMINAL, Job, JobQueue, StoredImage
+from guardforge.jobs.results import GenerationJobResult, TrainingJobResult
 
 log = logging.getLogger(__name__)
 
@@ -280,14 +281,16 @@ class Worker:
             )
             for index, image in enumerate(result.images)
         ]
-        summary = result.model_dump(mode="json", exclude={"request"})
-        summary["interrupted"] = running.interrupt.is_set()
-        summary["worker"] = self.index  # with `device`: where it ran, to tell two workers on one device apart
-        for image in summary["images"]:
-            image.pop("path", None)  # where the server keeps files is not the caller's business
+        # Without the request (the job's payload has it) and the images' paths: where the server keeps files is
+        # not the caller's business.
+        summary = GenerationJobResult.model_validate(
+            {**result.model_dump(exclude={"request"}), "interrupted": running.interrupt.is_set(),
+             "worker": self.index})
         self._record(job.id, "succeeded", result=summary, images=images)
-        final.update(state="succeeded", blocked=result.blocked, prompt_verdict=result.prompt_verdict,
-                     verdicts=[image.verdict for image in result.images],
+        final.update(state="succeeded", blocked=result.blocked,
+                     prompt_verdict=result.prompt_verdict.model_dump(mode="json") if result.prompt_verdict else None,
+                     verdicts=[image.verdict.model_dump(mode="json") if image.verdict else None
+                               for image in result.images],
                      images=[image.image_id for image in result.images])
 
     def _train(self, job: Job, cancel: threading.Event, final: dict[str, Any]) -> None:
@@ -302,14 +305,14 @@ class Worker:
         result = self.train(config, owner=job.owner, resume=bool(job.payload.get("resume")),
                             progress=on_progress, cancel=cancel, device=self.device, replica=self.replica)
         # Names, not server paths: the registry name to generate with, the file or folder in the models folder.
-        summary = {"models": result.models, "exports": {fmt: path.name for fmt, path in result.exports.items()},
-                   "steps": result.steps, "final_loss": result.final_loss,
-                   "class_images_generated": result.class_images_generated,
-                   "class_images_reused": result.class_images_reused,
-                   "refused_class_seeds": {str(k): v for k, v in result.refused_class_seeds.items()},
-                   "elapsed_s": result.elapsed_s, "device": self.device, "worker": self.index}
+        summary = TrainingJobResult(
+            models=result.models, exports={fmt: path.name for fmt, path in result.exports.items()},
+            steps=result.steps, final_loss=result.final_loss, class_images_generated=result.class_images_generated,
+            class_images_reused=result.class_images_reused,
+            refused_class_seeds={str(k): v for k, v in result.refused_class_seeds.items()},
+            elapsed_s=result.elapsed_s, device=self.device, worker=self.index)
         self._record(job.id, "succeeded", result=summary)
-        final.update(state="succeeded", result=summary)
+        final.update(state="succeeded", result=summary.model_dump(mode="json"))
 
 
 class WorkerPool:

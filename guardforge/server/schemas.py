@@ -10,6 +10,7 @@ from guardforge.engine.request import GenerationRequest
 from guardforge.engine.samplers import split_legacy_sampler
 from guardforge.errors import InvalidRequest
 from guardforge.guard.moderation import CATEGORY_ORDER
+from guardforge.jobs.results import GenerationJobResult, TrainingJobResult
 
 # A1111 scheduler names (and labels) -> our schedule; the rest of A1111's list has no diffusers twin here.
 SCHEDULES = {"automatic": "Automatic", "karras": "Karras", "exponential": "Exponential"}
@@ -279,7 +280,7 @@ class JobView(BaseModel):
     started_at: float | None = None
     finished_at: float | None = None
     request: dict[str, Any]
-    result: dict[str, Any] | None = None
+    result: GenerationJobResult | TrainingJobResult | None = None  # by `kind`; set once the job succeeded
     images: list[JobImage] = []
 
 

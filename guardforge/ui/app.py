@@ -137,19 +137,18 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
         if job.state != "succeeded":
             yield _bar(0, 0, job.state, f"{job.state}: {job.error}", "error"), [], "", {}, job_id
             return
-        result = job.result or {}
+        result = job.result
         gallery = []
-        for stored, meta in zip(job.images, result.get("images", [])):
+        for stored, meta in zip(job.images, result.images):
             if stored["action"] == "block":
-                image = guard_view.withheld(meta["width"], meta["height"])
+                image = guard_view.withheld(meta.width, meta.height)
             else:
                 data, _ = studio.image_bytes(stored["id"], caller)
                 image = Image.open(io.BytesIO(data))  # our own output, written by this server
             gallery.append((image, guard_view.caption(meta, reasons)))
-        first = result.get("images", [{}])[0] if result.get("images") else {}
         state, action, note = guard_view.outcome(result, reasons)
         total = job.payload["request"]["steps"]
-        yield (_bar(total, total, state, note, action), gallery, first.get("infotext", ""),
+        yield (_bar(total, total, state, note, action), gallery, result.images[0].infotext if result.images else "",
                guard_view.verdict_json(result), job_id)
 
     def runner(mode: str):
@@ -162,9 +161,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
 
     def show_selected(job_id, evt: gr.SelectData, request: gr.Request):
         job = studio.job(job_id, _caller(studio, request))
-        result = job.result or {}
-        meta = result.get("images", [])[evt.index]
-        return meta.get("infotext", ""), guard_view.verdict_json(result, evt.index)
+        return job.result.images[evt.index].infotext, guard_view.verdict_json(job.result, evt.index)
 
     def history(request: gr.Request):
         rows = []

@@ -7,6 +7,8 @@ import html
 from PIL import Image, ImageDraw, ImageFont
 
 from guardforge.guard.taxonomy import HAZARDS
+from guardforge.guard.verdict import Verdict
+from guardforge.jobs.results import GenerationJobResult, ImageResult
 
 # What each action did to the image, in the words a user reads under it.
 DID = {"allow": "allowed", "flag": "flagged for review", "blur": "blurred by the guard",
@@ -26,34 +28,33 @@ class Reasons:
         self.names = {c.code: c.name for c in HAZARDS}
         self.names.update({c.code: c.name for c in policy.taxonomy.active})
 
-    def codes(self, verdict: dict) -> list[str]:
+    def codes(self, verdict: Verdict) -> list[str]:
         """The violated categories whose rule did what was done, most likely first. A prompt can cross the
         threshold of a category the policy lets through there (S12 blurred in outputs, allowed in prompts)."""
-        scores, action = verdict.get("scores") or {}, verdict.get("action") or "allow"
-        violated = verdict.get("violated") or []
-        acting = [code for code in violated if self.policy.rule(code).action_at(verdict.get("checkpoint")) == action]
-        return sorted(acting or violated, key=lambda code: -scores.get(code, 0))
+        acting = [code for code in verdict.violated
+                  if self.policy.rule(code).action_at(verdict.checkpoint) == verdict.action]
+        return sorted(acting or verdict.violated, key=lambda code: -verdict.scores.get(code, 0))
 
     def name(self, code: str) -> str:
         return f"{code} {self.names.get(code, '')}".strip()
 
-    def __call__(self, verdict: dict | None) -> str:
+    def __call__(self, verdict: Verdict | None) -> str:
         """'S1 Violent Crimes, score 0.91; ...'; the backend's error when it failed."""
-        if not verdict:
+        if verdict is None:
             return ""
-        scores, action = verdict.get("scores") or {}, verdict.get("action") or "allow"
-        text = "; ".join(self.name(code) + self._score(verdict, scores.get(code)) for code in self.codes(verdict))
-        if not text and verdict.get("unsafe") is not None and action != "allow":
-            text = f"overall unsafe score {verdict['unsafe']:.2f}"  # the guard named no category
-        if verdict.get("error"):
-            text = (text + "; " if text else "") + f"the guard could not check: {verdict['error']}"
-        if verdict.get("reason"):  # e.g. the prompt its negative prompt implies decided it
-            text = (text + "; " if text else "") + verdict["reason"]
+        text = "; ".join(self.name(code) + self._score(verdict, verdict.scores.get(code))
+                         for code in self.codes(verdict))
+        if not text and verdict.unsafe is not None and verdict.action != "allow":
+            text = f"overall unsafe score {verdict.unsafe:.2f}"  # the guard named no category
+        if verdict.error:
+            text = (text + "; " if text else "") + f"the guard could not check: {verdict.error}"
+        if verdict.reason:  # e.g. the prompt its negative prompt implies decided it
+            text = (text + "; " if text else "") + verdict.reason
         return text
 
     @staticmethod
-    def _score(verdict: dict, score: float | None) -> str:
-        if score is None or verdict.get("labels_only"):
+    def _score(verdict: Verdict, score: float | None) -> str:
+        if score is None or verdict.labels_only:
             return ""
         return f", score {score:.2f}" if score >= 0.01 else ", score <0.01"
 
@@ -70,38 +71,36 @@ def bar(step: int, total: int, state: str, note: str = "", action: str = "allow"
     return f'<div id="gf-progress" data-state="{html.escape(state)}" data-action="{action}">{meter}{line}</div>'
 
 
-def outcome(result: dict, reasons: Reasons) -> tuple[str, str, str]:
+def outcome(result: GenerationJobResult, reasons: Reasons) -> tuple[str, str, str]:
     """(state, action, sentence) for a job that succeeded: blocked at the door, or what happened to its images."""
-    if result.get("blocked"):
-        verdict = result.get("prompt_verdict") or {}
-        what = WHAT.get(verdict.get("checkpoint"), "the request")
-        why = reasons(verdict)
+    prompt = result.prompt_verdict
+    if result.blocked:
+        what = WHAT.get(prompt.checkpoint if prompt else None, "the request")
+        why = reasons(prompt)
         return ("blocked", "block",
                 f"Blocked by the guard: {what} was refused{f' ({why})' if why else ''}. Nothing was generated.")
-    images = result.get("images") or []
-    action = max((image.get("action") or "allow" for image in images), key=SEVERITY.__getitem__, default="allow")
+    images = result.images
+    action = max((image.action for image in images), key=SEVERITY.__getitem__, default="allow")
     parts = []
     for kind in ("block", "blur", "flag"):
-        hit = [image for image in images if image.get("action") == kind]
+        hit = [image for image in images if image.action == kind]
         if hit:
-            codes = sorted({code for image in hit for code in reasons.codes(image.get("verdict") or {})})
-            errors = sorted({image["verdict"]["error"] for image in hit if (image.get("verdict") or {}).get("error")})
+            codes = sorted({code for image in hit if image.verdict for code in reasons.codes(image.verdict)})
+            errors = sorted({image.verdict.error for image in hit if image.verdict and image.verdict.error})
             why = [reasons.name(code) for code in codes] + [f"the guard could not check: {e}" for e in errors]
             parts.append(f"{len(hit)} of {len(images)} {'image' if len(images) == 1 else 'images'} {SHORT[kind]}"
                          + (f" ({'; '.join(why)})" if why else ""))
-    prompt = result.get("prompt_verdict") or {}
-    if prompt.get("action") == "flag":
+    if prompt is not None and prompt.action == "flag":
         parts.append(f"the prompt was flagged for review ({reasons(prompt)})")
     if not parts:
         return "done", "allow", "Guard: allowed."
     note = "Guard: " + "; ".join(parts) + "."
-    return "done", max(action, prompt.get("action") or "allow", key=SEVERITY.__getitem__), note
+    return "done", max(action, prompt.action if prompt else "allow", key=SEVERITY.__getitem__), note
 
 
-def caption(image: dict, reasons: Reasons) -> str:
-    action = image.get("action") or "allow"
-    why = reasons(image.get("verdict"))
-    return DID[action] + (f": {why}" if why and action != "allow" else "")
+def caption(image: ImageResult, reasons: Reasons) -> str:
+    why = reasons(image.verdict)
+    return DID[image.action] + (f": {why}" if why and image.action != "allow" else "")
 
 
 def withheld(width: int, height: int) -> Image.Image:
@@ -115,11 +114,12 @@ def withheld(width: int, height: int) -> Image.Image:
     return image
 
 
-def verdict_json(result: dict, index: int | None = None) -> dict:
+def verdict_json(result: GenerationJobResult, index: int | None = None) -> dict:
     """The Verdict panel: the action taken (never null), whether the request was blocked, and the verdicts."""
-    images = result.get("images") or []
-    if result.get("blocked"):
-        return {"action": "block", "blocked": True, "prompt_verdict": result.get("prompt_verdict")}
-    image = images[index or 0] if images else {}
-    return {"action": image.get("action") or "allow", "blocked": False, "verdict": image.get("verdict"),
-            "prompt_verdict": result.get("prompt_verdict")}
+    prompt = result.prompt_verdict.model_dump(mode="json") if result.prompt_verdict else None
+    if result.blocked:
+        return {"action": "block", "blocked": True, "prompt_verdict": prompt}
+    image = result.images[index or 0] if result.images else None
+    return {"action": image.action if image else "allow", "blocked": False,
+            "verdict": image.verdict.model_dump(mode="json") if image and image.verdict else None,
+            "prompt_verdict": prompt}

@@ -55,13 +55,15 @@ def job_view(request: Request, job: Job) -> JobView:
 
 
 def final_event(job: Job) -> dict:
-    result = job.result or {}
+    result = job.result
     if job.kind == "dreambooth":  # the exported models (registry names), steps, final loss
-        return {"state": job.state, "error": job.error, "kind": job.kind, "result": job.result}
+        return {"state": job.state, "error": job.error, "kind": job.kind,
+                "result": result.model_dump(mode="json") if result else None}
     return {
-        "state": job.state, "error": job.error, "blocked": result.get("blocked", False),
-        "prompt_verdict": result.get("prompt_verdict"),
-        "verdicts": [image.get("verdict") for image in result.get("images", [])],
+        "state": job.state, "error": job.error, "blocked": bool(result and result.blocked),
+        "prompt_verdict": result.prompt_verdict.model_dump(mode="json") if result and result.prompt_verdict else None,
+        "verdicts": [image.verdict.model_dump(mode="json") if image.verdict else None
+                     for image in (result.images if result else [])],
         "images": [i["id"] for i in job.images],
     }
 

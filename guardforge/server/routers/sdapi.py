@@ -59,10 +59,11 @@ def blocked_placeholder(width: int, height: int) -> str:
 def a1111_info(request: GenerationRequest, job: Job, ignored: list[str], sent: int,
                size: tuple[int, int]) -> dict[str, Any]:
     """`size`: what the request was made at when no image says so (a blocked prompt, a failure)."""
-    result = job.result or {}
-    images = result.get("images", [])
-    seeds = result.get("seeds") or [image.get("seed") for image in images]
-    width, height = (images[0]["width"], images[0]["height"]) if images else size
+    result = job.result
+    images = result.images if result else []
+    seeds = (result.seeds if result else []) or [image.seed for image in images]
+    width, height = (images[0].width, images[0].height) if images else size
+    prompt_verdict = result.prompt_verdict if result else None
     prompts = [request.prompt] * max(len(seeds), 1)
     return {
         "prompt": request.prompt, "all_prompts": prompts,
@@ -72,18 +73,20 @@ def a1111_info(request: GenerationRequest, job: Job, ignored: list[str], sent: i
         "width": width, "height": height, "sampler_name": request.sampler, "scheduler": request.schedule,
         "cfg_scale": request.cfg_scale, "steps": request.steps, "batch_size": request.batch_size,
         "n_iter": request.n_iter, "restore_faces": False, "face_restoration_model": None,
-        "sd_model_name": result.get("model", request.model), "sd_model_hash": result.get("model_hash"),
+        "sd_model_name": result.model if result else request.model,
+        "sd_model_hash": result.model_hash if result else None,
         "sd_vae_name": None, "sd_vae_hash": None, "seed_resize_from_w": -1, "seed_resize_from_h": -1,
         "denoising_strength": request.denoising_strength if request.init_image else None,
         "extra_generation_params": {}, "index_of_first_image": 0,
-        "infotexts": [image.get("infotext", "") for image in images], "styles": [],
+        "infotexts": [image.infotext for image in images], "styles": [],
         "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.created_at)),
         "clip_skip": request.clip_skip, "is_using_inpainting_conditioning": False, "version": A1111_VERSION,
         "guardforge": {
-            "job_id": job.id, "state": job.state, "error": job.error, "blocked": result.get("blocked", False),
-            "interrupted": bool(result.get("interrupted")) or job.state == "cancelled", "prompt_verdict": result.get("prompt_verdict"),
-            "verdicts": [image.get("verdict") for image in images],
-            "actions": [image.get("action") for image in images], "ignored_fields": ignored,
+            "job_id": job.id, "state": job.state, "error": job.error, "blocked": bool(result and result.blocked),
+            "interrupted": bool(result and result.interrupted) or job.state == "cancelled",
+            "prompt_verdict": prompt_verdict.model_dump(mode="json") if prompt_verdict else None,
+            "verdicts": [image.verdict.model_dump(mode="json") if image.verdict else None for image in images],
+            "actions": [image.action for image in images], "ignored_fields": ignored,
             "images_sent": sent,
         },
     }
@@ -130,13 +133,13 @@ async def answer(request: Request, payload: Txt2ImgPayload, caller: Caller, gen:
         width, height = width or native[0], height or native[1]
     images: list[str] = []
     if payload.send_images:
-        if (job.result or {}).get("blocked"):
+        if job.result is not None and job.result.blocked:
             # As large as the images the request would have made, so clients lay them out alike.
             images = [blocked_placeholder(width, height)] * (gen.batch_size * gen.n_iter)
         for stored in job.images:
             if stored["action"] == "block":
-                meta = job.result["images"][stored["index"]]
-                images.append(blocked_placeholder(meta["width"], meta["height"]))
+                meta = job.result.images[stored["index"]]
+                images.append(blocked_placeholder(meta.width, meta.height))
             else:
                 data, _ = await run_in_threadpool(studio.image_bytes, stored["id"], caller)
                 images.append(base64.b64encode(data).decode("ascii"))

@@ -1,0 +1,63 @@
+"""What a finished job recorded, typed: written by the worker as JSON in the job's row, read back into these models
+by the queue, so that the API, the A1111 answers and the UI read fields, not string keys."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel
+
+from guardforge.guard.verdict import Verdict
+
+
+class ImageResult(BaseModel):
+    """One image a generation made. Its pixels are the job's image rows (withheld when `action` is block)."""
+
+    image_id: str
+    seed: int
+    infotext: str
+    width: int
+    height: int
+    verdict: Verdict | None = None  # None when the guard was off
+    action: Literal["allow", "flag", "blur", "block"] = "allow"
+
+
+class GenerationJobResult(BaseModel):
+    """A `generate` job's outcome: no server paths, no pixels."""
+
+    images: list[ImageResult] = []
+    seeds: list[int] = []
+    model: str
+    model_hash: str | None = None
+    elapsed_s: float = 0.0
+    prompt_verdict: Verdict | None = None
+    blocked: bool = False  # the prompt or the input image was blocked: the engine never ran
+    device: str | None = None  # where the engine ran; with `worker`, which worker (two may share a device)
+    worker: int | None = None
+    interrupted: bool = False  # A1111's interrupt ended it early; what was made is delivered
+
+
+class TrainingJobResult(BaseModel):
+    """A `dreambooth` job's outcome: registry names and file names in the models folder, not server paths."""
+
+    models: dict[str, str] = {}  # format -> the registry name to generate with
+    exports: dict[str, str] = {}  # format -> file or folder name in the models folder
+    steps: int
+    final_loss: float | None = None
+    class_images_generated: int = 0
+    class_images_reused: int = 0
+    refused_class_seeds: dict[str, list[int]] = {}
+    elapsed_s: float = 0.0
+    device: str | None = None
+    worker: int | None = None
+
+
+JobResult = GenerationJobResult | TrainingJobResult
+RESULT_TYPES: dict[str, type[BaseModel]] = {"generate": GenerationJobResult, "dreambooth": TrainingJobResult}
+
+
+def parse_result(kind: str, data: dict | None) -> JobResult | None:
+    """The stored JSON of a job of `kind` as its result model (None: the job has not succeeded)."""
+    if data is None:
+        return None
+    return RESULT_TYPES[kind].model_validate(data)
