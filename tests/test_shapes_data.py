@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from guardforge.train.shapes import data
 from guardforge.train.shapes.detector import detect, detect_objects
-from guardforge.train.shapes.tokenizer import write_tokenizer
+from guardforge_build.shapes.tokenizer import write_tokenizer
 
 
 def test_dataset_is_seeded_and_varied():

@@ -1,4 +1,4 @@
-"""The tiny-shapes training code (guardforge/train/text_to_image.py), run for a few steps at toy width."""
+"""The tiny-shapes training code (guardforge_build/shapes/), run for a few steps at toy width."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 
 import torch
 
-from guardforge.train.text_to_image import ShapesTrainConfig, reconstruction_loss, train_tiny_shapes
+from guardforge_build.shapes.train import ShapesTrainConfig, reconstruction_loss, train_tiny_shapes
 
 
 def test_reconstruction_loss_weights_object_pixels_up():
@@ -70,7 +70,7 @@ def test_sampled_scenes_state_every_attribute_and_never_a_held_out_pair():
     fixes the image, and the held-out pairs must stay unseen."""
     from guardforge.train.shapes import data
     from guardforge.train.shapes.detector import detect
-    from guardforge.train.shapes.sample_decoder import fully_described_scenes
+    from guardforge_build.shapes.sample_decoder import fully_described_scenes
 
     scenes = fully_described_scenes(200, seed=3)
     assert len({caption for _, caption in scenes}) > 150
@@ -86,7 +86,7 @@ def test_sampled_scenes_state_every_attribute_and_never_a_held_out_pair():
 
 
 def test_pair_batches_draw_the_asked_share_from_each_pool():
-    from guardforge.train.text_to_image import PairDataModule
+    from guardforge_build.shapes.train import PairDataModule
 
     first = (torch.zeros(10, 1), torch.zeros(10, 1))
     second = (torch.ones(990, 1), torch.ones(990, 1))

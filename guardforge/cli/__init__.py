@@ -17,7 +17,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
 models_app = typer.Typer(no_args_is_help=True, help="List and manage models.")
 guard_app = typer.Typer(no_args_is_help=True, help="Check text and images with the guard.")
 eval_app = typer.Typer(no_args_is_help=True, help="Measure the guard and the models.")
-train_app = typer.Typer(no_args_is_help=True, help="Train models (DreamBooth, tiny-shapes).")
+train_app = typer.Typer(no_args_is_help=True, help="Train models (DreamBooth).")
 keys_app = typer.Typer(no_args_is_help=True, help="Manage API keys.")
 jobs_app = typer.Typer(no_args_is_help=True, help="Manage the server's job history.")
 for _name, _group in (("models", models_app), ("guard", guard_app), ("eval", eval_app),
@@ -55,12 +55,18 @@ def _quiet_libraries() -> None:
 
 
 def main() -> None:
-    _quiet_libraries()
     _register()
+    run(app)
+
+
+def run(command_app: typer.Typer) -> None:
+    """Run a Typer app as the `guardforge` command runs: library noise quieted, and every error one line with
+    the command's exit code, never a traceback. The asset builders (guardforge_build) run through it too."""
+    _quiet_libraries()
     try:
         # Outside standalone mode typer hands back, instead of exiting with, the code of a typer.Exit (a blocked
         # generation's 1) and of Ctrl-C inside a command, which it has already turned into Exit(130).
-        code = app(standalone_mode=False)
+        code = command_app(standalone_mode=False)
     except GuardforgeError as exc:
         typer.secho(f"error: {exc}", err=True, fg="red")
         sys.exit(2)

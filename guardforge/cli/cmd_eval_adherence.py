@@ -1,4 +1,4 @@
-"""`guardforge train tiny-shapes CONFIG [--resume]` and `guardforge eval adherence`."""
+"""`guardforge eval adherence`: how often tiny-shapes draws what its prompt asks, read back by the detector."""
 
 from __future__ import annotations
 
@@ -7,27 +7,7 @@ from typing import Annotated
 
 import typer
 
-from guardforge.cli import eval_app, train_app
-
-
-@train_app.command("tiny-shapes")
-def train_tiny_shapes_command(
-    config: Annotated[Path, typer.Argument(help="YAML config, e.g. configs/tiny-shapes.yaml")],
-    resume: Annotated[bool, typer.Option(help="Continue each stage from its last checkpoint.")] = False,
-    stage: Annotated[list[str] | None, typer.Option(
-        help="Run only these stages (repeatable): vae, unet, decoder, sample-decoder, export. "
-             "Default: all, in that order.")] = None,
-) -> None:
-    """Train the embedded default model (VAE, UNet + text encoder, two decoder stages) and export it."""
-    from guardforge.train.text_to_image import STAGES, ShapesTrainConfig, train_tiny_shapes
-
-    unknown = set(stage or ()) - set(STAGES)
-    if unknown:
-        raise typer.BadParameter(f"unknown stage(s) {sorted(unknown)}; choose from {', '.join(STAGES)}")
-    stages = tuple(s for s in STAGES if s in stage) if stage else STAGES
-    report = train_tiny_shapes(ShapesTrainConfig.from_yaml(config), resume=resume, stages=stages)
-    for key, value in report.items():
-        typer.echo(f"{key}: {value:.3f}" if isinstance(value, float) else f"{key}: {value}")
+from guardforge.cli import eval_app
 
 
 @eval_app.command("adherence")

@@ -15,8 +15,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from guardforge.train.shapes import data as shapes_data
-from guardforge.train.shapes.sample_decoder import SampleDecoderConfig, sample_pairs
-from guardforge.train.shapes.tokenizer import write_tokenizer
+from guardforge_build.shapes.sample_decoder import SampleDecoderConfig, sample_pairs
+from guardforge_build.shapes.tokenizer import write_tokenizer
 
 
 class VAEConfig(BaseModel):
