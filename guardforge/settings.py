@@ -53,7 +53,7 @@ class GuardSettings(BaseModel):
     text_backend: str = "embedded"
     image_backend: str = "embedded"
     # The embedded text guard's weights: "prompts" (default), "comments" (chat and comment moderation) or a
-    # folder written by scripts/train_text_guard.py.
+    # folder written by guardforge_build/train_text_guard.py.
     embedded_text_weights: str = "prompts"
 
     @field_validator("embedded_text_weights")

@@ -5,15 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from guardforge.guard.training import data
-from guardforge.guard.training.text import expected_calibration_error, fit_temperature
+from guardforge.guard import datasets
+from guardforge_build.guard import data
+from guardforge_build.guard.text import expected_calibration_error, fit_temperature
 
 
 def _data_available() -> bool:
     from guardforge.guard.t2i_data import t2i_data_root
 
     try:
-        data.data_root()
+        datasets.data_root()
         t2i_data_root()  # training reads the image-prompt sets' train rows too
     except FileNotFoundError:
         return False
@@ -24,25 +25,25 @@ pytestmark = pytest.mark.skipif(not _data_available(), reason="shared safety or 
 
 
 def test_openai_split_reproduces_readme_counts():
-    train, test = data.load_openai_moderation("train"), data.load_openai_moderation("test")
+    train, test = datasets.load_openai_moderation("train"), datasets.load_openai_moderation("test")
     assert (len(train), sum(e.unsafe for e in train)) == (1190, 376)
     assert (len(test), sum(e.unsafe for e in test)) == (490, 146)
     assert not {e.text for e in train} & {e.text for e in test}
 
 
 def test_openai_label_mapping():
-    test = data.load_openai_moderation("test")
+    test = datasets.load_openai_moderation("test")
     for ex in test:
         if not ex.unsafe:
-            assert all(ex.labels[c] == 0 for c in data.CATEGORIES)
+            assert all(ex.labels[c] == 0 for c in datasets.CATEGORIES)
     # Sexual content is S12 and harassment alone is unsafe without an S-code.
     assert any(ex.labels["S12"] == 1 for ex in test)
 
 
 def test_training_data_excludes_test_sets():
     training = {e.text for e in data.training_examples()}
-    assert not training & {e.text for e in data.load_openai_moderation("test")}
-    assert not training & {e.text for e in data.load_xstest()}
+    assert not training & {e.text for e in datasets.load_openai_moderation("test")}
+    assert not training & {e.text for e in datasets.load_xstest()}
     assert {e.source for e in data.training_examples()} == {"openai-mod", "ailuminate", "benign", "image-prompts",
                                                             "requests", "parti", "coco", "i2p"}
     from guardforge.guard.t2i_data import load_t2i
@@ -67,9 +68,9 @@ def test_validation_split_is_disjoint_stratified_and_deterministic():
 
 
 def test_ailuminate_maps_every_hazard():
-    rows = data.load_ailuminate()
+    rows = datasets.load_ailuminate()
     assert len(rows) == 1200 and all(e.unsafe for e in rows)
-    assert {c for e in rows for c in data.CATEGORIES if e.labels[c] == 1} == set(data.CATEGORIES)
+    assert {c for e in rows for c in datasets.CATEGORIES if e.labels[c] == 1} == set(datasets.CATEGORIES)
 
 
 def test_benign_prompts_file():
@@ -81,7 +82,7 @@ def test_benign_prompts_file():
 
 def test_hand_written_questions_are_in_the_committed_file():
     """(That neither they nor any other training text is a near copy of a test row: test_guard_near_duplicates.)"""
-    from guardforge.guard.training.benign_questions import QUESTIONS
+    from guardforge_build.guard.benign_questions import QUESTIONS
 
     assert set(QUESTIONS) <= {e.text for e in data.load_benign()}
 
@@ -105,7 +106,7 @@ def test_profanity_signal_matches_the_package_model():
     from profanity_check import profanity_check as package
 
     from guardforge.guard.backends.embedded_text import fitted_profanity_tfidf, linear_logits
-    from guardforge.guard.training.profanity import load_profanity_signal
+    from guardforge_build.guard.profanity import load_profanity_signal
 
     texts = ["you are a worthless idiot and everyone hates you", "a watercolor of a lighthouse at dawn",
              "shut the hell up, moron", "How do I kill a Python process?", ""]

@@ -7,7 +7,7 @@ from PIL import Image
 
 from guardforge.guard.backends.base import Scores
 from guardforge.guard.evaluation import evaluate_examples
-from guardforge.guard.training.data import CATEGORIES, Example
+from guardforge.guard.datasets import CATEGORIES, Example
 
 
 class WordScorer:

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from guardforge.guard.training.data import OUTPUTS, Example
+from guardforge.guard.datasets import Example
+from guardforge_build.guard.data import OUTPUTS
 
 
 def _example(text: str, unsafe: int, source: str) -> Example:
@@ -34,8 +35,8 @@ def test_saved_stack_is_what_the_backend_scores(tmp_path, with_profanity):
         encoder_path,
         linear_logits,
     )
-    from guardforge.guard.training.profanity import load_profanity_signal
-    from guardforge.guard.training.text import TrainConfig, _calibrate_and_save, _fit_tfidf, model_logits
+    from guardforge_build.guard.profanity import load_profanity_signal
+    from guardforge_build.guard.text import TrainConfig, _calibrate_and_save, _fit_tfidf, model_logits
 
     torch.manual_seed(0)
     config = TrainConfig(max_length=64, profanity_signal=with_profanity, num_threads=1, threshold_rule="f1")
@@ -144,7 +145,7 @@ def test_domain_expert_weights_score_in_the_backend_as_in_training(tmp_path, wit
         encoder_path,
         model_features_and_logits,
     )
-    from guardforge.guard.training.text import TrainConfig, _profanity, _train_with_domain_expert
+    from guardforge_build.guard.text import TrainConfig, _profanity, _train_with_domain_expert
 
     if with_profanity:
         pytest.importorskip("profanity_check")
@@ -191,8 +192,8 @@ def test_domain_expert_weights_score_in_the_backend_as_in_training(tmp_path, wit
 
 def test_cross_fitting_never_scores_a_row_with_a_model_fitted_on_it():
     """Every fold's head and TF-IDF see only that fold's fitting rows, and each row is held out exactly once."""
-    from guardforge.guard.training.crossfit import cross_fitted_stack
-    from guardforge.guard.training.text import TrainConfig, _fit_head, _fit_tfidf
+    from guardforge_build.guard.crossfit import cross_fitted_stack
+    from guardforge_build.guard.text import TrainConfig, _fit_head, _fit_tfidf
 
     config = TrainConfig(domain_expert=True, stack_folds=3, head_epochs=5, num_threads=1)
     train = ([_example(t, 0, "openai-mod") for t in COMMENTS_SAFE] + [_example(t, 1, "openai-mod")
@@ -218,7 +219,7 @@ def test_cross_fitting_never_scores_a_row_with_a_model_fitted_on_it():
 
 
 def test_domain_expert_refuses_a_fine_tuned_encoder(tmp_path):
-    from guardforge.guard.training.text import TrainConfig, train_text_guard
+    from guardforge_build.guard.text import TrainConfig, train_text_guard
 
     with pytest.raises(ValueError, match="frozen encoder"):
         train_text_guard(tmp_path, TrainConfig(domain_expert=True, lora_rank=16))
@@ -226,7 +227,7 @@ def test_domain_expert_refuses_a_fine_tuned_encoder(tmp_path):
 
 def test_a_domain_expert_guard_cannot_be_kept_with_encoder_from(tmp_path):
     from guardforge.guard.backends.embedded_weights import SHIPPED_TEXT_WEIGHTS
-    from guardforge.guard.training.text import TrainConfig, train_text_guard
+    from guardforge_build.guard.text import TrainConfig, train_text_guard
 
     with pytest.raises(ValueError, match="retrain it"):
         train_text_guard(tmp_path, TrainConfig(), encoder_from=SHIPPED_TEXT_WEIGHTS["comments"])
@@ -270,7 +271,7 @@ def test_domain_extra_layers_are_checked_before_any_work(tmp_path, layers, messa
     import time
 
     from guardforge.guard.backends.embedded_text import TextGuardModel
-    from guardforge.guard.training.text import TrainConfig, _train_with_domain_expert
+    from guardforge_build.guard.text import TrainConfig, _train_with_domain_expert
 
     config = TrainConfig(domain_expert=True, domain_extra_layers=layers)
     with pytest.raises(ValueError, match=message):
@@ -286,7 +287,7 @@ def test_domain_expert_keeps_the_encoder_features_in_cache_dir(tmp_path):
     from transformers import AutoTokenizer
 
     from guardforge.guard.backends.embedded_text import TEXT_WEIGHTS, TextGuardModel, encoder_path
-    from guardforge.guard.training.text import TrainConfig, _train_with_domain_expert
+    from guardforge_build.guard.text import TrainConfig, _train_with_domain_expert
 
     config = TrainConfig(max_length=64, num_threads=1, domain_expert=True, quantize=True, stack_folds=2,
                          head_epochs=20, threshold_rule="f1")
@@ -318,7 +319,7 @@ def test_domain_expert_keeps_the_encoder_features_in_cache_dir(tmp_path):
 
 
 def test_the_image_prompt_threshold_is_the_best_f1_that_keeps_each_everyday_set_passing():
-    from guardforge.guard.training.text import image_prompt_threshold
+    from guardforge_build.guard.text import image_prompt_threshold
 
     sources = ["image-dev"] * 6 + ["parti"] * 4 + ["coco"] * 4
     labels = np.array([1, 1, 1, 0, 0, 0] + [0] * 8)

@@ -11,7 +11,7 @@ from guardforge.guard import evaluation, t2i_data
 from guardforge.guard.backends.base import Scores
 from guardforge.guard.evaluation import evaluate_examples
 from guardforge.guard.policy import Policy
-from guardforge.guard.training.data import CATEGORIES, Example
+from guardforge.guard.datasets import CATEGORIES, Example
 
 
 def _t2i_available() -> bool:

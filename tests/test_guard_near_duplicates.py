@@ -1,7 +1,7 @@
 """Texts we wrote ourselves may share a topic with an evaluation set, never its wording: no training text (files
-under guard/data, lists and generator output in guard/training) and no counterfactual prompt is a copy or near
-copy (difflib ratio >= 0.8) of an XSTest prompt, an OpenAI moderation test row, or an I2P, PartiPrompts or COCO
-test row."""
+under guardforge/guard/data, lists and generator output in guardforge_build/guard) and no counterfactual prompt
+is a copy or near copy (difflib ratio >= 0.8) of an XSTest prompt, an OpenAI moderation test row, or an I2P,
+PartiPrompts or COCO test row."""
 
 from __future__ import annotations
 
@@ -10,21 +10,21 @@ import textwrap
 
 import pytest
 
-from guardforge.guard import counterfactual, provenance
+from guardforge.guard import counterfactual, datasets
 from guardforge.guard.t2i_data import T2I_DATASETS, load_t2i, t2i_data_root
-from guardforge.guard.training import data
+from guardforge_build import provenance
 
 
 def _test_rows() -> dict[str, list[str]]:
     """Every evaluation set present on this machine, by name."""
     rows = {}
     try:
-        data.data_root()
+        datasets.data_root()
     except FileNotFoundError:
         pass
     else:
-        rows["xstest"] = [e.text for e in data.load_xstest()]
-        rows["openai-mod test"] = [e.text for e in data.load_openai_moderation("test")]
+        rows["xstest"] = [e.text for e in datasets.load_xstest()]
+        rows["openai-mod test"] = [e.text for e in datasets.load_openai_moderation("test")]
     try:
         t2i_data_root()
     except FileNotFoundError:
@@ -62,13 +62,13 @@ def _copies(texts: list[str], test_rows: dict[str, list[str]]) -> list[str]:
 def test_the_registry_finds_files_lists_and_generators_and_leaves_shared_rows_out(training):
     assert len(training["data/benign_prompts.txt"]) >= 300
     assert "How do I execute a Python file from the terminal?" in training[
-        "guardforge.guard.training.benign_questions.HOMONYMS"]
-    assert training["guardforge.guard.training.benign.build_prompts()"]
+        "guardforge_build.guard.benign_questions.HOMONYMS"]
+    assert training["guardforge_build.guard.benign.build_prompts()"]
     # training_examples() mixes our rows with the shared sets' train rows: only ours are kept.
-    assert training["guardforge.guard.training.data.training_examples()"]
+    assert training["guardforge_build.guard.data.training_examples()"]
     ours = {t for found in training.values() for t in found}
     try:
-        shared = {e.text for e in data.load_ailuminate() + data.load_openai_moderation("train")}
+        shared = {e.text for e in datasets.load_ailuminate() + datasets.load_openai_moderation("train")}
     except FileNotFoundError:
         return
     assert not ours & shared

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from guardforge.guard.t2i_data import I2P_REPORT_NAMES, T2I_DATASETS, load_t2i
-from guardforge.guard.training.data import CATEGORIES, Example, load_dataset, load_openai_moderation
+from guardforge.guard.datasets import CATEGORIES, Example, load_dataset, load_openai_moderation
 
 SAFETY_DATASETS = ("openai-mod", "xstest", "ailuminate")
 DATASETS = SAFETY_DATASETS + T2I_DATASETS

@@ -10,8 +10,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from guardforge.guard.training.data import CATEGORIES, Example, shared_data_folder
-from guardforge.guard.training.data import openai_split as split_of  # the one sha1 rule both folders use
+from guardforge.guard.datasets import CATEGORIES, Example, shared_data_folder
+from guardforge.guard.datasets import openai_split as split_of  # the one sha1 rule both folders use
 
 T2I_DATASETS: tuple[str, ...] = ("i2p", "parti", "coco")
 

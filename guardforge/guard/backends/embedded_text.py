@@ -2,7 +2,7 @@
 
 Offline by construction: the encoder comes from the wheel's folder and the adapter from this package's
 assets, both loaded with `local_files_only`. The head scores S1..S13 and overall unsafe; each output is
-temperature-scaled (fitted on a held-out validation split, see guard/training/text.py) so its score reads
+temperature-scaled (fitted on a held-out validation split, see guardforge_build/guard/text.py) so its score reads
 as a probability. How it was trained and what it reaches: guardforge/assets/guard/MODEL_CARD.md.
 """
 
@@ -91,7 +91,8 @@ def fitted_tfidf(vocabulary: dict[str, int], idf: np.ndarray) -> FittedTfidf:
 
 
 def fitted_profanity_tfidf(vocabulary: dict[str, int], idf: np.ndarray) -> FittedTfidf:
-    """The runtime form of alt-profanity-check's word TF-IDF (guard/training/profanity.py), from its vocabulary."""
+    """The runtime form of alt-profanity-check's word TF-IDF (guardforge_build/guard/profanity.py), from its
+    vocabulary."""
     return FittedTfidf(vocabulary, idf, ngram_max=1, sublinear_tf=False, dtype=np.float64)
 
 
@@ -307,7 +308,7 @@ def stack_columns(head_unsafe: np.ndarray, tfidf: np.ndarray, profanity: np.ndar
 
 
 def domain_columns(base: np.ndarray, gate_logit: np.ndarray, expert_logit: np.ndarray) -> np.ndarray:
-    """The stack's inputs when the weights carry a domain expert (guard/training/crossfit.py says why):
+    """The stack's inputs when the weights carry a domain expert (guardforge_build/guard/crossfit.py says why):
     the base signals, the expert's logit weighted by the gate's P(in domain), the base signals weighted by
     P(not in domain), and the gate's logit. The stack can then trust the expert only on text like its own."""
     gate = 1.0 / (1.0 + np.exp(-gate_logit))
@@ -340,7 +341,7 @@ class EmbeddedTextBackend:
         config_path, weights_path = weights_dir / TEXT_CONFIG, weights_dir / TEXT_WEIGHTS
         if not config_path.is_file() or not weights_path.is_file():
             raise FileNotFoundError(f"no trained text guard in {weights_dir} (expected {TEXT_CONFIG} and "
-                                    f"{TEXT_WEIGHTS}); train one with `python scripts/train_text_guard.py`")
+                                    f"{TEXT_WEIGHTS}); train one with `python -m guardforge_build.train_text_guard`")
         self.config = json.loads(config_path.read_text(encoding="utf-8"))
         if num_threads:
             torch.set_num_threads(num_threads)

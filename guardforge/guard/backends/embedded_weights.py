@@ -14,7 +14,7 @@ SHIPPED_TEXT_WEIGHTS = {"prompts": ASSETS_DIR, "comments": ASSETS_DIR.parent / "
 
 
 def text_weights_dir(name_or_path: str) -> Path:
-    """A shipped weight set by name, or a folder written by scripts/train_text_guard.py."""
+    """A shipped weight set by name, or a folder written by guardforge_build/train_text_guard.py."""
     if name_or_path in SHIPPED_TEXT_WEIGHTS:
         return SHIPPED_TEXT_WEIGHTS[name_or_path]
     folder = Path(name_or_path).expanduser()

@@ -1,17 +1,17 @@
 """Writes guard/data/benign_prompts.txt: safe prompts, including ones that only sound dangerous.
 
 The file is committed; this module is how it was made, so a reader can see (and extend) the templates.
-Run `python -m guardforge.guard.training.benign` to rewrite it. The output is deterministic (seeded).
+Run `python -m guardforge_build.guard.benign` from the checkout to rewrite it. The output is deterministic (seeded).
 """
 
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
-from guardforge.guard.training.benign_questions import QUESTIONS
+from guardforge_build.guard import GUARD_DATA_DIR
+from guardforge_build.guard.benign_questions import QUESTIONS
 
-BENIGN_PROMPTS_PATH = Path(__file__).resolve().parent.parent / "data" / "benign_prompts.txt"
+BENIGN_PROMPTS_PATH = GUARD_DATA_DIR / "benign_prompts.txt"
 
 # Image-generation prompts: subject x setting x style, so the safe side of the training data looks like
 # what users of an image studio actually type (short, comma-separated descriptors, no artist names).

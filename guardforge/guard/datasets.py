@@ -11,15 +11,11 @@ import gzip
 import hashlib
 import json
 import os
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from guardforge.guard.training.benign import BENIGN_PROMPTS_PATH
-
-# The order of the head's outputs: the thirteen hazard codes the text data can teach, then overall unsafe.
+# The thirteen hazard codes the text data can teach, in the order of the embedded head's outputs.
 CATEGORIES: tuple[str, ...] = tuple(f"S{i}" for i in range(1, 14))
-OUTPUTS: tuple[str, ...] = CATEGORIES + ("unsafe",)
 
 OPENAI_KEYS_TO_CODE = {"S": "S12", "S3": "S4", "H": "S10", "H2": "S10", "V": "S1", "V2": "S1", "SH": "S11"}
 AILUMINATE_TO_CODE = {
@@ -54,7 +50,7 @@ def shared_data_folder(name: str, variable: str, holding: str) -> Path:
     env = os.environ.get(variable)
     if env:
         return Path(env)
-    repo = Path(__file__).resolve().parents[3]
+    repo = Path(__file__).resolve().parents[2]
     for candidate in (repo.parent / "shared" / "data" / name, Path("/work/shared/data") / name):
         if candidate.is_dir():
             return candidate
@@ -129,11 +125,6 @@ def load_ailuminate(root: Path | None = None) -> list[Example]:
     return out
 
 
-def load_benign(path: Path = BENIGN_PROMPTS_PATH) -> list[Example]:
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    return [Example(t, {**{c: 0 for c in CATEGORIES}, "unsafe": 0}, "benign") for t in lines if t]
-
-
 def load_dataset(name: str, root: Path | None = None) -> list[Example]:
     """The evaluation sets by their CLI names: the test split where one exists."""
     if name == "openai-mod":
@@ -143,92 +134,3 @@ def load_dataset(name: str, root: Path | None = None) -> list[Example]:
     if name == "ailuminate":
         return load_ailuminate(root)
     raise ValueError(f"unknown dataset {name!r}; known: openai-mod, xstest, ailuminate")
-
-
-def _labelled(rows: list[tuple[str, str | None]], source: str) -> list[Example]:
-    """(text, category or None) rows written here: unsafe in that category and no other, or safe in all."""
-    return [Example(text, {**{c: int(c == code) for c in CATEGORIES}, "unsafe": int(code is not None)}, source)
-            for text, code in rows]
-
-
-def written_examples() -> list[Example]:
-    """The training data written for this project beyond benign_prompts.txt: image prompts (unsafe in S1-S13 and
-    safe look-alikes, guard/training/image_prompts.py) and short plain requests with their benign twins
-    (guard/training/requests.py)."""
-    from guardforge.guard.training.image_prompts import image_prompt_rows
-    from guardforge.guard.training.requests import request_rows
-
-    return _labelled(image_prompt_rows(), "image-prompts") + _labelled(request_rows(), "requests")
-
-
-IMAGE_PROMPTS_DEV_PATH = Path(__file__).resolve().parent.parent / "data" / "image_prompts_dev.tsv"
-
-
-def load_image_prompts_dev(path: Path = IMAGE_PROMPTS_DEV_PATH) -> list[Example]:
-    """Image prompts written by hand, apart from the generators and never trained on: with the validation slice,
-    they choose the shipped threshold (the templates' own rows are too easy to choose it on)."""
-    out = []
-    with open(path, newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f, delimiter="\t"):
-            code = row["category"] or None
-            labels = {c: (int(c == code) if int(row["label"]) == 0 or code else None) for c in CATEGORIES}
-            out.append(Example(row["prompt"], {**labels, "unsafe": int(row["label"])}, "image-dev"))
-    return out
-
-
-def coco_everyday_examples(skip: int = 3000, rows: int = 4000, seed: int = 0) -> list[Example]:
-    """COCO train captions that t2i_training_examples(coco_rows=skip) leaves out: `rows` of them, to measure the
-    false-positive rate on everyday image prompts precisely when choosing the threshold (never trained on)."""
-    from guardforge.guard.t2i_data import load_coco
-
-    coco = load_coco("train")
-    order = random.Random(seed).sample(range(len(coco)), len(coco))
-    trained = {coco[i].text for i in order[:skip]}  # COCO repeats captions: none of these may be a trained one
-    return [e for e in (coco[i] for i in order[skip:skip + rows]) if e.text not in trained]
-
-
-def t2i_training_examples(coco_rows: int = 3000, seed: int = 0) -> list[Example]:
-    """The train splits of the shared image-prompt sets (../shared/data/t2i): PartiPrompts and a seeded sample
-    of `coco_rows` COCO captions as safe, and I2P with a soft overall label, the share of Stable Diffusion's
-    images of the prompt that were judged inappropriate (its categories unknown: I2P says what a prompt was
-    gathered for, not what it asks)."""
-    import csv
-
-    from guardforge.guard.t2i_data import load_coco, load_parti, t2i_data_root
-
-    coco = load_coco("train")
-    coco = [coco[i] for i in random.Random(seed).sample(range(len(coco)), len(coco))[:coco_rows]]
-    i2p = []
-    with open(t2i_data_root() / "i2p.csv", newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            if openai_split(row["prompt"]) == "train":
-                share = min(1.0, max(0.0, float(row["inappropriate_percentage"]) / 100))
-                labels: dict[str, float | int | None] = {c: None for c in CATEGORIES}
-                labels["unsafe"] = share
-                labels["hard"] = int(row["hard"])  # not an output: kept to measure the ranking on held-out rows
-                i2p.append(Example(row["prompt"], labels, "i2p"))
-    return load_parti("train") + coco + i2p
-
-
-def training_examples(root: Path | None = None) -> list[Example]:
-    """Everything the embedded text guard may learn from: never XSTest, never the OpenAI test split, never a
-    test row of the image-prompt sets."""
-    return (load_openai_moderation("train", root) + load_ailuminate(root) + load_benign() + written_examples()
-            + t2i_training_examples())
-
-
-def train_validation_split(examples: list[Example], validation_fraction: float = 0.15,
-                           seed: int = 0) -> tuple[list[Example], list[Example]]:
-    """Hold out a stratified slice (by source and overall label) for calibration and threshold choice."""
-    rng = random.Random(seed)
-    groups: dict[tuple[str, int], list[Example]] = {}
-    for ex in examples:
-        groups.setdefault((ex.source, ex.unsafe), []).append(ex)
-    train, validation = [], []
-    for key in sorted(groups):
-        items = groups[key][:]
-        rng.shuffle(items)
-        n_val = round(len(items) * validation_fraction)
-        validation.extend(items[:n_val])
-        train.extend(items[n_val:])
-    return train, validation

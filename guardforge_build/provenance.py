@@ -1,9 +1,9 @@
 """Finds every text the project wrote itself to train the guard, and the near copies of evaluation rows among them.
 
-Training text lives in several shapes: committed files under guard/data, hand-written lists in the modules of
-guard/training, and generators (templates x vocabularies) there. `training_texts` finds all of them without
-a list to keep up to date, so a new module of prompts is checked the day it lands. Not on the runtime path:
-tests and evaluation tools import it.
+Training text lives in several shapes: committed files under guardforge/guard/data, hand-written lists in the
+modules of guardforge_build/guard, and generators (templates x vocabularies) there. `training_texts` finds all of
+them without a list to keep up to date, so a new module of prompts is checked the day it lands. Not on the
+runtime path (the build package): tests import it.
 """
 
 from __future__ import annotations
@@ -18,9 +18,11 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-GUARD_DIR = Path(__file__).resolve().parent
-DATA_DIR = GUARD_DIR / "data"
-TRAINING_PACKAGE = "guardforge.guard.training"
+from guardforge.guard.datasets import Example
+from guardforge_build.guard import GUARD_DATA_DIR
+
+DATA_DIR = GUARD_DATA_DIR
+TRAINING_PACKAGE = "guardforge_build.guard"
 
 # Rows loaded from the shared data sets are theirs, not ours, and the README's split keeps their test rows out;
 # an Example whose source starts with one of these names is not a text we wrote.
@@ -33,8 +35,6 @@ _TEXT_RETURN = re.compile(r"^(list|tuple|set|frozenset|Sequence|Iterable|Iterato
 
 def _strings(value, found: list[str]) -> None:
     """Every text inside a value: strings, Examples not from a shared data set, and containers of them."""
-    from guardforge.guard.training.data import Example
-
     if isinstance(value, str):
         found.append(value)
     elif isinstance(value, Example):

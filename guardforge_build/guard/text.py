@@ -34,15 +34,15 @@ from guardforge.guard.backends.embedded_text import (
     prepare_for_inference,
     stack_columns,
 )
-from guardforge.guard.training.crossfit import (
+from guardforge.guard.datasets import Example
+from guardforge_build.guard.crossfit import (
     best_f1_threshold,
     cross_fitted_stack,
     fit_domain,
     stack_inputs,
 )
-from guardforge.guard.training.data import (
+from guardforge_build.guard.data import (
     OUTPUTS,
-    Example,
     coco_everyday_examples,
     load_image_prompts_dev,
     train_validation_split,
@@ -426,7 +426,7 @@ def _profanity(config: TrainConfig):
     """alt-profanity-check's linear model when the config asks for it (the training extra), else None."""
     if not config.profanity_signal:
         return None
-    from guardforge.guard.training.profanity import load_profanity_signal
+    from guardforge_build.guard.profanity import load_profanity_signal
 
     return load_profanity_signal()
 

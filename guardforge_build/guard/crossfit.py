@@ -30,7 +30,8 @@ from guardforge.guard.backends.embedded_text import (
     stack_columns,
     unit_rows,
 )
-from guardforge.guard.training.data import OUTPUTS, Example
+from guardforge.guard.datasets import Example
+from guardforge_build.guard.data import OUTPUTS
 
 
 def fit_domain(features: np.ndarray, examples: list[Example], source: str, gate_c: float,

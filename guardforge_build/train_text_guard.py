@@ -1,4 +1,5 @@
-"""Retrain the embedded text guard and write it into guardforge/assets/guard/ (or --out DIR)."""
+"""`python -m guardforge_build.train_text_guard [OPTIONS]`: retrain the embedded text guard and write it into
+guardforge/assets/guard/ (or --out DIR)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything it needs is local; never reach for the hub
 
 from guardforge.guard.backends.embedded_text import ASSETS_DIR
-from guardforge.guard.training.text import TrainConfig, train_text_guard
+from guardforge_build.guard.text import TrainConfig, train_text_guard
 
 
 def main() -> None:
