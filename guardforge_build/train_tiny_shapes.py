@@ -19,7 +19,8 @@ def train_tiny_shapes_command(
              "Default: all, in that order.")] = None,
 ) -> None:
     """Train the embedded default model (VAE, UNet + text encoder, two decoder stages) and export it."""
-    from guardforge_build.shapes.train import STAGES, ShapesTrainConfig, train_tiny_shapes
+    from guardforge_build.shapes.config import ShapesTrainConfig
+    from guardforge_build.shapes.train import STAGES, train_tiny_shapes
 
     unknown = set(stage or ()) - set(STAGES)
     if unknown:

@@ -7,7 +7,9 @@ import logging
 
 import torch
 
-from guardforge_build.shapes.train import ShapesTrainConfig, reconstruction_loss, train_tiny_shapes
+from guardforge_build.shapes.config import ShapesTrainConfig
+from guardforge_build.shapes.train import train_tiny_shapes
+from guardforge_build.shapes.vae import reconstruction_loss
 
 
 def test_reconstruction_loss_weights_object_pixels_up():
@@ -86,7 +88,7 @@ def test_sampled_scenes_state_every_attribute_and_never_a_held_out_pair():
 
 
 def test_pair_batches_draw_the_asked_share_from_each_pool():
-    from guardforge_build.shapes.train import PairDataModule
+    from guardforge_build.shapes.sample_decoder import PairDataModule
 
     first = (torch.zeros(10, 1), torch.zeros(10, 1))
     second = (torch.ones(990, 1), torch.ones(990, 1))

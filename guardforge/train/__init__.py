@@ -1,1 +1,1 @@
-"""Training: DreamBooth (full or LoRA) on PyTorch Lightning, and the tiny-shapes base model."""
+"""Training: DreamBooth (full or LoRA) on PyTorch Lightning, and the tiny-shapes world its study runs in."""

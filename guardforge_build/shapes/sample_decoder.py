@@ -1,4 +1,4 @@
-"""The data of tiny-shapes' last training stage: the UNet's own samples of captions that fix the whole image.
+"""Stage 4 of tiny-shapes: the decoder fine-tuned on the UNet's own samples of captions that fix the whole image.
 
 On this data a caption that states size, colour, shape, position and background determines every pixel, so
 each sample the trained UNet draws for one has an exact target: the generator's image of that scene. Guided
@@ -12,38 +12,18 @@ sampled: the held-out colour/shape pairs stay unseen by every stage.
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
+import lightning as L
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from guardforge.train.shapes import data
 from guardforge.train.shapes.adherence import true_pixels
-
-
-class SampleDecoderConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    # Single-object scenes with every attribute stated, seen colour/shape pairs only.
-    n_samples: int = Field(1200, ge=1)
-    steps: int = Field(20, ge=1)  # Euler, as the pipeline ships
-    # One guidance scale per sampling batch, uniform in this range: the decoder should serve every CFG a user
-    # picks, not one.
-    cfg_range: tuple[float, float] = (1.0, 10.0)
-    sample_batch: int = Field(20, ge=1)
-    # Of each training batch; the rest are posterior means of dataset images.
-    sample_fraction: float = Field(0.5, ge=0.0, le=1.0)
-    n_images: int = Field(4000, ge=1)
-    batch_size: int = Field(16, ge=1)
-    lr: float = Field(5e-4, gt=0.0)
-    max_steps: int = Field(3000, ge=1)
-    max_minutes: float = Field(5.0, gt=0.0)
-
-    @field_validator("cfg_range")
-    @classmethod
-    def _ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
-        if not 0.0 <= value[0] <= value[1]:
-            raise ValueError(f"cfg_range must be [low, high] with 0 <= low <= high, got {list(value)}")
-        return value
+from guardforge_build.shapes.components import make_pipeline
+from guardforge_build.shapes.config import SampleDecoderConfig, ShapesTrainConfig
+from guardforge_build.shapes.decoder import DecoderModule
+from guardforge_build.shapes.export import load_trained
+from guardforge_build.shapes.stage import StageRun, encode_latents, images_to_tensor, probe_images
 
 
 def fully_described_scenes(n: int, seed: int) -> list[tuple[data.Scene, str]]:
@@ -71,3 +51,46 @@ def sample_pairs(pipe, cfg: SampleDecoderConfig, seed: int) -> tuple[torch.Tenso
                             generator=generators, output_type="latent").images)
     pixels = true_pixels([(scene.objects[0], scene.background, caption) for scene, caption in scenes])
     return torch.cat(latents) / pipe.vae.config.scaling_factor, pixels
+
+
+class PairDataModule(L.LightningDataModule):
+    """(latents, images) from two pools, drawn so that `first_fraction` of the examples come from the first."""
+
+    def __init__(self, first: tuple[torch.Tensor, torch.Tensor], second: tuple[torch.Tensor, torch.Tensor],
+                 first_fraction: float, batch_size: int):
+        super().__init__()
+        self.first, self.second, self.first_fraction, self.batch_size = first, second, first_fraction, batch_size
+
+    def train_dataloader(self):
+        dataset = torch.utils.data.TensorDataset(torch.cat([self.first[0], self.second[0]]),
+                                                 torch.cat([self.first[1], self.second[1]]))
+        n_first, n_second = len(self.first[0]), len(self.second[0])
+        weights = torch.cat([torch.full((n_first,), self.first_fraction / n_first),
+                             torch.full((n_second,), (1 - self.first_fraction) / n_second)])
+        sampler = torch.utils.data.WeightedRandomSampler(weights, num_samples=len(dataset), replacement=True)
+        return torch.utils.data.DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=True)
+
+
+def finetune_decoder_on_samples(cfg: ShapesTrainConfig, work: Path, resume: bool) -> dict:
+    """Stage 4: the decoder fine-tuned on the trained UNet's own guided samples beside posterior means;
+    writes work/vae-sampled. The samples are kept (decoder-samples.pt), so a resumed run does not redraw them."""
+    sd = cfg.sample_decoder
+    run = StageRun(work, "sample-decoder", cfg.seed + 4)
+    vae, unet, text_encoder, tokenizer = load_trained(cfg, work)
+    samples_file = work / "decoder-samples.pt"
+    if resume and samples_file.exists():
+        saved = torch.load(samples_file)
+        latents, images = saved["latents"], saved["images"]
+    else:
+        pipe = make_pipeline(vae, unet, text_encoder, tokenizer)
+        pipe.set_progress_bar_config(disable=True)
+        latents, images = sample_pairs(pipe, sd, seed=cfg.seed + 4)
+        torch.save({"latents": latents, "images": images}, samples_file)
+    sampling_minutes = run.minutes()
+    dataset_images = images_to_tensor(data.make_dataset(sd.n_images, seed=cfg.seed + 5)[0])
+    posterior = (encode_latents(vae, dataset_images), dataset_images)
+    module = DecoderModule(vae, sd.lr, name="sample_decoder")
+    steps = run.fit(module, PairDataModule((latents, images), posterior, sd.sample_fraction, sd.batch_size),
+                    sd.max_steps, sd.max_minutes, resume)
+    return run.save_vae(module.vae.eval(), "vae-sampled", probe_images(cfg), steps,
+                        sampling_minutes=sampling_minutes)
