@@ -29,6 +29,11 @@ class Cancelled(GuardforgeError):
     """The job was cancelled between two steps."""
 
 
+class JobFailed(GuardforgeError):
+    """A job that passed every check at submit failed while it ran (HTTP 500): the server's fault, not the
+    caller's (a backend or a model crashed)."""
+
+
 class GuardBackendError(GuardforgeError):
     """A guard backend failed or timed out; the policy's fail mode decides what happens."""
 

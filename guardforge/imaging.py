@@ -52,7 +52,15 @@ def open_image(source, max_pixels: int, what: str = "image", load: bool = True) 
     return image
 
 
-def encode_image(image: Image.Image, fmt: str = "PNG") -> str:
+def encode_image(image: Image.Image, fmt: str = "PNG", infotext: str | None = None) -> str:
+    """Base64 of the image file; `infotext` goes in a PNG's `parameters` text chunk, as A1111 writes it."""
+    from PIL import PngImagePlugin
+
     buffer = io.BytesIO()
-    image.save(buffer, format=fmt)
+    if infotext is not None and fmt.upper() == "PNG":
+        info = PngImagePlugin.PngInfo()
+        info.add_text("parameters", infotext)
+        image.save(buffer, format=fmt, pnginfo=info)
+    else:
+        image.save(buffer, format=fmt)
     return base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -11,6 +11,7 @@ from guardforge.guard.verdict import Verdict
 from guardforge.settings import DType, Limits, Offload
 
 ScheduleType = Literal["Automatic", "Karras", "Exponential"]
+SCHEDULE_TYPES: tuple[str, ...] = get_args(ScheduleType)
 
 # The largest seed torch.Generator.manual_seed takes. A1111 numbers a batch seed, seed+1, ... without wrapping
 # and writes those seeds in infotext, so a batch started at 4294967295 has a second image of seed 4294967296:

@@ -6,8 +6,6 @@ trained and exported). The functions that do the work are the Studio's, passed i
 
 from __future__ import annotations
 
-import base64
-import io
 import logging
 import os
 import threading
@@ -19,6 +17,7 @@ from typing import Any
 
 from guardforge.engine.request import GenerationRequest, GenerationResult, ProgressEvent
 from guardforge.errors import Cancelled, GuardforgeError
+from guardforge.imaging import encode_image
 from guardforge.jobs.events import ProgressHub
 from guardforge.jobs.queue import TERMINAL, Job, JobQueue, StoredImage
 from guardforge.jobs.results import GenerationJobResult, TrainingJobResult
@@ -52,16 +51,6 @@ def cpu_worker_threads(devices: list[str], setting: int | None = None) -> int:
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
     return max(1, (cores - 1) // max(1, sum(device == "cpu" for device in devices)))
-
-
-def _png_base64(image, infotext: str) -> str:
-    from PIL import PngImagePlugin
-
-    info = PngImagePlugin.PngInfo()
-    info.add_text("parameters", infotext)  # as a saved file and A1111's answers carry it
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=info)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 @dataclass
@@ -277,7 +266,9 @@ class Worker:
             StoredImage(
                 id=image.image_id, job_id=job.id, owner=job.owner, index=index, action=image.action,
                 path=image.path,
-                data=_png_base64(image.pil, image.infotext) if image.pil is not None and image.path is None else None,
+                # Kept in the database when not saved to a file: with its infotext, as a saved file and A1111 carry it.
+                data=(encode_image(image.pil, infotext=image.infotext)
+                      if image.pil is not None and image.path is None else None),
             )
             for index, image in enumerate(result.images)
         ]

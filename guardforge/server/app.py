@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from guardforge.a1111.adapter import A1111
 from guardforge.errors import (
     Cancelled,
     Forbidden,
@@ -26,6 +27,7 @@ from guardforge.errors import (
     GuardforgeError,
     IncompatibleDependencies,
     InvalidRequest,
+    JobFailed,
     ModelNotFound,
     UnsafeModelFormat,
 )
@@ -57,6 +59,7 @@ STATUS_BY_ERROR: list[tuple[type[GuardforgeError], int]] = [
     (Cancelled, 409),
     (GuardBackendError, 503),
     (IncompatibleDependencies, 503),  # the server's installed set, not the caller's request
+    (JobFailed, 500),
 ]
 
 
@@ -246,7 +249,7 @@ def create_app(studio, *, start_workers: bool = True, mount_ui: bool = True) -> 
     # A1111's /options, per caller (owner -> the options it set): one key switching its checkpoint must not
     # switch everyone's. Keyless callers of an open server share the owner "local", so one set, as in A1111.
     # They live on this app, not in a module.
-    app.state.sdapi_options = {}
+    app.state.a1111 = A1111(studio)  # A1111's per-caller options live as long as the app, as in A1111
 
     @app.exception_handler(GuardforgeError)
     async def _guardforge_error(request: Request, exc: GuardforgeError):

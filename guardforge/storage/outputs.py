@@ -39,17 +39,23 @@ def decode_user_comment(raw: bytes | str) -> str:
     return raw.rstrip(b"\0").decode("utf-8", errors="replace")
 
 
+def infotext_of(image: Image.Image) -> str:
+    """The infotext an opened image carries: a PNG's `parameters` text chunk, else the EXIF UserComment (JPEG,
+    WebP); "" if none. Only the header is read: an image opened without load() stays undecoded."""
+    text = image.info.get("parameters")
+    if text:
+        return str(text)
+    try:
+        raw = image.getexif().get_ifd(_EXIF_IFD).get(_USER_COMMENT)
+    except Exception:  # a malformed EXIF block (Pillow raises what it trips on): no readable infotext there
+        return ""
+    return decode_user_comment(raw) if raw else ""
+
+
 def read_infotext(path: Path | str) -> str | None:
-    """The infotext of a PNG (`parameters` text chunk) or JPEG/WebP (EXIF UserComment); None if it has none."""
+    """The infotext of an image file; None if it has none."""
     with Image.open(path) as image:
-        text = image.info.get("parameters")
-        if text:
-            return str(text)
-        exif = image.getexif().get_ifd(_EXIF_IFD)
-        raw = exif.get(_USER_COMMENT)
-        if raw:
-            return decode_user_comment(raw) or None
-    return None
+        return infotext_of(image) or None
 
 
 class OutputStore:

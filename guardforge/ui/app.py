@@ -10,8 +10,10 @@ from collections.abc import Callable
 import gradio as gr
 from PIL import Image
 
-from guardforge.engine.request import GenerationRequest
+from guardforge.a1111.adapter import png_info
+from guardforge.engine.request import SCHEDULE_TYPES, GenerationRequest
 from guardforge.errors import GuardforgeError
+from guardforge.guard.blur import withheld_tile
 from guardforge.imaging import encode_image
 from guardforge.caller import LOCAL_OWNER, Caller
 from guardforge.ui import guard_view
@@ -37,7 +39,7 @@ def _caller(studio, request: gr.Request | None) -> Caller:
     return studio.caller(None if owner == LOCAL_OWNER else owner)
 
 
-SCHEDULES = ["Automatic", "Karras", "Exponential"]
+SCHEDULES = list(SCHEDULE_TYPES)
 
 
 _bar = guard_view.bar
@@ -141,7 +143,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
         gallery = []
         for stored, meta in zip(job.images, result.images):
             if stored["action"] == "block":
-                image = guard_view.withheld(meta.width, meta.height)
+                image = withheld_tile(meta.width, meta.height)
             else:
                 data, _ = studio.image_bytes(stored["id"], caller)
                 image = Image.open(io.BytesIO(data))  # our own output, written by this server
@@ -183,7 +185,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
 
         # Header and text chunks only: the parameters come before the pixels, which are never decoded here.
         image = open_upload(path, limits.max_image_pixels, "the image", load=False)
-        text = image.info.get("parameters", "")  # A1111 and guardforge write a PNG tEXt chunk "parameters"
+        text, _, _ = png_info(image)  # as /sdapi/v1/png-info reads it: the PNG chunk, else EXIF (JPEG, WebP)
         image.close()
         if not text:
             return (gr.update(),) * 10 + ("this image carries no generation parameters",)

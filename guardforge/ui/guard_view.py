@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import html
 
-from PIL import Image, ImageDraw, ImageFont
-
 from guardforge.guard.taxonomy import HAZARDS
 from guardforge.guard.verdict import Verdict
 from guardforge.jobs.results import GenerationJobResult, ImageResult
@@ -101,17 +99,6 @@ def outcome(result: GenerationJobResult, reasons: Reasons) -> tuple[str, str, st
 def caption(image: ImageResult, reasons: Reasons) -> str:
     why = reasons(image.verdict)
     return DID[image.action] + (f": {why}" if why and image.action != "allow" else "")
-
-
-def withheld(width: int, height: int) -> Image.Image:
-    """A grey tile of the image's size that says it was blocked, in the image's place."""
-    image = Image.new("RGB", (width, height), (128, 128, 128))
-    draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default(size=max(8, min(height // 3, width // 5)))
-    box = draw.textbbox((0, 0), "blocked", font=font)
-    draw.text(((width - (box[2] - box[0])) / 2 - box[0], (height - (box[3] - box[1])) / 2 - box[1]),
-              "blocked", fill=(255, 255, 255), font=font)
-    return image
 
 
 def verdict_json(result: GenerationJobResult, index: int | None = None) -> dict:
