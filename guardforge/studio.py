@@ -10,7 +10,7 @@ from functools import cached_property
 from threading import Event
 from typing import TYPE_CHECKING, NamedTuple
 
-from guardforge.caller import LOCAL, Caller, Charge
+from guardforge.access.caller import LOCAL, Caller, Charge
 from guardforge.engine.request import GeneratedImage, GenerationRequest, GenerationResult, ProgressEvent
 from guardforge.errors import InvalidRequest
 from guardforge.guard.service import PromptReading
@@ -95,7 +95,7 @@ class Studio:
 
     @cached_property
     def keys(self):
-        from guardforge.jobs.keys import KeyStore
+        from guardforge.access.keys import KeyStore
 
         return KeyStore(self.jobs.engine)
 

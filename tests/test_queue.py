@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine
 
-from guardforge.jobs.keys import KeyNotFound, KeyStore
+from guardforge.access.keys import KeyNotFound, KeyStore
 from guardforge.jobs.queue import RESTART_REASON, JobNotFound, JobQueue, QueueFull, TooManyActiveJobs, make_engine
 from guardforge.jobs.results import GenerationJobResult, ImageResult
 from tests.livesrv import ThrowawayPostgres, free_port
@@ -174,7 +174,7 @@ def test_verified_keys_cache_is_bounded_and_forgets_a_revoked_key(tmp_path):
 
 def test_a_keys_table_from_before_max_priority_keeps_working(db_url):
     # A database made by the first release: gf_api_keys without max_priority, one live key in it.
-    from guardforge.jobs.keys import _hash
+    from guardforge.access.keys import _hash
 
     engine = make_engine(db_url)
     salt = b"0123456789abcdef"

@@ -13,7 +13,7 @@ from tests.test_server import LONG, TINY, wait_running_step, wait_state
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_model_dir):
-    from guardforge.jobs.keys import KeyStore
+    from guardforge.access.keys import KeyStore
     from guardforge.jobs.queue import make_engine
 
     home = make_home(tmp_path_factory.mktemp("auth"), tiny_model_dir)
@@ -136,7 +136,7 @@ def test_ui_login_is_the_key_and_its_own_id(setup):
 def test_sdapi_options_are_per_key(setup):
     import shutil
 
-    from guardforge.jobs.keys import KeyStore
+    from guardforge.access.keys import KeyStore
     from guardforge.jobs.queue import make_engine
 
     server, _, _ = setup
@@ -159,7 +159,7 @@ def test_priority_above_the_keys_max_is_forbidden(setup):
     server, _, env = setup
     urgent = run_cli(["keys", "create", "heidi", "--max-priority", "5"], env).strip()
     assert "heidi" in run_cli(["keys", "list"], env)
-    from guardforge.jobs.keys import KeyStore
+    from guardforge.access.keys import KeyStore
     from guardforge.jobs.queue import make_engine
 
     plain = KeyStore(make_engine(f"sqlite:///{server.home / 'guardforge.db'}")).create("ivan")[1]

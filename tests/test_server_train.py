@@ -33,7 +33,7 @@ def config(**overrides) -> dict:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_model_dir):
-    from guardforge.jobs.keys import KeyStore
+    from guardforge.access.keys import KeyStore
     from guardforge.jobs.queue import make_engine
 
     root = tmp_path_factory.mktemp("train")

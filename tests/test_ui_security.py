@@ -27,7 +27,7 @@ COPY_FIELDS = ("", "tiny-sd", "Euler a", "Automatic", 20, 7, 64, 64, 1)
 @pytest.fixture(scope="module")
 def keyed(tmp_path_factory, tiny_model_dir):
     """A server that requires keys, with two keys; A has made one image through the API."""
-    from guardforge.jobs.keys import KeyStore
+    from guardforge.access.keys import KeyStore
     from guardforge.jobs.queue import make_engine
 
     home = make_home(tmp_path_factory.mktemp("ui-security"), tiny_model_dir)

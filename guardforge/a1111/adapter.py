@@ -15,7 +15,7 @@ from typing import Any
 from PIL import Image
 
 from guardforge.a1111.schemas import SCHEDULERS_LISTED, SCHEDULES, ImageResponse, Img2ImgPayload, Txt2ImgPayload
-from guardforge.caller import Caller
+from guardforge.access.caller import Caller
 from guardforge.engine.infotext import parse_infotext
 from guardforge.engine.request import GenerationRequest
 from guardforge.engine.samplers import split_legacy_sampler

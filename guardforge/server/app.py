@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from guardforge.a1111.adapter import A1111
+from guardforge.access.keys import KeyNotFound
 from guardforge.errors import (
     Cancelled,
     Forbidden,
@@ -31,7 +32,6 @@ from guardforge.errors import (
     ModelNotFound,
     UnsafeModelFormat,
 )
-from guardforge.jobs.keys import KeyNotFound
 from guardforge.jobs.queue import ImageGone, JobNotFound, QueueFull, TooManyActiveJobs
 from guardforge.server.auth import Authenticator, Unauthorized, auth_required, get_ops_caller, sees_server_paths
 from guardforge.server.bodies import MalformedBody, UnsupportedMediaType, check_json_body

@@ -11,7 +11,7 @@ from functools import partial
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
-from guardforge.caller import Caller
+from guardforge.access.caller import Caller
 from guardforge.errors import GuardforgeError
 from guardforge.server.limits import TokenBuckets
 

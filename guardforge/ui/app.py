@@ -15,7 +15,7 @@ from guardforge.engine.request import SCHEDULE_TYPES, GenerationRequest
 from guardforge.errors import GuardforgeError
 from guardforge.guard.blur import withheld_tile
 from guardforge.imaging import encode_image
-from guardforge.caller import LOCAL_OWNER, Caller
+from guardforge.access.caller import LOCAL_OWNER, Caller
 from guardforge.ui import guard_view
 from guardforge.ui.uploads import (
     CLEAN_EVERY_S,

@@ -1,4 +1,4 @@
-"""API keys, stored hashed (scrypt with a per-key salt) in the same database as the jobs."""
+"""API keys, stored hashed (scrypt with a per-key salt) in the studio's database, beside the jobs."""
 
 from __future__ import annotations
 
