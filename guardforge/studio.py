@@ -72,6 +72,7 @@ class Studio:
     """Built from Settings; owns the model registry and cache, the engine, the guard and the output store."""
 
     def __init__(self, settings: Settings | None = None):
+        from guardforge.db import Database
         from guardforge.engine.pipelines import Engine
         from guardforge.guard.service import Guard
         from guardforge.models.cache import PipelineCache
@@ -82,22 +83,24 @@ class Studio:
         self.registry = ModelRegistry(self.settings)
         self.pipelines = PipelineCache(self.registry, self.settings)
         self.engine = Engine(self.settings, self.registry)  # the registry resolves <lora:name> tags
-        self.guard = Guard.from_settings(self.settings)
+        # One database for the job queue, the key store and the guard's audit log. Building it touches nothing:
+        # its engine is made on first use (the guard's first audit row, or the queue's first call).
+        self.database = Database(self.settings.resolved_database_url)
+        self.guard = Guard.from_settings(self.settings, self.database)
         self.store = OutputStore(self.settings.resolved_outputs_dir, self.settings.output_format)
 
     # -- the job queue (built on first use, so a one-off CLI generate never touches the database) --------
     @cached_property
     def jobs(self):
-        from guardforge.jobs.queue import JobQueue, make_engine
+        from guardforge.jobs.queue import JobQueue
 
-        return JobQueue(make_engine(self.settings.resolved_database_url), self.settings.jobs.max_queue,
-                        self.settings.jobs.requeue_running_on_restart)
+        return JobQueue(self.database, self.settings.jobs.max_queue, self.settings.jobs.requeue_running_on_restart)
 
     @cached_property
     def keys(self):
         from guardforge.access.keys import KeyStore
 
-        return KeyStore(self.jobs.engine)
+        return KeyStore(self.database)
 
     @cached_property
     def events(self):

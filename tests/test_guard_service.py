@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from guardforge.db import Database
 from guardforge.guard.audit import AuditLog
 from guardforge.guard.backends.base import ImageBackend, Scores, TextBackend
 from guardforge.guard.blur import strong_blur
@@ -58,7 +59,8 @@ MAX_PIXELS = 4096 * 4096
 def _guard(tmp_path, policy="default", backend=None, **kwargs) -> Guard:
     backend = backend or FixedScores(TABLE)
     return Guard(load_policy(policy) if isinstance(policy, str) else policy, text_backend=backend,
-                 image_backend=backend, audit=AuditLog(f"sqlite:///{tmp_path / 'audit.db'}"), **kwargs)
+                 image_backend=backend, audit=AuditLog(Database(f"sqlite:///{tmp_path / 'audit.db'}")),
+                 **kwargs)
 
 
 def test_double_implements_the_protocols():
@@ -72,7 +74,8 @@ def test_prompt_verdict_and_audit_row(tmp_path):
     assert verdict.checkpoint == "prompt" and verdict.content_sha256 == text_sha256("a knife attack")
     assert verdict.policy_hash == load_policy("default").hash and verdict.error is None
     assert guard.check_prompt("a tree").action == "allow"
-    rows = AuditLog(f"sqlite:///{tmp_path / 'audit.db'}").recent(5)  # a second connection: it is on disk
+    # A second Database on the same file: the rows are on disk.
+    rows = AuditLog(Database(f"sqlite:///{tmp_path / 'audit.db'}")).recent(5)
     assert [row["action"] for row in rows] == ["allow", "block"]
     assert rows[1]["scores"] == {"S1": 0.9, "S12": 0.1} and rows[1]["violated"] == ["S1"]
     assert rows[1]["content"] is None and rows[1]["content_sha256"] == text_sha256("a knife attack")
@@ -149,7 +152,7 @@ def test_off_checkpoints_load_nothing_and_say_so(tmp_path):
         return FixedScores(TABLE)
 
     guard = Guard(load_policy("off"), text_backend=load, image_backend=load,
-                  audit=AuditLog(f"sqlite:///{tmp_path / 'a.db'}"))
+                  audit=AuditLog(Database(f"sqlite:///{tmp_path / 'a.db'}")))
     verdict = guard.check_prompt("a knife attack")
     [image_verdict] = guard.check_output_images([Image.new("RGB", (8, 8), RED)])
     assert (verdict.action, verdict.backend, image_verdict.backend) == ("allow", "off", "off")
@@ -268,7 +271,7 @@ def test_from_settings_builds_nothing_until_used(tmp_path):
 
 def test_audit_log_touches_the_database_only_when_used(tmp_path):
     database = tmp_path / "sub" / "audit.db"
-    log = AuditLog(f"sqlite:///{database}")
+    log = AuditLog(Database(f"sqlite:///{database}"))
     assert not database.exists()  # building a Studio must not create files
     assert log.recent(5) == [] and database.is_file()
 
@@ -298,7 +301,7 @@ def test_embedded_text_weights_setting_picks_a_shipped_set_or_fails_closed(tmp_p
 def _record_one(url: str, barrier) -> None:
     from guardforge.guard.verdict import Verdict
 
-    log = AuditLog(url)
+    log = AuditLog(Database(url))
     barrier.wait()  # every process reaches its first write on a fresh database at once
     log.record(Verdict(checkpoint="prompt", action="allow", backend="x", content_sha256="0" * 64, policy_hash="p"))
 
@@ -325,4 +328,4 @@ def test_processes_starting_on_a_fresh_database_lose_no_audit_row(db_url, tmp_pa
         for worker in workers:
             worker.join(60)
         assert [worker.exitcode for worker in workers] == [0] * 6
-        assert len(AuditLog(url).recent(10)) == 6
+        assert len(AuditLog(Database(url)).recent(10)) == 6

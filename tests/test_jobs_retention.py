@@ -11,13 +11,8 @@ import httpx
 import pytest
 from sqlalchemy import update
 
-from guardforge.jobs.queue import (
-    ImageGone,
-    JobQueue,
-    StoredImage,
-    jobs_table,
-    make_engine,
-)
+from guardforge.db import Database
+from guardforge.jobs.queue import ImageGone, JobQueue, StoredImage
 from guardforge.jobs.results import GenerationJobResult
 from tests.livesrv import REPO, LiveServer, make_home, run_cli, server_env
 from tests.test_server import noise_png_b64, wait_state
@@ -31,7 +26,7 @@ def ended_job(queue: JobQueue, owner: str, ended_hours_ago: float) -> str:
     queue.finish(job, "succeeded", result=GenerationJobResult(model="m"),
                  images=[StoredImage(f"img-{owner}", job, owner, 0, "allow", None, "UElYRUxT")])
     with queue.engine.begin() as conn:  # as if it had ended that long ago
-        conn.execute(update(jobs_table).where(jobs_table.c.id == job)
+        conn.execute(update(queue.tables.jobs).where(queue.tables.jobs.c.id == job)
                      .values(finished_at=time.time() - ended_hours_ago * 3600))
     return job
 
@@ -39,7 +34,7 @@ def ended_job(queue: JobQueue, owner: str, ended_hours_ago: float) -> str:
 def test_cli_jobs_prune_takes_only_jobs_that_ended_long_enough_ago(tmp_path):
     home = tmp_path / "home"
     env = server_env(home)
-    queue = JobQueue(make_engine(f"sqlite:///{home / 'guardforge.db'}"))
+    queue = JobQueue(Database(f"sqlite:///{home / 'guardforge.db'}"))
     old, recent = ended_job(queue, "old", 30), ended_job(queue, "recent", 2)
     running = queue.submit("generate", PAYLOAD, owner="running")
     queue.claim_next()
@@ -82,7 +77,7 @@ def test_server_retention_purges_ended_jobs_and_leaves_a_running_one(tmp_path, t
                 time.sleep(0.2)
             assert "no longer kept" in client.get(image["url"]).json()["detail"]
             time.sleep(5)  # more than the retention, and many pruning rounds, while the long job runs
-            queue = JobQueue(make_engine(f"sqlite:///{home / 'guardforge.db'}"))
+            queue = JobQueue(Database(f"sqlite:///{home / 'guardforge.db'}"))
             job = queue.get(long, None)
             assert job.state in ("queued", "running") and job.payload["request"]["init_image"] == init
             assert "purged_at" not in job.payload

@@ -12,7 +12,8 @@ import pytest
 
 from guardforge.engine.request import GenerationRequest
 from guardforge.jobs.events import ProgressHub
-from guardforge.jobs.queue import JobQueue, make_engine
+from guardforge.db import Database
+from guardforge.jobs.queue import JobQueue
 from guardforge.jobs.worker import Worker
 from guardforge.settings import Settings
 from guardforge.studio import Studio
@@ -42,7 +43,7 @@ def wait_state(queue: JobQueue, job_id: str, states: set[str], timeout: float = 
 def test_a_locked_database_at_finish_neither_kills_the_worker_nor_loses_the_job(studio, tmp_path):
     path = tmp_path / "jobs.db"
     # A short busy timeout gives the same refusal as production's 30 s ("database is locked"), sooner.
-    queue = JobQueue(make_engine(f"sqlite:///{path}", busy_timeout_s=0.2))
+    queue = JobQueue(Database(f"sqlite:///{path}", busy_timeout_s=0.2))
     other_process = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     locked = threading.Event()
 

@@ -14,7 +14,8 @@ import pytest
 from sqlalchemy import create_engine
 
 from guardforge.access.keys import KeyNotFound, KeyStore
-from guardforge.jobs.queue import RESTART_REASON, JobNotFound, JobQueue, QueueFull, TooManyActiveJobs, make_engine
+from guardforge.db import Database
+from guardforge.jobs.queue import RESTART_REASON, JobNotFound, JobQueue, QueueFull, TooManyActiveJobs
 from guardforge.jobs.results import GenerationJobResult, ImageResult
 from tests.livesrv import ThrowawayPostgres, free_port
 
@@ -46,13 +47,13 @@ def new_postgres_database(server: str) -> str:
 
 
 def test_fifo_within_priority_and_survives_reopen(db_url):
-    queue = JobQueue(make_engine(db_url))
+    queue = JobQueue(Database(db_url))
     first = queue.submit("generate", {"n": 1}, owner="a")
     second = queue.submit("generate", {"n": 2}, owner="a")
     urgent = queue.submit("generate", {"n": 3}, owner="b", priority=5)
     assert queue.get(second, "a").position == 2
     # A fresh engine on the same file sees the same jobs: nothing lives only in memory.
-    reopened = JobQueue(make_engine(db_url))
+    reopened = JobQueue(Database(db_url))
     order = [reopened.claim_next().id for _ in range(3)]
     assert order == [urgent, first, second]
     assert reopened.claim_next() is None
@@ -60,7 +61,7 @@ def test_fifo_within_priority_and_survives_reopen(db_url):
 
 
 def test_max_queue_and_per_owner_cap(db_url):
-    queue = JobQueue(make_engine(db_url), max_queue=2)
+    queue = JobQueue(Database(db_url), max_queue=2)
     queue.submit("generate", {}, owner="a", max_active_for_owner=1)
     with pytest.raises(TooManyActiveJobs):
         queue.submit("generate", {}, owner="a", max_active_for_owner=1)
@@ -72,7 +73,7 @@ def test_max_queue_and_per_owner_cap(db_url):
 
 
 def test_owner_sees_and_cancels_only_its_jobs(db_url):
-    queue = JobQueue(make_engine(db_url))
+    queue = JobQueue(Database(db_url))
     job = queue.submit("generate", {}, owner="a")
     with pytest.raises(JobNotFound):
         queue.get(job, "b")
@@ -84,7 +85,7 @@ def test_owner_sees_and_cancels_only_its_jobs(db_url):
 
 
 def test_cancel_running_sets_the_flag(db_url):
-    queue = JobQueue(make_engine(db_url))
+    queue = JobQueue(Database(db_url))
     job = queue.submit("generate", {}, owner="a")
     queue.claim_next()
     cancelled = queue.cancel(job, "a")
@@ -93,12 +94,12 @@ def test_cancel_running_sets_the_flag(db_url):
 
 @pytest.mark.parametrize("requeue", [False, True])
 def test_recover_running_jobs_after_a_crash(db_url, requeue):
-    queue = JobQueue(make_engine(db_url))
+    queue = JobQueue(Database(db_url))
     running = queue.submit("generate", {}, owner="a")
     waiting = queue.submit("generate", {}, owner="a")
     assert queue.claim_next().id == running
     # A new process on the same database, as after SIGKILL.
-    restarted = JobQueue(make_engine(db_url), requeue_running_on_restart=requeue)
+    restarted = JobQueue(Database(db_url), requeue_running_on_restart=requeue)
     assert restarted.recover() == [running]
     job = restarted.get(running, None)
     if requeue:
@@ -110,14 +111,14 @@ def test_recover_running_jobs_after_a_crash(db_url, requeue):
 
 @pytest.mark.parametrize("requeue", [False, True])
 def test_a_cancel_requested_job_ends_cancelled_after_a_crash_or_a_stop(db_url, requeue):
-    queue = JobQueue(make_engine(db_url))
+    queue = JobQueue(Database(db_url))
     crashed, stopped, other = (queue.submit("generate", {}, owner="a") for _ in range(3))
     for _ in range(3):
         queue.claim_next()
     # The user cancelled both while they ran; the server died (or stopped) before the worker acted on it.
     queue.cancel(crashed, "a")
     queue.cancel(stopped, "a")
-    restarted = JobQueue(make_engine(db_url), requeue_running_on_restart=requeue)
+    restarted = JobQueue(Database(db_url), requeue_running_on_restart=requeue)
     assert restarted.release(stopped) == "cancelled"
     assert sorted(restarted.recover()) == sorted([crashed, other])
     for job_id in (crashed, stopped):
@@ -129,7 +130,7 @@ def test_a_cancel_requested_job_ends_cancelled_after_a_crash_or_a_stop(db_url, r
 
 
 def test_keys_are_hashed_verified_and_revoked(db_url):
-    store = KeyStore(make_engine(db_url))
+    store = KeyStore(Database(db_url))
     key, plaintext = store.create("alice")
     assert store.verify(plaintext) == key.id
     assert store.verify(plaintext[:-1] + ("x" if plaintext[-1] != "x" else "y")) is None
@@ -146,7 +147,7 @@ def test_keys_are_hashed_verified_and_revoked(db_url):
 def test_finish_records_images_for_the_owner(db_url):
     from guardforge.jobs.queue import StoredImage
 
-    queue = JobQueue(make_engine(db_url))
+    queue = JobQueue(Database(db_url))
     job = queue.submit("generate", {}, owner="a")
     queue.claim_next()
     queue.finish(job, "succeeded", result=GenerationJobResult(model="m"),
@@ -159,7 +160,7 @@ def test_finish_records_images_for_the_owner(db_url):
 
 
 def test_verified_keys_cache_is_bounded_and_forgets_a_revoked_key(tmp_path):
-    store = KeyStore(make_engine(f"sqlite:///{tmp_path / 'keys.db'}"), cache_size=2)
+    store = KeyStore(Database(f"sqlite:///{tmp_path / 'keys.db'}"), cache_size=2)
     made = [store.create(name) for name in ("a", "b", "c")]
     for key, plaintext in made:
         assert store.verify(plaintext) == key.id
@@ -168,7 +169,7 @@ def test_verified_keys_cache_is_bounded_and_forgets_a_revoked_key(tmp_path):
     store.revoke(made[2][0].id)
     assert store.verify(made[2][1]) is None and len(store._verified) == 1
     # Revoked from another process (the CLI), with this process's cache still holding the key: refused at once.
-    KeyStore(store.engine).revoke(made[0][0].id)
+    KeyStore(store.database).revoke(made[0][0].id)
     assert store.verify(made[0][1]) is None
 
 
@@ -176,20 +177,20 @@ def test_a_keys_table_from_before_max_priority_keeps_working(db_url):
     # A database made by the first release: gf_api_keys without max_priority, one live key in it.
     from guardforge.access.keys import _hash
 
-    engine = make_engine(db_url)
+    database = Database(db_url)
     salt = b"0123456789abcdef"
-    with engine.begin() as conn:
+    with database.engine.begin() as conn:
         conn.exec_driver_sql("CREATE TABLE gf_api_keys (id VARCHAR(16) PRIMARY KEY, name VARCHAR(128) NOT NULL, "
                              "salt VARCHAR(64) NOT NULL, hash VARCHAR(128) NOT NULL, created_at FLOAT NOT NULL, "
                              "revoked_at FLOAT)")
         conn.exec_driver_sql("INSERT INTO gf_api_keys (id, name, salt, hash, created_at) VALUES "
                              f"('0ldkey', 'old', '{salt.hex()}', '{_hash('s3cret', salt)}', 1.0)")
-    store = KeyStore(engine)
+    store = KeyStore(database)
     old = store.check("gf_0ldkey_s3cret")
     assert old is not None and old.id == "0ldkey" and old.max_priority == 0
     key, plaintext = store.create("urgent", max_priority=7)
     assert store.check(plaintext).max_priority == 7 and key.max_priority == 7
-    assert KeyStore(make_engine(db_url)).check(plaintext).max_priority == 7  # a second open finds the column
+    assert KeyStore(Database(db_url)).check(plaintext).max_priority == 7  # a second open finds the column
     assert [k.max_priority for k in store.list()] == [0, 7]
     with pytest.raises(ValueError, match="between 0 and 100"):
         store.create("greedy", max_priority=101)
@@ -198,9 +199,9 @@ def test_a_keys_table_from_before_max_priority_keeps_working(db_url):
 def test_purge_drops_only_the_pixels_of_ended_jobs_old_enough(db_url):
     from sqlalchemy import update
 
-    from guardforge.jobs.queue import ImageGone, StoredImage, jobs_table
+    from guardforge.jobs.queue import ImageGone, StoredImage
 
-    queue = JobQueue(make_engine(db_url))
+    queue = JobQueue(Database(db_url))
     payload = {"request": {"prompt": "p", "init_image": "SU5JVA==", "mask": "TUFTSw=="}, "save": False}
 
     def ended(owner: str, ended_hours_ago: float) -> str:
@@ -210,7 +211,7 @@ def test_purge_drops_only_the_pixels_of_ended_jobs_old_enough(db_url):
                      images=[StoredImage(f"img-{owner}", job, owner, 0, "allow", None, "UElYRUxT"),
                              StoredImage(f"blk-{owner}", job, owner, 1, "block", None, None)])
         with queue.engine.begin() as conn:  # as if it had ended that long ago
-            conn.execute(update(jobs_table).where(jobs_table.c.id == job)
+            conn.execute(update(queue.tables.jobs).where(queue.tables.jobs.c.id == job)
                          .values(finished_at=time.time() - ended_hours_ago * 3600))
         return job
 

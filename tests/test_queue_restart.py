@@ -7,7 +7,8 @@ import threading
 
 import httpx
 
-from guardforge.jobs.queue import RESTART_REASON, JobQueue, make_engine
+from guardforge.db import Database
+from guardforge.jobs.queue import RESTART_REASON, JobQueue
 from tests.livesrv import LiveServer, make_home, server_env
 from tests.test_server import LONG, TINY, wait_running_step, wait_state
 
@@ -82,7 +83,7 @@ def test_a_graceful_stop_starts_no_queued_job_while_connections_drain(tmp_path, 
         server.process.wait(60)
     finally:
         server.kill()
-    queue = JobQueue(make_engine(f"sqlite:///{home / 'guardforge.db'}"))
+    queue = JobQueue(Database(f"sqlite:///{home / 'guardforge.db'}"))
     assert queue.get(running, None).state == "succeeded"  # the job under way finished during the drain
     # Queued when the stop began, so it waits for the next start (not started, then failed by the stop).
     job = queue.get(waiting, None)

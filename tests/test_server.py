@@ -395,13 +395,14 @@ def test_body_size_limit(client):
 
 
 def test_an_image_whose_file_is_gone_is_404_with_a_reason(server, client):
-    from guardforge.jobs.queue import JobQueue, make_engine
+    from guardforge.db import Database
+    from guardforge.jobs.queue import JobQueue
 
     job_id = client.post("/v1/jobs", json={"prompt": "soon moved", **TINY}).json()["id"]
     [image] = wait_state(client, job_id, {"succeeded"})["images"]
     assert client.get(image["url"]).status_code == 200
     # Where the server keeps it is not in the API; the database file knows.
-    stored = JobQueue(make_engine(f"sqlite:///{server.home / 'guardforge.db'}")).image(image["id"], None)
+    stored = JobQueue(Database(f"sqlite:///{server.home / 'guardforge.db'}")).image(image["id"], None)
     Path(stored.path).rename(server.home / "moved-away.png")  # as a user tidying the outputs folder would
     response = client.get(image["url"])
     assert response.status_code == 404, response.text

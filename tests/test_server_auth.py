@@ -14,7 +14,7 @@ from tests.test_server import LONG, TINY, wait_running_step, wait_state
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_model_dir):
     from guardforge.access.keys import KeyStore
-    from guardforge.jobs.queue import make_engine
+    from guardforge.db import Database
 
     home = make_home(tmp_path_factory.mktemp("auth"), tiny_model_dir)
     env = server_env(home, GUARDFORGE_SERVER__REQUIRE_AUTH="true", GUARDFORGE_SERVER__MAX_ACTIVE_JOBS_PER_KEY="1",
@@ -22,7 +22,7 @@ def setup(tmp_path_factory, tiny_model_dir):
                      GUARDFORGE_JOBS__MAX_QUEUE="2")
     # The CLI makes one key (so `keys create` is exercised end to end); the others are made directly.
     alice = run_cli(["keys", "create", "alice"], env).strip()
-    store = KeyStore(make_engine(f"sqlite:///{home / 'guardforge.db'}"))
+    store = KeyStore(Database(f"sqlite:///{home / 'guardforge.db'}"))
     keys = {"alice": alice, **{name: store.create(name)[1] for name in ("bob", "carol", "dave", "erin")}}
     live = LiveServer(home, env, ui=True).start()
     yield live, keys, env
@@ -137,12 +137,12 @@ def test_sdapi_options_are_per_key(setup):
     import shutil
 
     from guardforge.access.keys import KeyStore
-    from guardforge.jobs.queue import make_engine
+    from guardforge.db import Database
 
     server, _, _ = setup
     models = server.home / "models" / "Stable-diffusion"
     shutil.copytree(models / "tiny-sd", models / "tiny-b", dirs_exist_ok=True)
-    store = KeyStore(make_engine(f"sqlite:///{server.home / 'guardforge.db'}"))
+    store = KeyStore(Database(f"sqlite:///{server.home / 'guardforge.db'}"))
     frank, grace = store.create("frank")[1], store.create("grace")[1]
     body = {"prompt": "whose model", "steps": 2, "width": 64, "height": 64, "seed": 1}
     with client(server.url, frank) as f, client(server.url, grace) as g:
@@ -160,9 +160,9 @@ def test_priority_above_the_keys_max_is_forbidden(setup):
     urgent = run_cli(["keys", "create", "heidi", "--max-priority", "5"], env).strip()
     assert "heidi" in run_cli(["keys", "list"], env)
     from guardforge.access.keys import KeyStore
-    from guardforge.jobs.queue import make_engine
+    from guardforge.db import Database
 
-    plain = KeyStore(make_engine(f"sqlite:///{server.home / 'guardforge.db'}")).create("ivan")[1]
+    plain = KeyStore(Database(f"sqlite:///{server.home / 'guardforge.db'}")).create("ivan")[1]
     with client(server.url, urgent) as heidi, client(server.url, plain) as ivan:
         refused = heidi.post("/v1/jobs", params={"priority": 6}, json={"prompt": "me first", **TINY})
         assert refused.status_code == 403 and "max_priority of 5" in refused.json()["detail"], refused.text

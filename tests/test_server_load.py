@@ -9,7 +9,8 @@ import os
 import torch
 
 from guardforge.jobs.events import ProgressHub
-from guardforge.jobs.queue import JobQueue, make_engine
+from guardforge.db import Database
+from guardforge.jobs.queue import JobQueue
 from guardforge.jobs.worker import WorkerPool, cpu_worker_threads
 from guardforge.settings import Settings
 from tests.test_jobs_worker import tiny_job, wait_state
@@ -24,7 +25,7 @@ def test_cpu_workers_leave_one_core_and_share_the_rest():
 
 
 def test_a_cpu_worker_runs_torch_on_its_own_thread_count_and_leaves_the_callers(tmp_path):
-    queue = JobQueue(make_engine(f"sqlite:///{tmp_path / 'jobs.db'}"))
+    queue = JobQueue(Database(f"sqlite:///{tmp_path / 'jobs.db'}"))
     seen = []
 
     def generate(*args, **kwargs):  # records what torch runs on inside the worker's thread

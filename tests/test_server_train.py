@@ -34,14 +34,14 @@ def config(**overrides) -> dict:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_model_dir):
     from guardforge.access.keys import KeyStore
-    from guardforge.jobs.queue import make_engine
+    from guardforge.db import Database
 
     root = tmp_path_factory.mktemp("train")
     home = make_home(root, tiny_model_dir)
     make_images(home / "training-data" / "dog", (40, 200, 40), count=2)
     make_images(root / "outside", (40, 200, 40), count=2)
     (home / "training-data" / "escape").symlink_to(root / "outside", target_is_directory=True)
-    store = KeyStore(make_engine(f"sqlite:///{home / 'guardforge.db'}"))
+    store = KeyStore(Database(f"sqlite:///{home / 'guardforge.db'}"))
     keys = {name: store.create(name)[1] for name in ("alice", "bob")}
     env = server_env(home, **ENV)
     live = LiveServer(home, env).start()

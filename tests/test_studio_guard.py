@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from guardforge.engine.request import GenerationRequest
+from guardforge.db import Database
 from guardforge.guard.audit import AuditLog
 from guardforge.guard.backends.base import Scores
 from guardforge.guard.policy import load_policy
@@ -46,7 +47,8 @@ def studio(gf_home, tiny_model_dir):
 
     studio = Studio(Settings(home=gf_home))
     studio.guard = Guard(load_policy("default"), text_backend=ReadsTheFirstWords(),
-                         image_backend=NothingIsUnsafe(), audit=AuditLog(f"sqlite:///{gf_home / 'audit.db'}"))
+                         image_backend=NothingIsUnsafe(),
+                         audit=AuditLog(Database(f"sqlite:///{gf_home / 'audit.db'}")))
     return studio
 
 

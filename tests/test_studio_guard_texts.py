@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from guardforge.engine.request import GenerationRequest
+from guardforge.db import Database
 from guardforge.guard.audit import AuditLog
 from guardforge.guard.backends.base import Scores
 from guardforge.guard.policy import load_policy
@@ -68,7 +69,7 @@ def _studio(home):
 
     studio = Studio(Settings(home=home, default_model="tiny-sd", device="cpu"))
     studio.guard = Guard(load_policy("default"), text_backend=KnowsNude(), image_backend=RedIsUnsafe(),
-                         audit=AuditLog(f"sqlite:///{home / 'audit.db'}"))
+                         audit=AuditLog(Database(f"sqlite:///{home / 'audit.db'}")))
     return studio
 
 

@@ -28,11 +28,11 @@ COPY_FIELDS = ("", "tiny-sd", "Euler a", "Automatic", 20, 7, 64, 64, 1)
 def keyed(tmp_path_factory, tiny_model_dir):
     """A server that requires keys, with two keys; A has made one image through the API."""
     from guardforge.access.keys import KeyStore
-    from guardforge.jobs.queue import make_engine
+    from guardforge.db import Database
 
     home = make_home(tmp_path_factory.mktemp("ui-security"), tiny_model_dir)
     env = server_env(home, GUARDFORGE_SERVER__REQUIRE_AUTH="true")
-    store = KeyStore(make_engine(f"sqlite:///{home / 'guardforge.db'}"))
+    store = KeyStore(Database(f"sqlite:///{home / 'guardforge.db'}"))
     keys = {name: store.create(name)[1] for name in ("a", "b")}
     live = LiveServer(home, env, ui=True).start()
     private = f"A's private prompt {secrets.token_hex(4)}"

@@ -24,24 +24,27 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine
 
+from guardforge.db import Database
 from guardforge.errors import GuardforgeError, InvalidRequest
 
 PREFIX = "gf"
 MAX_PRIORITY = 100  # the highest job priority the API takes
 
-metadata = MetaData()
-keys_table = Table(
-    "gf_api_keys", metadata,
-    Column("id", String(16), primary_key=True),
-    Column("name", String(128), nullable=False),
-    Column("salt", String(64), nullable=False),
-    Column("hash", String(128), nullable=False),
-    Column("created_at", Float, nullable=False),
-    Column("revoked_at", Float),
-    # The highest job priority the key may ask for. Added after the first release: KeyStore adds the column to
-    # a database made before it (see _add_missing_columns), so keep new columns nullable or with a default.
-    Column("max_priority", Integer, nullable=False, default=0, server_default="0"),
-)
+def key_table(metadata: MetaData) -> Table:
+    """The keys' table, added to `metadata` (one database's; see Database.define)."""
+    return Table(
+        "gf_api_keys", metadata,
+        Column("id", String(16), primary_key=True),
+        Column("name", String(128), nullable=False),
+        Column("salt", String(64), nullable=False),
+        Column("hash", String(128), nullable=False),
+        Column("created_at", Float, nullable=False),
+        Column("revoked_at", Float),
+        # The highest job priority the key may ask for. Added after the first release: KeyStore adds the column
+        # to a database made before it (see _add_missing_columns), so keep new columns nullable or with a
+        # default.
+        Column("max_priority", Integer, nullable=False, default=0, server_default="0"),
+    )
 
 
 class KeyNotFound(GuardforgeError, LookupError):
@@ -65,10 +68,12 @@ def _hash(secret: str, salt: bytes) -> str:
 class KeyStore:
     """Create, check, list and revoke keys of the form gf_<id>_<secret>; only the hash is kept."""
 
-    def __init__(self, engine: Engine, cache_size: int = 1024):
-        self.engine = engine
-        metadata.create_all(engine)
-        _add_missing_columns(engine)
+    def __init__(self, database: Database, cache_size: int = 1024):
+        self.database = database
+        self.engine = database.engine
+        self.table = database.define(key_table)
+        database.create(self.table)
+        _add_missing_columns(self.engine, self.table)
         # Recently verified keys (the full key's sha256 -> its id), so a request does not pay scrypt every time.
         # Bounded, least recently used dropped first; it only skips the hash: the row (and its revocation) is
         # read on every check, so a key revoked by another process is refused on its next request too.
@@ -85,7 +90,7 @@ class KeyStore:
         salt = secrets.token_bytes(16)
         now = time.time()
         with self.engine.begin() as conn:
-            conn.execute(keys_table.insert().values(id=key_id, name=name, salt=salt.hex(),
+            conn.execute(self.table.insert().values(id=key_id, name=name, salt=salt.hex(),
                                                     hash=_hash(secret, salt), created_at=now,
                                                     max_priority=max_priority))
         return ApiKey(key_id, name, now, None, max_priority), f"{PREFIX}_{key_id}_{secret}"
@@ -102,7 +107,7 @@ class KeyStore:
             return None
         _, key_id, secret = parts
         with self.engine.connect() as conn:
-            row = conn.execute(select(keys_table).where(keys_table.c.id == key_id)).first()
+            row = conn.execute(select(self.table).where(self.table.c.id == key_id)).first()
         if row is None or row.revoked_at is not None:
             return None
         fingerprint = hashlib.sha256(key.encode()).hexdigest()
@@ -120,12 +125,12 @@ class KeyStore:
 
     def list(self) -> list[ApiKey]:
         with self.engine.connect() as conn:
-            rows = conn.execute(select(keys_table).order_by(keys_table.c.created_at))
+            rows = conn.execute(select(self.table).order_by(self.table.c.created_at))
             return [_record(r) for r in rows]
 
     def revoke(self, key_id: str) -> ApiKey:
         with self.engine.begin() as conn:
-            if not conn.execute(update(keys_table).where(keys_table.c.id == key_id)
+            if not conn.execute(update(self.table).where(self.table.c.id == key_id)
                                 .values(revoked_at=time.time())).rowcount:
                 raise KeyNotFound(f"no API key {key_id!r}")
         with self._cache_lock:
@@ -138,7 +143,7 @@ def _record(row) -> ApiKey:
     return ApiKey(row.id, row.name, row.created_at, row.revoked_at, row.max_priority)
 
 
-def _add_missing_columns(engine: Engine) -> None:
+def _add_missing_columns(engine: Engine, keys_table: Table) -> None:
     """Bring a keys table made by an older release up to date; create_all never alters an existing table."""
     present = {column["name"] for column in inspect(engine).get_columns(keys_table.name)}
     if "max_priority" in present:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import threading
 from datetime import datetime, timezone
-from pathlib import Path
 
 from sqlalchemy import (
     JSON,
@@ -18,19 +16,16 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    create_engine,
     insert,
-    inspect,
     select,
 )
-from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
+from guardforge.db import Database
 from guardforge.guard.verdict import Verdict
 
 
-def _table(metadata: MetaData) -> Table:
-    # Built per AuditLog (not at import) so that no MetaData is shared between guards.
+def audit_table(metadata: MetaData) -> Table:
+    """The audit log's table, added to `metadata` (one database's; see Database.define)."""
     return Table(
         "guard_audit", metadata,
         Column("id", Integer, primary_key=True, autoincrement=True),
@@ -53,32 +48,13 @@ def _table(metadata: MetaData) -> Table:
 class AuditLog:
     """One table, `guard_audit`, in the studio's database (SQLite by default; any SQLAlchemy URL works)."""
 
-    def __init__(self, url: str, engine: Engine | None = None) -> None:
-        parsed = make_url(url)
-        self._sqlite_file = (Path(parsed.database).expanduser() if parsed.get_backend_name() == "sqlite"
-                             and parsed.database not in (None, "", ":memory:") else None)
-        self.url = url
-        self.engine = engine or create_engine(url, future=True)  # connects on first use, not here
-        self.metadata = MetaData()
-        self.table = _table(self.metadata)
-        self._created = False
-        self._lock = threading.Lock()
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self.table = database.define(audit_table)
 
     def _ensure_table(self) -> None:
         # On first use, so that building a Studio (or a one-off CLI command) does not touch the database.
-        with self._lock:
-            if not self._created:
-                if self._sqlite_file is not None:
-                    self._sqlite_file.parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    self.metadata.create_all(self.engine, tables=[self.table])
-                except (OperationalError, ProgrammingError, IntegrityError):
-                    # create_all checks, then creates: another process (the server beside a CLI, a second
-                    # worker) may create the table in between. Then it is there, and the row can go in.
-                    # (SQLite says "already exists"; PostgreSQL a unique violation in its catalogue.)
-                    if not inspect(self.engine).has_table(self.table.name):
-                        raise
-                self._created = True
+        self.database.create(self.table)
 
     def record(self, verdict: Verdict, content: bytes | None = None) -> None:
         self.record_many([(verdict, content)])
@@ -96,14 +72,14 @@ class AuditLog:
             action=verdict.action, policy_hash=verdict.policy_hash, latency_ms=verdict.latency_ms,
             labels_only=int(verdict.labels_only), error=verdict.error,
         ) for verdict, content in rows]
-        with self.engine.begin() as connection:
+        with self.database.engine.begin() as connection:
             connection.execute(insert(self.table), values)
 
     def recent(self, n: int = 20) -> list[dict]:
         """The last n rows, newest first, as plain dicts."""
         self._ensure_table()
         query = select(self.table).order_by(self.table.c.id.desc()).limit(n)
-        with self.engine.connect() as connection:
+        with self.database.engine.connect() as connection:
             rows = connection.execute(query).mappings().all()
         result = []
         for row in rows:
@@ -116,4 +92,4 @@ class AuditLog:
         return result
 
     def close(self) -> None:
-        self.engine.dispose()
+        self.database.dispose()

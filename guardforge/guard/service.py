@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from guardforge.db import Database
 from guardforge.errors import GuardBackendError
 from guardforge.guard.audit import AuditLog
 from guardforge.guard.backends.base import Scores
@@ -129,7 +130,9 @@ class Guard:
         self._load_lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings) -> Guard:
+    def from_settings(cls, settings, database: Database | None = None) -> Guard:
+        """The guard the settings describe, auditing into `database` (the Studio's, shared with the job queue);
+        without one, into a Database of its own on settings.database_url (a `guard check` alone)."""
         from guardforge.guard.registry import build_backend
 
         guard_settings = settings.guard
@@ -151,7 +154,8 @@ class Guard:
             return load
 
         return cls(policy, text_backend=loader("text"), image_backend=loader("image"),
-                   audit=AuditLog(settings.resolved_database_url), timeout_s=guard_settings.timeout_s,
+                   audit=AuditLog(database or Database(settings.resolved_database_url)),
+                   timeout_s=guard_settings.timeout_s,
                    store_content=guard_settings.audit_store_content)
 
     # --- backends -------------------------------------------------------------------------------------
