@@ -329,3 +329,60 @@ def test_processes_starting_on_a_fresh_database_lose_no_audit_row(db_url, tmp_pa
             worker.join(60)
         assert [worker.exitcode for worker in workers] == [0] * 6
         assert len(AuditLog(Database(url)).recent(10)) == 6
+
+
+def test_an_audit_write_that_fails_leaves_the_verdict_standing_and_says_so(tmp_path, caplog):
+    """The audit write failing (here: SQLite's write lock held past the busy timeout by another process) does not
+    fail the check: the verdict stands, a block still blocks, and the log says which rows were lost."""
+    import logging
+    import sqlite3
+
+    path = tmp_path / "audit.db"
+    guard = Guard(load_policy("default"), text_backend=FixedScores(TABLE), image_backend=FixedScores(TABLE),
+                  audit=AuditLog(Database(f"sqlite:///{path}", busy_timeout_s=0.1)), store_content=True)
+    guard.check_prompt("a tree")  # the table exists; only the next writes meet the lock
+    other_process = sqlite3.connect(path, isolation_level=None)
+    other_process.execute("BEGIN IMMEDIATE")
+    try:
+        with caplog.at_level(logging.ERROR, logger="guardforge.guard.service"):
+            verdict = guard.check_prompt("a knife attack")
+            [image_verdict] = guard.check_output_images([Image.new("RGB", (8, 8), RED)])
+    finally:
+        other_process.execute("ROLLBACK")
+        other_process.close()
+    assert (verdict.action, verdict.violated, verdict.error) == ("block", ["S1"], None)
+    assert image_verdict.action == "blur"  # the default policy blurs S12 in an output
+    lost = [record.getMessage() for record in caplog.records]
+    assert len(lost) == 2 and "database is locked" in lost[0] and text_sha256("a knife attack") in lost[0]
+    assert "a knife attack" not in caplog.text  # the stored content stays out of the log
+    guard.check_prompt("a tree")  # the lock gone, the next write goes in
+    assert [row["action"] for row in guard.audit.recent(10)] == ["allow", "allow"]
+
+
+def test_audit_survives_a_postgresql_restart(tmp_path, caplog):
+    """After PostgreSQL restarts, the first audit write succeeds (pool_pre_ping replaces the dead pooled
+    connection); while it is down, checks still answer, their rows logged as lost."""
+    import logging
+
+    from tests.livesrv import ThrowawayPostgres
+
+    server = ThrowawayPostgres()  # its own server: the module's is shared with tests that need it up
+    try:
+        guard = _guard(tmp_path)
+        guard.audit = AuditLog(Database(new_postgres_database(server.url)))
+        assert guard.check_prompt("a knife attack").action == "block"  # a connection now waits in the pool
+        server.stop()
+        server.start()
+        assert guard.check_prompt("a tree").action == "allow"  # on a fresh connection, not the dead one
+        server.stop()
+        with caplog.at_level(logging.ERROR, logger="guardforge.guard.service"):
+            assert guard.check_prompt("nude").action == "block"  # answered with the database down
+        assert "not recorded" in caplog.text
+        server.start()
+        assert guard.check_prompt("a tree").action == "allow"
+        rows = guard.audit.recent(10)
+        assert [(row["action"], row["content_sha256"]) for row in rows] == [
+            ("allow", text_sha256("a tree")), ("allow", text_sha256("a tree")),
+            ("block", text_sha256("a knife attack"))]
+    finally:
+        server.remove()

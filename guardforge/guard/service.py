@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import math
 import threading
 import time
@@ -23,6 +24,7 @@ from guardforge.guard.verdict import SEVERITY, Checkpoint, Verdict
 from guardforge.guard.windows import text_windows
 
 Loader = Callable[[], object]
+log = logging.getLogger(__name__)
 
 
 def text_bytes(text: str) -> bytes:
@@ -198,10 +200,29 @@ class Guard:
             verdicts = [self._off(checkpoint, sha) for sha in hashes]
         else:
             verdicts = self._score(checkpoint, modality, items, hashes)
-        if self.audit is not None:  # the whole batch in one transaction
+        self._record(verdicts, contents)
+        return verdicts
+
+    def _record(self, verdicts: list[Verdict], contents: list[Callable[[], bytes]]) -> None:
+        """Write the verdicts to the audit log, the whole batch in one transaction.
+
+        A failed write (the database down or restarting, its disk full) does not fail the check: the verdicts
+        were reached and their actions stand (a block still blocks), so nothing unchecked leaves; only their
+        rows are missing. That is logged at ERROR, once per batch, with what the rows would have said, so the
+        server's log holds what the table lost. The policy's fail mode is for backend errors, where there is no
+        verdict; it does not apply here."""
+        if self.audit is None:
+            return
+        try:
             self.audit.record_many([(verdict, content() if self.store_content else None)
                                     for verdict, content in zip(verdicts, contents, strict=True)])
-        return verdicts
+        except Exception as exc:
+            # The driver's own error, not SQLAlchemy's text of it: that lists the statement's parameters, which
+            # hold the content itself when guard.audit_store_content is on.
+            cause = getattr(exc, "orig", None) or exc
+            log.error("audit log: %d %s verdict(s) not recorded (%s: %s); actions %s, sha256 %s",
+                      len(verdicts), verdicts[0].checkpoint, type(cause).__name__, str(cause).strip(),
+                      [verdict.action for verdict in verdicts], [verdict.content_sha256 for verdict in verdicts])
 
     def _score(self, checkpoint: Checkpoint, modality: str, items: list, hashes: list[str]) -> list[Verdict]:
         started = time.perf_counter()
