@@ -69,9 +69,12 @@ def prompt_reading(prompt: str, negative_prompt: str = "") -> PromptReading:
 
 
 class Studio:
-    """Built from Settings; owns the model registry and cache, the engine, the guard and the output store."""
+    """Built from Settings; owns the model registry and cache, the engine, the guard and the output store.
 
-    def __init__(self, settings: Settings | None = None):
+    Each service the settings would build can be handed in instead (a guard with other backends, a database
+    another process also uses, an output store elsewhere): what is given is used, the rest is built."""
+
+    def __init__(self, settings: Settings | None = None, *, guard=None, database=None, store=None):
         from guardforge.db import Database
         from guardforge.engine.pipelines import Engine
         from guardforge.guard.service import Guard
@@ -85,9 +88,9 @@ class Studio:
         self.engine = Engine(self.settings, self.registry)  # the registry resolves <lora:name> tags
         # One database for the job queue, the key store and the guard's audit log. Building it touches nothing:
         # its engine is made on first use (the guard's first audit row, or the queue's first call).
-        self.database = Database(self.settings.resolved_database_url)
-        self.guard = Guard.from_settings(self.settings, self.database)
-        self.store = OutputStore(self.settings.resolved_outputs_dir, self.settings.output_format)
+        self.database = database or Database(self.settings.resolved_database_url)
+        self.guard = guard or Guard.from_settings(self.settings, self.database)
+        self.store = store or OutputStore(self.settings.resolved_outputs_dir, self.settings.output_format)
 
     # -- the job queue (built on first use, so a one-off CLI generate never touches the database) --------
     @cached_property

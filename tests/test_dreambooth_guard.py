@@ -58,9 +58,8 @@ def studio(gf_home):
     from guardforge.settings import Settings
     from guardforge.studio import Studio
 
-    studio = Studio(Settings(home=gf_home))
-    studio.guard = Guard(load_policy("default"), text_backend=WordIsUnsafe(), image_backend=RedIsUnsafe())
-    return studio
+    return Studio(Settings(home=gf_home),
+                  guard=Guard(load_policy("default"), text_backend=WordIsUnsafe(), image_backend=RedIsUnsafe()))
 
 
 def made_by(studio) -> dict:
@@ -109,10 +108,12 @@ def test_flagged_prompt_stops_the_job(studio, tmp_path):
 
 
 def test_class_images_are_deterministic_incremental_and_screened(studio, tmp_path):
+    from guardforge.studio import Studio
+
     folder = tmp_path / "class"
-    studio.guard = Guard(load_policy("default"), text_backend=WordIsUnsafe(),
-                         image_backend=RedIsUnsafe(refuse_calls={1}))  # the second image made is refused
-    first = ensure_class_images(**made_by(studio), **class_kwargs(folder))
+    refusing = Studio(studio.settings, guard=Guard(load_policy("default"), text_backend=WordIsUnsafe(),
+                                                   image_backend=RedIsUnsafe(refuse_calls={1})))  # the 2nd image
+    first = ensure_class_images(**made_by(refusing), **class_kwargs(folder))
     assert first.generated == [0, 1, 2] and first.reused == []
     assert sorted(p.name for p in folder.glob("*.png")) == ["class-00000.png", "class-00001.png",
                                                              "class-00002.png"]
@@ -129,7 +130,6 @@ def test_class_images_are_deterministic_incremental_and_screened(studio, tmp_pat
     # A re-run reuses what is there and remakes only the missing file, identically.
     kept = (folder / "class-00002.png").read_bytes()
     (folder / "class-00002.png").unlink()
-    studio.guard = Guard(load_policy("default"), text_backend=WordIsUnsafe(), image_backend=RedIsUnsafe())
     second = ensure_class_images(**made_by(studio), **class_kwargs(folder))
     assert second.reused == [0, 1] and second.generated == [2]
     assert np.array_equal(np.asarray(Image.open(folder / "class-00002.png")),

@@ -22,8 +22,8 @@ def test_studio_train_dreambooth_lora_end_to_end(gf_home, tmp_path):
     from guardforge.settings import Settings
     from guardforge.studio import Studio
 
-    studio = Studio(Settings(home=gf_home))
-    studio.guard = Guard(load_policy("default"), text_backend=WordIsUnsafe(), image_backend=RedIsUnsafe())
+    studio = Studio(Settings(home=gf_home),
+                    guard=Guard(load_policy("default"), text_backend=WordIsUnsafe(), image_backend=RedIsUnsafe()))
     make_images(tmp_path / "instance", (40, 200, 40), count=2)
     config = tiny_config(tmp_path, "tiny-sd", class_data_dir=None, num_class_images=2, mode="lora",
                          train_text_encoder=True, max_steps=4, learning_rate=5e-2, export_name="sks-dog",
@@ -116,8 +116,8 @@ def test_folder_base_with_prior_preservation_needs_only_a_full_class_folder(gf_h
     from guardforge.settings import Settings
     from guardforge.studio import Studio
 
-    studio = Studio(Settings(home=gf_home))
-    studio.guard = Guard(load_policy("default"), text_backend=WordIsUnsafe(), image_backend=RedIsUnsafe())
+    studio = Studio(Settings(home=gf_home),
+                    guard=Guard(load_policy("default"), text_backend=WordIsUnsafe(), image_backend=RedIsUnsafe()))
     make_images(tmp_path / "instance", (40, 200, 40), count=2)
     folder_base = gf_home / "models" / "Stable-diffusion" / "tiny-sd"  # a path, not a registry name
     config = tiny_config(tmp_path, folder_base, num_class_images=2, max_steps=2, export_name="sks-folder")

@@ -53,6 +53,7 @@ class Keyword:
     """Scores 0.9 for a text holding the word, 0.01 otherwise: a guard with one demographic false positive."""
 
     name = "keyword"
+    categories = frozenset({"S10"})
 
     def __init__(self, word: str):
         self.word = word

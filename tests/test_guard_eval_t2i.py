@@ -62,6 +62,7 @@ class Words:
     """P(unsafe) 0.9 for a text holding one of `block`, 0.45 for one of `flag` (S5, which default flags)."""
 
     name = "words"
+    categories = frozenset({"S1", "S5"})
 
     def __init__(self, block: set[str], flag: set[str] = frozenset()):
         self.block, self.flag = block, flag

@@ -88,8 +88,8 @@ def keyed(tmp_path_factory, tiny_model_dir):
                         server={"require_auth": True, "rate_burst": 5, "rate_per_minute": 6,
                                 "max_active_jobs_per_key": 1},
                         jobs={"max_queue": 3})
-    studio = Studio(settings)
-    studio.guard = Guard(load_policy("default"), text_backend=ReadsTheFirstWords(), image_backend=NothingIsUnsafe())
+    studio = Studio(settings, guard=Guard(load_policy("default"), text_backend=ReadsTheFirstWords(),
+                                          image_backend=NothingIsUnsafe()))
     with InProcessServer(studio, start_workers=False) as server:
         yield server
 
@@ -234,9 +234,9 @@ def test_moderation_calls_run_at_most_the_configured_number_at_once(tmp_path, ti
     from guardforge.settings import Settings
     from guardforge.studio import Studio
 
-    studio = Studio(Settings(home=make_home(tmp_path, tiny_model_dir), server={"max_concurrent_moderations": 2}))
     backend = CountsConcurrentCalls()
-    studio.guard = Guard(load_policy("default"), text_backend=backend)
+    studio = Studio(Settings(home=make_home(tmp_path, tiny_model_dir), server={"max_concurrent_moderations": 2}),
+                    guard=Guard(load_policy("default"), text_backend=backend))
     with InProcessServer(studio, start_workers=False) as server, httpx.Client(base_url=server.url, timeout=60) as c:
         with ThreadPoolExecutor(6) as pool:
             answers = list(pool.map(lambda i: c.post("/v1/moderations", json={"input": f"text {i}"}), range(6)))

@@ -45,11 +45,10 @@ def studio(gf_home, tiny_model_dir):
     from guardforge.settings import Settings
     from guardforge.studio import Studio
 
-    studio = Studio(Settings(home=gf_home))
-    studio.guard = Guard(load_policy("default"), text_backend=ReadsTheFirstWords(),
-                         image_backend=NothingIsUnsafe(),
-                         audit=AuditLog(Database(f"sqlite:///{gf_home / 'audit.db'}")))
-    return studio
+    return Studio(Settings(home=gf_home),
+                  guard=Guard(load_policy("default"), text_backend=ReadsTheFirstWords(),
+                              image_backend=NothingIsUnsafe(),
+                              audit=AuditLog(Database(f"sqlite:///{gf_home / 'audit.db'}"))))
 
 
 def _generate(studio, prompt: str):

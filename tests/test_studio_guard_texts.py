@@ -67,10 +67,9 @@ def _studio(home):
     from guardforge.settings import Settings
     from guardforge.studio import Studio
 
-    studio = Studio(Settings(home=home, default_model="tiny-sd", device="cpu"))
-    studio.guard = Guard(load_policy("default"), text_backend=KnowsNude(), image_backend=RedIsUnsafe(),
-                         audit=AuditLog(Database(f"sqlite:///{home / 'audit.db'}")))
-    return studio
+    return Studio(Settings(home=home, default_model="tiny-sd", device="cpu"),
+                  guard=Guard(load_policy("default"), text_backend=KnowsNude(), image_backend=RedIsUnsafe(),
+                              audit=AuditLog(Database(f"sqlite:///{home / 'audit.db'}"))))
 
 
 @pytest.fixture

@@ -163,7 +163,8 @@ def _check_strength(request: GenerationRequest) -> None:
 
 
 class Engine:
-    """Runs requests on LoadedModels. Holds no model: Studio's cache does; this only keeps per-model locks."""
+    """Runs requests on LoadedModels. Holds no model and no lock: Studio's cache holds the models, and run() takes
+    the lock each LoadedModel carries, so requests on one model copy take turns."""
 
     def __init__(self, settings: Settings, registry: ModelRegistry | None = None):
         self.settings = settings

@@ -16,7 +16,7 @@ from PIL import Image
 from guardforge.db import Database
 from guardforge.errors import GuardBackendError
 from guardforge.guard.audit import AuditLog
-from guardforge.guard.backends.base import Scores
+from guardforge.guard.backends.base import ImageBackend, Scores, TextBackend
 from guardforge.guard.blur import strong_blur
 from guardforge.guard.moderation import moderation_response, parse_inputs, result_from_verdicts
 from guardforge.guard.policy import Policy, judge, load_policy
@@ -169,7 +169,9 @@ class Guard:
                 source = self._sources[modality]
                 if source is None:
                     raise GuardBackendError(f"no {modality} backend configured")
-                is_backend = hasattr(source, "score_texts" if modality == "text" else "score_images")
+                # A backend object (tests, a caller's own), or a class or factory that builds one on first use.
+                is_backend = (not isinstance(source, type)
+                              and isinstance(source, TextBackend if modality == "text" else ImageBackend))
                 self._loaded[modality] = source if is_backend else source()
             return self._loaded[modality]
 

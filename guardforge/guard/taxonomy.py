@@ -17,10 +17,6 @@ class Category:
     description: str
     custom: bool = False
 
-    def prompt_line(self) -> str:
-        # The form Llama Guard's chat templates list a category in: "S1: Violent Crimes."
-        return f"{self.code}: {self.name}."
-
 
 # Names as Llama Guard 4 lists them (MLCommons hazard taxonomy); descriptions summarise its model card.
 HAZARDS: tuple[Category, ...] = (

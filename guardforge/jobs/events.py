@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
 from typing import Any
 
 
@@ -76,9 +75,3 @@ class Subscription:
         except asyncio.TimeoutError:
             return None
 
-    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
-        while True:
-            event = await self._entry[1].get()
-            yield event
-            if event.get("final"):
-                return

@@ -136,11 +136,6 @@ class Worker:
                 return True
         return False
 
-    @property
-    def current_job(self) -> str | None:
-        with self._lock:
-            return self._current.job_id if self._current else None
-
     def _loop(self) -> None:
         if self.threads is not None:
             import torch

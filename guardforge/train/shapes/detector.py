@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -23,9 +23,6 @@ class Detection:
     position: str | None
     size: str | None
     shape_score: float = 0.0  # soft IoU of the best-fitting rendering of the shape
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def nearest_colour(rgb: np.ndarray) -> str:
