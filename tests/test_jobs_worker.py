@@ -66,7 +66,7 @@ def test_a_locked_database_at_finish_neither_kills_the_worker_nor_loses_the_job(
         job = wait_state(queue, first, {"succeeded", "failed", "cancelled"}, timeout=60)
         # Recorded once the lock is gone, with its image: nothing made was dropped.
         assert job.state == "succeeded" and len(job.images) == 1, job
-        assert queue.image(job.images[0]["id"], "a").data
+        assert queue.image(job.images[0].id, "a").data
         # The same worker goes on with the queue.
         second = tiny_job(queue, "a blue square")
         assert wait_state(queue, second, {"succeeded", "failed"}).state == "succeeded"

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine
 
 from guardforge.access.keys import KeyNotFound, KeyStore
 from guardforge.db import Database
-from guardforge.jobs.queue import RESTART_REASON, JobNotFound, JobQueue, QueueFull, TooManyActiveJobs
+from guardforge.jobs.queue import RESTART_REASON, ImageRef, JobNotFound, JobQueue, QueueFull, TooManyActiveJobs
 from guardforge.jobs.results import GenerationJobResult, ImageResult
-from tests.livesrv import ThrowawayPostgres, free_port
+from tests.livesrv import ThrowawayPostgres
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +147,7 @@ def test_finish_records_images_for_the_owner(db_url):
     queue.claim_next()
     queue.finish(job, "succeeded", result=GenerationJobResult(model="m"),
                  images=[StoredImage("img1", job, "a", 0, "allow", None, "aGk=")])
-    assert queue.get(job, "a").images == [{"id": "img1", "index": 0, "action": "allow"}]
+    assert queue.get(job, "a").images == [ImageRef("img1", 0, "allow")]
     assert queue.image("img1", "a").data == "aGk="
     with pytest.raises(JobNotFound):
         queue.image("img1", "b")
@@ -226,7 +221,7 @@ def test_purge_drops_only_the_pixels_of_ended_jobs_old_enough(db_url):
     assert job.payload["request"]["prompt"] == "p" and job.payload["purged_at"] <= time.time()
     # The history stays: the row, its result (infotexts) and its image rows.
     assert job.state == "succeeded" and job.result.images[0].infotext == "old, Steps: 2"
-    assert [i["id"] for i in job.images] == ["img-old", "blk-old"]
+    assert [i.id for i in job.images] == ["img-old", "blk-old"]
     with pytest.raises(ImageGone, match="no longer kept"):
         queue.image("img-old", "old")
     assert queue.image("blk-old", "old").action == "block"  # withheld, not purged: the guard's reason stands

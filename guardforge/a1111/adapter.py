@@ -194,11 +194,11 @@ class A1111:
                 # As large as the images the request would have made, so clients lay them out alike.
                 images = [blocked_placeholder(width, height)] * (gen.batch_size * gen.n_iter)
             for stored in job.images:
-                if stored["action"] == "block":
-                    meta = job.result.images[stored["index"]]
+                if stored.action == "block":
+                    meta = job.result.images[stored.index]
                     images.append(blocked_placeholder(meta.width, meta.height))
                 else:
-                    data, _ = self.studio.image_bytes(stored["id"], caller)
+                    data, _ = self.studio.image_bytes(stored.id, caller)
                     images.append(base64.b64encode(data).decode("ascii"))
         parameters = payload.model_dump()
         if isinstance(payload, Img2ImgPayload) and not payload.include_init_images:

@@ -118,6 +118,15 @@ def job_tables(metadata: MetaData) -> JobTables:
     return JobTables(jobs, images)
 
 
+@dataclass(frozen=True)
+class ImageRef:
+    """One image row of an ended job: its id, its place in the result's images, what the guard did to it."""
+
+    id: str
+    index: int
+    action: str
+
+
 @dataclass
 class Job:
     id: str
@@ -133,7 +142,7 @@ class Job:
     started_at: float | None
     finished_at: float | None
     position: int | None = None  # 0 = next to run; only for queued jobs
-    images: list[dict[str, Any]] = field(default_factory=list)
+    images: list[ImageRef] = field(default_factory=list)
 
 
 @dataclass
@@ -365,7 +374,7 @@ class JobQueue:
             job.position = conn.execute(self.tables.position, {"priority": job.priority,
                                                                "created_at": job.created_at}).scalar_one()
         if job.state in TERMINAL:
-            job.images = [{"id": r.id, "index": r.idx, "action": r.action}
+            job.images = [ImageRef(r.id, r.idx, r.action)
                           for r in conn.execute(self.tables.images_of_job, {"job_id": job.id})]
         return job
 

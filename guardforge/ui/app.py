@@ -142,10 +142,10 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
         result = job.result
         gallery = []
         for stored, meta in zip(job.images, result.images):
-            if stored["action"] == "block":
+            if stored.action == "block":
                 image = withheld_tile(meta.width, meta.height)
             else:
-                data, _ = studio.image_bytes(stored["id"], caller)
+                data, _ = studio.image_bytes(stored.id, caller)
                 image = Image.open(io.BytesIO(data))  # our own output, written by this server
             gallery.append((image, guard_view.caption(meta, reasons)))
         state, action, note = guard_view.outcome(result, reasons)

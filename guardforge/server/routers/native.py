@@ -49,8 +49,8 @@ def job_view(request: Request, job: Job) -> JobView:
         id=job.id, kind=job.kind, state=job.state, priority=job.priority, position=job.position,
         progress=progress, error=job.error, created_at=job.created_at, started_at=job.started_at,
         finished_at=job.finished_at, request=payload_request, result=job.result,
-        images=[JobImage(id=i["id"], index=i["index"], action=i["action"],
-                         url=None if i["action"] == "block" else f"/v1/images/{i['id']}") for i in job.images],
+        images=[JobImage(id=i.id, index=i.index, action=i.action,
+                         url=None if i.action == "block" else f"/v1/images/{i.id}") for i in job.images],
     )
 
 
@@ -64,7 +64,7 @@ def final_event(job: Job) -> dict:
         "prompt_verdict": result.prompt_verdict.model_dump(mode="json") if result and result.prompt_verdict else None,
         "verdicts": [image.verdict.model_dump(mode="json") if image.verdict else None
                      for image in (result.images if result else [])],
-        "images": [i["id"] for i in job.images],
+        "images": [i.id for i in job.images],
     }
 
 
