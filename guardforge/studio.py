@@ -16,7 +16,7 @@ from guardforge.errors import InvalidRequest
 from guardforge.guard.service import PromptReading
 from guardforge.guard.windows import GUARD_WINDOW_WORDS, text_windows  # noqa: F401 (GUARD_WINDOW_WORDS: re-exported)
 from guardforge.imaging import decode_image
-from guardforge.models.loading import check_checkpoint
+from guardforge.models.loading import check_checkpoint, check_vae
 from guardforge.settings import Settings
 
 if TYPE_CHECKING:  # the queue's module loads SQLAlchemy: a one-off CLI generate needs neither
@@ -186,6 +186,8 @@ class Studio:
             decode_image(request.mask, max_pixels, "mask")
         entry = self.registry.resolve(request.model or self.settings.default_model)
         check_checkpoint(entry, self.settings)
+        if request.vae is not None:  # an unknown or pickled VAE fails here, as the model does, not in the worker
+            check_vae(self.registry.resolve(request.vae, kind="vae"), self.settings)
         self.engine.check(request)
         job_id = self.jobs.submit("generate", {"request": request.model_dump(mode="json"), "save": save},
                                   owner=caller.owner, priority=priority, max_active_for_owner=caller.max_active)
@@ -332,6 +334,10 @@ class Studio:
                       if request.init_image is not None else None)
         mask = decode_image(request.mask, max_pixels, "mask") if request.mask is not None else None
         entry = self.registry.resolve(request.model or self.settings.default_model)
+        # Resolved before the guard runs, so that a VAE that is not there costs no guard call (the CLI's path).
+        vae = self.registry.resolve(request.vae, kind="vae") if request.vae is not None else None
+        if vae is not None:
+            check_vae(vae, self.settings)
 
         texts = request_texts(request)
         [prompt_verdict] = self.guard.check_prompts([prompt_reading(texts.prompt, texts.negative_prompt)])
@@ -340,20 +346,24 @@ class Studio:
         if blocking:
             return GenerationResult(
                 request=request, images=[], seeds=[], model=entry.name, model_hash=entry.short_hash_if_known,
+                vae=vae.filename if vae else None, vae_hash=vae.short_hash_if_known if vae else None,
                 elapsed_s=time.perf_counter() - started, prompt_verdict=blocking[0], blocked=True,
             )
 
         self.engine.check(request)  # what the engine would refuse later, refused before any model loads
         # request.memory: per-request overrides of settings.memory
-        loaded = self.pipelines.get(entry.name, memory=request.memory, device=device, replica=replica)
+        loaded = self.pipelines.get(entry.name, memory=request.memory, vae=vae.name if vae else None,
+                                    device=device, replica=replica)
         outputs = self.engine.run(loaded, request, init_image=init_image, mask=mask,
                                   on_progress=on_progress, cancel=cancel, skip=skip, interrupt=interrupt)
         model_hash = entry.short_hash()
+        vae_name, vae_hash = (vae.filename, vae.short_hash()) if vae else (None, None)
         verdicts = self.guard.check_output_images([image for image, _ in outputs])
         images: list[GeneratedImage] = []
         for (image, seed), verdict in zip(outputs, verdicts, strict=True):
             infotext = build_infotext(request, seed=seed, width=image.width, height=image.height,
-                                      model_name=entry.name, model_hash=model_hash)
+                                      model_name=entry.name, model_hash=model_hash, vae_name=vae_name,
+                                      vae_hash=vae_hash)
             delivered = self.guard.enforce(image, verdict)
             path = None
             if delivered is not None and save:
@@ -365,7 +375,7 @@ class Studio:
             ))
         return GenerationResult(
             request=request, images=images, seeds=[seed for _, seed in outputs], model=entry.name,
-            model_hash=model_hash, elapsed_s=time.perf_counter() - started,
+            model_hash=model_hash, vae=vae_name, vae_hash=vae_hash, elapsed_s=time.perf_counter() - started,
             prompt_verdict=prompt_verdict, device=str(loaded.device),
         )
 

@@ -37,8 +37,11 @@ def _number(value: float) -> str:
 
 
 def build_infotext(request: GenerationRequest, seed: int, width: int, height: int, model_name: str,
-                   model_hash: str | None) -> str:
-    """Prompt, `Negative prompt:` line (only when there is one), then the parameters line, in A1111's order."""
+                   model_hash: str | None, vae_name: str | None = None, vae_hash: str | None = None) -> str:
+    """Prompt, `Negative prompt:` line (only when there is one), then the parameters line, in A1111's order.
+
+    `vae_name` (the VAE's file name, as A1111 writes it) and `vae_hash` only when a VAE replaced the
+    checkpoint's own: A1111 writes neither then."""
     params: dict[str, Any] = {
         "Steps": request.steps,
         "Sampler": request.sampler,
@@ -49,6 +52,8 @@ def build_infotext(request: GenerationRequest, seed: int, width: int, height: in
         "Size": f"{width}x{height}",
         "Model hash": model_hash,
         "Model": model_name,
+        "VAE hash": vae_hash if vae_name else None,
+        "VAE": vae_name,
         "Denoising strength": request.denoising_strength if request.mode != "txt2img" else None,
         "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
         # A1111 adds these to extra_generation_params for inpainting, which come after the fixed keys.
@@ -109,7 +114,7 @@ def fields_from_infotext(text: str) -> dict[str, Any]:
     mapping = {
         "Steps": "steps", "Sampler": "sampler", "Schedule type": "schedule", "CFG scale": "cfg_scale",
         "Seed": "seed", "Size-1": "width", "Size-2": "height", "Denoising strength": "denoising_strength",
-        "Clip skip": "clip_skip", "Mask blur": "mask_blur", "Model": "model",
+        "Clip skip": "clip_skip", "Mask blur": "mask_blur", "Model": "model", "VAE": "vae",
     }
     for key, name in mapping.items():
         if key in p:

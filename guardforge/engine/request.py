@@ -17,6 +17,8 @@ SCHEDULE_TYPES: tuple[str, ...] = get_args(ScheduleType)
 # and writes those seeds in infotext, so a batch started at 4294967295 has a second image of seed 4294967296:
 # that seed must be accepted back. (Our CPU generator reads the seed's low 32 bits: same noise as seed 0.)
 SEED_MAX = 2**64 - 1
+# The names that mean a checkpoint's own VAE (A1111's sd_vae values; "" as a form left blank), lower case.
+AUTOMATIC_VAE = ("automatic", "none", "")
 
 
 class MemoryOptions(BaseModel):
@@ -44,6 +46,8 @@ class GenerationRequest(BaseModel):
     prompt: str = Field(..., max_length=20_000)
     negative_prompt: str = Field("", max_length=20_000)
     model: str | None = None  # registry name; None means settings.default_model
+    # A VAE from the models folder's VAE/ in place of the checkpoint's own; None: the checkpoint's own.
+    vae: str | None = Field(None, max_length=1000)
     sampler: str = "Euler a"  # A1111 name, checked against engine.samplers.SAMPLERS
     schedule: ScheduleType = "Automatic"
     steps: int = Field(20, ge=1)
@@ -76,6 +80,15 @@ class GenerationRequest(BaseModel):
             raise ValueError(f"{info.field_name} is empty: send a base64 image (or a data: URL), or leave "
                              f"{info.field_name} out")
         return value
+
+    @field_validator("vae")
+    @classmethod
+    def _checkpoint_vae_is_none(cls, value: str | None) -> str | None:
+        # A1111 spells "the checkpoint's own" as "Automatic" or "None" (its sd_vae option); one spelling here,
+        # so that the cache, the infotext and a reused request see no difference between them.
+        if value is None or value.strip().lower() in AUTOMATIC_VAE:
+            return None
+        return value.strip()
 
     @field_validator("sampler")
     @classmethod
@@ -154,6 +167,9 @@ class GenerationResult(BaseModel):
     seeds: list[int]
     model: str
     model_hash: str | None
+    # The VAE used in place of the checkpoint's own, by its file name as A1111 names VAEs; None: the own.
+    vae: str | None = None
+    vae_hash: str | None = None
     elapsed_s: float
     prompt_verdict: Verdict | None = None
     blocked: bool = False  # the prompt or input image was blocked: the engine never ran

@@ -67,6 +67,14 @@ def check_checkpoint(entry: ModelEntry, settings: Settings, shipped_configs: boo
         shipped_config_name(entry.family)
 
 
+def check_vae(entry: ModelEntry, settings: Settings) -> None:
+    """What load_vae would refuse, decided from the registry entry alone, so that a request naming such a VAE
+    fails when it is submitted rather than in the worker."""
+    if entry.kind != "vae":
+        raise InvalidRequest(f"{entry.name!r} is a {entry.kind}, not a VAE")
+    check_loadable(entry, settings)
+
+
 def config_folder(family: str, settings: Settings) -> Path:
     """A local diffusers-layout config folder for `family` (configs + tokenizers, no weights).
 
