@@ -17,12 +17,13 @@ from PIL import Image
 from guardforge.a1111.schemas import SCHEDULERS_LISTED, SCHEDULES, ImageResponse, Img2ImgPayload, Txt2ImgPayload
 from guardforge.access.caller import Caller
 from guardforge.engine.infotext import parse_infotext
-from guardforge.engine.request import GenerationRequest
+from guardforge.engine.request import AUTOMATIC_VAE, GenerationRequest
 from guardforge.engine.samplers import split_legacy_sampler
-from guardforge.errors import GuardforgeError, InvalidRequest, JobFailed
+from guardforge.errors import GuardforgeError, InvalidRequest, JobFailed, ModelNotFound
 from guardforge.guard.blur import withheld_tile
 from guardforge.imaging import encode_image
 from guardforge.jobs.queue import Job
+from guardforge.models.loading import check_vae
 from guardforge.storage.outputs import infotext_of
 
 log = logging.getLogger(__name__)
@@ -30,11 +31,16 @@ A1111_VERSION = "guardforge-0.1.0"
 PRIORITY = 0  # A1111 callers wait on the answer, but are not ahead of native jobs
 
 
-def to_generation_request(payload: Txt2ImgPayload, default_model: str) -> tuple[GenerationRequest, list[str]]:
-    """The GenerationRequest a payload asks for, and the names of the fields that had no effect."""
+def to_generation_request(payload: Txt2ImgPayload, default_model: str,
+                          default_vae: str = "Automatic") -> tuple[GenerationRequest, list[str]]:
+    """The GenerationRequest a payload asks for, and the names of the fields that had no effect.
+
+    `default_model` and `default_vae` are the caller's options; override_settings replace them for this request."""
     ignored = sorted(k for k, v in (payload.model_extra or {}).items() if v not in (None, False, 0, "", [], {}))
     overrides = dict(payload.override_settings or {})
     model = overrides.pop("sd_model_checkpoint", None) or default_model
+    vae = overrides.pop("sd_vae", None)
+    vae = default_vae if vae is None else vae
     clip_skip = overrides.pop("CLIP_stop_at_last_layers", 1)
     ignored += [f"override_settings.{k}" for k in sorted(overrides)]
     schedule = "Automatic"
@@ -46,7 +52,7 @@ def to_generation_request(payload: Txt2ImgPayload, default_model: str) -> tuple[
     fields: dict[str, Any] = dict(
         prompt=payload.prompt, negative_prompt=payload.negative_prompt, seed=payload.seed,
         # The registry reads A1111 titles 'name [hash]' itself.
-        model=str(model), schedule=schedule, batch_size=payload.batch_size,
+        model=str(model), vae=str(vae), schedule=schedule, batch_size=payload.batch_size,
         n_iter=payload.n_iter, cfg_scale=payload.cfg_scale, width=payload.width, height=payload.height,
         clip_skip=clip_skip,
     )
@@ -95,7 +101,8 @@ def a1111_info(request: GenerationRequest, job: Job, ignored: list[str], sent: i
         "n_iter": request.n_iter, "restore_faces": False, "face_restoration_model": None,
         "sd_model_name": result.model if result else request.model,
         "sd_model_hash": result.model_hash if result else None,
-        "sd_vae_name": None, "sd_vae_hash": None, "seed_resize_from_w": -1, "seed_resize_from_h": -1,
+        "sd_vae_name": result.vae if result else request.vae, "sd_vae_hash": result.vae_hash if result else None,
+        "seed_resize_from_w": -1, "seed_resize_from_h": -1,
         "denoising_strength": request.denoising_strength if request.init_image else None,
         "extra_generation_params": {}, "index_of_first_image": 0,
         "infotexts": [image.infotext for image in images], "styles": [],
@@ -123,7 +130,7 @@ class Pending:
 
 class A1111:
     """The A1111 API over one Studio, with what A1111 keeps per caller: the options a caller set (its
-    sd_model_checkpoint), in memory, as A1111 keeps them until restart."""
+    sd_model_checkpoint and sd_vae), in memory, as A1111 keeps them until restart."""
 
     def __init__(self, studio):
         self.studio = studio
@@ -131,32 +138,50 @@ class A1111:
 
     def options(self, caller: Caller) -> dict[str, Any]:
         """The /options this caller set (its own), the server's defaults otherwise."""
-        return self._options.setdefault(caller.owner, {"sd_model_checkpoint": self.studio.settings.default_model})
+        return self._options.setdefault(caller.owner, {"sd_model_checkpoint": self.studio.settings.default_model,
+                                                       "sd_vae": "Automatic"})
 
     def shown_options(self, caller: Caller) -> dict[str, Any]:
-        current = self.options(caller)["sd_model_checkpoint"]
+        options = self.options(caller)
+        current = options["sd_model_checkpoint"]
         try:
             current = title(self.studio.model(current))
         except Exception:  # the default model may be absent; show the name as configured
             pass
         return {"sd_model_checkpoint": current, "sd_checkpoint_hash": None,
                 "CLIP_stop_at_last_layers": 1, "samples_format": self.studio.settings.output_format,
-                "sd_vae": "Automatic", "sd_lora": "None"}
+                "sd_vae": options["sd_vae"], "sd_lora": "None"}
 
     def set_options(self, caller: Caller, options: dict[str, Any]) -> dict[str, list[str]]:
-        """Sets the caller's sd_model_checkpoint, refused now for whatever would fail its every generation later
-        (a pickle above all); other options are reported as ignored."""
-        updated: list[str] = []
+        """Sets the caller's sd_model_checkpoint and sd_vae, each refused now for whatever would fail its every
+        generation later (a name not in the registry, a pickle); other options are reported as ignored. Nothing
+        is set unless all are good."""
+        updated: dict[str, str] = {}
         if "sd_model_checkpoint" in options:
-            entry = self.studio.usable_checkpoint(str(options["sd_model_checkpoint"]))
-            self.options(caller)["sd_model_checkpoint"] = entry.name
-            updated.append("sd_model_checkpoint")
-        return {"updated": updated, "ignored": sorted(k for k in options if k not in updated)}
+            updated["sd_model_checkpoint"] = self.studio.usable_checkpoint(str(options["sd_model_checkpoint"])).name
+        if "sd_vae" in options:
+            updated["sd_vae"] = self._usable_vae(str(options["sd_vae"]))
+        self.options(caller).update(updated)
+        return {"updated": list(updated), "ignored": sorted(k for k in options if k not in updated)}
+
+    def _usable_vae(self, name: str) -> str:
+        """The sd_vae option's value for `name`: "Automatic" or "None" as spelt (both the checkpoint's own VAE),
+        else the registry's name of that VAE; ModelNotFound or UnsafeModelFormat when it would fail later."""
+        if name.strip().lower() in AUTOMATIC_VAE:
+            return "None" if name.strip().lower() == "none" else "Automatic"
+        entries = self.studio.models("vae")
+        entry = find_vae(entries, name)
+        if entry is None:
+            known = ", ".join(e.name for e in entries) or "none (put them in the models folder's VAE/)"
+            raise ModelNotFound(f"no vae named {name!r}; known: {known}")
+        check_vae(entry, self.studio.settings)
+        return entry.name
 
     def submit(self, payload: Txt2ImgPayload, caller: Caller) -> Pending:
         """Check and queue the generation a txt2img or img2img payload asks for (in a thread: it decodes images
         and may rescan the models folder)."""
-        request, ignored = to_generation_request(payload, self.options(caller)["sd_model_checkpoint"])
+        options = self.options(caller)
+        request, ignored = to_generation_request(payload, options["sd_model_checkpoint"], options["sd_vae"])
         job = self.studio.submit(request, caller, priority=PRIORITY, save=payload.save_images)
         return Pending(job, request, ignored)
 
@@ -206,6 +231,17 @@ class A1111:
             parameters["mask"] = None
         info = a1111_info(gen, job, pending.ignored, len(images), (width, height))
         return ImageResponse(images=images, parameters=parameters, info=json.dumps(info))
+
+
+def find_vae(entries: list, name: str):
+    """The VAE among `entries` that `name` means, or None: its registry name (as /sd-vae lists it), with its
+    extension, or its file name alone (A1111's sd_vae values and infotext `VAE:` are file names)."""
+    name = name.strip().replace("\\", "/")
+    for entry in entries:
+        suffix = entry.path.suffix if entry.format == "single_file" else ""
+        if name in (entry.name, entry.name + suffix, entry.filename):
+            return entry
+    return None
 
 
 def title(entry) -> str:

@@ -29,6 +29,8 @@ class GenerationJobResult(BaseModel):
     seeds: list[int] = []
     model: str
     model_hash: str | None = None
+    vae: str | None = None  # the VAE used in place of the checkpoint's own (its file name, as A1111 names it)
+    vae_hash: str | None = None
     elapsed_s: float = 0.0
     prompt_verdict: Verdict | None = None
     blocked: bool = False  # the prompt or the input image was blocked: the engine never ran

@@ -112,13 +112,14 @@ async def png_info(body: PngInfoRequest, request: Request, caller: Caller = Depe
     return PngInfoResponse(info=info, items=items, parameters=parameters)
 
 
-@router.get("/options", summary="The caller's options (sd_model_checkpoint and a few read-only ones)",
+@router.get("/options", summary="The caller's options (sd_model_checkpoint, sd_vae and a few read-only ones)",
             responses=errors(401))
 def get_options(request: Request, caller: Caller = Depends(get_caller)) -> dict[str, Any]:
     return a1111(request).shown_options(caller)
 
 
-@router.post("/options", summary="Set the caller's sd_model_checkpoint (other options are reported as ignored)",
+@router.post("/options", summary="Set the caller's sd_model_checkpoint and sd_vae (other options are reported as "
+             "ignored)",
              responses=errors(401, 404, 422))
 def set_options(request: Request, options: dict[str, Any] = Body(...),
                 caller: Caller = Depends(get_caller)) -> dict[str, list[str]]:
