@@ -94,6 +94,7 @@ def test_img2img_from_files(run_main, tmp_path):
 @pytest.mark.parametrize(("args", "message"), [
     (["x", "--width", "20"], "error: width: Value error, must be a multiple of 8, got 20 (try 16)"),
     (["x", "-m", "nope"], "error: no checkpoint named 'nope'"),
+    (["x", "--vae", "nope"], "error: no vae named 'nope'; known: none (put them in the models folder's VAE/)"),
     (["x", "--sampler", "Euler z"], "error: sampler: Value error, unknown sampler 'Euler z'"),
     ([], "error: give a PROMPT, or --from-png"),
     (["--from-png", __file__], f"error: --from-png {__file__} is not a readable PNG, JPEG or WebP image"),
@@ -223,3 +224,30 @@ def test_a_batch_past_seed_2_32_reads_back_from_its_png(run_main):
     [(path, seed)] = saved_paths(out)
     assert seed == 4294967296
     assert np.array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(saved[1][0])))
+
+
+def test_a_vae_from_the_vae_folder_is_used_written_and_read_back(run_main, gf_home, tmp_path):
+    from tests.test_vae_selection import save_other_vae
+
+    save_other_vae(gf_home)
+    args = ("generate", "a red square", "-m", "tiny-sd", "--steps", "2", "--seed", "8", "--width", "32", "--height",
+            "32")
+    code, out, err = run_main(*args)
+    assert code == 0, err
+    [(own, _)] = saved_paths(out)
+    code, out, err = run_main(*args, "--vae", "alt-vae")
+    assert code == 0, err
+    [(other, _)] = saved_paths(out)
+    assert "VAE: alt-vae" in read_infotext(other) and "VAE" not in read_infotext(own)
+    assert not np.array_equal(np.asarray(Image.open(own)), np.asarray(Image.open(other)))
+
+    # The PNG's VAE comes back with its other parameters (the same pixels); --vae Automatic overrides it.
+    code, out, err = run_main("generate", "--from-png", other, "-o", str(tmp_path / "again"))
+    assert code == 0, err
+    [(again, _)] = saved_paths(out)
+    assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(other)))
+    code, out, err = run_main("generate", "--from-png", other, "--vae", "Automatic", "-o", str(tmp_path / "own"))
+    assert code == 0, err
+    [(back, _)] = saved_paths(out)
+    assert np.array_equal(np.asarray(Image.open(back)), np.asarray(Image.open(own)))
+    assert "VAE" not in read_infotext(back)

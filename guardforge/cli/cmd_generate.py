@@ -41,7 +41,7 @@ def _base_fields(from_png: Path | None) -> dict[str, Any]:
 
 # The option that overrides each field an infotext can give, to name in an error about the image's value.
 _OPTION_FOR = {
-    "prompt": "PROMPT", "negative_prompt": "--negative", "model": "--model", "sampler": "--sampler",
+    "prompt": "PROMPT", "negative_prompt": "--negative", "model": "--model", "vae": "--vae", "sampler": "--sampler",
     "schedule": "--schedule", "steps": "--steps", "cfg_scale": "--cfg", "seed": "--seed", "width": "--width",
     "height": "--height", "denoising_strength": "--strength", "mask_blur": "--mask-blur",
     "inpainting_mask_invert": "--invert-mask", "clip_skip": "--clip-skip",
@@ -71,6 +71,8 @@ def generate(
     prompt: str = typer.Argument(None, help="The prompt; A1111 syntax: (word:1.2), [word], <lora:name:0.8>"),
     negative: str = typer.Option(None, "--negative", "-n", help="Negative prompt"),
     model: str = typer.Option(None, "--model", "-m", help="Model name (see `guardforge models list`)"),
+    vae: str = typer.Option(None, "--vae", help="A VAE from the models folder's VAE/ in place of the model's own "
+                            "(see `guardforge models list --kind vae`); Automatic: the model's own"),
     sampler: str = typer.Option(None, help="A1111 sampler name, e.g. 'Euler a', 'DPM++ 2M'"),
     schedule: str = typer.Option(None, help="Schedule type: Automatic, Karras or Exponential"),
     steps: int = typer.Option(None, help="Sampling steps"),
@@ -98,7 +100,8 @@ def generate(
 
     fields = _base_fields(from_png)
     given: dict[str, Any] = {
-        "prompt": prompt, "negative_prompt": negative, "model": model, "sampler": sampler, "schedule": schedule,
+        "prompt": prompt, "negative_prompt": negative, "model": model, "vae": vae, "sampler": sampler,
+        "schedule": schedule,
         "steps": steps, "cfg_scale": cfg, "seed": seed, "width": width, "height": height,
         "batch_size": batch_size, "n_iter": n_iter, "denoising_strength": strength, "mask_blur": mask_blur,
         "inpainting_mask_invert": invert_mask, "clip_skip": clip_skip,
