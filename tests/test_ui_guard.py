@@ -26,7 +26,7 @@ checkpoints: {prompt: true, input_image: false, output_image: true, training_dat
 
 # The txt2img Generate: negative, model, sampler, schedule, steps, cfg, width, height, seed, init image, strength,
 # inpaint editor.
-FIELDS = ("", "tiny-sd", "Euler a", "Automatic", 2, 7, 16, 16, 3, None, 0.75, None)
+FIELDS = ("", "tiny-sd", "Automatic", "Euler a", "Automatic", 2, 7, 16, 16, 3, None, 0.75, None)
 
 
 @pytest.fixture(scope="module")

@@ -19,9 +19,9 @@ from tests.test_server import wait_state
 
 # The txt2img/img2img/inpaint handlers' inputs after the prompt: negative, model, sampler, schedule, steps, cfg,
 # width, height, seed; then init image, strength, inpaint editor.
-FIELDS = ("", "tiny-sd", "Euler a", "Automatic", 2, 7, 64, 64, 1)
+FIELDS = ("", "tiny-sd", "Automatic", "Euler a", "Automatic", 2, 7, 64, 64, 1)
 # As the reviewer's call: strength 0.05 of 20 steps, one step, a near copy of the image it starts from.
-COPY_FIELDS = ("", "tiny-sd", "Euler a", "Automatic", 20, 7, 64, 64, 1)
+COPY_FIELDS = ("", "tiny-sd", "Automatic", "Euler a", "Automatic", 20, 7, 64, 64, 1)
 
 
 @pytest.fixture(scope="module")

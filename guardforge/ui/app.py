@@ -10,7 +10,7 @@ from collections.abc import Callable
 import gradio as gr
 from PIL import Image
 
-from guardforge.a1111.adapter import png_info
+from guardforge.a1111.adapter import find_vae, png_info
 from guardforge.engine.request import SCHEDULE_TYPES, GenerationRequest
 from guardforge.errors import GuardforgeError
 from guardforge.guard.blur import withheld_tile
@@ -84,6 +84,17 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
     def model_names() -> list[str]:
         return [e.name for e in studio.models("checkpoint")]
 
+    def vae_names() -> list[str]:
+        # "Automatic" first: the checkpoint's own VAE, as A1111 lists it.
+        return ["Automatic"] + [e.name for e in studio.models("vae")]
+
+    def vae_choice(name: str | None):
+        """The dropdown's value for a request's VAE (an infotext's is a file name); None: the checkpoint's own."""
+        if name is None:
+            return "Automatic"
+        entry = find_vae(studio.models("vae"), name)
+        return entry.name if entry is not None else None
+
     def native_size(model: str | None) -> tuple[int, int] | None:
         """The size `model` was trained at, as the CLI defaults to; None when its configs cannot say."""
         try:
@@ -100,7 +111,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
 
         return list(SAMPLERS)
 
-    def run(mode, prompt, negative, model, sampler, schedule, steps, cfg, width, height, seed,
+    def run(mode, prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed,
             init_image, strength, editor, request: gr.Request):
         owner = _owner(request)
         if rate_limit is not None:
@@ -108,7 +119,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
                 rate_limit(owner)  # before anything else, as the API's door: refused clicks count too
             except GuardforgeError as exc:
                 raise gr.Error(_retry_message(exc)) from None
-        fields = dict(prompt=prompt, negative_prompt=negative, model=model or None, sampler=sampler,
+        fields = dict(prompt=prompt, negative_prompt=negative, model=model or None, vae=vae or None, sampler=sampler,
                       schedule=schedule, steps=int(steps), cfg_scale=float(cfg), width=int(width),
                       height=int(height), seed=int(seed))
         if mode == "img2img":
@@ -155,9 +166,9 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
 
     def runner(mode: str):
         # An explicit signature, so that Gradio sees the gr.Request parameter and fills it in.
-        def run_mode(prompt, negative, model, sampler, schedule, steps, cfg, width, height, seed, init_image,
+        def run_mode(prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed, init_image,
                      strength, editor, request: gr.Request):
-            yield from run(mode, prompt, negative, model, sampler, schedule, steps, cfg, width, height, seed,
+            yield from run(mode, prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed,
                            init_image, strength, editor, request)
         return run_mode
 
@@ -180,7 +191,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
 
     def read_png(path):
         if not path:
-            return (gr.update(),) * 10 + ("",)
+            return (gr.update(),) * 11 + ("",)
         from guardforge.engine.infotext import request_from_infotext
 
         # Header and text chunks only: the parameters come before the pixels, which are never decoded here.
@@ -188,11 +199,11 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
         text, _, _ = png_info(image)  # as /sdapi/v1/png-info reads it: the PNG chunk, else EXIF (JPEG, WebP)
         image.close()
         if not text:
-            return (gr.update(),) * 10 + ("this image carries no generation parameters",)
+            return (gr.update(),) * 11 + ("this image carries no generation parameters",)
         try:
             params = request_from_infotext(text).model_dump()
         except Exception as exc:  # a foreign infotext (unknown sampler, odd sizes): show it, fill nothing
-            return (gr.update(),) * 10 + (f"{text}\n\n(not usable here: {exc})",)
+            return (gr.update(),) * 11 + (f"{text}\n\n(not usable here: {exc})",)
         return _fields_update(params) + (text,)
 
     def _fields_update(params: dict):
@@ -200,6 +211,8 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
         return (
             gr.update(value=get("prompt", "")), gr.update(value=get("negative_prompt", "")),
             gr.update(value=get("model")) if get("model") in model_names() else gr.update(),
+            # A VAE no longer in the folder leaves the choice as it was, as an unknown model does.
+            gr.update(value=named) if (named := vae_choice(get("vae"))) is not None else gr.update(),
             gr.update(value=get("sampler")) if get("sampler") in sampler_names() else gr.update(),
             gr.update(value=get("schedule")) if get("schedule") in SCHEDULES else gr.update(),
             gr.update(value=get("steps")) if get("steps") else gr.update(),
@@ -217,6 +230,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
             default_model = studio.settings.default_model if studio.settings.default_model in models else (
                 models[0] if models else None)
             model = gr.Dropdown(models, value=default_model, label="Model", elem_id="gf-model")
+            vae = gr.Dropdown(vae_names(), value="Automatic", label="VAE", elem_id="gf-vae")
             sampler = gr.Dropdown(sampler_names(), value="Euler a", label="Sampler", elem_id="gf-sampler")
             schedule = gr.Dropdown(SCHEDULES, value="Automatic", label="Schedule")
         prompt = gr.Textbox(label="Prompt", lines=2, elem_id="gf-prompt")
@@ -259,7 +273,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
             chosen = gr.Dropdown([], label="Job", elem_id="gf-history-job")
             reuse_button = gr.Button("Reuse these parameters")
 
-        params = [model, sampler, schedule, steps, cfg, width, height, seed]
+        params = [model, vae, sampler, schedule, steps, cfg, width, height, seed]
         outputs = [progress, gallery, infotext, verdict, job_state]
         # No Gradio concurrency limit (its default is 1: one user's generation at a time, the next user's click
         # not even submitted): a handler only submits and polls, and our queue applies the workers, the
