@@ -26,6 +26,21 @@ def save_other_vae(home, name: str = "alt-vae"):
     return folder
 
 
+def save_other_vae_file(home, name: str = "alt-file.safetensors"):
+    """The same VAE as save_other_vae's, as A1111 users have VAEs: one .safetensors file in the original (LDM)
+    key names, without the checkpoint's first_stage_model. prefix."""
+    import safetensors.torch
+
+    from guardforge.models.convert import VAE_PREFIX, vae_to_original
+    from tests.tiny import tiny_sd_components
+
+    vae = tiny_sd_components(home / ".alt-tokenizer", seed=7)["vae"]
+    state = {key[len(VAE_PREFIX):]: tensor.contiguous() for key, tensor in vae_to_original(vae).items()}
+    path = home / "models" / "VAE" / name
+    safetensors.torch.save_file(state, path)
+    return path
+
+
 @pytest.fixture
 def studio(gf_home):
     save_other_vae(gf_home)
@@ -52,6 +67,17 @@ def test_a_chosen_vae_changes_the_image_and_automatic_is_the_checkpoints_own(stu
     # The same request again runs on the cached pipeline with that VAE: the same pixels.
     again = studio.generate(GenerationRequest(prompt="a red square", vae="alt-vae", **SMALL), save=False)
     assert np.array_equal(pixels(other), pixels(again))
+
+
+def test_a_single_file_vae_is_read_with_the_checkpoints_own_vae_config(studio, gf_home):
+    save_other_vae_file(gf_home)
+    folder = studio.generate(GenerationRequest(prompt="a red square", vae="alt-vae", **SMALL), save=False)
+    # By its file name, as A1111 clients and infotexts name it.
+    single = studio.generate(GenerationRequest(prompt="a red square", vae="alt-file.safetensors", **SMALL), save=False)
+    assert np.array_equal(pixels(folder), pixels(single))  # the same weights, whichever way they were saved
+    assert single.vae == "alt-file.safetensors"
+    assert single.images[0].infotext.endswith(f"VAE hash: {single.vae_hash}, VAE: alt-file.safetensors")
+    assert request_from_infotext(single.images[0].infotext).vae == "alt-file.safetensors"
 
 
 def test_the_infotext_gives_the_vae_back(studio):

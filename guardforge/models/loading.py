@@ -161,7 +161,8 @@ def _pipeline_class(family: str) -> type[DiffusionPipeline]:
 
 def load_vae(entry: ModelEntry, settings: Settings, family: str, torch_dtype: torch.dtype | None = None,
              config_dir: Path | None = None) -> AutoencoderKL:
-    """A VAE from the VAE folder: a diffusers folder, or a single file read with the family's VAE config."""
+    """A VAE from the VAE folder: a diffusers folder, or a single file (A1111's format) read with the VAE config
+    in `config_dir`'s vae/ (by default the family's shipped one)."""
     from diffusers import AutoencoderKL
 
     check_loadable(entry, settings)
@@ -210,6 +211,10 @@ def load_pipeline(entry: ModelEntry, settings: Settings, *, torch_dtype: torch.d
             str(entry.path), config=str(config), local_files_only=True, **_dtype_kwargs(torch_dtype),
         )
     if vae is not None:
-        pipe.vae = load_vae(vae, settings, family, torch_dtype=torch_dtype, config_dir=config_dir)
+        # A replacement VAE must fit the checkpoint's latents. A diffusers checkpoint's own vae/config.json says
+        # what they are (its scaling factor, SDXL's upcasting, a non-standard architecture), where the family's
+        # shipped config is only the published one, and exists for SD 1.x and SDXL alone.
+        own = entry.path if entry.format == "diffusers" and (entry.path / "vae" / "config.json").is_file() else None
+        pipe.vae = load_vae(vae, settings, family, torch_dtype=torch_dtype, config_dir=own or config_dir)
         pipe.register_modules(vae=pipe.vae)
     return pipe
