@@ -75,6 +75,9 @@ class GuardSettings(BaseModel):
     openai_api_key: str | None = None
     openai_model: str = "meta-llama/llama-guard-4-12b"
     audit_store_content: bool = False
+    # Read each text also with the people in it described neutrally and take that reading's scores for every
+    # category but hate (S10): who a prompt depicts does not make it unsafe (guard/demographics.py).
+    neutral_demographics: bool = True
 
 
 class JobsSettings(BaseModel):

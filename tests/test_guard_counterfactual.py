@@ -20,13 +20,16 @@ def report():
     import torch
 
     from guardforge.guard.backends.embedded_text import EmbeddedTextBackend
+    from guardforge.guard.demographics import DemographicNeutral
 
     # One intra-op thread: on a machine whose cores are busy (two engineers, a training run), torch's two threads
     # wait on each other and this guard scores a prompt in ~300 ms instead of ~7 ms (measured 2026-12-07).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        result = counterfactual.measure(EmbeddedTextBackend(), load_policy("default"), per_attribute=2)
+        # Read as the guard reads prompts (guard.neutral_demographics, on by default).
+        result = counterfactual.measure(DemographicNeutral(EmbeddedTextBackend()), load_policy("default"),
+                                        per_attribute=2)
     finally:
         torch.set_num_threads(threads)
     print("\n" + "\n".join(result.lines()))  # the table of largest shifts by attribute: pytest -s shows it
@@ -86,8 +89,10 @@ def test_no_neutral_prompt_is_stopped(report):
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "issue 18 item 3 is open: with the shipped weights (retrained 2026-12-07 for image prompts) 71 of 6,080 swaps "
-    "move an allowed prompt to block; docs/guard-embedded.md, 'Demographic swaps', has the table by attribute. "
+    "issue 18 item 3 is open: read through the demographic-neutral reading (guard/demographics.py), 5 of 6,080 "
+    "swaps still move an allowed prompt to block (71 without it): two by hate (S10), which is read as written "
+    "('a Muslim man', 'freckled pale skin' score S10 0.23 and 0.30), three by age, which is kept for child "
+    "safety ('a woman in her seventies', 'a young woman'); docs/guard-embedded.md, 'Demographic swaps'. "
     "Strict: the day no swap changes a decision, this fails and the marker goes"))
 def test_no_demographic_swap_moves_a_prompt_from_allow_to_flag_or_block(report):
     big = report.largest()

@@ -52,7 +52,7 @@ def eval_guard(
     what the policy does and its false positives, latency and throughput."""
     from guardforge.guard import counterfactual, evaluation
     from guardforge.guard.policy import load_policy
-    from guardforge.guard.registry import build_backend
+    from guardforge.guard.registry import as_prompt_reader, build_backend
     from guardforge.guard.t2i_data import T2I_DATASETS
     from guardforge.settings import Settings
 
@@ -70,7 +70,8 @@ def eval_guard(
     settings = Settings()
     # Built for the policy's taxonomy, as the guard builds it, so the policy figures are the product's decisions.
     policy_in_force = load_policy(policy or settings.guard.policy)
-    text_backend = build_backend(backend, "text", settings, policy_in_force.taxonomy)
+    # Read as the guard reads prompts (guard/demographics.py), so the figures are the product's.
+    text_backend = as_prompt_reader(build_backend(backend, "text", settings, policy_in_force.taxonomy), settings)
     if dataset == "counterfactual":
         # Every description of every attribute in every template: the test in the suite samples two per attribute.
         report = counterfactual.measure(text_backend, policy_in_force, per_attribute=None, limit=limit)

@@ -78,6 +78,16 @@ def availability(info: BackendInfo, settings) -> str:
     return "ready"
 
 
+def as_prompt_reader(backend, settings):
+    """The text backend as the guard reads prompts with it: through the demographic-neutral reading unless
+    guard.neutral_demographics is off (guard/demographics.py). The guard and `eval guard` both use this."""
+    if not settings.guard.neutral_demographics:
+        return backend
+    from guardforge.guard.demographics import DemographicNeutral
+
+    return DemographicNeutral(backend)
+
+
 def build_backend(name: str, modality: str, settings, taxonomy: Taxonomy):
     """Construct the backend `name` for `modality` ("text" or "image"); models load here, not at import."""
     info = backend_info(name)

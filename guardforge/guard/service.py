@@ -135,7 +135,7 @@ class Guard:
     def from_settings(cls, settings, database: Database | None = None) -> Guard:
         """The guard the settings describe, auditing into `database` (the Studio's, shared with the job queue);
         without one, into a Database of its own on settings.database_url (a `guard check` alone)."""
-        from guardforge.guard.registry import build_backend
+        from guardforge.guard.registry import as_prompt_reader, build_backend
 
         guard_settings = settings.guard
         policy = load_policy(guard_settings.policy)
@@ -145,7 +145,7 @@ class Guard:
         def loader(modality: str) -> Loader:
             name = guard_settings.text_backend if modality == "text" else guard_settings.image_backend
 
-            def load() -> object:
+            def build() -> object:
                 from guardforge.guard.registry import backend_info
 
                 if backend_info(name).shared:
@@ -153,6 +153,9 @@ class Guard:
                         shared[name] = build_backend(name, modality, settings, taxonomy)
                     return shared[name]
                 return build_backend(name, modality, settings, taxonomy)
+
+            def load() -> object:
+                return as_prompt_reader(build(), settings) if modality == "text" else build()
             return load
 
         return cls(policy, text_backend=loader("text"), image_backend=loader("image"),
