@@ -131,6 +131,13 @@ class Studio:
         """The checkpoint a name, file name, A1111 title or hash means (None: the default model)."""
         return self.registry.resolve(name or self.settings.default_model)
 
+    def usable_vae(self, name: str):
+        """The VAE `name` means (a registry name, a file name, a hash), refused now (ModelNotFound,
+        UnsafeModelFormat) for what would fail the generation later."""
+        entry = self.registry.resolve(name, kind="vae")
+        check_vae(entry, self.settings)
+        return entry
+
     def refresh_models(self) -> None:
         self.registry.refresh()
 
@@ -184,10 +191,9 @@ class Studio:
             decode_image(request.init_image, max_pixels, "init_image")
         if request.mask is not None:
             decode_image(request.mask, max_pixels, "mask")
-        entry = self.registry.resolve(request.model or self.settings.default_model)
-        check_checkpoint(entry, self.settings)
+        self.usable_checkpoint(request.model or self.settings.default_model)
         if request.vae is not None:  # an unknown or pickled VAE fails here, as the model does, not in the worker
-            check_vae(self.registry.resolve(request.vae, kind="vae"), self.settings)
+            self.usable_vae(request.vae)
         self.engine.check(request)
         job_id = self.jobs.submit("generate", {"request": request.model_dump(mode="json"), "save": save},
                                   owner=caller.owner, priority=priority, max_active_for_owner=caller.max_active)
@@ -335,9 +341,7 @@ class Studio:
         mask = decode_image(request.mask, max_pixels, "mask") if request.mask is not None else None
         entry = self.registry.resolve(request.model or self.settings.default_model)
         # Resolved before the guard runs, so that a VAE that is not there costs no guard call (the CLI's path).
-        vae = self.registry.resolve(request.vae, kind="vae") if request.vae is not None else None
-        if vae is not None:
-            check_vae(vae, self.settings)
+        vae = self.usable_vae(request.vae) if request.vae is not None else None
 
         texts = request_texts(request)
         [prompt_verdict] = self.guard.check_prompts([prompt_reading(texts.prompt, texts.negative_prompt)])

@@ -19,11 +19,10 @@ from guardforge.access.caller import Caller
 from guardforge.engine.infotext import parse_infotext
 from guardforge.engine.request import AUTOMATIC_VAE, GenerationRequest
 from guardforge.engine.samplers import split_legacy_sampler
-from guardforge.errors import GuardforgeError, InvalidRequest, JobFailed, ModelNotFound
+from guardforge.errors import GuardforgeError, InvalidRequest, JobFailed
 from guardforge.guard.blur import withheld_tile
 from guardforge.imaging import encode_image
 from guardforge.jobs.queue import Job
-from guardforge.models.loading import check_vae
 from guardforge.storage.outputs import infotext_of
 
 log = logging.getLogger(__name__)
@@ -169,13 +168,7 @@ class A1111:
         else the registry's name of that VAE; ModelNotFound or UnsafeModelFormat when it would fail later."""
         if name.strip().lower() in AUTOMATIC_VAE:
             return "None" if name.strip().lower() == "none" else "Automatic"
-        entries = self.studio.models("vae")
-        entry = find_vae(entries, name)
-        if entry is None:
-            known = ", ".join(e.name for e in entries) or "none (put them in the models folder's VAE/)"
-            raise ModelNotFound(f"no vae named {name!r}; known: {known}")
-        check_vae(entry, self.studio.settings)
-        return entry.name
+        return self.studio.usable_vae(name).name
 
     def submit(self, payload: Txt2ImgPayload, caller: Caller) -> Pending:
         """Check and queue the generation a txt2img or img2img payload asks for (in a thread: it decodes images
@@ -231,17 +224,6 @@ class A1111:
             parameters["mask"] = None
         info = a1111_info(gen, job, pending.ignored, len(images), (width, height))
         return ImageResponse(images=images, parameters=parameters, info=json.dumps(info))
-
-
-def find_vae(entries: list, name: str):
-    """The VAE among `entries` that `name` means, or None: its registry name (as /sd-vae lists it), with its
-    extension, or its file name alone (A1111's sd_vae values and infotext `VAE:` are file names)."""
-    name = name.strip().replace("\\", "/")
-    for entry in entries:
-        suffix = entry.path.suffix if entry.format == "single_file" else ""
-        if name in (entry.name, entry.name + suffix, entry.filename):
-            return entry
-    return None
 
 
 def title(entry) -> str:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import gradio as gr
 from PIL import Image
 
-from guardforge.a1111.adapter import find_vae, png_info
+from guardforge.a1111.adapter import png_info
 from guardforge.engine.request import SCHEDULE_TYPES, GenerationRequest
 from guardforge.errors import GuardforgeError
 from guardforge.guard.blur import withheld_tile
@@ -92,8 +92,10 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
         """The dropdown's value for a request's VAE (an infotext's is a file name); None: the checkpoint's own."""
         if name is None:
             return "Automatic"
-        entry = find_vae(studio.models("vae"), name)
-        return entry.name if entry is not None else None
+        try:
+            return studio.usable_vae(name).name
+        except GuardforgeError:  # gone from the models folder, or a pickle: the dropdown cannot show it
+            return None
 
     def native_size(model: str | None) -> tuple[int, int] | None:
         """The size `model` was trained at, as the CLI defaults to; None when its configs cannot say."""
