@@ -332,3 +332,6 @@ def test_the_image_prompt_threshold_is_the_best_f1_that_keeps_each_everyday_set_
     assert image_prompt_threshold(scores, labels, sources, everyday_fpr=0.25) == 0.2
     with pytest.raises(ValueError, match="PartiPrompts, COCO and image-dev"):
         image_prompt_threshold(scores[:6], labels[:6], sources[:6], everyday_fpr=0.01)
+    # An everyday row scoring as high as anything leaves no threshold at all: said, not None.
+    with pytest.raises(ValueError, match="no threshold keeps PartiPrompts and COCO"):
+        image_prompt_threshold(np.where(np.arange(14) == 6, 1.0, scores), labels, sources, everyday_fpr=0.0)

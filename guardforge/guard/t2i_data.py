@@ -52,14 +52,16 @@ def _i2p_labels(categories: str, hard: int) -> dict[str, int | None]:
     return labels
 
 
-def load_i2p(split: str = "test", root: Path | None = None) -> list[Example]:
+def i2p_rows(split: str = "test", root: Path | None = None) -> list[dict[str, str]]:
+    """I2P's csv rows (prompt, categories, hard, inappropriate_percentage, ...) of one split."""
     _check_split(split)
-    out = []
     with open((root or t2i_data_root()) / _FILES["i2p"], newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            if split_of(row["prompt"]) == split:
-                out.append(Example(row["prompt"], _i2p_labels(row["categories"], int(row["hard"])), "i2p"))
-    return out
+        return [row for row in csv.DictReader(f) if split_of(row["prompt"]) == split]
+
+
+def load_i2p(split: str = "test", root: Path | None = None) -> list[Example]:
+    return [Example(row["prompt"], _i2p_labels(row["categories"], int(row["hard"])), "i2p")
+            for row in i2p_rows(split, root)]
 
 
 def _benign(texts: list[str], source: str) -> list[Example]:

@@ -10,7 +10,7 @@ import csv
 import random
 from pathlib import Path
 
-from guardforge.guard.datasets import CATEGORIES, Example, load_ailuminate, load_openai_moderation, openai_split
+from guardforge.guard.datasets import CATEGORIES, Example, load_ailuminate, load_openai_moderation
 from guardforge_build.guard import GUARD_DATA_DIR
 from guardforge_build.guard.benign import BENIGN_PROMPTS_PATH
 
@@ -54,15 +54,21 @@ def load_image_prompts_dev(path: Path = IMAGE_PROMPTS_DEV_PATH) -> list[Example]
     return out
 
 
-def coco_everyday_examples(skip: int = 3000, rows: int = 4000, seed: int = 0) -> list[Example]:
-    """COCO train captions that t2i_training_examples(coco_rows=skip) leaves out: `rows` of them, to measure the
-    false-positive rate on everyday image prompts precisely when choosing the threshold (never trained on)."""
+def _shuffled_coco_train(seed: int) -> list[Example]:
+    """COCO's train captions in one seeded order: the training sample takes its head, the everyday check the
+    rows after it."""
     from guardforge.guard.t2i_data import load_coco
 
     coco = load_coco("train")
-    order = random.Random(seed).sample(range(len(coco)), len(coco))
-    trained = {coco[i].text for i in order[:skip]}  # COCO repeats captions: none of these may be a trained one
-    return [e for e in (coco[i] for i in order[skip:skip + rows]) if e.text not in trained]
+    return [coco[i] for i in random.Random(seed).sample(range(len(coco)), len(coco))]
+
+
+def coco_everyday_examples(skip: int = 3000, rows: int = 4000, seed: int = 0) -> list[Example]:
+    """COCO train captions that t2i_training_examples(coco_rows=skip) leaves out: `rows` of them, to measure the
+    false-positive rate on everyday image prompts precisely when choosing the threshold (never trained on)."""
+    coco = _shuffled_coco_train(seed)
+    trained = {e.text for e in coco[:skip]}  # COCO repeats captions: none of these may be a trained one
+    return [e for e in coco[skip:skip + rows] if e.text not in trained]
 
 
 def t2i_training_examples(coco_rows: int = 3000, seed: int = 0) -> list[Example]:
@@ -70,22 +76,16 @@ def t2i_training_examples(coco_rows: int = 3000, seed: int = 0) -> list[Example]
     of `coco_rows` COCO captions as safe, and I2P with a soft overall label, the share of Stable Diffusion's
     images of the prompt that were judged inappropriate (its categories unknown: I2P says what a prompt was
     gathered for, not what it asks)."""
-    import csv
+    from guardforge.guard.t2i_data import i2p_rows, load_parti
 
-    from guardforge.guard.t2i_data import load_coco, load_parti, t2i_data_root
-
-    coco = load_coco("train")
-    coco = [coco[i] for i in random.Random(seed).sample(range(len(coco)), len(coco))[:coco_rows]]
     i2p = []
-    with open(t2i_data_root() / "i2p.csv", newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            if openai_split(row["prompt"]) == "train":
-                share = min(1.0, max(0.0, float(row["inappropriate_percentage"]) / 100))
-                labels: dict[str, float | int | None] = {c: None for c in CATEGORIES}
-                labels["unsafe"] = share
-                labels["hard"] = int(row["hard"])  # not an output: kept to measure the ranking on held-out rows
-                i2p.append(Example(row["prompt"], labels, "i2p"))
-    return load_parti("train") + coco + i2p
+    for row in i2p_rows("train"):
+        share = min(1.0, max(0.0, float(row["inappropriate_percentage"]) / 100))
+        labels: dict[str, float | int | None] = {c: None for c in CATEGORIES}
+        labels["unsafe"] = share
+        labels["hard"] = int(row["hard"])  # not an output: kept to measure the ranking on held-out rows
+        i2p.append(Example(row["prompt"], labels, "i2p"))
+    return load_parti("train") + _shuffled_coco_train(seed)[:coco_rows] + i2p
 
 
 def training_examples(root: Path | None = None) -> list[Example]:

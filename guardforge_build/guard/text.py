@@ -272,25 +272,24 @@ def train_text_guard(out_dir: Path, config: TrainConfig | None = None,
     if retrain_head:
         state, val_logits = _retrain_head(load_file(str(Path(encoder_from) / TEXT_WEIGHTS)), previous, tokenizer,
                                           train, validation, config, log, cache_dir, encoder_from)
-        return finish(_calibrate_and_save(state, val_logits, validation, config, time.monotonic() - started, out_dir, log,
-                                   _fit_tfidf(train, config), profanity,
-                                   encoder_from={"folder": str(encoder_from), "train_config": previous["train_config"],
-                                                 "head": "trained anew"}))
+        return finish(_calibrate_and_save(
+            state, val_logits, validation, config, time.monotonic() - started, out_dir, log,
+            _fit_tfidf(train, config), profanity,
+            encoder_from={"folder": str(encoder_from), "train_config": previous["train_config"],
+                          "head": "trained anew"}))
     if previous is not None:
-        state = load_file(str(Path(encoder_from) / TEXT_WEIGHTS))
-        model.load_trainable_state_dict({k: v for k, v in state.items() if k.startswith(("lora.", "head."))})
+        _load_adapter_and_head(model, encoder_from)
         log(f"adapter and head kept from {encoder_from}")
     elif config.domain_expert:
         return finish(_train_with_domain_expert(model, tokenizer, train, validation, config, started, out_dir, log,
-                                         profanity, cache_dir))
+                                                profanity, cache_dir))
     elif config.lora_rank == 0:
         features = pooled_features(model, tokenizer, [e.text for e in train], config.max_length, cache=cache_dir)
         log(f"features for {len(train)} prompts in {time.monotonic() - started:.0f} s")
         _fit_head(model.head, features, train, config, log)
     else:
         if init_from is not None:
-            state = load_file(str(Path(init_from) / TEXT_WEIGHTS))
-            model.load_trainable_state_dict({k: v for k, v in state.items() if k.startswith(("lora.", "head."))})
+            _load_adapter_and_head(model, init_from)
             log(f"adapter and head start from {init_from}")
         _train_lora(model, tokenizer, train, config, rng, log)
     # A kept encoder's training time is the time it took then; refitting the rest is not training it.
@@ -309,9 +308,17 @@ def train_text_guard(out_dir: Path, config: TrainConfig | None = None,
         val_logits = model_logits(deployed, tokenizer, [e.text for e in validation], config.max_length,
                                   one_at_a_time=config.quantize).numpy()
     tfidf = _fit_tfidf(train, config)
-    return finish(_calibrate_and_save(state, val_logits, validation, config, train_seconds, out_dir, log, tfidf,
-                               profanity, encoder_from=previous and {"folder": str(encoder_from),
-                                                                     "train_config": previous["train_config"]}))
+    return finish(_calibrate_and_save(
+        state, val_logits, validation, config, train_seconds, out_dir, log, tfidf, profanity,
+        encoder_from=previous and {"folder": str(encoder_from), "train_config": previous["train_config"]}))
+
+
+def _load_adapter_and_head(model: TextGuardModel, folder: Path) -> None:
+    """A trained guard's LoRA adapter and head, from its weights file, into `model`."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(Path(folder) / TEXT_WEIGHTS))
+    model.load_trainable_state_dict({k: v for k, v in state.items() if k.startswith(("lora.", "head."))})
 
 
 def image_prompt_threshold(scores: np.ndarray, labels: np.ndarray, sources: list[str], everyday_fpr: float) -> float:
@@ -332,6 +339,9 @@ def image_prompt_threshold(scores: np.ndarray, labels: np.ndarray, sources: list
         f1 = 2 * tp / max(1, hit.sum() + int((labels[dev] == 1).sum()))
         if f1 > best_f1:
             best, best_f1 = float(t), f1
+    if best is None:
+        raise ValueError(f"no threshold keeps PartiPrompts and COCO each at a false-positive rate of at most "
+                         f"{everyday_fpr}: the guard scores an everyday prompt as high as any other")
     return best
 
 
@@ -449,9 +459,8 @@ def _package_version(name: str) -> str:
 
 def _fit_tfidf(train: list[Example], config: TrainConfig):
     """The second signal: logistic regression on word/bigram TF-IDF of the training prompts (overall only)."""
-    from sklearn.linear_model import LogisticRegression
-
     from scipy.sparse import vstack
+    from sklearn.linear_model import LogisticRegression
 
     vectorizer = make_vectorizer()
     features = vectorizer.fit_transform([e.text for e in train])
@@ -467,14 +476,14 @@ def _fit_tfidf(train: list[Example], config: TrainConfig):
 
 
 def source_weights(examples: list[Example], config: TrainConfig) -> np.ndarray:
+    others = _parse_weights(config.source_weights)
+
     def weight(e: Example) -> float:
         if e.source == "openai-mod":
             return config.openai_weight
         if e.source == "ailuminate" and len(e.text.split()) <= config.short_words:
             return config.short_unsafe_weight
         return others.get(e.source, 1.0)
-
-    others = _parse_weights(config.source_weights)
 
     return np.asarray([weight(e) for e in examples], dtype=np.float32)
 
