@@ -332,6 +332,7 @@ class Studio:
         settings.device) and `replica` pick the copy of the model to run on: each worker has its own.
         """
         from guardforge.engine.infotext import build_infotext
+        from guardforge.engine.variation import request_subseeds, with_fixed_subseed
 
         started = time.perf_counter()
         request.check_limits(self.settings.limits)
@@ -358,27 +359,32 @@ class Studio:
         # request.memory: per-request overrides of settings.memory
         loaded = self.pipelines.get(entry.name, memory=request.memory, vae=vae.name if vae else None,
                                     device=device, replica=replica)
-        outputs = self.engine.run(loaded, request, init_image=init_image, mask=mask,
+        # A subseed of -1 is drawn here, so that the one used is reported and written in each image's infotext.
+        fixed = with_fixed_subseed(request)
+        subseeds = request_subseeds(fixed)
+        outputs = self.engine.run(loaded, fixed, init_image=init_image, mask=mask,
                                   on_progress=on_progress, cancel=cancel, skip=skip, interrupt=interrupt)
         model_hash = entry.short_hash()
         vae_name, vae_hash = (vae.filename, vae.short_hash()) if vae else (None, None)
         verdicts = self.guard.check_output_images([image for image, _ in outputs])
         images: list[GeneratedImage] = []
-        for (image, seed), verdict in zip(outputs, verdicts, strict=True):
+        for index, ((image, seed), verdict) in enumerate(zip(outputs, verdicts, strict=True)):
+            subseed = subseeds[index] if request.subseed_strength > 0 else None
             infotext = build_infotext(request, seed=seed, width=image.width, height=image.height,
                                       model_name=entry.name, model_hash=model_hash, vae_name=vae_name,
-                                      vae_hash=vae_hash)
+                                      vae_hash=vae_hash, subseed=subseed)
             delivered = self.guard.enforce(image, verdict)
             path = None
             if delivered is not None and save:
                 path = str(self.store.save(delivered, infotext, verdict.model_dump(), request.mode, seed))
             images.append(GeneratedImage(
-                image_id=self.store.new_id(), seed=seed, infotext=infotext, width=image.width,
+                image_id=self.store.new_id(), seed=seed, subseed=subseed, infotext=infotext, width=image.width,
                 height=image.height, path=path, verdict=verdict, action=verdict.action,
                 pil=delivered,
             ))
         return GenerationResult(
-            request=request, images=images, seeds=[seed for _, seed in outputs], model=entry.name,
+            request=request, images=images, seeds=[seed for _, seed in outputs],
+            subseeds=subseeds[:len(outputs)], model=entry.name,
             model_hash=model_hash, vae=vae_name, vae_hash=vae_hash, elapsed_s=time.perf_counter() - started,
             prompt_verdict=prompt_verdict, device=str(loaded.device),
         )

@@ -53,7 +53,10 @@ def to_generation_request(payload: Txt2ImgPayload, default_model: str,
         # The registry reads A1111 titles 'name [hash]' itself.
         model=str(model), vae=str(vae), schedule=schedule, batch_size=payload.batch_size,
         n_iter=payload.n_iter, cfg_scale=payload.cfg_scale, width=payload.width, height=payload.height,
-        clip_skip=clip_skip,
+        clip_skip=clip_skip, subseed=payload.subseed, subseed_strength=payload.subseed_strength,
+        # A1111 reads 0 and below as "off"; one spelling of off here.
+        seed_resize_from_w=max(payload.seed_resize_from_w, -1),
+        seed_resize_from_h=max(payload.seed_resize_from_h, -1),
     )
     sampler = payload.sampler_name or payload.sampler_index
     if sampler:
@@ -87,6 +90,7 @@ def a1111_info(request: GenerationRequest, job: Job, ignored: list[str], sent: i
     result = job.result
     images = result.images if result else []
     seeds = (result.seeds if result else []) or [image.seed for image in images]
+    subseeds = result.subseeds if result else []
     width, height = (images[0].width, images[0].height) if images else size
     prompt_verdict = result.prompt_verdict if result else None
     prompts = [request.prompt] * max(len(seeds), 1)
@@ -94,14 +98,15 @@ def a1111_info(request: GenerationRequest, job: Job, ignored: list[str], sent: i
         "prompt": request.prompt, "all_prompts": prompts,
         "negative_prompt": request.negative_prompt, "all_negative_prompts": [request.negative_prompt] * len(prompts),
         "seed": seeds[0] if seeds else request.seed, "all_seeds": seeds,
-        "subseed": -1, "all_subseeds": [-1] * len(seeds), "subseed_strength": 0,
+        "subseed": subseeds[0] if subseeds else request.subseed, "all_subseeds": subseeds,
+        "subseed_strength": request.subseed_strength,
         "width": width, "height": height, "sampler_name": request.sampler, "scheduler": request.schedule,
         "cfg_scale": request.cfg_scale, "steps": request.steps, "batch_size": request.batch_size,
         "n_iter": request.n_iter, "restore_faces": False, "face_restoration_model": None,
         "sd_model_name": result.model if result else request.model,
         "sd_model_hash": result.model_hash if result else None,
         "sd_vae_name": result.vae if result else request.vae, "sd_vae_hash": result.vae_hash if result else None,
-        "seed_resize_from_w": -1, "seed_resize_from_h": -1,
+        "seed_resize_from_w": request.seed_resize_from_w, "seed_resize_from_h": request.seed_resize_from_h,
         "denoising_strength": request.denoising_strength if request.init_image else None,
         "extra_generation_params": {}, "index_of_first_image": 0,
         "infotexts": [image.infotext for image in images], "styles": [],

@@ -24,6 +24,10 @@ class Txt2ImgPayload(BaseModel):
     prompt: str = ""
     negative_prompt: str = ""
     seed: int = -1
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    seed_resize_from_h: int = -1
+    seed_resize_from_w: int = -1
     sampler_name: str | None = None
     sampler_index: str | None = None  # older clients send the sampler here
     scheduler: str | None = None

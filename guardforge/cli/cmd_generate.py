@@ -44,8 +44,22 @@ _OPTION_FOR = {
     "prompt": "PROMPT", "negative_prompt": "--negative", "model": "--model", "vae": "--vae", "sampler": "--sampler",
     "schedule": "--schedule", "steps": "--steps", "cfg_scale": "--cfg", "seed": "--seed", "width": "--width",
     "height": "--height", "denoising_strength": "--strength", "mask_blur": "--mask-blur",
-    "inpainting_mask_invert": "--invert-mask", "clip_skip": "--clip-skip",
+    "inpainting_mask_invert": "--invert-mask", "clip_skip": "--clip-skip", "subseed": "--subseed",
+    "subseed_strength": "--subseed-strength", "seed_resize_from_w": "--seed-resize-from",
+    "seed_resize_from_h": "--seed-resize-from",
 }
+
+
+def _seed_resize(value: str | None) -> dict[str, int]:
+    """--seed-resize-from WxH as the request's two fields; "off" (or 0x0) turns a PNG's value off."""
+    if value is None:
+        return {}
+    if value.strip().lower() == "off":
+        return {"seed_resize_from_w": -1, "seed_resize_from_h": -1}
+    w, x, h = value.strip().lower().partition("x")
+    if not x or not w.isdigit() or not h.isdigit():
+        raise InvalidRequest(f"--seed-resize-from {value!r}: give WIDTHxHEIGHT in pixels, e.g. 512x512, or off")
+    return {"seed_resize_from_w": int(w), "seed_resize_from_h": int(h)}
 
 
 def _build_request(fields: dict[str, Any], from_image: set[str], from_png: Path | None):
@@ -88,6 +102,11 @@ def generate(
     mask_blur: int = typer.Option(None, "--mask-blur", help="Gaussian blur radius of the mask"),
     invert_mask: bool = typer.Option(None, "--invert-mask/--no-invert-mask", help="Repaint the black part instead"),
     clip_skip: int = typer.Option(None, "--clip-skip", help="Stop CLIP this many layers from the end (1: none)"),
+    subseed: int = typer.Option(None, "--subseed", help="Variation seed (A1111's); -1 for a random one"),
+    subseed_strength: float = typer.Option(None, "--subseed-strength",
+                                           help="How far toward the variation seed's noise, 0 to 1 (0: none)"),
+    seed_resize_from: str = typer.Option(None, "--seed-resize-from", help="Draw the seed's noise at WxH (as made "
+                                         "at that size) and centre it in this size; off: don't"),
     output: Path = typer.Option(None, "--output", "-o", help="Output folder (default: settings outputs_dir)"),
     from_png: Path = typer.Option(None, "--from-png", help="Start from an image's infotext; options given override"),
 ) -> None:
@@ -104,7 +123,8 @@ def generate(
         "schedule": schedule,
         "steps": steps, "cfg_scale": cfg, "seed": seed, "width": width, "height": height,
         "batch_size": batch_size, "n_iter": n_iter, "denoising_strength": strength, "mask_blur": mask_blur,
-        "inpainting_mask_invert": invert_mask, "clip_skip": clip_skip,
+        "inpainting_mask_invert": invert_mask, "clip_skip": clip_skip, "subseed": subseed,
+        "subseed_strength": subseed_strength, **_seed_resize(seed_resize_from),
         "init_image": _read_b64(init_image, "--init-image") if init_image else None,
         "mask": _read_b64(mask, "--mask") if mask else None,
     }

@@ -37,11 +37,13 @@ def _number(value: float) -> str:
 
 
 def build_infotext(request: GenerationRequest, seed: int, width: int, height: int, model_name: str,
-                   model_hash: str | None, vae_name: str | None = None, vae_hash: str | None = None) -> str:
+                   model_hash: str | None, vae_name: str | None = None, vae_hash: str | None = None,
+                   subseed: int | None = None) -> str:
     """Prompt, `Negative prompt:` line (only when there is one), then the parameters line, in A1111's order.
 
     `vae_name` (the VAE's file name, as A1111 writes it) and `vae_hash` only when a VAE replaced the
-    checkpoint's own: A1111 writes neither then."""
+    checkpoint's own: A1111 writes neither then. `subseed`: this image's variation seed, written only when
+    subseed_strength used it."""
     params: dict[str, Any] = {
         "Steps": request.steps,
         "Sampler": request.sampler,
@@ -54,6 +56,10 @@ def build_infotext(request: GenerationRequest, seed: int, width: int, height: in
         "Model": model_name,
         "VAE hash": vae_hash if vae_name else None,
         "VAE": vae_name,
+        "Variation seed": subseed if request.subseed_strength > 0 else None,
+        "Variation seed strength": request.subseed_strength if request.subseed_strength > 0 else None,
+        "Seed resize from": (f"{request.seed_resize_from_w}x{request.seed_resize_from_h}"
+                             if request.seed_resize_from_w > 0 and request.seed_resize_from_h > 0 else None),
         "Denoising strength": request.denoising_strength if request.mode != "txt2img" else None,
         "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
         # A1111 adds these to extra_generation_params for inpainting, which come after the fixed keys.
@@ -115,6 +121,8 @@ def fields_from_infotext(text: str) -> dict[str, Any]:
         "Steps": "steps", "Sampler": "sampler", "Schedule type": "schedule", "CFG scale": "cfg_scale",
         "Seed": "seed", "Size-1": "width", "Size-2": "height", "Denoising strength": "denoising_strength",
         "Clip skip": "clip_skip", "Mask blur": "mask_blur", "Model": "model", "VAE": "vae",
+        "Variation seed": "subseed", "Variation seed strength": "subseed_strength",
+        "Seed resize from-1": "seed_resize_from_w", "Seed resize from-2": "seed_resize_from_h",
     }
     for key, name in mapping.items():
         if key in p:

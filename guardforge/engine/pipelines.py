@@ -24,6 +24,7 @@ from guardforge.engine.lora import applied_loras, resolve_loras
 from guardforge.engine.prompts import encode_prompts, extract_lora_tags, prompt_chunks
 from guardforge.engine.request import GenerationRequest, ProgressEvent
 from guardforge.engine.samplers import build_scheduler, check_sampler
+from guardforge.engine.variation import Variation, request_subseeds, with_fixed_subseed
 from guardforge.errors import Cancelled, InvalidRequest
 
 if TYPE_CHECKING:
@@ -70,10 +71,11 @@ def native_size_from_configs(folder: Path) -> tuple[int, int]:
 
 
 def request_seeds(request: GenerationRequest) -> list[int]:
-    """One seed per image: seed, seed+1, ... over batch_size x n_iter; -1 draws a fresh random first seed."""
+    """One seed per image: seed, seed+1, ... over batch_size x n_iter; -1 draws a fresh random first seed.
+    With a variation strength every image has the same seed and the subseeds count up instead (A1111's)."""
     total = request.batch_size * request.n_iter
     first = request.seed if request.seed != -1 else secrets.randbelow(2**32 - total)
-    return [first + i for i in range(total)]
+    return [first + (i if request.subseed_strength == 0 else 0) for i in range(total)]
 
 
 def binary_mask(mask: Image.Image) -> Image.Image:
@@ -222,6 +224,7 @@ class Engine:
         _check_strength(request)
         width, height = self.size_for(loaded, request)
         seeds = request_seeds(request)
+        subseeds = request_subseeds(with_fixed_subseed(request))
         prompt, tags = extract_lora_tags(request.prompt)
         loras = resolve_loras(self.registry, tags, self.settings.allow_pickle) if tags else []
 
@@ -249,6 +252,7 @@ class Engine:
                 mode_inputs = {"image": original, "strength": request.denoising_strength}
             else:
                 pipe = loaded.for_mode(mode)
+            variation = Variation.of(request, pipe)
             # The engine reports progress through on_progress; diffusers' own tqdm bar would only add noise.
             pipe.set_progress_bar_config(disable=True)
             progress.check_cancel()
@@ -267,6 +271,13 @@ class Engine:
                         batch_seeds = seeds[iteration * request.batch_size:(iteration + 1) * request.batch_size]
                         pipe.scheduler = build_scheduler(base_scheduler.config, request.sampler, request.schedule,
                                                          seed=batch_seeds[0])
+                        generators = [torch.Generator("cpu").manual_seed(s) for s in batch_seeds]
+                        varied = {}
+                        if variation is not None:
+                            varied = variation.prepare_batch(
+                                pipe, mode, mode_inputs, generators, batch_seeds,
+                                subseeds[iteration * request.batch_size:(iteration + 1) * request.batch_size],
+                                embeds.kwargs["prompt_embeds"].dtype)
                         callback = progress.callback
                         if latent_blend is not None:
                             latent_blend.start_batch(batch_seeds)
@@ -274,10 +285,11 @@ class Engine:
                         output = pipe(
                             **embeds.kwargs,
                             **mode_inputs,
+                            **varied,
                             num_inference_steps=request.steps,
                             guidance_scale=request.cfg_scale,
                             num_images_per_prompt=request.batch_size,
-                            generator=[torch.Generator("cpu").manual_seed(s) for s in batch_seeds],
+                            generator=generators,
                             output_type="pil",
                             callback_on_step_end=callback,
                         )

@@ -63,6 +63,13 @@ class GenerationRequest(BaseModel):
     denoising_strength: float = Field(0.75, ge=0.0, le=1.0)
     mask_blur: int = Field(4, ge=0, le=64)
     inpainting_mask_invert: bool = False
+    # A1111's variation seed (engine/variation.py): each image's noise slerped toward its subseed's by
+    # subseed_strength; subseeds count up per image as seeds do, and -1 draws one. "Resize seed from" WxH
+    # draws the seed's noise at that size, pasted centred (0 or -1: off).
+    subseed: int = Field(-1, ge=-1, le=SEED_MAX)
+    subseed_strength: float = Field(0.0, ge=0.0, le=1.0)
+    seed_resize_from_w: int = Field(-1, ge=-1)
+    seed_resize_from_h: int = Field(-1, ge=-1)
     memory: MemoryOptions = MemoryOptions()
 
     @field_validator("width", "height")
@@ -112,6 +119,19 @@ class GenerationRequest(BaseModel):
         if self.seed != -1 and last > SEED_MAX:
             raise ValueError(f"seeds {self.seed}..{last} (one per image) run past the largest seed, {SEED_MAX}; "
                              "start lower")
+        last = self.subseed + self.batch_size * self.n_iter - 1
+        if self.subseed != -1 and last > SEED_MAX:
+            raise ValueError(f"subseeds {self.subseed}..{last} (one per image) run past the largest seed, "
+                             f"{SEED_MAX}; start lower")
+        return self
+
+    @model_validator(mode="after")
+    def _seed_resize_is_a_size(self) -> GenerationRequest:
+        w, h = self.seed_resize_from_w, self.seed_resize_from_h
+        if (w > 0) != (h > 0):
+            raise ValueError(f"seed_resize_from needs both a width and a height (got {w}x{h}); 0 or -1 in both: off")
+        if w > 0 and (w % 8 or h % 8):
+            raise ValueError(f"seed_resize_from {w}x{h}: both must be multiples of 8")
         return self
 
     @property
@@ -126,6 +146,8 @@ class GenerationRequest(BaseModel):
             ("steps", self.steps, limits.max_steps),
             ("width", self.width or 0, limits.max_width),
             ("height", self.height or 0, limits.max_height),
+            ("seed_resize_from_w", self.seed_resize_from_w, limits.max_width),
+            ("seed_resize_from_h", self.seed_resize_from_h, limits.max_height),
             ("batch_size", self.batch_size, limits.max_batch_size),
             ("n_iter", self.n_iter, limits.max_n_iter),
         ]
@@ -151,6 +173,7 @@ class GeneratedImage(BaseModel):
 
     image_id: str
     seed: int
+    subseed: int | None = None  # A1111's variation seed, when subseed_strength used it
     infotext: str
     width: int
     height: int
@@ -165,6 +188,7 @@ class GenerationResult(BaseModel):
     request: GenerationRequest
     images: list[GeneratedImage]
     seeds: list[int]
+    subseeds: list[int] = []  # one per image, as A1111's all_subseeds (drawn even when the strength is 0)
     model: str
     model_hash: str | None
     # The VAE used in place of the checkpoint's own, by its file name as A1111 names VAEs; None: the own.

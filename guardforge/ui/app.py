@@ -16,7 +16,7 @@ from guardforge.errors import GuardforgeError
 from guardforge.guard.blur import withheld_tile
 from guardforge.imaging import encode_image
 from guardforge.access.caller import LOCAL_OWNER, Caller
-from guardforge.ui import guard_view
+from guardforge.ui import guard_view, seed_extras
 from guardforge.ui.uploads import (
     CLEAN_EVERY_S,
     KEEP_UPLOADS_S,
@@ -40,6 +40,8 @@ def _caller(studio, request: gr.Request | None) -> Caller:
 
 
 SCHEDULES = list(SCHEDULE_TYPES)
+# What PNG info and Reuse set: prompt, negative, the nine of `params`, the five seed extras.
+FORM_FIELDS = 16
 
 
 _bar = guard_view.bar
@@ -114,7 +116,8 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
         return list(SAMPLERS)
 
     def run(mode, prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed,
-            init_image, strength, editor, request: gr.Request):
+            init_image, strength, editor, extra, subseed, subseed_strength, resize_w, resize_h,
+            request: gr.Request):
         owner = _owner(request)
         if rate_limit is not None:
             try:
@@ -124,6 +127,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
         fields = dict(prompt=prompt, negative_prompt=negative, model=model or None, vae=vae or None, sampler=sampler,
                       schedule=schedule, steps=int(steps), cfg_scale=float(cfg), width=int(width),
                       height=int(height), seed=int(seed))
+        fields.update(seed_extras.request_fields(extra, subseed, subseed_strength, resize_w, resize_h))
         if mode == "img2img":
             if init_image is None:
                 raise gr.Error("drop an image to start from")
@@ -169,9 +173,11 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
     def runner(mode: str):
         # An explicit signature, so that Gradio sees the gr.Request parameter and fills it in.
         def run_mode(prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed, init_image,
-                     strength, editor, request: gr.Request):
+                     strength, editor, extra=False, subseed=-1, subseed_strength=0, resize_w=0, resize_h=0,
+                     request: gr.Request = None):
             yield from run(mode, prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed,
-                           init_image, strength, editor, request)
+                           init_image, strength, editor, extra, subseed, subseed_strength, resize_w, resize_h,
+                           request)
         return run_mode
 
     def show_selected(job_id, evt: gr.SelectData, request: gr.Request):
@@ -193,7 +199,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
 
     def read_png(path):
         if not path:
-            return (gr.update(),) * 11 + ("",)
+            return (gr.update(),) * FORM_FIELDS + ("",)
         from guardforge.engine.infotext import request_from_infotext
 
         # Header and text chunks only: the parameters come before the pixels, which are never decoded here.
@@ -201,11 +207,11 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
         text, _, _ = png_info(image)  # as /sdapi/v1/png-info reads it: the PNG chunk, else EXIF (JPEG, WebP)
         image.close()
         if not text:
-            return (gr.update(),) * 11 + ("this image carries no generation parameters",)
+            return (gr.update(),) * FORM_FIELDS + ("this image carries no generation parameters",)
         try:
             params = request_from_infotext(text).model_dump()
         except Exception as exc:  # a foreign infotext (unknown sampler, odd sizes): show it, fill nothing
-            return (gr.update(),) * 11 + (f"{text}\n\n(not usable here: {exc})",)
+            return (gr.update(),) * FORM_FIELDS + (f"{text}\n\n(not usable here: {exc})",)
         return _fields_update(params) + (text,)
 
     def _fields_update(params: dict):
@@ -222,6 +228,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
             gr.update(value=get("width")) if get("width") else gr.update(),
             gr.update(value=get("height")) if get("height") else gr.update(),
             gr.update(value=get("seed")) if get("seed") is not None else gr.update(),
+            *seed_extras.updates(params),
         )
 
     with gr.Blocks(title="guardforge", delete_cache=(CLEAN_EVERY_S, KEEP_UPLOADS_S)) as ui:
@@ -245,6 +252,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
             width = gr.Slider(8, limits.max_width, value=native_w, step=8, label="Width", elem_id="gf-width")
             height = gr.Slider(8, limits.max_height, value=native_h, step=8, label="Height", elem_id="gf-height")
             seed = gr.Number(-1, precision=0, label="Seed (-1: random)", elem_id="gf-seed")
+        extras = seed_extras.build(limits)
         with gr.Tabs():
             with gr.Tab("txt2img"):
                 txt_button = gr.Button("Generate", variant="primary", elem_id="gf-generate")
@@ -281,17 +289,17 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
         # not even submitted): a handler only submits and polls, and our queue applies the workers, the
         # per-key caps and the rate limit, as it does for the API.
         txt_button.click(runner("txt2img"),
-                         [prompt, negative, *params, init_image, strength, editor], outputs, concurrency_limit=None)
+                         [prompt, negative, *params, init_image, strength, editor, *extras], outputs, concurrency_limit=None)
         img_button.click(runner("img2img"),
-                         [prompt, negative, *params, init_image, strength, editor], outputs, concurrency_limit=None)
+                         [prompt, negative, *params, init_image, strength, editor, *extras], outputs, concurrency_limit=None)
         inpaint_button.click(runner("inpaint"),
-                             [prompt, negative, *params, init_image, inpaint_strength, editor], outputs,
+                             [prompt, negative, *params, init_image, inpaint_strength, editor, *extras], outputs,
                              concurrency_limit=None)
         gallery.select(show_selected, [job_state], [infotext, verdict])
         # `input`, not `change`: a model set by PNG info or Reuse comes with its own size, which must stay.
         model.input(sizes_for, [model], [width, height])
         refresh.click(history, None, [table, chosen])
-        fields = [prompt, negative, *params]
+        fields = [prompt, negative, *params, *extras]
         reuse_button.click(reuse, [chosen], fields)
         png.upload(read_png, [png], [*fields, png_text])
     return ui
