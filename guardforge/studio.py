@@ -188,7 +188,11 @@ class Studio:
         caller.spend(1)
         max_pixels = self.settings.limits.max_image_pixels
         if request.init_image is not None:
-            decode_image(request.init_image, max_pixels, "init_image")
+            image = decode_image(request.init_image, max_pixels, "init_image")
+            if request.outpaint is not None:  # the canvas's size is known once the image is
+                from guardforge.engine.outpaint import check_canvas
+
+                check_canvas(request, image.size, self.settings.limits)
         if request.mask is not None:
             decode_image(request.mask, max_pixels, "mask")
         self.usable_checkpoint(request.model or self.settings.default_model)
@@ -339,6 +343,10 @@ class Studio:
         max_pixels = self.settings.limits.max_image_pixels
         init_image = (decode_image(request.init_image, max_pixels, "init_image")
                       if request.init_image is not None else None)
+        if request.outpaint is not None and init_image is not None:  # before any guard call or model load
+            from guardforge.engine.outpaint import check_canvas
+
+            check_canvas(request, init_image.size, self.settings.limits)
         mask = decode_image(request.mask, max_pixels, "mask") if request.mask is not None else None
         entry = self.registry.resolve(request.model or self.settings.default_model)
         # Resolved before the guard runs, so that a VAE that is not there costs no guard call (the CLI's path).

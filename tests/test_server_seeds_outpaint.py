@@ -93,3 +93,108 @@ def test_the_ui_extra_seed_row_reaches_the_request(server, client):
                False, 8, 0.4, 16, 24, api_name="/run_mode")
     [plain] = [j for j in client.get("/v1/jobs").json()["jobs"] if j["request"]["prompt"] == "ui plain"]
     assert plain["request"]["subseed_strength"] == 0 and plain["request"]["seed_resize_from_w"] == -1
+
+
+def noise_png_b64(width: int, height: int) -> str:
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def decoded(b64: str):
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB"), dtype=np.int16)
+
+
+def test_native_outpaint_job(client):
+    import base64
+
+    import numpy as np
+
+    init = noise_png_b64(32, 32)
+    job = client.post("/v1/jobs", json={"prompt": "x", "steps": 2, "seed": 1, "init_image": init,
+                                        "denoising_strength": 1.0, "mask_blur": 0,
+                                        "outpaint": {"left": 16, "right": 16}}).json()
+    done = wait_state(client, job["id"], ("succeeded", "failed"))
+    assert done["state"] == "succeeded", done
+    image = client.get(done["images"][0]["url"]).content
+    out = decoded(base64.b64encode(image).decode())
+    assert out.shape == (32, 64, 3)
+    assert np.array_equal(out[:, 16:48], decoded(init))  # the old image, exactly, in the middle
+    assert 'Outpaint: "left=16,right=16"' in done["result"]["images"][0]["infotext"]
+
+
+def test_webuiapi_poor_mans_outpainting(server):
+    import webuiapi
+    from PIL import Image
+
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=server.port, sampler="Euler", steps=2)
+    assert api.get_scripts()["img2img"] == ["poor man's outpainting"]
+    init = Image.new("RGB", (32, 32), (30, 160, 60))
+    # A1111's script_args: pixels, mask_blur, inpainting_fill (1: original), direction.
+    result = api.img2img(images=[init], prompt="grass", seed=4, denoising_strength=0.9, width=512, height=512,
+                         script_name="Poor man's outpainting", script_args=[16, 0, 1, ["left", "up"]])
+    assert result.images[0].size == (48, 48)  # the image's own size, not the payload's 512 (tile size in A1111)
+    assert result.images[0].crop((16, 16, 48, 48)).getcolors() == [(32 * 32, (30, 160, 60))]
+    infotext = result.info["infotexts"][0]
+    assert 'Outpaint: "left=16,up=16"' in infotext and "Masked content: original" in infotext
+    assert "script_name" not in result.info["guardforge"]["ignored_fields"]
+    # Another script still is not run, and says so.
+    other = api.img2img(images=[init], prompt="x", steps=1, denoising_strength=1.0, width=32, height=32,
+                        script_name="loopback", script_args=[2])
+    assert "script_name" in other.info["guardforge"]["ignored_fields"] and other.images[0].size == (32, 32)
+
+
+@pytest.mark.parametrize("path, extra, needle", [
+    ("/v1/jobs", {"outpaint": {"left": 12}}, "must be a multiple of 8"),
+    ("/v1/jobs", {"outpaint": {"left": 8}, "mask": "x"}, "makes its own mask"),
+    ("/v1/jobs", {"outpaint": {"left": 128}}, "outpainted width=160 is over this server's limit of 128"),
+    ("/v1/jobs", {"outpaint": {"left": 64}, "width": 128}, "outpainted width=192 is over this server's limit"),
+    ("/sdapi/v1/img2img", {"script_name": "poor man's outpainting", "script_args": [128, 4, 0, ["up"]]},
+     "outpainted height=160 is over this server's limit of 128"),
+    ("/sdapi/v1/img2img", {"script_name": "poor man's outpainting", "script_args": [16, 4, 0, ["sideways"]]},
+     "must list some of left, right, up, down"),
+    ("/sdapi/v1/img2img", {"script_name": "poor man's outpainting", "script_args": [12]}, "multiple of 8"),
+    ("/sdapi/v1/img2img", {"mask": "x", "inpainting_fill": 7}, "inpainting_fill 7: give 0 to 3"),
+])
+def test_bad_outpaint_requests_are_422_with_a_reason(client, path, extra, needle):
+    image = noise_png_b64(32, 32)
+    body = {"prompt": "x", "steps": 2}
+    body.update({"init_image": image} if path == "/v1/jobs" else {"init_images": [image]})
+    if extra.get("mask") == "x":
+        extra = {**extra, "mask": image}
+    response = client.post(path, json={**body, **extra})
+    assert response.status_code == 422, response.text
+    assert needle in response.text
+
+
+def test_the_ui_outpaint_sliders_reach_the_request(server, client, tmp_path):
+    from gradio_client import Client, handle_file
+    from PIL import Image
+
+    path = tmp_path / "start.png"
+    Image.new("RGB", (32, 32), (10, 20, 200)).save(path)
+    ui = Client(f"{server.url}/ui/", verbose=False)
+    # img2img's Generate: ..., init image, strength, editor, the five seed extras, then left, right, up, down and
+    # Masked content.
+    ui.predict("ui outpaint", "", "tiny-sd", "Automatic", "Euler", "Automatic", 2, 7, 32, 32, 5,
+               handle_file(str(path)), 0.9, None, False, -1, 0, 0, 0, 0, 16, 8, 0, "latent nothing",
+               api_name="/run_mode_1")
+    [job] = [j for j in client.get("/v1/jobs").json()["jobs"] if j["request"]["prompt"] == "ui outpaint"]
+    assert job["state"] == "succeeded", job
+    assert job["request"]["outpaint"] == {"left": 0, "right": 16, "up": 8, "down": 0}
+    assert job["request"]["inpainting_fill"] == "latent nothing"
+    image = job["result"]["images"][0]
+    assert (image["width"], image["height"]) == (48, 40)

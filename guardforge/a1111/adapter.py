@@ -17,6 +17,8 @@ from PIL import Image
 from guardforge.a1111.schemas import SCHEDULERS_LISTED, SCHEDULES, ImageResponse, Img2ImgPayload, Txt2ImgPayload
 from guardforge.access.caller import Caller
 from guardforge.engine.infotext import parse_infotext
+from guardforge.engine.masked_content import FILLS
+from guardforge.engine.outpaint import POOR_MANS_OUTPAINTING, SIDES
 from guardforge.engine.request import AUTOMATIC_VAE, GenerationRequest
 from guardforge.engine.samplers import split_legacy_sampler
 from guardforge.errors import GuardforgeError, InvalidRequest, JobFailed
@@ -70,6 +72,13 @@ def to_generation_request(payload: Txt2ImgPayload, default_model: str,
     if isinstance(payload, Img2ImgPayload):
         fields.update(init_image=payload.init_images[0], mask=payload.mask or None, mask_blur=payload.mask_blur,
                       inpainting_mask_invert=bool(payload.inpainting_mask_invert))
+        if payload.inpainting_fill is not None and payload.mask:  # A1111 fills only a masked area
+            fields["inpainting_fill"] = _fill_name(payload.inpainting_fill)
+        if payload.script_name:
+            if payload.script_name.strip().lower() != POOR_MANS_OUTPAINTING:
+                ignored.append("script_name")
+            else:
+                fields.update(outpaint_script(payload))
         if payload.denoising_strength is not None:
             fields["denoising_strength"] = payload.denoising_strength
         if len(payload.init_images) > 1:
@@ -77,6 +86,41 @@ def to_generation_request(payload: Txt2ImgPayload, default_model: str,
     elif payload.denoising_strength is not None:
         ignored.append("denoising_strength")  # only hires fix uses it in txt2img
     return GenerationRequest(**fields), ignored
+
+
+def scripts_listed() -> dict[str, list[str]]:
+    """/sdapi/v1/scripts: the A1111 scripts a payload's script_name may name here."""
+    return {"txt2img": [], "img2img": [POOR_MANS_OUTPAINTING]}
+
+
+def _fill_name(index: Any) -> str:
+    if not isinstance(index, int) or not 0 <= index < len(FILLS):
+        raise InvalidRequest(f"inpainting_fill {index!r}: give 0 to {len(FILLS) - 1} "
+                             f"({', '.join(f'{i}: {name}' for i, name in enumerate(FILLS))})")
+    return FILLS[index]
+
+
+def outpaint_script(payload: Img2ImgPayload) -> dict[str, Any]:
+    """The request fields for A1111's "Poor man's outpainting" script, script_args [pixels, mask_blur,
+    inpainting_fill, direction] with its defaults (128, 4, fill, all four sides). Done in one pass at the init
+    image's own size (A1111 works in tiles of the payload's width x height): width and height are not used."""
+    if payload.mask:
+        raise InvalidRequest("poor man's outpainting makes its own mask: send no mask with it")
+    args = list(payload.script_args or [])
+    defaults = [128, 4, 0, list(SIDES)]
+    if len(args) > len(defaults):
+        raise InvalidRequest(f"poor man's outpainting takes {len(defaults)} script_args (pixels, mask_blur, "
+                             f"inpainting_fill, direction), not {len(args)}")
+    pixels, mask_blur, fill, direction = args + defaults[len(args):]
+    if isinstance(direction, str):
+        direction = [direction]
+    if not isinstance(direction, list) or not direction or any(str(d).lower() not in SIDES for d in direction):
+        raise InvalidRequest(f"poor man's outpainting: direction {direction!r} must list some of "
+                             f"{', '.join(SIDES)}")
+    if not isinstance(pixels, int) or isinstance(pixels, bool) or not isinstance(mask_blur, int):
+        raise InvalidRequest("poor man's outpainting: pixels and mask_blur (script_args[0:2]) are whole numbers")
+    return {"outpaint": {str(side).lower(): pixels for side in direction}, "mask_blur": mask_blur,
+            "inpainting_fill": _fill_name(fill), "width": None, "height": None, "mask": None}
 
 
 def blocked_placeholder(width: int, height: int) -> str:

@@ -51,7 +51,11 @@ class Img2ImgPayload(Txt2ImgPayload):
     mask: str | None = None  # "" is no mask, as A1111 reads it
     mask_blur: int = 4
     inpainting_mask_invert: int = 0
+    inpainting_fill: int | None = None  # an index into FILLS ("Masked content"); None: guardforge's default
     include_init_images: bool = False
+    # The one A1111 img2img script that runs here is "poor man's outpainting" (adapter.outpaint_script).
+    script_name: str | None = None
+    script_args: list[Any] | None = None
 
     @field_validator("init_images")
     @classmethod

@@ -46,7 +46,7 @@ _OPTION_FOR = {
     "height": "--height", "denoising_strength": "--strength", "mask_blur": "--mask-blur",
     "inpainting_mask_invert": "--invert-mask", "clip_skip": "--clip-skip", "subseed": "--subseed",
     "subseed_strength": "--subseed-strength", "seed_resize_from_w": "--seed-resize-from",
-    "seed_resize_from_h": "--seed-resize-from",
+    "seed_resize_from_h": "--seed-resize-from", "outpaint": "--outpaint", "inpainting_fill": "--inpainting-fill",
 }
 
 
@@ -107,6 +107,11 @@ def generate(
                                            help="How far toward the variation seed's noise, 0 to 1 (0: none)"),
     seed_resize_from: str = typer.Option(None, "--seed-resize-from", help="Draw the seed's noise at WxH (as made "
                                          "at that size) and centre it in this size; off: don't"),
+    outpaint: str = typer.Option(None, "--outpaint", help="Extend --init-image's canvas and paint the new area: "
+                                 "SIDE=PIXELS,... with sides left, right, up, down, e.g. left=64,right=64"),
+    inpainting_fill: str = typer.Option(None, "--inpainting-fill", help="What the masked (or new) area holds "
+                                        "before denoising: fill, original, 'latent noise' or 'latent nothing' "
+                                        "(default: original; fill when outpainting)"),
     output: Path = typer.Option(None, "--output", "-o", help="Output folder (default: settings outputs_dir)"),
     from_png: Path = typer.Option(None, "--from-png", help="Start from an image's infotext; options given override"),
 ) -> None:
@@ -124,7 +129,8 @@ def generate(
         "steps": steps, "cfg_scale": cfg, "seed": seed, "width": width, "height": height,
         "batch_size": batch_size, "n_iter": n_iter, "denoising_strength": strength, "mask_blur": mask_blur,
         "inpainting_mask_invert": invert_mask, "clip_skip": clip_skip, "subseed": subseed,
-        "subseed_strength": subseed_strength, **_seed_resize(seed_resize_from),
+        "subseed_strength": subseed_strength, **_seed_resize(seed_resize_from), "outpaint": outpaint,
+        "inpainting_fill": inpainting_fill,
         "init_image": _read_b64(init_image, "--init-image") if init_image else None,
         "mask": _read_b64(mask, "--mask") if mask else None,
     }

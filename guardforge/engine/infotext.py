@@ -65,6 +65,8 @@ def build_infotext(request: GenerationRequest, seed: int, width: int, height: in
         # A1111 adds these to extra_generation_params for inpainting, which come after the fixed keys.
         "Mask blur": request.mask_blur if request.mode == "inpaint" else None,
         "Mask mode": _INVERTED_MASK_MODE if request.mode == "inpaint" and request.inpainting_mask_invert else None,
+        "Masked content": request.inpainting_fill,
+        "Outpaint": str(request.outpaint) if request.outpaint is not None else None,
     }
     line = ", ".join(f"{k}: {quote(v)}" for k, v in params.items() if v is not None)
     negative = f"\nNegative prompt: {request.negative_prompt}" if request.negative_prompt else ""
@@ -123,13 +125,28 @@ def fields_from_infotext(text: str) -> dict[str, Any]:
         "Clip skip": "clip_skip", "Mask blur": "mask_blur", "Model": "model", "VAE": "vae",
         "Variation seed": "subseed", "Variation seed strength": "subseed_strength",
         "Seed resize from-1": "seed_resize_from_w", "Seed resize from-2": "seed_resize_from_h",
+        "Masked content": "inpainting_fill", "Outpaint": "outpaint",
     }
     for key, name in mapping.items():
         if key in p:
             fields[name] = p[key]
     if p.get("Mask mode") == _INVERTED_MASK_MODE:
         fields["inpainting_mask_invert"] = True
+    if "outpaint" in fields:
+        _size_before_outpaint(fields)
     return fields
+
+
+def _size_before_outpaint(fields: dict[str, Any]) -> None:
+    """Size is the outpainted image's; a request's width and height are the image's before it is extended."""
+    from guardforge.engine.outpaint import Outpaint
+
+    try:
+        spec = Outpaint.model_validate(fields["outpaint"])
+        width, height = int(fields["width"]), int(fields["height"])
+    except (KeyError, ValueError):  # left for the request's validation to name
+        return
+    fields["width"], fields["height"] = width - spec.left - spec.right, height - spec.up - spec.down
 
 
 def request_from_infotext(text: str, **overrides: Any) -> GenerationRequest:

@@ -21,6 +21,8 @@ from PIL import Image, ImageFilter, ImageOps
 from guardforge.engine.latent_inpaint import LatentBlend, needs_latent_blend
 from guardforge.dependencies import require_lora_support
 from guardforge.engine.lora import applied_loras, resolve_loras
+from guardforge.engine.masked_content import LatentFill, fill_mode, source_image
+from guardforge.engine.outpaint import check_canvas, extend
 from guardforge.engine.prompts import encode_prompts, extract_lora_tags, prompt_chunks
 from guardforge.engine.request import GenerationRequest, ProgressEvent
 from guardforge.engine.samplers import build_scheduler, check_sampler
@@ -219,23 +221,28 @@ class Engine:
         mode = request.mode
         if mode != "txt2img" and init_image is None:
             raise InvalidRequest(f"{mode} needs the decoded init image")
-        if mode == "inpaint" and mask is None:
+        if mode == "inpaint" and mask is None and request.outpaint is None:
             raise InvalidRequest("inpaint needs the decoded mask")
         _check_strength(request)
-        width, height = self.size_for(loaded, request)
+        if request.outpaint is not None:  # the larger canvas and its mask, then inpainted as any other
+            check_canvas(request, init_image.size, self.settings.limits)
+            init_image, mask = extend(init_image, request)
+        width, height = init_image.size if request.outpaint is not None else self.size_for(loaded, request)
         seeds = request_seeds(request)
         subseeds = request_subseeds(with_fixed_subseed(request))
         prompt, tags = extract_lora_tags(request.prompt)
         loras = resolve_loras(self.registry, tags, self.settings.allow_pickle) if tags else []
 
         mode_inputs: dict[str, Any] = {}
-        original = blend_mask = None
+        original = blend_mask = source = None
         if init_image is not None:
             original = init_image.convert("RGB").resize((width, height), Image.LANCZOS)
             mode_inputs = {"image": original, "strength": request.denoising_strength}
         if mode == "inpaint":
             blend_mask = prepare_mask(mask, (width, height), request.mask_blur, request.inpainting_mask_invert)
-            mode_inputs.update(mask_image=blend_mask, width=width, height=height)
+            # What the masked area holds before denoising; the overlay afterwards uses `original`.
+            source = source_image(original, blend_mask, fill_mode(request))
+            mode_inputs.update(image=source, mask_image=blend_mask, width=width, height=height)
         elif mode == "txt2img":
             mode_inputs.update(width=width, height=height)
 
@@ -248,11 +255,12 @@ class Engine:
             latent_blend = None
             if mode == "inpaint" and needs_latent_blend(loaded.pipeline):
                 pipe = loaded.for_mode("img2img")
-                latent_blend = LatentBlend(pipe, original, blend_mask)
-                mode_inputs = {"image": original, "strength": request.denoising_strength}
+                latent_blend = LatentBlend(pipe, source, blend_mask)
+                mode_inputs = {"image": source, "strength": request.denoising_strength}
             else:
                 pipe = loaded.for_mode(mode)
             variation = Variation.of(request, pipe)
+            latent_fill = LatentFill.of(request, blend_mask)
             # The engine reports progress through on_progress; diffusers' own tqdm bar would only add noise.
             pipe.set_progress_bar_config(disable=True)
             progress.check_cancel()
@@ -278,6 +286,8 @@ class Engine:
                                 pipe, mode, mode_inputs, generators, batch_seeds,
                                 subseeds[iteration * request.batch_size:(iteration + 1) * request.batch_size],
                                 embeds.kwargs["prompt_embeds"].dtype)
+                        if latent_fill is not None:
+                            latent_fill.install(pipe, batch_seeds)
                         callback = progress.callback
                         if latent_blend is not None:
                             latent_blend.start_batch(batch_seeds)

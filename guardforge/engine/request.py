@@ -6,6 +6,8 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from guardforge.engine.masked_content import InpaintingFill
+from guardforge.engine.outpaint import Outpaint
 from guardforge.errors import InvalidRequest
 from guardforge.guard.verdict import Verdict
 from guardforge.settings import DType, Limits, Offload
@@ -70,6 +72,11 @@ class GenerationRequest(BaseModel):
     subseed_strength: float = Field(0.0, ge=0.0, le=1.0)
     seed_resize_from_w: int = Field(-1, ge=-1)
     seed_resize_from_h: int = Field(-1, ge=-1)
+    # Outpainting (engine/outpaint.py): the init image's canvas extended by these pixels, the new area inpainted.
+    outpaint: Outpaint | None = None
+    # A1111's "Masked content" for inpaint and outpaint (engine/masked_content.py); None: "original" for inpaint,
+    # "fill" for outpaint.
+    inpainting_fill: InpaintingFill | None = None
     memory: MemoryOptions = MemoryOptions()
 
     @field_validator("width", "height")
@@ -114,6 +121,17 @@ class GenerationRequest(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _outpaint_needs_image_alone(self) -> GenerationRequest:
+        if self.outpaint is not None:
+            if self.init_image is None:
+                raise ValueError("outpaint needs an init_image to extend")
+            if self.mask is not None or self.inpainting_mask_invert:
+                raise ValueError("outpaint makes its own mask: leave mask and inpainting_mask_invert out")
+        if self.inpainting_fill is not None and self.mask is None and self.outpaint is None:
+            raise ValueError("inpainting_fill says what fills a masked area: give a mask or outpaint, or leave it out")
+        return self
+
+    @model_validator(mode="after")
     def _batch_seeds_fit(self) -> GenerationRequest:
         last = self.seed + self.batch_size * self.n_iter - 1
         if self.seed != -1 and last > SEED_MAX:
@@ -138,7 +156,7 @@ class GenerationRequest(BaseModel):
     def mode(self) -> Literal["txt2img", "img2img", "inpaint"]:
         if self.init_image is None:
             return "txt2img"
-        return "inpaint" if self.mask is not None else "img2img"
+        return "inpaint" if self.mask is not None or self.outpaint is not None else "img2img"
 
     def check_limits(self, limits: Limits) -> None:
         """Raise InvalidRequest naming the first cap this request breaks."""
@@ -151,6 +169,12 @@ class GenerationRequest(BaseModel):
             ("batch_size", self.batch_size, limits.max_batch_size),
             ("n_iter", self.n_iter, limits.max_n_iter),
         ]
+        if self.outpaint is not None:  # without a size, the image's own counts, once known (outpaint.check_canvas)
+            spec = self.outpaint
+            checks += [("outpainted width", self.width + spec.left + spec.right if self.width else 0,
+                        limits.max_width),
+                       ("outpainted height", self.height + spec.up + spec.down if self.height else 0,
+                        limits.max_height)]
         for name, value, cap in checks:
             if value > cap:
                 raise InvalidRequest(f"{name}={value} is over this server's limit of {cap}")

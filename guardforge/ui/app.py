@@ -16,7 +16,7 @@ from guardforge.errors import GuardforgeError
 from guardforge.guard.blur import withheld_tile
 from guardforge.imaging import encode_image
 from guardforge.access.caller import LOCAL_OWNER, Caller
-from guardforge.ui import guard_view, seed_extras
+from guardforge.ui import guard_view, outpaint_controls, seed_extras
 from guardforge.ui.uploads import (
     CLEAN_EVERY_S,
     KEEP_UPLOADS_S,
@@ -117,7 +117,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
 
     def run(mode, prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed,
             init_image, strength, editor, extra, subseed, subseed_strength, resize_w, resize_h,
-            request: gr.Request):
+            out_left, out_right, out_up, out_down, fill, request: gr.Request):
         owner = _owner(request)
         if rate_limit is not None:
             try:
@@ -133,12 +133,15 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
                 raise gr.Error("drop an image to start from")
             # Decoded under the pixel cap by UploadedImage, so re-encoding it costs no more than the API's call.
             fields.update(init_image=encode_image(init_image.convert("RGB")), denoising_strength=strength)
+            fields.update(outpaint_controls.request_fields(out_left, out_right, out_up, out_down, fill))
         elif mode == "inpaint":
             background, mask = _mask_from_editor(editor)
             if background is None or mask is None:
                 raise gr.Error("load an image and paint the area to repaint")
             fields.update(init_image=encode_image(background), mask=encode_image(mask),
                           denoising_strength=strength)
+            if fill not in (None, "original"):  # "original", the inpaint default, is left unsaid as before
+                fields["inpainting_fill"] = fill
         caller = _caller(studio, request)
         try:
             job_id = studio.submit(GenerationRequest(**fields), caller).id
@@ -174,10 +177,10 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
         # An explicit signature, so that Gradio sees the gr.Request parameter and fills it in.
         def run_mode(prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed, init_image,
                      strength, editor, extra=False, subseed=-1, subseed_strength=0, resize_w=0, resize_h=0,
-                     request: gr.Request = None):
+                     out_left=0, out_right=0, out_up=0, out_down=0, fill=None, request: gr.Request = None):
             yield from run(mode, prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed,
                            init_image, strength, editor, extra, subseed, subseed_strength, resize_w, resize_h,
-                           request)
+                           out_left, out_right, out_up, out_down, fill, request)
         return run_mode
 
     def show_selected(job_id, evt: gr.SelectData, request: gr.Request):
@@ -209,7 +212,8 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
         if not text:
             return (gr.update(),) * FORM_FIELDS + ("this image carries no generation parameters",)
         try:
-            params = request_from_infotext(text).model_dump()
+            # An outpainted or inpainted image's mask settings need its image, which PNG info does not fill in.
+            params = request_from_infotext(text, outpaint=None, inpainting_fill=None).model_dump()
         except Exception as exc:  # a foreign infotext (unknown sampler, odd sizes): show it, fill nothing
             return (gr.update(),) * FORM_FIELDS + (f"{text}\n\n(not usable here: {exc})",)
         return _fields_update(params) + (text,)
@@ -260,6 +264,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
                 init_image = with_cap(UploadedImage(type="pil", label="Start from", elem_id="gf-init-image"),
                                       limits.max_image_pixels)
                 strength = gr.Slider(0, 1, value=0.75, step=0.05, label="Denoising strength")
+                outpaint = outpaint_controls.build(limits)
                 img_button = gr.Button("Generate from image", variant="primary")
             with gr.Tab("inpaint"):
                 editor = with_cap(UploadedImageEditor(type="pil", label="Paint the area to repaint",
@@ -267,6 +272,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
                                                       elem_id="gf-editor"),
                                   limits.max_image_pixels)
                 inpaint_strength = gr.Slider(0, 1, value=0.75, step=0.05, label="Denoising strength")
+                inpaint_fill = outpaint_controls.masked_content("original", "gf-inpaint-fill")
                 inpaint_button = gr.Button("Inpaint", variant="primary")
             with gr.Tab("PNG info"):
                 png = UploadedFile(label="Drop a PNG made by guardforge or A1111", file_types=[".png"],
@@ -289,12 +295,14 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
         # not even submitted): a handler only submits and polls, and our queue applies the workers, the
         # per-key caps and the rate limit, as it does for the API.
         txt_button.click(runner("txt2img"),
-                         [prompt, negative, *params, init_image, strength, editor, *extras], outputs, concurrency_limit=None)
+                         [prompt, negative, *params, init_image, strength, editor, *extras, *outpaint], outputs,
+                         concurrency_limit=None)
         img_button.click(runner("img2img"),
-                         [prompt, negative, *params, init_image, strength, editor, *extras], outputs, concurrency_limit=None)
+                         [prompt, negative, *params, init_image, strength, editor, *extras, *outpaint], outputs,
+                         concurrency_limit=None)
         inpaint_button.click(runner("inpaint"),
-                             [prompt, negative, *params, init_image, inpaint_strength, editor, *extras], outputs,
-                             concurrency_limit=None)
+                             [prompt, negative, *params, init_image, inpaint_strength, editor, *extras, *outpaint[:4],
+                              inpaint_fill], outputs, concurrency_limit=None)
         gallery.select(show_selected, [job_state], [infotext, verdict])
         # `input`, not `change`: a model set by PNG info or Reuse comes with its own size, which must stay.
         model.input(sizes_for, [model], [width, height])

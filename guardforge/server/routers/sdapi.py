@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Body, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
-from guardforge.a1111.adapter import A1111, title
+from guardforge.a1111.adapter import A1111, scripts_listed, title
 from guardforge.a1111.adapter import png_info as png_info_of
 from guardforge.a1111.schemas import (
     SCHEDULERS_LISTED,
@@ -185,9 +185,10 @@ async def upscalers(caller: Caller = Depends(get_caller)) -> list[dict[str, Any]
     return []
 
 
-@router.get("/scripts", summary="Scripts (none: A1111 scripts do not run here)", responses=errors(401))
+@router.get("/scripts", summary="Scripts (img2img: poor man's outpainting; no other A1111 script runs here)",
+            responses=errors(401))
 async def scripts(caller: Caller = Depends(get_caller)) -> dict[str, list[str]]:
-    return {"txt2img": [], "img2img": []}
+    return scripts_listed()
 
 
 @router.get("/latent-upscale-modes", summary="Latent upscale modes (none: no hires fix here)", responses=errors(401))
