@@ -192,3 +192,15 @@ def test_the_outpainted_size_is_held_to_the_limits(engine, loaded):
 def test_outpaint_text_form_reads_and_writes_the_same():
     spec = Outpaint.model_validate("left=64, up=8")
     assert (spec.left, spec.up, spec.right) == (64, 8, 0) and str(spec) == "left=64,up=8"
+
+
+@pytest.mark.parametrize("strength", [0.8, 1.0])
+def test_variation_seeds_vary_an_outpainting(engine, loaded, strength):
+    init = _init_image(32, 32)
+    base = dict(outpaint={"left": 16}, mask_blur=0, denoising_strength=strength, seed=3)
+    [(plain, _)] = engine.run(loaded, outpaint_req(**base), init_image=init)
+    [(varied, _)] = engine.run(loaded, outpaint_req(**base, subseed=8, subseed_strength=0.6), init_image=init)
+    [(none, _)] = engine.run(loaded, outpaint_req(**base, subseed=8, subseed_strength=0.0), init_image=init)
+    check_outpainted(varied, init, left=16, up=0)
+    assert np.array_equal(pixels(none), pixels(plain))
+    assert not np.array_equal(pixels(varied)[:, :16], pixels(plain)[:, :16])
