@@ -195,10 +195,11 @@ class Studio:
                 check_canvas(request, image.size, self.settings.limits)
         if request.mask is not None:
             decode_image(request.mask, max_pixels, "mask")
-        self.usable_checkpoint(request.model or self.settings.default_model)
+        checkpoint = self.usable_checkpoint(request.model or self.settings.default_model)
         if request.vae is not None:  # an unknown or pickled VAE fails here, as the model does, not in the worker
             self.usable_vae(request.vae)
         self.engine.check(request)
+        self._check_embeddings_fit(request, checkpoint)
         job_id = self.jobs.submit("generate", {"request": request.model_dump(mode="json"), "save": save},
                                   owner=caller.owner, priority=priority, max_active_for_owner=caller.max_active)
         self.workers.notify()
@@ -336,6 +337,7 @@ class Studio:
         settings.device) and `replica` pick the copy of the model to run on: each worker has its own.
         """
         from guardforge.engine.infotext import build_infotext
+        from guardforge.engine.embeddings import ti_hashes
         from guardforge.engine.variation import request_subseeds, with_fixed_subseed
 
         started = time.perf_counter()
@@ -374,13 +376,14 @@ class Studio:
                                   on_progress=on_progress, cancel=cancel, skip=skip, interrupt=interrupt)
         model_hash = entry.short_hash()
         vae_name, vae_hash = (vae.filename, vae.short_hash()) if vae else (None, None)
+        inversions = ti_hashes(self.registry, request.prompt, request.negative_prompt)
         verdicts = self.guard.check_output_images([image for image, _ in outputs])
         images: list[GeneratedImage] = []
         for index, ((image, seed), verdict) in enumerate(zip(outputs, verdicts, strict=True)):
             subseed = subseeds[index] if request.subseed_strength > 0 else None
             infotext = build_infotext(request, seed=seed, width=image.width, height=image.height,
                                       model_name=entry.name, model_hash=model_hash, vae_name=vae_name,
-                                      vae_hash=vae_hash, subseed=subseed)
+                                      vae_hash=vae_hash, subseed=subseed, ti_hashes=inversions)
             delivered = self.guard.enforce(image, verdict)
             path = None
             if delivered is not None and save:
@@ -406,6 +409,30 @@ class Studio:
         entry = self.registry.resolve(model or self.settings.default_model)
         folder = entry.path if entry.format == "diffusers" else CONFIGS_DIR / shipped_config_name(entry.family)
         return native_size_from_configs(folder)
+
+    def _text_widths(self, entry) -> dict[str, int]:
+        from guardforge.engine.embeddings import widths_from_configs
+        from guardforge.models.loading import CONFIGS_DIR, shipped_config_name
+
+        folder = entry.path if entry.format == "diffusers" else CONFIGS_DIR / shipped_config_name(entry.family)
+        return widths_from_configs(folder)
+
+    def _check_embeddings_fit(self, request: GenerationRequest, checkpoint) -> None:
+        """An embedding the texts name that was made for another family fails the generation: refused now."""
+        from guardforge.engine.embeddings import check_fit, embeddings_in
+        from guardforge.engine.prompts import extract_lora_tags
+
+        used = embeddings_in(self.registry, extract_lora_tags(request.prompt)[0], request.negative_prompt)
+        if used:
+            check_fit(used, self._text_widths(checkpoint), self.settings.allow_pickle)
+
+    def embeddings(self, model: str | None = None) -> dict[str, dict]:
+        """The textual inversion embeddings in the models folder's embeddings/, in A1111's shape: "loaded" those
+        that fit `model`'s text encoders (read from its config files: nothing is loaded), "skipped" the rest."""
+        from guardforge.engine.embeddings import listing
+
+        entry = self.registry.resolve(model or self.settings.default_model)
+        return listing(self.models("embedding"), self._text_widths(entry), self.settings.allow_pickle)
 
     def dreambooth_services(self, device: str | None = None, replica: int = 0):
         """What DreamBooth training may ask of this studio (train sits below it and gets only these).

@@ -16,10 +16,22 @@ from tests.test_server import png_b64, wait_state
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_model_dir):
     home = make_home(tmp_path_factory.mktemp("seeds-outpaint"), tiny_model_dir)
+    write_embeddings(home / "models" / "embeddings")
     live = LiveServer(home, server_env(home, GUARDFORGE_LIMITS__MAX_WIDTH="128", GUARDFORGE_LIMITS__MAX_HEIGHT="128"),
                       ui=True).start()
     yield live
     live.stop()
+
+
+def write_embeddings(folder):
+    import torch
+    from safetensors.torch import save_file
+
+    from tests.test_engine_embeddings import write_a1111_pt
+
+    folder.mkdir(parents=True)
+    write_a1111_pt(folder / "sparkle.pt", torch.randn(3, 32))
+    save_file({"emb_params": torch.randn(1, 768)}, str(folder / "sd15-only.safetensors"))
 
 
 @pytest.fixture
@@ -198,3 +210,26 @@ def test_the_ui_outpaint_sliders_reach_the_request(server, client, tmp_path):
     assert job["request"]["inpainting_fill"] == "latent nothing"
     image = job["result"]["images"][0]
     assert (image["width"], image["height"]) == (48, 40)
+
+
+def test_sdapi_embeddings_and_ti_hashes(server, client):
+    import hashlib
+
+    listed = client.get("/sdapi/v1/embeddings").json()
+    assert listed == {
+        "loaded": {"sparkle": {"step": 150, "sd_checkpoint": "a1b2c3d4", "sd_checkpoint_name": "sd15", "shape": 32,
+                               "vectors": 3}},
+        "skipped": {"sd15-only": {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": 768,
+                                  "vectors": 1}}}
+    assert client.post("/sdapi/v1/refresh-embeddings").status_code == 200
+    response = client.post("/sdapi/v1/txt2img", json={"prompt": "a (sparkle:1.2) square", "steps": 1, "width": 32,
+                                                      "height": 32})
+    assert response.status_code == 200, response.text
+    digest = hashlib.sha256((server.home / "models" / "embeddings" / "sparkle.pt").read_bytes()).hexdigest()[:12]
+    assert f"TI hashes: \"sparkle: {digest}\"" in json.loads(response.json()["info"])["infotexts"][0]
+    # One made for another family is refused at the door, with the reason.
+    for path in ("/v1/jobs", "/sdapi/v1/txt2img"):
+        refused = client.post(path, json={"prompt": "x", "negative_prompt": "sd15-only", "steps": 1})
+        assert refused.status_code == 422, refused.text
+        assert "'sd15-only' (768 wide) was made for another model family than this one (text encoder 32)" \
+            in refused.text

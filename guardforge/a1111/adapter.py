@@ -219,6 +219,10 @@ class A1111:
             return "None" if name.strip().lower() == "none" else "Automatic"
         return self.studio.usable_vae(name).name
 
+    def embeddings(self, caller: Caller) -> dict[str, dict]:
+        """/embeddings: those that fit the caller's current checkpoint are "loaded", as A1111 says."""
+        return self.studio.embeddings(self.options(caller)["sd_model_checkpoint"])
+
     def submit(self, payload: Txt2ImgPayload, caller: Caller) -> Pending:
         """Check and queue the generation a txt2img or img2img payload asks for (in a thread: it decodes images
         and may rescan the models folder)."""

@@ -38,12 +38,12 @@ def _number(value: float) -> str:
 
 def build_infotext(request: GenerationRequest, seed: int, width: int, height: int, model_name: str,
                    model_hash: str | None, vae_name: str | None = None, vae_hash: str | None = None,
-                   subseed: int | None = None) -> str:
+                   subseed: int | None = None, ti_hashes: str | None = None) -> str:
     """Prompt, `Negative prompt:` line (only when there is one), then the parameters line, in A1111's order.
 
     `vae_name` (the VAE's file name, as A1111 writes it) and `vae_hash` only when a VAE replaced the
     checkpoint's own: A1111 writes neither then. `subseed`: this image's variation seed, written only when
-    subseed_strength used it."""
+    subseed_strength used it. `ti_hashes`: A1111's "name: short hash, ..." of the embeddings the texts used."""
     params: dict[str, Any] = {
         "Steps": request.steps,
         "Sampler": request.sampler,
@@ -67,6 +67,7 @@ def build_infotext(request: GenerationRequest, seed: int, width: int, height: in
         "Mask mode": _INVERTED_MASK_MODE if request.mode == "inpaint" and request.inpainting_mask_invert else None,
         "Masked content": request.inpainting_fill,
         "Outpaint": str(request.outpaint) if request.outpaint is not None else None,
+        "TI hashes": ti_hashes or None,
     }
     line = ", ".join(f"{k}: {quote(v)}" for k, v in params.items() if v is not None)
     negative = f"\nNegative prompt: {request.negative_prompt}" if request.negative_prompt else ""

@@ -20,6 +20,7 @@ from PIL import Image, ImageFilter, ImageOps
 
 from guardforge.engine.latent_inpaint import LatentBlend, needs_latent_blend
 from guardforge.dependencies import require_lora_support
+from guardforge.engine.embeddings import applied_embeddings, embeddings_in, read_embedding, spell_out
 from guardforge.engine.lora import applied_loras, resolve_loras
 from guardforge.engine.masked_content import LatentFill, fill_mode, source_image
 from guardforge.engine.outpaint import check_canvas, extend
@@ -194,6 +195,8 @@ class Engine:
         if tags:
             require_lora_support()
             resolve_loras(self.registry, tags, self.settings.allow_pickle)
+        for entry in embeddings_in(self.registry, prompt, request.negative_prompt):
+            read_embedding(entry, self.settings.allow_pickle)  # a pickle or a file of no vectors is refused now
 
     def size_for(self, loaded: LoadedModel, request: GenerationRequest) -> tuple[int, int]:
         native_w, native_h = native_size(loaded.pipeline)
@@ -232,6 +235,7 @@ class Engine:
         subseeds = request_subseeds(with_fixed_subseed(request))
         prompt, tags = extract_lora_tags(request.prompt)
         loras = resolve_loras(self.registry, tags, self.settings.allow_pickle) if tags else []
+        embeddings = embeddings_in(self.registry, prompt, request.negative_prompt)
 
         mode_inputs: dict[str, Any] = {}
         original = blend_mask = source = None
@@ -266,10 +270,12 @@ class Engine:
             progress.check_cancel()
             base_scheduler = pipe.scheduler
             try:
-                with applied_loras(pipe, loras):
+                with applied_loras(pipe, loras), \
+                        applied_embeddings(pipe, embeddings, self.settings.allow_pickle) as inversions:
                     # Encoded once per request, after the LoRAs, which may patch the text encoder too.
                     with torch.no_grad():
-                        embeds = encode_prompts(pipe, prompt, request.negative_prompt, request.clip_skip,
+                        embeds = encode_prompts(pipe, spell_out(prompt, inversions),
+                                                spell_out(request.negative_prompt, inversions), request.clip_skip,
                                                 pipe._execution_device)
                     for iteration in range(request.n_iter):
                         progress.iteration = iteration

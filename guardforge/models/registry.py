@@ -17,7 +17,7 @@ from guardforge.models.hashing import HashCache, weight_files
 if TYPE_CHECKING:
     from guardforge.settings import Settings
 
-Kind = Literal["checkpoint", "lora", "vae", "controlnet"]
+Kind = Literal["checkpoint", "lora", "vae", "controlnet", "embedding"]
 Format = Literal["diffusers", "single_file"]
 Source = Literal["user", "shipped"]
 
@@ -27,6 +27,7 @@ KIND_FOLDERS: dict[Kind, str] = {
     "lora": "Lora",
     "vae": "VAE",
     "controlnet": "ControlNet",
+    "embedding": "embeddings",  # textual inversion (A1111 keeps it beside models/; sdnext inside, as here)
 }
 SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".bin", ".pth")
@@ -38,6 +39,7 @@ _FOLDER_MARKERS: dict[Kind, tuple[str, ...]] = {
     "lora": ("pytorch_lora_weights.safetensors", "adapter_config.json"),
     "vae": ("config.json",),
     "controlnet": ("config.json",),
+    "embedding": (),  # single files only: a folder groups them
 }
 _FORCED_RESCAN_INTERVAL_S = 1.0
 # "name [abcdef0123]" is how A1111 clients spell a checkpoint (sd_model_checkpoint, infotext).

@@ -174,6 +174,17 @@ def loras(request: Request, caller: Caller = Depends(get_caller)) -> list[Lora]:
     return [Lora(name=e.name, alias=e.name, path=shown_path(request, e)) for e in entries]
 
 
+@router.get("/embeddings", summary="Textual inversion embeddings in models/embeddings (\"loaded\": those that fit "
+            "the caller's checkpoint)", responses=errors(401, 404))
+def embeddings(request: Request, caller: Caller = Depends(get_caller)) -> dict[str, dict]:
+    return a1111(request).embeddings(caller)
+
+
+@router.post("/refresh-embeddings", summary="Rescan the models folder", responses=errors(401))
+def refresh_embeddings(request: Request, caller: Caller = Depends(get_caller)) -> None:
+    request.app.state.studio.refresh_models()
+
+
 @router.get("/sd-vae", summary="VAEs in models/VAE", responses=errors(401))
 def sd_vae(request: Request, caller: Caller = Depends(get_caller)) -> list[dict[str, str]]:
     return [{"model_name": e.name, "filename": shown_path(request, e)}
