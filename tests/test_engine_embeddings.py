@@ -144,3 +144,46 @@ def test_a_name_the_tokenizer_has_is_refused(tmp_path, loaded):
     write_safetensors(folder / "a.safetensors", torch.randn(1, WIDTH))  # "a" is a token of the char tokenizer
     with pytest.raises(InvalidRequest, match="the tokenizer has that word already"):
         Engine(Settings(home=tmp_path)).run(loaded, req(prompt="a square"))
+
+
+def test_sdxl_pairs_go_into_both_text_encoders(tmp_path):
+    from diffusers import StableDiffusionXLPipeline
+
+    from guardforge.engine.embeddings import widths_from_configs
+    from guardforge.models.cache import LoadedModel
+    from guardforge.settings import MemorySettings
+    from tests.test_models_loading import _tiny_sdxl_folder
+
+    folder = _tiny_sdxl_folder(tmp_path / "tiny-xl")  # CLIP-L 32 wide, CLIP-G 64 wide
+    assert widths_from_configs(folder) == {"clip_l": 32, "clip_g": 64}
+    pipe = StableDiffusionXLPipeline.from_pretrained(folder)
+    loaded = LoadedModel(entry=None, pipeline=pipe, memory=MemorySettings(), device=torch.device("cpu"))
+    embeddings = tmp_path / "home" / "models" / "embeddings"
+    embeddings.mkdir(parents=True)
+    generator = torch.Generator().manual_seed(1)
+    clip_l = torch.randn(2, 32, generator=generator) * 2
+    save_file({"clip_l": clip_l, "clip_g": torch.randn(2, 64, generator=generator) * 2},
+              str(embeddings / "xlstyle.safetensors"))
+    # The same CLIP-L vectors, other CLIP-G ones: an image of its own shows the second encoder got them.
+    save_file({"clip_l": clip_l, "clip_g": torch.randn(2, 64, generator=generator) * 2},
+              str(embeddings / "xlother.safetensors"))
+    write_safetensors(embeddings / "sd1style.safetensors", torch.randn(1, 32))
+    engine = Engine(Settings(home=tmp_path / "home"))
+    before = [encoder.get_input_embeddings().weight.detach().clone() for encoder in (pipe.text_encoder,
+                                                                                     pipe.text_encoder_2)]
+
+    def run(prompt):
+        [(made, _)] = engine.run(loaded, req(prompt=prompt, seed=2, steps=2, sampler="Euler"))
+        return pixels(made)
+
+    plain = run("a red square")
+    styled = run("a red square, xlstyle")
+    assert np.abs(styled - plain).max() > 5
+    assert not np.array_equal(run("a red square, xlother"), styled)
+    after = [encoder.get_input_embeddings().weight for encoder in (pipe.text_encoder, pipe.text_encoder_2)]
+    assert all(torch.equal(b, a) for b, a in zip(before, after))
+    assert "xlstyle" not in pipe.tokenizer.get_vocab() and "xlstyle" not in pipe.tokenizer_2.get_vocab()
+    assert np.array_equal(run("a red square"), plain)
+    with pytest.raises(InvalidRequest, match="'sd1style' \\(32 wide\\) was made for another model family than this "
+                                             "one \\(clip_l 32, clip_g 64\\)"):
+        run("a sd1style square")
