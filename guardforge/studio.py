@@ -200,6 +200,9 @@ class Studio:
             self.usable_vae(request.vae)
         self.engine.check(request)
         self._check_embeddings_fit(request, checkpoint)
+        from guardforge.engine.variation import check_family
+
+        check_family(request, checkpoint.family)
         job_id = self.jobs.submit("generate", {"request": request.model_dump(mode="json"), "save": save},
                                   owner=caller.owner, priority=priority, max_active_for_owner=caller.max_active)
         self.workers.notify()

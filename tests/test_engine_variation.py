@@ -190,3 +190,17 @@ def test_infotext_writes_and_reads_the_variation_keys_as_a1111():
                                                       "seed_resize_from_h": -1}),
                            seed=5, width=640, height=512, model_name="m", model_hash="abc", subseed=10)
     assert "Variation" not in plain and "Seed resize" not in plain
+
+
+def test_models_without_a_unet_refuse_variation():
+    from guardforge.engine.variation import check_family
+    from guardforge.errors import InvalidRequest
+
+    varied = GenerationRequest(prompt="x", subseed_strength=0.2)
+    for family in ("sd3", "flux"):
+        with pytest.raises(InvalidRequest, match=f"UNet models .* only.*\\({family}\\)"):
+            check_family(varied, family)
+        check_family(GenerationRequest(prompt="x"), family)
+    check_family(varied, "sdxl")
+    with pytest.raises(InvalidRequest, match="UNet models"):
+        Variation.of(varied, object())  # a pipeline with no `unet`, as SD3's and Flux's

@@ -233,3 +233,23 @@ def test_sdapi_embeddings_and_ti_hashes(server, client):
         assert refused.status_code == 422, refused.text
         assert "'sd15-only' (768 wide) was made for another model family than this one (text encoder 32)" \
             in refused.text
+
+
+def test_ui_png_info_fills_the_extra_seed_row(server, tmp_path):
+    from gradio_client import Client, handle_file
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("parameters", "a hexagon\nSteps: 5, Sampler: Euler, Schedule type: Automatic, CFG scale: 6, "
+                                "Seed: 99, Size: 96x64, Model: tiny-sd, Variation seed: 12, Variation seed strength: "
+                                "0.35, Seed resize from: 64x48, Outpaint: \"left=32\", Masked content: fill")
+    path = tmp_path / "varied.png"
+    Image.new("RGB", (96, 64)).save(path, pnginfo=info)
+    ui = Client(f"{server.url}/ui/", verbose=False)
+    # prompt, negative, model, VAE, sampler, schedule, steps, cfg, width, height, seed, the five extras, the text;
+    # each a Gradio update.
+    values = [v.get("value") if isinstance(v, dict) else v for v in ui.predict(handle_file(str(path)),
+                                                                              api_name="/read_png")]
+    assert values[0] == "a hexagon" and values[8:11] == [64, 64, 99]  # the size before the 32 px outpaint
+    assert values[11:16] == [True, 12, 0.35, 64, 48]

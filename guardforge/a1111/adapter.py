@@ -259,6 +259,12 @@ class A1111:
             except (GuardforgeError, OSError, ValueError):  # the model left the folder since: A1111's default
                 native = (512, 512)
             width, height = width or native[0], height or native[1]
+        if gen.outpaint is not None:  # placeholders as large as the canvas it would have made
+            from guardforge.engine.outpaint import canvas_size
+            from guardforge.imaging import decode_image
+
+            start = decode_image(gen.init_image, self.studio.settings.limits.max_image_pixels, "init_image")
+            width, height = canvas_size(gen, start.size)
         images: list[str] = []
         if payload.send_images:
             if job.result is not None and job.result.blocked:

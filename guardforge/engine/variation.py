@@ -104,6 +104,16 @@ def _replay(seed: int, shape: tuple[int, ...], dtype: torch.dtype, before: Recip
     return _draw(generator, shape, dtype)
 
 
+_UNSUPPORTED = ("variation seeds and seed resize work on UNet models (SD 1.x/2.x, SDXL) only; leave "
+                "subseed_strength at 0 and seed_resize_from unset for this model")
+
+
+def check_family(request: GenerationRequest, family: str) -> None:
+    """Refuse at submit what Variation.of refuses once the model is loaded: SD3 and Flux have no UNet."""
+    if family in ("sd3", "flux") and (request.subseed_strength > 0 or resize_from(request) is not None):
+        raise InvalidRequest(f"{_UNSUPPORTED} ({family})")
+
+
 @dataclass(frozen=True)
 class Variation:
     """One request's variation settings; `vary` makes one image's noise from the pipeline's noise for it."""
@@ -118,8 +128,7 @@ class Variation:
         if request.subseed_strength == 0 and size is None:
             return None
         if getattr(pipe, "unet", None) is None:
-            raise InvalidRequest("variation seeds and seed resize work on UNet models (SD 1.x/2.x, SDXL) only; "
-                                 "leave subseed_strength at 0 and seed_resize_from unset for this model")
+            raise InvalidRequest(_UNSUPPORTED)
         return cls(request.subseed_strength, size, int(getattr(pipe, "vae_scale_factor", 8)))
 
     def vary(self, base: torch.Tensor, seed: int, subseed: int, before: Recipe) -> torch.Tensor:
