@@ -2,10 +2,10 @@
 
 An embedding is used when its name (the file's name without extension, as A1111 names it) appears in either text
 as a word. For one request the engine loads the embeddings the texts use into the pipeline's tokenizer(s) and text
-encoder(s) with diffusers' load_textual_inversion, and unloads them in a `finally`, so the next request sees the
-base vocabulary. An embedding of several vectors becomes several tokens (name, name_1, ...): the texts get the
-name spelt out as those tokens before they are encoded (diffusers' maybe_convert_prompt), so weighting `(name:1.2)`
-and long-prompt chunks count every vector, as A1111's do.
+encoder(s) with diffusers' load_textual_inversion, as tokens of their own (`<ti-name>`, and `<ti-name>_1`, ... for
+an embedding of several vectors), and unloads them in a `finally`, so the next request sees the base vocabulary.
+The texts get each name spelt out as its tokens before they are encoded (as diffusers' maybe_convert_prompt does),
+so weighting `(name:1.2)` and long-prompt chunks count every vector, as A1111's do.
 
 Files: A1111's `.pt` (a dict with `string_to_param`), read with `torch.load(weights_only=True)`, which takes tensors,
 strings and numbers and no code (a file that needs more is a pickle: refused unless allow_pickle); `.safetensors`
@@ -192,16 +192,22 @@ def listing(entries: list[ModelEntry], widths: dict[str, int], allow_pickle: boo
     return answer
 
 
+def _token(name: str) -> str:
+    """The token an embedding is loaded as: not its name, which may be a word the tokenizer has already (CLIP's
+    vocabulary holds "bad", "style", ...) or a part of longer words the tokenizer would split it out of."""
+    return f"<ti-{name}>"
+
+
 def _tokens(name: str, count: int) -> list[str]:
-    return [name] + [f"{name}_{i}" for i in range(1, count)]
+    """diffusers' tokens for an embedding of `count` vectors: token, token_1, token_2, ..."""
+    return [_token(name)] + [f"{_token(name)}_{i}" for i in range(1, count)]
 
 
 def spell_out(text: str, embeddings: list[Embedding]) -> str:
-    """The text with each multi-vector embedding's name written as its tokens (name name_1 name_2 ...)."""
+    """The text with each embedding's name, as a word, written as its tokens (all of them, one per vector)."""
     for embedding in embeddings:
-        if embedding.count > 1:
-            pattern = re.compile(rf"(?<![\w-]){re.escape(embedding.name)}(?![\w-])")
-            text = pattern.sub(" ".join(_tokens(embedding.name, embedding.count)), text)
+        pattern = re.compile(rf"(?<![\w-]){re.escape(embedding.name)}(?![\w-])")
+        text = pattern.sub(" ".join(_tokens(embedding.name, embedding.count)), text)
     return text
 
 
@@ -228,11 +234,8 @@ def applied_embeddings(pipe: DiffusionPipeline, entries: list[ModelEntry],
             tokens = _tokens(embedding.name, embedding.count)
             for key, vectors in embedding.vectors.items():
                 tokenizer, encoder = encoders[key]
-                if any(token in tokenizer.get_vocab() for token in tokens):
-                    raise InvalidRequest(f"embedding {embedding.name!r}: the tokenizer has that word already; rename "
-                                         "the file to a name of its own")
                 loaded.append((key, tokens))  # before loading: a half-loaded one is unloaded too
-                pipe.load_textual_inversion(vectors.to(encoder.dtype), token=embedding.name, tokenizer=tokenizer,
+                pipe.load_textual_inversion(vectors.to(encoder.dtype), token=tokens[0], tokenizer=tokenizer,
                                             text_encoder=encoder)
         yield embeddings
     finally:
