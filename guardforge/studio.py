@@ -199,10 +199,7 @@ class Studio:
         if request.vae is not None:  # an unknown or pickled VAE fails here, as the model does, not in the worker
             self.usable_vae(request.vae)
         self.engine.check(request)
-        self._check_embeddings_fit(request, checkpoint)
-        from guardforge.engine.variation import check_family
-
-        check_family(request, checkpoint.family)
+        self._check_model_fit(request, checkpoint)
         job_id = self.jobs.submit("generate", {"request": request.model_dump(mode="json"), "save": save},
                                   owner=caller.owner, priority=priority, max_active_for_owner=caller.max_active)
         self.workers.notify()
@@ -420,11 +417,14 @@ class Studio:
         folder = entry.path if entry.format == "diffusers" else CONFIGS_DIR / shipped_config_name(entry.family)
         return widths_from_configs(folder)
 
-    def _check_embeddings_fit(self, request: GenerationRequest, checkpoint) -> None:
-        """An embedding the texts name that was made for another family fails the generation: refused now."""
+    def _check_model_fit(self, request: GenerationRequest, checkpoint) -> None:
+        """What would fail the generation on this checkpoint, refused now: an embedding the texts name that was made
+        for another family, variation seeds on a model without a UNet."""
         from guardforge.engine.embeddings import check_fit, embeddings_in
         from guardforge.engine.prompts import extract_lora_tags
+        from guardforge.engine.variation import check_family
 
+        check_family(request, checkpoint.family)
         used = embeddings_in(self.registry, extract_lora_tags(request.prompt)[0], request.negative_prompt)
         if used:
             check_fit(used, self._text_widths(checkpoint), self.settings.allow_pickle)
