@@ -204,3 +204,31 @@ def test_models_without_a_unet_refuse_variation():
     check_family(varied, "sdxl")
     with pytest.raises(InvalidRequest, match="UNet models"):
         Variation.of(varied, object())  # a pipeline with no `unet`, as SD3's and Flux's
+
+
+def test_sdxl_variation_in_txt2img_and_img2img(tmp_path):
+    from diffusers import StableDiffusionXLPipeline
+
+    from guardforge.engine.pipelines import Engine
+    from guardforge.models.cache import LoadedModel
+    from guardforge.settings import MemorySettings, Settings
+    from tests.test_models_loading import _tiny_sdxl_folder
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(_tiny_sdxl_folder(tmp_path / "tiny-xl"))
+    loaded_xl = LoadedModel(entry=None, pipeline=pipe, memory=MemorySettings(), device=torch.device("cpu"))
+    engine = Engine(Settings(home=tmp_path / "home"))
+    init = _init_image(16, 16)
+
+    def run(**kw):
+        image = init if "init_image" in kw else None
+        [(made, _)] = engine.run(loaded_xl, req(steps=3, **kw), init_image=image)
+        return pixels(made)
+
+    plain = run(seed=4)
+    assert np.array_equal(run(seed=4, subseed=6, subseed_strength=0.0), plain)
+    assert most(run(seed=4, subseed=6, subseed_strength=1.0), run(seed=6)) <= 1
+    assert most(run(seed=4, subseed=6, subseed_strength=0.5), plain) > 10
+    img2img = dict(init_image="x", denoising_strength=0.6)
+    plain = run(seed=4, **img2img)
+    assert most(run(seed=4, subseed=6, subseed_strength=1e-6, **img2img), plain) <= 1
+    assert most(run(seed=4, subseed=6, subseed_strength=0.7, **img2img), plain) > 10
