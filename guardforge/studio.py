@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from guardforge.access.caller import LOCAL, Caller, Charge
 from guardforge.engine.request import GeneratedImage, GenerationRequest, GenerationResult, ProgressEvent
+from guardforge.engine.upscalers import UpscaleRequest, UpscaleResult
 from guardforge.errors import InvalidRequest
 from guardforge.guard.service import PromptReading
 from guardforge.guard.windows import GUARD_WINDOW_WORDS, text_windows  # noqa: F401 (GUARD_WINDOW_WORDS: re-exported)
@@ -77,6 +78,7 @@ class Studio:
     def __init__(self, settings: Settings | None = None, *, guard=None, database=None, store=None):
         from guardforge.db import Database
         from guardforge.engine.pipelines import Engine
+        from guardforge.engine.upscalers import Upscalers
         from guardforge.guard.service import Guard
         from guardforge.models.cache import PipelineCache
         from guardforge.models.registry import ModelRegistry
@@ -85,7 +87,9 @@ class Studio:
         self.settings = settings or Settings()
         self.registry = ModelRegistry(self.settings)
         self.pipelines = PipelineCache(self.registry, self.settings)
-        self.engine = Engine(self.settings, self.registry)  # the registry resolves <lora:name> tags
+        self.upscalers = Upscalers(self.settings, self.registry)
+        # The registry resolves <lora:name> tags; the upscalers serve hires fix.
+        self.engine = Engine(self.settings, self.registry, upscalers=self.upscalers)
         # One database for the job queue, the key store and the guard's audit log. Building it touches nothing:
         # its engine is made on first use (the guard's first audit row, or the queue's first call).
         self.database = database or Database(self.settings.resolved_database_url)
@@ -382,6 +386,35 @@ class Studio:
             model_hash=model_hash, vae=vae_name, vae_hash=vae_hash, elapsed_s=time.perf_counter() - started,
             prompt_verdict=prompt_verdict, device=str(loaded.device),
         )
+
+    def upscalers_listed(self) -> list:
+        """The upscalers (UpscalerInfo): "None", "Lanczos", "Nearest", then the ESRGAN/ and RealESRGAN/ models."""
+        return self.upscalers.listed()
+
+    def upscale(self, request: UpscaleRequest, caller: Caller = LOCAL, device: str | None = None,
+                cancel: Event | None = None) -> UpscaleResult:
+        """A1111's extras upscale of one image: checked (names, sizes against limits.max_image_pixels) before
+        anything runs, the input guarded as an input image, the result as an output image (the policy's blur or
+        block applied to what is returned). Runs in the calling thread: interfaces call it off their event loop."""
+        from guardforge.models.devices import pick_device
+
+        started = time.perf_counter()
+        max_pixels = self.settings.limits.max_image_pixels
+        image = decode_image(request.image, max_pixels, "image")
+        size, info = self.upscalers.plan(request, image.size, max_pixels)
+        caller.spend(1)
+        input_verdict = self.guard.check_input_image(image)
+        if input_verdict.action == "block":
+            return UpscaleResult(width=size[0], height=size[1], upscaler=request.upscaler, info=info,
+                                 input_verdict=input_verdict, action="block", blocked=True,
+                                 elapsed_s=time.perf_counter() - started)
+        target = pick_device(device or self.settings.device)
+        upscaled = self.upscalers.run(request, image, target, cancel)
+        [verdict] = self.guard.check_output_images([upscaled])
+        return UpscaleResult(width=upscaled.width, height=upscaled.height, upscaler=request.upscaler, info=info,
+                             input_verdict=input_verdict, verdict=verdict, action=verdict.action,
+                             elapsed_s=time.perf_counter() - started, device=str(target),
+                             pil=self.guard.enforce(upscaled, verdict))
 
     def native_size(self, model: str | None = None) -> tuple[int, int]:
         """(width, height) a request for `model` that names no size is made at, read from the model's config

@@ -29,6 +29,7 @@ from guardforge.errors import Cancelled, InvalidRequest
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
+    from guardforge.engine.upscalers import Upscalers
     from guardforge.models.cache import LoadedModel
     from guardforge.models.registry import ModelRegistry
     from guardforge.settings import Settings
@@ -166,9 +167,10 @@ class Engine:
     """Runs requests on LoadedModels. Holds no model and no lock: Studio's cache holds the models, and run() takes
     the lock each LoadedModel carries, so requests on one model copy take turns."""
 
-    def __init__(self, settings: Settings, registry: ModelRegistry | None = None):
+    def __init__(self, settings: Settings, registry: ModelRegistry | None = None, upscalers: Upscalers | None = None):
         self.settings = settings
         self._registry = registry
+        self._upscalers = upscalers
 
     @property
     def registry(self) -> ModelRegistry:
@@ -177,6 +179,14 @@ class Engine:
 
             self._registry = ModelRegistry(self.settings)
         return self._registry
+
+    @property
+    def upscalers(self) -> Upscalers:
+        if self._upscalers is None:
+            from guardforge.engine.upscalers import Upscalers
+
+            self._upscalers = Upscalers(self.settings, self.registry)
+        return self._upscalers
 
     def check(self, request: GenerationRequest) -> None:
         """Refuse now, without loading anything, what run() would refuse later: an unknown sampler or a
