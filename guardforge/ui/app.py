@@ -17,6 +17,7 @@ from guardforge.guard.blur import withheld_tile
 from guardforge.imaging import encode_image
 from guardforge.access.caller import LOCAL_OWNER, Caller
 from guardforge.ui import guard_view
+from guardforge.ui.extras import extras_tab
 from guardforge.ui.uploads import (
     CLEAN_EVERY_S,
     KEEP_UPLOADS_S,
@@ -260,6 +261,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
                                   limits.max_image_pixels)
                 inpaint_strength = gr.Slider(0, 1, value=0.75, step=0.05, label="Denoising strength")
                 inpaint_button = gr.Button("Inpaint", variant="primary")
+            extras_tab(studio, rate_limit, lambda request: _caller(studio, request), _owner)
             with gr.Tab("PNG info"):
                 png = UploadedFile(label="Drop a PNG made by guardforge or A1111", file_types=[".png"],
                                    type="filepath", elem_id="gf-png")

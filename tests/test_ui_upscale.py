@@ -1,0 +1,52 @@
+"""The web UI's Extras tab on a live server, through Gradio's own client: an upload upscaled by an ESRGAN file, and
+the reasons for what cannot be done."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from tests.livesrv import LiveServer, make_home, server_env
+from tests.test_upscalers import picture
+from tests.tiny_upscalers import rrdb_state, write_safetensors
+
+
+@pytest.fixture(scope="module")
+def ui_server(tmp_path_factory, tiny_model_dir):
+    home = make_home(tmp_path_factory.mktemp("ui-upscale"), tiny_model_dir)
+    write_safetensors(home / "models" / "ESRGAN" / "tiny-esrgan.safetensors", rrdb_state(nb=1))
+    live = LiveServer(home, server_env(home, GUARDFORGE_LIMITS__MAX_IMAGE_PIXELS="100000"), ui=True).start()
+    yield live
+    live.stop()
+
+
+@pytest.fixture
+def client(ui_server, request):
+    from gradio_client import Client
+
+    client = Client(f"{ui_server.url}/ui/", verbose=False)
+    request.addfinalizer(client.close)
+    return client
+
+
+def test_the_extras_tab_upscales_an_upload(client, tmp_path):
+    from gradio_client import handle_file
+
+    source = tmp_path / "small.png"
+    picture(12, 8).save(source)
+    upscaled, info = client.predict(handle_file(str(source)), "tiny-esrgan", 2, "None", 0,
+                                    api_name="/upscale_image")
+    assert Image.open(upscaled).size == (24, 16)
+    assert info.startswith("24x16 in ") and "Postprocess upscaler: tiny-esrgan" in info
+
+
+def test_the_extras_tab_says_why_not(client, tmp_path):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    source = tmp_path / "small.png"
+    picture(100, 100).save(source)
+    with pytest.raises(AppError, match="over this server's limit of 100000 pixels"):
+        client.predict(handle_file(str(source)), "Lanczos", 8, "None", 0, api_name="/upscale_image")
+    with pytest.raises(AppError, match="gone is not in the list of choices"):  # Gradio's own check
+        client.predict(handle_file(str(source)), "gone", 2, "None", 0, api_name="/upscale_image")
