@@ -15,6 +15,7 @@ from guardforge.engine.request import GeneratedImage, GenerationRequest, Generat
 from guardforge.engine.upscalers import UpscaleRequest, UpscaleResult
 from guardforge.errors import InvalidRequest
 from guardforge.guard.service import PromptReading
+from guardforge.guard.verdict import SEVERITY
 from guardforge.guard.windows import GUARD_WINDOW_WORDS, text_windows  # noqa: F401 (GUARD_WINDOW_WORDS: re-exported)
 from guardforge.imaging import decode_image
 from guardforge.models.loading import check_checkpoint, check_vae
@@ -39,12 +40,20 @@ def encoded_prompt_views(prompt: str) -> list[str]:
 class RequestTexts(NamedTuple):
     prompt: str
     negative_prompt: str
+    # Hires fix's second pass, where its texts differ from the first pass's; None: no other texts.
+    hires_prompt: str | None = None
+    hires_negative_prompt: str | None = None
 
 
 def request_texts(request: GenerationRequest) -> RequestTexts:
     """Every text a generation reads, as the engine will be given it. The one place to extend: styles and
     wildcards, when they exist, are expanded here, and the engine must then be handed these same texts, so that
     what the guard reads (prompt_reading) is what the engine encodes."""
+    hires = request.hires
+    if hires is not None and (hires.prompt, hires.negative_prompt) != (None, None):
+        return RequestTexts(request.prompt, request.negative_prompt,
+                            request.prompt if hires.prompt is None else hires.prompt,
+                            request.negative_prompt if hires.negative_prompt is None else hires.negative_prompt)
     return RequestTexts(request.prompt, request.negative_prompt)
 
 
@@ -348,7 +357,10 @@ class Studio:
         vae = self.usable_vae(request.vae) if request.vae is not None else None
 
         texts = request_texts(request)
-        [prompt_verdict] = self.guard.check_prompts([prompt_reading(texts.prompt, texts.negative_prompt)])
+        readings = [prompt_reading(texts.prompt, texts.negative_prompt)]
+        if texts.hires_prompt is not None:  # the second pass encodes these: the guard reads them as the first's
+            readings.append(prompt_reading(texts.hires_prompt, texts.hires_negative_prompt))
+        prompt_verdict = max(self.guard.check_prompts(readings), key=lambda verdict: SEVERITY[verdict.action])
         input_verdict = self.guard.check_input_image(init_image) if init_image is not None else None
         blocking = [v for v in (prompt_verdict, input_verdict) if v is not None and v.action == "block"]
         if blocking:
@@ -368,8 +380,11 @@ class Studio:
         vae_name, vae_hash = (vae.filename, vae.short_hash()) if vae else (None, None)
         verdicts = self.guard.check_output_images([image for image, _ in outputs])
         images: list[GeneratedImage] = []
+        # A1111's Size is the first pass's: hires fix's own keys say what it was upscaled to.
+        first_size = self.engine.size_for(loaded, request) if request.hires is not None else None
         for (image, seed), verdict in zip(outputs, verdicts, strict=True):
-            infotext = build_infotext(request, seed=seed, width=image.width, height=image.height,
+            width, height = first_size or image.size
+            infotext = build_infotext(request, seed=seed, width=width, height=height,
                                       model_name=entry.name, model_hash=model_hash, vae_name=vae_name,
                                       vae_hash=vae_hash)
             delivered = self.guard.enforce(image, verdict)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageFilter, ImageOps
 
+from guardforge.engine.hires import HiresPass, check_hires, check_hires_size
 from guardforge.engine.latent_inpaint import LatentBlend, needs_latent_blend
 from guardforge.dependencies import require_lora_support
 from guardforge.engine.lora import applied_loras, resolve_loras
@@ -112,6 +113,7 @@ class _Progress:
         self.iteration = 0
         self.done = 0
         self.per_batch = 0
+        self.fixed_per_batch = 0  # steps per batch known up front (hires fix: both passes); 0: the pipe's
         self.started = time.perf_counter()
 
     def interrupted(self) -> bool:
@@ -132,7 +134,7 @@ class _Progress:
 
     def callback(self, pipe: DiffusionPipeline, step: int, timestep: Any, kwargs: dict) -> dict:
         self.done += 1
-        self.per_batch = per_batch = int(getattr(pipe, "num_timesteps", 0) or step + 1)
+        self.per_batch = per_batch = self.fixed_per_batch or int(getattr(pipe, "num_timesteps", 0) or step + 1)
         if self.on_progress is not None:
             total = per_batch * self.n_iter
             elapsed = max(time.perf_counter() - self.started, 1e-9)
@@ -200,6 +202,8 @@ class Engine:
         if tags:
             require_lora_support()
             resolve_loras(self.registry, tags, self.settings.allow_pickle)
+        if request.hires is not None:
+            check_hires(request, self.upscalers)
 
     def size_for(self, loaded: LoadedModel, request: GenerationRequest) -> tuple[int, int]:
         native_w, native_h = native_size(loaded.pipeline)
@@ -231,6 +235,9 @@ class Engine:
             raise InvalidRequest("inpaint needs the decoded mask")
         _check_strength(request)
         width, height = self.size_for(loaded, request)
+        if request.hires is not None:
+            check_hires(request, self.upscalers)
+            check_hires_size(width, height, request.hires, self.settings.limits)
         seeds = request_seeds(request)
         prompt, tags = extract_lora_tags(request.prompt)
         loras = resolve_loras(self.registry, tags, self.settings.allow_pickle) if tags else []
@@ -269,6 +276,13 @@ class Engine:
                     with torch.no_grad():
                         embeds = encode_prompts(pipe, prompt, request.negative_prompt, request.clip_skip,
                                                 pipe._execution_device)
+                    hires = hires_embeds = None
+                    if request.hires is not None:
+                        hires = HiresPass(loaded, request, self.upscalers, (width, height), prompt,
+                                          base_scheduler.config)
+                        progress.fixed_per_batch = hires.steps_per_batch()
+                        same = (hires.prompt, hires.negative) == (prompt, request.negative_prompt)
+                        hires_embeds = embeds if same else hires.encode(request.clip_skip)
                     for iteration in range(request.n_iter):
                         progress.iteration = iteration
                         progress.check_cancel()
@@ -281,17 +295,20 @@ class Engine:
                         if latent_blend is not None:
                             latent_blend.start_batch(batch_seeds)
                             callback = _chained(latent_blend, progress.callback)
-                        output = pipe(
+                        first_pass = dict(
                             **embeds.kwargs,
                             **mode_inputs,
                             num_inference_steps=request.steps,
                             guidance_scale=request.cfg_scale,
                             num_images_per_prompt=request.batch_size,
                             generator=[torch.Generator("cpu").manual_seed(s) for s in batch_seeds],
-                            output_type="pil",
                             callback_on_step_end=callback,
                         )
-                        for image, seed in zip(output.images, batch_seeds, strict=True):
+                        if hires is not None:
+                            images = hires.run_batch(pipe, first_pass, batch_seeds, hires_embeds, progress, cancel)
+                        else:
+                            images = pipe(**first_pass, output_type="pil").images
+                        for image, seed in zip(images, batch_seeds, strict=True):
                             if blend_mask is not None:
                                 # A1111's overlay: pixels outside the (blurred) mask come back from the original
                                 # exactly, undoing the VAE round trip's drift there.

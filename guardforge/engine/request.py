@@ -6,6 +6,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from guardforge.engine.hires import HiresOptions, check_hires_size
 from guardforge.errors import InvalidRequest
 from guardforge.guard.verdict import Verdict
 from guardforge.settings import DType, Limits, Offload
@@ -64,6 +65,8 @@ class GenerationRequest(BaseModel):
     mask_blur: int = Field(4, ge=0, le=64)
     inpainting_mask_invert: bool = False
     memory: MemoryOptions = MemoryOptions()
+    # txt2img's hires fix (A1111's enable_hr): None, no second pass.
+    hires: HiresOptions | None = None
 
     @field_validator("width", "height")
     @classmethod
@@ -107,6 +110,12 @@ class GenerationRequest(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _hires_is_txt2img(self) -> GenerationRequest:
+        if self.hires is not None and self.init_image is not None:
+            raise ValueError("hires fix is for txt2img: leave hires out with an init_image")
+        return self
+
+    @model_validator(mode="after")
     def _batch_seeds_fit(self) -> GenerationRequest:
         last = self.seed + self.batch_size * self.n_iter - 1
         if self.seed != -1 and last > SEED_MAX:
@@ -129,9 +138,13 @@ class GenerationRequest(BaseModel):
             ("batch_size", self.batch_size, limits.max_batch_size),
             ("n_iter", self.n_iter, limits.max_n_iter),
         ]
+        if self.hires is not None:
+            checks.append(("hires.steps", self.hires.steps, limits.max_steps))
         for name, value, cap in checks:
             if value > cap:
                 raise InvalidRequest(f"{name}={value} is over this server's limit of {cap}")
+        if self.hires is not None and self.width and self.height:  # else the engine checks, at the native size
+            check_hires_size(self.width, self.height, self.hires, limits)
 
 
 class ProgressEvent(BaseModel):

@@ -215,7 +215,8 @@ async def scripts(caller: Caller = Depends(get_caller)) -> dict[str, list[str]]:
     return {"txt2img": [], "img2img": []}
 
 
-@router.get("/latent-upscale-modes", summary="Latent upscale modes (none: no hires fix here)", responses=errors(401))
+@router.get("/latent-upscale-modes", summary="Latent upscale modes (hires fix's hr_upscaler)", responses=errors(401))
 async def latent_upscale_modes(caller: Caller = Depends(get_caller)) -> list[dict[str, str]]:
-    # SillyTavern lists these beside /upscalers; an empty list says "no hires fix" without a 404.
-    return []
+    from guardforge.engine.upscalers import LATENT_UPSCALE_MODES
+
+    return [{"name": name} for name in LATENT_UPSCALE_MODES]
