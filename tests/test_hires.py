@@ -163,3 +163,33 @@ def test_an_a1111_payload_becomes_the_same_hires_request():
     assert off.hires is None and ignored == ["denoising_strength"]
     with pytest.raises(InvalidRequest, match="hr_second_pass_steps"):
         to_generation_request(Txt2ImgPayload(prompt="a fox", enable_hr=True, hr_second_pass_steps=-1), "tiny-sd")
+
+
+def test_the_cli_makes_a_hires_image_and_from_png_remakes_it(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "GUARDFORGE_HOME": str(tmp_path / "home"), "GUARDFORGE_GUARD__POLICY": "off",
+           "GUARDFORGE_DEVICE": "cpu", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+    def cli(*args):
+        done = subprocess.run([sys.executable, "-m", "guardforge", "generate", *args], env=env, capture_output=True,
+                              text=True, timeout=300)
+        return done.returncode, done.stdout, done.stderr
+
+    code, out, err = cli("a red circle", "--steps", "3", "--seed", "9", "--hires-scale", "1.5", "--hires-upscaler",
+                         "Latent (nearest)", "--hires-steps", "4", "--hires-strength", "0.5", "-o", str(tmp_path / "a"))
+    assert code == 0, err
+    first = out.split()[0]
+    assert Image.open(first).size == (96, 96)
+    code, out, err = cli("--from-png", first, "-o", str(tmp_path / "b"))
+    assert code == 0, err
+    again = out.split()[0]
+    assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(first)))
+    code, out, err = cli("--from-png", first, "--no-hires", "-o", str(tmp_path / "c"))
+    assert code == 0 and Image.open(out.split()[0]).size == (64, 64)
+    code, out, err = cli("x", "--hires-upscaler", "gone", "-o", str(tmp_path / "d"))
+    assert code == 2 and "no upscaler named 'gone'" in err and len(err.strip().splitlines()) == 1
+    code, out, err = cli("x", "--hires-scale", "0.5", "-o", str(tmp_path / "d"))
+    assert code == 2 and "hires.scale" in err and len(err.strip().splitlines()) == 1
