@@ -193,3 +193,20 @@ def test_the_cli_makes_a_hires_image_and_from_png_remakes_it(tmp_path):
     assert code == 2 and "no upscaler named 'gone'" in err and len(err.strip().splitlines()) == 1
     code, out, err = cli("x", "--hires-scale", "0.5", "-o", str(tmp_path / "d"))
     assert code == 2 and "hires.scale" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("upscaler", ["Latent", "Lanczos"])
+def test_an_interrupt_in_the_first_pass_delivers_it_without_the_second(studio, upscaler):
+    import threading
+
+    interrupt, events = threading.Event(), []
+
+    def on_progress(event):
+        events.append(event)
+        interrupt.set()
+
+    result = studio.generate(GenerationRequest(prompt="a red circle", steps=3, seed=5,
+                                               hires=HiresOptions(upscaler=upscaler, denoising_strength=0.5)),
+                             on_progress=on_progress, interrupt=interrupt, save=False)
+    assert [(image.width, image.height) for image in result.images] == [(64, 64)]
+    assert len(events) == 1  # the first step, then nothing: the second pass never ran

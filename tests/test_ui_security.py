@@ -22,6 +22,8 @@ from tests.test_server import wait_state
 FIELDS = ("", "tiny-sd", "Automatic", "Euler a", "Automatic", 2, 7, 64, 64, 1)
 # As the reviewer's call: strength 0.05 of 20 steps, one step, a near copy of the image it starts from.
 COPY_FIELDS = ("", "tiny-sd", "Automatic", "Euler a", "Automatic", 20, 7, 64, 64, 1)
+# txt2img's hires-fix section after the editor: off, at its defaults.
+HIRES_OFF = (False, "Latent", 2, 0, 0.7, 0, 0, "Use same sampler", "", "")
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +187,7 @@ def test_no_input_downloads_a_url(keyed):
     before = set(cache.iterdir())
     url = {"path": "https://example.invalid/x.png", "meta": {"_type": "gradio.FileData"}}
     for api_name, data in (("sizes_for", [url]), ("reuse", [url]),
-                           ("run_mode", ["x", url, *FIELDS[1:], None, 0.5, None])):
+                           ("run_mode", ["x", url, *FIELDS[1:], None, 0.5, None, *HIRES_OFF])):
         kind, answer = call(live, keys["b"], api_name, *data)
         assert kind == "error" and "upload" in str(answer), (api_name, kind, answer)
         assert "resolve" not in str(answer).lower(), answer

@@ -50,3 +50,21 @@ def test_the_extras_tab_says_why_not(client, tmp_path):
         client.predict(handle_file(str(source)), "Lanczos", 8, "None", 0, api_name="/upscale_image")
     with pytest.raises(AppError, match="gone is not in the list of choices"):  # Gradio's own check
         client.predict(handle_file(str(source)), "gone", 2, "None", 0, api_name="/upscale_image")
+
+
+def test_the_txt2img_tab_runs_hires_fix(client):
+    from gradio_client.exceptions import AppError
+
+    fields = ("", "tiny-sd", "Automatic", "Euler a", "Automatic", 2, 7, 32, 32, 3, None, 0.75, None)
+    hires = (True, "Latent (bicubic)", 2, 2, 0.6, 0, 0, "Use same sampler", "", "")
+    progress, gallery, infotext, verdict = client.predict("a hires square", *fields, *hires, api_name="/run_mode")
+    assert 'data-state="done"' in progress and len(gallery) == 1
+    assert Image.open(gallery[0]["image"]).size == (64, 64)
+    assert "Size: 32x32" in infotext and "Hires upscale: 2, Hires steps: 2, Hires upscaler: Latent (bicubic)" in infotext
+    assert "Denoising strength: 0.6" in infotext
+    off = (False, *hires[1:])
+    progress, gallery, infotext, _ = client.predict("a plain square", *fields, *off, api_name="/run_mode")
+    assert Image.open(gallery[0]["image"]).size == (32, 32) and "Hires" not in infotext
+    with pytest.raises(AppError, match="hires fix: the upscaled width 4096"):
+        client.predict("a huge square", *fields[:7], 1024, 1024, *fields[9:], True, "Lanczos", 4, *hires[3:],
+                       api_name="/run_mode")

@@ -44,7 +44,11 @@ def list_models(kind: str = typer.Option(None, "--kind", "-k",
         table.add_row(e.name, e.kind, e.family, fmt, e.source, e.short_hash_if_known or "-", str(e.path))
     console = Console()
     if not entries:
-        console.print(f"no models; put checkpoints in {registry.root / 'Stable-diffusion'}")
+        from guardforge.models.registry import KIND_FOLDERS, MORE_KIND_FOLDERS
+
+        wanted = kind or "checkpoint"
+        folders = " or ".join(str(registry.root / f) for f in (KIND_FOLDERS[wanted], *MORE_KIND_FOLDERS.get(wanted, ())))
+        console.print(f"no models; put {wanted}s in {folders}")
         return
     console.print(table)
 

@@ -18,6 +18,7 @@ from guardforge.imaging import encode_image
 from guardforge.access.caller import LOCAL_OWNER, Caller
 from guardforge.ui import guard_view
 from guardforge.ui.extras import extras_tab
+from guardforge.ui.hires import hires_options, hires_section
 from guardforge.ui.uploads import (
     CLEAN_EVERY_S,
     KEEP_UPLOADS_S,
@@ -115,7 +116,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
         return list(SAMPLERS)
 
     def run(mode, prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed,
-            init_image, strength, editor, request: gr.Request):
+            init_image, strength, editor, request: gr.Request, hires=None):
         owner = _owner(request)
         if rate_limit is not None:
             try:
@@ -124,7 +125,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
                 raise gr.Error(_retry_message(exc)) from None
         fields = dict(prompt=prompt, negative_prompt=negative, model=model or None, vae=vae or None, sampler=sampler,
                       schedule=schedule, steps=int(steps), cfg_scale=float(cfg), width=int(width),
-                      height=int(height), seed=int(seed))
+                      height=int(height), seed=int(seed), hires=hires)
         if mode == "img2img":
             if init_image is None:
                 raise gr.Error("drop an image to start from")
@@ -174,6 +175,14 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
             yield from run(mode, prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed,
                            init_image, strength, editor, request)
         return run_mode
+
+    def run_txt2img(prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed, init_image,
+                    strength, editor, hr_enabled, hr_upscaler, hr_scale, hr_steps, hr_strength, hr_resize_x,
+                    hr_resize_y, hr_sampler, hr_prompt, hr_negative, request: gr.Request):
+        hires = hires_options(hr_enabled, hr_upscaler, hr_scale, hr_steps, hr_strength, hr_resize_x, hr_resize_y,
+                              hr_sampler, hr_prompt, hr_negative)
+        yield from run("txt2img", prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed,
+                       init_image, strength, editor, request, hires=hires)
 
     def show_selected(job_id, evt: gr.SelectData, request: gr.Request):
         job = studio.job(job_id, _caller(studio, request))
@@ -249,6 +258,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
         with gr.Tabs():
             with gr.Tab("txt2img"):
                 txt_button = gr.Button("Generate", variant="primary", elem_id="gf-generate")
+                hires_inputs = hires_section(studio)
             with gr.Tab("img2img"):
                 init_image = with_cap(UploadedImage(type="pil", label="Start from", elem_id="gf-init-image"),
                                       limits.max_image_pixels)
@@ -282,8 +292,9 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
         # No Gradio concurrency limit (its default is 1: one user's generation at a time, the next user's click
         # not even submitted): a handler only submits and polls, and our queue applies the workers, the
         # per-key caps and the rate limit, as it does for the API.
-        txt_button.click(runner("txt2img"),
-                         [prompt, negative, *params, init_image, strength, editor], outputs, concurrency_limit=None)
+        # api_name: the endpoint keeps the name it had before hires fix (its values come after the editor's).
+        txt_button.click(run_txt2img, [prompt, negative, *params, init_image, strength, editor, *hires_inputs],
+                         outputs, concurrency_limit=None, api_name="run_mode")
         img_button.click(runner("img2img"),
                          [prompt, negative, *params, init_image, strength, editor], outputs, concurrency_limit=None)
         inpaint_button.click(runner("inpaint"),
