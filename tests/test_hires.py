@@ -210,3 +210,39 @@ def test_an_interrupt_in_the_first_pass_delivers_it_without_the_second(studio, u
                              on_progress=on_progress, interrupt=interrupt, save=False)
     assert [(image.width, image.height) for image in result.images] == [(64, 64)]
     assert len(events) == 1  # the first step, then nothing: the second pass never ran
+
+
+def test_hires_through_webuiapi_on_a_real_server(tmp_path, tiny_model_dir):
+    """A1111's payload in, A1111's answer out: the image at the hires size, its infotext (read back by PNG info),
+    `denoising_strength` in info, no hires field reported as ignored, the latent modes listed, a size over the cap 422."""
+    import httpx
+    import webuiapi
+
+    from guardforge.settings import GuardSettings, Settings
+    from guardforge.studio import Studio
+    from tests.livesrv import make_home
+    from tests.test_server_hardening import InProcessServer
+
+    home = make_home(tmp_path, tiny_model_dir)
+    studio = Studio(Settings(home=home, device="cpu", default_model="tiny-sd", guard=GuardSettings(policy="off")))
+    with (InProcessServer(studio, start_workers=True) as server,
+          httpx.Client(base_url=server.url, timeout=120) as client):
+        api = webuiapi.WebUIApi(host="127.0.0.1", port=server.port, sampler="Euler a", steps=2)
+        assert [mode["name"] for mode in api.get_latent_upscale_modes()][:2] == ["Latent", "Latent (antialiased)"]
+        result = api.txt2img(prompt="a fox", width=32, height=16, seed=3, enable_hr=True, hr_scale=2,
+                             hr_upscaler=webuiapi.HiResUpscaler.LatentNearestExact, hr_second_pass_steps=2,
+                             denoising_strength=0.5, hr_prompt="a red fox")
+        assert result.images[0].size == (64, 32)
+        info = result.info
+        ignored = info["guardforge"]["ignored_fields"]  # webuiapi's eta, s_noise, subseed stay reported
+        assert info["denoising_strength"] == 0.5 and ignored == ["eta", "s_noise", "subseed"]
+        infotext = info["infotexts"][0]
+        assert "Size: 32x16" in infotext and "Hires upscale: 2, Hires steps: 2" in infotext
+        assert "Hires upscaler: Latent (nearest-exact), Hires prompt: a red fox" in infotext
+        params = client.post("/sdapi/v1/png-info", json={"image": result.json["images"][0]}).json()["parameters"]
+        assert params["Hires upscaler"] == "Latent (nearest-exact)" and params["Denoising strength"] == "0.5"
+        plain = api.txt2img(prompt="a fox", width=32, height=16, seed=3, enable_hr=False)
+        assert plain.images[0].size == (32, 16) and "Hires" not in plain.info["infotexts"][0]
+        bad = client.post("/sdapi/v1/txt2img", json={"prompt": "a fox", "width": 512, "height": 512,
+                                                     "enable_hr": True, "hr_scale": 8, "steps": 2})
+        assert bad.status_code == 422 and "hires fix: the upscaled width 4096" in bad.text
