@@ -205,6 +205,13 @@ class Studio:
         if request.mask is not None:
             decode_image(request.mask, max_pixels, "mask")
         self.usable_checkpoint(request.model or self.settings.default_model)
+        if request.hires is not None and not (request.width and request.height):
+            # A size left to the model: its hires size is known from its configs, and refused now, not in a worker.
+            from guardforge.engine.hires import check_hires_size
+
+            native_w, native_h = self.native_size(request.model)
+            check_hires_size(request.width or native_w, request.height or native_h, request.hires,
+                             self.settings.limits)
         if request.vae is not None:  # an unknown or pickled VAE fails here, as the model does, not in the worker
             self.usable_vae(request.vae)
         self.engine.check(request)

@@ -246,3 +246,6 @@ def test_hires_through_webuiapi_on_a_real_server(tmp_path, tiny_model_dir):
         bad = client.post("/sdapi/v1/txt2img", json={"prompt": "a fox", "width": 512, "height": 512,
                                                      "enable_hr": True, "hr_scale": 8, "steps": 2})
         assert bad.status_code == 422 and "hires fix: the upscaled width 4096" in bad.text
+        native = client.post("/sdapi/v1/txt2img", json={"prompt": "a fox", "enable_hr": True, "hr_scale": 8,
+                                                        "hr_resize_x": 4096, "steps": 2})
+        assert native.status_code == 422 and "hires fix: the upscaled width 4096 (from 16x16)" in native.text
