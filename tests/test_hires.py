@@ -12,6 +12,7 @@ from guardforge.engine.hires import HiresOptions, hires_sizes
 from guardforge.engine.infotext import parse_infotext, request_from_infotext
 from guardforge.engine.request import GenerationRequest
 from guardforge.errors import InvalidRequest, ModelNotFound
+from tests.test_engine_prompts import sdxl  # noqa: F401 (a fixture: the tiny SDXL pipeline)
 from tests.tiny_upscalers import rrdb_state, write_safetensors
 
 
@@ -249,3 +250,22 @@ def test_hires_through_webuiapi_on_a_real_server(tmp_path, tiny_model_dir):
         native = client.post("/sdapi/v1/txt2img", json={"prompt": "a fox", "enable_hr": True, "hr_scale": 8,
                                                         "hr_resize_x": 4096, "steps": 2})
         assert native.status_code == 422 and "hires fix: the upscaled width 4096 (from 16x16)" in native.text
+
+
+@pytest.mark.parametrize("upscaler", ["Latent (bicubic antialiased)", "Lanczos"])
+def test_hires_fix_on_sdxl(sdxl, tmp_path, upscaler):
+    """SDXL's img2img pipeline (pooled embeddings, time ids from the upscaled size) takes the second pass."""
+    import torch
+
+    from guardforge.engine.pipelines import Engine
+    from guardforge.models.cache import LoadedModel
+    from guardforge.settings import MemorySettings, Settings
+
+    loaded = LoadedModel(entry=None, pipeline=sdxl, memory=MemorySettings(), device=torch.device("cpu"))
+    events = []
+    request = GenerationRequest(prompt="a cat", steps=2, seed=3, batch_size=2,
+                                hires=HiresOptions(scale=1.5, upscaler=upscaler, denoising_strength=1.0,
+                                                   sampler="DPM++ 2M", prompt="a (cat:1.2), detailed"))
+    images = Engine(Settings(home=tmp_path)).run(loaded, request, on_progress=events.append)
+    assert [(image.size, seed) for image, seed in images] == [((48, 48), 3), ((48, 48), 4)]
+    assert [event.step for event in events] == [1, 2, 3, 4] and events[-1].total == 4
