@@ -216,8 +216,8 @@ def _start_from_latents(base: type) -> type:
 
 
 class HiresPass:
-    """The hires fix of one request: built once (the hires prompt encoded, the LoRAs already in), then run per
-    batch after its first pass."""
+    """The hires fix of one request: built once per request (its pipeline, sizes, texts), then run for each batch
+    from that batch's first pass. The engine encodes its texts (encode) after loading the LoRAs."""
 
     def __init__(self, loaded: LoadedModel, request: GenerationRequest, upscalers: Upscalers, size: tuple[int, int],
                  prompt: str, base_config: dict):
@@ -233,8 +233,7 @@ class HiresPass:
         self.schedule = self.options.schedule or request.schedule
         self.steps = second_pass_steps(request)
         self.strength = self.options.denoising_strength
-        hires_prompt = prompt if self.options.prompt is None else extract_lora_tags(self.options.prompt)[0]
-        self.prompt = hires_prompt
+        self.prompt = prompt if self.options.prompt is None else extract_lora_tags(self.options.prompt)[0]
         self.negative = request.negative_prompt if self.options.negative_prompt is None else self.options.negative_prompt
         if getattr(loaded.pipeline, "unet", None) is None:  # Flux and SD3 pack their latents: no latent modes
             raise InvalidRequest("hires fix needs an SD 1.x, SD 2.x or SDXL model (a UNet); this one has none")
