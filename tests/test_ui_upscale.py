@@ -68,3 +68,26 @@ def test_the_txt2img_tab_runs_hires_fix(client):
     with pytest.raises(AppError, match="hires fix: the upscaled width 4096"):
         client.predict("a huge square", *fields[:7], 1024, 1024, *fields[9:], True, "Lanczos", 4, *hires[3:],
                        api_name="/run_mode")
+
+
+def test_png_info_fills_the_hires_section(client, tmp_path):
+    from gradio_client import handle_file
+    from PIL.PngImagePlugin import PngInfo
+
+    def png(text: str):
+        info = PngInfo()
+        info.add_text("parameters", text)
+        path = tmp_path / f"{len(text)}.png"
+        Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+        return handle_file(str(path))
+
+    base = "a fox\nSteps: 5, Sampler: Euler a, Schedule type: Automatic, CFG scale: 6, Seed: 9, Size: 32x32, Model: tiny-sd"
+    hires = ", Denoising strength: 0.45, Hires upscale: 1.5, Hires steps: 3, Hires upscaler: Latent (nearest), " \
+            "Hires prompt: a red fox"
+    def values(answer):  # Gradio's client hands over each update as {"__type__": "update", "value": ...}
+        return [part.get("value") for part in answer[:-1]]
+
+    filled = values(client.predict(png(base + hires), api_name="/read_png"))
+    assert filled[:2] == ["a fox", ""] and filled[8:10] == [32, 32]
+    assert filled[11:] == [True, "Latent (nearest)", 1.5, 3, 0.45, 0, 0, "Use same sampler", "a red fox", ""]
+    assert values(client.predict(png(base), api_name="/read_png"))[11] is False

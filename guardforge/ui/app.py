@@ -18,7 +18,7 @@ from guardforge.imaging import encode_image
 from guardforge.access.caller import LOCAL_OWNER, Caller
 from guardforge.ui import guard_view
 from guardforge.ui.extras import extras_tab
-from guardforge.ui.hires import hires_options, hires_section
+from guardforge.ui.hires import hires_options, hires_section, hires_updates, hires_upscalers
 from guardforge.ui.uploads import (
     CLEAN_EVERY_S,
     KEEP_UPLOADS_S,
@@ -42,6 +42,7 @@ def _caller(studio, request: gr.Request | None) -> Caller:
 
 
 SCHEDULES = list(SCHEDULE_TYPES)
+FILLED = 21  # the fields PNG info and Reuse set: prompt, negative, the 9 parameters, the 10 of hires fix
 
 
 _bar = guard_view.bar
@@ -203,7 +204,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
 
     def read_png(path):
         if not path:
-            return (gr.update(),) * 11 + ("",)
+            return (gr.update(),) * FILLED + ("",)
         from guardforge.engine.infotext import request_from_infotext
 
         # Header and text chunks only: the parameters come before the pixels, which are never decoded here.
@@ -211,11 +212,11 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
         text, _, _ = png_info(image)  # as /sdapi/v1/png-info reads it: the PNG chunk, else EXIF (JPEG, WebP)
         image.close()
         if not text:
-            return (gr.update(),) * 11 + ("this image carries no generation parameters",)
+            return (gr.update(),) * FILLED + ("this image carries no generation parameters",)
         try:
             params = request_from_infotext(text).model_dump()
         except Exception as exc:  # a foreign infotext (unknown sampler, odd sizes): show it, fill nothing
-            return (gr.update(),) * 11 + (f"{text}\n\n(not usable here: {exc})",)
+            return (gr.update(),) * FILLED + (f"{text}\n\n(not usable here: {exc})",)
         return _fields_update(params) + (text,)
 
     def _fields_update(params: dict):
@@ -232,7 +233,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
             gr.update(value=get("width")) if get("width") else gr.update(),
             gr.update(value=get("height")) if get("height") else gr.update(),
             gr.update(value=get("seed")) if get("seed") is not None else gr.update(),
-        )
+        ) + hires_updates(get("hires"), hires_upscalers(studio))
 
     with gr.Blocks(title="guardforge", delete_cache=(CLEAN_EVERY_S, KEEP_UPLOADS_S)) as ui:
         gr.Markdown("# guardforge")
@@ -304,7 +305,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
         # `input`, not `change`: a model set by PNG info or Reuse comes with its own size, which must stay.
         model.input(sizes_for, [model], [width, height])
         refresh.click(history, None, [table, chosen])
-        fields = [prompt, negative, *params]
+        fields = [prompt, negative, *params, *hires_inputs]
         reuse_button.click(reuse, [chosen], fields)
         png.upload(read_png, [png], [*fields, png_text])
     return ui

@@ -10,12 +10,11 @@ SAME_SAMPLER = "Use same sampler"  # A1111's choice for "the first pass's"
 def hires_section(studio) -> list:
     """The section's inputs, in the order hires_options takes them; built inside the txt2img tab."""
     from guardforge.engine.samplers import SAMPLERS
-    from guardforge.engine.upscalers import LATENT_UPSCALE_MODES
 
     limits = studio.settings.limits
 
     def upscalers() -> list[str]:
-        return list(LATENT_UPSCALE_MODES) + [u.name for u in studio.upscalers_listed() if u.name != "None"]
+        return hires_upscalers(studio)
 
     with gr.Accordion("Hires fix", open=False):
         enabled = gr.Checkbox(False, label="Hires fix: upscale, then a second pass", elem_id="gf-hires")
@@ -35,6 +34,13 @@ def hires_section(studio) -> list:
     return [enabled, upscaler, scale, steps, strength, resize_x, resize_y, sampler, prompt, negative]
 
 
+def hires_upscalers(studio) -> list[str]:
+    """The section's upscaler choices: A1111's latent modes, then every upscaler but "None"."""
+    from guardforge.engine.upscalers import LATENT_UPSCALE_MODES
+
+    return list(LATENT_UPSCALE_MODES) + [u.name for u in studio.upscalers_listed() if u.name != "None"]
+
+
 def hires_options(enabled, upscaler, scale, steps, strength, resize_x, resize_y, sampler, prompt, negative):
     """The HiresOptions the section's values ask for; None when the box is not ticked. gr.Error for bad values."""
     from pydantic import ValidationError
@@ -51,3 +57,19 @@ def hires_options(enabled, upscaler, scale, steps, strength, resize_x, resize_y,
     except ValidationError as exc:
         raise gr.Error("hires fix: " + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
                                                   for e in exc.errors())) from None
+
+
+def hires_updates(hires: dict | None, upscalers: list[str]) -> tuple:
+    """The section set to a request's hires options (PNG info, Reuse): ticked and filled with them, or unticked
+    for a request without. An upscaler not installed here (another machine's ESRGAN file) leaves the choice."""
+    if not hires:
+        return (gr.update(value=False),) + (gr.update(),) * 9
+    get = hires.get
+    return (
+        gr.update(value=True),
+        gr.update(value=get("upscaler")) if get("upscaler") in upscalers else gr.update(),
+        gr.update(value=get("scale")), gr.update(value=get("steps")), gr.update(value=get("denoising_strength")),
+        gr.update(value=get("resize_x")), gr.update(value=get("resize_y")),
+        gr.update(value=get("sampler") or SAME_SAMPLER), gr.update(value=get("prompt") or ""),
+        gr.update(value=get("negative_prompt") or ""),
+    )
