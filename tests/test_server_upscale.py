@@ -70,7 +70,7 @@ def test_upscalers_are_listed_as_a1111_lists_them(server):
                                                                "tiny-x2plus": 2}
     # A local caller of an open server sees the file (as in A1111); the set of keys is A1111's UpscalerItem.
     assert models["tiny-x2plus"]["model_path"].endswith("RealESRGAN/tiny-x2plus.safetensors")
-    assert set(listed[0]) == {"name", "model_name", "model_path", "model_url", "scale"}
+    assert listed[0] == {"name": "None", "model_name": None, "model_path": None, "model_url": None, "scale": 4}
 
 
 def test_extra_single_image_through_webuiapi(server):

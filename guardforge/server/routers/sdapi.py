@@ -189,8 +189,10 @@ def sd_vae(request: Request, caller: Caller = Depends(get_caller)) -> list[dict[
 @router.get("/upscalers", response_model=list[UpscalerItem], summary="Upscalers: None, Lanczos, Nearest, then "
             "the models in models/ESRGAN and models/RealESRGAN", responses=errors(401))
 def upscalers(request: Request, caller: Caller = Depends(get_caller)) -> list[UpscalerItem]:
+    # A built-in's scale is A1111's UpscalerData default, 4; a model's is its own, read from its tensors.
     return [UpscalerItem(name=u.name, model_name=u.entry.name if u.entry else None,
-                         model_path=shown_path(request, u.entry) if u.entry else None, scale=u.scale)
+                         model_path=shown_path(request, u.entry) if u.entry else None,
+                         scale=u.scale if u.entry else 4.0)
             for u in request.app.state.studio.upscalers_listed()]
 
 
