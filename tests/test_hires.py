@@ -78,14 +78,15 @@ def test_latent_and_pixel_upscales_differ(studio):
 
 def test_the_infotext_is_a1111s_and_reproduces_the_image(studio):
     options = HiresOptions(scale=1.5, upscaler="Latent (bicubic)", steps=4, denoising_strength=0.55,
-                           sampler="DPM++ 2M", prompt="a green square", negative_prompt="blurry")
+                           sampler="DPM++ 2M", prompt="a green square", negative_prompt="blurry", cfg_scale=4.5)
     first = generate(studio, negative_prompt="noise", hires=options).images[0]
     params = parse_infotext(first.infotext)
     # Size is the first pass's, as A1111 writes it; the hires keys say the rest.
     assert (params["Size-1"], params["Size-2"], params["Denoising strength"]) == ("64", "64", "0.55")
     assert {k: v for k, v in params.items() if k.startswith("Hires")} == {
         "Hires upscale": "1.5", "Hires steps": "4", "Hires upscaler": "Latent (bicubic)",
-        "Hires sampler": "DPM++ 2M", "Hires prompt": "a green square", "Hires negative prompt": "blurry"}
+        "Hires sampler": "DPM++ 2M", "Hires prompt": "a green square", "Hires negative prompt": "blurry",
+        "Hires CFG Scale": "4.5"}
     again = request_from_infotext(first.infotext)
     assert again.hires == options and (again.width, again.height) == (64, 64)
     # what --from-png runs: the same request, so the same pixels
@@ -154,10 +155,10 @@ def test_an_a1111_payload_becomes_the_same_hires_request():
                              hr_scale=1.5, hr_upscaler="Latent (antialiased)", hr_second_pass_steps=3,
                              denoising_strength=0.4, hr_resize_x=0, hr_resize_y=0, hr_sampler_name="Use same sampler",
                              hr_scheduler="karras", hr_prompt="", hr_negative_prompt="", hr_checkpoint_name="other",
-                             firstphase_width=0)
+                             firstphase_width=0, hr_cfg=3)
     request, ignored = to_generation_request(payload, "tiny-sd")
     assert request.hires == HiresOptions(scale=1.5, upscaler="Latent (antialiased)", steps=3,
-                                         denoising_strength=0.4, schedule="Karras")
+                                         denoising_strength=0.4, schedule="Karras", cfg_scale=3)
     assert ignored == ["hr_checkpoint_name"]
     off, ignored = to_generation_request(Txt2ImgPayload(prompt="a fox", enable_hr=False, hr_scale=2,
                                                         hr_upscaler="Latent", denoising_strength=0.7), "tiny-sd")
@@ -269,3 +270,12 @@ def test_hires_fix_on_sdxl(sdxl, tmp_path, upscaler):
     images = Engine(Settings(home=tmp_path)).run(loaded, request, on_progress=events.append)
     assert [(image.size, seed) for image, seed in images] == [((48, 48), 3), ((48, 48), 4)]
     assert [event.step for event in events] == [1, 2, 3, 4] and events[-1].total == 4
+
+
+def test_the_hires_cfg_scale_is_the_second_pass_guidance(studio):
+    options = dict(upscaler="Lanczos", denoising_strength=0.6)
+    same = generate(studio, cfg_scale=7, hires=HiresOptions(**options))
+    explicit = generate(studio, cfg_scale=7, hires=HiresOptions(**options, cfg_scale=7))
+    other = generate(studio, cfg_scale=7, hires=HiresOptions(**options, cfg_scale=20))
+    assert np.array_equal(pixels(same.images[0]), pixels(explicit.images[0]))
+    assert not np.array_equal(pixels(same.images[0]), pixels(other.images[0]))

@@ -12,12 +12,13 @@ from guardforge.errors import InvalidRequest
 # The payload's hires fields and the HiresOptions field each becomes; the rest of hr_* is reported when set.
 _FIELDS = {"hr_scale": "scale", "hr_upscaler": "upscaler", "hr_second_pass_steps": "steps",
            "hr_resize_x": "resize_x", "hr_resize_y": "resize_y", "hr_sampler_name": "sampler",
-           "hr_scheduler": "schedule", "hr_prompt": "prompt", "hr_negative_prompt": "negative_prompt"}
+           "hr_scheduler": "schedule", "hr_prompt": "prompt", "hr_negative_prompt": "negative_prompt",
+           "hr_cfg": "cfg_scale"}  # hr_cfg: Forge's; A1111 has none
 # How A1111 spells "as the first pass" in each (its UI's choices, and an empty prompt).
 _SAME = {"hr_sampler_name": ("", "Use same sampler"), "hr_scheduler": ("", "Use same scheduler"),
          "hr_prompt": ("",), "hr_negative_prompt": ("",)}
 HIRES_FIELDS = ("enable_hr", "firstphase_width", "firstphase_height", "hr_checkpoint_name",
-                "hr_additional_modules", "hr_cfg", "hr_distilled_cfg", *_FIELDS)
+                "hr_additional_modules", "hr_distilled_cfg", *_FIELDS)
 _DEFAULT_STRENGTH = 0.7  # A1111's UI default, for a client that turns hires on without sending one
 
 

@@ -104,6 +104,7 @@ def generate(
     hires_sampler: str = typer.Option(None, "--hires-sampler", help="Hires fix: second-pass sampler"),
     hires_prompt: str = typer.Option(None, "--hires-prompt", help="Hires fix: second-pass prompt"),
     hires_negative: str = typer.Option(None, "--hires-negative", help="Hires fix: second-pass negative prompt"),
+    hires_cfg: float = typer.Option(None, "--hires-cfg", help="Hires fix: second-pass CFG scale (default: --cfg)"),
 ) -> None:
     """Generate images; prints where each was saved, its seed and the guard's action."""
     from rich.console import Console
@@ -128,7 +129,7 @@ def generate(
     merge_hires(fields, hires, {
         "scale": hires_scale, "upscaler": hires_upscaler, "steps": hires_steps, "denoising_strength": hires_strength,
         "resize_x": hires_resize_x, "resize_y": hires_resize_y, "sampler": hires_sampler, "prompt": hires_prompt,
-        "negative_prompt": hires_negative})
+        "negative_prompt": hires_negative, "cfg_scale": hires_cfg})
     if "prompt" not in fields:
         raise InvalidRequest("give a PROMPT, or --from-png with an image made by guardforge or A1111")
     request = _build_request(fields, from_image, from_png)

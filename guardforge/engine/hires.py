@@ -40,6 +40,7 @@ class HiresOptions(BaseModel):
     schedule: str | None = None
     prompt: str | None = Field(None, max_length=20_000)
     negative_prompt: str | None = Field(None, max_length=20_000)
+    cfg_scale: float | None = Field(None, ge=0.0, le=100.0, description="Second-pass CFG scale (Forge's hr_cfg)")
 
     @field_validator("sampler")
     @classmethod
@@ -143,6 +144,9 @@ def infotext_params(request: GenerationRequest) -> dict[str, Any]:
     params["Hires prompt"] = options.prompt if options.prompt and options.prompt != request.prompt else None
     params["Hires negative prompt"] = (options.negative_prompt if options.negative_prompt
                                        and options.negative_prompt != request.negative_prompt else None)
+    # Forge's key (A1111 has no hires CFG); written only where it differs, as the other hires keys.
+    params["Hires CFG Scale"] = (f"{options.cfg_scale:g}" if options.cfg_scale is not None
+                                 and options.cfg_scale != request.cfg_scale else None)
     return params
 
 
@@ -153,7 +157,7 @@ def fields_from_params(p: dict[str, Any]) -> dict[str, Any] | None:
     mapping = {"Hires upscale": "scale", "Hires steps": "steps", "Hires upscaler": "upscaler",
                "Hires resize-1": "resize_x", "Hires resize-2": "resize_y", "Hires sampler": "sampler",
                "Hires schedule type": "schedule", "Hires prompt": "prompt", "Hires negative prompt": "negative_prompt",
-               "Denoising strength": "denoising_strength"}
+               "Hires CFG Scale": "cfg_scale", "Denoising strength": "denoising_strength"}
     return {name: p[key] for key, name in mapping.items() if key in p}
 
 
@@ -233,6 +237,7 @@ class HiresPass:
         self.schedule = self.options.schedule or request.schedule
         self.steps = second_pass_steps(request)
         self.strength = self.options.denoising_strength
+        self.cfg_scale = request.cfg_scale if self.options.cfg_scale is None else self.options.cfg_scale
         self.prompt = prompt if self.options.prompt is None else extract_lora_tags(self.options.prompt)[0]
         self.negative = request.negative_prompt if self.options.negative_prompt is None else self.options.negative_prompt
         if getattr(loaded.pipeline, "unet", None) is None:  # Flux and SD3 pack their latents: no latent modes
@@ -300,7 +305,7 @@ class HiresPass:
         try:
             return self.pipe(
                 **embeds.kwargs, image=image, strength=self.strength, num_inference_steps=self.steps,
-                guidance_scale=self.request.cfg_scale, num_images_per_prompt=len(seeds),
+                guidance_scale=self.cfg_scale, num_images_per_prompt=len(seeds),
                 generator=[torch.Generator("cpu").manual_seed(s) for s in seeds], output_type="pil",
                 callback_on_step_end=progress.callback,
             ).images
