@@ -419,6 +419,7 @@ class Studio:
         anything runs, the input guarded as an input image, the result as an output image (the policy's blur or
         block applied to what is returned). Runs in the calling thread: interfaces call it off their event loop."""
         from guardforge.models.devices import pick_device
+        from guardforge.storage.outputs import infotext_of
 
         started = time.perf_counter()
         max_pixels = self.settings.limits.max_image_pixels
@@ -436,7 +437,7 @@ class Studio:
         return UpscaleResult(width=upscaled.width, height=upscaled.height, upscaler=request.upscaler, info=info,
                              input_verdict=input_verdict, verdict=verdict, action=verdict.action,
                              elapsed_s=time.perf_counter() - started, device=str(target),
-                             pil=self.guard.enforce(upscaled, verdict))
+                             infotext=infotext_of(image), pil=self.guard.enforce(upscaled, verdict))
 
     def native_size(self, model: str | None = None) -> tuple[int, int]:
         """(width, height) a request for `model` that names no size is made at, read from the model's config

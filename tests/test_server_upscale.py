@@ -155,8 +155,12 @@ def test_the_cli_upscales_and_says_why_not_in_one_line(tmp_path):
     home = _home(tmp_path)
     env = {**os.environ, "GUARDFORGE_HOME": str(home), "GUARDFORGE_GUARD__POLICY": "off", "OMP_NUM_THREADS": "1",
            "GUARDFORGE_DEVICE": "cpu"}
+    from PIL.PngImagePlugin import PngInfo
+
     source = tmp_path / "in.png"
-    picture(12, 8).save(source)
+    chunks = PngInfo()
+    chunks.add_text("parameters", "a fox\nSteps: 5, Seed: 9, Size: 12x8")
+    picture(12, 8).save(source, pnginfo=chunks)
     out = tmp_path / "out.png"
 
     def cli(*args):
@@ -166,6 +170,7 @@ def test_the_cli_upscales_and_says_why_not_in_one_line(tmp_path):
     done = cli(str(source), "--upscaler", "tiny-x2plus", "--scale", "2", "-o", str(out))
     assert done.returncode == 0, done.stderr
     assert Image.open(out).size == (24, 16) and f"{out}  24x16  action=allow" in done.stdout
+    assert Image.open(out).info["parameters"] == "a fox\nSteps: 5, Seed: 9, Size: 12x8"  # kept, as A1111's extras
     for args, reason in [(["--upscaler", "nope"], "no upscaler named 'nope'"),
                          (["--scale", "0"], "scale: Input should be greater than 0"),
                          (["--upscaler", "../x"], "leaves the models folder")]:
@@ -173,3 +178,23 @@ def test_the_cli_upscales_and_says_why_not_in_one_line(tmp_path):
         assert failed.returncode == 2 and reason in failed.stderr and len(failed.stderr.strip().splitlines()) == 1
     missing = cli(str(tmp_path / "none.png"))
     assert missing.returncode == 2 and "is not a file" in missing.stderr
+
+
+def test_the_source_infotext_stays_in_the_upscaled_png(client, tmp_path):
+    """As A1111's extras: `parameters` of the source kept, `postprocessing` saying what was done."""
+    from PIL.PngImagePlugin import PngInfo
+
+    text = "a fox\nSteps: 5, Sampler: Euler a, CFG scale: 6, Seed: 9, Size: 12x8, Model: tiny-sd"
+    chunks = PngInfo()
+    chunks.add_text("parameters", text)
+    buffer = io.BytesIO()
+    grey().save(buffer, format="PNG", pnginfo=chunks)
+    source = base64.b64encode(buffer.getvalue()).decode()
+    extras = client.post("/sdapi/v1/extra-single-image",
+                         json={"image": source, "upscaler_1": "tiny-esrgan", "upscaling_resize": 2}).json()
+    native = client.post("/v1/upscale", json={"image": source, "upscaler": "Lanczos", "scale": 2}).json()
+    for answer, upscaler in ((extras["image"], "tiny-esrgan"), (native["image"], "Lanczos")):
+        image = decoded(answer)
+        assert image.size == (24, 16) and image.info["parameters"] == text
+        assert image.info["postprocessing"] == f"Postprocess upscale by: 2.0, Postprocess upscaler: {upscaler}"
+        assert client.post("/sdapi/v1/png-info", json={"image": answer}).json()["info"] == text

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import html
 from typing import Any
 
@@ -54,7 +55,7 @@ def to_upscale_request(payload: ExtrasPayload, image: str) -> UpscaleRequest:
 def _image_of(result: UpscaleResult) -> str:
     if result.pil is None:  # withheld by the guard: a tile as large as the image it stands for, as txt2img's
         return encode_image(withheld_tile(result.width, result.height))
-    return encode_image(result.pil)
+    return base64.b64encode(result.png_bytes()).decode("ascii")
 
 
 def html_info(results: list[UpscaleResult], ignored: list[str]) -> str:

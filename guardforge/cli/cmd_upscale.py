@@ -52,5 +52,8 @@ def upscale(
         typer.secho(f"blocked by the guard: the {which} image ({categories})", err=True, fg="red")
         raise typer.Exit(1)
     output.parent.mkdir(parents=True, exist_ok=True)
-    result.pil.save(output)
+    if output.suffix.lower() == ".png":  # with the source's infotext, as A1111's extras keep it
+        output.write_bytes(result.png_bytes())
+    else:
+        result.pil.save(output)
     typer.echo(f"{output}  {result.width}x{result.height}  action={result.action}  ({result.elapsed_s:.1f}s)")

@@ -82,7 +82,27 @@ class UpscaleResult(BaseModel):
     blocked: bool = False
     elapsed_s: float = 0.0
     device: str | None = None
+    # The source image's generation parameters: A1111's extras keep them in the upscaled file, so PNG info and
+    # --from-png still read how the picture was made.
+    infotext: str = ""
     pil: Any = Field(default=None, exclude=True, repr=False)
+
+    def png_bytes(self) -> bytes:
+        """The delivered image as A1111's extras write it: a PNG with the source's `parameters` and a
+        `postprocessing` text of what was done. Only for a delivered image (pil set)."""
+        import io
+
+        from PIL import PngImagePlugin
+
+        chunks = PngImagePlugin.PngInfo()
+        if self.infotext:
+            chunks.add_text("parameters", self.infotext)
+        postprocessing = ", ".join(f"{k}: {v}" for k, v in self.info.items())
+        if postprocessing:
+            chunks.add_text("postprocessing", postprocessing)
+        buffer = io.BytesIO()
+        self.pil.save(buffer, format="PNG", pnginfo=chunks)
+        return buffer.getvalue()
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import io
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
@@ -29,7 +28,9 @@ class UpscalerList(BaseModel):
 
 
 class UpscaleView(BaseModel):
-    image: str | None  # base64 PNG as delivered (blurred if the policy said so); None when blocked
+    # base64 PNG as delivered (blurred if the policy said so), with the source's infotext and a postprocessing
+    # text as A1111's extras write them; None when blocked
+    image: str | None
     width: int
     height: int
     upscaler: str
@@ -54,11 +55,7 @@ def list_upscalers(request: Request, caller: Caller = Depends(get_caller)) -> Up
 async def upscale(body: UpscaleRequest, request: Request, caller: Caller = Depends(get_limited_caller)) -> UpscaleView:
     # Off the event loop: decoding and the model's run take seconds.
     result = await run_in_threadpool(request.app.state.studio.upscale, body, caller)
-    image = None
-    if result.pil is not None:
-        buffer = io.BytesIO()
-        result.pil.save(buffer, format="PNG")
-        image = base64.b64encode(buffer.getvalue()).decode("ascii")
+    image = None if result.pil is None else base64.b64encode(result.png_bytes()).decode("ascii")
     return UpscaleView(image=image, width=result.width, height=result.height, upscaler=result.upscaler,
                        action=result.action, blocked=result.blocked, info=result.info,
                        input_verdict=result.input_verdict, verdict=result.verdict, elapsed_s=result.elapsed_s)
