@@ -94,7 +94,8 @@ def test_img2img_refuses_a_server_path(keyed):
     editor = {"background": server_path(a_png), "layers": [server_path(a_png)], "composite": None}
     kind, answer = call(live, keys["b"], "run_mode_2", "copy", *COPY_FIELDS, None, 0.05, editor)
     assert kind == "error" and "upload" in str(answer), (kind, answer)
-    kind, answer = call(live, keys["b"], "upscale_image", server_path(a_png), "Lanczos", 2, "None", 0)
+    kind, answer = call(live, keys["b"], "upscale_image", server_path(a_png), "Lanczos", 2, "None", 0, "Scale by",
+                        64, 64, True)
     assert kind == "error" and "upload" in str(answer), (kind, answer)
     assert b_jobs(live, keys) == []  # nothing was made from A's image
 
@@ -169,7 +170,7 @@ def test_oversized_upload_is_refused_before_decoding(keyed, tmp_path):
         "img2img": ("run_mode_1", "x", *FIELDS, image, 0.5, None),
         "inpaint": ("run_mode_2", "x", *FIELDS, None, 0.5, {"background": image, "layers": [], "composite": None}),
         "PNG info": ("read_png", image),
-        "Extras": ("upscale_image", image, "Lanczos", 2, "None", 0),
+        "Extras": ("upscale_image", image, "Lanczos", 2, "None", 0, "Scale by", 64, 64, True),
     }
     for name, (api_name, *data) in calls.items():
         kind, answer = call(live, keys["b"], api_name, *data)

@@ -38,6 +38,9 @@ def test_the_extras_tab_upscales_an_upload(client, tmp_path):
                                     api_name="/upscale_image")
     assert Image.open(upscaled).size == (24, 16)
     assert info.startswith("24x16 in ") and "Postprocess upscaler: tiny-esrgan" in info
+    upscaled, info = client.predict(handle_file(str(source)), "tiny-esrgan", 2, "None", 0, "Scale to", 40, 40, True,
+                                    api_name="/upscale_image")
+    assert Image.open(upscaled).size == (40, 40) and "Postprocess upscale to: 40x40" in info
 
 
 def test_the_extras_tab_says_why_not(client, tmp_path):
