@@ -28,6 +28,7 @@ def home(tmp_path):
     models = tmp_path / "home" / "models"
     write_safetensors(models / "ESRGAN" / "esrgan-new-x4.safetensors", rrdb_state(layout="new"))
     write_safetensors(models / "ESRGAN" / "esrgan-old-x4.safetensors", rrdb_state(layout="old"))
+    write_safetensors(models / "ESRGAN" / "bsrgan-x4.safetensors", rrdb_state(layout="mmsr"))
     write_safetensors(models / "RealESRGAN" / "x2plus.safetensors", rrdb_state(unshuffle=2, nb=1, seed=1))
     write_safetensors(models / "RealESRGAN" / "compact-x4.safetensors", srvgg_state(seed=2))
     return tmp_path / "home"
@@ -56,15 +57,16 @@ def test_the_list_is_a1111s_with_each_models_scale_read_from_its_tensors(upscale
     listed = {u.name: u for u in upscalers.listed()}
     assert list(listed)[:3] == ["None", "Lanczos", "Nearest"]
     assert {name: u.scale for name, u in listed.items() if u.entry} == {
-        "esrgan-new-x4": 4, "esrgan-old-x4": 4, "x2plus": 2, "compact-x4": 4}
+        "bsrgan-x4": 4, "esrgan-new-x4": 4, "esrgan-old-x4": 4, "x2plus": 2, "compact-x4": 4}
 
 
 def test_old_and_new_esrgan_layouts_are_the_same_network(upscalers):
     image = picture()
     new = upscalers.run_model(upscalers.resolve("esrgan-new-x4"), image, torch.device("cpu"))
     old = upscalers.run_model(upscalers.resolve("esrgan-old-x4"), image, torch.device("cpu"))
+    mmsr = upscalers.run_model(upscalers.resolve("bsrgan-x4"), image, torch.device("cpu"))
     assert new.size == (80, 48)
-    assert np.array_equal(np.asarray(new), np.asarray(old))
+    assert np.array_equal(np.asarray(new), np.asarray(old)) and np.array_equal(np.asarray(new), np.asarray(mmsr))
     assert np.asarray(new).std() > 1  # not a flat image: the weights did something
 
 

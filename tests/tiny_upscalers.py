@@ -11,7 +11,8 @@ import torch
 def rrdb_state(nf: int = 8, nb: int = 2, gc: int = 4, upsamples: int = 2, unshuffle: int = 1, layout: str = "new",
                seed: int = 0, in_nc: int = 3) -> dict[str, torch.Tensor]:
     """RRDBNet weights: `layout` "new" is BasicSR's (Real-ESRGAN x4plus / x2plus), "old" ESRGAN's original
-    (RRDB_ESRGAN_x4.pth and the community models of its era). Same seed, same tensors in either layout."""
+    (RRDB_ESRGAN_x4.pth and the community models of its era), "mmsr" old BasicSR's (BSRGAN). Same seed, same
+    tensors in every layout."""
     generator = torch.Generator().manual_seed(seed)
     new: dict[str, torch.Tensor] = {}
 
@@ -31,6 +32,17 @@ def rrdb_state(nf: int = 8, nb: int = 2, gc: int = 4, upsamples: int = 2, unshuf
     conv("conv_last", nf, in_nc)
     if layout == "new":
         return new
+    if layout == "mmsr":
+        renamed = {}
+        for key, value in new.items():
+            name, kind = key.rsplit(".", 1)
+            if name.startswith("body."):
+                _, block, rdb, conv_name = name.split(".")
+                name = f"RRDB_trunk.{block}.RDB{rdb[3:]}.{conv_name}"
+            else:
+                name = {"conv_body": "trunk_conv", "conv_hr": "HRconv"}.get(name, name.replace("conv_up", "upconv"))
+            renamed[f"{name}.{kind}"] = value
+        return renamed
     # ESRGAN's Sequential: 0 conv, 1 ShortcutBlock(RRDBs..., conv), then [upsample, conv, lrelu] per x2,
     # then the HR conv, an lrelu and the last conv.
     top = {"conv_first": "model.0", "conv_body": f"model.1.sub.{nb}", "conv_hr": f"model.{3 * upsamples + 2}",

@@ -3,7 +3,8 @@
 spandrel (the loader A1111, ComfyUI and chaiNNer share) needs torchvision, which guardforge does not install, so
 the two architectures the ESRGAN/ and RealESRGAN/ folders hold in practice are written here:
 
-- RRDBNet: ESRGAN in its original key layout (`model.0.weight`, `model.1.sub.N.RDB1.conv1.0.weight`, ...) and in
+- RRDBNet: ESRGAN in its original key layout (`model.0.weight`, `model.1.sub.N.RDB1.conv1.0.weight`, ...), in
+  old BasicSR/mmsr's (`RRDB_trunk.N.RDB1.conv1`, `trunk_conv`, `upconv1`, `HRconv`: BSRGAN and its kin) and in
   BasicSR's (`conv_first`, `body.N.rdb1.conv1`, `conv_up1`, ...), which Real-ESRGAN x4plus, x4plus-anime-6B and
   x2plus use. x2plus (and 1x models) unshuffle their input into 4 (16) times the channels: conv_first says so.
 - SRVGGNetCompact: Real-ESRGAN's small "realesr-general-x4v3" / "realesr-animevideov3" models.
@@ -30,6 +31,10 @@ _OLD_TOP = re.compile(r"^model\.(\d+)\.(weight|bias)$")
 _NEW_BODY = re.compile(r"^body\.(\d+)\.rdb\d\.conv\d\.weight$")
 _NEW_UP = re.compile(r"^conv_up(\d+)\.weight$")
 _VGG_BODY = re.compile(r"^body\.(\d+)\.weight$")
+# mmsr's names (A1111's "new" ESRGAN layout) -> BasicSR's.
+_MMSR_NAMES = ((re.compile(r"^RRDB_trunk\.(\d+)\.RDB(\d)\."), r"body.\1.rdb\2."),
+               (re.compile(r"^trunk_conv\."), "conv_body."), (re.compile(r"^upconv(\d+)\."), r"conv_up\1."),
+               (re.compile(r"^HRconv\."), "conv_hr."))
 
 
 class ResidualDenseBlock(nn.Module):
@@ -152,6 +157,14 @@ def _old_to_new(state: Mapping[str, Any]) -> dict[str, Any]:
     return converted
 
 
+def _mmsr_to_new(key: str) -> str:
+    for pattern, replacement in _MMSR_NAMES:
+        key, found = pattern.subn(replacement, key)
+        if found:
+            break
+    return key
+
+
 def _rrdb_architecture(state: Mapping[str, Any]) -> Architecture:
     first = _shape(state["conv_first.weight"])
     last = _shape(state["conv_last.weight"])
@@ -199,6 +212,8 @@ def architecture_of(state: Mapping[str, Any]) -> tuple[Architecture, Mapping[str
     state = unwrap(state)
     if "model.0.weight" in state and any(_OLD_RDB.match(key) for key in state):
         state = _old_to_new(state)
+    elif "trunk_conv.weight" in state:
+        state = {_mmsr_to_new(key): value for key, value in state.items()}
     try:
         if "conv_first.weight" in state and "body.0.rdb1.conv1.weight" in state:
             return _rrdb_architecture(state), state
