@@ -137,8 +137,8 @@ def center_crop(image: Image.Image, width: int, height: int) -> Image.Image:
 
 class Upscalers:
     """The upscalers of one Studio: lists them, checks names, loads model files (kept for the next call), runs
-    them tiled on a device. Holds no request state; loading takes a lock, running does not (a net's forward pass
-    keeps nothing between calls)."""
+    them tiled on a device. Holds no request state. One model run at a time per device: upscales are answered
+    at once rather than queued, so without it N concurrent calls would hold N times a run's memory."""
 
     def __init__(self, settings: Settings, registry: ModelRegistry, tile: int = TILE, overlap: int = TILE_OVERLAP):
         self.settings = settings
@@ -148,6 +148,7 @@ class Upscalers:
         self._nets: OrderedDict[tuple, _Net] = OrderedDict()
         self._scales: dict[tuple, int | None] = {}
         self._lock = threading.Lock()
+        self._device_locks: dict[str, threading.Lock] = {}
 
     # -- names -----------------------------------------------------------------------------------------------
     def listed(self) -> list[UpscalerInfo]:
@@ -276,7 +277,9 @@ class Upscalers:
         pad_h, pad_w = -height % block, -width % block
         if pad_h or pad_w:
             tensor = F.pad(tensor, (0, pad_w, 0, pad_h), mode="replicate")
-        with torch.inference_mode():
+        with self._lock:
+            device_lock = self._device_locks.setdefault(str(device), threading.Lock())
+        with device_lock, torch.inference_mode():
             out = run_tiled(loaded.net, tensor, loaded.scale, self.tile, self.overlap, cancel)
         out = out[:, :, :height * loaded.scale, :width * loaded.scale]
         pixels = (out[0].clamp(0, 1).permute(1, 2, 0) * 255.0).round().to(torch.uint8).cpu().numpy()
