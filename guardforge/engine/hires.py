@@ -239,7 +239,8 @@ class HiresPass:
         self.strength = self.options.denoising_strength
         self.cfg_scale = request.cfg_scale if self.options.cfg_scale is None else self.options.cfg_scale
         self.prompt = prompt if self.options.prompt is None else extract_lora_tags(self.options.prompt)[0]
-        self.negative = request.negative_prompt if self.options.negative_prompt is None else self.options.negative_prompt
+        negative = self.options.negative_prompt
+        self.negative = request.negative_prompt if negative is None else negative
         if getattr(loaded.pipeline, "unet", None) is None:  # Flux and SD3 pack their latents: no latent modes
             raise InvalidRequest("hires fix needs an SD 1.x, SD 2.x or SDXL model (a UNet); this one has none")
         self.pipe = loaded.for_mode("img2img")
