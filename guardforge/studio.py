@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from guardforge.access.caller import LOCAL, Caller, Charge
 from guardforge.engine.request import GeneratedImage, GenerationRequest, GenerationResult, ProgressEvent
+from guardforge.engine.upscalers import UpscaleRequest, UpscaleResult
 from guardforge.errors import InvalidRequest
 from guardforge.guard.service import PromptReading
+from guardforge.guard.verdict import SEVERITY
 from guardforge.guard.windows import GUARD_WINDOW_WORDS, text_windows  # noqa: F401 (GUARD_WINDOW_WORDS: re-exported)
 from guardforge.imaging import decode_image
 from guardforge.models.loading import check_checkpoint, check_vae
@@ -38,12 +40,20 @@ def encoded_prompt_views(prompt: str) -> list[str]:
 class RequestTexts(NamedTuple):
     prompt: str
     negative_prompt: str
+    # Hires fix's second pass, where its texts differ from the first pass's; None: no other texts.
+    hires_prompt: str | None = None
+    hires_negative_prompt: str | None = None
 
 
 def request_texts(request: GenerationRequest) -> RequestTexts:
     """Every text a generation reads, as the engine will be given it. The one place to extend: styles and
     wildcards, when they exist, are expanded here, and the engine must then be handed these same texts, so that
     what the guard reads (prompt_reading) is what the engine encodes."""
+    hires = request.hires
+    if hires is not None and (hires.prompt, hires.negative_prompt) != (None, None):
+        return RequestTexts(request.prompt, request.negative_prompt,
+                            request.prompt if hires.prompt is None else hires.prompt,
+                            request.negative_prompt if hires.negative_prompt is None else hires.negative_prompt)
     return RequestTexts(request.prompt, request.negative_prompt)
 
 
@@ -77,6 +87,7 @@ class Studio:
     def __init__(self, settings: Settings | None = None, *, guard=None, database=None, store=None):
         from guardforge.db import Database
         from guardforge.engine.pipelines import Engine
+        from guardforge.engine.upscalers import Upscalers
         from guardforge.guard.service import Guard
         from guardforge.models.cache import PipelineCache
         from guardforge.models.registry import ModelRegistry
@@ -85,7 +96,9 @@ class Studio:
         self.settings = settings or Settings()
         self.registry = ModelRegistry(self.settings)
         self.pipelines = PipelineCache(self.registry, self.settings)
-        self.engine = Engine(self.settings, self.registry)  # the registry resolves <lora:name> tags
+        self.upscalers = Upscalers(self.settings, self.registry)
+        # The registry resolves <lora:name> tags; the upscalers serve hires fix.
+        self.engine = Engine(self.settings, self.registry, upscalers=self.upscalers)
         # One database for the job queue, the key store and the guard's audit log. Building it touches nothing:
         # its engine is made on first use (the guard's first audit row, or the queue's first call).
         self.database = database or Database(self.settings.resolved_database_url)
@@ -196,6 +209,13 @@ class Studio:
         if request.mask is not None:
             decode_image(request.mask, max_pixels, "mask")
         checkpoint = self.usable_checkpoint(request.model or self.settings.default_model)
+        if request.hires is not None and not (request.width and request.height):
+            # A size left to the model: its hires size is known from its configs, and refused now, not in a worker.
+            from guardforge.engine.hires import check_hires_size
+
+            native_w, native_h = self.native_size(request.model)
+            check_hires_size(request.width or native_w, request.height or native_h, request.hires,
+                             self.settings.limits)
         if request.vae is not None:  # an unknown or pickled VAE fails here, as the model does, not in the worker
             self.usable_vae(request.vae)
         self.engine.check(request)
@@ -355,7 +375,10 @@ class Studio:
         vae = self.usable_vae(request.vae) if request.vae is not None else None
 
         texts = request_texts(request)
-        [prompt_verdict] = self.guard.check_prompts([prompt_reading(texts.prompt, texts.negative_prompt)])
+        readings = [prompt_reading(texts.prompt, texts.negative_prompt)]
+        if texts.hires_prompt is not None:  # the second pass encodes these: the guard reads them as the first's
+            readings.append(prompt_reading(texts.hires_prompt, texts.hires_negative_prompt))
+        prompt_verdict = max(self.guard.check_prompts(readings), key=lambda verdict: SEVERITY[verdict.action])
         input_verdict = self.guard.check_input_image(init_image) if init_image is not None else None
         blocking = [v for v in (prompt_verdict, input_verdict) if v is not None and v.action == "block"]
         if blocking:
@@ -379,9 +402,12 @@ class Studio:
         inversions = ti_hashes(self.registry, request.prompt, request.negative_prompt)
         verdicts = self.guard.check_output_images([image for image, _ in outputs])
         images: list[GeneratedImage] = []
+        # A1111's Size is the first pass's: hires fix's own keys say what it was upscaled to.
+        first_size = self.engine.size_for(loaded, request) if request.hires is not None else None
         for index, ((image, seed), verdict) in enumerate(zip(outputs, verdicts, strict=True)):
             subseed = subseeds[index] if request.subseed_strength > 0 else None
-            infotext = build_infotext(request, seed=seed, width=image.width, height=image.height,
+            width, height = first_size or image.size
+            infotext = build_infotext(request, seed=seed, width=width, height=height,
                                       model_name=entry.name, model_hash=model_hash, vae_name=vae_name,
                                       vae_hash=vae_hash, subseed=subseed, ti_hashes=inversions)
             delivered = self.guard.enforce(image, verdict)
@@ -399,6 +425,36 @@ class Studio:
             model_hash=model_hash, vae=vae_name, vae_hash=vae_hash, elapsed_s=time.perf_counter() - started,
             prompt_verdict=prompt_verdict, device=str(loaded.device),
         )
+
+    def upscalers_listed(self) -> list:
+        """The upscalers (UpscalerInfo): "None", "Lanczos", "Nearest", then the ESRGAN/ and RealESRGAN/ models."""
+        return self.upscalers.listed()
+
+    def upscale(self, request: UpscaleRequest, caller: Caller = LOCAL, device: str | None = None,
+                cancel: Event | None = None) -> UpscaleResult:
+        """A1111's extras upscale of one image: checked (names, sizes against limits.max_image_pixels) before
+        anything runs, the input guarded as an input image, the result as an output image (the policy's blur or
+        block applied to what is returned). Runs in the calling thread: interfaces call it off their event loop."""
+        from guardforge.models.devices import pick_device
+        from guardforge.storage.outputs import infotext_of
+
+        started = time.perf_counter()
+        max_pixels = self.settings.limits.max_image_pixels
+        image = decode_image(request.image, max_pixels, "image")
+        size, info = self.upscalers.plan(request, image.size, max_pixels)
+        caller.spend(1)
+        input_verdict = self.guard.check_input_image(image)
+        if input_verdict.action == "block":
+            return UpscaleResult(width=size[0], height=size[1], upscaler=request.upscaler, info=info,
+                                 input_verdict=input_verdict, action="block", blocked=True,
+                                 elapsed_s=time.perf_counter() - started)
+        target = pick_device(device or self.settings.device)
+        upscaled = self.upscalers.run(request, image, target, cancel)
+        [verdict] = self.guard.check_output_images([upscaled])
+        return UpscaleResult(width=upscaled.width, height=upscaled.height, upscaler=request.upscaler, info=info,
+                             input_verdict=input_verdict, verdict=verdict, action=verdict.action,
+                             elapsed_s=time.perf_counter() - started, device=str(target),
+                             infotext=infotext_of(image), pil=self.guard.enforce(upscaled, verdict))
 
     def native_size(self, model: str | None = None) -> tuple[int, int]:
         """(width, height) a request for `model` that names no size is made at, read from the model's config

@@ -22,6 +22,8 @@ from tests.test_server import wait_state
 FIELDS = ("", "tiny-sd", "Automatic", "Euler a", "Automatic", 2, 7, 64, 64, 1)
 # As the reviewer's call: strength 0.05 of 20 steps, one step, a near copy of the image it starts from.
 COPY_FIELDS = ("", "tiny-sd", "Automatic", "Euler a", "Automatic", 20, 7, 64, 64, 1)
+# txt2img's seed extras and hires-fix section after the editor: off, at their defaults.
+HIRES_OFF = (False, -1, 0, 0, 0, False, "Latent", 2, 0, 0.7, 0, 0, "Use same sampler", "", "")
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +93,9 @@ def test_img2img_refuses_a_server_path(keyed):
     assert kind == "error" and "upload" in str(answer), (kind, answer)
     editor = {"background": server_path(a_png), "layers": [server_path(a_png)], "composite": None}
     kind, answer = call(live, keys["b"], "run_mode_2", "copy", *COPY_FIELDS, None, 0.05, editor)
+    assert kind == "error" and "upload" in str(answer), (kind, answer)
+    kind, answer = call(live, keys["b"], "upscale_image", server_path(a_png), "Lanczos", 2, "None", 0, "Scale by",
+                        64, 64, True)
     assert kind == "error" and "upload" in str(answer), (kind, answer)
     assert b_jobs(live, keys) == []  # nothing was made from A's image
 
@@ -165,6 +170,7 @@ def test_oversized_upload_is_refused_before_decoding(keyed, tmp_path):
         "img2img": ("run_mode_1", "x", *FIELDS, image, 0.5, None),
         "inpaint": ("run_mode_2", "x", *FIELDS, None, 0.5, {"background": image, "layers": [], "composite": None}),
         "PNG info": ("read_png", image),
+        "Extras": ("upscale_image", image, "Lanczos", 2, "None", 0, "Scale by", 64, 64, True),
     }
     for name, (api_name, *data) in calls.items():
         kind, answer = call(live, keys["b"], api_name, *data)
@@ -185,7 +191,7 @@ def test_no_input_downloads_a_url(keyed):
     before = set(cache.iterdir())
     url = {"path": "https://example.invalid/x.png", "meta": {"_type": "gradio.FileData"}}
     for api_name, data in (("sizes_for", [url]), ("reuse", [url]),
-                           ("run_mode", ["x", url, *FIELDS[1:], None, 0.5, None])):
+                           ("run_mode", ["x", url, *FIELDS[1:], None, 0.5, None, *HIRES_OFF])):
         kind, answer = call(live, keys["b"], api_name, *data)
         assert kind == "error" and "upload" in str(answer), (api_name, kind, answer)
         assert "resolve" not in str(answer).lower(), answer

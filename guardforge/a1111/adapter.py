@@ -14,8 +14,10 @@ from typing import Any
 
 from PIL import Image
 
+from guardforge.a1111.hires import HIRES_FIELDS, hires_from_payload
 from guardforge.a1111.schemas import SCHEDULERS_LISTED, SCHEDULES, ImageResponse, Img2ImgPayload, Txt2ImgPayload
 from guardforge.access.caller import Caller
+from guardforge.engine.hires import hires_sizes
 from guardforge.engine.infotext import parse_infotext
 from guardforge.engine.masked_content import FILLS
 from guardforge.engine.outpaint import POOR_MANS_OUTPAINTING, SIDES
@@ -37,7 +39,11 @@ def to_generation_request(payload: Txt2ImgPayload, default_model: str,
     """The GenerationRequest a payload asks for, and the names of the fields that had no effect.
 
     `default_model` and `default_vae` are the caller's options; override_settings replace them for this request."""
-    ignored = sorted(k for k, v in (payload.model_extra or {}).items() if v not in (None, False, 0, "", [], {}))
+    extra = dict(payload.model_extra or {})
+    hires, ignored = (None, []) if isinstance(payload, Img2ImgPayload) else hires_from_payload(
+        extra, payload.denoising_strength, SCHEDULES)
+    hires_keys = set() if isinstance(payload, Img2ImgPayload) else set(HIRES_FIELDS)
+    ignored += sorted(k for k, v in extra.items() if k not in hires_keys and v not in (None, False, 0, "", [], {}))
     overrides = dict(payload.override_settings or {})
     model = overrides.pop("sd_model_checkpoint", None) or default_model
     vae = overrides.pop("sd_vae", None)
@@ -83,6 +89,8 @@ def to_generation_request(payload: Txt2ImgPayload, default_model: str,
             fields["denoising_strength"] = payload.denoising_strength
         if len(payload.init_images) > 1:
             ignored.append("init_images[1:]")
+    elif hires is not None:
+        fields["hires"] = hires
     elif payload.denoising_strength is not None:
         ignored.append("denoising_strength")  # only hires fix uses it in txt2img
     return GenerationRequest(**fields), ignored
@@ -151,7 +159,8 @@ def a1111_info(request: GenerationRequest, job: Job, ignored: list[str], sent: i
         "sd_model_hash": result.model_hash if result else None,
         "sd_vae_name": result.vae if result else request.vae, "sd_vae_hash": result.vae_hash if result else None,
         "seed_resize_from_w": request.seed_resize_from_w, "seed_resize_from_h": request.seed_resize_from_h,
-        "denoising_strength": request.denoising_strength if request.init_image else None,
+        "denoising_strength": request.denoising_strength if request.init_image else (
+            request.hires.denoising_strength if request.hires else None),
         "extra_generation_params": {}, "index_of_first_image": 0,
         "infotexts": [image.infotext for image in images], "styles": [],
         "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.created_at)),
@@ -265,6 +274,8 @@ class A1111:
 
             start = decode_image(gen.init_image, self.studio.settings.limits.max_image_pixels, "init_image")
             width, height = canvas_size(gen, start.size)
+        if gen.hires is not None:  # a blocked request's placeholders stand for the upscaled images
+            width, height = hires_sizes(width, height, gen.hires)[1]
         images: list[str] = []
         if payload.send_images:
             if job.result is not None and job.result.blocked:

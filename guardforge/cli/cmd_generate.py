@@ -10,6 +10,7 @@ from typing import Any
 import typer
 
 from guardforge.cli import app
+from guardforge.cli.hires_flags import merge_hires
 from guardforge.errors import InvalidRequest
 
 _SECRET_KEYS = re.compile(r"key|secret|password|token", re.IGNORECASE)
@@ -47,6 +48,7 @@ _OPTION_FOR = {
     "inpainting_mask_invert": "--invert-mask", "clip_skip": "--clip-skip", "subseed": "--subseed",
     "subseed_strength": "--subseed-strength", "seed_resize_from_w": "--seed-resize-from",
     "seed_resize_from_h": "--seed-resize-from", "outpaint": "--outpaint", "inpainting_fill": "--inpainting-fill",
+    "inpainting_mask_invert": "--invert-mask", "clip_skip": "--clip-skip", "hires": "--hires-* or --no-hires",
 }
 
 
@@ -114,6 +116,20 @@ def generate(
                                         "(default: original; fill when outpainting)"),
     output: Path = typer.Option(None, "--output", "-o", help="Output folder (default: settings outputs_dir)"),
     from_png: Path = typer.Option(None, "--from-png", help="Start from an image's infotext; options given override"),
+    hires: bool = typer.Option(None, "--hires/--no-hires", help="Hires fix: upscale the first pass and run a second "
+                               "img2img pass (any --hires-* option turns it on)"),
+    hires_scale: float = typer.Option(None, "--hires-scale", help="Hires fix: upscale by (default 2)"),
+    hires_upscaler: str = typer.Option(None, "--hires-upscaler", help="Hires fix: Latent (default), Latent "
+                                       "(bicubic), ..., Lanczos, or a model from `guardforge models list --kind "
+                                       "upscaler`"),
+    hires_steps: int = typer.Option(None, "--hires-steps", help="Hires fix: second-pass steps (0: as --steps)"),
+    hires_strength: float = typer.Option(None, "--hires-strength", help="Hires fix: denoising strength (0.7)"),
+    hires_resize_x: int = typer.Option(None, "--hires-resize-x", help="Hires fix: upscale to this width"),
+    hires_resize_y: int = typer.Option(None, "--hires-resize-y", help="Hires fix: upscale to this height"),
+    hires_sampler: str = typer.Option(None, "--hires-sampler", help="Hires fix: second-pass sampler"),
+    hires_prompt: str = typer.Option(None, "--hires-prompt", help="Hires fix: second-pass prompt"),
+    hires_negative: str = typer.Option(None, "--hires-negative", help="Hires fix: second-pass negative prompt"),
+    hires_cfg: float = typer.Option(None, "--hires-cfg", help="Hires fix: second-pass CFG scale (default: --cfg)"),
 ) -> None:
     """Generate images; prints where each was saved, its seed and the guard's action."""
     from rich.console import Console
@@ -137,6 +153,10 @@ def generate(
     given = {k: v for k, v in given.items() if v is not None}
     from_image = set(fields) - set(given)
     fields.update(given)
+    merge_hires(fields, hires, {
+        "scale": hires_scale, "upscaler": hires_upscaler, "steps": hires_steps, "denoising_strength": hires_strength,
+        "resize_x": hires_resize_x, "resize_y": hires_resize_y, "sampler": hires_sampler, "prompt": hires_prompt,
+        "negative_prompt": hires_negative, "cfg_scale": hires_cfg})
     if "prompt" not in fields:
         raise InvalidRequest("give a PROMPT, or --from-png with an image made by guardforge or A1111")
     request = _build_request(fields, from_image, from_png)

@@ -6,6 +6,8 @@ import json
 import re
 from typing import Any
 
+from guardforge.engine.hires import fields_from_params as hires_fields
+from guardforge.engine.hires import infotext_params as hires_infotext_params
 from guardforge.engine.request import GenerationRequest
 from guardforge.engine.samplers import effective_schedule, split_legacy_sampler
 
@@ -60,7 +62,9 @@ def build_infotext(request: GenerationRequest, seed: int, width: int, height: in
         "Variation seed strength": request.subseed_strength if request.subseed_strength > 0 else None,
         "Seed resize from": (f"{request.seed_resize_from_w}x{request.seed_resize_from_h}"
                              if request.seed_resize_from_w > 0 and request.seed_resize_from_h > 0 else None),
-        "Denoising strength": request.denoising_strength if request.mode != "txt2img" else None,
+        # txt2img's is the hires pass's, as A1111 writes it.
+        "Denoising strength": (request.denoising_strength if request.mode != "txt2img" else
+                               request.hires.denoising_strength if request.hires is not None else None),
         "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
         # A1111 adds these to extra_generation_params for inpainting, which come after the fixed keys.
         "Mask blur": request.mask_blur if request.mode == "inpaint" else None,
@@ -69,6 +73,8 @@ def build_infotext(request: GenerationRequest, seed: int, width: int, height: in
         "Outpaint": str(request.outpaint) if request.outpaint is not None else None,
         "TI hashes": ti_hashes or None,
     }
+    if request.hires is not None:
+        params.update(hires_infotext_params(request))
     line = ", ".join(f"{k}: {quote(v)}" for k, v in params.items() if v is not None)
     negative = f"\nNegative prompt: {request.negative_prompt}" if request.negative_prompt else ""
     return f"{request.prompt}{negative}\n{line}".strip()
@@ -135,6 +141,9 @@ def fields_from_infotext(text: str) -> dict[str, Any]:
         fields["inpainting_mask_invert"] = True
     if "outpaint" in fields:
         _size_before_outpaint(fields)
+    hires = hires_fields(p)
+    if hires is not None:
+        fields["hires"] = hires
     return fields
 
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageFilter, ImageOps
 
+from guardforge.engine.hires import HiresPass, check_hires, check_hires_size
 from guardforge.engine.latent_inpaint import LatentBlend, needs_latent_blend
 from guardforge.dependencies import require_lora_support
 from guardforge.engine.embeddings import applied_embeddings, embeddings_in, read_embedding, spell_out
@@ -33,6 +34,7 @@ from guardforge.errors import Cancelled, InvalidRequest
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
+    from guardforge.engine.upscalers import Upscalers
     from guardforge.models.cache import LoadedModel
     from guardforge.models.registry import ModelRegistry
     from guardforge.settings import Settings
@@ -116,6 +118,7 @@ class _Progress:
         self.iteration = 0
         self.done = 0
         self.per_batch = 0
+        self.fixed_per_batch = 0  # steps per batch known up front (hires fix: both passes); 0: the pipe's
         self.started = time.perf_counter()
 
     def interrupted(self) -> bool:
@@ -136,7 +139,7 @@ class _Progress:
 
     def callback(self, pipe: DiffusionPipeline, step: int, timestep: Any, kwargs: dict) -> dict:
         self.done += 1
-        self.per_batch = per_batch = int(getattr(pipe, "num_timesteps", 0) or step + 1)
+        self.per_batch = per_batch = self.fixed_per_batch or int(getattr(pipe, "num_timesteps", 0) or step + 1)
         if self.on_progress is not None:
             total = per_batch * self.n_iter
             elapsed = max(time.perf_counter() - self.started, 1e-9)
@@ -171,9 +174,10 @@ class Engine:
     """Runs requests on LoadedModels. Holds no model and no lock: Studio's cache holds the models, and run() takes
     the lock each LoadedModel carries, so requests on one model copy take turns."""
 
-    def __init__(self, settings: Settings, registry: ModelRegistry | None = None):
+    def __init__(self, settings: Settings, registry: ModelRegistry | None = None, upscalers: Upscalers | None = None):
         self.settings = settings
         self._registry = registry
+        self._upscalers = upscalers
 
     @property
     def registry(self) -> ModelRegistry:
@@ -182,6 +186,14 @@ class Engine:
 
             self._registry = ModelRegistry(self.settings)
         return self._registry
+
+    @property
+    def upscalers(self) -> Upscalers:
+        if self._upscalers is None:
+            from guardforge.engine.upscalers import Upscalers
+
+            self._upscalers = Upscalers(self.settings, self.registry)
+        return self._upscalers
 
     def check(self, request: GenerationRequest) -> None:
         """Refuse now, without loading anything, what run() would refuse later: an unknown sampler or a
@@ -197,6 +209,8 @@ class Engine:
             resolve_loras(self.registry, tags, self.settings.allow_pickle)
         for entry in embeddings_in(self.registry, prompt, request.negative_prompt):
             read_embedding(entry, self.settings.allow_pickle)  # a pickle or a file of no vectors is refused now
+        if request.hires is not None:
+            check_hires(request, self.upscalers)
 
     def size_for(self, loaded: LoadedModel, request: GenerationRequest) -> tuple[int, int]:
         native_w, native_h = native_size(loaded.pipeline)
@@ -231,6 +245,9 @@ class Engine:
             check_canvas(request, init_image.size, self.settings.limits)
             init_image, mask = extend(init_image, request)
         width, height = init_image.size if request.outpaint is not None else self.size_for(loaded, request)
+        if request.hires is not None:
+            check_hires(request, self.upscalers)
+            check_hires_size(width, height, request.hires, self.settings.limits)
         seeds = request_seeds(request)
         subseeds = request_subseeds(with_fixed_subseed(request))
         prompt, tags = extract_lora_tags(request.prompt)
@@ -277,6 +294,13 @@ class Engine:
                         embeds = encode_prompts(pipe, spell_out(prompt, inversions),
                                                 spell_out(request.negative_prompt, inversions), request.clip_skip,
                                                 pipe._execution_device)
+                    hires = hires_embeds = None
+                    if request.hires is not None:
+                        hires = HiresPass(loaded, request, self.upscalers, (width, height), prompt,
+                                          base_scheduler.config)
+                        progress.fixed_per_batch = hires.steps_per_batch()
+                        same = (hires.prompt, hires.negative) == (prompt, request.negative_prompt)
+                        hires_embeds = embeds if same else hires.encode(request.clip_skip)
                     for iteration in range(request.n_iter):
                         progress.iteration = iteration
                         progress.check_cancel()
@@ -298,7 +322,7 @@ class Engine:
                         if latent_blend is not None:
                             latent_blend.start_batch(batch_seeds)
                             callback = _chained(latent_blend, progress.callback)
-                        output = pipe(
+                        first_pass = dict(
                             **embeds.kwargs,
                             **mode_inputs,
                             **varied,
@@ -306,10 +330,13 @@ class Engine:
                             guidance_scale=request.cfg_scale,
                             num_images_per_prompt=request.batch_size,
                             generator=generators,
-                            output_type="pil",
                             callback_on_step_end=callback,
                         )
-                        for image, seed in zip(output.images, batch_seeds, strict=True):
+                        if hires is not None:
+                            images = hires.run_batch(pipe, first_pass, batch_seeds, hires_embeds, progress, cancel)
+                        else:
+                            images = pipe(**first_pass, output_type="pil").images
+                        for image, seed in zip(images, batch_seeds, strict=True):
                             if blend_mask is not None:
                                 # A1111's overlay: pixels outside the (blurred) mask come back from the original
                                 # exactly, undoing the VAE round trip's drift there.

@@ -6,6 +6,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from guardforge.engine.hires import HiresOptions, check_hires_size
 from guardforge.engine.masked_content import InpaintingFill
 from guardforge.engine.outpaint import Outpaint
 from guardforge.errors import InvalidRequest
@@ -78,6 +79,8 @@ class GenerationRequest(BaseModel):
     # "fill" for outpaint.
     inpainting_fill: InpaintingFill | None = None
     memory: MemoryOptions = MemoryOptions()
+    # txt2img's hires fix (A1111's enable_hr): None, no second pass.
+    hires: HiresOptions | None = None
 
     @field_validator("width", "height")
     @classmethod
@@ -132,6 +135,12 @@ class GenerationRequest(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _hires_is_txt2img(self) -> GenerationRequest:
+        if self.hires is not None and self.init_image is not None:
+            raise ValueError("hires fix is for txt2img: leave hires out with an init_image")
+        return self
+
+    @model_validator(mode="after")
     def _batch_seeds_fit(self) -> GenerationRequest:
         last = self.seed + self.batch_size * self.n_iter - 1
         if self.seed != -1 and last > SEED_MAX:
@@ -175,9 +184,13 @@ class GenerationRequest(BaseModel):
                         limits.max_width),
                        ("outpainted height", self.height + spec.up + spec.down if self.height else 0,
                         limits.max_height)]
+        if self.hires is not None:
+            checks.append(("hires.steps", self.hires.steps, limits.max_steps))
         for name, value, cap in checks:
             if value > cap:
                 raise InvalidRequest(f"{name}={value} is over this server's limit of {cap}")
+        if self.hires is not None and self.width and self.height:  # else the engine checks, at the native size
+            check_hires_size(self.width, self.height, self.hires, limits)
 
 
 class ProgressEvent(BaseModel):

@@ -17,6 +17,8 @@ from guardforge.guard.blur import withheld_tile
 from guardforge.imaging import encode_image
 from guardforge.access.caller import LOCAL_OWNER, Caller
 from guardforge.ui import guard_view, outpaint_controls, seed_extras
+from guardforge.ui.extras import extras_tab
+from guardforge.ui.hires import hires_options, hires_section, hires_updates, hires_upscalers
 from guardforge.ui.uploads import (
     CLEAN_EVERY_S,
     KEEP_UPLOADS_S,
@@ -40,8 +42,8 @@ def _caller(studio, request: gr.Request | None) -> Caller:
 
 
 SCHEDULES = list(SCHEDULE_TYPES)
-# What PNG info and Reuse set: prompt, negative, the nine of `params`, the five seed extras.
-FORM_FIELDS = 16
+# What PNG info and Reuse set: prompt, negative, the nine of `params`, the five seed extras, the ten of hires fix.
+FORM_FIELDS = 26
 
 
 _bar = guard_view.bar
@@ -117,7 +119,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
 
     def run(mode, prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed,
             init_image, strength, editor, extra, subseed, subseed_strength, resize_w, resize_h,
-            out_left, out_right, out_up, out_down, fill, request: gr.Request):
+            out_left, out_right, out_up, out_down, fill, request: gr.Request, hires=None):
         owner = _owner(request)
         if rate_limit is not None:
             try:
@@ -126,7 +128,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
                 raise gr.Error(_retry_message(exc)) from None
         fields = dict(prompt=prompt, negative_prompt=negative, model=model or None, vae=vae or None, sampler=sampler,
                       schedule=schedule, steps=int(steps), cfg_scale=float(cfg), width=int(width),
-                      height=int(height), seed=int(seed))
+                      height=int(height), seed=int(seed), hires=hires)
         fields.update(seed_extras.request_fields(extra, subseed, subseed_strength, resize_w, resize_h))
         if mode == "img2img":
             if init_image is None:
@@ -183,6 +185,17 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
                            out_left, out_right, out_up, out_down, fill, request)
         return run_mode
 
+    def run_txt2img(prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed, init_image,
+                    strength, editor, extra=False, subseed=-1, subseed_strength=0, resize_w=0, resize_h=0,
+                    hr_enabled=False, hr_upscaler="Latent", hr_scale=2, hr_steps=0, hr_strength=0.7, hr_resize_x=0,
+                    hr_resize_y=0, hr_sampler="Use same sampler", hr_prompt="", hr_negative="",
+                    request: gr.Request = None):
+        hires = hires_options(hr_enabled, hr_upscaler, hr_scale, hr_steps, hr_strength, hr_resize_x, hr_resize_y,
+                              hr_sampler, hr_prompt, hr_negative)
+        yield from run("txt2img", prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed,
+                       init_image, strength, editor, extra, subseed, subseed_strength, resize_w, resize_h,
+                       0, 0, 0, 0, None, request, hires=hires)
+
     def show_selected(job_id, evt: gr.SelectData, request: gr.Request):
         job = studio.job(job_id, _caller(studio, request))
         return job.result.images[evt.index].infotext, guard_view.verdict_json(job.result, evt.index)
@@ -233,7 +246,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
             gr.update(value=get("height")) if get("height") else gr.update(),
             gr.update(value=get("seed")) if get("seed") is not None else gr.update(),
             *seed_extras.updates(params),
-        )
+        ) + hires_updates(get("hires"), hires_upscalers(studio))
 
     with gr.Blocks(title="guardforge", delete_cache=(CLEAN_EVERY_S, KEEP_UPLOADS_S)) as ui:
         gr.Markdown("# guardforge")
@@ -260,6 +273,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
         with gr.Tabs():
             with gr.Tab("txt2img"):
                 txt_button = gr.Button("Generate", variant="primary", elem_id="gf-generate")
+                hires_inputs = hires_section(studio)
             with gr.Tab("img2img"):
                 init_image = with_cap(UploadedImage(type="pil", label="Start from", elem_id="gf-init-image"),
                                       limits.max_image_pixels)
@@ -274,6 +288,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
                 inpaint_strength = gr.Slider(0, 1, value=0.75, step=0.05, label="Denoising strength")
                 inpaint_fill = outpaint_controls.masked_content("original", "gf-inpaint-fill")
                 inpaint_button = gr.Button("Inpaint", variant="primary")
+            extras_tab(studio, rate_limit, lambda request: _caller(studio, request), _owner)
             with gr.Tab("PNG info"):
                 png = UploadedFile(label="Drop a PNG made by guardforge or A1111", file_types=[".png"],
                                    type="filepath", elem_id="gf-png")
@@ -294,9 +309,9 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
         # No Gradio concurrency limit (its default is 1: one user's generation at a time, the next user's click
         # not even submitted): a handler only submits and polls, and our queue applies the workers, the
         # per-key caps and the rate limit, as it does for the API.
-        txt_button.click(runner("txt2img"),
-                         [prompt, negative, *params, init_image, strength, editor, *extras, *outpaint], outputs,
-                         concurrency_limit=None)
+        # api_name: the endpoint keeps the name it had before hires fix (its new values come after the editor's).
+        txt_button.click(run_txt2img, [prompt, negative, *params, init_image, strength, editor, *extras,
+                                       *hires_inputs], outputs, concurrency_limit=None, api_name="run_mode")
         img_button.click(runner("img2img"),
                          [prompt, negative, *params, init_image, strength, editor, *extras, *outpaint], outputs,
                          concurrency_limit=None)
@@ -307,7 +322,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
         # `input`, not `change`: a model set by PNG info or Reuse comes with its own size, which must stay.
         model.input(sizes_for, [model], [width, height])
         refresh.click(history, None, [table, chosen])
-        fields = [prompt, negative, *params, *extras]
+        fields = [prompt, negative, *params, *extras, *hires_inputs]
         reuse_button.click(reuse, [chosen], fields)
         png.upload(read_png, [png], [*fields, png_text])
     return ui

@@ -9,10 +9,15 @@ from typing import Any
 from fastapi import APIRouter, Body, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
+from guardforge.a1111 import extras
 from guardforge.a1111.adapter import A1111, scripts_listed, title
 from guardforge.a1111.adapter import png_info as png_info_of
 from guardforge.a1111.schemas import (
     SCHEDULERS_LISTED,
+    ExtrasBatchImagesPayload,
+    ExtrasBatchImagesResponse,
+    ExtrasSingleImagePayload,
+    ExtrasSingleImageResponse,
     ImageResponse,
     Img2ImgPayload,
     Lora,
@@ -24,6 +29,7 @@ from guardforge.a1111.schemas import (
     Scheduler,
     SdModel,
     Txt2ImgPayload,
+    UpscalerItem,
 )
 from guardforge.imaging import decode_image
 from guardforge.server.auth import Caller, get_caller, get_limited_caller, sees_server_paths
@@ -191,9 +197,30 @@ def sd_vae(request: Request, caller: Caller = Depends(get_caller)) -> list[dict[
             for e in request.app.state.studio.models("vae")]
 
 
-@router.get("/upscalers", summary="Upscalers (none: guardforge has no upscaler)", responses=errors(401))
-async def upscalers(caller: Caller = Depends(get_caller)) -> list[dict[str, Any]]:
-    return []
+@router.get("/upscalers", response_model=list[UpscalerItem], summary="Upscalers: None, Lanczos, Nearest, then "
+            "the models in models/ESRGAN and models/RealESRGAN", responses=errors(401))
+def upscalers(request: Request, caller: Caller = Depends(get_caller)) -> list[UpscalerItem]:
+    # A built-in's scale is A1111's UpscalerData default, 4; a model's is its own, read from its tensors.
+    return [UpscalerItem(name=u.name, model_name=u.entry.name if u.entry else None,
+                         model_path=shown_path(request, u.entry) if u.entry else None,
+                         scale=u.scale if u.entry else 4.0)
+            for u in request.app.state.studio.upscalers_listed()]
+
+
+@router.post("/extra-single-image", response_model=ExtrasSingleImageResponse,
+             summary="Upscale one image (A1111's extras): the image is guarded as an input, the result as an output",
+             responses=errors(401, 404, 413, 422, 429))
+async def extra_single_image(payload: ExtrasSingleImagePayload, request: Request,
+                             caller: Caller = Depends(get_limited_caller)) -> ExtrasSingleImageResponse:
+    return await run_in_threadpool(extras.extra_single_image, request.app.state.studio, payload, caller)
+
+
+@router.post("/extra-batch-images", response_model=ExtrasBatchImagesResponse,
+             summary="Upscale several images (A1111's extras), each guarded as an input and as an output",
+             responses=errors(401, 404, 413, 422, 429))
+async def extra_batch_images(payload: ExtrasBatchImagesPayload, request: Request,
+                             caller: Caller = Depends(get_limited_caller)) -> ExtrasBatchImagesResponse:
+    return await run_in_threadpool(extras.extra_batch_images, request.app.state.studio, payload, caller)
 
 
 @router.get("/scripts", summary="Scripts (img2img: poor man's outpainting; no other A1111 script runs here)",
@@ -202,7 +229,8 @@ async def scripts(caller: Caller = Depends(get_caller)) -> dict[str, list[str]]:
     return scripts_listed()
 
 
-@router.get("/latent-upscale-modes", summary="Latent upscale modes (none: no hires fix here)", responses=errors(401))
+@router.get("/latent-upscale-modes", summary="Latent upscale modes (hires fix's hr_upscaler)", responses=errors(401))
 async def latent_upscale_modes(caller: Caller = Depends(get_caller)) -> list[dict[str, str]]:
-    # SillyTavern lists these beside /upscalers; an empty list says "no hires fix" without a 404.
-    return []
+    from guardforge.engine.upscalers import LATENT_UPSCALE_MODES
+
+    return [{"name": name} for name in LATENT_UPSCALE_MODES]
