@@ -237,7 +237,7 @@ def test_hires_through_webuiapi_on_a_real_server(tmp_path, tiny_model_dir):
         assert result.images[0].size == (64, 32)
         info = result.info
         ignored = info["guardforge"]["ignored_fields"]  # webuiapi's eta, s_noise, subseed stay reported
-        assert info["denoising_strength"] == 0.5 and ignored == ["eta", "s_noise", "subseed"]
+        assert info["denoising_strength"] == 0.5 and ignored == ["eta", "s_noise"]
         infotext = info["infotexts"][0]
         assert "Size: 32x16" in infotext and "Hires upscale: 2, Hires steps: 2" in infotext
         assert "Hires upscaler: Latent (nearest-exact), Hires prompt: a red fox" in infotext

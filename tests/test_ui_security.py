@@ -23,7 +23,11 @@ FIELDS = ("", "tiny-sd", "Automatic", "Euler a", "Automatic", 2, 7, 64, 64, 1)
 # As the reviewer's call: strength 0.05 of 20 steps, one step, a near copy of the image it starts from.
 COPY_FIELDS = ("", "tiny-sd", "Automatic", "Euler a", "Automatic", 20, 7, 64, 64, 1)
 # txt2img's seed extras and hires-fix section after the editor: off, at their defaults.
-HIRES_OFF = (False, -1, 0, 0, 0, False, "Latent", 2, 0, 0.7, 0, 0, "Use same sampler", "", "")
+SEED_EXTRAS_OFF = (False, -1, 0, 0, 0)
+HIRES_OFF = (*SEED_EXTRAS_OFF, False, "Latent", 2, 0, 0.7, 0, 0, "Use same sampler", "", "")
+# img2img's and inpaint's seed extras and outpaint (or masked content) controls after the editor, all off.
+IMG2IMG_OFF = (*SEED_EXTRAS_OFF, 0, 0, 0, 0, "fill")
+INPAINT_OFF = (*SEED_EXTRAS_OFF, 0, 0, 0, 0, "original")
 
 
 @pytest.fixture(scope="module")
@@ -89,10 +93,10 @@ def test_png_info_refuses_a_server_path(keyed):
 
 def test_img2img_refuses_a_server_path(keyed):
     live, keys, a_png, _ = keyed
-    kind, answer = call(live, keys["b"], "run_mode_1", "copy", *COPY_FIELDS, server_path(a_png), 0.05, None)
+    kind, answer = call(live, keys["b"], "run_mode_1", "copy", *COPY_FIELDS, server_path(a_png), 0.05, None, *IMG2IMG_OFF)
     assert kind == "error" and "upload" in str(answer), (kind, answer)
     editor = {"background": server_path(a_png), "layers": [server_path(a_png)], "composite": None}
-    kind, answer = call(live, keys["b"], "run_mode_2", "copy", *COPY_FIELDS, None, 0.05, editor)
+    kind, answer = call(live, keys["b"], "run_mode_2", "copy", *COPY_FIELDS, None, 0.05, editor, *INPAINT_OFF)
     assert kind == "error" and "upload" in str(answer), (kind, answer)
     kind, answer = call(live, keys["b"], "upscale_image", server_path(a_png), "Lanczos", 2, "None", 0, "Scale by",
                         64, 64, True)
@@ -167,8 +171,9 @@ def test_oversized_upload_is_refused_before_decoding(keyed, tmp_path):
     before = peak_rss_mb(live.process.pid)
     started = time.monotonic()
     calls = {
-        "img2img": ("run_mode_1", "x", *FIELDS, image, 0.5, None),
-        "inpaint": ("run_mode_2", "x", *FIELDS, None, 0.5, {"background": image, "layers": [], "composite": None}),
+        "img2img": ("run_mode_1", "x", *FIELDS, image, 0.5, None, *IMG2IMG_OFF),
+        "inpaint": ("run_mode_2", "x", *FIELDS, None, 0.5, {"background": image, "layers": [], "composite": None},
+                    *INPAINT_OFF),
         "PNG info": ("read_png", image),
         "Extras": ("upscale_image", image, "Lanczos", 2, "None", 0, "Scale by", 64, 64, True),
     }
