@@ -241,3 +241,34 @@ def test_a_controlnet_for_another_architecture_is_refused_clearly(studio, contro
         generate(studio, [unit(model="wide-cn")])
     with pytest.raises(ModelNotFound, match="no controlnet named 'tiny-sd'; known: other-cn, tiny-cn"):
         generate(studio, [unit(model="tiny-sd")])  # a checkpoint is not a ControlNet
+
+
+def test_latent_blend_inpaint_with_a_control_on_tiny_shapes(tmp_path):
+    """tiny-shapes' 8-channel latents take the engine's latent-blend inpaint (img2img with the known region put
+    back each step); with a unit, the ControlNet img2img pipeline runs it."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    from guardforge.models.registry import shipped_models_dir
+    from guardforge.settings import Settings
+    from guardforge.studio import Studio
+
+    unet = UNet2DConditionModel.from_pretrained(shipped_models_dir() / "tiny-shapes" / "unet")
+    torch.manual_seed(0)
+    net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32, 64))  # VAE scale 4
+    with torch.no_grad():
+        for module in [*net.controlnet_down_blocks, net.controlnet_mid_block]:
+            module.weight.normal_(0, 0.3)
+    home = tmp_path / "home"
+    net.save_pretrained(home / "models" / "ControlNet" / "shapes-cn")
+    studio = Studio(Settings(home=home), guard=Guard(load_policy("default"), text_backend=SafeText(),
+                                                     image_backend=MagentaIsUnsafe(), audit=None))
+    init = square(64, colour="blue")
+    mask = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(mask).rectangle((0, 0, 31, 63), fill=255)
+    base = {"prompt": "a red circle", "model": "tiny-shapes", "steps": 3, "seed": 2, "sampler": "Euler",
+            "init_image": b64(init), "mask": b64(mask), "mask_blur": 0}
+    plain = studio.generate(GenerationRequest(**base), save=False)
+    controlled = studio.generate(GenerationRequest(**base, controlnet=[unit(model="shapes-cn")]), save=False)
+    out = pixels(controlled)
+    assert np.array_equal(out[:, 33:], np.asarray(init, dtype=np.int16)[:, 33:])  # kept exactly
+    assert np.abs(out[:, :32] - pixels(plain)[:, :32]).mean() > 1  # the control changed the repainted half
