@@ -24,7 +24,7 @@ from guardforge.guard.audit import AuditLog
 from guardforge.guard.backends.base import Scores
 from guardforge.guard.policy import load_policy
 from guardforge.guard.service import Guard
-from tests.tiny_controlnet import save_tiny_controlnet, save_tiny_controlnet_file
+from tests.tiny_controlnet import save_tiny_controlnet, save_tiny_controlnet_file, save_tiny_controlnet_ldm_file
 
 
 class SafeText:
@@ -74,6 +74,7 @@ def controlnet_home(tmp_path_factory, tiny_model_dir):
     shutil.copytree(tiny_model_dir, home / "models" / "Stable-diffusion" / "tiny-sd")
     save_tiny_controlnet(home / "models" / "ControlNet" / "tiny-cn", seed=0)
     save_tiny_controlnet_file(home / "models" / "ControlNet" / "tiny-cn-file.safetensors", seed=0)
+    save_tiny_controlnet_ldm_file(home / "models" / "ControlNet" / "tiny-cn-ldm.safetensors", seed=0)
     save_tiny_controlnet(home / "models" / "ControlNet" / "other-cn", seed=1)
     return home
 
@@ -117,8 +118,10 @@ def test_a_unit_steers_the_image_and_weight_zero_is_no_control(studio):
             'Pixel Perfect: False, Control Mode: Balanced"') in info
 
 
-def test_the_folder_and_the_single_file_are_the_same_controlnet(studio):
-    assert np.array_equal(pixels(generate(studio, [unit()])), pixels(generate(studio, [unit(model="tiny-cn-file")])))
+def test_the_folder_and_the_single_files_are_the_same_controlnet(studio):
+    folder = pixels(generate(studio, [unit()]))
+    assert np.array_equal(folder, pixels(generate(studio, [unit(model="tiny-cn-file")])))  # diffusers' keys
+    assert np.array_equal(folder, pixels(generate(studio, [unit(model="tiny-cn-ldm")])))  # the original keys
     entry = studio.usable_controlnet("tiny-cn-file")
     assert (entry.format, entry.kind) == ("single_file", "controlnet")
     # A1111 titles resolve too
@@ -205,6 +208,20 @@ def test_inpaint_with_a_control_keeps_the_unmasked_pixels(studio):
     assert not np.array_equal(out, pixels(plain))
 
 
+def test_lora_and_prompt_weights_with_a_control(studio, controlnet_home):
+    from tests.test_engine_lora import save_tiny_lora
+
+    save_tiny_lora(controlnet_home / "models" / "Stable-diffusion" / "tiny-sd" / "unet",
+                   controlnet_home / "models" / "Lora" / "ink.safetensors", seed=1)
+    controlled = pixels(generate(studio, [unit()]))
+    with_lora = generate(studio, [unit()], prompt="a square <lora:ink:1>")
+    assert not np.array_equal(pixels(with_lora), controlled)
+    assert not np.array_equal(pixels(generate(studio, [unit()], prompt="a (square:1.5)")), controlled)
+    loaded = studio.pipelines.get("tiny-sd")
+    assert not loaded.pipeline.get_list_adapters()  # the LoRA is gone again, from the shared UNet
+    assert np.array_equal(pixels(generate(studio, [unit()])), controlled)
+
+
 def test_cancel_stops_a_controlled_run(studio):
     cancel = threading.Event()
     with pytest.raises(Cancelled):
@@ -272,3 +289,36 @@ def test_latent_blend_inpaint_with_a_control_on_tiny_shapes(tmp_path):
     out = pixels(controlled)
     assert np.array_equal(out[:, 33:], np.asarray(init, dtype=np.int16)[:, 33:])  # kept exactly
     assert np.abs(out[:, :32] - pixels(plain)[:, :32]).mean() > 1  # the control changed the repainted half
+
+
+def test_sdxl_controlnet_txt2img_and_img2img(tmp_path, tmp_path_factory):
+    """SDXL: diffusers' StableDiffusionXLControlNet(Img2Img)Pipeline from_pipe'd on a tiny SDXL pipeline (two text
+    encoders, text_time conditioning), with a ControlNet made from its UNet."""
+    from diffusers import ControlNetModel
+
+    from guardforge.engine.controlnet import ControlRun, prepare_unit
+    from guardforge.engine.controlnet_unit import ControlNetUnit
+    from guardforge.engine.pipelines import Engine
+    from guardforge.models.cache import LoadedModel
+    from guardforge.settings import MemorySettings, Settings
+    from tests.test_engine_prompts import sdxl as sdxl_fixture
+
+    pipe = sdxl_fixture.__wrapped__(tmp_path_factory)
+    torch.manual_seed(0)
+    net = ControlNetModel.from_unet(pipe.unet, conditioning_embedding_out_channels=(16, 32))
+    with torch.no_grad():
+        for module in [*net.controlnet_down_blocks, net.controlnet_mid_block]:
+            module.weight.normal_(0, 0.3)
+    loaded = LoadedModel(entry=None, pipeline=pipe, memory=MemorySettings(), device=torch.device("cpu"))
+    engine = Engine(Settings(home=tmp_path))
+    for init in (None, b64(square(32, colour="blue"))):
+        request = GenerationRequest(prompt="a square", negative_prompt="dog", steps=2, seed=3, sampler="Euler",
+                                    init_image=init, controlnet=[ControlNetUnit(model="x", module="canny",
+                                                                                image=b64(square()))])
+        init_image = Image.open(io.BytesIO(base64.b64decode(init))) if init else None
+        [(plain, _)] = engine.run(loaded, request.model_copy(update={"controlnet": []}), init_image=init_image)
+        control = ControlRun([prepare_unit(request.controlnet[0], square(), (32, 32), 3)], [net], ["x"])
+        [(controlled, _)] = engine.run(loaded, request, init_image=init_image, control=control)
+        assert controlled.size == (32, 32)
+        assert np.abs(np.asarray(controlled, dtype=np.int16) - np.asarray(plain, dtype=np.int16)).mean() > 1
+    assert type(loaded._modes["controlnet:img2img"]).__name__ == "StableDiffusionXLControlNetImg2ImgPipeline"
