@@ -94,6 +94,17 @@ def test_webuiapi_txt2img_with_units(api):
     assert "ControlNet" not in skipped.info["infotexts"][0]
 
 
+def test_an_a1111_call_keeps_no_control_image(api, client):
+    """save_images false (A1111's default): once answered, the job keeps no pixels, its unit images included."""
+    import webuiapi
+
+    [title] = api.controlnet_model_list()
+    result = api.txt2img(prompt="a square", seed=3, width=64, height=64, save_images=False,
+                         controlnet_units=[webuiapi.ControlNetUnit(image=square(), module="canny", model=title)])
+    job = client.get(f"/v1/jobs/{result.info['guardforge']['job_id']}").json()
+    assert job["request"]["controlnet"][0]["image"] is None and job["request"]["controlnet"][0]["module"] == "canny"
+
+
 def test_webuiapi_img2img_unit_reads_the_init_image(api):
     import webuiapi
 
