@@ -232,6 +232,23 @@ def test_cancel_stops_a_controlled_run(studio):
     assert generate(studio, [unit()]).images
 
 
+def test_skip_and_interrupt_with_a_control(studio):
+    skip, interrupt = threading.Event(), threading.Event()
+    seen = []
+
+    def on_progress(event):
+        seen.append(event.batch_index)
+        if event.batch_index == 0 and event.step == 1:
+            skip.set()  # the first batch ends early; the second runs in full
+        if event.batch_index == 1 and event.step == 5:
+            interrupt.set()  # and the third never starts
+
+    result = studio.generate(GenerationRequest(prompt="x", model="tiny-sd", steps=3, width=16, height=16, seed=1,
+                                               n_iter=3, sampler="Euler", controlnet=[unit()]),
+                             on_progress=on_progress, skip=skip, interrupt=interrupt, save=False)
+    assert result.seeds == [1, 2] and seen.count(0) == 1 and 2 not in seen
+
+
 def test_the_guard_reads_the_control_image_and_its_preprocessed_form(studio):
     backend = studio.guard.backend("image")
     seen = backend.seen
