@@ -273,6 +273,11 @@ def test_a_controlnet_for_another_architecture_is_refused_clearly(studio, contro
     with pytest.raises(InvalidRequest, match="'wide-cn' does not fit checkpoint 'tiny-sd': it was made for a UNet "
                                              "with cross-attention 48"):
         generate(studio, [unit(model="wide-cn")])
+    assert studio.pipelines.controlnets.loaded() == [] or all("wide-cn" not in key
+                                                              for key in studio.pipelines.controlnets.loaded())
+    # Refused at submit too, from the configs, before anything is queued or loaded (a 4xx over HTTP).
+    with pytest.raises(InvalidRequest, match="'wide-cn' does not fit checkpoint 'tiny-sd'"):
+        studio.submit(GenerationRequest(prompt="x", model="tiny-sd", controlnet=[unit(model="wide-cn")]))
     with pytest.raises(ModelNotFound, match="no controlnet named 'tiny-sd'; known: other-cn, tiny-cn"):
         generate(studio, [unit(model="tiny-sd")])  # a checkpoint is not a ControlNet
 

@@ -157,3 +157,17 @@ def test_native_routes_and_request_field(client):
     assert view["state"] == "succeeded", view
     assert view["request"]["controlnet"][0]["image"] == "<base64 image>"  # not echoed on every poll
     assert "Guidance End: 0.5" in view["result"]["images"][0]["infotext"]
+
+
+def test_a_controlnet_for_another_architecture_is_a_422(server, client):
+    """Refused at submit from the configs: over A1111's API a worker-side failure would have been its 500."""
+    from diffusers import ControlNetModel
+
+    ControlNetModel(block_out_channels=(32, 64), layers_per_block=1, in_channels=4, cross_attention_dim=48,
+                    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), attention_head_dim=8,
+                    norm_num_groups=32, conditioning_embedding_out_channels=(16, 32)).save_pretrained(
+        server.home / "models" / "ControlNet" / "wide-cn")
+    payload = {"prompt": "x", "steps": 2, "width": 64, "height": 64, "alwayson_scripts": {"controlnet": {"args": [
+        {"image": b64(square()), "module": "canny", "model": "wide-cn"}]}}}
+    answer = client.post("/sdapi/v1/txt2img", json=payload)
+    assert answer.status_code == 422 and "'wide-cn' does not fit checkpoint 'tiny-sd'" in answer.text

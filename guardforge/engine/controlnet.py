@@ -226,7 +226,8 @@ def _check_fits(loaded: LoadedModel, nets: list, names: list[str]) -> None:
     for net, name in zip(nets, names, strict=True):
         theirs = (net.config.cross_attention_dim, tuple(net.config.block_out_channels), net.config.in_channels,
                   net.config.addition_embed_type)
-        ours = (unet.config.cross_attention_dim, tuple(unet.config.block_out_channels), unet.config.in_channels,
+        # The UNet's output width is the latent's (a 9-channel inpainting UNet reads more than the latent).
+        ours = (unet.config.cross_attention_dim, tuple(unet.config.block_out_channels), unet.config.out_channels,
                 unet.config.addition_embed_type)
         if theirs != ours:
             raise InvalidRequest(
