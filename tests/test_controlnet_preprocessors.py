@@ -79,6 +79,11 @@ def test_unavailable_and_unknown_modules_say_why():
     assert detected.mask.getpixel((0, 0)) == 255 and detected.mask.getpixel((1, 1)) == 0
 
 
+def test_a_long_thin_image_cannot_make_a_huge_map():
+    with pytest.raises(InvalidRequest, match="processor_res 4096 on a 4096x16 image makes a 1048576x4096 map"):
+        detect(Image.new("RGB", (4096, 16), "white"), "canny", 4096)
+
+
 def test_fit_modes_as_sd_webui_controlnet():
     image = drawing((100, 50))
     assert fit(image, (64, 64), "Just Resize").size == (64, 64)
