@@ -105,7 +105,7 @@ def test_webuiapi_img2img_inpaint_and_listings(server):
     progress = api.get_progress()
     assert progress["progress"] == 0 and progress["current_image"] is None
     assert api.refresh_checkpoints() is None
-    assert api.get_scripts() == {"txt2img": [], "img2img": []}
+    assert api.get_scripts() == {"txt2img": ["controlnet"], "img2img": ["controlnet"]}
     assert api.get_upscalers() == [] and api.get_latent_upscale_modes() == [] and api.get_sd_vae() == []
     assert api.get_loras() == []
 

@@ -107,8 +107,14 @@ def load_controlnet(entry: ModelEntry, settings: Settings, torch_dtype: torch.dt
         if config.get("_class_name", "ControlNetModel") not in CONTROLNET_CLASSES or cls is None:
             raise InvalidRequest(f"ControlNet {entry.name!r}: its config names {config.get('_class_name')!r}; "
                                  f"guardforge runs {' and '.join(CONTROLNET_CLASSES)}")
-        model = cls.from_config(config)
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        from accelerate import init_empty_weights
+
+        # Built without weights, then given the file's tensors: an SDXL ControlNet's random initialisation alone
+        # took most of a minute on two cores. (The caller holds the cache's reading lock: init_empty_weights
+        # patches torch.nn.Module process-wide while it runs.)
+        with init_empty_weights():
+            model = cls.from_config(config)
+        missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
         if missing or unexpected:
             raise InvalidRequest(f"ControlNet {entry.name!r} does not fit its config: {len(missing)} weights missing "
                                  f"(e.g. {missing[:1]}), {len(unexpected)} unexpected (e.g. {unexpected[:1]})")
