@@ -70,6 +70,7 @@ def test_module_list_with_aliases_and_the_unavailable_ones(client):
     assert body["module_detail"]["canny"]["sliders"][1] == {"name": "Canny Low Threshold", "value": 100, "min": 1,
                                                             "max": 255, "step": 1}
     assert "MiDaS" in body["guardforge_unavailable"]["depth_midas"]
+    assert client.get("/controlnet/settings").json() == {"control_net_unit_count": 3}
 
 
 def test_webuiapi_txt2img_with_units(api):

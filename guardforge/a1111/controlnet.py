@@ -141,6 +141,9 @@ class ControlNetApi:
     def __init__(self, studio):
         self.studio = studio
 
+    def settings(self) -> dict[str, int]:
+        return {"control_net_unit_count": self.studio.settings.limits.max_controlnet_units}
+
     def model_list(self) -> dict[str, list[str]]:
         from guardforge.a1111.adapter import title
 

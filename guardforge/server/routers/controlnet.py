@@ -27,6 +27,12 @@ async def version(caller: Caller = Depends(get_caller)) -> dict[str, int]:
     return {"version": CONTROLNET_API_VERSION}
 
 
+@router.get("/settings", summary="sd-webui-controlnet's settings clients read: how many units a request may have",
+            responses=errors(401))
+async def settings(request: Request, caller: Caller = Depends(get_caller)) -> dict[str, int]:
+    return adapter(request).settings()
+
+
 @router.get("/model_list", summary="ControlNets in models/ControlNet and the shipped ones, as titles",
             responses=errors(401))
 def model_list(request: Request, update: bool = False, caller: Caller = Depends(get_caller)) -> dict[str, list[str]]:
