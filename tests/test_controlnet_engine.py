@@ -263,6 +263,20 @@ def test_the_guard_reads_the_control_image_and_its_preprocessed_form(studio):
     assert not generate(studio, [unit(image=b64(green), module="none")]).blocked
 
 
+def test_detect_guards_its_input_and_its_map(studio):
+    magenta, green = Image.new("RGB", (32, 32), (255, 0, 255)), Image.new("RGB", (32, 32), (0, 255, 0))
+    ImageDraw.Draw(green).rectangle((8, 8, 24, 24), outline="black", width=2)
+    blocked_input, blocked_map, fine = studio.detect_control([b64(magenta), b64(green), b64(square())], "invert",
+                                                             processor_res=64)
+    assert blocked_input.image is None and blocked_input.verdict.action == "block"
+    # Green in, magenta out: the map is an output image, so the default policy's S12 action for outputs (blur)
+    # applies to it, where the same image sent in is blocked.
+    assert blocked_map.verdict.action == "blur" and blocked_map.verdict.checkpoint == "output_image"
+    assert not np.array_equal(np.asarray(blocked_map.image), 255 - np.asarray(green))  # delivered blurred
+    assert fine.verdict.action == "allow"
+    assert (np.asarray(fine.image) == 255 - np.asarray(square())).all()
+
+
 def test_a_controlnet_for_another_architecture_is_refused_clearly(studio, controlnet_home):
     from diffusers import ControlNetModel
 

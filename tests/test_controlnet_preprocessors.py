@@ -117,7 +117,8 @@ def test_infotext_round_trip_of_a_unit():
     assert (again.weight, again.guidance_end, again.threshold_b, again.model) == (0.5, 0.8, 200, "cn [0123456789]")
     # A unit written by sd-webui-controlnet itself, with fields guardforge has no use for.
     theirs = ('x\nSteps: 20, Sampler: Euler, ControlNet 0: "Module: depth_midas, '
-              'Model: control_v11f1p_sd15_depth [cfd03158], Weight: 1.0, Resize Mode: Crop and Resize, Processor Res: 512, Threshold A: -1.0, Threshold B: -1.0, '
+              'Model: control_v11f1p_sd15_depth [cfd03158], Weight: 1.0, Resize Mode: Crop and Resize, '
+              'Processor Res: 512, Threshold A: -1.0, Threshold B: -1.0, '
               'Guidance Start: 0.0, Guidance End: 1.0, Pixel Perfect: True, Control Mode: Balanced, '
               'Hr Option: Both, Save Detected Map: True"')
     [unit] = units_from_infotext(parse_infotext(theirs))
