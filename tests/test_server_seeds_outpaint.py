@@ -9,6 +9,7 @@ import time
 import httpx
 import pytest
 
+from tests.ui_inputs import img2img_off, txt2img_off
 from tests.livesrv import LiveServer, make_home, server_env
 from tests.test_server import png_b64, wait_state
 
@@ -88,7 +89,7 @@ def test_the_ui_extra_seed_row_reaches_the_request(server, client):
     # txt2img's Generate: prompt, negative, model, VAE, sampler, schedule, steps, cfg, width, height, seed, init
     # image, strength, inpaint editor, then the seed extras: Extra, variation seed, strength, resize w, resize h.
     ui.predict("ui variation", "", "tiny-sd", "Automatic", "Euler", "Automatic", 1, 7, 32, 32, 5, None, 0.75, None,
-               True, 8, 0.4, 16, 24, api_name="/run_mode")
+               *txt2img_off(seed_extras=(True, 8, 0.4, 16, 24)), api_name="/run_mode")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         jobs = [j for j in client.get("/v1/jobs").json()["jobs"] if j["request"]["prompt"] == "ui variation"]
@@ -102,7 +103,7 @@ def test_the_ui_extra_seed_row_reaches_the_request(server, client):
     assert "Variation seed: 8" in job["result"]["images"][0]["infotext"]
     # Unticked, the row asks for nothing, whatever it holds.
     ui.predict("ui plain", "", "tiny-sd", "Automatic", "Euler", "Automatic", 1, 7, 32, 32, 5, None, 0.75, None,
-               False, 8, 0.4, 16, 24, api_name="/run_mode")
+               *txt2img_off(seed_extras=(False, 8, 0.4, 16, 24)), api_name="/run_mode")
     [plain] = [j for j in client.get("/v1/jobs").json()["jobs"] if j["request"]["prompt"] == "ui plain"]
     assert plain["request"]["subseed_strength"] == 0 and plain["request"]["seed_resize_from_w"] == -1
 
@@ -202,7 +203,7 @@ def test_the_ui_outpaint_sliders_reach_the_request(server, client, tmp_path):
     # img2img's Generate: ..., init image, strength, editor, the five seed extras, then left, right, up, down and
     # Masked content.
     ui.predict("ui outpaint", "", "tiny-sd", "Automatic", "Euler", "Automatic", 2, 7, 32, 32, 5,
-               handle_file(str(path)), 0.9, None, False, -1, 0, 0, 0, 0, 16, 8, 0, "latent nothing",
+               handle_file(str(path)), 0.9, None, *img2img_off(outpaint=(0, 16, 8, 0, "latent nothing")),
                api_name="/run_mode_1")
     [job] = [j for j in client.get("/v1/jobs").json()["jobs"] if j["request"]["prompt"] == "ui outpaint"]
     assert job["state"] == "succeeded", job

@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from guardforge.ui.controlnet_panel import units_off
+from tests.ui_inputs import HIRES_OFF, INPAINT_OFF, SEED_EXTRAS_OFF, img2img_off, txt2img_off
 from tests.livesrv import LiveServer, make_home, server_env
 from tests.test_server import wait_state
 
@@ -22,12 +24,6 @@ from tests.test_server import wait_state
 FIELDS = ("", "tiny-sd", "Automatic", "Euler a", "Automatic", 2, 7, 64, 64, 1)
 # As the reviewer's call: strength 0.05 of 20 steps, one step, a near copy of the image it starts from.
 COPY_FIELDS = ("", "tiny-sd", "Automatic", "Euler a", "Automatic", 20, 7, 64, 64, 1)
-# txt2img's seed extras and hires-fix section after the editor: off, at their defaults.
-SEED_EXTRAS_OFF = (False, -1, 0, 0, 0)
-HIRES_OFF = (*SEED_EXTRAS_OFF, False, "Latent", 2, 0, 0.7, 0, 0, "Use same sampler", "", "")
-# img2img's and inpaint's seed extras and outpaint (or masked content) controls after the editor, all off.
-IMG2IMG_OFF = (*SEED_EXTRAS_OFF, 0, 0, 0, 0, "fill")
-INPAINT_OFF = (*SEED_EXTRAS_OFF, 0, 0, 0, 0, "original")
 
 
 @pytest.fixture(scope="module")
@@ -93,13 +89,22 @@ def test_png_info_refuses_a_server_path(keyed):
 
 def test_img2img_refuses_a_server_path(keyed):
     live, keys, a_png, _ = keyed
-    kind, answer = call(live, keys["b"], "run_mode_1", "copy", *COPY_FIELDS, server_path(a_png), 0.05, None, *IMG2IMG_OFF)
+    kind, answer = call(live, keys["b"], "run_mode_1", "copy", *COPY_FIELDS, server_path(a_png), 0.05, None,
+                        *img2img_off())
     assert kind == "error" and "upload" in str(answer), (kind, answer)
     editor = {"background": server_path(a_png), "layers": [server_path(a_png)], "composite": None}
     kind, answer = call(live, keys["b"], "run_mode_2", "copy", *COPY_FIELDS, None, 0.05, editor, *INPAINT_OFF)
     assert kind == "error" and "upload" in str(answer), (kind, answer)
     kind, answer = call(live, keys["b"], "upscale_image", server_path(a_png), "Lanczos", 2, "None", 0, "Scale by",
                         64, 64, True)
+    assert kind == "error" and "upload" in str(answer), (kind, answer)
+    # A ControlNet unit's image, in the generation and in its preview, is an upload too.
+    units = units_off()
+    units[1] = server_path(a_png)
+    kind, answer = call(live, keys["b"], "run_mode", "copy", *COPY_FIELDS, None, 0.05, None, *SEED_EXTRAS_OFF,
+                        *HIRES_OFF, *units)
+    assert kind == "error" and "upload" in str(answer), (kind, answer)
+    kind, answer = call(live, keys["b"], "run_preview", *units[:13])
     assert kind == "error" and "upload" in str(answer), (kind, answer)
     assert b_jobs(live, keys) == []  # nothing was made from A's image
 
@@ -171,7 +176,7 @@ def test_oversized_upload_is_refused_before_decoding(keyed, tmp_path):
     before = peak_rss_mb(live.process.pid)
     started = time.monotonic()
     calls = {
-        "img2img": ("run_mode_1", "x", *FIELDS, image, 0.5, None, *IMG2IMG_OFF),
+        "img2img": ("run_mode_1", "x", *FIELDS, image, 0.5, None, *img2img_off()),
         "inpaint": ("run_mode_2", "x", *FIELDS, None, 0.5, {"background": image, "layers": [], "composite": None},
                     *INPAINT_OFF),
         "PNG info": ("read_png", image),
@@ -196,7 +201,7 @@ def test_no_input_downloads_a_url(keyed):
     before = set(cache.iterdir())
     url = {"path": "https://example.invalid/x.png", "meta": {"_type": "gradio.FileData"}}
     for api_name, data in (("sizes_for", [url]), ("reuse", [url]),
-                           ("run_mode", ["x", url, *FIELDS[1:], None, 0.5, None, *HIRES_OFF])):
+                           ("run_mode", ["x", url, *FIELDS[1:], None, 0.5, None, *txt2img_off()])):
         kind, answer = call(live, keys["b"], api_name, *data)
         assert kind == "error" and "upload" in str(answer), (api_name, kind, answer)
         assert "resolve" not in str(answer).lower(), answer

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
+from tests.ui_inputs import txt2img_off
 from tests.livesrv import LiveServer, make_home, server_env
 from tests.test_upscalers import picture
 from tests.tiny_upscalers import rrdb_state, write_safetensors
@@ -59,18 +60,17 @@ def test_the_txt2img_tab_runs_hires_fix(client):
     from gradio_client.exceptions import AppError
 
     fields = ("", "tiny-sd", "Automatic", "Euler a", "Automatic", 2, 7, 32, 32, 3, None, 0.75, None)
-    extras_off = (False, -1, 0, 0, 0)  # the seed row's Extra, between the editor and hires fix
     hires = (True, "Latent (bicubic)", 2, 2, 0.6, 0, 0, "Use same sampler", "", "")
-    progress, gallery, infotext, verdict = client.predict("a hires square", *fields, *extras_off, *hires, api_name="/run_mode")
+    progress, gallery, infotext, verdict = client.predict("a hires square", *fields, *txt2img_off(hires=hires), api_name="/run_mode")
     assert 'data-state="done"' in progress and len(gallery) == 1
     assert Image.open(gallery[0]["image"]).size == (64, 64)
     assert "Size: 32x32" in infotext and "Hires upscale: 2, Hires steps: 2, Hires upscaler: Latent (bicubic)" in infotext
     assert "Denoising strength: 0.6" in infotext
     off = (False, *hires[1:])
-    progress, gallery, infotext, _ = client.predict("a plain square", *fields, *extras_off, *off, api_name="/run_mode")
+    progress, gallery, infotext, _ = client.predict("a plain square", *fields, *txt2img_off(hires=off), api_name="/run_mode")
     assert Image.open(gallery[0]["image"]).size == (32, 32) and "Hires" not in infotext
     with pytest.raises(AppError, match="hires fix: the upscaled width 4096"):
-        client.predict("a huge square", *fields[:7], 1024, 1024, *fields[9:], *extras_off, True, "Lanczos", 4, *hires[3:],
+        client.predict("a huge square", *fields[:7], 1024, 1024, *fields[9:], *txt2img_off(hires=(True, "Lanczos", 4, *hires[3:])),
                        api_name="/run_mode")
 
 

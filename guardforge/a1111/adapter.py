@@ -15,6 +15,7 @@ from typing import Any
 from PIL import Image
 
 from guardforge.a1111.hires import HIRES_FIELDS, hires_from_payload
+from guardforge.a1111.controlnet import units_from_payload
 from guardforge.a1111.schemas import SCHEDULERS_LISTED, SCHEDULES, ImageResponse, Img2ImgPayload, Txt2ImgPayload
 from guardforge.access.caller import Caller
 from guardforge.engine.hires import hires_sizes
@@ -34,16 +35,19 @@ A1111_VERSION = "guardforge-0.1.0"
 PRIORITY = 0  # A1111 callers wait on the answer, but are not ahead of native jobs
 
 
-def to_generation_request(payload: Txt2ImgPayload, default_model: str,
-                          default_vae: str = "Automatic") -> tuple[GenerationRequest, list[str]]:
+def to_generation_request(payload: Txt2ImgPayload, default_model: str, default_vae: str = "Automatic",
+                          max_pixels: int = 4096 * 4096) -> tuple[GenerationRequest, list[str]]:
     """The GenerationRequest a payload asks for, and the names of the fields that had no effect.
 
-    `default_model` and `default_vae` are the caller's options; override_settings replace them for this request."""
+    `default_model` and `default_vae` are the caller's options; override_settings replace them for this request.
+    `max_pixels` caps the images the payload's ControlNet units are decoded from, where one carries a mask."""
     extra = dict(payload.model_extra or {})
-    hires, ignored = (None, []) if isinstance(payload, Img2ImgPayload) else hires_from_payload(
+    controlnet, ignored = units_from_payload(extra.pop("alwayson_scripts", None), max_pixels)
+    hires, hires_ignored = (None, []) if isinstance(payload, Img2ImgPayload) else hires_from_payload(
         extra, payload.denoising_strength, SCHEDULES)
     hires_keys = set() if isinstance(payload, Img2ImgPayload) else set(HIRES_FIELDS)
-    ignored += sorted(k for k, v in extra.items() if k not in hires_keys and v not in (None, False, 0, "", [], {}))
+    ignored = sorted(ignored + hires_ignored + [k for k, v in extra.items()
+                                                if k not in hires_keys and v not in (None, False, 0, "", [], {})])
     overrides = dict(payload.override_settings or {})
     model = overrides.pop("sd_model_checkpoint", None) or default_model
     vae = overrides.pop("sd_vae", None)
@@ -64,7 +68,7 @@ def to_generation_request(payload: Txt2ImgPayload, default_model: str,
         clip_skip=clip_skip, subseed=payload.subseed, subseed_strength=payload.subseed_strength,
         # A1111 reads 0 and below as "off"; one spelling of off here.
         seed_resize_from_w=max(payload.seed_resize_from_w, -1),
-        seed_resize_from_h=max(payload.seed_resize_from_h, -1),
+        seed_resize_from_h=max(payload.seed_resize_from_h, -1), controlnet=controlnet,
     )
     sampler = payload.sampler_name or payload.sampler_index
     if sampler:
@@ -97,8 +101,9 @@ def to_generation_request(payload: Txt2ImgPayload, default_model: str,
 
 
 def scripts_listed() -> dict[str, list[str]]:
-    """/sdapi/v1/scripts: the A1111 scripts a payload's script_name may name here."""
-    return {"txt2img": [], "img2img": [POOR_MANS_OUTPAINTING]}
+    """/sdapi/v1/scripts: the A1111 scripts a payload's script_name may name here, and controlnet, which clients
+    look for to tell whether sd-webui-controlnet is installed (alwayson_scripts.controlnet runs here)."""
+    return {"txt2img": ["controlnet"], "img2img": [POOR_MANS_OUTPAINTING, "controlnet"]}
 
 
 def _fill_name(index: Any) -> str:
@@ -236,7 +241,8 @@ class A1111:
         """Check and queue the generation a txt2img or img2img payload asks for (in a thread: it decodes images
         and may rescan the models folder)."""
         options = self.options(caller)
-        request, ignored = to_generation_request(payload, options["sd_model_checkpoint"], options["sd_vae"])
+        request, ignored = to_generation_request(payload, options["sd_model_checkpoint"], options["sd_vae"],
+                                                 self.studio.settings.limits.max_image_pixels)
         job = self.studio.submit(request, caller, priority=PRIORITY, save=payload.save_images)
         return Pending(job, request, ignored)
 

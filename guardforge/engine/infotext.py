@@ -40,7 +40,8 @@ def _number(value: float) -> str:
 
 def build_infotext(request: GenerationRequest, seed: int, width: int, height: int, model_name: str,
                    model_hash: str | None, vae_name: str | None = None, vae_hash: str | None = None,
-                   subseed: int | None = None, ti_hashes: str | None = None) -> str:
+                   subseed: int | None = None, ti_hashes: str | None = None,
+                   controlnet_units: list[str] | None = None) -> str:
     """Prompt, `Negative prompt:` line (only when there is one), then the parameters line, in A1111's order.
 
     `vae_name` (the VAE's file name, as A1111 writes it) and `vae_hash` only when a VAE replaced the
@@ -72,6 +73,8 @@ def build_infotext(request: GenerationRequest, seed: int, width: int, height: in
         "Masked content": request.inpainting_fill,
         "Outpaint": str(request.outpaint) if request.outpaint is not None else None,
         "TI hashes": ti_hashes or None,
+        # sd-webui-controlnet's `ControlNet 0: "Module: canny, Model: ..."`, one per unit (engine/controlnet.py)
+        **{f"ControlNet {index}": unit for index, unit in enumerate(controlnet_units or [])},
     }
     if request.hires is not None:
         params.update(hires_infotext_params(request))

@@ -6,6 +6,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from guardforge.engine.controlnet_unit import ControlNetUnit
 from guardforge.engine.hires import HiresOptions, check_hires_size
 from guardforge.engine.masked_content import InpaintingFill
 from guardforge.engine.outpaint import Outpaint
@@ -81,6 +82,7 @@ class GenerationRequest(BaseModel):
     memory: MemoryOptions = MemoryOptions()
     # txt2img's hires fix (A1111's enable_hr): None, no second pass.
     hires: HiresOptions | None = None
+    controlnet: list[ControlNetUnit] = []  # applied together (MultiControlNet), each with its own weight and span
 
     @field_validator("width", "height")
     @classmethod
@@ -141,6 +143,13 @@ class GenerationRequest(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _control_images_exist(self) -> GenerationRequest:
+        for index, unit in enumerate(self.controlnet):
+            if unit.image is None and self.init_image is None:
+                raise ValueError(f"controlnet unit {index} has no image, and there is no init_image to use instead")
+        return self
+
+    @model_validator(mode="after")
     def _batch_seeds_fit(self) -> GenerationRequest:
         last = self.seed + self.batch_size * self.n_iter - 1
         if self.seed != -1 and last > SEED_MAX:
@@ -177,6 +186,7 @@ class GenerationRequest(BaseModel):
             ("seed_resize_from_h", self.seed_resize_from_h, limits.max_height),
             ("batch_size", self.batch_size, limits.max_batch_size),
             ("n_iter", self.n_iter, limits.max_n_iter),
+            ("controlnet units", len(self.controlnet), limits.max_controlnet_units),
         ]
         if self.outpaint is not None:  # without a size, the image's own counts, once known (outpaint.check_canvas)
             spec = self.outpaint

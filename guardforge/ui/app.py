@@ -17,6 +17,7 @@ from guardforge.guard.blur import withheld_tile
 from guardforge.imaging import encode_image
 from guardforge.access.caller import LOCAL_OWNER, Caller
 from guardforge.ui import guard_view, outpaint_controls, seed_extras
+from guardforge.ui.controlnet_panel import ControlNetPanel
 from guardforge.ui.extras import extras_tab
 from guardforge.ui.hires import hires_options, hires_section, hires_updates, hires_upscalers
 from guardforge.ui.uploads import (
@@ -119,7 +120,8 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
 
     def run(mode, prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed,
             init_image, strength, editor, extra, subseed, subseed_strength, resize_w, resize_h,
-            out_left, out_right, out_up, out_down, fill, request: gr.Request, hires=None):
+            out_left, out_right, out_up, out_down, fill, request: gr.Request, hires=None,
+            controlnet: list | None = None):
         owner = _owner(request)
         if rate_limit is not None:
             try:
@@ -144,6 +146,8 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
                           denoising_strength=strength)
             if fill not in (None, "original"):  # "original", the inpaint default, is left unsaid as before
                 fields["inpainting_fill"] = fill
+        if controlnet:
+            fields["controlnet"] = controlnet  # ControlNetPanel's enabled units
         caller = _caller(studio, request)
         try:
             job_id = studio.submit(GenerationRequest(**fields), caller).id
@@ -179,22 +183,23 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
         # An explicit signature, so that Gradio sees the gr.Request parameter and fills it in.
         def run_mode(prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed, init_image,
                      strength, editor, extra=False, subseed=-1, subseed_strength=0, resize_w=0, resize_h=0,
-                     out_left=0, out_right=0, out_up=0, out_down=0, fill=None, request: gr.Request = None):
+                     out_left=0, out_right=0, out_up=0, out_down=0, fill=None, request: gr.Request = None,
+                     controlnet: list | None = None):
             yield from run(mode, prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed,
                            init_image, strength, editor, extra, subseed, subseed_strength, resize_w, resize_h,
-                           out_left, out_right, out_up, out_down, fill, request)
+                           out_left, out_right, out_up, out_down, fill, request, controlnet=controlnet)
         return run_mode
 
     def run_txt2img(prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed, init_image,
                     strength, editor, extra=False, subseed=-1, subseed_strength=0, resize_w=0, resize_h=0,
                     hr_enabled=False, hr_upscaler="Latent", hr_scale=2, hr_steps=0, hr_strength=0.7, hr_resize_x=0,
                     hr_resize_y=0, hr_sampler="Use same sampler", hr_prompt="", hr_negative="",
-                    request: gr.Request = None):
+                    request: gr.Request = None, controlnet: list | None = None):
         hires = hires_options(hr_enabled, hr_upscaler, hr_scale, hr_steps, hr_strength, hr_resize_x, hr_resize_y,
                               hr_sampler, hr_prompt, hr_negative)
         yield from run("txt2img", prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed,
                        init_image, strength, editor, extra, subseed, subseed_strength, resize_w, resize_h,
-                       0, 0, 0, 0, None, request, hires=hires)
+                       0, 0, 0, 0, None, request, hires=hires, controlnet=controlnet)
 
     def show_selected(job_id, evt: gr.SelectData, request: gr.Request):
         job = studio.job(job_id, _caller(studio, request))
@@ -274,12 +279,14 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
             with gr.Tab("txt2img"):
                 txt_button = gr.Button("Generate", variant="primary", elem_id="gf-generate")
                 hires_inputs = hires_section(studio)
+                txt_controls = ControlNetPanel(studio, rate_limit, _owner, img2img=False).build("txt2img")
             with gr.Tab("img2img"):
                 init_image = with_cap(UploadedImage(type="pil", label="Start from", elem_id="gf-init-image"),
                                       limits.max_image_pixels)
                 strength = gr.Slider(0, 1, value=0.75, step=0.05, label="Denoising strength")
                 outpaint = outpaint_controls.build(limits)
                 img_button = gr.Button("Generate from image", variant="primary")
+                img_controls = ControlNetPanel(studio, rate_limit, _owner, img2img=True).build("img2img")
             with gr.Tab("inpaint"):
                 editor = with_cap(UploadedImageEditor(type="pil", label="Paint the area to repaint",
                                                       brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"),
@@ -309,11 +316,19 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
         # No Gradio concurrency limit (its default is 1: one user's generation at a time, the next user's click
         # not even submitted): a handler only submits and polls, and our queue applies the workers, the
         # per-key caps and the rate limit, as it does for the API.
-        # api_name: the endpoint keeps the name it had before hires fix (its new values come after the editor's).
-        txt_button.click(run_txt2img, [prompt, negative, *params, init_image, strength, editor, *extras,
-                                       *hires_inputs], outputs, concurrency_limit=None, api_name="run_mode")
-        img_button.click(runner("img2img"),
-                         [prompt, negative, *params, init_image, strength, editor, *extras, *outpaint], outputs,
+        # The handlers' parameters, in the order of their inputs; the ControlNet units' come last. The endpoints
+        # keep the names API clients already call: /run_mode (txt2img), /run_mode_1 (img2img), /run_mode_2 (inpaint).
+        names = ["prompt", "negative", "model", "vae", "sampler", "schedule", "steps", "cfg", "width", "height", "seed",
+                 "init_image", "strength", "editor", "extra", "subseed", "subseed_strength", "resize_w", "resize_h"]
+        hires_names = ["hr_enabled", "hr_upscaler", "hr_scale", "hr_steps", "hr_strength", "hr_resize_x",
+                       "hr_resize_y", "hr_sampler", "hr_prompt", "hr_negative"]
+        outpaint_names = ["out_left", "out_right", "out_up", "out_down", "fill"]
+        txt_button.click(txt_controls.wrap(run_txt2img, names + hires_names),
+                         [prompt, negative, *params, init_image, strength, editor, *extras, *hires_inputs,
+                          *txt_controls.components], outputs, concurrency_limit=None, api_name="run_mode")
+        img_button.click(img_controls.wrap(runner("img2img"), names + outpaint_names),
+                         [prompt, negative, *params, init_image, strength, editor, *extras, *outpaint,
+                          *img_controls.components], outputs,
                          concurrency_limit=None)
         inpaint_button.click(runner("inpaint"),
                              [prompt, negative, *params, init_image, inpaint_strength, editor, *extras, *outpaint[:4],

@@ -223,7 +223,8 @@ async def extra_batch_images(payload: ExtrasBatchImagesPayload, request: Request
     return await run_in_threadpool(extras.extra_batch_images, request.app.state.studio, payload, caller)
 
 
-@router.get("/scripts", summary="Scripts (img2img: poor man's outpainting; no other A1111 script runs here)",
+@router.get("/scripts", summary="Scripts: poor man's outpainting (img2img) and controlnet, the alwayson script "
+            "guardforge runs (sd-webui-controlnet's units); A1111's other scripts do not run here",
             responses=errors(401))
 async def scripts(caller: Caller = Depends(get_caller)) -> dict[str, list[str]]:
     return scripts_listed()
