@@ -42,6 +42,7 @@ class Limits(BaseModel):
     max_steps: int = Field(150, ge=1)
     max_batch_size: int = Field(8, ge=1)
     max_n_iter: int = Field(16, ge=1)
+    max_controlnet_units: int = Field(3, ge=0)  # A1111's default unit count (control_net_unit_count)
     max_image_pixels: int = Field(4096 * 4096, ge=64)
     # /v1/moderations: items in one call's `input` (strings or content parts), and characters in one text, the
     # same cap as a prompt's (GenerationRequest.prompt): anything that may be generated from can be moderated.

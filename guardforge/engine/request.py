@@ -6,6 +6,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from guardforge.engine.controlnet_unit import ControlNetUnit
 from guardforge.errors import InvalidRequest
 from guardforge.guard.verdict import Verdict
 from guardforge.settings import DType, Limits, Offload
@@ -64,6 +65,7 @@ class GenerationRequest(BaseModel):
     mask_blur: int = Field(4, ge=0, le=64)
     inpainting_mask_invert: bool = False
     memory: MemoryOptions = MemoryOptions()
+    controlnet: list[ControlNetUnit] = []  # applied together (MultiControlNet), each with its own weight and span
 
     @field_validator("width", "height")
     @classmethod
@@ -107,6 +109,13 @@ class GenerationRequest(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _control_images_exist(self) -> GenerationRequest:
+        for index, unit in enumerate(self.controlnet):
+            if unit.image is None and self.init_image is None:
+                raise ValueError(f"controlnet unit {index} has no image, and there is no init_image to use instead")
+        return self
+
+    @model_validator(mode="after")
     def _batch_seeds_fit(self) -> GenerationRequest:
         last = self.seed + self.batch_size * self.n_iter - 1
         if self.seed != -1 and last > SEED_MAX:
@@ -128,6 +137,7 @@ class GenerationRequest(BaseModel):
             ("height", self.height or 0, limits.max_height),
             ("batch_size", self.batch_size, limits.max_batch_size),
             ("n_iter", self.n_iter, limits.max_n_iter),
+            ("controlnet units", len(self.controlnet), limits.max_controlnet_units),
         ]
         for name, value, cap in checks:
             if value > cap:

@@ -48,6 +48,11 @@ def shipped_models_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "assets" / "models"
 
 
+def shipped_controlnet_dir() -> Path:
+    """ControlNets the package ships (diffusers folders), e.g. tiny-shapes-canny for the shipped tiny-shapes."""
+    return Path(__file__).resolve().parent.parent / "assets" / "controlnet"
+
+
 @dataclass
 class ModelEntry:
     """One model on disk. Its sha256 is computed on first request, then kept in memory and on disk."""
@@ -136,6 +141,7 @@ class ModelRegistry:
         self.settings = settings
         self.root = settings.resolved_models_dir
         self.shipped_root = shipped_models_dir()
+        self.shipped_controlnet_root = shipped_controlnet_dir()
         self.hashes = HashCache(settings.home / "cache" / "hashes.json")
         self._lock = threading.Lock()
         self._entries: list[ModelEntry] = []
@@ -189,6 +195,11 @@ class ModelRegistry:
                 # A user model of the same name wins: the user can replace a shipped model.
                 if (path / "model_index.json").is_file() and ("checkpoint", path.name) not in taken:
                     found.append(self._entry(path.name, path, "checkpoint", "diffusers", "shipped"))
+        self._watch(self.shipped_controlnet_root, seen)
+        if self.shipped_controlnet_root.is_dir():
+            for path in sorted(self.shipped_controlnet_root.iterdir()):
+                if (path / "config.json").is_file() and ("controlnet", path.name) not in taken:
+                    found.append(self._entry(path.name, path, "controlnet", "diffusers", "shipped"))
         self._entries = found
         self._by_path = {e.path: e for e in found}
         self._seen = seen
@@ -217,7 +228,7 @@ class ModelRegistry:
         previous = self._by_path.get(path)
         if previous is not None and previous.kind == kind and previous._signature == _signature(path):
             return previous  # unchanged: keeps its detected family and any hash already computed
-        if not _inside(path, self.root if source == "user" else self.shipped_root):
+        if not _inside(path, self._root(source, kind)):
             family: Family = "unknown"  # a link out of the folder: listed, refused at resolve, never read
         elif fmt == "diffusers":
             family = family_from_folder(path)
@@ -276,8 +287,13 @@ class ModelRegistry:
                         return e
         return None
 
+    def _root(self, source: Source, kind: Kind) -> Path:
+        if source == "user":
+            return self.root
+        return self.shipped_controlnet_root if kind == "controlnet" else self.shipped_root
+
     def _check_inside(self, entry: ModelEntry) -> None:
-        root = self.root if entry.source == "user" else self.shipped_root
+        root = self._root(entry.source, entry.kind)
         if not _inside(entry.path, root):
             raise PathEscape(
                 f"{entry.name!r} is a link to {os.path.realpath(entry.path)}, outside {root}; "
