@@ -7,7 +7,10 @@ import random
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from scipy import ndimage
+
+from guardforge.engine.controlnet_preprocessors import detect as detect_control
 
 from guardforge.train.shapes import data
 from guardforge.train.shapes.detector import detect
@@ -36,7 +39,9 @@ def test_edges_are_cv2_canny_of_the_rgb_scene_and_trace_its_objects():
     cfg = ControlNetTrainConfig(n_images=60, upscaled_edge_rate=0.0)
     images, edges, captions, scenes = make_control_dataset(cfg, seed=5)
     for image, edge, scene in zip(images, edges, scenes, strict=True):
-        assert np.array_equal(edge, cv2.Canny(image, 100, 200))  # the product's canny module, defaults
+        assert np.array_equal(edge, cv2.Canny(image, 100, 200))  # sd-webui-controlnet's canny, defaults
+        product = detect_control(Image.fromarray(image), "canny", resolution=64).image
+        assert np.array_equal(np.asarray(product)[:, :, 0], edge)
         on = edge > 0
         assert on.any()
         # Every edge pixel lies where the scene changes colour, and the edges enclose each object's place.

@@ -70,21 +70,20 @@ class ControlNetTrainConfig(BaseModel):
 
 
 def canny_edges(image: np.ndarray, low: int = 100, high: int = 200, resolution: int | None = None) -> np.ndarray:
-    """White-on-black edges (H, W, 3) uint8 of an RGB uint8 image, as sd-webui-controlnet's canny module makes
-    them: cv2.Canny on the RGB image, at `resolution` (the short side; cubic up, area down) when given, then
-    resized back to the image's size by area."""
+    """White-on-black edges (H, W, 3) uint8 of an RGB uint8 image by the product's own canny module (cv2.Canny
+    on the RGB image, at `resolution` on the short side: cubic up, area down), resized back to the image's size
+    by area when made at another resolution."""
     import cv2
+    from PIL import Image
+
+    from guardforge.engine.controlnet_preprocessors import detect
 
     height, width = image.shape[:2]
-    source = image
-    if resolution is not None and resolution != min(height, width):
-        scale = resolution / min(height, width)
-        size = (round(width * scale), round(height * scale))
-        source = cv2.resize(image, size, interpolation=cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA)
-    edges = cv2.Canny(np.ascontiguousarray(source), low, high)
-    if edges.shape != (height, width):
+    detected = detect(Image.fromarray(image), "canny", resolution or min(height, width), low, high).image
+    edges = np.asarray(detected)
+    if edges.shape[:2] != (height, width):
         edges = cv2.resize(edges, (width, height), interpolation=cv2.INTER_AREA)
-    return np.repeat(edges[:, :, None], 3, axis=2)
+    return edges
 
 
 def random_scene(rng: random.Random, two_object_rate: float, drop_position_rate: float
