@@ -138,6 +138,15 @@ class Studio:
         check_vae(entry, self.settings)
         return entry
 
+    def usable_controlnet(self, name: str):
+        """The ControlNet `name` means (registry name, A1111 title `name [hash]`, file name), refused now for what
+        would fail the generation later (ModelNotFound, a pickle, a class guardforge does not run)."""
+        from guardforge.models.controlnet_loading import check_controlnet
+
+        entry = self.registry.resolve(name, kind="controlnet")
+        check_controlnet(entry, self.settings)
+        return entry
+
     def refresh_models(self) -> None:
         self.registry.refresh()
 
@@ -191,6 +200,10 @@ class Studio:
             decode_image(request.init_image, max_pixels, "init_image")
         if request.mask is not None:
             decode_image(request.mask, max_pixels, "mask")
+        for index, unit in enumerate(request.controlnet):
+            if unit.image is not None:
+                decode_image(unit.image, max_pixels, f"controlnet[{index}].image")
+            self.usable_controlnet(unit.model)
         self.usable_checkpoint(request.model or self.settings.default_model)
         if request.vae is not None:  # an unknown or pickled VAE fails here, as the model does, not in the worker
             self.usable_vae(request.vae)
@@ -343,10 +356,16 @@ class Studio:
         # Resolved before the guard runs, so that a VAE that is not there costs no guard call (the CLI's path).
         vae = self.usable_vae(request.vae) if request.vae is not None else None
 
+        controls = None
+        if request.controlnet:
+            request, controls = self._prepare_controls(request, entry, init_image, mask)
+
         texts = request_texts(request)
         [prompt_verdict] = self.guard.check_prompts([prompt_reading(texts.prompt, texts.negative_prompt)])
         input_verdict = self.guard.check_input_image(init_image) if init_image is not None else None
-        blocking = [v for v in (prompt_verdict, input_verdict) if v is not None and v.action == "block"]
+        control_verdicts = self.guard.check_images(controls.guarded, "input_image") if controls else []
+        blocking = [v for v in (prompt_verdict, input_verdict, *control_verdicts)
+                    if v is not None and v.action == "block"]
         if blocking:
             return GenerationResult(
                 request=request, images=[], seeds=[], model=entry.name, model_hash=entry.short_hash_if_known,
@@ -358,8 +377,10 @@ class Studio:
         # request.memory: per-request overrides of settings.memory
         loaded = self.pipelines.get(entry.name, memory=request.memory, vae=vae.name if vae else None,
                                     device=device, replica=replica)
+        control = controls.run(self.pipelines.controlnets, loaded) if controls else None
         outputs = self.engine.run(loaded, request, init_image=init_image, mask=mask,
-                                  on_progress=on_progress, cancel=cancel, skip=skip, interrupt=interrupt)
+                                  on_progress=on_progress, cancel=cancel, skip=skip, interrupt=interrupt,
+                                  control=control)
         model_hash = entry.short_hash()
         vae_name, vae_hash = (vae.filename, vae.short_hash()) if vae else (None, None)
         verdicts = self.guard.check_output_images([image for image, _ in outputs])
@@ -367,7 +388,7 @@ class Studio:
         for (image, seed), verdict in zip(outputs, verdicts, strict=True):
             infotext = build_infotext(request, seed=seed, width=image.width, height=image.height,
                                       model_name=entry.name, model_hash=model_hash, vae_name=vae_name,
-                                      vae_hash=vae_hash)
+                                      vae_hash=vae_hash, controlnet_units=controls.infotext() if controls else None)
             delivered = self.guard.enforce(image, verdict)
             path = None
             if delivered is not None and save:
@@ -382,6 +403,57 @@ class Studio:
             model_hash=model_hash, vae=vae_name, vae_hash=vae_hash, elapsed_s=time.perf_counter() - started,
             prompt_verdict=prompt_verdict, device=str(loaded.device),
         )
+
+    def controlnet_modules(self) -> list:
+        """The ControlNet preprocessors: the ones that run here, then the ones that cannot, each with its reason."""
+        from guardforge.engine.controlnet_preprocessors import PREPROCESSORS
+
+        return sorted(PREPROCESSORS.values(), key=lambda p: (not p.available, p.name != "none", p.name))
+
+    def detect_control(self, images: list[str], module: str, processor_res: int = 512,
+                       threshold_a: float | None = None, threshold_b: float | None = None,
+                       masks: list[str | None] | None = None, seed: int = 0) -> list:
+        """sd-webui-controlnet's /detect: each image (base64) through a preprocessor. An input image is guarded as
+        a generation's is, and the map made from it as an output is (it leaves the server): a blocked one comes
+        back as None with its verdict, a blurred one blurred."""
+        from guardforge.engine.controlnet_inputs import DetectedControl
+        from guardforge.engine.controlnet_preprocessors import detect, preprocessor
+
+        preprocessor(module)  # an unknown or unavailable module: refused before any image is decoded
+        max_pixels = self.settings.limits.max_image_pixels
+        decoded = [decode_image(image, max_pixels, f"images[{index}]") for index, image in enumerate(images)]
+        masks = list(masks or []) + [None] * (len(decoded) - len(masks or []))
+        mask_images = [decode_image(m, max_pixels, f"masks[{i}]") if m else None for i, m in enumerate(masks)]
+        results: list = [None] * len(decoded)
+        allowed = []
+        for index, verdict in enumerate(self.guard.check_images(decoded, "input_image") if decoded else []):
+            if verdict.action == "block":
+                results[index] = DetectedControl(None, verdict)
+            else:
+                allowed.append(index)
+        maps = [detect(decoded[i], module, processor_res, threshold_a, threshold_b, seed=seed,
+                       mask=mask_images[i]).image for i in allowed]
+        for index, image, verdict in zip(allowed, maps, self.guard.check_output_images(maps) if maps else [],
+                                         strict=True):
+            results[index] = DetectedControl(self.guard.enforce(image, verdict), verdict)
+        return results
+
+    def _prepare_controls(self, request: GenerationRequest, entry, init_image, mask):
+        """The request's ControlNet units decoded, resolved and preprocessed at the output size, before the guard
+        and before any model loads. A request with a random seed gets its seed drawn here, so that a seeded
+        module (shuffle) and the infotext agree."""
+        from guardforge.engine.controlnet_inputs import ControlInputs
+        from guardforge.engine.pipelines import request_seeds
+
+        if request.seed == -1:
+            request = request.model_copy(update={"seed": request_seeds(request)[0]})
+        max_pixels = self.settings.limits.max_image_pixels
+        images = [decode_image(unit.image, max_pixels, f"controlnet[{index}].image") if unit.image else None
+                  for index, unit in enumerate(request.controlnet)]
+        entries = [self.usable_controlnet(unit.model) for unit in request.controlnet]
+        width, height = self.native_size(entry.name)
+        size = (request.width or width, request.height or height)
+        return request, ControlInputs.prepare(request, images, entries, init_image, mask, size)
 
     def native_size(self, model: str | None = None) -> tuple[int, int]:
         """(width, height) a request for `model` that names no size is made at, read from the model's config

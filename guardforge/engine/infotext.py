@@ -37,7 +37,8 @@ def _number(value: float) -> str:
 
 
 def build_infotext(request: GenerationRequest, seed: int, width: int, height: int, model_name: str,
-                   model_hash: str | None, vae_name: str | None = None, vae_hash: str | None = None) -> str:
+                   model_hash: str | None, vae_name: str | None = None, vae_hash: str | None = None,
+                   controlnet_units: list[str] | None = None) -> str:
     """Prompt, `Negative prompt:` line (only when there is one), then the parameters line, in A1111's order.
 
     `vae_name` (the VAE's file name, as A1111 writes it) and `vae_hash` only when a VAE replaced the
@@ -59,6 +60,8 @@ def build_infotext(request: GenerationRequest, seed: int, width: int, height: in
         # A1111 adds these to extra_generation_params for inpainting, which come after the fixed keys.
         "Mask blur": request.mask_blur if request.mode == "inpaint" else None,
         "Mask mode": _INVERTED_MASK_MODE if request.mode == "inpaint" and request.inpainting_mask_invert else None,
+        # sd-webui-controlnet's `ControlNet 0: "Module: canny, Model: ..."`, one per unit (engine/controlnet.py)
+        **{f"ControlNet {index}": unit for index, unit in enumerate(controlnet_units or [])},
     }
     line = ", ".join(f"{k}: {quote(v)}" for k, v in params.items() if v is not None)
     negative = f"\nNegative prompt: {request.negative_prompt}" if request.negative_prompt else ""

@@ -29,6 +29,7 @@ from guardforge.errors import Cancelled, InvalidRequest
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
+    from guardforge.engine.controlnet import ControlRun
     from guardforge.models.cache import LoadedModel
     from guardforge.models.registry import ModelRegistry
     from guardforge.settings import Settings
@@ -205,12 +206,14 @@ class Engine:
         cancel: threading.Event | None = None,
         skip: threading.Event | None = None,
         interrupt: threading.Event | None = None,
+        control: ControlRun | None = None,
     ) -> list[tuple[Image.Image, int]]:
         """Generate batch_size x n_iter images; returns (image, seed) pairs in seed order.
 
         `cancel` stops the request between two steps (Cancelled is raised, nothing is returned). As in A1111,
         `skip` ends the current batch early, keeps its partly denoised images and goes on with the next batch;
         `interrupt` does the same but runs no further batch, so the images made so far are returned.
+        `control`: the request's ControlNet units, prepared (engine/controlnet.py).
         """
         import torch
 
@@ -243,12 +246,15 @@ class Engine:
         # each other and with the cache, while different models run in parallel.
         with loaded.lock:
             latent_blend = None
+            run_mode = mode
             if mode == "inpaint" and needs_latent_blend(loaded.pipeline):
-                pipe = loaded.for_mode("img2img")
+                run_mode = "img2img"
+                pipe = control.pipeline(loaded, run_mode) if control is not None else loaded.for_mode("img2img")
                 latent_blend = LatentBlend(pipe, original, blend_mask)
                 mode_inputs = {"image": original, "strength": request.denoising_strength}
             else:
-                pipe = loaded.for_mode(mode)
+                pipe = control.pipeline(loaded, mode) if control is not None else loaded.for_mode(mode)
+            control_inputs = control.inputs(run_mode) if control is not None else {}
             # The engine reports progress through on_progress; diffusers' own tqdm bar would only add noise.
             pipe.set_progress_bar_config(disable=True)
             progress.check_cancel()
@@ -274,6 +280,7 @@ class Engine:
                         output = pipe(
                             **embeds.kwargs,
                             **mode_inputs,
+                            **control_inputs,
                             num_inference_steps=request.steps,
                             guidance_scale=request.cfg_scale,
                             num_images_per_prompt=request.batch_size,
@@ -290,4 +297,6 @@ class Engine:
                         progress.end_iteration()
             finally:
                 pipe.scheduler = base_scheduler
+                if control is not None:
+                    control.release(pipe)
         return results

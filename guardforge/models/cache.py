@@ -90,6 +90,10 @@ class PipelineCache:
         # can leave the patch in place (every later module is then created on the meta device).
         # Only loading waits on it; generation on loaded models does not.
         self._reading = threading.Lock()
+        from guardforge.models.controlnet_cache import ControlNetCache
+
+        # Beside the pipelines, reading weights under the same lock; cleared with them by unload_all.
+        self.controlnets = ControlNetCache(registry, settings, self._reading)
         self._devices: dict[str | None, torch.device] = {}
 
     @property
@@ -212,6 +216,7 @@ class PipelineCache:
 
     def unload_all(self) -> None:
         self._evict(keep=0)
+        self.controlnets.clear()
 
     def loaded(self) -> list[str]:
         """Cache keys, least recently used first: the model name, plus `+vae:NAME` with a VAE override."""
