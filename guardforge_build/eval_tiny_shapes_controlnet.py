@@ -20,6 +20,8 @@ def eval_tiny_shapes_controlnet_command(
     cfg: Annotated[float, typer.Option(min=0.0)] = 7.5,
     seed: Annotated[int, typer.Option()] = 0,
     threads: Annotated[int, typer.Option(min=1)] = 1,
+    processor_res: Annotated[int | None, typer.Option(
+        min=64, help="Make the edges at this resolution and resize them back (default: at 64x64).")] = None,
     grid: Annotated[Path | None, typer.Option(help="Write a (control | with | without) grid here.")] = None,
 ) -> None:
     """Generate with and without the control image, read position and shape back, print the rates."""
@@ -32,7 +34,8 @@ def eval_tiny_shapes_controlnet_command(
     from guardforge_build.shapes.controlnet_eval import diffusers_generator, load_pipelines
 
     torch.set_num_threads(threads)
-    with_control, without = control.evaluate(diffusers_generator(*load_pipelines(controlnet), steps=steps, cfg=cfg),
+    with_control, without = control.evaluate(diffusers_generator(*load_pipelines(controlnet), steps=steps, cfg=cfg,
+                                                                 processor_res=processor_res),
                                              n, seed=seed)
     for report in (with_control, without):
         typer.echo(f"{report.label:<16}" + "  ".join(
@@ -40,7 +43,8 @@ def eval_tiny_shapes_controlnet_command(
             for a in control.CONTROL_ATTRIBUTES) + f"  {report.seconds / n:.3f} s/image")
     if grid is not None:
         cases = control.control_cases(n)
-        edges = [Image.fromarray(canny_edges(np.asarray(data.render(c.scene)))) for c in cases]
+        edges = [Image.fromarray(canny_edges(np.asarray(data.render(c.scene)), resolution=processor_res))
+                 for c in cases]
         typer.echo(f"grid: {control.save_control_grid(cases, edges, with_control, without, grid)}")
 
 

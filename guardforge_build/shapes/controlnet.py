@@ -47,8 +47,9 @@ class ControlNetTrainConfig(BaseModel):
     # Empty captions, so the ControlNet also steers the unconditional half of classifier-free guidance.
     uncond_rate: float = Field(0.1, ge=0.0, le=1.0)
     # The product's canny preprocessor runs at the unit's processor_res (A1111's default 512) and the map is
-    # resized to the generation size; this share of the edge maps is made that way at 128, 256 or 512, the
-    # rest by cv2.Canny on the 64x64 scene itself.
+    # fitted to the generation size (area-shrunk, cut back to black and white); this share of the edge maps is
+    # made that way at 128, 256 or 512, the rest by cv2.Canny on the 64x64 scene itself (processor_res 64, or
+    # pixel perfect).
     upscaled_edge_rate: float = Field(0.3, ge=0.0, le=1.0)
     canny_low: int = 100
     canny_high: int = 200
@@ -70,19 +71,23 @@ class ControlNetTrainConfig(BaseModel):
 
 
 def canny_edges(image: np.ndarray, low: int = 100, high: int = 200, resolution: int | None = None) -> np.ndarray:
-    """White-on-black edges (H, W, 3) uint8 of an RGB uint8 image by the product's own canny module (cv2.Canny
-    on the RGB image, at `resolution` on the short side: cubic up, area down), resized back to the image's size
-    by area when made at another resolution."""
+    """White-on-black edges (H, W, 3) uint8 of an RGB uint8 image, as the product prepares a canny unit for a
+    generation of the image's size: its canny module (cv2.Canny at `resolution` on the short side), then, when
+    made at another size, fitted back the way engine/controlnet.py fits a black-and-white map (area-shrunk, cut
+    at Otsu's threshold). The fit is done here directly: the product's general fit first counts the map's
+    colours, which at 512x512 costs more than the rest of a training example (tests pin the two equal)."""
     import cv2
     from PIL import Image
 
     from guardforge.engine.controlnet_preprocessors import detect
 
     height, width = image.shape[:2]
-    detected = detect(Image.fromarray(image), "canny", resolution or min(height, width), low, high).image
-    edges = np.asarray(detected)
+    edges = np.asarray(detect(Image.fromarray(image), "canny", resolution or min(height, width), low, high).image)
     if edges.shape[:2] != (height, width):
-        edges = cv2.resize(edges, (width, height), interpolation=cv2.INTER_AREA)
+        shrunk = cv2.resize(edges, (width, height), interpolation=cv2.INTER_AREA).mean(axis=2).astype(np.uint8)
+        if edges.max() > 240:  # a map with no edge at all stays black: the product's fit takes it as not binary
+            _, shrunk = cv2.threshold(shrunk, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+        edges = np.repeat(shrunk[:, :, None], 3, axis=2)
     return edges
 
 

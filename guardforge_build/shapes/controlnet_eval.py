@@ -24,9 +24,10 @@ def load_pipelines(controlnet_dir: Path, base: Path = DEFAULT_BASE):
     return controlled, plain
 
 
-def diffusers_generator(controlled, plain, steps: int = 20, cfg: float = 7.5, batch_size: int = 20):
-    """A `control.Generate`: cv2.Canny edges of each control scene at its own 64x64 size, as the training saw
-    most of them."""
+def diffusers_generator(controlled, plain, steps: int = 20, cfg: float = 7.5, batch_size: int = 20,
+                        processor_res: int | None = None):
+    """A `control.Generate`: the canny edges of each control scene, made at its own 64x64 size (None) or at
+    `processor_res` and resized back, as the training made them."""
 
     @torch.no_grad()
     def generate(prompts: list[str], controls: list[Image.Image] | None, seed: int) -> list[Image.Image]:
@@ -38,7 +39,7 @@ def diffusers_generator(controlled, plain, steps: int = 20, cfg: float = 7.5, ba
             if controls is None:
                 images += plain(chunk, **kwargs).images
             else:
-                edges = [Image.fromarray(canny_edges(np.asarray(c.convert("RGB"))))
+                edges = [Image.fromarray(canny_edges(np.asarray(c.convert("RGB")), resolution=processor_res))
                          for c in controls[start:start + batch_size]]
                 images += controlled(chunk, image=edges, **kwargs).images
         return images
