@@ -95,10 +95,14 @@ def score(label: str, cases: list[ControlCase], images: list[Image.Image]) -> Co
     return report
 
 
-def evaluate(generate: Generate, n: int, seed: int = 0, case_seed: int = 2024) -> tuple[ControlReport, ControlReport]:
-    """The same prompts and seeds with the control image and without it."""
+def evaluate(generate: Generate, n: int, seed: int = 0, case_seed: int = 2024, warm_up: bool = False
+             ) -> tuple[ControlReport, ControlReport]:
+    """The same prompts and seeds with the control image and without it. `warm_up`: generate the first case once
+    before timing, so that loading the models is not counted in the first report's seconds."""
     cases = control_cases(n, case_seed)
     prompts = [case.prompt for case in cases]
+    if warm_up:
+        generate(prompts[:1], [data.render(cases[0].scene)], seed)
     reports = []
     for label, controls in (("with control", [data.render(case.scene) for case in cases]),
                             ("without control", None)):
@@ -123,6 +127,16 @@ def save_control_grid(cases: list[ControlCase], controls: list[Image.Image], wit
             samples.append((report.images[i], f"{report.label} // {'read' if report.placed[i] else 'MISSED place'}: "
                                               f"{report.readings[i]}"))
     return save_grid(samples, path, columns=6)
+
+
+def control_map(scene_image: Image.Image, module: str = "canny", processor_res: int = 64) -> Image.Image:
+    """What the ControlNet reads for a unit with this image and module, at tiny-shapes' size: the product's own
+    unit preparation (for the grid, so that it shows what the network was given)."""
+    from guardforge.engine.controlnet import prepare_unit
+    from guardforge.engine.controlnet_unit import ControlNetUnit
+
+    unit = ControlNetUnit(module=module, model="preview", processor_res=processor_res)
+    return prepare_unit(unit, scene_image, (data.SIZE, data.SIZE), seed=0).image
 
 
 def studio_generator(studio, controlnet: str, model: str = "tiny-shapes", steps: int = 20, cfg: float = 7.5,
