@@ -138,13 +138,16 @@ class Studio:
         check_vae(entry, self.settings)
         return entry
 
-    def usable_controlnet(self, name: str):
+    def usable_controlnet(self, name: str, checkpoint=None):
         """The ControlNet `name` means (registry name, A1111 title `name [hash]`, file name), refused now for what
-        would fail the generation later (ModelNotFound, a pickle, a class guardforge does not run)."""
-        from guardforge.models.controlnet_loading import check_controlnet
+        would fail the generation later (ModelNotFound, a pickle, a class guardforge does not run, and, given the
+        `checkpoint` entry, an architecture that does not fit its UNet)."""
+        from guardforge.models.controlnet_loading import check_controlnet, check_fits
 
         entry = self.registry.resolve(name, kind="controlnet")
         check_controlnet(entry, self.settings)
+        if checkpoint is not None:
+            check_fits(entry, checkpoint)
         return entry
 
     def refresh_models(self) -> None:
@@ -200,11 +203,11 @@ class Studio:
             decode_image(request.init_image, max_pixels, "init_image")
         if request.mask is not None:
             decode_image(request.mask, max_pixels, "mask")
+        checkpoint = self.usable_checkpoint(request.model or self.settings.default_model)
         for index, unit in enumerate(request.controlnet):
             if unit.image is not None:
                 decode_image(unit.image, max_pixels, f"controlnet[{index}].image")
-            self.usable_controlnet(unit.model)
-        self.usable_checkpoint(request.model or self.settings.default_model)
+            self.usable_controlnet(unit.model, checkpoint)
         if request.vae is not None:  # an unknown or pickled VAE fails here, as the model does, not in the worker
             self.usable_vae(request.vae)
         self.engine.check(request)
@@ -450,7 +453,7 @@ class Studio:
         max_pixels = self.settings.limits.max_image_pixels
         images = [decode_image(unit.image, max_pixels, f"controlnet[{index}].image") if unit.image else None
                   for index, unit in enumerate(request.controlnet)]
-        entries = [self.usable_controlnet(unit.model) for unit in request.controlnet]
+        entries = [self.usable_controlnet(unit.model, entry) for unit in request.controlnet]
         width, height = self.native_size(entry.name)
         size = (request.width or width, request.height or height)
         return request, ControlInputs.prepare(request, images, entries, init_image, mask, size)

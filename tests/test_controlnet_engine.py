@@ -24,7 +24,7 @@ from guardforge.guard.audit import AuditLog
 from guardforge.guard.backends.base import Scores
 from guardforge.guard.policy import load_policy
 from guardforge.guard.service import Guard
-from tests.tiny_controlnet import save_tiny_controlnet, save_tiny_controlnet_file
+from tests.tiny_controlnet import save_tiny_controlnet, save_tiny_controlnet_file, save_tiny_controlnet_ldm_file
 
 
 class SafeText:
@@ -74,6 +74,7 @@ def controlnet_home(tmp_path_factory, tiny_model_dir):
     shutil.copytree(tiny_model_dir, home / "models" / "Stable-diffusion" / "tiny-sd")
     save_tiny_controlnet(home / "models" / "ControlNet" / "tiny-cn", seed=0)
     save_tiny_controlnet_file(home / "models" / "ControlNet" / "tiny-cn-file.safetensors", seed=0)
+    save_tiny_controlnet_ldm_file(home / "models" / "ControlNet" / "tiny-cn-ldm.safetensors", seed=0)
     save_tiny_controlnet(home / "models" / "ControlNet" / "other-cn", seed=1)
     return home
 
@@ -117,8 +118,10 @@ def test_a_unit_steers_the_image_and_weight_zero_is_no_control(studio):
             'Pixel Perfect: False, Control Mode: Balanced"') in info
 
 
-def test_the_folder_and_the_single_file_are_the_same_controlnet(studio):
-    assert np.array_equal(pixels(generate(studio, [unit()])), pixels(generate(studio, [unit(model="tiny-cn-file")])))
+def test_the_folder_and_the_single_files_are_the_same_controlnet(studio):
+    folder = pixels(generate(studio, [unit()]))
+    assert np.array_equal(folder, pixels(generate(studio, [unit(model="tiny-cn-file")])))  # diffusers' keys
+    assert np.array_equal(folder, pixels(generate(studio, [unit(model="tiny-cn-ldm")])))  # the original keys
     entry = studio.usable_controlnet("tiny-cn-file")
     assert (entry.format, entry.kind) == ("single_file", "controlnet")
     # A1111 titles resolve too
@@ -205,6 +208,20 @@ def test_inpaint_with_a_control_keeps_the_unmasked_pixels(studio):
     assert not np.array_equal(out, pixels(plain))
 
 
+def test_lora_and_prompt_weights_with_a_control(studio, controlnet_home):
+    from tests.test_engine_lora import save_tiny_lora
+
+    save_tiny_lora(controlnet_home / "models" / "Stable-diffusion" / "tiny-sd" / "unet",
+                   controlnet_home / "models" / "Lora" / "ink.safetensors", seed=1)
+    controlled = pixels(generate(studio, [unit()]))
+    with_lora = generate(studio, [unit()], prompt="a square <lora:ink:1>")
+    assert not np.array_equal(pixels(with_lora), controlled)
+    assert not np.array_equal(pixels(generate(studio, [unit()], prompt="a (square:1.5)")), controlled)
+    loaded = studio.pipelines.get("tiny-sd")
+    assert not loaded.pipeline.get_list_adapters()  # the LoRA is gone again, from the shared UNet
+    assert np.array_equal(pixels(generate(studio, [unit()])), controlled)
+
+
 def test_cancel_stops_a_controlled_run(studio):
     cancel = threading.Event()
     with pytest.raises(Cancelled):
@@ -213,6 +230,23 @@ def test_cancel_stops_a_controlled_run(studio):
                         on_progress=lambda event: cancel.set(), cancel=cancel, save=False)
     # The pipeline let go of the ControlNets, and the next run works.
     assert generate(studio, [unit()]).images
+
+
+def test_skip_and_interrupt_with_a_control(studio):
+    skip, interrupt = threading.Event(), threading.Event()
+    seen = []
+
+    def on_progress(event):
+        seen.append(event.batch_index)
+        if event.batch_index == 0 and event.step == 1:
+            skip.set()  # the first batch ends early; the second runs in full
+        if event.batch_index == 1 and event.step == 5:
+            interrupt.set()  # and the third never starts
+
+    result = studio.generate(GenerationRequest(prompt="x", model="tiny-sd", steps=3, width=16, height=16, seed=1,
+                                               n_iter=3, sampler="Euler", controlnet=[unit()]),
+                             on_progress=on_progress, skip=skip, interrupt=interrupt, save=False)
+    assert result.seeds == [1, 2] and seen.count(0) == 1 and 2 not in seen
 
 
 def test_the_guard_reads_the_control_image_and_its_preprocessed_form(studio):
@@ -229,6 +263,20 @@ def test_the_guard_reads_the_control_image_and_its_preprocessed_form(studio):
     assert not generate(studio, [unit(image=b64(green), module="none")]).blocked
 
 
+def test_detect_guards_its_input_and_its_map(studio):
+    magenta, green = Image.new("RGB", (32, 32), (255, 0, 255)), Image.new("RGB", (32, 32), (0, 255, 0))
+    ImageDraw.Draw(green).rectangle((8, 8, 24, 24), outline="black", width=2)
+    blocked_input, blocked_map, fine = studio.detect_control([b64(magenta), b64(green), b64(square())], "invert",
+                                                             processor_res=64)
+    assert blocked_input.image is None and blocked_input.verdict.action == "block"
+    # Green in, magenta out: the map is an output image, so the default policy's S12 action for outputs (blur)
+    # applies to it, where the same image sent in is blocked.
+    assert blocked_map.verdict.action == "blur" and blocked_map.verdict.checkpoint == "output_image"
+    assert not np.array_equal(np.asarray(blocked_map.image), 255 - np.asarray(green))  # delivered blurred
+    assert fine.verdict.action == "allow"
+    assert (np.asarray(fine.image) == 255 - np.asarray(square())).all()
+
+
 def test_a_controlnet_for_another_architecture_is_refused_clearly(studio, controlnet_home):
     from diffusers import ControlNetModel
 
@@ -239,6 +287,11 @@ def test_a_controlnet_for_another_architecture_is_refused_clearly(studio, contro
     with pytest.raises(InvalidRequest, match="'wide-cn' does not fit checkpoint 'tiny-sd': it was made for a UNet "
                                              "with cross-attention 48"):
         generate(studio, [unit(model="wide-cn")])
+    assert studio.pipelines.controlnets.loaded() == [] or all("wide-cn" not in key
+                                                              for key in studio.pipelines.controlnets.loaded())
+    # Refused at submit too, from the configs, before anything is queued or loaded (a 4xx over HTTP).
+    with pytest.raises(InvalidRequest, match="'wide-cn' does not fit checkpoint 'tiny-sd'"):
+        studio.submit(GenerationRequest(prompt="x", model="tiny-sd", controlnet=[unit(model="wide-cn")]))
     with pytest.raises(ModelNotFound, match="no controlnet named 'tiny-sd'; known: other-cn, tiny-cn"):
         generate(studio, [unit(model="tiny-sd")])  # a checkpoint is not a ControlNet
 
@@ -272,3 +325,36 @@ def test_latent_blend_inpaint_with_a_control_on_tiny_shapes(tmp_path):
     out = pixels(controlled)
     assert np.array_equal(out[:, 33:], np.asarray(init, dtype=np.int16)[:, 33:])  # kept exactly
     assert np.abs(out[:, :32] - pixels(plain)[:, :32]).mean() > 1  # the control changed the repainted half
+
+
+def test_sdxl_controlnet_txt2img_and_img2img(tmp_path, tmp_path_factory):
+    """SDXL: diffusers' StableDiffusionXLControlNet(Img2Img)Pipeline from_pipe'd on a tiny SDXL pipeline (two text
+    encoders, text_time conditioning), with a ControlNet made from its UNet."""
+    from diffusers import ControlNetModel
+
+    from guardforge.engine.controlnet import ControlRun, prepare_unit
+    from guardforge.engine.controlnet_unit import ControlNetUnit
+    from guardforge.engine.pipelines import Engine
+    from guardforge.models.cache import LoadedModel
+    from guardforge.settings import MemorySettings, Settings
+    from tests.test_engine_prompts import sdxl as sdxl_fixture
+
+    pipe = sdxl_fixture.__wrapped__(tmp_path_factory)
+    torch.manual_seed(0)
+    net = ControlNetModel.from_unet(pipe.unet, conditioning_embedding_out_channels=(16, 32))
+    with torch.no_grad():
+        for module in [*net.controlnet_down_blocks, net.controlnet_mid_block]:
+            module.weight.normal_(0, 0.3)
+    loaded = LoadedModel(entry=None, pipeline=pipe, memory=MemorySettings(), device=torch.device("cpu"))
+    engine = Engine(Settings(home=tmp_path))
+    for init in (None, b64(square(32, colour="blue"))):
+        request = GenerationRequest(prompt="a square", negative_prompt="dog", steps=2, seed=3, sampler="Euler",
+                                    init_image=init, controlnet=[ControlNetUnit(model="x", module="canny",
+                                                                                image=b64(square()))])
+        init_image = Image.open(io.BytesIO(base64.b64decode(init))) if init else None
+        [(plain, _)] = engine.run(loaded, request.model_copy(update={"controlnet": []}), init_image=init_image)
+        control = ControlRun([prepare_unit(request.controlnet[0], square(), (32, 32), 3)], [net], ["x"])
+        [(controlled, _)] = engine.run(loaded, request, init_image=init_image, control=control)
+        assert controlled.size == (32, 32)
+        assert np.abs(np.asarray(controlled, dtype=np.int16) - np.asarray(plain, dtype=np.int16)).mean() > 1
+    assert type(loaded._modes["controlnet:img2img"]).__name__ == "StableDiffusionXLControlNetImg2ImgPipeline"

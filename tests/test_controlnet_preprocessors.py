@@ -79,6 +79,11 @@ def test_unavailable_and_unknown_modules_say_why():
     assert detected.mask.getpixel((0, 0)) == 255 and detected.mask.getpixel((1, 1)) == 0
 
 
+def test_a_long_thin_image_cannot_make_a_huge_map():
+    with pytest.raises(InvalidRequest, match="processor_res 4096 on a 4096x16 image makes a 1048576x4096 map"):
+        detect(Image.new("RGB", (4096, 16), "white"), "canny", 4096)
+
+
 def test_fit_modes_as_sd_webui_controlnet():
     image = drawing((100, 50))
     assert fit(image, (64, 64), "Just Resize").size == (64, 64)
@@ -112,7 +117,8 @@ def test_infotext_round_trip_of_a_unit():
     assert (again.weight, again.guidance_end, again.threshold_b, again.model) == (0.5, 0.8, 200, "cn [0123456789]")
     # A unit written by sd-webui-controlnet itself, with fields guardforge has no use for.
     theirs = ('x\nSteps: 20, Sampler: Euler, ControlNet 0: "Module: depth_midas, '
-              'Model: control_v11f1p_sd15_depth [cfd03158], Weight: 1.0, Resize Mode: Crop and Resize, Processor Res: 512, Threshold A: -1.0, Threshold B: -1.0, '
+              'Model: control_v11f1p_sd15_depth [cfd03158], Weight: 1.0, Resize Mode: Crop and Resize, '
+              'Processor Res: 512, Threshold A: -1.0, Threshold B: -1.0, '
               'Guidance Start: 0.0, Guidance End: 1.0, Pixel Perfect: True, Control Mode: Balanced, '
               'Hr Option: Both, Save Detected Map: True"')
     [unit] = units_from_infotext(parse_infotext(theirs))

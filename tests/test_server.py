@@ -78,7 +78,7 @@ def test_webuiapi_txt2img(server):
     assert info["all_seeds"] == [1234, 1235]
     assert info["seed"] == 1234 and info["sd_model_name"] == "tiny-sd"
     assert info["sd_model_hash"] and len(info["infotexts"]) == 2 and "Steps: 2" in info["infotexts"][0]
-    assert "alwayson_scripts" in info["guardforge"]["ignored_fields"]
+    assert "alwayson_scripts.ADetailer" in info["guardforge"]["ignored_fields"]  # a script that does not run here
     assert info["guardforge"]["actions"] == ["allow", "allow"]
     assert result.parameters["prompt"] == "a red square"
 
@@ -105,7 +105,7 @@ def test_webuiapi_img2img_inpaint_and_listings(server):
     progress = api.get_progress()
     assert progress["progress"] == 0 and progress["current_image"] is None
     assert api.refresh_checkpoints() is None
-    assert api.get_scripts() == {"txt2img": [], "img2img": []}
+    assert api.get_scripts() == {"txt2img": ["controlnet"], "img2img": ["controlnet"]}
     assert api.get_upscalers() == [] and api.get_latent_upscale_modes() == [] and api.get_sd_vae() == []
     assert api.get_loras() == []
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from PIL import Image
 
+from guardforge.a1111.controlnet import units_from_payload
 from guardforge.a1111.schemas import SCHEDULERS_LISTED, SCHEDULES, ImageResponse, Img2ImgPayload, Txt2ImgPayload
 from guardforge.access.caller import Caller
 from guardforge.engine.infotext import parse_infotext
@@ -30,12 +31,15 @@ A1111_VERSION = "guardforge-0.1.0"
 PRIORITY = 0  # A1111 callers wait on the answer, but are not ahead of native jobs
 
 
-def to_generation_request(payload: Txt2ImgPayload, default_model: str,
-                          default_vae: str = "Automatic") -> tuple[GenerationRequest, list[str]]:
+def to_generation_request(payload: Txt2ImgPayload, default_model: str, default_vae: str = "Automatic",
+                          max_pixels: int = 4096 * 4096) -> tuple[GenerationRequest, list[str]]:
     """The GenerationRequest a payload asks for, and the names of the fields that had no effect.
 
-    `default_model` and `default_vae` are the caller's options; override_settings replace them for this request."""
-    ignored = sorted(k for k, v in (payload.model_extra or {}).items() if v not in (None, False, 0, "", [], {}))
+    `default_model` and `default_vae` are the caller's options; override_settings replace them for this request.
+    `max_pixels` caps the images the payload's ControlNet units are decoded from, where one carries a mask."""
+    extra = dict(payload.model_extra or {})
+    controlnet, ignored = units_from_payload(extra.pop("alwayson_scripts", None), max_pixels)
+    ignored = sorted(ignored + [k for k, v in extra.items() if v not in (None, False, 0, "", [], {})])
     overrides = dict(payload.override_settings or {})
     model = overrides.pop("sd_model_checkpoint", None) or default_model
     vae = overrides.pop("sd_vae", None)
@@ -53,7 +57,7 @@ def to_generation_request(payload: Txt2ImgPayload, default_model: str,
         # The registry reads A1111 titles 'name [hash]' itself.
         model=str(model), vae=str(vae), schedule=schedule, batch_size=payload.batch_size,
         n_iter=payload.n_iter, cfg_scale=payload.cfg_scale, width=payload.width, height=payload.height,
-        clip_skip=clip_skip,
+        clip_skip=clip_skip, controlnet=controlnet,
     )
     sampler = payload.sampler_name or payload.sampler_index
     if sampler:
@@ -174,7 +178,8 @@ class A1111:
         """Check and queue the generation a txt2img or img2img payload asks for (in a thread: it decodes images
         and may rescan the models folder)."""
         options = self.options(caller)
-        request, ignored = to_generation_request(payload, options["sd_model_checkpoint"], options["sd_vae"])
+        request, ignored = to_generation_request(payload, options["sd_model_checkpoint"], options["sd_vae"],
+                                                 self.studio.settings.limits.max_image_pixels)
         job = self.studio.submit(request, caller, priority=PRIORITY, save=payload.save_images)
         return Pending(job, request, ignored)
 

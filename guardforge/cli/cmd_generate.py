@@ -23,9 +23,17 @@ def _read_b64(path: Path, what: str) -> str:
 
 
 def _base_fields(from_png: Path | None) -> dict[str, Any]:
-    if from_png is None:
+    text = _png_infotext(from_png)
+    if text is None:
         return {}
     from guardforge.engine.infotext import fields_from_infotext
+
+    return fields_from_infotext(text)
+
+
+def _png_infotext(from_png: Path | None) -> str | None:
+    if from_png is None:
+        return None
     from guardforge.storage.outputs import read_infotext
 
     if not from_png.is_file():
@@ -36,7 +44,7 @@ def _base_fields(from_png: Path | None) -> dict[str, Any]:
         raise InvalidRequest(f"--from-png {from_png} is not a readable PNG, JPEG or WebP image: {exc}") from None
     if not text:
         raise InvalidRequest(f"{from_png} carries no generation parameters (no PNG `parameters` text or EXIF comment)")
-    return fields_from_infotext(text)
+    return text
 
 
 # The option that overrides each field an infotext can give, to name in an error about the image's value.
@@ -90,6 +98,23 @@ def generate(
     clip_skip: int = typer.Option(None, "--clip-skip", help="Stop CLIP this many layers from the end (1: none)"),
     output: Path = typer.Option(None, "--output", "-o", help="Output folder (default: settings outputs_dir)"),
     from_png: Path = typer.Option(None, "--from-png", help="Start from an image's infotext; options given override"),
+    control: list[str] = typer.Option(None, "--control", help="ControlNet image, one per unit (`init`: the init "
+                                      "image); repeat the --control-* options per unit, or give one for all"),
+    control_model: list[str] = typer.Option(None, "--control-model", help="ControlNet model, once per unit (see "
+                                            "`guardforge models list --kind controlnet`)"),
+    control_module: list[str] = typer.Option(None, "--control-module", help="Preprocessor: none, canny, threshold, "
+                                             "scribble_xdog, lineart_standard, tile_resample, blur_gaussian, shuffle, "
+                                             "invert, inpaint_only, ..."),
+    control_weight: list[float] = typer.Option(None, "--control-weight", help="Unit weight (0..2, default 1)"),
+    control_start: list[float] = typer.Option(None, "--control-start", help="Guidance start (0..1)"),
+    control_end: list[float] = typer.Option(None, "--control-end", help="Guidance end (0..1)"),
+    control_mode: list[str] = typer.Option(None, "--control-mode", help="balanced, prompt (My prompt is more "
+                                           "important) or controlnet (ControlNet is more important)"),
+    control_resize: list[str] = typer.Option(None, "--control-resize", help="just, crop or fill (Just Resize, "
+                                             "Crop and Resize, Resize and Fill)"),
+    control_res: list[int] = typer.Option(None, "--control-res", help="Preprocessor resolution (default 512)"),
+    control_threshold_a: list[float] = typer.Option(None, "--control-threshold-a", help="Preprocessor threshold A"),
+    control_threshold_b: list[float] = typer.Option(None, "--control-threshold-b", help="Preprocessor threshold B"),
 ) -> None:
     """Generate images; prints where each was saved, its seed and the guard's action."""
     from rich.console import Console
@@ -108,6 +133,18 @@ def generate(
         "init_image": _read_b64(init_image, "--init-image") if init_image else None,
         "mask": _read_b64(mask, "--mask") if mask else None,
     }
+    from guardforge.cli.controlnet_options import control_units
+    from guardforge.engine.controlnet import units_from_infotext
+    from guardforge.engine.infotext import parse_infotext
+
+    text = _png_infotext(from_png)
+    given["controlnet"], note = control_units(
+        {"image": control, "model": control_model, "module": control_module, "weight": control_weight,
+         "guidance_start": control_start, "guidance_end": control_end, "control_mode": control_mode,
+         "resize_mode": control_resize, "processor_res": control_res, "threshold_a": control_threshold_a,
+         "threshold_b": control_threshold_b}, units_from_infotext(parse_infotext(text)) if text else [], from_png)
+    if note:
+        typer.secho(note, err=True, fg="yellow")
     given = {k: v for k, v in given.items() if v is not None}
     from_image = set(fields) - set(given)
     fields.update(given)

@@ -64,12 +64,20 @@ class Preprocessor:
 
 # -- the transforms (sd-webui-controlnet's annotator code, reimplemented on OpenCV and numpy) -----------------
 
+# The largest map a preprocessor makes: processor_res sets the short side, so a long thin image would otherwise
+# grow without bound (a 64 x 16384 image at 4096 is 4096 x 1048576).
+MAX_MAP_PIXELS = 4096 * 4096
+
+
 def _resize_short(img: np.ndarray, resolution: int) -> np.ndarray:
     import cv2
 
     h, w = img.shape[:2]
     k = resolution / min(h, w)
     size = (max(1, round(w * k)), max(1, round(h * k)))
+    if size[0] * size[1] > MAX_MAP_PIXELS:
+        raise InvalidRequest(f"processor_res {resolution} on a {w}x{h} image makes a {size[0]}x{size[1]} map, over "
+                             f"{MAX_MAP_PIXELS} pixels; lower processor_res or crop the image")
     return cv2.resize(img, size, interpolation=cv2.INTER_CUBIC if k > 1 else cv2.INTER_AREA)
 
 

@@ -50,7 +50,8 @@ class ImageGone(JobNotFound):
     """The image existed, but its pixels were deleted (save_images=false once answered, or retention; HTTP 410)."""
 
 
-# What purge() takes out of a generate job's payload: the caller's pixels, megabytes of base64 each.
+# What purge() takes out of a generate job's payload: the caller's pixels, megabytes of base64 each (and each
+# ControlNet unit's image).
 PAYLOAD_IMAGE_FIELDS = ("init_image", "mask")
 PURGED_KEY = "purged_at"  # in the payload of a purged job: when its pixels were dropped
 
@@ -303,6 +304,9 @@ class JobQueue:
                     for key in PAYLOAD_IMAGE_FIELDS:
                         if request.get(key) is not None:
                             request[key] = None
+                    for unit in request.get("controlnet") or []:  # control images are the caller's pixels too
+                        if isinstance(unit, dict) and unit.get("image") is not None:
+                            unit["image"] = None
                 payload[PURGED_KEY] = now
                 conn.execute(update(self._jobs).where(self._jobs.c.id == candidate)
                              .values(payload=json.dumps(payload)))

@@ -107,8 +107,14 @@ def load_controlnet(entry: ModelEntry, settings: Settings, torch_dtype: torch.dt
         if config.get("_class_name", "ControlNetModel") not in CONTROLNET_CLASSES or cls is None:
             raise InvalidRequest(f"ControlNet {entry.name!r}: its config names {config.get('_class_name')!r}; "
                                  f"guardforge runs {' and '.join(CONTROLNET_CLASSES)}")
-        model = cls.from_config(config)
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        from accelerate import init_empty_weights
+
+        # Built without weights, then given the file's tensors: an SDXL ControlNet's random initialisation alone
+        # took most of a minute on two cores. (The caller holds the cache's reading lock: init_empty_weights
+        # patches torch.nn.Module process-wide while it runs.)
+        with init_empty_weights():
+            model = cls.from_config(config)
+        missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
         if missing or unexpected:
             raise InvalidRequest(f"ControlNet {entry.name!r} does not fit its config: {len(missing)} weights missing "
                                  f"(e.g. {missing[:1]}), {len(unexpected)} unexpected (e.g. {unexpected[:1]})")
@@ -128,3 +134,67 @@ def load_controlnet(entry: ModelEntry, settings: Settings, torch_dtype: torch.dt
     return ControlNetModel.from_single_file(str(entry.path), config=str(config_folder(family, settings)),
                                             subfolder="controlnet", local_files_only=True,
                                             **_dtype_kwargs(torch_dtype))
+
+
+_FIT_KEYS = ("cross_attention_dim", "block_out_channels", "in_channels", "addition_embed_type")
+
+
+def _fit(config: dict | None, unet: bool = False) -> tuple | None:
+    if not config:
+        return None
+    if unet:
+        # The latent the ControlNet reads is the UNet's output width: a 9-channel inpainting UNet takes the
+        # latent plus mask and masked image, yet SD's 4-channel ControlNets steer it.
+        config = {**config, "in_channels": config.get("out_channels", config.get("in_channels"))}
+    return tuple(tuple(v) if isinstance(v, list) else v for v in (config.get(k) for k in _FIT_KEYS))
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def controlnet_shape(entry: ModelEntry) -> tuple | None:
+    """What a ControlNet needs of the UNet it steers, from its config alone (None when it cannot be told)."""
+    from guardforge.models.loading import CONFIGS_DIR, SHIPPED_CONFIGS
+
+    if entry.format == "diffusers":
+        return _fit(_read_json(entry.path / "config.json"))
+    beside = _beside_config(entry)
+    if beside is not None:
+        return _fit(_read_json(beside))
+    if entry.path.suffix != ".safetensors":
+        return None
+    from guardforge.models.families import read_safetensors_header
+
+    try:
+        _, family = single_file_layout(read_safetensors_header(entry.path))
+    except (OSError, ValueError):
+        return None
+    name = SHIPPED_CONFIGS.get(family)
+    return _fit(_read_json(CONFIGS_DIR / name / "controlnet" / "config.json")) if name else None
+
+
+def unet_shape(checkpoint: ModelEntry) -> tuple | None:
+    """The same of a checkpoint's UNet, from its configs alone (None: no UNet config to read)."""
+    from guardforge.models.loading import CONFIGS_DIR, SHIPPED_CONFIGS
+
+    if checkpoint.format == "diffusers":
+        return _fit(_read_json(checkpoint.path / "unet" / "config.json"), unet=True)
+    name = SHIPPED_CONFIGS.get(checkpoint.family)
+    return _fit(_read_json(CONFIGS_DIR / name / "unet" / "config.json"), unet=True) if name else None
+
+
+def check_fits(controlnet: ModelEntry, checkpoint: ModelEntry) -> None:
+    """Refuse, from the configs alone, a ControlNet made for another architecture than the checkpoint's UNet, so
+    that the request fails at the door (a 4xx) rather than in the worker; the engine checks the loaded models too."""
+    theirs, ours = controlnet_shape(controlnet), unet_shape(checkpoint)
+    if theirs is None or ours is None or theirs == ours:
+        return
+    raise InvalidRequest(
+        f"ControlNet {controlnet.name!r} does not fit checkpoint {checkpoint.name!r}: it was made for a UNet with "
+        f"cross-attention {theirs[0]}, blocks {list(theirs[1] or [])}, {theirs[2]} latent channels, the "
+        f"checkpoint's has {ours[0]}, {list(ours[1] or [])}, {ours[2]} (an SD 1.x ControlNet needs an SD 1.x "
+        "checkpoint, an SDXL one SDXL)")

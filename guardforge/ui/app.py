@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import time
@@ -17,6 +18,7 @@ from guardforge.guard.blur import withheld_tile
 from guardforge.imaging import encode_image
 from guardforge.access.caller import LOCAL_OWNER, Caller
 from guardforge.ui import guard_view
+from guardforge.ui.controlnet_panel import ControlNetPanel
 from guardforge.ui.uploads import (
     CLEAN_EVERY_S,
     KEEP_UPLOADS_S,
@@ -114,7 +116,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
         return list(SAMPLERS)
 
     def run(mode, prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed,
-            init_image, strength, editor, request: gr.Request):
+            init_image, strength, editor, request: gr.Request, controlnet: list | None = None):
         owner = _owner(request)
         if rate_limit is not None:
             try:
@@ -135,6 +137,8 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
                 raise gr.Error("load an image and paint the area to repaint")
             fields.update(init_image=encode_image(background), mask=encode_image(mask),
                           denoising_strength=strength)
+        if controlnet:
+            fields["controlnet"] = controlnet  # ControlNetPanel's enabled units
         caller = _caller(studio, request)
         try:
             job_id = studio.submit(GenerationRequest(**fields), caller).id
@@ -248,11 +252,13 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
         with gr.Tabs():
             with gr.Tab("txt2img"):
                 txt_button = gr.Button("Generate", variant="primary", elem_id="gf-generate")
+                txt_controls = ControlNetPanel(studio, rate_limit, _owner, img2img=False).build("txt2img")
             with gr.Tab("img2img"):
                 init_image = with_cap(UploadedImage(type="pil", label="Start from", elem_id="gf-init-image"),
                                       limits.max_image_pixels)
                 strength = gr.Slider(0, 1, value=0.75, step=0.05, label="Denoising strength")
                 img_button = gr.Button("Generate from image", variant="primary")
+                img_controls = ControlNetPanel(studio, rate_limit, _owner, img2img=True).build("img2img")
             with gr.Tab("inpaint"):
                 editor = with_cap(UploadedImageEditor(type="pil", label="Paint the area to repaint",
                                                       brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"),
@@ -280,10 +286,14 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
         # No Gradio concurrency limit (its default is 1: one user's generation at a time, the next user's click
         # not even submitted): a handler only submits and polls, and our queue applies the workers, the
         # per-key caps and the rate limit, as it does for the API.
-        txt_button.click(runner("txt2img"),
-                         [prompt, negative, *params, init_image, strength, editor], outputs, concurrency_limit=None)
-        img_button.click(runner("img2img"),
-                         [prompt, negative, *params, init_image, strength, editor], outputs, concurrency_limit=None)
+        names = ["prompt", "negative", "model", "vae", "sampler", "schedule", "steps", "cfg", "width", "height", "seed",
+                 "init_image", "strength", "editor"]
+        txt_button.click(txt_controls.wrap(functools.partial(run, "txt2img"), names),
+                         [prompt, negative, *params, init_image, strength, editor, *txt_controls.components], outputs,
+                         concurrency_limit=None)
+        img_button.click(img_controls.wrap(functools.partial(run, "img2img"), names),
+                         [prompt, negative, *params, init_image, strength, editor, *img_controls.components], outputs,
+                         concurrency_limit=None)
         inpaint_button.click(runner("inpaint"),
                              [prompt, negative, *params, init_image, inpaint_strength, editor], outputs,
                              concurrency_limit=None)

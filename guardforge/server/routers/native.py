@@ -45,6 +45,9 @@ def job_view(request: Request, job: Job) -> JobView:
     for key in ("init_image", "mask"):  # echoing megabytes of base64 on every poll helps no one
         if payload_request.get(key):
             payload_request[key] = "<base64 image>"
+    if payload_request.get("controlnet"):
+        payload_request["controlnet"] = [{**unit, "image": "<base64 image>" if unit.get("image") else None}
+                                         for unit in payload_request["controlnet"]]
     return JobView(
         id=job.id, kind=job.kind, state=job.state, priority=job.priority, position=job.position,
         progress=progress, error=job.error, created_at=job.created_at, started_at=job.started_at,

@@ -185,9 +185,11 @@ async def upscalers(caller: Caller = Depends(get_caller)) -> list[dict[str, Any]
     return []
 
 
-@router.get("/scripts", summary="Scripts (none: A1111 scripts do not run here)", responses=errors(401))
+@router.get("/scripts", summary="Scripts: controlnet, the one alwayson script guardforge runs (sd-webui-controlnet's "
+            "units in alwayson_scripts); A1111's other scripts do not run here", responses=errors(401))
 async def scripts(caller: Caller = Depends(get_caller)) -> dict[str, list[str]]:
-    return {"txt2img": [], "img2img": []}
+    # Clients look for "controlnet" here to tell whether the extension is installed, as A1111 lists it.
+    return {"txt2img": ["controlnet"], "img2img": ["controlnet"]}
 
 
 @router.get("/latent-upscale-modes", summary="Latent upscale modes (none: no hires fix here)", responses=errors(401))
