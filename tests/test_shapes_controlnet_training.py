@@ -71,24 +71,6 @@ def test_edges_made_at_a_processor_resolution_stay_on_the_objects_outline():
             assert weight.sum() > 0 and weight[near].sum() / weight.sum() > 0.97
 
 
-def test_training_edges_are_what_the_product_prepares_for_a_canny_unit():
-    """The training makes its edge maps with a fast copy of the product's fit; it must stay the product's."""
-    from guardforge.engine.controlnet import prepare_unit
-    from guardforge.engine.controlnet_unit import ControlNetUnit
-
-    rng = random.Random(7)
-    for _ in range(4):
-        image = np.asarray(data.render(random_scene(rng, two_object_rate=0.5, drop_position_rate=1.0)[0]))
-        for resolution in (64, 128, 512):
-            unit = ControlNetUnit(module="canny", model="tiny-shapes-canny", processor_res=resolution)
-            product = np.asarray(prepare_unit(unit, Image.fromarray(image), (64, 64), seed=0).image)
-            assert np.array_equal(canny_edges(image, resolution=resolution), product)
-    blank = np.zeros((64, 64, 3), dtype=np.uint8)  # no edge at all
-    unit = ControlNetUnit(module="canny", model="tiny-shapes-canny", processor_res=256)
-    assert np.array_equal(canny_edges(blank, resolution=256),
-                          np.asarray(prepare_unit(unit, Image.fromarray(blank), (64, 64), seed=0).image))
-
-
 def test_captions_drop_the_position_at_the_configured_rate_and_describe_the_scene():
     rng = random.Random(1)
     stated = []

@@ -71,24 +71,19 @@ class ControlNetTrainConfig(BaseModel):
 
 
 def canny_edges(image: np.ndarray, low: int = 100, high: int = 200, resolution: int | None = None) -> np.ndarray:
-    """White-on-black edges (H, W, 3) uint8 of an RGB uint8 image, as the product prepares a canny unit for a
-    generation of the image's size: its canny module (cv2.Canny at `resolution` on the short side), then, when
-    made at another size, fitted back the way engine/controlnet.py fits a black-and-white map (area-shrunk, cut
-    at Otsu's threshold). The fit is done here directly: the product's general fit first counts the map's
-    colours, which at 512x512 costs more than the rest of a training example (tests pin the two equal)."""
-    import cv2
+    """White-on-black edges (H, W, 3) uint8 of an RGB uint8 image, made by the product's own preparation of a
+    canny unit for a generation of the image's size (engine/controlnet.py: the canny module at `resolution` on
+    the short side, then fitted back, a black-and-white map area-shrunk and cut at Otsu's threshold), so that
+    training sees exactly what inference will."""
     from PIL import Image
 
-    from guardforge.engine.controlnet_preprocessors import detect
+    from guardforge.engine.controlnet import prepare_unit
+    from guardforge.engine.controlnet_unit import ControlNetUnit
 
     height, width = image.shape[:2]
-    edges = np.asarray(detect(Image.fromarray(image), "canny", resolution or min(height, width), low, high).image)
-    if edges.shape[:2] != (height, width):
-        shrunk = cv2.resize(edges, (width, height), interpolation=cv2.INTER_AREA).mean(axis=2).astype(np.uint8)
-        if edges.max() > 240:  # a map with no edge at all stays black: the product's fit takes it as not binary
-            _, shrunk = cv2.threshold(shrunk, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-        edges = np.repeat(shrunk[:, :, None], 3, axis=2)
-    return edges
+    unit = ControlNetUnit(module="canny", model="tiny-shapes-canny", threshold_a=low, threshold_b=high,
+                          processor_res=resolution or min(height, width))
+    return np.asarray(prepare_unit(unit, Image.fromarray(image), (width, height), seed=0).image)
 
 
 def random_scene(rng: random.Random, two_object_rate: float, drop_position_rate: float
