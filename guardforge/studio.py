@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from guardforge.access.caller import LOCAL, Caller, Charge
 from guardforge.engine.request import GeneratedImage, GenerationRequest, GenerationResult, ProgressEvent
+from guardforge.engine.upscalers import UpscaleRequest, UpscaleResult
 from guardforge.errors import InvalidRequest
 from guardforge.guard.service import PromptReading
+from guardforge.guard.verdict import SEVERITY
 from guardforge.guard.windows import GUARD_WINDOW_WORDS, text_windows  # noqa: F401 (GUARD_WINDOW_WORDS: re-exported)
 from guardforge.imaging import decode_image
 from guardforge.models.loading import check_checkpoint, check_vae
@@ -38,12 +40,20 @@ def encoded_prompt_views(prompt: str) -> list[str]:
 class RequestTexts(NamedTuple):
     prompt: str
     negative_prompt: str
+    # Hires fix's second pass, where its texts differ from the first pass's; None: no other texts.
+    hires_prompt: str | None = None
+    hires_negative_prompt: str | None = None
 
 
 def request_texts(request: GenerationRequest) -> RequestTexts:
     """Every text a generation reads, as the engine will be given it. The one place to extend: styles and
     wildcards, when they exist, are expanded here, and the engine must then be handed these same texts, so that
     what the guard reads (prompt_reading) is what the engine encodes."""
+    hires = request.hires
+    if hires is not None and (hires.prompt, hires.negative_prompt) != (None, None):
+        return RequestTexts(request.prompt, request.negative_prompt,
+                            request.prompt if hires.prompt is None else hires.prompt,
+                            request.negative_prompt if hires.negative_prompt is None else hires.negative_prompt)
     return RequestTexts(request.prompt, request.negative_prompt)
 
 
@@ -77,6 +87,7 @@ class Studio:
     def __init__(self, settings: Settings | None = None, *, guard=None, database=None, store=None):
         from guardforge.db import Database
         from guardforge.engine.pipelines import Engine
+        from guardforge.engine.upscalers import Upscalers
         from guardforge.guard.service import Guard
         from guardforge.models.cache import PipelineCache
         from guardforge.models.registry import ModelRegistry
@@ -85,7 +96,9 @@ class Studio:
         self.settings = settings or Settings()
         self.registry = ModelRegistry(self.settings)
         self.pipelines = PipelineCache(self.registry, self.settings)
-        self.engine = Engine(self.settings, self.registry)  # the registry resolves <lora:name> tags
+        self.upscalers = Upscalers(self.settings, self.registry)
+        # The registry resolves <lora:name> tags; the upscalers serve hires fix.
+        self.engine = Engine(self.settings, self.registry, upscalers=self.upscalers)
         # One database for the job queue, the key store and the guard's audit log. Building it touches nothing:
         # its engine is made on first use (the guard's first audit row, or the queue's first call).
         self.database = database or Database(self.settings.resolved_database_url)
@@ -200,10 +213,21 @@ class Studio:
         caller.spend(1)
         max_pixels = self.settings.limits.max_image_pixels
         if request.init_image is not None:
-            decode_image(request.init_image, max_pixels, "init_image")
+            image = decode_image(request.init_image, max_pixels, "init_image")
+            if request.outpaint is not None:  # the canvas's size is known once the image is
+                from guardforge.engine.outpaint import check_canvas
+
+                check_canvas(request, image.size, self.settings.limits)
         if request.mask is not None:
             decode_image(request.mask, max_pixels, "mask")
         checkpoint = self.usable_checkpoint(request.model or self.settings.default_model)
+        if request.hires is not None and not (request.width and request.height):
+            # A size left to the model: its hires size is known from its configs, and refused now, not in a worker.
+            from guardforge.engine.hires import check_hires_size
+
+            native_w, native_h = self.native_size(request.model)
+            check_hires_size(request.width or native_w, request.height or native_h, request.hires,
+                             self.settings.limits)
         for index, unit in enumerate(request.controlnet):
             if unit.image is not None:
                 decode_image(unit.image, max_pixels, f"controlnet[{index}].image")
@@ -211,6 +235,7 @@ class Studio:
         if request.vae is not None:  # an unknown or pickled VAE fails here, as the model does, not in the worker
             self.usable_vae(request.vae)
         self.engine.check(request)
+        self._check_model_fit(request, checkpoint)
         job_id = self.jobs.submit("generate", {"request": request.model_dump(mode="json"), "save": save},
                                   owner=caller.owner, priority=priority, max_active_for_owner=caller.max_active)
         self.workers.notify()
@@ -348,12 +373,18 @@ class Studio:
         settings.device) and `replica` pick the copy of the model to run on: each worker has its own.
         """
         from guardforge.engine.infotext import build_infotext
+        from guardforge.engine.embeddings import ti_hashes
+        from guardforge.engine.variation import request_subseeds, with_fixed_subseed
 
         started = time.perf_counter()
         request.check_limits(self.settings.limits)
         max_pixels = self.settings.limits.max_image_pixels
         init_image = (decode_image(request.init_image, max_pixels, "init_image")
                       if request.init_image is not None else None)
+        if request.outpaint is not None and init_image is not None:  # before any guard call or model load
+            from guardforge.engine.outpaint import check_canvas
+
+            check_canvas(request, init_image.size, self.settings.limits)
         mask = decode_image(request.mask, max_pixels, "mask") if request.mask is not None else None
         entry = self.registry.resolve(request.model or self.settings.default_model)
         # Resolved before the guard runs, so that a VAE that is not there costs no guard call (the CLI's path).
@@ -364,7 +395,10 @@ class Studio:
             request, controls = self._prepare_controls(request, entry, init_image, mask)
 
         texts = request_texts(request)
-        [prompt_verdict] = self.guard.check_prompts([prompt_reading(texts.prompt, texts.negative_prompt)])
+        readings = [prompt_reading(texts.prompt, texts.negative_prompt)]
+        if texts.hires_prompt is not None:  # the second pass encodes these: the guard reads them as the first's
+            readings.append(prompt_reading(texts.hires_prompt, texts.hires_negative_prompt))
+        prompt_verdict = max(self.guard.check_prompts(readings), key=lambda verdict: SEVERITY[verdict.action])
         input_verdict = self.guard.check_input_image(init_image) if init_image is not None else None
         control_verdicts = self.guard.check_images(controls.guarded, "input_image") if controls else []
         blocking = [v for v in (prompt_verdict, input_verdict, *control_verdicts)
@@ -380,32 +414,72 @@ class Studio:
         # request.memory: per-request overrides of settings.memory
         loaded = self.pipelines.get(entry.name, memory=request.memory, vae=vae.name if vae else None,
                                     device=device, replica=replica)
+        # A subseed of -1 is drawn here, so that the one used is reported and written in each image's infotext.
+        fixed = with_fixed_subseed(request)
+        subseeds = request_subseeds(fixed)
         control = controls.run(self.pipelines.controlnets, loaded) if controls else None
-        outputs = self.engine.run(loaded, request, init_image=init_image, mask=mask,
+        outputs = self.engine.run(loaded, fixed, init_image=init_image, mask=mask,
                                   on_progress=on_progress, cancel=cancel, skip=skip, interrupt=interrupt,
                                   control=control)
         model_hash = entry.short_hash()
         vae_name, vae_hash = (vae.filename, vae.short_hash()) if vae else (None, None)
+        inversions = ti_hashes(self.registry, request.prompt, request.negative_prompt)
         verdicts = self.guard.check_output_images([image for image, _ in outputs])
         images: list[GeneratedImage] = []
-        for (image, seed), verdict in zip(outputs, verdicts, strict=True):
-            infotext = build_infotext(request, seed=seed, width=image.width, height=image.height,
+        # A1111's Size is the first pass's: hires fix's own keys say what it was upscaled to.
+        first_size = self.engine.size_for(loaded, request) if request.hires is not None else None
+        for index, ((image, seed), verdict) in enumerate(zip(outputs, verdicts, strict=True)):
+            subseed = subseeds[index] if request.subseed_strength > 0 else None
+            width, height = first_size or image.size
+            infotext = build_infotext(request, seed=seed, width=width, height=height,
                                       model_name=entry.name, model_hash=model_hash, vae_name=vae_name,
-                                      vae_hash=vae_hash, controlnet_units=controls.infotext() if controls else None)
+                                      vae_hash=vae_hash, subseed=subseed, ti_hashes=inversions,
+                                      controlnet_units=controls.infotext() if controls else None)
             delivered = self.guard.enforce(image, verdict)
             path = None
             if delivered is not None and save:
                 path = str(self.store.save(delivered, infotext, verdict.model_dump(), request.mode, seed))
             images.append(GeneratedImage(
-                image_id=self.store.new_id(), seed=seed, infotext=infotext, width=image.width,
+                image_id=self.store.new_id(), seed=seed, subseed=subseed, infotext=infotext, width=image.width,
                 height=image.height, path=path, verdict=verdict, action=verdict.action,
                 pil=delivered,
             ))
         return GenerationResult(
-            request=request, images=images, seeds=[seed for _, seed in outputs], model=entry.name,
+            request=request, images=images, seeds=[seed for _, seed in outputs],
+            subseeds=subseeds[:len(outputs)], model=entry.name,
             model_hash=model_hash, vae=vae_name, vae_hash=vae_hash, elapsed_s=time.perf_counter() - started,
             prompt_verdict=prompt_verdict, device=str(loaded.device),
         )
+
+    def upscalers_listed(self) -> list:
+        """The upscalers (UpscalerInfo): "None", "Lanczos", "Nearest", then the ESRGAN/ and RealESRGAN/ models."""
+        return self.upscalers.listed()
+
+    def upscale(self, request: UpscaleRequest, caller: Caller = LOCAL, device: str | None = None,
+                cancel: Event | None = None) -> UpscaleResult:
+        """A1111's extras upscale of one image: checked (names, sizes against limits.max_image_pixels) before
+        anything runs, the input guarded as an input image, the result as an output image (the policy's blur or
+        block applied to what is returned). Runs in the calling thread: interfaces call it off their event loop."""
+        from guardforge.models.devices import pick_device
+        from guardforge.storage.outputs import infotext_of
+
+        started = time.perf_counter()
+        max_pixels = self.settings.limits.max_image_pixels
+        image = decode_image(request.image, max_pixels, "image")
+        size, info = self.upscalers.plan(request, image.size, max_pixels)
+        caller.spend(1)
+        input_verdict = self.guard.check_input_image(image)
+        if input_verdict.action == "block":
+            return UpscaleResult(width=size[0], height=size[1], upscaler=request.upscaler, info=info,
+                                 input_verdict=input_verdict, action="block", blocked=True,
+                                 elapsed_s=time.perf_counter() - started)
+        target = pick_device(device or self.settings.device)
+        upscaled = self.upscalers.run(request, image, target, cancel)
+        [verdict] = self.guard.check_output_images([upscaled])
+        return UpscaleResult(width=upscaled.width, height=upscaled.height, upscaler=request.upscaler, info=info,
+                             input_verdict=input_verdict, verdict=verdict, action=verdict.action,
+                             elapsed_s=time.perf_counter() - started, device=str(target),
+                             infotext=infotext_of(image), pil=self.guard.enforce(upscaled, verdict))
 
     def controlnet_modules(self) -> list:
         """The ControlNet preprocessors: the ones that run here, then the ones that cannot, each with its reason."""
@@ -467,6 +541,33 @@ class Studio:
         entry = self.registry.resolve(model or self.settings.default_model)
         folder = entry.path if entry.format == "diffusers" else CONFIGS_DIR / shipped_config_name(entry.family)
         return native_size_from_configs(folder)
+
+    def _text_widths(self, entry) -> dict[str, int]:
+        from guardforge.engine.embeddings import widths_from_configs
+        from guardforge.models.loading import CONFIGS_DIR, shipped_config_name
+
+        folder = entry.path if entry.format == "diffusers" else CONFIGS_DIR / shipped_config_name(entry.family)
+        return widths_from_configs(folder)
+
+    def _check_model_fit(self, request: GenerationRequest, checkpoint) -> None:
+        """What would fail the generation on this checkpoint, refused now: an embedding the texts name that was made
+        for another family, variation seeds on a model without a UNet."""
+        from guardforge.engine.embeddings import check_fit, embeddings_in
+        from guardforge.engine.prompts import extract_lora_tags
+        from guardforge.engine.variation import check_family
+
+        check_family(request, checkpoint.family)
+        used = embeddings_in(self.registry, extract_lora_tags(request.prompt)[0], request.negative_prompt)
+        if used:
+            check_fit(used, self._text_widths(checkpoint), self.settings.allow_pickle)
+
+    def embeddings(self, model: str | None = None) -> dict[str, dict]:
+        """The textual inversion embeddings in the models folder's embeddings/, in A1111's shape: "loaded" those
+        that fit `model`'s text encoders (read from its config files: nothing is loaded), "skipped" the rest."""
+        from guardforge.engine.embeddings import listing
+
+        entry = self.registry.resolve(model or self.settings.default_model)
+        return listing(self.models("embedding"), self._text_widths(entry), self.settings.allow_pickle)
 
     def dreambooth_services(self, device: str | None = None, replica: int = 0):
         """What DreamBooth training may ask of this studio (train sits below it and gets only these).

@@ -94,3 +94,15 @@ def test_a_blocked_prompt_without_a_size_gets_placeholders_at_the_models_native_
     # The tiny model's native size (sample size 8, VAE factor 2), for images made and images refused alike.
     assert sizes["refused"] == sizes["made"] == [(16, 16)] * 2, sizes
     assert (refused_info["width"], refused_info["height"]) == (made_info["width"], made_info["height"]) == (16, 16)
+
+
+def test_a_blocked_outpainting_gets_placeholders_of_the_outpainted_size(prompt_blocking_server):
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 24), (10, 200, 10)).save(buffer, format="PNG")
+    body = {"prompt": "anything", "steps": 2, "init_images": [base64.b64encode(buffer.getvalue()).decode()],
+            "script_name": "poor man's outpainting", "script_args": [16, 4, 0, ["left", "down"]]}
+    refused = httpx.post(f"{prompt_blocking_server.url}/sdapi/v1/img2img", json=body, timeout=300).json()
+    info = json.loads(refused["info"])
+    assert info["guardforge"]["blocked"]
+    [placeholder] = [Image.open(io.BytesIO(base64.b64decode(e))) for e in refused["images"]]
+    assert placeholder.size == (56, 40) and (info["width"], info["height"]) == (56, 40)

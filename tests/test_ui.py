@@ -123,15 +123,15 @@ def busy_ui_server(tmp_path_factory, tiny_model_dir):
 def test_two_users_clicks_both_reach_the_queue(busy_ui_server):
     from gradio_client import Client
 
-    from guardforge.ui.controlnet_panel import units_off
+    from tests.ui_inputs import txt2img_off
 
     def click(prompt: str) -> None:
         client = Client(f"{busy_ui_server.url}/ui/", verbose=False)
         # The txt2img tab's Generate: prompt, negative, model, VAE, sampler, schedule, steps, cfg, width, height,
-        # seed, init image, strength, inpaint editor, then the tab's ControlNet units (here off). 150 steps: still
+        # seed, init image, strength, inpaint editor, then the tab's own controls (here off). 150 steps: still
         # running when the other click comes.
         client.predict(prompt, "", "tiny-sd", "Automatic", "Euler a", "Automatic", 150, 7, 64, 64, 1, None, 0.75,
-                       None, *units_off(), api_name="/run_mode")
+                       None, *txt2img_off(), api_name="/run_mode")
 
     with httpx.Client(base_url=busy_ui_server.url, timeout=30) as api:
         # One request first: two submits racing on a fresh process can trip over diffusers' lazy import

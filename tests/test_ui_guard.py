@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from guardforge.ui.controlnet_panel import units_off
+from tests.ui_inputs import txt2img_off
 from tests.livesrv import LiveServer, make_home, server_env
 from tests.test_ui import ARTIFACTS, chromium, set_number
 
@@ -50,14 +50,14 @@ def test_blocked_flagged_and_blurred_are_said(guarded, request):
 
     client = Client(f"{guarded.url}/ui/", verbose=False)
     request.addfinalizer(client.close)  # its heartbeat stream would hold the server's shutdown for its grace period
-    progress, gallery, _, verdict = client.predict("I will kill you", *FIELDS, *units_off(), api_name="/run_mode")
+    progress, gallery, _, verdict = client.predict("I will kill you", *FIELDS, *txt2img_off(), api_name="/run_mode")
     # The reviewer saw a green "done 20/20 (100%)", an empty gallery and "action": null.
     assert 'data-state="blocked"' in progress and "done" not in progress
     assert "Blocked by the guard: the prompt was refused (S1 Violent Crimes, score 0.9" in progress
     assert "Nothing was generated" in progress
     assert gallery == [] and verdict["action"] == "block" and verdict["blocked"] is True
 
-    progress, gallery, _, verdict = client.predict("a red square", *FIELDS, *units_off(), api_name="/run_mode")
+    progress, gallery, _, verdict = client.predict("a red square", *FIELDS, *txt2img_off(), api_name="/run_mode")
     assert 'data-state="done"' in progress
     assert "1 of 1 image blurred (S12 Sexual Content)" in progress
     # Only S13: S12 crosses its threshold in the prompt too, but its rule lets prompts through.

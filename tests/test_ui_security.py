@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from guardforge.ui.controlnet_panel import units_off
+from tests.ui_inputs import HIRES_OFF, INPAINT_OFF, SEED_EXTRAS_OFF, img2img_off, txt2img_off
 from tests.livesrv import LiveServer, make_home, server_env
 from tests.test_server import wait_state
 
@@ -89,15 +90,19 @@ def test_png_info_refuses_a_server_path(keyed):
 def test_img2img_refuses_a_server_path(keyed):
     live, keys, a_png, _ = keyed
     kind, answer = call(live, keys["b"], "run_mode_1", "copy", *COPY_FIELDS, server_path(a_png), 0.05, None,
-                        *units_off())
+                        *img2img_off())
     assert kind == "error" and "upload" in str(answer), (kind, answer)
     editor = {"background": server_path(a_png), "layers": [server_path(a_png)], "composite": None}
-    kind, answer = call(live, keys["b"], "run_mode_2", "copy", *COPY_FIELDS, None, 0.05, editor)
+    kind, answer = call(live, keys["b"], "run_mode_2", "copy", *COPY_FIELDS, None, 0.05, editor, *INPAINT_OFF)
+    assert kind == "error" and "upload" in str(answer), (kind, answer)
+    kind, answer = call(live, keys["b"], "upscale_image", server_path(a_png), "Lanczos", 2, "None", 0, "Scale by",
+                        64, 64, True)
     assert kind == "error" and "upload" in str(answer), (kind, answer)
     # A ControlNet unit's image, in the generation and in its preview, is an upload too.
     units = units_off()
     units[1] = server_path(a_png)
-    kind, answer = call(live, keys["b"], "run_mode", "copy", *COPY_FIELDS, None, 0.05, None, *units)
+    kind, answer = call(live, keys["b"], "run_mode", "copy", *COPY_FIELDS, None, 0.05, None, *SEED_EXTRAS_OFF,
+                        *HIRES_OFF, *units)
     assert kind == "error" and "upload" in str(answer), (kind, answer)
     kind, answer = call(live, keys["b"], "run_preview", *units[:13])
     assert kind == "error" and "upload" in str(answer), (kind, answer)
@@ -171,9 +176,11 @@ def test_oversized_upload_is_refused_before_decoding(keyed, tmp_path):
     before = peak_rss_mb(live.process.pid)
     started = time.monotonic()
     calls = {
-        "img2img": ("run_mode_1", "x", *FIELDS, image, 0.5, None, *units_off()),
-        "inpaint": ("run_mode_2", "x", *FIELDS, None, 0.5, {"background": image, "layers": [], "composite": None}),
+        "img2img": ("run_mode_1", "x", *FIELDS, image, 0.5, None, *img2img_off()),
+        "inpaint": ("run_mode_2", "x", *FIELDS, None, 0.5, {"background": image, "layers": [], "composite": None},
+                    *INPAINT_OFF),
         "PNG info": ("read_png", image),
+        "Extras": ("upscale_image", image, "Lanczos", 2, "None", 0, "Scale by", 64, 64, True),
     }
     for name, (api_name, *data) in calls.items():
         kind, answer = call(live, keys["b"], api_name, *data)
@@ -194,7 +201,7 @@ def test_no_input_downloads_a_url(keyed):
     before = set(cache.iterdir())
     url = {"path": "https://example.invalid/x.png", "meta": {"_type": "gradio.FileData"}}
     for api_name, data in (("sizes_for", [url]), ("reuse", [url]),
-                           ("run_mode", ["x", url, *FIELDS[1:], None, 0.5, None, *units_off()])):
+                           ("run_mode", ["x", url, *FIELDS[1:], None, 0.5, None, *txt2img_off()])):
         kind, answer = call(live, keys["b"], api_name, *data)
         assert kind == "error" and "upload" in str(answer), (api_name, kind, answer)
         assert "resolve" not in str(answer).lower(), answer

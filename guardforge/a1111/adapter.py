@@ -14,10 +14,14 @@ from typing import Any
 
 from PIL import Image
 
+from guardforge.a1111.hires import HIRES_FIELDS, hires_from_payload
 from guardforge.a1111.controlnet import units_from_payload
 from guardforge.a1111.schemas import SCHEDULERS_LISTED, SCHEDULES, ImageResponse, Img2ImgPayload, Txt2ImgPayload
 from guardforge.access.caller import Caller
+from guardforge.engine.hires import hires_sizes
 from guardforge.engine.infotext import parse_infotext
+from guardforge.engine.masked_content import FILLS
+from guardforge.engine.outpaint import POOR_MANS_OUTPAINTING, SIDES
 from guardforge.engine.request import AUTOMATIC_VAE, GenerationRequest
 from guardforge.engine.samplers import split_legacy_sampler
 from guardforge.errors import GuardforgeError, InvalidRequest, JobFailed
@@ -39,7 +43,11 @@ def to_generation_request(payload: Txt2ImgPayload, default_model: str, default_v
     `max_pixels` caps the images the payload's ControlNet units are decoded from, where one carries a mask."""
     extra = dict(payload.model_extra or {})
     controlnet, ignored = units_from_payload(extra.pop("alwayson_scripts", None), max_pixels)
-    ignored = sorted(ignored + [k for k, v in extra.items() if v not in (None, False, 0, "", [], {})])
+    hires, hires_ignored = (None, []) if isinstance(payload, Img2ImgPayload) else hires_from_payload(
+        extra, payload.denoising_strength, SCHEDULES)
+    hires_keys = set() if isinstance(payload, Img2ImgPayload) else set(HIRES_FIELDS)
+    ignored = sorted(ignored + hires_ignored + [k for k, v in extra.items()
+                                                if k not in hires_keys and v not in (None, False, 0, "", [], {})])
     overrides = dict(payload.override_settings or {})
     model = overrides.pop("sd_model_checkpoint", None) or default_model
     vae = overrides.pop("sd_vae", None)
@@ -57,7 +65,10 @@ def to_generation_request(payload: Txt2ImgPayload, default_model: str, default_v
         # The registry reads A1111 titles 'name [hash]' itself.
         model=str(model), vae=str(vae), schedule=schedule, batch_size=payload.batch_size,
         n_iter=payload.n_iter, cfg_scale=payload.cfg_scale, width=payload.width, height=payload.height,
-        clip_skip=clip_skip, controlnet=controlnet,
+        clip_skip=clip_skip, subseed=payload.subseed, subseed_strength=payload.subseed_strength,
+        # A1111 reads 0 and below as "off"; one spelling of off here.
+        seed_resize_from_w=max(payload.seed_resize_from_w, -1),
+        seed_resize_from_h=max(payload.seed_resize_from_h, -1), controlnet=controlnet,
     )
     sampler = payload.sampler_name or payload.sampler_index
     if sampler:
@@ -71,13 +82,58 @@ def to_generation_request(payload: Txt2ImgPayload, default_model: str, default_v
     if isinstance(payload, Img2ImgPayload):
         fields.update(init_image=payload.init_images[0], mask=payload.mask or None, mask_blur=payload.mask_blur,
                       inpainting_mask_invert=bool(payload.inpainting_mask_invert))
+        if payload.inpainting_fill is not None and payload.mask:  # A1111 fills only a masked area
+            fields["inpainting_fill"] = _fill_name(payload.inpainting_fill)
+        if payload.script_name:
+            if payload.script_name.strip().lower() != POOR_MANS_OUTPAINTING:
+                ignored.append("script_name")
+            else:
+                fields.update(outpaint_script(payload))
         if payload.denoising_strength is not None:
             fields["denoising_strength"] = payload.denoising_strength
         if len(payload.init_images) > 1:
             ignored.append("init_images[1:]")
+    elif hires is not None:
+        fields["hires"] = hires
     elif payload.denoising_strength is not None:
         ignored.append("denoising_strength")  # only hires fix uses it in txt2img
     return GenerationRequest(**fields), ignored
+
+
+def scripts_listed() -> dict[str, list[str]]:
+    """/sdapi/v1/scripts: the A1111 scripts a payload's script_name may name here, and controlnet, which clients
+    look for to tell whether sd-webui-controlnet is installed (alwayson_scripts.controlnet runs here)."""
+    return {"txt2img": ["controlnet"], "img2img": [POOR_MANS_OUTPAINTING, "controlnet"]}
+
+
+def _fill_name(index: Any) -> str:
+    if not isinstance(index, int) or not 0 <= index < len(FILLS):
+        raise InvalidRequest(f"inpainting_fill {index!r}: give 0 to {len(FILLS) - 1} "
+                             f"({', '.join(f'{i}: {name}' for i, name in enumerate(FILLS))})")
+    return FILLS[index]
+
+
+def outpaint_script(payload: Img2ImgPayload) -> dict[str, Any]:
+    """The request fields for A1111's "Poor man's outpainting" script, script_args [pixels, mask_blur,
+    inpainting_fill, direction] with its defaults (128, 4, fill, all four sides). Done in one pass at the init
+    image's own size (A1111 works in tiles of the payload's width x height): width and height are not used."""
+    if payload.mask:
+        raise InvalidRequest("poor man's outpainting makes its own mask: send no mask with it")
+    args = list(payload.script_args or [])
+    defaults = [128, 4, 0, list(SIDES)]
+    if len(args) > len(defaults):
+        raise InvalidRequest(f"poor man's outpainting takes {len(defaults)} script_args (pixels, mask_blur, "
+                             f"inpainting_fill, direction), not {len(args)}")
+    pixels, mask_blur, fill, direction = args + defaults[len(args):]
+    if isinstance(direction, str):
+        direction = [direction]
+    if not isinstance(direction, list) or not direction or any(str(d).lower() not in SIDES for d in direction):
+        raise InvalidRequest(f"poor man's outpainting: direction {direction!r} must list some of "
+                             f"{', '.join(SIDES)}")
+    if not isinstance(pixels, int) or isinstance(pixels, bool) or not isinstance(mask_blur, int):
+        raise InvalidRequest("poor man's outpainting: pixels and mask_blur (script_args[0:2]) are whole numbers")
+    return {"outpaint": {str(side).lower(): pixels for side in direction}, "mask_blur": mask_blur,
+            "inpainting_fill": _fill_name(fill), "width": None, "height": None, "mask": None}
 
 
 def blocked_placeholder(width: int, height: int) -> str:
@@ -91,6 +147,7 @@ def a1111_info(request: GenerationRequest, job: Job, ignored: list[str], sent: i
     result = job.result
     images = result.images if result else []
     seeds = (result.seeds if result else []) or [image.seed for image in images]
+    subseeds = result.subseeds if result else []
     width, height = (images[0].width, images[0].height) if images else size
     prompt_verdict = result.prompt_verdict if result else None
     prompts = [request.prompt] * max(len(seeds), 1)
@@ -98,15 +155,17 @@ def a1111_info(request: GenerationRequest, job: Job, ignored: list[str], sent: i
         "prompt": request.prompt, "all_prompts": prompts,
         "negative_prompt": request.negative_prompt, "all_negative_prompts": [request.negative_prompt] * len(prompts),
         "seed": seeds[0] if seeds else request.seed, "all_seeds": seeds,
-        "subseed": -1, "all_subseeds": [-1] * len(seeds), "subseed_strength": 0,
+        "subseed": subseeds[0] if subseeds else request.subseed, "all_subseeds": subseeds,
+        "subseed_strength": request.subseed_strength,
         "width": width, "height": height, "sampler_name": request.sampler, "scheduler": request.schedule,
         "cfg_scale": request.cfg_scale, "steps": request.steps, "batch_size": request.batch_size,
         "n_iter": request.n_iter, "restore_faces": False, "face_restoration_model": None,
         "sd_model_name": result.model if result else request.model,
         "sd_model_hash": result.model_hash if result else None,
         "sd_vae_name": result.vae if result else request.vae, "sd_vae_hash": result.vae_hash if result else None,
-        "seed_resize_from_w": -1, "seed_resize_from_h": -1,
-        "denoising_strength": request.denoising_strength if request.init_image else None,
+        "seed_resize_from_w": request.seed_resize_from_w, "seed_resize_from_h": request.seed_resize_from_h,
+        "denoising_strength": request.denoising_strength if request.init_image else (
+            request.hires.denoising_strength if request.hires else None),
         "extra_generation_params": {}, "index_of_first_image": 0,
         "infotexts": [image.infotext for image in images], "styles": [],
         "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.created_at)),
@@ -174,6 +233,10 @@ class A1111:
             return "None" if name.strip().lower() == "none" else "Automatic"
         return self.studio.usable_vae(name).name
 
+    def embeddings(self, caller: Caller) -> dict[str, dict]:
+        """/embeddings: those that fit the caller's current checkpoint are "loaded", as A1111 says."""
+        return self.studio.embeddings(self.options(caller)["sd_model_checkpoint"])
+
     def submit(self, payload: Txt2ImgPayload, caller: Caller) -> Pending:
         """Check and queue the generation a txt2img or img2img payload asks for (in a thread: it decodes images
         and may rescan the models folder)."""
@@ -211,6 +274,14 @@ class A1111:
             except (GuardforgeError, OSError, ValueError):  # the model left the folder since: A1111's default
                 native = (512, 512)
             width, height = width or native[0], height or native[1]
+        if gen.outpaint is not None:  # placeholders as large as the canvas it would have made
+            from guardforge.engine.outpaint import canvas_size
+            from guardforge.imaging import decode_image
+
+            start = decode_image(gen.init_image, self.studio.settings.limits.max_image_pixels, "init_image")
+            width, height = canvas_size(gen, start.size)
+        if gen.hires is not None:  # a blocked request's placeholders stand for the upscaled images
+            width, height = hires_sizes(width, height, gen.hires)[1]
         images: list[str] = []
         if payload.send_images:
             if job.result is not None and job.result.blocked:

@@ -24,6 +24,10 @@ class Txt2ImgPayload(BaseModel):
     prompt: str = ""
     negative_prompt: str = ""
     seed: int = -1
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    seed_resize_from_h: int = -1
+    seed_resize_from_w: int = -1
     sampler_name: str | None = None
     sampler_index: str | None = None  # older clients send the sampler here
     scheduler: str | None = None
@@ -47,7 +51,11 @@ class Img2ImgPayload(Txt2ImgPayload):
     mask: str | None = None  # "" is no mask, as A1111 reads it
     mask_blur: int = 4
     inpainting_mask_invert: int = 0
+    inpainting_fill: int | None = None  # an index into FILLS ("Masked content"); None: guardforge's default
     include_init_images: bool = False
+    # The one A1111 img2img script that runs here is "poor man's outpainting" (adapter.outpaint_script).
+    script_name: str | None = None
+    script_args: list[Any] | None = None
 
     @field_validator("init_images")
     @classmethod
@@ -127,3 +135,61 @@ class Lora(BaseModel):
     alias: str
     path: str
     metadata: dict[str, Any] = {}
+
+
+class ExtrasPayload(BaseModel):
+    """A1111's ExtrasBaseRequest: the extras tab's upscale (face restoration is not here and is reported)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    resize_mode: int = Field(0, ge=0, le=1, description="0: scale by upscaling_resize; 1: scale to "
+                             "upscaling_resize_w x upscaling_resize_h")
+    show_extras_results: bool = True
+    gfpgan_visibility: float = 0
+    codeformer_visibility: float = 0
+    codeformer_weight: float = 0
+    upscaling_resize: float = 2
+    upscaling_resize_w: int = 512
+    upscaling_resize_h: int = 512
+    upscaling_crop: bool = True
+    upscaler_1: str | None = "None"
+    upscaler_2: str | None = "None"
+    extras_upscaler_2_visibility: float = 0
+    upscale_first: bool = False
+
+
+class ExtrasSingleImagePayload(ExtrasPayload):
+    image: str = Field("", description="The image as base64 (or a data URL)")
+
+
+class FileData(BaseModel):
+    data: str = Field(..., description="The image as base64 (or a data URL)")
+    name: str = ""
+
+
+class ExtrasBatchImagesPayload(ExtrasPayload):
+    imageList: list[FileData] = Field(..., min_length=1)  # noqa: N815 (A1111's name)
+
+
+class ExtrasSingleImageResponse(BaseModel):
+    html_info: str
+    image: str | None = None
+
+
+class ExtrasBatchImagesResponse(BaseModel):
+    html_info: str
+    images: list[str]
+
+
+class UpscalerItem(BaseModel):
+    """A1111's UpscalerItem."""
+
+    name: str
+    model_name: str | None = None
+    model_path: str | None = None
+    model_url: str | None = None
+    scale: float | None = None
+
+
+class LatentUpscaleMode(BaseModel):
+    name: str

@@ -10,6 +10,7 @@ from typing import Any
 import typer
 
 from guardforge.cli import app
+from guardforge.cli.hires_flags import merge_hires
 from guardforge.errors import InvalidRequest
 
 _SECRET_KEYS = re.compile(r"key|secret|password|token", re.IGNORECASE)
@@ -52,8 +53,23 @@ _OPTION_FOR = {
     "prompt": "PROMPT", "negative_prompt": "--negative", "model": "--model", "vae": "--vae", "sampler": "--sampler",
     "schedule": "--schedule", "steps": "--steps", "cfg_scale": "--cfg", "seed": "--seed", "width": "--width",
     "height": "--height", "denoising_strength": "--strength", "mask_blur": "--mask-blur",
-    "inpainting_mask_invert": "--invert-mask", "clip_skip": "--clip-skip",
+    "inpainting_mask_invert": "--invert-mask", "clip_skip": "--clip-skip", "subseed": "--subseed",
+    "subseed_strength": "--subseed-strength", "seed_resize_from_w": "--seed-resize-from",
+    "seed_resize_from_h": "--seed-resize-from", "outpaint": "--outpaint", "inpainting_fill": "--inpainting-fill",
+    "inpainting_mask_invert": "--invert-mask", "clip_skip": "--clip-skip", "hires": "--hires-* or --no-hires",
 }
+
+
+def _seed_resize(value: str | None) -> dict[str, int]:
+    """--seed-resize-from WxH as the request's two fields; "off" (or 0x0) turns a PNG's value off."""
+    if value is None:
+        return {}
+    if value.strip().lower() == "off":
+        return {"seed_resize_from_w": -1, "seed_resize_from_h": -1}
+    w, x, h = value.strip().lower().partition("x")
+    if not x or not w.isdigit() or not h.isdigit():
+        raise InvalidRequest(f"--seed-resize-from {value!r}: give WIDTHxHEIGHT in pixels, e.g. 512x512, or off")
+    return {"seed_resize_from_w": int(w), "seed_resize_from_h": int(h)}
 
 
 def _build_request(fields: dict[str, Any], from_image: set[str], from_png: Path | None):
@@ -96,8 +112,32 @@ def generate(
     mask_blur: int = typer.Option(None, "--mask-blur", help="Gaussian blur radius of the mask"),
     invert_mask: bool = typer.Option(None, "--invert-mask/--no-invert-mask", help="Repaint the black part instead"),
     clip_skip: int = typer.Option(None, "--clip-skip", help="Stop CLIP this many layers from the end (1: none)"),
+    subseed: int = typer.Option(None, "--subseed", help="Variation seed (A1111's); -1 for a random one"),
+    subseed_strength: float = typer.Option(None, "--subseed-strength",
+                                           help="How far toward the variation seed's noise, 0 to 1 (0: none)"),
+    seed_resize_from: str = typer.Option(None, "--seed-resize-from", help="Draw the seed's noise at WxH (as made "
+                                         "at that size) and centre it in this size; off: don't"),
+    outpaint: str = typer.Option(None, "--outpaint", help="Extend --init-image's canvas and paint the new area: "
+                                 "SIDE=PIXELS,... with sides left, right, up, down, e.g. left=64,right=64"),
+    inpainting_fill: str = typer.Option(None, "--inpainting-fill", help="What the masked (or new) area holds "
+                                        "before denoising: fill, original, 'latent noise' or 'latent nothing' "
+                                        "(default: original; fill when outpainting)"),
     output: Path = typer.Option(None, "--output", "-o", help="Output folder (default: settings outputs_dir)"),
     from_png: Path = typer.Option(None, "--from-png", help="Start from an image's infotext; options given override"),
+    hires: bool = typer.Option(None, "--hires/--no-hires", help="Hires fix: upscale the first pass and run a second "
+                               "img2img pass (any --hires-* option turns it on)"),
+    hires_scale: float = typer.Option(None, "--hires-scale", help="Hires fix: upscale by (default 2)"),
+    hires_upscaler: str = typer.Option(None, "--hires-upscaler", help="Hires fix: Latent (default), Latent "
+                                       "(bicubic), ..., Lanczos, or a model from `guardforge models list --kind "
+                                       "upscaler`"),
+    hires_steps: int = typer.Option(None, "--hires-steps", help="Hires fix: second-pass steps (0: as --steps)"),
+    hires_strength: float = typer.Option(None, "--hires-strength", help="Hires fix: denoising strength (0.7)"),
+    hires_resize_x: int = typer.Option(None, "--hires-resize-x", help="Hires fix: upscale to this width"),
+    hires_resize_y: int = typer.Option(None, "--hires-resize-y", help="Hires fix: upscale to this height"),
+    hires_sampler: str = typer.Option(None, "--hires-sampler", help="Hires fix: second-pass sampler"),
+    hires_prompt: str = typer.Option(None, "--hires-prompt", help="Hires fix: second-pass prompt"),
+    hires_negative: str = typer.Option(None, "--hires-negative", help="Hires fix: second-pass negative prompt"),
+    hires_cfg: float = typer.Option(None, "--hires-cfg", help="Hires fix: second-pass CFG scale (default: --cfg)"),
     control: list[str] = typer.Option(None, "--control", help="ControlNet image, one per unit (`init`: the init "
                                       "image); repeat the --control-* options per unit, or give one for all"),
     control_model: list[str] = typer.Option(None, "--control-model", help="ControlNet model, once per unit (see "
@@ -129,7 +169,9 @@ def generate(
         "schedule": schedule,
         "steps": steps, "cfg_scale": cfg, "seed": seed, "width": width, "height": height,
         "batch_size": batch_size, "n_iter": n_iter, "denoising_strength": strength, "mask_blur": mask_blur,
-        "inpainting_mask_invert": invert_mask, "clip_skip": clip_skip,
+        "inpainting_mask_invert": invert_mask, "clip_skip": clip_skip, "subseed": subseed,
+        "subseed_strength": subseed_strength, **_seed_resize(seed_resize_from), "outpaint": outpaint,
+        "inpainting_fill": inpainting_fill,
         "init_image": _read_b64(init_image, "--init-image") if init_image else None,
         "mask": _read_b64(mask, "--mask") if mask else None,
     }
@@ -148,6 +190,10 @@ def generate(
     given = {k: v for k, v in given.items() if v is not None}
     from_image = set(fields) - set(given)
     fields.update(given)
+    merge_hires(fields, hires, {
+        "scale": hires_scale, "upscaler": hires_upscaler, "steps": hires_steps, "denoising_strength": hires_strength,
+        "resize_x": hires_resize_x, "resize_y": hires_resize_y, "sampler": hires_sampler, "prompt": hires_prompt,
+        "negative_prompt": hires_negative, "cfg_scale": hires_cfg})
     if "prompt" not in fields:
         raise InvalidRequest("give a PROMPT, or --from-png with an image made by guardforge or A1111")
     request = _build_request(fields, from_image, from_png)

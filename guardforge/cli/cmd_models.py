@@ -6,7 +6,7 @@ import typer
 
 from guardforge.cli import models_app
 
-KINDS = ("checkpoint", "lora", "vae", "controlnet")
+KINDS = ("checkpoint", "lora", "vae", "controlnet", "embedding", "upscaler")
 
 
 def _registry():
@@ -26,7 +26,8 @@ def _kind(value: str | None) -> str | None:
 
 
 @models_app.command("list")
-def list_models(kind: str = typer.Option(None, "--kind", "-k", help="checkpoint, lora, vae or controlnet"),
+def list_models(kind: str = typer.Option(None, "--kind", "-k",
+                                         help="checkpoint, lora, vae, controlnet, embedding or upscaler"),
                 ) -> None:
     """List models: name, kind, family, format, source, short hash (if computed), path."""
     from rich.console import Console
@@ -43,14 +44,19 @@ def list_models(kind: str = typer.Option(None, "--kind", "-k", help="checkpoint,
         table.add_row(e.name, e.kind, e.family, fmt, e.source, e.short_hash_if_known or "-", str(e.path))
     console = Console()
     if not entries:
-        console.print(f"no models; put checkpoints in {registry.root / 'Stable-diffusion'}")
+        from guardforge.models.registry import KIND_FOLDERS, MORE_KIND_FOLDERS
+
+        wanted = kind or "checkpoint"
+        folders = " or ".join(str(registry.root / f) for f in (KIND_FOLDERS[wanted], *MORE_KIND_FOLDERS.get(wanted, ())))
+        console.print(f"no models; put {wanted}s in {folders}")
         return
     console.print(table)
 
 
 @models_app.command("hash")
 def hash_model(name: str = typer.Argument(..., help="Model name, file name or known short hash"),
-               kind: str = typer.Option("checkpoint", "--kind", "-k", help="checkpoint, lora, vae or controlnet"),
+               kind: str = typer.Option("checkpoint", "--kind", "-k",
+                                        help="checkpoint, lora, vae, controlnet, embedding or upscaler"),
                ) -> None:
     """Compute (once; then cached) a model's SHA-256 and print it with A1111's 10-digit short hash."""
     entry = _registry().resolve(name, kind=_kind(kind))

@@ -6,6 +6,8 @@ import json
 import re
 from typing import Any
 
+from guardforge.engine.hires import fields_from_params as hires_fields
+from guardforge.engine.hires import infotext_params as hires_infotext_params
 from guardforge.engine.request import GenerationRequest
 from guardforge.engine.samplers import effective_schedule, split_legacy_sampler
 
@@ -38,11 +40,13 @@ def _number(value: float) -> str:
 
 def build_infotext(request: GenerationRequest, seed: int, width: int, height: int, model_name: str,
                    model_hash: str | None, vae_name: str | None = None, vae_hash: str | None = None,
+                   subseed: int | None = None, ti_hashes: str | None = None,
                    controlnet_units: list[str] | None = None) -> str:
     """Prompt, `Negative prompt:` line (only when there is one), then the parameters line, in A1111's order.
 
     `vae_name` (the VAE's file name, as A1111 writes it) and `vae_hash` only when a VAE replaced the
-    checkpoint's own: A1111 writes neither then."""
+    checkpoint's own: A1111 writes neither then. `subseed`: this image's variation seed, written only when
+    subseed_strength used it. `ti_hashes`: A1111's "name: short hash, ..." of the embeddings the texts used."""
     params: dict[str, Any] = {
         "Steps": request.steps,
         "Sampler": request.sampler,
@@ -55,14 +59,25 @@ def build_infotext(request: GenerationRequest, seed: int, width: int, height: in
         "Model": model_name,
         "VAE hash": vae_hash if vae_name else None,
         "VAE": vae_name,
-        "Denoising strength": request.denoising_strength if request.mode != "txt2img" else None,
+        "Variation seed": subseed if request.subseed_strength > 0 else None,
+        "Variation seed strength": request.subseed_strength if request.subseed_strength > 0 else None,
+        "Seed resize from": (f"{request.seed_resize_from_w}x{request.seed_resize_from_h}"
+                             if request.seed_resize_from_w > 0 and request.seed_resize_from_h > 0 else None),
+        # txt2img's is the hires pass's, as A1111 writes it.
+        "Denoising strength": (request.denoising_strength if request.mode != "txt2img" else
+                               request.hires.denoising_strength if request.hires is not None else None),
         "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
         # A1111 adds these to extra_generation_params for inpainting, which come after the fixed keys.
         "Mask blur": request.mask_blur if request.mode == "inpaint" else None,
         "Mask mode": _INVERTED_MASK_MODE if request.mode == "inpaint" and request.inpainting_mask_invert else None,
+        "Masked content": request.inpainting_fill,
+        "Outpaint": str(request.outpaint) if request.outpaint is not None else None,
+        "TI hashes": ti_hashes or None,
         # sd-webui-controlnet's `ControlNet 0: "Module: canny, Model: ..."`, one per unit (engine/controlnet.py)
         **{f"ControlNet {index}": unit for index, unit in enumerate(controlnet_units or [])},
     }
+    if request.hires is not None:
+        params.update(hires_infotext_params(request))
     line = ", ".join(f"{k}: {quote(v)}" for k, v in params.items() if v is not None)
     negative = f"\nNegative prompt: {request.negative_prompt}" if request.negative_prompt else ""
     return f"{request.prompt}{negative}\n{line}".strip()
@@ -118,13 +133,33 @@ def fields_from_infotext(text: str) -> dict[str, Any]:
         "Steps": "steps", "Sampler": "sampler", "Schedule type": "schedule", "CFG scale": "cfg_scale",
         "Seed": "seed", "Size-1": "width", "Size-2": "height", "Denoising strength": "denoising_strength",
         "Clip skip": "clip_skip", "Mask blur": "mask_blur", "Model": "model", "VAE": "vae",
+        "Variation seed": "subseed", "Variation seed strength": "subseed_strength",
+        "Seed resize from-1": "seed_resize_from_w", "Seed resize from-2": "seed_resize_from_h",
+        "Masked content": "inpainting_fill", "Outpaint": "outpaint",
     }
     for key, name in mapping.items():
         if key in p:
             fields[name] = p[key]
     if p.get("Mask mode") == _INVERTED_MASK_MODE:
         fields["inpainting_mask_invert"] = True
+    if "outpaint" in fields:
+        _size_before_outpaint(fields)
+    hires = hires_fields(p)
+    if hires is not None:
+        fields["hires"] = hires
     return fields
+
+
+def _size_before_outpaint(fields: dict[str, Any]) -> None:
+    """Size is the outpainted image's; a request's width and height are the image's before it is extended."""
+    from guardforge.engine.outpaint import Outpaint
+
+    try:
+        spec = Outpaint.model_validate(fields["outpaint"])
+        width, height = int(fields["width"]), int(fields["height"])
+    except (KeyError, ValueError):  # left for the request's validation to name
+        return
+    fields["width"], fields["height"] = width - spec.left - spec.right, height - spec.up - spec.down
 
 
 def request_from_infotext(text: str, **overrides: Any) -> GenerationRequest:

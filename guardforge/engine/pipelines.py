@@ -18,18 +18,24 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageFilter, ImageOps
 
+from guardforge.engine.hires import HiresPass, check_hires, check_hires_size
 from guardforge.engine.latent_inpaint import LatentBlend, needs_latent_blend
 from guardforge.dependencies import require_lora_support
+from guardforge.engine.embeddings import applied_embeddings, embeddings_in, read_embedding, spell_out
 from guardforge.engine.lora import applied_loras, resolve_loras
+from guardforge.engine.masked_content import LatentFill, fill_mode, source_image
+from guardforge.engine.outpaint import check_canvas, extend
 from guardforge.engine.prompts import encode_prompts, extract_lora_tags, prompt_chunks
 from guardforge.engine.request import GenerationRequest, ProgressEvent
 from guardforge.engine.samplers import build_scheduler, check_sampler
+from guardforge.engine.variation import Variation, request_subseeds, with_fixed_subseed
 from guardforge.errors import Cancelled, InvalidRequest
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
     from guardforge.engine.controlnet import ControlRun
+    from guardforge.engine.upscalers import Upscalers
     from guardforge.models.cache import LoadedModel
     from guardforge.models.registry import ModelRegistry
     from guardforge.settings import Settings
@@ -71,10 +77,11 @@ def native_size_from_configs(folder: Path) -> tuple[int, int]:
 
 
 def request_seeds(request: GenerationRequest) -> list[int]:
-    """One seed per image: seed, seed+1, ... over batch_size x n_iter; -1 draws a fresh random first seed."""
+    """One seed per image: seed, seed+1, ... over batch_size x n_iter; -1 draws a fresh random first seed.
+    With a variation strength every image has the same seed and the subseeds count up instead (A1111's)."""
     total = request.batch_size * request.n_iter
     first = request.seed if request.seed != -1 else secrets.randbelow(2**32 - total)
-    return [first + i for i in range(total)]
+    return [first + (i if request.subseed_strength == 0 else 0) for i in range(total)]
 
 
 def binary_mask(mask: Image.Image) -> Image.Image:
@@ -112,6 +119,7 @@ class _Progress:
         self.iteration = 0
         self.done = 0
         self.per_batch = 0
+        self.fixed_per_batch = 0  # steps per batch known up front (hires fix: both passes); 0: the pipe's
         self.started = time.perf_counter()
 
     def interrupted(self) -> bool:
@@ -132,7 +140,7 @@ class _Progress:
 
     def callback(self, pipe: DiffusionPipeline, step: int, timestep: Any, kwargs: dict) -> dict:
         self.done += 1
-        self.per_batch = per_batch = int(getattr(pipe, "num_timesteps", 0) or step + 1)
+        self.per_batch = per_batch = self.fixed_per_batch or int(getattr(pipe, "num_timesteps", 0) or step + 1)
         if self.on_progress is not None:
             total = per_batch * self.n_iter
             elapsed = max(time.perf_counter() - self.started, 1e-9)
@@ -167,9 +175,10 @@ class Engine:
     """Runs requests on LoadedModels. Holds no model and no lock: Studio's cache holds the models, and run() takes
     the lock each LoadedModel carries, so requests on one model copy take turns."""
 
-    def __init__(self, settings: Settings, registry: ModelRegistry | None = None):
+    def __init__(self, settings: Settings, registry: ModelRegistry | None = None, upscalers: Upscalers | None = None):
         self.settings = settings
         self._registry = registry
+        self._upscalers = upscalers
 
     @property
     def registry(self) -> ModelRegistry:
@@ -178,6 +187,14 @@ class Engine:
 
             self._registry = ModelRegistry(self.settings)
         return self._registry
+
+    @property
+    def upscalers(self) -> Upscalers:
+        if self._upscalers is None:
+            from guardforge.engine.upscalers import Upscalers
+
+            self._upscalers = Upscalers(self.settings, self.registry)
+        return self._upscalers
 
     def check(self, request: GenerationRequest) -> None:
         """Refuse now, without loading anything, what run() would refuse later: an unknown sampler or a
@@ -191,6 +208,10 @@ class Engine:
         if tags:
             require_lora_support()
             resolve_loras(self.registry, tags, self.settings.allow_pickle)
+        for entry in embeddings_in(self.registry, prompt, request.negative_prompt):
+            read_embedding(entry, self.settings.allow_pickle)  # a pickle or a file of no vectors is refused now
+        if request.hires is not None:
+            check_hires(request, self.upscalers)
 
     def size_for(self, loaded: LoadedModel, request: GenerationRequest) -> tuple[int, int]:
         native_w, native_h = native_size(loaded.pipeline)
@@ -220,22 +241,32 @@ class Engine:
         mode = request.mode
         if mode != "txt2img" and init_image is None:
             raise InvalidRequest(f"{mode} needs the decoded init image")
-        if mode == "inpaint" and mask is None:
+        if mode == "inpaint" and mask is None and request.outpaint is None:
             raise InvalidRequest("inpaint needs the decoded mask")
         _check_strength(request)
-        width, height = self.size_for(loaded, request)
+        if request.outpaint is not None:  # the larger canvas and its mask, then inpainted as any other
+            check_canvas(request, init_image.size, self.settings.limits)
+            init_image, mask = extend(init_image, request)
+        width, height = init_image.size if request.outpaint is not None else self.size_for(loaded, request)
+        if request.hires is not None:
+            check_hires(request, self.upscalers)
+            check_hires_size(width, height, request.hires, self.settings.limits)
         seeds = request_seeds(request)
+        subseeds = request_subseeds(with_fixed_subseed(request))
         prompt, tags = extract_lora_tags(request.prompt)
         loras = resolve_loras(self.registry, tags, self.settings.allow_pickle) if tags else []
+        embeddings = embeddings_in(self.registry, prompt, request.negative_prompt)
 
         mode_inputs: dict[str, Any] = {}
-        original = blend_mask = None
+        original = blend_mask = source = None
         if init_image is not None:
             original = init_image.convert("RGB").resize((width, height), Image.LANCZOS)
             mode_inputs = {"image": original, "strength": request.denoising_strength}
         if mode == "inpaint":
             blend_mask = prepare_mask(mask, (width, height), request.mask_blur, request.inpainting_mask_invert)
-            mode_inputs.update(mask_image=blend_mask, width=width, height=height)
+            # What the masked area holds before denoising; the overlay afterwards uses `original`.
+            source = source_image(original, blend_mask, fill_mode(request))
+            mode_inputs.update(image=source, mask_image=blend_mask, width=width, height=height)
         elif mode == "txt2img":
             mode_inputs.update(width=width, height=height)
 
@@ -250,21 +281,32 @@ class Engine:
             if mode == "inpaint" and needs_latent_blend(loaded.pipeline):
                 run_mode = "img2img"
                 pipe = control.pipeline(loaded, run_mode) if control is not None else loaded.for_mode("img2img")
-                latent_blend = LatentBlend(pipe, original, blend_mask)
-                mode_inputs = {"image": original, "strength": request.denoising_strength}
+                latent_blend = LatentBlend(pipe, source, blend_mask)
+                mode_inputs = {"image": source, "strength": request.denoising_strength}
             else:
                 pipe = control.pipeline(loaded, mode) if control is not None else loaded.for_mode(mode)
             control_inputs = control.inputs(run_mode) if control is not None else {}
+            variation = Variation.of(request, pipe)
+            latent_fill = LatentFill.of(request, blend_mask)
             # The engine reports progress through on_progress; diffusers' own tqdm bar would only add noise.
             pipe.set_progress_bar_config(disable=True)
             progress.check_cancel()
             base_scheduler = pipe.scheduler
             try:
-                with applied_loras(pipe, loras):
+                with applied_loras(pipe, loras), \
+                        applied_embeddings(pipe, embeddings, self.settings.allow_pickle) as inversions:
                     # Encoded once per request, after the LoRAs, which may patch the text encoder too.
                     with torch.no_grad():
-                        embeds = encode_prompts(pipe, prompt, request.negative_prompt, request.clip_skip,
+                        embeds = encode_prompts(pipe, spell_out(prompt, inversions),
+                                                spell_out(request.negative_prompt, inversions), request.clip_skip,
                                                 pipe._execution_device)
+                    hires = hires_embeds = None
+                    if request.hires is not None:
+                        hires = HiresPass(loaded, request, self.upscalers, (width, height), prompt,
+                                          base_scheduler.config)
+                        progress.fixed_per_batch = hires.steps_per_batch()
+                        same = (hires.prompt, hires.negative) == (prompt, request.negative_prompt)
+                        hires_embeds = embeds if same else hires.encode(request.clip_skip)
                     for iteration in range(request.n_iter):
                         progress.iteration = iteration
                         progress.check_cancel()
@@ -273,22 +315,35 @@ class Engine:
                         batch_seeds = seeds[iteration * request.batch_size:(iteration + 1) * request.batch_size]
                         pipe.scheduler = build_scheduler(base_scheduler.config, request.sampler, request.schedule,
                                                          seed=batch_seeds[0])
+                        generators = [torch.Generator("cpu").manual_seed(s) for s in batch_seeds]
+                        varied = {}
+                        if variation is not None:
+                            varied = variation.prepare_batch(
+                                pipe, mode, mode_inputs, generators, batch_seeds,
+                                subseeds[iteration * request.batch_size:(iteration + 1) * request.batch_size],
+                                embeds.kwargs["prompt_embeds"].dtype)
+                        if latent_fill is not None:
+                            latent_fill.install(pipe, batch_seeds)
                         callback = progress.callback
                         if latent_blend is not None:
                             latent_blend.start_batch(batch_seeds)
                             callback = _chained(latent_blend, progress.callback)
-                        output = pipe(
+                        first_pass = dict(
                             **embeds.kwargs,
                             **mode_inputs,
+                            **varied,
                             **control_inputs,
                             num_inference_steps=request.steps,
                             guidance_scale=request.cfg_scale,
                             num_images_per_prompt=request.batch_size,
-                            generator=[torch.Generator("cpu").manual_seed(s) for s in batch_seeds],
-                            output_type="pil",
+                            generator=generators,
                             callback_on_step_end=callback,
                         )
-                        for image, seed in zip(output.images, batch_seeds, strict=True):
+                        if hires is not None:
+                            images = hires.run_batch(pipe, first_pass, batch_seeds, hires_embeds, progress, cancel)
+                        else:
+                            images = pipe(**first_pass, output_type="pil").images
+                        for image, seed in zip(images, batch_seeds, strict=True):
                             if blend_mask is not None:
                                 # A1111's overlay: pixels outside the (blurred) mask come back from the original
                                 # exactly, undoing the VAE round trip's drift there.

@@ -7,6 +7,9 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from guardforge.engine.controlnet_unit import ControlNetUnit
+from guardforge.engine.hires import HiresOptions, check_hires_size
+from guardforge.engine.masked_content import InpaintingFill
+from guardforge.engine.outpaint import Outpaint
 from guardforge.errors import InvalidRequest
 from guardforge.guard.verdict import Verdict
 from guardforge.settings import DType, Limits, Offload
@@ -64,7 +67,21 @@ class GenerationRequest(BaseModel):
     denoising_strength: float = Field(0.75, ge=0.0, le=1.0)
     mask_blur: int = Field(4, ge=0, le=64)
     inpainting_mask_invert: bool = False
+    # A1111's variation seed (engine/variation.py): each image's noise slerped toward its subseed's by
+    # subseed_strength; subseeds count up per image as seeds do, and -1 draws one. "Resize seed from" WxH
+    # draws the seed's noise at that size, pasted centred (0 or -1: off).
+    subseed: int = Field(-1, ge=-1, le=SEED_MAX)
+    subseed_strength: float = Field(0.0, ge=0.0, le=1.0)
+    seed_resize_from_w: int = Field(-1, ge=-1)
+    seed_resize_from_h: int = Field(-1, ge=-1)
+    # Outpainting (engine/outpaint.py): the init image's canvas extended by these pixels, the new area inpainted.
+    outpaint: Outpaint | None = None
+    # A1111's "Masked content" for inpaint and outpaint (engine/masked_content.py); None: "original" for inpaint,
+    # "fill" for outpaint.
+    inpainting_fill: InpaintingFill | None = None
     memory: MemoryOptions = MemoryOptions()
+    # txt2img's hires fix (A1111's enable_hr): None, no second pass.
+    hires: HiresOptions | None = None
     controlnet: list[ControlNetUnit] = []  # applied together (MultiControlNet), each with its own weight and span
 
     @field_validator("width", "height")
@@ -109,6 +126,23 @@ class GenerationRequest(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _outpaint_needs_image_alone(self) -> GenerationRequest:
+        if self.outpaint is not None:
+            if self.init_image is None:
+                raise ValueError("outpaint needs an init_image to extend")
+            if self.mask is not None or self.inpainting_mask_invert:
+                raise ValueError("outpaint makes its own mask: leave mask and inpainting_mask_invert out")
+        if self.inpainting_fill is not None and self.mask is None and self.outpaint is None:
+            raise ValueError("inpainting_fill says what fills a masked area: give a mask or outpaint, or leave it out")
+        return self
+
+    @model_validator(mode="after")
+    def _hires_is_txt2img(self) -> GenerationRequest:
+        if self.hires is not None and self.init_image is not None:
+            raise ValueError("hires fix is for txt2img: leave hires out with an init_image")
+        return self
+
+    @model_validator(mode="after")
     def _control_images_exist(self) -> GenerationRequest:
         for index, unit in enumerate(self.controlnet):
             if unit.image is None and self.init_image is None:
@@ -121,13 +155,26 @@ class GenerationRequest(BaseModel):
         if self.seed != -1 and last > SEED_MAX:
             raise ValueError(f"seeds {self.seed}..{last} (one per image) run past the largest seed, {SEED_MAX}; "
                              "start lower")
+        last = self.subseed + self.batch_size * self.n_iter - 1
+        if self.subseed != -1 and last > SEED_MAX:
+            raise ValueError(f"subseeds {self.subseed}..{last} (one per image) run past the largest seed, "
+                             f"{SEED_MAX}; start lower")
+        return self
+
+    @model_validator(mode="after")
+    def _seed_resize_is_a_size(self) -> GenerationRequest:
+        w, h = self.seed_resize_from_w, self.seed_resize_from_h
+        if (w > 0) != (h > 0):
+            raise ValueError(f"seed_resize_from needs both a width and a height (got {w}x{h}); 0 or -1 in both: off")
+        if w > 0 and (w % 8 or h % 8):
+            raise ValueError(f"seed_resize_from {w}x{h}: both must be multiples of 8")
         return self
 
     @property
     def mode(self) -> Literal["txt2img", "img2img", "inpaint"]:
         if self.init_image is None:
             return "txt2img"
-        return "inpaint" if self.mask is not None else "img2img"
+        return "inpaint" if self.mask is not None or self.outpaint is not None else "img2img"
 
     def check_limits(self, limits: Limits) -> None:
         """Raise InvalidRequest naming the first cap this request breaks."""
@@ -135,13 +182,25 @@ class GenerationRequest(BaseModel):
             ("steps", self.steps, limits.max_steps),
             ("width", self.width or 0, limits.max_width),
             ("height", self.height or 0, limits.max_height),
+            ("seed_resize_from_w", self.seed_resize_from_w, limits.max_width),
+            ("seed_resize_from_h", self.seed_resize_from_h, limits.max_height),
             ("batch_size", self.batch_size, limits.max_batch_size),
             ("n_iter", self.n_iter, limits.max_n_iter),
             ("controlnet units", len(self.controlnet), limits.max_controlnet_units),
         ]
+        if self.outpaint is not None:  # without a size, the image's own counts, once known (outpaint.check_canvas)
+            spec = self.outpaint
+            checks += [("outpainted width", self.width + spec.left + spec.right if self.width else 0,
+                        limits.max_width),
+                       ("outpainted height", self.height + spec.up + spec.down if self.height else 0,
+                        limits.max_height)]
+        if self.hires is not None:
+            checks.append(("hires.steps", self.hires.steps, limits.max_steps))
         for name, value, cap in checks:
             if value > cap:
                 raise InvalidRequest(f"{name}={value} is over this server's limit of {cap}")
+        if self.hires is not None and self.width and self.height:  # else the engine checks, at the native size
+            check_hires_size(self.width, self.height, self.hires, limits)
 
 
 class ProgressEvent(BaseModel):
@@ -161,6 +220,7 @@ class GeneratedImage(BaseModel):
 
     image_id: str
     seed: int
+    subseed: int | None = None  # A1111's variation seed, when subseed_strength used it
     infotext: str
     width: int
     height: int
@@ -175,6 +235,7 @@ class GenerationResult(BaseModel):
     request: GenerationRequest
     images: list[GeneratedImage]
     seeds: list[int]
+    subseeds: list[int] = []  # one per image, as A1111's all_subseeds (drawn even when the strength is 0)
     model: str
     model_hash: str | None
     # The VAE used in place of the checkpoint's own, by its file name as A1111 names VAEs; None: the own.

@@ -15,6 +15,7 @@ class ImageResult(BaseModel):
 
     image_id: str
     seed: int
+    subseed: int | None = None
     infotext: str
     width: int
     height: int
@@ -27,6 +28,7 @@ class GenerationJobResult(BaseModel):
 
     images: list[ImageResult] = []
     seeds: list[int] = []
+    subseeds: list[int] = []
     model: str
     model_hash: str | None = None
     vae: str | None = None  # the VAE used in place of the checkpoint's own (its file name, as A1111 names it)

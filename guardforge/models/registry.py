@@ -17,7 +17,7 @@ from guardforge.models.hashing import HashCache, weight_files
 if TYPE_CHECKING:
     from guardforge.settings import Settings
 
-Kind = Literal["checkpoint", "lora", "vae", "controlnet"]
+Kind = Literal["checkpoint", "lora", "vae", "controlnet", "embedding", "upscaler"]
 Format = Literal["diffusers", "single_file"]
 Source = Literal["user", "shipped"]
 
@@ -27,7 +27,12 @@ KIND_FOLDERS: dict[Kind, str] = {
     "lora": "Lora",
     "vae": "VAE",
     "controlnet": "ControlNet",
+    "embedding": "embeddings",  # textual inversion (A1111 keeps it beside models/; sdnext inside, as here)
+    "upscaler": "ESRGAN",
 }
+# Kinds A1111 spreads over more than one folder: its ESRGAN and Real-ESRGAN models are one kind here (one loader
+# reads both), so a name from either folder works wherever an upscaler is asked for.
+MORE_KIND_FOLDERS: dict[Kind, tuple[str, ...]] = {"upscaler": ("RealESRGAN",)}
 SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".bin", ".pth")
 MODEL_SUFFIXES = SAFE_SUFFIXES + PICKLE_SUFFIXES
@@ -38,6 +43,8 @@ _FOLDER_MARKERS: dict[Kind, tuple[str, ...]] = {
     "lora": ("pytorch_lora_weights.safetensors", "adapter_config.json"),
     "vae": ("config.json",),
     "controlnet": ("config.json",),
+    "embedding": (),  # single files only: a folder groups them
+    "upscaler": (),  # single files only: every subfolder groups models
 }
 _FORCED_RESCAN_INTERVAL_S = 1.0
 # "name [abcdef0123]" is how A1111 clients spell a checkpoint (sd_model_checkpoint, infotext).
@@ -184,10 +191,11 @@ class ModelRegistry:
         found: list[ModelEntry] = []
         self._watch(self.root, seen)
         for kind, folder_name in KIND_FOLDERS.items():
-            folder = self.root / folder_name
-            self._watch(folder, seen)
-            if folder.is_dir():
-                self._scan_folder(folder, folder, kind, found, seen)
+            for name in (folder_name, *MORE_KIND_FOLDERS.get(kind, ())):
+                folder = self.root / name
+                self._watch(folder, seen)
+                if folder.is_dir():
+                    self._scan_folder(folder, folder, kind, found, seen)
         taken = {(e.kind, e.name) for e in found}
         self._watch(self.shipped_root, seen)
         if self.shipped_root.is_dir():

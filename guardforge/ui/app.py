@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import io
 import math
 import time
@@ -17,8 +16,10 @@ from guardforge.errors import GuardforgeError
 from guardforge.guard.blur import withheld_tile
 from guardforge.imaging import encode_image
 from guardforge.access.caller import LOCAL_OWNER, Caller
-from guardforge.ui import guard_view
+from guardforge.ui import guard_view, outpaint_controls, seed_extras
 from guardforge.ui.controlnet_panel import ControlNetPanel
+from guardforge.ui.extras import extras_tab
+from guardforge.ui.hires import hires_options, hires_section, hires_updates, hires_upscalers
 from guardforge.ui.uploads import (
     CLEAN_EVERY_S,
     KEEP_UPLOADS_S,
@@ -42,6 +43,8 @@ def _caller(studio, request: gr.Request | None) -> Caller:
 
 
 SCHEDULES = list(SCHEDULE_TYPES)
+# What PNG info and Reuse set: prompt, negative, the nine of `params`, the five seed extras, the ten of hires fix.
+FORM_FIELDS = 26
 
 
 _bar = guard_view.bar
@@ -116,7 +119,9 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
         return list(SAMPLERS)
 
     def run(mode, prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed,
-            init_image, strength, editor, request: gr.Request, controlnet: list | None = None):
+            init_image, strength, editor, extra, subseed, subseed_strength, resize_w, resize_h,
+            out_left, out_right, out_up, out_down, fill, request: gr.Request, hires=None,
+            controlnet: list | None = None):
         owner = _owner(request)
         if rate_limit is not None:
             try:
@@ -125,18 +130,22 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
                 raise gr.Error(_retry_message(exc)) from None
         fields = dict(prompt=prompt, negative_prompt=negative, model=model or None, vae=vae or None, sampler=sampler,
                       schedule=schedule, steps=int(steps), cfg_scale=float(cfg), width=int(width),
-                      height=int(height), seed=int(seed))
+                      height=int(height), seed=int(seed), hires=hires)
+        fields.update(seed_extras.request_fields(extra, subseed, subseed_strength, resize_w, resize_h))
         if mode == "img2img":
             if init_image is None:
                 raise gr.Error("drop an image to start from")
             # Decoded under the pixel cap by UploadedImage, so re-encoding it costs no more than the API's call.
             fields.update(init_image=encode_image(init_image.convert("RGB")), denoising_strength=strength)
+            fields.update(outpaint_controls.request_fields(out_left, out_right, out_up, out_down, fill))
         elif mode == "inpaint":
             background, mask = _mask_from_editor(editor)
             if background is None or mask is None:
                 raise gr.Error("load an image and paint the area to repaint")
             fields.update(init_image=encode_image(background), mask=encode_image(mask),
                           denoising_strength=strength)
+            if fill not in (None, "original"):  # "original", the inpaint default, is left unsaid as before
+                fields["inpainting_fill"] = fill
         if controlnet:
             fields["controlnet"] = controlnet  # ControlNetPanel's enabled units
         caller = _caller(studio, request)
@@ -173,10 +182,24 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
     def runner(mode: str):
         # An explicit signature, so that Gradio sees the gr.Request parameter and fills it in.
         def run_mode(prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed, init_image,
-                     strength, editor, request: gr.Request):
+                     strength, editor, extra=False, subseed=-1, subseed_strength=0, resize_w=0, resize_h=0,
+                     out_left=0, out_right=0, out_up=0, out_down=0, fill=None, request: gr.Request = None,
+                     controlnet: list | None = None):
             yield from run(mode, prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed,
-                           init_image, strength, editor, request)
+                           init_image, strength, editor, extra, subseed, subseed_strength, resize_w, resize_h,
+                           out_left, out_right, out_up, out_down, fill, request, controlnet=controlnet)
         return run_mode
+
+    def run_txt2img(prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed, init_image,
+                    strength, editor, extra=False, subseed=-1, subseed_strength=0, resize_w=0, resize_h=0,
+                    hr_enabled=False, hr_upscaler="Latent", hr_scale=2, hr_steps=0, hr_strength=0.7, hr_resize_x=0,
+                    hr_resize_y=0, hr_sampler="Use same sampler", hr_prompt="", hr_negative="",
+                    request: gr.Request = None, controlnet: list | None = None):
+        hires = hires_options(hr_enabled, hr_upscaler, hr_scale, hr_steps, hr_strength, hr_resize_x, hr_resize_y,
+                              hr_sampler, hr_prompt, hr_negative)
+        yield from run("txt2img", prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed,
+                       init_image, strength, editor, extra, subseed, subseed_strength, resize_w, resize_h,
+                       0, 0, 0, 0, None, request, hires=hires, controlnet=controlnet)
 
     def show_selected(job_id, evt: gr.SelectData, request: gr.Request):
         job = studio.job(job_id, _caller(studio, request))
@@ -197,7 +220,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
 
     def read_png(path):
         if not path:
-            return (gr.update(),) * 11 + ("",)
+            return (gr.update(),) * FORM_FIELDS + ("",)
         from guardforge.engine.infotext import request_from_infotext
 
         # Header and text chunks only: the parameters come before the pixels, which are never decoded here.
@@ -205,11 +228,12 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
         text, _, _ = png_info(image)  # as /sdapi/v1/png-info reads it: the PNG chunk, else EXIF (JPEG, WebP)
         image.close()
         if not text:
-            return (gr.update(),) * 11 + ("this image carries no generation parameters",)
+            return (gr.update(),) * FORM_FIELDS + ("this image carries no generation parameters",)
         try:
-            params = request_from_infotext(text).model_dump()
+            # An outpainted or inpainted image's mask settings need its image, which PNG info does not fill in.
+            params = request_from_infotext(text, outpaint=None, inpainting_fill=None).model_dump()
         except Exception as exc:  # a foreign infotext (unknown sampler, odd sizes): show it, fill nothing
-            return (gr.update(),) * 11 + (f"{text}\n\n(not usable here: {exc})",)
+            return (gr.update(),) * FORM_FIELDS + (f"{text}\n\n(not usable here: {exc})",)
         return _fields_update(params) + (text,)
 
     def _fields_update(params: dict):
@@ -226,7 +250,8 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
             gr.update(value=get("width")) if get("width") else gr.update(),
             gr.update(value=get("height")) if get("height") else gr.update(),
             gr.update(value=get("seed")) if get("seed") is not None else gr.update(),
-        )
+            *seed_extras.updates(params),
+        ) + hires_updates(get("hires"), hires_upscalers(studio))
 
     with gr.Blocks(title="guardforge", delete_cache=(CLEAN_EVERY_S, KEEP_UPLOADS_S)) as ui:
         gr.Markdown("# guardforge")
@@ -249,14 +274,17 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
             width = gr.Slider(8, limits.max_width, value=native_w, step=8, label="Width", elem_id="gf-width")
             height = gr.Slider(8, limits.max_height, value=native_h, step=8, label="Height", elem_id="gf-height")
             seed = gr.Number(-1, precision=0, label="Seed (-1: random)", elem_id="gf-seed")
+        extras = seed_extras.build(limits)
         with gr.Tabs():
             with gr.Tab("txt2img"):
                 txt_button = gr.Button("Generate", variant="primary", elem_id="gf-generate")
+                hires_inputs = hires_section(studio)
                 txt_controls = ControlNetPanel(studio, rate_limit, _owner, img2img=False).build("txt2img")
             with gr.Tab("img2img"):
                 init_image = with_cap(UploadedImage(type="pil", label="Start from", elem_id="gf-init-image"),
                                       limits.max_image_pixels)
                 strength = gr.Slider(0, 1, value=0.75, step=0.05, label="Denoising strength")
+                outpaint = outpaint_controls.build(limits)
                 img_button = gr.Button("Generate from image", variant="primary")
                 img_controls = ControlNetPanel(studio, rate_limit, _owner, img2img=True).build("img2img")
             with gr.Tab("inpaint"):
@@ -265,7 +293,9 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
                                                       elem_id="gf-editor"),
                                   limits.max_image_pixels)
                 inpaint_strength = gr.Slider(0, 1, value=0.75, step=0.05, label="Denoising strength")
+                inpaint_fill = outpaint_controls.masked_content("original", "gf-inpaint-fill")
                 inpaint_button = gr.Button("Inpaint", variant="primary")
+            extras_tab(studio, rate_limit, lambda request: _caller(studio, request), _owner)
             with gr.Tab("PNG info"):
                 png = UploadedFile(label="Drop a PNG made by guardforge or A1111", file_types=[".png"],
                                    type="filepath", elem_id="gf-png")
@@ -286,22 +316,28 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
         # No Gradio concurrency limit (its default is 1: one user's generation at a time, the next user's click
         # not even submitted): a handler only submits and polls, and our queue applies the workers, the
         # per-key caps and the rate limit, as it does for the API.
+        # The handlers' parameters, in the order of their inputs; the ControlNet units' come last. The endpoints
+        # keep the names API clients already call: /run_mode (txt2img), /run_mode_1 (img2img), /run_mode_2 (inpaint).
         names = ["prompt", "negative", "model", "vae", "sampler", "schedule", "steps", "cfg", "width", "height", "seed",
-                 "init_image", "strength", "editor"]
-        txt_button.click(txt_controls.wrap(functools.partial(run, "txt2img"), names),
-                         [prompt, negative, *params, init_image, strength, editor, *txt_controls.components], outputs,
-                         concurrency_limit=None)
-        img_button.click(img_controls.wrap(functools.partial(run, "img2img"), names),
-                         [prompt, negative, *params, init_image, strength, editor, *img_controls.components], outputs,
+                 "init_image", "strength", "editor", "extra", "subseed", "subseed_strength", "resize_w", "resize_h"]
+        hires_names = ["hr_enabled", "hr_upscaler", "hr_scale", "hr_steps", "hr_strength", "hr_resize_x",
+                       "hr_resize_y", "hr_sampler", "hr_prompt", "hr_negative"]
+        outpaint_names = ["out_left", "out_right", "out_up", "out_down", "fill"]
+        txt_button.click(txt_controls.wrap(run_txt2img, names + hires_names),
+                         [prompt, negative, *params, init_image, strength, editor, *extras, *hires_inputs,
+                          *txt_controls.components], outputs, concurrency_limit=None, api_name="run_mode")
+        img_button.click(img_controls.wrap(runner("img2img"), names + outpaint_names),
+                         [prompt, negative, *params, init_image, strength, editor, *extras, *outpaint,
+                          *img_controls.components], outputs,
                          concurrency_limit=None)
         inpaint_button.click(runner("inpaint"),
-                             [prompt, negative, *params, init_image, inpaint_strength, editor], outputs,
-                             concurrency_limit=None)
+                             [prompt, negative, *params, init_image, inpaint_strength, editor, *extras, *outpaint[:4],
+                              inpaint_fill], outputs, concurrency_limit=None)
         gallery.select(show_selected, [job_state], [infotext, verdict])
         # `input`, not `change`: a model set by PNG info or Reuse comes with its own size, which must stay.
         model.input(sizes_for, [model], [width, height])
         refresh.click(history, None, [table, chosen])
-        fields = [prompt, negative, *params]
+        fields = [prompt, negative, *params, *extras, *hires_inputs]
         reuse_button.click(reuse, [chosen], fields)
         png.upload(read_png, [png], [*fields, png_text])
     return ui

@@ -9,10 +9,15 @@ from typing import Any
 from fastapi import APIRouter, Body, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
-from guardforge.a1111.adapter import A1111, title
+from guardforge.a1111 import extras
+from guardforge.a1111.adapter import A1111, scripts_listed, title
 from guardforge.a1111.adapter import png_info as png_info_of
 from guardforge.a1111.schemas import (
     SCHEDULERS_LISTED,
+    ExtrasBatchImagesPayload,
+    ExtrasBatchImagesResponse,
+    ExtrasSingleImagePayload,
+    ExtrasSingleImageResponse,
     ImageResponse,
     Img2ImgPayload,
     Lora,
@@ -24,6 +29,7 @@ from guardforge.a1111.schemas import (
     Scheduler,
     SdModel,
     Txt2ImgPayload,
+    UpscalerItem,
 )
 from guardforge.imaging import decode_image
 from guardforge.server.auth import Caller, get_caller, get_limited_caller, sees_server_paths
@@ -174,25 +180,58 @@ def loras(request: Request, caller: Caller = Depends(get_caller)) -> list[Lora]:
     return [Lora(name=e.name, alias=e.name, path=shown_path(request, e)) for e in entries]
 
 
+@router.get("/embeddings", summary="Textual inversion embeddings in models/embeddings (\"loaded\": those that fit "
+            "the caller's checkpoint)", responses=errors(401, 404))
+def embeddings(request: Request, caller: Caller = Depends(get_caller)) -> dict[str, dict]:
+    return a1111(request).embeddings(caller)
+
+
+@router.post("/refresh-embeddings", summary="Rescan the models folder", responses=errors(401))
+def refresh_embeddings(request: Request, caller: Caller = Depends(get_caller)) -> None:
+    request.app.state.studio.refresh_models()
+
+
 @router.get("/sd-vae", summary="VAEs in models/VAE", responses=errors(401))
 def sd_vae(request: Request, caller: Caller = Depends(get_caller)) -> list[dict[str, str]]:
     return [{"model_name": e.name, "filename": shown_path(request, e)}
             for e in request.app.state.studio.models("vae")]
 
 
-@router.get("/upscalers", summary="Upscalers (none: guardforge has no upscaler)", responses=errors(401))
-async def upscalers(caller: Caller = Depends(get_caller)) -> list[dict[str, Any]]:
-    return []
+@router.get("/upscalers", response_model=list[UpscalerItem], summary="Upscalers: None, Lanczos, Nearest, then "
+            "the models in models/ESRGAN and models/RealESRGAN", responses=errors(401))
+def upscalers(request: Request, caller: Caller = Depends(get_caller)) -> list[UpscalerItem]:
+    # A built-in's scale is A1111's UpscalerData default, 4; a model's is its own, read from its tensors.
+    return [UpscalerItem(name=u.name, model_name=u.entry.name if u.entry else None,
+                         model_path=shown_path(request, u.entry) if u.entry else None,
+                         scale=u.scale if u.entry else 4.0)
+            for u in request.app.state.studio.upscalers_listed()]
 
 
-@router.get("/scripts", summary="Scripts: controlnet, the one alwayson script guardforge runs (sd-webui-controlnet's "
-            "units in alwayson_scripts); A1111's other scripts do not run here", responses=errors(401))
+@router.post("/extra-single-image", response_model=ExtrasSingleImageResponse,
+             summary="Upscale one image (A1111's extras): the image is guarded as an input, the result as an output",
+             responses=errors(401, 404, 413, 422, 429))
+async def extra_single_image(payload: ExtrasSingleImagePayload, request: Request,
+                             caller: Caller = Depends(get_limited_caller)) -> ExtrasSingleImageResponse:
+    return await run_in_threadpool(extras.extra_single_image, request.app.state.studio, payload, caller)
+
+
+@router.post("/extra-batch-images", response_model=ExtrasBatchImagesResponse,
+             summary="Upscale several images (A1111's extras), each guarded as an input and as an output",
+             responses=errors(401, 404, 413, 422, 429))
+async def extra_batch_images(payload: ExtrasBatchImagesPayload, request: Request,
+                             caller: Caller = Depends(get_limited_caller)) -> ExtrasBatchImagesResponse:
+    return await run_in_threadpool(extras.extra_batch_images, request.app.state.studio, payload, caller)
+
+
+@router.get("/scripts", summary="Scripts: poor man's outpainting (img2img) and controlnet, the alwayson script "
+            "guardforge runs (sd-webui-controlnet's units); A1111's other scripts do not run here",
+            responses=errors(401))
 async def scripts(caller: Caller = Depends(get_caller)) -> dict[str, list[str]]:
-    # Clients look for "controlnet" here to tell whether the extension is installed, as A1111 lists it.
-    return {"txt2img": ["controlnet"], "img2img": ["controlnet"]}
+    return scripts_listed()
 
 
-@router.get("/latent-upscale-modes", summary="Latent upscale modes (none: no hires fix here)", responses=errors(401))
+@router.get("/latent-upscale-modes", summary="Latent upscale modes (hires fix's hr_upscaler)", responses=errors(401))
 async def latent_upscale_modes(caller: Caller = Depends(get_caller)) -> list[dict[str, str]]:
-    # SillyTavern lists these beside /upscalers; an empty list says "no hires fix" without a 404.
-    return []
+    from guardforge.engine.upscalers import LATENT_UPSCALE_MODES
+
+    return [{"name": name} for name in LATENT_UPSCALE_MODES]

@@ -1,0 +1,25 @@
+"""The web UI's generation endpoints take their inputs by position. After the prompt, negative, nine parameters,
+init image, strength and inpaint editor come each tab's own controls; these are those controls, switched off."""
+
+from guardforge.ui.controlnet_panel import units_off
+
+# Extra (the variation seed row), variation seed, its strength, resize seed from width and height.
+SEED_EXTRAS_OFF = (False, -1, 0, 0, 0)
+# Hires fix: enabled, upscaler, scale, steps, strength, resize x and y, sampler, prompt, negative prompt.
+HIRES_OFF = (False, "Latent", 2, 0, 0.7, 0, 0, "Use same sampler", "", "")
+# Outpaint: left, right, up, down, masked content.
+OUTPAINT_OFF = (0, 0, 0, 0, "fill")
+
+
+def txt2img_off(seed_extras: tuple = SEED_EXTRAS_OFF, hires: tuple = HIRES_OFF) -> tuple:
+    """/run_mode's inputs after the editor: the seed extras, hires fix, the tab's ControlNet units."""
+    return (*seed_extras, *hires, *units_off())
+
+
+def img2img_off(seed_extras: tuple = SEED_EXTRAS_OFF, outpaint: tuple = OUTPAINT_OFF) -> tuple:
+    """/run_mode_1's inputs after the editor: the seed extras, outpaint, the tab's ControlNet units."""
+    return (*seed_extras, *outpaint, *units_off())
+
+
+# /run_mode_2's (inpaint) inputs after the editor: the seed extras, then the masked content (its default).
+INPAINT_OFF = (*SEED_EXTRAS_OFF, 0, 0, 0, 0, "original")
