@@ -148,6 +148,18 @@ class Studio:
         check_checkpoint(entry, self.settings)
         return entry
 
+    def usable_refiner(self, request: GenerationRequest, model=None):
+        """The refiner checkpoint a request names (None when it names none), refused now as usable_checkpoint
+        refuses, and when it cannot take over from the request's model (engine/refiner.py's check_refiner).
+        `model`: the request's model entry, when resolved already."""
+        from guardforge.engine.refiner import check_refiner
+
+        if request.refiner is None:
+            return None
+        entry = self.usable_checkpoint(request.refiner.checkpoint)
+        check_refiner(request, model or self.model(request.model), entry)
+        return entry
+
     def start_workers(self) -> list[str]:
         """Start one worker per device; returns the ids of jobs a dead server had left running."""
         return self.workers.start()
@@ -194,6 +206,7 @@ class Studio:
         self.usable_checkpoint(request.model or self.settings.default_model)
         if request.vae is not None:  # an unknown or pickled VAE fails here, as the model does, not in the worker
             self.usable_vae(request.vae)
+        self.usable_refiner(request)
         self.engine.check(request)
         job_id = self.jobs.submit("generate", {"request": request.model_dump(mode="json"), "save": save},
                                   owner=caller.owner, priority=priority, max_active_for_owner=caller.max_active)
@@ -342,6 +355,7 @@ class Studio:
         entry = self.registry.resolve(request.model or self.settings.default_model)
         # Resolved before the guard runs, so that a VAE that is not there costs no guard call (the CLI's path).
         vae = self.usable_vae(request.vae) if request.vae is not None else None
+        refiner = self.usable_refiner(request, entry)
 
         texts = request_texts(request)
         [prompt_verdict] = self.guard.check_prompts([prompt_reading(texts.prompt, texts.negative_prompt)])
@@ -358,16 +372,21 @@ class Studio:
         # request.memory: per-request overrides of settings.memory
         loaded = self.pipelines.get(entry.name, memory=request.memory, vae=vae.name if vae else None,
                                     device=device, replica=replica)
+        # Both models stay loaded while the request runs (the refiner takes the base's latents on the same device).
+        refined = (self.pipelines.get(refiner.name, memory=request.memory, device=device, replica=replica)
+                   if refiner is not None else None)
         outputs = self.engine.run(loaded, request, init_image=init_image, mask=mask,
-                                  on_progress=on_progress, cancel=cancel, skip=skip, interrupt=interrupt)
+                                  on_progress=on_progress, cancel=cancel, skip=skip, interrupt=interrupt,
+                                  refiner=refined)
         model_hash = entry.short_hash()
         vae_name, vae_hash = (vae.filename, vae.short_hash()) if vae else (None, None)
+        refiner_title = (refiner.name, refiner.short_hash()) if refiner else None
         verdicts = self.guard.check_output_images([image for image, _ in outputs])
         images: list[GeneratedImage] = []
         for (image, seed), verdict in zip(outputs, verdicts, strict=True):
             infotext = build_infotext(request, seed=seed, width=image.width, height=image.height,
                                       model_name=entry.name, model_hash=model_hash, vae_name=vae_name,
-                                      vae_hash=vae_hash)
+                                      vae_hash=vae_hash, refiner=refiner_title)
             delivered = self.guard.enforce(image, verdict)
             path = None
             if delivered is not None and save:

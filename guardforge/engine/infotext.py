@@ -37,11 +37,12 @@ def _number(value: float) -> str:
 
 
 def build_infotext(request: GenerationRequest, seed: int, width: int, height: int, model_name: str,
-                   model_hash: str | None, vae_name: str | None = None, vae_hash: str | None = None) -> str:
+                   model_hash: str | None, vae_name: str | None = None, vae_hash: str | None = None,
+                   refiner: tuple[str, str] | None = None) -> str:
     """Prompt, `Negative prompt:` line (only when there is one), then the parameters line, in A1111's order.
 
     `vae_name` (the VAE's file name, as A1111 writes it) and `vae_hash` only when a VAE replaced the
-    checkpoint's own: A1111 writes neither then."""
+    checkpoint's own: A1111 writes neither then. `refiner`: (name, short hash) of the refiner checkpoint used."""
     params: dict[str, Any] = {
         "Steps": request.steps,
         "Sampler": request.sampler,
@@ -59,6 +60,9 @@ def build_infotext(request: GenerationRequest, seed: int, width: int, height: in
         # A1111 adds these to extra_generation_params for inpainting, which come after the fixed keys.
         "Mask blur": request.mask_blur if request.mode == "inpaint" else None,
         "Mask mode": _INVERTED_MASK_MODE if request.mode == "inpaint" and request.inpainting_mask_invert else None,
+        # Also extra_generation_params in A1111, added by the sampler once it switches models.
+        "Refiner": f"{refiner[0]} [{refiner[1]}]" if refiner and request.refiner else None,
+        "Refiner switch at": request.refiner.switch_at if refiner and request.refiner else None,
     }
     line = ", ".join(f"{k}: {quote(v)}" for k, v in params.items() if v is not None)
     negative = f"\nNegative prompt: {request.negative_prompt}" if request.negative_prompt else ""
@@ -119,6 +123,8 @@ def fields_from_infotext(text: str) -> dict[str, Any]:
     for key, name in mapping.items():
         if key in p:
             fields[name] = p[key]
+    if "Refiner" in p:  # A1111's default switch, where an infotext names a refiner and no switch
+        fields["refiner"] = {"checkpoint": p["Refiner"], "switch_at": p.get("Refiner switch at", 0.8)}
     if p.get("Mask mode") == _INVERTED_MASK_MODE:
         fields["inpainting_mask_invert"] = True
     return fields

@@ -22,6 +22,7 @@ from guardforge.engine.latent_inpaint import LatentBlend, needs_latent_blend
 from guardforge.dependencies import require_lora_support
 from guardforge.engine.lora import applied_loras, resolve_loras
 from guardforge.engine.prompts import encode_prompts, extract_lora_tags, prompt_chunks
+from guardforge.engine.refiner import Handover
 from guardforge.engine.request import GenerationRequest, ProgressEvent
 from guardforge.engine.samplers import build_scheduler, check_sampler
 from guardforge.errors import Cancelled, InvalidRequest
@@ -111,6 +112,7 @@ class _Progress:
         self.iteration = 0
         self.done = 0
         self.per_batch = 0
+        self.planned: int | None = None  # steps per batch when known ahead (a refiner's two parts)
         self.started = time.perf_counter()
 
     def interrupted(self) -> bool:
@@ -131,7 +133,7 @@ class _Progress:
 
     def callback(self, pipe: DiffusionPipeline, step: int, timestep: Any, kwargs: dict) -> dict:
         self.done += 1
-        self.per_batch = per_batch = int(getattr(pipe, "num_timesteps", 0) or step + 1)
+        self.per_batch = per_batch = self.planned or int(getattr(pipe, "num_timesteps", 0) or step + 1)
         if self.on_progress is not None:
             total = per_batch * self.n_iter
             elapsed = max(time.perf_counter() - self.started, 1e-9)
@@ -205,12 +207,14 @@ class Engine:
         cancel: threading.Event | None = None,
         skip: threading.Event | None = None,
         interrupt: threading.Event | None = None,
+        refiner: LoadedModel | None = None,
     ) -> list[tuple[Image.Image, int]]:
         """Generate batch_size x n_iter images; returns (image, seed) pairs in seed order.
 
         `cancel` stops the request between two steps (Cancelled is raised, nothing is returned). As in A1111,
         `skip` ends the current batch early, keeps its partly denoised images and goes on with the next batch;
         `interrupt` does the same but runs no further batch, so the images made so far are returned.
+        `refiner` takes over from the model at request.refiner.switch_at (engine/refiner.py).
         """
         import torch
 
@@ -259,6 +263,9 @@ class Engine:
                     with torch.no_grad():
                         embeds = encode_prompts(pipe, prompt, request.negative_prompt, request.clip_skip,
                                                 pipe._execution_device)
+                    run_pipe = pipe
+                    if refiner is not None:
+                        run_pipe = Handover(refiner, request, prompt, progress, encode_prompts).wrap(pipe)
                     for iteration in range(request.n_iter):
                         progress.iteration = iteration
                         progress.check_cancel()
@@ -271,7 +278,7 @@ class Engine:
                         if latent_blend is not None:
                             latent_blend.start_batch(batch_seeds)
                             callback = _chained(latent_blend, progress.callback)
-                        output = pipe(
+                        output = run_pipe(
                             **embeds.kwargs,
                             **mode_inputs,
                             num_inference_steps=request.steps,

@@ -34,6 +34,16 @@ class MemoryOptions(BaseModel):
     channels_last: bool | None = None
 
 
+class RefinerOptions(BaseModel):
+    """A second model that finishes the image (A1111's refiner_checkpoint, refiner_switch_at): the request's model
+    runs the first `switch_at` of the steps, this checkpoint the rest (engine/refiner.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: str = Field(..., min_length=1, max_length=1000)  # a registry name, file name or A1111 title
+    switch_at: float = Field(0.8, gt=0.0, lt=1.0)
+
+
 class GenerationRequest(BaseModel):
     """txt2img when init_image is None, img2img with init_image, inpaint with init_image and mask.
 
@@ -64,6 +74,7 @@ class GenerationRequest(BaseModel):
     mask_blur: int = Field(4, ge=0, le=64)
     inpainting_mask_invert: bool = False
     memory: MemoryOptions = MemoryOptions()
+    refiner: RefinerOptions | None = None
 
     @field_validator("width", "height")
     @classmethod
