@@ -303,3 +303,114 @@ def test_a_1111_payload_fields_become_the_refiner(studio):
         asked, ignored = to_generation_request(Txt2ImgPayload(prompt="x", refiner_checkpoint=none,
                                                               refiner_switch_at=0.5), "tiny-xl")
         assert asked.refiner is None and ignored == ["refiner_switch_at"]
+
+
+@pytest.fixture
+def run_main(home, monkeypatch, capsys):
+    """guardforge.cli.main() as the console script calls it, on the SDXL models folder."""
+    import os
+    import sys
+
+    from guardforge.cli import main
+
+    monkeypatch.setenv("GUARDFORGE_GUARD__POLICY", "off")
+    monkeypatch.setenv("GUARDFORGE_DEVICE", "cpu")
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "1"))
+
+    def call(*args):
+        monkeypatch.setattr(sys, "argv", ["guardforge", *args])
+        code = 0
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code or 0
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return call
+
+
+SMALL_CLI = ("-m", "tiny-xl", "--steps", "4", "--seed", "7", "--width", "32", "--height", "32", "--sampler", "Euler")
+
+
+def test_cli_refiner_flags_and_from_png_round_trip(run_main, home):
+    import re
+
+    from guardforge.storage.outputs import read_infotext
+
+    code, out, err = run_main("generate", "a red square", *SMALL_CLI, "--refiner", "tiny-xl-refiner",
+                              "--refiner-switch-at", "0.5")
+    assert code == 0, err
+    [path] = re.findall(r"^(\S+\.png)  seed=7", out, re.MULTILINE)
+    text = read_infotext(Path(path))
+    assert re.search(r"Refiner: tiny-xl-refiner \[[0-9a-f]{10}\], Refiner switch at: 0.5$", text), text
+    code, out, err = run_main("generate", "--from-png", path)
+    assert code == 0, err
+    [again] = re.findall(r"^(\S+\.png)  seed=7", out, re.MULTILINE)
+    assert read_infotext(Path(again)) == text
+    assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(path)))
+    # Overrides: another switch keeps the image's refiner; None drops it.
+    code, out, err = run_main("generate", "--from-png", path, "--refiner-switch-at", "0.75")
+    [moved] = re.findall(r"^(\S+\.png)  seed=7", out, re.MULTILINE)
+    assert "Refiner switch at: 0.75" in read_infotext(Path(moved))
+    code, out, err = run_main("generate", "--from-png", path, "--refiner", "None")
+    [plain] = re.findall(r"^(\S+\.png)  seed=7", out, re.MULTILINE)
+    assert "Refiner" not in read_infotext(Path(plain))
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--refiner", "nope"), "error: no checkpoint named 'nope'"),
+    (("--refiner", "tiny-sd"), "error: refiner 'tiny-sd' is a sd1 model and the model 'tiny-xl' a sdxl one"),
+    (("--refiner", "tiny-xl-refiner", "--refiner-switch-at", "1"), "error: refiner.switch_at: Input should be less"),
+    (("--refiner-switch-at", "0.5"), "error: --refiner-switch-at needs a refiner: give --refiner NAME"),
+])
+def test_cli_refiner_errors_are_one_line(run_main, args, message):
+    code, _, err = run_main("generate", "x", *SMALL_CLI, *args)
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and lines[0].startswith(message), err
+    assert "Traceback" not in err
+
+
+@pytest.fixture
+def client(studio):
+    from fastapi.testclient import TestClient
+
+    from guardforge.server.app import create_app
+
+    with TestClient(create_app(studio, mount_ui=False)) as http:
+        yield http
+
+
+def test_a1111_and_native_routes_take_a_refiner(client, studio):
+    short = studio.model("tiny-xl-refiner").short_hash()
+    payload = {"prompt": "a red square", "steps": 4, "seed": 3, "width": 32, "height": 32, "sampler_name": "Euler",
+               "override_settings": {"sd_model_checkpoint": "tiny-xl"},
+               "refiner_checkpoint": f"tiny-xl-refiner [{short}]", "refiner_switch_at": 0.5}
+    answer = client.post("/sdapi/v1/txt2img", json=payload)
+    assert answer.status_code == 200, answer.text
+    info = json.loads(answer.json()["info"])
+    assert info["infotexts"][0].endswith(f"Refiner: tiny-xl-refiner [{short}], Refiner switch at: 0.5")
+    assert info["guardforge"]["ignored_fields"] == []
+    image = answer.json()["images"][0]
+    parsed = client.post("/sdapi/v1/png-info", json={"image": image}).json()["parameters"]
+    assert parsed["Refiner"] == f"tiny-xl-refiner [{short}]" and parsed["Refiner switch at"] == "0.5"
+    # The parameters read back make the same request: the same pixels.
+    again = client.post("/sdapi/v1/txt2img", json={**payload, "refiner_checkpoint": parsed["Refiner"],
+                                                   "refiner_switch_at": float(parsed["Refiner switch at"])})
+    assert again.json()["images"][0] == image
+
+    for bad, status, text in [
+        ({"refiner_checkpoint": "nope"}, 404, "nope"),
+        ({"refiner_checkpoint": "tiny-sd"}, 422, "a sd1 model and the model 'tiny-xl' a sdxl one"),
+        ({"refiner_switch_at": 1.0}, 422, "switch_at"),
+        ({"refiner_switch_at": 0}, 422, "switch_at"),
+    ]:
+        answer = client.post("/sdapi/v1/txt2img", json={**payload, **bad})
+        assert answer.status_code == status and text in answer.text, answer.text
+    answer = client.post("/v1/jobs", json={"prompt": "x", "model": "tiny-xl", "steps": 2,
+                                           "refiner": {"checkpoint": "tiny-sd", "switch_at": 0.5}})
+    assert answer.status_code == 422 and "tiny-sd" in answer.text and "sdxl" in answer.text
+    answer = client.post("/v1/jobs", json={"prompt": "x", "model": "tiny-xl", "steps": 2,
+                                           "refiner": {"checkpoint": "../tiny-xl-refiner", "switch_at": 0.5}})
+    assert 400 <= answer.status_code < 500, answer.text

@@ -45,7 +45,17 @@ _OPTION_FOR = {
     "schedule": "--schedule", "steps": "--steps", "cfg_scale": "--cfg", "seed": "--seed", "width": "--width",
     "height": "--height", "denoising_strength": "--strength", "mask_blur": "--mask-blur",
     "inpainting_mask_invert": "--invert-mask", "clip_skip": "--clip-skip",
+    "refiner": "--refiner/--refiner-switch-at",
 }
+
+
+def _refiner_fields(read: dict[str, Any] | None, name: str | None, switch_at: float | None) -> dict[str, Any]:
+    """The refiner an infotext gave (if any) with --refiner and --refiner-switch-at laid over it."""
+    fields = {**(read or {}), **({"checkpoint": name} if name is not None else {}),
+              **({"switch_at": switch_at} if switch_at is not None else {})}
+    if "checkpoint" not in fields:
+        raise InvalidRequest("--refiner-switch-at needs a refiner: give --refiner NAME")
+    return fields
 
 
 def _build_request(fields: dict[str, Any], from_image: set[str], from_png: Path | None):
@@ -90,6 +100,10 @@ def generate(
     clip_skip: int = typer.Option(None, "--clip-skip", help="Stop CLIP this many layers from the end (1: none)"),
     output: Path = typer.Option(None, "--output", "-o", help="Output folder (default: settings outputs_dir)"),
     from_png: Path = typer.Option(None, "--from-png", help="Start from an image's infotext; options given override"),
+    refiner: str = typer.Option(None, "--refiner", help="A checkpoint that finishes the image (SDXL refiner); "
+                                "None: no refiner, also where --from-png's image had one"),
+    refiner_switch_at: float = typer.Option(None, "--refiner-switch-at",
+                                            help="Fraction of the steps after which the refiner takes over (0.8)"),
 ) -> None:
     """Generate images; prints where each was saved, its seed and the guard's action."""
     from rich.console import Console
@@ -108,6 +122,10 @@ def generate(
         "init_image": _read_b64(init_image, "--init-image") if init_image else None,
         "mask": _read_b64(mask, "--mask") if mask else None,
     }
+    if refiner is not None and refiner.strip().lower() == "none":
+        fields.pop("refiner", None)
+    elif refiner is not None or refiner_switch_at is not None:
+        given["refiner"] = _refiner_fields(fields.get("refiner"), refiner, refiner_switch_at)
     given = {k: v for k, v in given.items() if v is not None}
     from_image = set(fields) - set(given)
     fields.update(given)
