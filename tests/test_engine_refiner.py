@@ -8,6 +8,7 @@ import base64
 import io
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -56,17 +57,19 @@ def _sdxl_parts(tokenizer_dir: Path, refiner: bool, seed: int) -> dict:
 def save_tiny_sdxl(folder: Path, seed: int = 0) -> Path:
     from diffusers import StableDiffusionXLPipeline
 
-    StableDiffusionXLPipeline(**_sdxl_parts(folder.parent / f".{folder.name}-tok", False, seed)).save_pretrained(
-        folder, safe_serialization=True)
+    with tempfile.TemporaryDirectory() as scratch:  # the tokenizer's files, read in and saved with the pipeline
+        StableDiffusionXLPipeline(**_sdxl_parts(Path(scratch), False, seed)).save_pretrained(
+            folder, safe_serialization=True)
     return folder
 
 
 def save_tiny_refiner(folder: Path, seed: int = 1) -> Path:
     from diffusers import StableDiffusionXLImg2ImgPipeline
 
-    StableDiffusionXLImg2ImgPipeline(**_sdxl_parts(folder.parent / f".{folder.name}-tok", True, seed),
-                                     requires_aesthetics_score=True, force_zeros_for_empty_prompt=False
-                                     ).save_pretrained(folder, safe_serialization=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        StableDiffusionXLImg2ImgPipeline(**_sdxl_parts(Path(scratch), True, seed), requires_aesthetics_score=True,
+                                         force_zeros_for_empty_prompt=False).save_pretrained(
+            folder, safe_serialization=True)
     return folder
 
 

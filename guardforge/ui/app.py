@@ -108,13 +108,21 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
         size = native_size(model)
         return (gr.update(), gr.update()) if size is None else (gr.update(value=size[0]), gr.update(value=size[1]))
 
+    def refiner_picker(elem_id: str):
+        """A1111's refiner: a checkpoint that finishes the image, and after what fraction of the steps."""
+        with gr.Row():
+            picked = gr.Dropdown(["None"] + model_names(), value="None", label="Refiner", elem_id=elem_id)
+            switch = gr.Slider(0.01, 0.99, value=0.8, step=0.01, label="Refiner switch at",
+                               elem_id=f"{elem_id}-switch")
+        return picked, switch
+
     def sampler_names() -> list[str]:
         from guardforge.engine.samplers import SAMPLERS
 
         return list(SAMPLERS)
 
     def run(mode, prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed,
-            init_image, strength, editor, request: gr.Request):
+            init_image, strength, editor, refiner, switch_at, request: gr.Request):
         owner = _owner(request)
         if rate_limit is not None:
             try:
@@ -124,6 +132,8 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
         fields = dict(prompt=prompt, negative_prompt=negative, model=model or None, vae=vae or None, sampler=sampler,
                       schedule=schedule, steps=int(steps), cfg_scale=float(cfg), width=int(width),
                       height=int(height), seed=int(seed))
+        if refiner and refiner != "None":
+            fields["refiner"] = {"checkpoint": refiner, "switch_at": float(switch_at)}
         if mode == "img2img":
             if init_image is None:
                 raise gr.Error("drop an image to start from")
@@ -169,9 +179,9 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
     def runner(mode: str):
         # An explicit signature, so that Gradio sees the gr.Request parameter and fills it in.
         def run_mode(prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed, init_image,
-                     strength, editor, request: gr.Request):
+                     strength, editor, refiner, switch_at, request: gr.Request):
             yield from run(mode, prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed,
-                           init_image, strength, editor, request)
+                           init_image, strength, editor, refiner, switch_at, request)
         return run_mode
 
     def show_selected(job_id, evt: gr.SelectData, request: gr.Request):
@@ -247,11 +257,13 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
             seed = gr.Number(-1, precision=0, label="Seed (-1: random)", elem_id="gf-seed")
         with gr.Tabs():
             with gr.Tab("txt2img"):
+                txt_refiner, txt_switch = refiner_picker("gf-refiner")
                 txt_button = gr.Button("Generate", variant="primary", elem_id="gf-generate")
             with gr.Tab("img2img"):
                 init_image = with_cap(UploadedImage(type="pil", label="Start from", elem_id="gf-init-image"),
                                       limits.max_image_pixels)
                 strength = gr.Slider(0, 1, value=0.75, step=0.05, label="Denoising strength")
+                img_refiner, img_switch = refiner_picker("gf-img-refiner")
                 img_button = gr.Button("Generate from image", variant="primary")
             with gr.Tab("inpaint"):
                 editor = with_cap(UploadedImageEditor(type="pil", label="Paint the area to repaint",
@@ -281,11 +293,14 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
         # not even submitted): a handler only submits and polls, and our queue applies the workers, the
         # per-key caps and the rate limit, as it does for the API.
         txt_button.click(runner("txt2img"),
-                         [prompt, negative, *params, init_image, strength, editor], outputs, concurrency_limit=None)
+                         [prompt, negative, *params, init_image, strength, editor, txt_refiner, txt_switch], outputs,
+                         concurrency_limit=None)
         img_button.click(runner("img2img"),
-                         [prompt, negative, *params, init_image, strength, editor], outputs, concurrency_limit=None)
+                         [prompt, negative, *params, init_image, strength, editor, img_refiner, img_switch], outputs,
+                         concurrency_limit=None)
+        no_refiner = gr.State("None"), gr.State(0.8)  # a refiner does not inpaint
         inpaint_button.click(runner("inpaint"),
-                             [prompt, negative, *params, init_image, inpaint_strength, editor], outputs,
+                             [prompt, negative, *params, init_image, inpaint_strength, editor, *no_refiner], outputs,
                              concurrency_limit=None)
         gallery.select(show_selected, [job_state], [infotext, verdict])
         # `input`, not `change`: a model set by PNG info or Reuse comes with its own size, which must stay.
