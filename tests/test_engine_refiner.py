@@ -272,8 +272,9 @@ def test_skip_during_the_base_part_ends_the_batch_without_the_refiner(studio):
     # The first batch stopped after one base step and was decoded as it was; the second ran both parts (the
     # refiner's 4 steps of 6, as in the first test).
     assert len(result.images) == 2 and refiner_calls.count == 4
-    whole = studio.generate(refined(0.5, seed=12), save=False)
-    assert np.array_equal(pixels(result)[1], pixels(whole)[0])
+    whole = studio.generate(refined(0.5, n_iter=2), save=False)
+    assert np.array_equal(pixels(result)[1], pixels(whole)[1])
+    assert not np.array_equal(pixels(result)[0], pixels(whole)[0])  # one step in: still mostly noise
 
 
 def test_cancel_during_the_refiner_part_stops_the_request(studio):
@@ -417,3 +418,13 @@ def test_a1111_and_native_routes_take_a_refiner(client, studio):
     answer = client.post("/v1/jobs", json={"prompt": "x", "model": "tiny-xl", "steps": 2,
                                            "refiner": {"checkpoint": "../tiny-xl-refiner", "switch_at": 0.5}})
     assert 400 <= answer.status_code < 500, answer.text
+
+
+def test_any_two_sdxl_models_pair(studio):
+    # An SDXL base as the refiner: its img2img pipeline (from_pipe, the same weights) takes over with both encoders.
+    other = studio.generate(refined(0.5, checkpoint="other-xl"), save=False)
+    refiner = studio.generate(refined(0.5), save=False)
+    assert not np.array_equal(pixels(other), pixels(refiner))
+    assert "Refiner: other-xl [" in other.images[0].infotext
+    # max_loaded_models (2) holds the base and the refiner of the last request: other-xl made room.
+    assert studio.pipelines.loaded() == ["tiny-xl", "tiny-xl-refiner"]
