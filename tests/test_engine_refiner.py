@@ -190,8 +190,9 @@ def test_img2img_hands_over_from_the_strength_start(studio):
         result = studio.generate(ask, on_progress=events.append, save=False)
     finally:
         refiner_calls.close()
-    scheduler = build_scheduler(refiner.scheduler.config, "Euler", "Automatic")
-    assert planned_steps(scheduler, ask, 0.75) == 4 == events[-1].total == events[-1].step
+    def fresh():
+        return build_scheduler(refiner.scheduler.config, "Euler", "Automatic")
+    assert planned_steps(fresh(), fresh(), ask, 0.75) == 4 == events[-1].total == events[-1].step
     assert refiner_calls.count == 2
     plain = studio.generate(request(init_image=png_b64(), denoising_strength=0.5, steps=8), save=False)
     assert not np.array_equal(pixels(result), pixels(plain))
@@ -428,3 +429,13 @@ def test_any_two_sdxl_models_pair(studio):
     assert "Refiner: other-xl [" in other.images[0].infotext
     # max_loaded_models (2) holds the base and the refiner of the last request: other-xl made room.
     assert studio.pipelines.loaded() == ["tiny-xl", "tiny-xl-refiner"]
+
+
+@pytest.mark.parametrize("sampler", ["Heun", "DPM2", "DPM++ 2M", "DPM++ SDE", "Euler a"])
+@pytest.mark.parametrize("img2img", [False, True])
+def test_progress_ends_at_its_total_for_every_kind_of_sampler(studio, sampler, img2img):
+    events = []
+    extra = {"init_image": png_b64(), "denoising_strength": 0.6} if img2img else {}
+    studio.generate(refined(0.7, sampler=sampler, steps=5, **extra), on_progress=events.append, save=False)
+    assert events[-1].step == events[-1].total and len({e.total for e in events}) == 1
+    assert [e.step for e in events] == list(range(1, events[-1].total + 1))

@@ -51,22 +51,25 @@ def switch_fraction(request: GenerationRequest) -> float:
     return (1 - strength) + strength * request.refiner.switch_at
 
 
-def planned_steps(scheduler: Any, request: GenerationRequest, switch: float) -> int:
-    """Steps per batch over both parts, counted as diffusers' SDXL pipelines count them, so that progress has
-    its total from the first step (each part's pipeline knows only its own)."""
-    scheduler.set_timesteps(request.steps, device="cpu")
-    timesteps = scheduler.timesteps
-    order = scheduler.order
+def planned_steps(base: Any, refiner: Any, request: GenerationRequest, switch: float) -> int:
+    """Steps per batch over both parts, counted on fresh copies of each part's scheduler as diffusers' SDXL
+    pipelines count them, so that progress has its total from the first step (each part's pipeline knows only
+    its own)."""
+    for scheduler in (base, refiner):
+        scheduler.set_timesteps(request.steps, device="cpu")
+    timesteps = base.timesteps
     if request.mode != "txt2img":
         start = request.steps - min(int(request.steps * request.denoising_strength), request.steps)
-        timesteps = timesteps[start * order:]
-    total = scheduler.config.num_train_timesteps
+        timesteps = timesteps[start * base.order:]
+    total = base.config.num_train_timesteps
     cutoff = int(round(total - switch * total))
-    base = int((timesteps >= cutoff).sum().item())
-    refined = int((scheduler.timesteps < cutoff).sum().item())
-    if order == 2 and refined % 2 == 0:
+    counted = int((timesteps >= cutoff).sum().item())
+    total = refiner.config.num_train_timesteps
+    cutoff = int(round(total - switch * total))
+    refined = int((refiner.timesteps < cutoff).sum().item())
+    if refiner.order == 2 and refined % 2 == 0:
         refined += 1  # diffusers' img2img ends on a whole second-order step
-    return base + refined
+    return counted + refined
 
 
 def decode_latents(pipe: DiffusionPipeline, latents: Any) -> list[Image.Image]:
@@ -105,8 +108,6 @@ class Handover:
                  encode: Callable[..., Any]):
         import torch
 
-        from guardforge.engine.samplers import build_scheduler
-
         self.loaded = refiner
         self.request = request
         self.progress = progress
@@ -119,11 +120,16 @@ class Handover:
                 # by the same rules as the base's.
                 self.embeds = encode(self.pipe, prompt, request.negative_prompt, request.clip_skip,
                                      self.pipe._execution_device)
-            planner = build_scheduler(self.pipe.scheduler.config, request.sampler, request.schedule, seed=0)
-            progress.planned = planned_steps(planner, request, self.switch)
 
     def wrap(self, base: DiffusionPipeline) -> Callable[..., Any]:
         from types import SimpleNamespace
+
+        from guardforge.engine.samplers import build_scheduler
+
+        def fresh(pipe: DiffusionPipeline) -> Any:
+            return build_scheduler(pipe.scheduler.config, self.request.sampler, self.request.schedule, seed=0)
+
+        self.progress.planned = planned_steps(fresh(base), fresh(self.pipe), self.request, self.switch)
 
         def run(**kwargs: Any) -> Any:
             kwargs.pop("output_type", None)
