@@ -439,3 +439,12 @@ def test_progress_ends_at_its_total_for_every_kind_of_sampler(studio, sampler, i
     studio.generate(refined(0.7, sampler=sampler, steps=5, **extra), on_progress=events.append, save=False)
     assert events[-1].step == events[-1].total and len({e.total for e in events}) == 1
     assert [e.step for e in events] == list(range(1, events[-1].total + 1))
+
+
+def test_a_pickle_refiner_is_refused_as_a_pickle_model_is(studio, home):
+    from guardforge.errors import UnsafeModelFormat
+
+    (home / "models" / "Stable-diffusion" / "old-refiner.ckpt").write_bytes(b"not unpickled")
+    studio.refresh_models()
+    with pytest.raises(UnsafeModelFormat, match="old-refiner"):
+        studio.usable_refiner(refined(checkpoint="old-refiner"))
