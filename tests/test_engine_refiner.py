@@ -17,7 +17,6 @@ import torch
 from PIL import Image
 
 from guardforge.engine.request import GenerationRequest
-from guardforge.errors import InvalidRequest
 
 
 def _sdxl_parts(tokenizer_dir: Path, refiner: bool, seed: int) -> dict:

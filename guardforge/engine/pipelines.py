@@ -263,9 +263,10 @@ class Engine:
                     with torch.no_grad():
                         embeds = encode_prompts(pipe, prompt, request.negative_prompt, request.clip_skip,
                                                 pipe._execution_device)
+                    # A refiner's hand-over stands in for the pipeline call: batches, seeds and callbacks stay.
                     run_pipe = pipe
                     if refiner is not None:
-                        run_pipe = Handover(refiner, request, prompt, progress, encode_prompts).wrap(pipe)
+                        run_pipe = Handover(refiner, request, prompt, progress).wrap(pipe)
                     for iteration in range(request.n_iter):
                         progress.iteration = iteration
                         progress.check_cancel()

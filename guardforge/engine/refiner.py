@@ -104,9 +104,10 @@ class Handover:
     worker runs one request at a time on its own copies, so the two locks are never taken in the other order by
     another thread holding the refiner's first)."""
 
-    def __init__(self, refiner: LoadedModel, request: GenerationRequest, prompt: str, progress: Any,
-                 encode: Callable[..., Any]):
+    def __init__(self, refiner: LoadedModel, request: GenerationRequest, prompt: str, progress: Any):
         import torch
+
+        from guardforge.engine.prompts import encode_prompts
 
         self.loaded = refiner
         self.request = request
@@ -118,7 +119,7 @@ class Handover:
             with torch.no_grad():
                 # The refiner's own text encoders (SDXL's refiner has only the second): its embeddings, weighted
                 # by the same rules as the base's.
-                self.embeds = encode(self.pipe, prompt, request.negative_prompt, request.clip_skip,
+                self.embeds = encode_prompts(self.pipe, prompt, request.negative_prompt, request.clip_skip,
                                      self.pipe._execution_device)
 
     def wrap(self, base: DiffusionPipeline) -> Callable[..., Any]:
