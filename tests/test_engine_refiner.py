@@ -447,3 +447,21 @@ def test_a_pickle_refiner_is_refused_as_a_pickle_model_is(studio, home):
     studio.refresh_models()
     with pytest.raises(UnsafeModelFormat, match="old-refiner"):
         studio.usable_refiner(refined(checkpoint="old-refiner"))
+
+
+def test_a_half_precision_hand_over_and_a_skipped_base_part_decode(studio):
+    import threading
+
+    # SDXL's VAE is upcast to fp32 to decode (force_upcast): the skipped part's own decode must do as the pipeline.
+    skip = threading.Event()
+
+    def on_progress(event):
+        if event.step == 1:
+            skip.set()
+    half = refined(0.5, n_iter=2, memory={"dtype": "fp16"})
+    result = studio.generate(half, on_progress=on_progress, skip=skip, save=False)
+    loaded = studio.pipelines.get("tiny-xl", memory=half.memory)
+    assert loaded.pipeline.unet.dtype == torch.float16
+    assert loaded.pipeline.vae.config.force_upcast and loaded.pipeline.vae.dtype == torch.float16  # put back
+    assert len(result.images) == 2
+    assert pixels(result)[0].std() > 0 and pixels(result)[1].std() > 0  # not a blank (NaN-decoded) image
