@@ -16,7 +16,7 @@ from guardforge.errors import GuardforgeError
 from guardforge.guard.blur import withheld_tile
 from guardforge.imaging import encode_image
 from guardforge.access.caller import LOCAL_OWNER, Caller
-from guardforge.ui import guard_view, outpaint_controls, seed_extras
+from guardforge.ui import guard_view, networks, outpaint_controls, seed_extras
 from guardforge.ui.controlnet_panel import ControlNetPanel
 from guardforge.ui.extras import extras_tab
 from guardforge.ui.hires import hires_options, hires_section, hires_updates, hires_upscalers
@@ -279,6 +279,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
             schedule = gr.Dropdown(SCHEDULES, value="Automatic", label="Schedule")
         prompt = gr.Textbox(label="Prompt", lines=2, elem_id="gf-prompt")
         negative = gr.Textbox(label="Negative prompt", lines=1)
+        networks.build(studio, prompt, negative)
         with gr.Row():
             steps = gr.Slider(1, limits.max_steps, value=20, step=1, label="Steps", elem_id="gf-steps")
             cfg = gr.Slider(0, 30, value=7, step=0.5, label="CFG scale")
