@@ -6,7 +6,7 @@ import typer
 
 from guardforge.cli import models_app
 
-KINDS = ("checkpoint", "lora", "vae", "controlnet", "embedding", "upscaler")
+KINDS = ("checkpoint", "lora", "vae", "controlnet", "embedding", "upscaler", "ipadapter", "clip_vision")
 
 
 def _registry():

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from guardforge.engine.controlnet_unit import ControlNetUnit
 from guardforge.engine.hires import HiresOptions, check_hires_size
+from guardforge.engine.ip_adapter_unit import IPAdapterUnit
 from guardforge.engine.masked_content import InpaintingFill
 from guardforge.engine.outpaint import Outpaint
 from guardforge.errors import InvalidRequest
@@ -83,6 +84,7 @@ class GenerationRequest(BaseModel):
     # txt2img's hires fix (A1111's enable_hr): None, no second pass.
     hires: HiresOptions | None = None
     controlnet: list[ControlNetUnit] = []  # applied together (MultiControlNet), each with its own weight and span
+    ip_adapter: IPAdapterUnit | None = None  # an image prompt (engine/ip_adapter.py)
 
     @field_validator("width", "height")
     @classmethod
@@ -140,6 +142,13 @@ class GenerationRequest(BaseModel):
     def _hires_is_txt2img(self) -> GenerationRequest:
         if self.hires is not None and self.init_image is not None:
             raise ValueError("hires fix is for txt2img: leave hires out with an init_image")
+        return self
+
+    @model_validator(mode="after")
+    def _ip_adapter_without_hires(self) -> GenerationRequest:
+        # The hires pass runs another pipeline call that would need the adapter's image embeddings too.
+        if self.ip_adapter is not None and self.hires is not None:
+            raise ValueError("IP-Adapter and hires fix do not run together yet: leave one out")
         return self
 
     @model_validator(mode="after")

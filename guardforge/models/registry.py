@@ -17,7 +17,7 @@ from guardforge.models.hashing import HashCache, weight_files
 if TYPE_CHECKING:
     from guardforge.settings import Settings
 
-Kind = Literal["checkpoint", "lora", "vae", "controlnet", "embedding", "upscaler"]
+Kind = Literal["checkpoint", "lora", "vae", "controlnet", "embedding", "upscaler", "ipadapter", "clip_vision"]
 Format = Literal["diffusers", "single_file"]
 Source = Literal["user", "shipped"]
 
@@ -29,6 +29,10 @@ KIND_FOLDERS: dict[Kind, str] = {
     "controlnet": "ControlNet",
     "embedding": "embeddings",  # textual inversion (A1111 keeps it beside models/; sdnext inside, as here)
     "upscaler": "ESRGAN",
+    # IP-Adapter weights (single files) and the CLIP vision encoders they read images with (transformers
+    # folders): sd-webui-controlnet keeps the former in ControlNet/, where they would pass for ControlNets here.
+    "ipadapter": "ipadapter",
+    "clip_vision": "clip_vision",
 }
 # Kinds A1111 spreads over more than one folder: its ESRGAN and Real-ESRGAN models are one kind here (one loader
 # reads both), so a name from either folder works wherever an upscaler is asked for.
@@ -45,6 +49,8 @@ _FOLDER_MARKERS: dict[Kind, tuple[str, ...]] = {
     "controlnet": ("config.json",),
     "embedding": (),  # single files only: a folder groups them
     "upscaler": (),  # single files only: every subfolder groups models
+    "ipadapter": (),  # single files only
+    "clip_vision": ("config.json",),
 }
 _FORCED_RESCAN_INTERVAL_S = 1.0
 # "name [abcdef0123]" is how A1111 clients spell a checkpoint (sd_model_checkpoint, infotext).

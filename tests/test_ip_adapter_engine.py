@@ -1,0 +1,164 @@
+"""IP-Adapter through Studio.generate on the tiny SD model, a tiny IP-Adapter and a tiny CLIP vision encoder built
+in-process: scale 0 is no adapter to the pixel, a scale changes the image, the shared pipeline is as it was after,
+img2img, inpaint and ControlNet units run with it, the guard reads its image, and bad input is refused at submit.
+
+The image backend is a test-only class implementing the guard's backend protocol (it flags magenta images); the
+Guard, Policy, Studio, engine, diffusers pipelines and models are the real ones.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from guardforge.db import Database
+from guardforge.engine.infotext import parse_infotext
+from guardforge.engine.ip_adapter import ip_adapter_from_infotext
+from guardforge.engine.controlnet import units_from_infotext
+from guardforge.engine.request import GenerationRequest
+from guardforge.errors import InvalidRequest, ModelNotFound, PathEscape, UnsafeModelFormat
+from guardforge.guard.audit import AuditLog
+from guardforge.guard.policy import load_policy
+from guardforge.guard.service import Guard
+from tests.test_controlnet_engine import MagentaIsUnsafe, SafeText, b64, square
+from tests.tiny_controlnet import save_tiny_controlnet
+from tests.tiny_ip_adapter import save_clip_vision, save_ip_adapter_bin, save_ip_adapter_file
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory, tiny_model_dir):
+    from diffusers import UNet2DConditionModel
+
+    home = tmp_path_factory.mktemp("ipa") / "home"
+    shutil.copytree(tiny_model_dir, home / "models" / "Stable-diffusion" / "tiny-sd")
+    unet = UNet2DConditionModel.from_pretrained(tiny_model_dir / "unet")
+    save_ip_adapter_file(home / "models" / "ipadapter" / "tiny-ip.safetensors", unet)
+    save_ip_adapter_bin(home / "models" / "ipadapter" / "tiny-ip-bin.bin", unet)
+    save_ip_adapter_file(home / "models" / "ipadapter" / "wide-ip.safetensors", unet, embed_dim=48)
+    save_clip_vision(home / "models" / "clip_vision" / "tiny-clip")
+    save_tiny_controlnet(home / "models" / "ControlNet" / "tiny-cn")
+    return home
+
+
+@pytest.fixture(scope="module")
+def studio(home):
+    from guardforge.settings import Settings
+    from guardforge.studio import Studio
+
+    return Studio(Settings(home=home),
+                  guard=Guard(load_policy("default"), text_backend=SafeText(), image_backend=MagentaIsUnsafe(),
+                              audit=AuditLog(Database(f"sqlite:///{home / 'audit.db'}"))))
+
+
+def photo(colour="red") -> str:
+    image = Image.new("RGB", (40, 40), colour)
+    image.paste(Image.new("RGB", (20, 20), "yellow"), (10, 10))
+    return b64(image)
+
+
+def adapter(**kw) -> dict:
+    return {"image": photo(), "model": "tiny-ip", **kw}
+
+
+def request(**kw) -> GenerationRequest:
+    base = {"prompt": "a square", "negative_prompt": "blurry", "model": "tiny-sd", "steps": 3, "seed": 5,
+            "sampler": "Euler", "width": 16, "height": 16}
+    return GenerationRequest(**{**base, **kw})
+
+
+def pixels(result) -> np.ndarray:
+    return np.asarray(result.images[0].pil.convert("RGB"), dtype=np.int16)
+
+
+def test_scale_zero_is_no_adapter_and_a_scale_changes_the_image(studio):
+    plain = pixels(studio.generate(request(), save=False))
+    assert np.array_equal(pixels(studio.generate(request(ip_adapter=adapter(scale=0.0)), save=False)), plain)
+    full = studio.generate(request(ip_adapter=adapter(scale=1.0)), save=False)
+    assert np.abs(pixels(full) - plain).mean() > 2
+    half = pixels(studio.generate(request(ip_adapter=adapter(scale=0.5)), save=False))
+    assert not np.array_equal(half, plain) and not np.array_equal(half, pixels(full))
+    other = pixels(studio.generate(request(ip_adapter=adapter(image=photo("blue"))), save=False))
+    assert not np.array_equal(other, pixels(full))  # the image is what steers it
+
+
+def test_the_shared_pipeline_is_restored_after_the_request(studio):
+    plain = pixels(studio.generate(request(), save=False))
+    loaded = studio.pipelines.get("tiny-sd")
+    unet = loaded.pipeline.unet
+    before = {name: type(p) for name, p in unet.attn_processors.items()}
+    studio.generate(request(ip_adapter=adapter()), save=False)
+    assert {name: type(p) for name, p in unet.attn_processors.items()} == before
+    assert unet.encoder_hid_proj is None and unet.config.encoder_hid_dim_type is None
+    assert loaded.pipeline.image_encoder is None
+    assert np.array_equal(pixels(studio.generate(request(), save=False)), plain)
+
+
+def test_pickle_and_safetensors_files_are_the_same_adapter(studio, home):
+    with pytest.raises(UnsafeModelFormat):
+        studio.submit(request(ip_adapter=adapter(model="tiny-ip-bin")))
+    from guardforge.settings import Settings
+    from guardforge.studio import Studio
+
+    trusting = Studio(Settings(home=home, allow_pickle=True),
+                      guard=Guard(load_policy("default"), text_backend=SafeText(), image_backend=MagentaIsUnsafe(),
+                                  audit=AuditLog(Database(f"sqlite:///{home / 'audit2.db'}"))))
+    assert np.array_equal(pixels(trusting.generate(request(ip_adapter=adapter(model="tiny-ip-bin")), save=False)),
+                          pixels(studio.generate(request(ip_adapter=adapter()), save=False)))
+
+
+def test_img2img_inpaint_and_controlnet_run_with_it(studio):
+    init = b64(square(16))
+    mask = Image.new("L", (16, 16), 0)
+    mask.paste(255, (0, 0, 16, 12))
+    unit = {"image": b64(square()), "module": "canny", "model": "tiny-cn"}
+    for kw in ({"init_image": init, "denoising_strength": 0.8},
+               {"init_image": init, "mask": b64(mask), "mask_blur": 0, "denoising_strength": 0.8},
+               {"controlnet": [unit]}):
+        plain = pixels(studio.generate(request(**kw), save=False))
+        steered = pixels(studio.generate(request(**kw, ip_adapter=adapter()), save=False))
+        assert not np.array_equal(plain, steered), kw
+        assert np.array_equal(pixels(studio.generate(request(**kw), save=False)), plain), kw
+
+
+def test_the_guard_reads_the_ip_adapter_image(studio):
+    blocked = studio.generate(request(ip_adapter=adapter(image=photo("magenta"))), save=False)
+    assert blocked.blocked and blocked.images == []
+    assert blocked.prompt_verdict.action == "block"  # the IP-Adapter image's verdict, the first that blocks
+    assert not studio.generate(request(ip_adapter=adapter()), save=False).blocked
+
+
+def test_infotext_is_sd_webui_controlnets_unit_and_reads_back(studio):
+    unit = {"image": b64(square()), "module": "canny", "model": "tiny-cn"}
+    result = studio.generate(request(controlnet=[unit], ip_adapter=adapter(scale=0.6)), save=False)
+    info = result.images[0].infotext
+    entry = studio.registry.resolve("tiny-ip", kind="ipadapter")
+    assert (f'ControlNet 1: "Module: ip-adapter_clip_sd15, Model: tiny-ip [{entry.short_hash()}], Weight: 0.6, '
+            'Resize Mode: Crop and Resize') in info
+    params = parse_infotext(info)
+    assert [u["module"] for u in units_from_infotext(params)] == ["canny"]
+    back = ip_adapter_from_infotext(params)
+    assert back == {"module": "ip-adapter_clip_sd15", "model": f"tiny-ip [{entry.short_hash()}]", "scale": 0.6}
+    again = studio.generate(request(controlnet=[unit], ip_adapter={**back, "image": photo()}), save=False)
+    assert np.array_equal(pixels(again), pixels(result))
+
+
+def test_bad_input_is_refused_at_submit(studio):
+    with pytest.raises(ModelNotFound, match="ipadapter"):
+        studio.submit(request(ip_adapter=adapter(model="nope")))
+    with pytest.raises(PathEscape):
+        studio.submit(request(ip_adapter=adapter(model="../Stable-diffusion/tiny-sd")))
+    with pytest.raises(ModelNotFound, match="clip_vision"):
+        studio.submit(request(ip_adapter=adapter(encoder="missing")))
+    with pytest.raises(InvalidRequest, match="clip_vision"):  # no encoder of its width: the folder is named
+        studio.submit(request(ip_adapter=adapter(model="wide-ip")))
+    with pytest.raises(InvalidRequest, match="does not fit"):
+        studio.submit(request(ip_adapter=adapter(model="wide-ip", encoder="tiny-clip")))
+    with pytest.raises(InvalidRequest, match="ip_adapter.image"):
+        studio.submit(request(ip_adapter=adapter(image="bm90IGFuIGltYWdl")))
+    with pytest.raises(ValueError, match="hires"):
+        request(ip_adapter=adapter(), hires={"scale": 2})
+    with pytest.raises(ValueError, match="not an IP-Adapter module"):
+        request(ip_adapter=adapter(module="canny"))
