@@ -32,4 +32,7 @@ class IPAdapterUnit(BaseModel):
         if not value.strip().lower().startswith("ip-adapter"):
             raise ValueError(f"module {value!r} is not an IP-Adapter module (ip-adapter_clip_sd15, "
                              "ip-adapter_clip_sdxl, ip-adapter_clip_h, ...)")
+        if any(word in value.lower() for word in ("face_id", "faceid", "pulid", "instantid")):
+            raise ValueError(f"module {value!r}: the FaceID, PuLID and InstantID adapters do not run here; the "
+                             "image-prompt ones do (ip-adapter_clip_h, ip-adapter_clip_g, ip-adapter_clip_sd15, ...)")
         return value.strip()
