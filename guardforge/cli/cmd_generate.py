@@ -155,6 +155,12 @@ def generate(
     control_res: list[int] = typer.Option(None, "--control-res", help="Preprocessor resolution (default 512)"),
     control_threshold_a: list[float] = typer.Option(None, "--control-threshold-a", help="Preprocessor threshold A"),
     control_threshold_b: list[float] = typer.Option(None, "--control-threshold-b", help="Preprocessor threshold B"),
+    ip_adapter: str = typer.Option(None, "--ip-adapter", help="IP-Adapter model (see `guardforge models list --kind "
+                                   "ipadapter`); needs --ip-adapter-image"),
+    ip_adapter_image: Path = typer.Option(None, "--ip-adapter-image", help="The picture the IP-Adapter draws from"),
+    ip_adapter_scale: float = typer.Option(None, "--ip-adapter-scale", help="IP-Adapter scale (0..2, default 1)"),
+    ip_adapter_encoder: str = typer.Option(None, "--ip-adapter-encoder", help="CLIP vision encoder folder in "
+                                           "models/clip_vision/ (default: the first that fits the adapter)"),
 ) -> None:
     """Generate images; prints where each was saved, its seed and the guard's action."""
     from rich.console import Console
@@ -185,6 +191,13 @@ def generate(
          "guidance_start": control_start, "guidance_end": control_end, "control_mode": control_mode,
          "resize_mode": control_resize, "processor_res": control_res, "threshold_a": control_threshold_a,
          "threshold_b": control_threshold_b}, units_from_infotext(parse_infotext(text)) if text else [], from_png)
+    if note:
+        typer.secho(note, err=True, fg="yellow")
+    from guardforge.cli.ip_adapter_options import ip_adapter_fields
+    from guardforge.engine.ip_adapter import ip_adapter_from_infotext
+
+    given["ip_adapter"], note = ip_adapter_fields(ip_adapter, ip_adapter_image, ip_adapter_scale, ip_adapter_encoder,
+                                                  ip_adapter_from_infotext(parse_infotext(text)) if text else None)
     if note:
         typer.secho(note, err=True, fg="yellow")
     given = {k: v for k, v in given.items() if v is not None}
