@@ -38,6 +38,9 @@ def home(tmp_path_factory, tiny_model_dir):
     save_ip_adapter_file(home / "models" / "ipadapter" / "tiny-ip.safetensors", unet)
     save_ip_adapter_bin(home / "models" / "ipadapter" / "tiny-ip-bin.bin", unet)
     save_ip_adapter_file(home / "models" / "ipadapter" / "wide-ip.safetensors", unet, embed_dim=48)
+    # Made for a UNet of cross-attention 48 (as an SDXL adapter is for 2048 where SD 1.x has 768).
+    other = UNet2DConditionModel.from_config({**unet.config, "cross_attention_dim": 48})
+    save_ip_adapter_file(home / "models" / "ipadapter" / "other-ip.safetensors", other)
     save_clip_vision(home / "models" / "clip_vision" / "tiny-clip")
     save_tiny_controlnet(home / "models" / "ControlNet" / "tiny-cn")
     return home
@@ -156,9 +159,57 @@ def test_bad_input_is_refused_at_submit(studio):
         studio.submit(request(ip_adapter=adapter(model="wide-ip")))
     with pytest.raises(InvalidRequest, match="does not fit"):
         studio.submit(request(ip_adapter=adapter(model="wide-ip", encoder="tiny-clip")))
+    with pytest.raises(InvalidRequest, match="'other-ip' does not fit checkpoint 'tiny-sd'.*cross-attention 48"):
+        studio.submit(request(ip_adapter=adapter(model="other-ip")))
     with pytest.raises(InvalidRequest, match="ip_adapter.image"):
         studio.submit(request(ip_adapter=adapter(image="bm90IGFuIGltYWdl")))
     with pytest.raises(ValueError, match="hires"):
         request(ip_adapter=adapter(), hires={"scale": 2})
     with pytest.raises(ValueError, match="not an IP-Adapter module"):
         request(ip_adapter=adapter(module="canny"))
+
+
+def test_sdxl_txt2img_and_img2img(tmp_path, tmp_path_factory):
+    """SDXL: the adapter loaded into a tiny SDXL pipeline's UNet (two text encoders, text_time conditioning) for the
+    run, scale 0 the same pixels as none, and the pipeline as it was after."""
+    import base64
+    import io
+
+    import torch
+
+    from guardforge.engine.ip_adapter import IPAdapterRun
+    from guardforge.engine.pipelines import Engine
+    from guardforge.models.cache import LoadedModel
+    from guardforge.models.ipadapter_cache import EncoderCache
+    from guardforge.settings import MemorySettings, Settings
+    from tests.test_engine_prompts import sdxl as sdxl_fixture
+    from tests.tiny_ip_adapter import ip_adapter_state_dict
+
+    pipe = sdxl_fixture.__wrapped__(tmp_path_factory)
+    settings = Settings(home=tmp_path)
+    save_clip_vision(tmp_path / "models" / "clip_vision" / "tiny-clip")
+    from guardforge.models.registry import ModelRegistry
+
+    [encoder_entry] = ModelRegistry(settings).list("clip_vision")
+    encoder, processor = EncoderCache(settings).get(encoder_entry, torch.device("cpu"), pipe.unet.dtype)
+    state = ip_adapter_state_dict(pipe.unet, embed_dim=32)
+    loaded = LoadedModel(entry=None, pipeline=pipe, memory=MemorySettings(), device=torch.device("cpu"))
+    engine = Engine(settings)
+    picture = Image.open(io.BytesIO(base64.b64decode(photo())))
+    before = {name: type(p) for name, p in pipe.unet.attn_processors.items()}
+    for init in (None, b64(square(32, colour="blue"))):
+        request = GenerationRequest(prompt="a square", negative_prompt="dog", steps=2, seed=3, sampler="Euler",
+                                    init_image=init, denoising_strength=0.8)
+        init_image = Image.open(io.BytesIO(base64.b64decode(init))) if init else None
+
+        def run(scale=None):
+            adapter = IPAdapterRun(scale, picture, state, encoder, processor) if scale is not None else None
+            [(image, _)] = engine.run(loaded, request, init_image=init_image, ip_adapter=adapter)
+            return np.asarray(image, dtype=np.int16)
+
+        plain = run()
+        assert np.array_equal(run(0.0), plain)
+        assert np.abs(run(1.0) - plain).mean() > 1
+        assert np.array_equal(run(), plain)
+    assert {name: type(p) for name, p in pipe.unet.attn_processors.items()} == before
+    assert pipe.unet.encoder_hid_proj is None and pipe.image_encoder is None
