@@ -43,6 +43,9 @@ def home(tmp_path_factory, tiny_model_dir):
     save_ip_adapter_file(home / "models" / "ipadapter" / "other-ip.safetensors", other)
     save_clip_vision(home / "models" / "clip_vision" / "tiny-clip")
     save_tiny_controlnet(home / "models" / "ControlNet" / "tiny-cn")
+    # Where sd-webui-controlnet keeps them: among the ControlNets, named ip-adapter*.
+    shutil.copy(home / "models" / "ipadapter" / "tiny-ip.safetensors",
+                home / "models" / "ControlNet" / "ip-adapter_in_cn.safetensors")
     return home
 
 
@@ -85,6 +88,14 @@ def test_scale_zero_is_no_adapter_and_a_scale_changes_the_image(studio):
     assert not np.array_equal(half, plain) and not np.array_equal(half, pixels(full))
     other = pixels(studio.generate(request(ip_adapter=adapter(image=photo("blue"))), save=False))
     assert not np.array_equal(other, pixels(full))  # the image is what steers it
+
+
+def test_an_adapter_in_the_controlnet_folder_is_an_adapter_not_a_controlnet(studio):
+    assert [e.name for e in studio.models("controlnet")] == ["tiny-cn"]
+    assert sorted(e.name for e in studio.models("ipadapter")) == ["ip-adapter_in_cn", "other-ip", "tiny-ip",
+                                                                  "tiny-ip-bin", "wide-ip"]
+    assert np.array_equal(pixels(studio.generate(request(ip_adapter=adapter(model="ip-adapter_in_cn")), save=False)),
+                          pixels(studio.generate(request(ip_adapter=adapter()), save=False)))
 
 
 def test_the_shared_pipeline_is_restored_after_the_request(studio):

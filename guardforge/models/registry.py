@@ -36,7 +36,10 @@ KIND_FOLDERS: dict[Kind, str] = {
 }
 # Kinds A1111 spreads over more than one folder: its ESRGAN and Real-ESRGAN models are one kind here (one loader
 # reads both), so a name from either folder works wherever an upscaler is asked for.
-MORE_KIND_FOLDERS: dict[Kind, tuple[str, ...]] = {"upscaler": ("RealESRGAN",)}
+# sd-webui-controlnet keeps IP-Adapters among the ControlNets: a single file there whose name says ip-adapter (as
+# all of h94's do) is an IP-Adapter, not a ControlNet.
+MORE_KIND_FOLDERS: dict[Kind, tuple[str, ...]] = {"upscaler": ("RealESRGAN",), "ipadapter": ("ControlNet",)}
+_IP_ADAPTER_NAME = re.compile(r"ip[-_]?adapter", re.IGNORECASE)
 SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".bin", ".pth")
 MODEL_SUFFIXES = SAFE_SUFFIXES + PICKLE_SUFFIXES
@@ -233,7 +236,9 @@ class ModelRegistry:
                     # A1111 lets users group models in subfolders; the name keeps the subfolder.
                     self._watch(path, seen)
                     self._scan_folder(base, path, kind, found, seen)
-            elif path.suffix.lower() in MODEL_SUFFIXES and not (path.parent / "config.json").exists():
+            elif path.suffix.lower() in MODEL_SUFFIXES and not (path.parent / "config.json").exists() and (
+                    base.name != KIND_FOLDERS["controlnet"]
+                    or bool(_IP_ADAPTER_NAME.search(path.name)) == (kind == "ipadapter")):
                 # (A weights file beside a config.json is one component of a diffusers folder, e.g. one
                 # still being written before its model_index.json: not a checkpoint of its own.)
                 found.append(self._entry(rel[: -len(path.suffix)], path, kind, "single_file", "user"))
