@@ -37,6 +37,7 @@ def home(tmp_path_factory, tiny_model_dir):
     unet = UNet2DConditionModel.from_pretrained(tiny_model_dir / "unet")
     save_ip_adapter_file(home / "models" / "ipadapter" / "tiny-ip.safetensors", unet)
     save_ip_adapter_bin(home / "models" / "ipadapter" / "tiny-ip-bin.bin", unet)
+    save_ip_adapter_file(home / "models" / "ipadapter" / "plus-ip.safetensors", unet, plus=True)
     save_ip_adapter_file(home / "models" / "ipadapter" / "wide-ip.safetensors", unet, embed_dim=48)
     # Made for a UNet of cross-attention 48 (as an SDXL adapter is for 2048 where SD 1.x has 768).
     other = UNet2DConditionModel.from_config({**unet.config, "cross_attention_dim": 48})
@@ -92,10 +93,24 @@ def test_scale_zero_is_no_adapter_and_a_scale_changes_the_image(studio):
 
 def test_an_adapter_in_the_controlnet_folder_is_an_adapter_not_a_controlnet(studio):
     assert [e.name for e in studio.models("controlnet")] == ["tiny-cn"]
-    assert sorted(e.name for e in studio.models("ipadapter")) == ["ip-adapter_in_cn", "other-ip", "tiny-ip",
-                                                                  "tiny-ip-bin", "wide-ip"]
+    assert sorted(e.name for e in studio.models("ipadapter")) == ["ip-adapter_in_cn", "other-ip", "plus-ip",
+                                                                  "tiny-ip", "tiny-ip-bin", "wide-ip"]
     assert np.array_equal(pixels(studio.generate(request(ip_adapter=adapter(model="ip-adapter_in_cn")), save=False)),
                           pixels(studio.generate(request(ip_adapter=adapter()), save=False)))
+
+
+def test_a_plus_adapter_reads_the_encoders_hidden_states(studio):
+    from guardforge.models.ipadapter_loading import adapter_shape
+
+    shape = adapter_shape(studio.registry.resolve("plus-ip", kind="ipadapter"), studio.settings)
+    assert (shape.kind, shape.hidden_states, shape.embed_dim) == ("IPAdapterPlus", True, 32)
+    plain = pixels(studio.generate(request(), save=False))
+    assert np.array_equal(pixels(studio.generate(request(ip_adapter=adapter(model="plus-ip", scale=0.0)),
+                                                 save=False)), plain)
+    plus = pixels(studio.generate(request(ip_adapter=adapter(model="plus-ip")), save=False))
+    assert np.abs(plus - plain).mean() > 1
+    assert not np.array_equal(plus, pixels(studio.generate(request(ip_adapter=adapter()), save=False)))
+    assert np.array_equal(pixels(studio.generate(request(), save=False)), plain)
 
 
 def test_the_shared_pipeline_is_restored_after_the_request(studio):

@@ -38,11 +38,40 @@ def ip_adapter_state_dict(unet, seed: int = 0, embed_dim: int | None = None) -> 
     return {"image_proj": image_proj, "ip_adapter": ip}
 
 
-def save_ip_adapter_file(path: Path, unet, seed: int = 0, embed_dim: int | None = None) -> Path:
+def plus_state_dict(unet, seed: int = 0, embed_dim: int = 32) -> dict:
+    """An IP-Adapter Plus (a Resampler over the encoder's penultimate hidden states, `embed_dim` wide), its
+    image_proj in the original layout: diffusers' IPAdapterPlusImageProjection with its names mapped back."""
+    import re
+
+    from diffusers.models.embeddings import IPAdapterPlusImageProjection
+
+    state = ip_adapter_state_dict(unet, seed)
+    torch.manual_seed(seed)
+    # heads x 64 is the attention width diffusers reads back (to_q rows // 64); depth 4, its default.
+    resampler = IPAdapterPlusImageProjection(embed_dims=embed_dim, output_dims=unet.config.cross_attention_dim,
+                                             hidden_dims=64, heads=1, num_queries=4).state_dict()
+    renames = [(r"\.ln0\.", ".0.norm1."), (r"\.ln1\.", ".0.norm2."), (r"\.attn\.to_q\.", ".0.to_q."),
+               (r"\.attn\.to_out\.0\.", ".0.to_out."), (r"\.ff\.0\.", ".1.0."),
+               (r"\.ff\.1\.net\.0\.proj\.", ".1.1."), (r"\.ff\.1\.net\.2\.", ".1.3.")]
+    image_proj = {}
+    for key, value in resampler.items():
+        if ".attn.to_v." in key:
+            continue
+        if ".attn.to_k." in key:
+            image_proj[key.replace(".attn.to_k.", ".0.to_kv.")] = torch.cat(
+                [value, resampler[key.replace("to_k", "to_v")]])
+            continue
+        for pattern, name in renames:
+            key = re.sub(pattern, name, key)
+        image_proj[key] = value
+    return {"image_proj": image_proj, "ip_adapter": state["ip_adapter"]}
+
+
+def save_ip_adapter_file(path: Path, unet, seed: int = 0, embed_dim: int | None = None, plus: bool = False) -> Path:
     """As A1111's ip-adapter_sd15.safetensors: one file, `image_proj.` and `ip_adapter.` prefixes."""
     from safetensors.torch import save_file
 
-    state = ip_adapter_state_dict(unet, seed, embed_dim)
+    state = plus_state_dict(unet, seed) if plus else ip_adapter_state_dict(unet, seed, embed_dim)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({f"{group}.{k}": v.contiguous() for group, part in state.items() for k, v in part.items()}, str(path))
     return path

@@ -117,9 +117,11 @@ class IPAdapterRun:
             pipe.set_ip_adapter_scale(self.scale)
             yield {"ip_adapter_image": self.image}
         finally:
-            unet.set_attn_processor(processors)
+            # The projection first: a Plus adapter's Resampler has attention layers of its own, and
+            # set_attn_processor counts every attention layer under the UNet.
             unet.encoder_hid_proj = projection
             unet.config.encoder_hid_dim_type = hid_type
+            unet.set_attn_processor(processors)
             pipe.image_encoder, pipe.feature_extractor = encoder, extractor
 
 
