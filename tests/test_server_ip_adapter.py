@@ -96,6 +96,14 @@ def test_webuiapi_ip_adapter_unit_round_trip(api):
     img_adapted = api.img2img(images=[square()], prompt="a square", seed=4, denoising_strength=0.7, width=64,
                               height=64, controlnet_units=[unit()])
     assert not np.array_equal(array(img.image), array(img_adapted.image))
+    # A unit without an image reads the init image, as sd-webui-controlnet's do.
+    implicit = api.img2img(images=[square()], prompt="a square", seed=4, denoising_strength=0.7, width=64, height=64,
+                           controlnet_units=[webuiapi.ControlNetUnit(module="ip-adapter_clip_sd15", model=title)])
+    explicit = api.img2img(images=[square()], prompt="a square", seed=4, denoising_strength=0.7, width=64, height=64,
+                           controlnet_units=[webuiapi.ControlNetUnit(image=square(), module="ip-adapter_clip_sd15",
+                                                                     model=title)])
+    assert np.array_equal(array(implicit.image), array(explicit.image))
+    assert not np.array_equal(array(implicit.image), array(img.image))
 
 
 def unit_payload(**unit) -> dict:

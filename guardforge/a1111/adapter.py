@@ -44,7 +44,9 @@ def to_generation_request(payload: Txt2ImgPayload, default_model: str, default_v
     `max_pixels` caps the images the payload's ControlNet units are decoded from, where one carries a mask."""
     extra = dict(payload.model_extra or {})
     # sd-webui-controlnet's IP-Adapter units are the request's ip_adapter here; the others are ControlNet units.
-    scripts, ip_adapter, ip_ignored = split_ip_adapter(extra.pop("alwayson_scripts", None))
+    scripts, ip_adapter, ip_ignored = split_ip_adapter(
+        extra.pop("alwayson_scripts", None),
+        payload.init_images[0] if isinstance(payload, Img2ImgPayload) and payload.init_images else None)
     controlnet, ignored = units_from_payload(scripts, max_pixels)
     ignored += ip_ignored
     hires, hires_ignored = (None, []) if isinstance(payload, Img2ImgPayload) else hires_from_payload(

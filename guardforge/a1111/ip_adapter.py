@@ -22,9 +22,11 @@ _READ = {"enabled", "model", "image", "input_image", "module", "weight", "proces
 _DEFAULTS = {"guidance_start": 0.0, "guidance_end": 1.0, "control_mode": (0, "Balanced"), "guess_mode": False}
 
 
-def split_ip_adapter(alwayson_scripts: Any) -> tuple[Any, dict[str, Any] | None, list[str]]:
+def split_ip_adapter(alwayson_scripts: Any, init_image: str | None = None
+                     ) -> tuple[Any, dict[str, Any] | None, list[str]]:
     """`alwayson_scripts` with its enabled IP-Adapter unit disabled (so the ControlNet units keep their indexes),
-    the ip_adapter fields that unit asks for (None: none), and what of it has no effect."""
+    the ip_adapter fields that unit asks for (None: none), and what of it has no effect. A unit without an image
+    reads `init_image` (img2img's), as sd-webui-controlnet's units do."""
     if not isinstance(alwayson_scripts, dict):
         return alwayson_scripts, None, []
     name = next((k for k in alwayson_scripts if k.lower() == "controlnet"), None)
@@ -50,8 +52,10 @@ def split_ip_adapter(alwayson_scripts: Any) -> tuple[Any, dict[str, Any] | None,
             raise InvalidRequest(f"{where}.module {module!r}: the FaceID, PuLID and InstantID adapters do not run "
                                  f"here; the image-prompt ones do ({', '.join(IP_ADAPTER_MODULES)})")
         image, _ = _image_and_mask(arg.get("image", arg.get("input_image")))
+        image = image or init_image
         if not image:
-            raise InvalidRequest(f"{where}: an IP-Adapter unit needs its own image (the picture to draw from)")
+            raise InvalidRequest(f"{where}: an IP-Adapter unit needs its own image in txt2img (the picture to draw "
+                                 "from); in img2img it reads the init image")
         found = {"image": image, "model": str(arg["model"]), "module": module}
         if arg.get("weight") is not None:
             found["scale"] = arg["weight"]
