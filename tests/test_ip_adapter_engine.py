@@ -43,6 +43,9 @@ def home(tmp_path_factory, tiny_model_dir):
     other = UNet2DConditionModel.from_config({**unet.config, "cross_attention_dim": 48})
     save_ip_adapter_file(home / "models" / "ipadapter" / "other-ip.safetensors", other)
     save_clip_vision(home / "models" / "clip_vision" / "tiny-clip")
+    (home / "models" / "clip_vision" / "empty-clip").mkdir()
+    shutil.copy(home / "models" / "clip_vision" / "tiny-clip" / "config.json",
+                home / "models" / "clip_vision" / "empty-clip" / "config.json")
     save_tiny_controlnet(home / "models" / "ControlNet" / "tiny-cn")
     # Where sd-webui-controlnet keeps them: among the ControlNets, named ip-adapter*.
     shutil.copy(home / "models" / "ipadapter" / "tiny-ip.safetensors",
@@ -187,6 +190,8 @@ def test_bad_input_is_refused_at_submit(studio):
         studio.submit(request(ip_adapter=adapter(model="wide-ip", encoder="tiny-clip")))
     with pytest.raises(InvalidRequest, match="'other-ip' does not fit checkpoint 'tiny-sd'.*cross-attention 48"):
         studio.submit(request(ip_adapter=adapter(model="other-ip")))
+    with pytest.raises(InvalidRequest, match="needs model.safetensors"):
+        studio.submit(request(ip_adapter=adapter(encoder="empty-clip")))
     with pytest.raises(InvalidRequest, match="ip_adapter.image"):
         studio.submit(request(ip_adapter=adapter(image="bm90IGFuIGltYWdl")))
     with pytest.raises(ValueError, match="hires"):

@@ -148,5 +148,5 @@ def prepare_ip_adapter(registry, settings: Settings, unit: IPAdapterUnit, checkp
     shape = adapter_shape(entry, settings)
     unet = unet_shape(checkpoint)
     check_unet_fit(shape, entry.name, unet[0] if unet else None, checkpoint.name)
-    encoder = pick_encoder(registry, entry.name, shape, unit.encoder)
+    encoder = pick_encoder(registry, settings, entry.name, shape, unit.encoder)
     return IPAdapterInputs(unit, image, entry, encoder, shape)

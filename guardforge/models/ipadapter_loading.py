@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from guardforge.errors import InvalidRequest
+from guardforge.errors import InvalidRequest, UnsafeModelFormat
 from guardforge.models.loading import check_loadable
 
 if TYPE_CHECKING:
@@ -150,9 +150,11 @@ def encoder_width(shape: EncoderShape, adapter: AdapterShape) -> int:
     return shape.hidden_size if adapter.hidden_states else shape.projection_dim
 
 
-def pick_encoder(registry: ModelRegistry, adapter_name: str, adapter: AdapterShape, name: str | None) -> ModelEntry:
-    """The encoder `name` means, refused if its output does not fit the adapter; None: the first one in
-    models/clip_vision/ that fits (ViT-H and ViT-bigG differ in width, so the fit tells them apart)."""
+def pick_encoder(registry: ModelRegistry, settings: Settings, adapter_name: str, adapter: AdapterShape,
+                 name: str | None) -> ModelEntry:
+    """The encoder `name` means, refused if its output does not fit the adapter or its files cannot be read; None:
+    the first usable one in models/clip_vision/ that fits (ViT-H and ViT-bigG differ in width, so the fit tells
+    them apart)."""
     where = registry.root / "clip_vision"
     if name is not None:
         entry = registry.resolve(name, kind="clip_vision")
@@ -163,13 +165,15 @@ def pick_encoder(registry: ModelRegistry, adapter_name: str, adapter: AdapterSha
                 f"{adapter.embed_dim}-wide {'hidden states' if adapter.hidden_states else 'image embeddings'}, the "
                 f"encoder gives {encoder_width(shape, adapter)} (ip-adapter_sd15 and _vit-h read ViT-H, "
                 "ip-adapter_sdxl reads ViT-bigG)")
+        check_encoder_files(entry, settings)
         return entry
     candidates = registry.list("clip_vision")
     for entry in candidates:
         try:
             if encoder_width(encoder_shape(entry), adapter) == adapter.embed_dim:
+                check_encoder_files(entry, settings)
                 return entry
-        except InvalidRequest:
+        except (InvalidRequest, UnsafeModelFormat):
             continue
     found = ", ".join(e.name for e in candidates) or "none"
     raise InvalidRequest(
@@ -179,16 +183,26 @@ def pick_encoder(registry: ModelRegistry, adapter_name: str, adapter: AdapterSha
         "clip_vision/clip_h/ (h94/IP-Adapter's models/image_encoder) for ip-adapter_sd15")
 
 
+def check_encoder_files(entry: ModelEntry, settings: Settings) -> None:
+    """Refuse, before anything is queued, an encoder folder without weights, or with pickle weights alone unless
+    allow_pickle."""
+    suffixes = {p.suffix for p in entry.path.iterdir() if p.name.startswith(("model", "pytorch_model"))}
+    if ".safetensors" in suffixes:
+        return
+    if ".bin" not in suffixes:
+        raise InvalidRequest(f"image encoder {entry.name!r} has no weights: clip_vision/{entry.name}/ needs "
+                             "model.safetensors beside its config.json")
+    if not settings.allow_pickle:
+        raise UnsafeModelFormat(f"image encoder {entry.name!r} has only pickle weights (pytorch_model.bin); save them "
+                                "as model.safetensors, or set allow_pickle if you trust the file")
+
+
 def load_encoder(entry: ModelEntry, settings: Settings, torch_dtype=None):
     """The encoder and the image processor it expects (its preprocessor_config.json, else CLIP's at its size)."""
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
     shape = encoder_shape(entry)
-    if any(p.suffix in (".bin", ".pt", ".pth") for p in entry.path.iterdir()) and not any(
-            p.suffix == ".safetensors" for p in entry.path.iterdir()):
-        if not settings.allow_pickle:
-            raise InvalidRequest(f"image encoder {entry.name!r} has only pickle weights (.bin); convert them to "
-                                 "model.safetensors, or set allow_pickle if you trust the file")
+    check_encoder_files(entry, settings)
     kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
     model = CLIPVisionModelWithProjection.from_pretrained(entry.path, local_files_only=True,
                                                           use_safetensors=not settings.allow_pickle or None,
