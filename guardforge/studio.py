@@ -173,6 +173,18 @@ class Studio:
         check_checkpoint(entry, self.settings)
         return entry
 
+    def usable_refiner(self, request: GenerationRequest, model=None):
+        """The refiner checkpoint a request names (None when it names none), refused now as usable_checkpoint
+        refuses, and when it cannot take over from the request's model (engine/refiner.py's check_refiner).
+        `model`: the request's model entry, when resolved already."""
+        from guardforge.engine.refiner import check_refiner
+
+        if request.refiner is None:
+            return None
+        entry = self.usable_checkpoint(request.refiner.checkpoint)
+        check_refiner(request, model or self.model(request.model), entry)
+        return entry
+
     def start_workers(self) -> list[str]:
         """Start one worker per device; returns the ids of jobs a dead server had left running."""
         return self.workers.start()
@@ -238,6 +250,7 @@ class Studio:
             prepare_ip_adapter(self.registry, self.settings, request.ip_adapter, checkpoint, max_pixels)
         if request.vae is not None:  # an unknown or pickled VAE fails here, as the model does, not in the worker
             self.usable_vae(request.vae)
+        self.usable_refiner(request)
         self.engine.check(request)
         self._check_model_fit(request, checkpoint)
         job_id = self.jobs.submit("generate", {"request": request.model_dump(mode="json"), "save": save},
@@ -393,6 +406,7 @@ class Studio:
         entry = self.registry.resolve(request.model or self.settings.default_model)
         # Resolved before the guard runs, so that a VAE that is not there costs no guard call (the CLI's path).
         vae = self.usable_vae(request.vae) if request.vae is not None else None
+        refiner = self.usable_refiner(request, entry)
 
         controls = None
         if request.controlnet:
@@ -429,13 +443,18 @@ class Studio:
         fixed = with_fixed_subseed(request)
         subseeds = request_subseeds(fixed)
         control = controls.run(self.pipelines.controlnets, loaded) if controls else None
+        # Both models stay loaded while the request runs (the refiner takes the base's latents on the same device).
+        refined = (self.pipelines.get(refiner.name, memory=request.memory, device=device, replica=replica)
+                   if refiner is not None else None)
         outputs = self.engine.run(loaded, fixed, init_image=init_image, mask=mask,
                                   on_progress=on_progress, cancel=cancel, skip=skip, interrupt=interrupt,
-                                  control=control, ip_adapter=ip_adapter.run(self.pipelines.ip_encoders, loaded,
-                                                                             self.settings) if ip_adapter else None)
+                                  control=control, refiner=refined,
+                                  ip_adapter=ip_adapter.run(self.pipelines.ip_encoders, loaded,
+                                                            self.settings) if ip_adapter else None)
         model_hash = entry.short_hash()
         vae_name, vae_hash = (vae.filename, vae.short_hash()) if vae else (None, None)
         inversions = ti_hashes(self.registry, request.prompt, request.negative_prompt)
+        refiner_title = (refiner.name, refiner.short_hash()) if refiner else None
         verdicts = self.guard.check_output_images([image for image, _ in outputs])
         images: list[GeneratedImage] = []
         # A1111's Size is the first pass's: hires fix's own keys say what it was upscaled to.
@@ -447,7 +466,8 @@ class Studio:
                                       model_name=entry.name, model_hash=model_hash, vae_name=vae_name,
                                       vae_hash=vae_hash, subseed=subseed, ti_hashes=inversions,
                                       controlnet_units=(controls.infotext() if controls else [])
-                                      + ([ip_adapter.infotext()] if ip_adapter else []))
+                                      + ([ip_adapter.infotext()] if ip_adapter else []),
+                                      refiner=refiner_title)
             delivered = self.guard.enforce(image, verdict)
             path = None
             if delivered is not None and save:

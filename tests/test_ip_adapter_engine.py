@@ -95,7 +95,8 @@ def test_scale_zero_is_no_adapter_and_a_scale_changes_the_image(studio):
 
 
 def test_an_adapter_in_the_controlnet_folder_is_an_adapter_not_a_controlnet(studio):
-    assert [e.name for e in studio.models("controlnet")] == ["tiny-cn"]
+    controlnets = [e.name for e in studio.models("controlnet")]
+    assert "tiny-cn" in controlnets and "ip-adapter_in_cn" not in controlnets
     assert sorted(e.name for e in studio.models("ipadapter")) == ["ip-adapter_in_cn", "other-ip", "plus-ip",
                                                                   "tiny-ip", "tiny-ip-bin", "wide-ip"]
     assert np.array_equal(pixels(studio.generate(request(ip_adapter=adapter(model="ip-adapter_in_cn")), save=False)),

@@ -80,7 +80,10 @@ def test_webuiapi_txt2img_with_units(api):
     [title] = api.controlnet_model_list()
     unit = webuiapi.ControlNetUnit(image=square(), module="canny", model=title, weight=1.0, processor_res=64,
                                    threshold_a=100, threshold_b=200, control_mode=1, resize_mode="Just Resize")
-    controlled = api.txt2img(prompt="a square", seed=3, width=64, height=64, cfg_scale=5, controlnet_units=[unit])
+    # alwayson_scripts={} on every call with units: webuiapi puts them into its mutable default dict, so every later
+    # call in the process, in any test, would carry them.
+    controlled = api.txt2img(prompt="a square", seed=3, width=64, height=64, cfg_scale=5, alwayson_scripts={},
+                             controlnet_units=[unit])
     difference = np.abs(np.asarray(controlled.image, dtype=np.int16) - np.asarray(plain.image, dtype=np.int16))
     assert difference.mean() > 1
     info = controlled.info["infotexts"][0]
@@ -90,7 +93,8 @@ def test_webuiapi_txt2img_with_units(api):
     # A disabled unit, or one whose model is "None", is skipped as sd-webui-controlnet skips it.
     off = webuiapi.ControlNetUnit(image=square(), module="canny", model=title, enabled=False)
     none = webuiapi.ControlNetUnit(image=square(), module="canny", model="None")
-    skipped = api.txt2img(prompt="a square", seed=3, width=64, height=64, cfg_scale=5, controlnet_units=[off, none])
+    skipped = api.txt2img(prompt="a square", seed=3, width=64, height=64, cfg_scale=5, alwayson_scripts={},
+                          controlnet_units=[off, none])
     assert np.array_equal(np.asarray(skipped.image), np.asarray(plain.image))
     assert "ControlNet" not in skipped.info["infotexts"][0]
 
@@ -101,6 +105,7 @@ def test_an_a1111_call_keeps_no_control_image(api, client):
 
     [title] = api.controlnet_model_list()
     result = api.txt2img(prompt="a square", seed=3, width=64, height=64, save_images=False,
+                         alwayson_scripts={},
                          controlnet_units=[webuiapi.ControlNetUnit(image=square(), module="canny", model=title)])
     job = client.get(f"/v1/jobs/{result.info['guardforge']['job_id']}").json()
     assert job["request"]["controlnet"][0]["image"] is None and job["request"]["controlnet"][0]["module"] == "canny"
@@ -112,8 +117,9 @@ def test_webuiapi_img2img_unit_reads_the_init_image(api):
     [title] = api.controlnet_model_list()
     init = square()
     implicit = api.img2img(images=[init], prompt="a square", seed=4, denoising_strength=0.7, width=64, height=64,
-                           controlnet_units=[webuiapi.ControlNetUnit(module="canny", model=title)])
+                           alwayson_scripts={}, controlnet_units=[webuiapi.ControlNetUnit(module="canny", model=title)])
     explicit = api.img2img(images=[init], prompt="a square", seed=4, denoising_strength=0.7, width=64, height=64,
+                           alwayson_scripts={},
                            controlnet_units=[webuiapi.ControlNetUnit(image=init, module="canny", model=title)])
     assert np.array_equal(np.asarray(implicit.image), np.asarray(explicit.image))
 

@@ -64,15 +64,17 @@ def test_webuiapi_ip_adapter_unit_round_trip(api):
     import webuiapi
 
     title = next(t for t in api.controlnet_model_list() if t.startswith("ip-adapter_tiny"))
+    # alwayson_scripts={} on every call: webuiapi fills its mutable default dict with the units, and later calls in
+    # the process would carry them (see tests/test_server_controlnet.py).
     kw = dict(prompt="a square", seed=3, width=64, height=64, cfg_scale=5)
-    plain = api.txt2img(**kw)
+    plain = api.txt2img(alwayson_scripts={}, **kw)
 
     def unit(weight=1.0, model=title):
         return webuiapi.ControlNetUnit(image=picture(), module="ip-adapter_clip_sd15", model=model, weight=weight)
 
-    adapted = api.txt2img(**kw, controlnet_units=[unit()])
+    adapted = api.txt2img(alwayson_scripts={}, **kw, controlnet_units=[unit()])
     assert np.abs(array(adapted.image) - array(plain.image)).mean() > 1
-    assert np.array_equal(array(api.txt2img(**kw, controlnet_units=[unit(0.0)]).image), array(plain.image))
+    assert np.array_equal(array(api.txt2img(alwayson_scripts={}, **kw, controlnet_units=[unit(0.0)]).image), array(plain.image))
     info = adapted.info["infotexts"][0]
     assert 'ControlNet 0: "Module: ip-adapter_clip_sd15, Model: ip-adapter_tiny [' in info and "Weight: 1," in info
     # The infotext read back (PNG info) and sent again gives the same image.
@@ -81,25 +83,25 @@ def test_webuiapi_ip_adapter_unit_round_trip(api):
 
     back = ip_adapter_from_infotext(parse_infotext(info))
     assert back["model"].startswith("ip-adapter_tiny [") and back["scale"] == 1
-    again = api.txt2img(**kw, controlnet_units=[unit(back["scale"], back["model"])])  # the A1111 title resolves
+    again = api.txt2img(alwayson_scripts={}, **kw, controlnet_units=[unit(back["scale"], back["model"])])  # the A1111 title resolves
     assert np.array_equal(array(again.image), array(adapted.image))
     # With a ControlNet unit beside it: both act, and the unit keeps its index in infotext.
     canny = webuiapi.ControlNetUnit(image=square(), module="canny", model=next(
         t for t in api.controlnet_model_list() if t.startswith("tiny-cn")), processor_res=64)
-    both = api.txt2img(**kw, controlnet_units=[canny, unit()])
-    only_canny = api.txt2img(**kw, controlnet_units=[canny])
+    both = api.txt2img(alwayson_scripts={}, **kw, controlnet_units=[canny, unit()])
+    only_canny = api.txt2img(alwayson_scripts={}, **kw, controlnet_units=[canny])
     assert not np.array_equal(array(both.image), array(only_canny.image))
     assert 'ControlNet 0: "Module: canny' in both.info["infotexts"][0]
     assert 'ControlNet 1: "Module: ip-adapter_clip_sd15' in both.info["infotexts"][0]
     # img2img too
-    img = api.img2img(images=[square()], prompt="a square", seed=4, denoising_strength=0.7, width=64, height=64)
-    img_adapted = api.img2img(images=[square()], prompt="a square", seed=4, denoising_strength=0.7, width=64,
+    img = api.img2img(alwayson_scripts={}, images=[square()], prompt="a square", seed=4, denoising_strength=0.7, width=64, height=64)
+    img_adapted = api.img2img(alwayson_scripts={}, images=[square()], prompt="a square", seed=4, denoising_strength=0.7, width=64,
                               height=64, controlnet_units=[unit()])
     assert not np.array_equal(array(img.image), array(img_adapted.image))
     # A unit without an image reads the init image, as sd-webui-controlnet's do.
-    implicit = api.img2img(images=[square()], prompt="a square", seed=4, denoising_strength=0.7, width=64, height=64,
+    implicit = api.img2img(alwayson_scripts={}, images=[square()], prompt="a square", seed=4, denoising_strength=0.7, width=64, height=64,
                            controlnet_units=[webuiapi.ControlNetUnit(module="ip-adapter_clip_sd15", model=title)])
-    explicit = api.img2img(images=[square()], prompt="a square", seed=4, denoising_strength=0.7, width=64, height=64,
+    explicit = api.img2img(alwayson_scripts={}, images=[square()], prompt="a square", seed=4, denoising_strength=0.7, width=64, height=64,
                            controlnet_units=[webuiapi.ControlNetUnit(image=square(), module="ip-adapter_clip_sd15",
                                                                      model=title)])
     assert np.array_equal(array(implicit.image), array(explicit.image))

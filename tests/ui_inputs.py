@@ -9,16 +9,18 @@ SEED_EXTRAS_OFF = (False, -1, 0, 0, 0)
 HIRES_OFF = (False, "Latent", 2, 0, 0.7, 0, 0, "Use same sampler", "", "")
 # Outpaint: left, right, up, down, masked content.
 OUTPAINT_OFF = (0, 0, 0, 0, "fill")
+# The refiner picker and its switch slider.
+REFINER_OFF = ("None", 0.8)
 
 
 def txt2img_off(seed_extras: tuple = SEED_EXTRAS_OFF, hires: tuple = HIRES_OFF) -> tuple:
-    """/run_mode's inputs after the editor: the seed extras, hires fix, the tab's ControlNet units."""
-    return (*seed_extras, *hires, *units_off())
+    """/run_mode's inputs after the editor: the seed extras, hires fix, the refiner, the tab's ControlNet units."""
+    return (*seed_extras, *hires, *REFINER_OFF, *units_off())
 
 
 def img2img_off(seed_extras: tuple = SEED_EXTRAS_OFF, outpaint: tuple = OUTPAINT_OFF) -> tuple:
-    """/run_mode_1's inputs after the editor: the seed extras, outpaint, the tab's ControlNet units."""
-    return (*seed_extras, *outpaint, *units_off())
+    """/run_mode_1's inputs after the editor: the seed extras, outpaint, the refiner, the tab's ControlNet units."""
+    return (*seed_extras, *outpaint, *REFINER_OFF, *units_off())
 
 
 # /run_mode_2's (inpaint) inputs after the editor: the seed extras, then the masked content (its default).

@@ -86,6 +86,11 @@ def to_generation_request(payload: Txt2ImgPayload, default_model: str, default_v
             fields["schedule"] = legacy_schedule
     if payload.steps is not None:
         fields["steps"] = payload.steps
+    if (payload.refiner_checkpoint or "").strip().lower() not in ("", "none"):
+        switch_at = 0.8 if payload.refiner_switch_at is None else payload.refiner_switch_at
+        fields["refiner"] = {"checkpoint": payload.refiner_checkpoint, "switch_at": switch_at}
+    elif payload.refiner_switch_at is not None:
+        ignored.append("refiner_switch_at")
     if isinstance(payload, Img2ImgPayload):
         fields.update(init_image=payload.init_images[0], mask=payload.mask or None, mask_blur=payload.mask_blur,
                       inpainting_mask_invert=bool(payload.inpainting_mask_invert))

@@ -42,6 +42,8 @@ class Txt2ImgPayload(BaseModel):
     override_settings_restore_afterwards: bool = True
     send_images: bool = True
     save_images: bool = False
+    refiner_checkpoint: str | None = None  # None, "" or "None": no refiner, as A1111 reads it
+    refiner_switch_at: float | None = None  # None: A1111's UI default, 0.8
 
 
 class Img2ImgPayload(Txt2ImgPayload):

@@ -56,7 +56,7 @@ _OPTION_FOR = {
     "inpainting_mask_invert": "--invert-mask", "clip_skip": "--clip-skip", "subseed": "--subseed",
     "subseed_strength": "--subseed-strength", "seed_resize_from_w": "--seed-resize-from",
     "seed_resize_from_h": "--seed-resize-from", "outpaint": "--outpaint", "inpainting_fill": "--inpainting-fill",
-    "inpainting_mask_invert": "--invert-mask", "clip_skip": "--clip-skip", "hires": "--hires-* or --no-hires",
+    "hires": "--hires-* or --no-hires", "refiner": "--refiner/--refiner-switch-at",
 }
 
 
@@ -70,6 +70,15 @@ def _seed_resize(value: str | None) -> dict[str, int]:
     if not x or not w.isdigit() or not h.isdigit():
         raise InvalidRequest(f"--seed-resize-from {value!r}: give WIDTHxHEIGHT in pixels, e.g. 512x512, or off")
     return {"seed_resize_from_w": int(w), "seed_resize_from_h": int(h)}
+
+
+def _refiner_fields(read: dict[str, Any] | None, name: str | None, switch_at: float | None) -> dict[str, Any]:
+    """The refiner an infotext gave (if any) with --refiner and --refiner-switch-at laid over it."""
+    fields = {**(read or {}), **({"checkpoint": name} if name is not None else {}),
+              **({"switch_at": switch_at} if switch_at is not None else {})}
+    if "checkpoint" not in fields:
+        raise InvalidRequest("--refiner-switch-at needs a refiner: give --refiner NAME")
+    return fields
 
 
 def _build_request(fields: dict[str, Any], from_image: set[str], from_png: Path | None):
@@ -155,6 +164,10 @@ def generate(
     control_res: list[int] = typer.Option(None, "--control-res", help="Preprocessor resolution (default 512)"),
     control_threshold_a: list[float] = typer.Option(None, "--control-threshold-a", help="Preprocessor threshold A"),
     control_threshold_b: list[float] = typer.Option(None, "--control-threshold-b", help="Preprocessor threshold B"),
+    refiner: str = typer.Option(None, "--refiner", help="A checkpoint that finishes the image (SDXL refiner); "
+                                "None: no refiner, also where --from-png's image had one"),
+    refiner_switch_at: float = typer.Option(None, "--refiner-switch-at",
+                                            help="Fraction of the steps after which the refiner takes over (0.8)"),
     ip_adapter: str = typer.Option(None, "--ip-adapter", help="IP-Adapter model (see `guardforge models list --kind "
                                    "ipadapter`); needs --ip-adapter-image"),
     ip_adapter_image: Path = typer.Option(None, "--ip-adapter-image", help="The picture the IP-Adapter draws from"),
@@ -193,6 +206,10 @@ def generate(
          "threshold_b": control_threshold_b}, units_from_infotext(parse_infotext(text)) if text else [], from_png)
     if note:
         typer.secho(note, err=True, fg="yellow")
+    if refiner is not None and refiner.strip().lower() == "none":
+        fields.pop("refiner", None)
+    elif refiner is not None or refiner_switch_at is not None:
+        given["refiner"] = _refiner_fields(fields.get("refiner"), refiner, refiner_switch_at)
     from guardforge.cli.ip_adapter_options import ip_adapter_fields
     from guardforge.engine.ip_adapter import ip_adapter_from_infotext
 

@@ -41,12 +41,13 @@ def _number(value: float) -> str:
 def build_infotext(request: GenerationRequest, seed: int, width: int, height: int, model_name: str,
                    model_hash: str | None, vae_name: str | None = None, vae_hash: str | None = None,
                    subseed: int | None = None, ti_hashes: str | None = None,
-                   controlnet_units: list[str] | None = None) -> str:
+                   controlnet_units: list[str] | None = None, refiner: tuple[str, str] | None = None) -> str:
     """Prompt, `Negative prompt:` line (only when there is one), then the parameters line, in A1111's order.
 
     `vae_name` (the VAE's file name, as A1111 writes it) and `vae_hash` only when a VAE replaced the
     checkpoint's own: A1111 writes neither then. `subseed`: this image's variation seed, written only when
-    subseed_strength used it. `ti_hashes`: A1111's "name: short hash, ..." of the embeddings the texts used."""
+    subseed_strength used it. `ti_hashes`: A1111's "name: short hash, ..." of the embeddings the texts used.
+    `refiner`: (name, short hash) of the refiner checkpoint used."""
     params: dict[str, Any] = {
         "Steps": request.steps,
         "Sampler": request.sampler,
@@ -75,6 +76,9 @@ def build_infotext(request: GenerationRequest, seed: int, width: int, height: in
         "TI hashes": ti_hashes or None,
         # sd-webui-controlnet's `ControlNet 0: "Module: canny, Model: ..."`, one per unit (engine/controlnet.py)
         **{f"ControlNet {index}": unit for index, unit in enumerate(controlnet_units or [])},
+        # Also extra_generation_params in A1111, added by the sampler once it switches models.
+        "Refiner": f"{refiner[0]} [{refiner[1]}]" if refiner and request.refiner else None,
+        "Refiner switch at": request.refiner.switch_at if refiner and request.refiner else None,
     }
     if request.hires is not None:
         params.update(hires_infotext_params(request))
@@ -140,6 +144,8 @@ def fields_from_infotext(text: str) -> dict[str, Any]:
     for key, name in mapping.items():
         if key in p:
             fields[name] = p[key]
+    if "Refiner" in p:  # A1111's default switch, where an infotext names a refiner and no switch
+        fields["refiner"] = {"checkpoint": p["Refiner"], "switch_at": p.get("Refiner switch at", 0.8)}
     if p.get("Mask mode") == _INVERTED_MASK_MODE:
         fields["inpainting_mask_invert"] = True
     if "outpaint" in fields:

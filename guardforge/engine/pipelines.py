@@ -27,6 +27,7 @@ from guardforge.engine.lora import applied_loras, resolve_loras
 from guardforge.engine.masked_content import LatentFill, fill_mode, source_image
 from guardforge.engine.outpaint import check_canvas, extend
 from guardforge.engine.prompts import encode_prompts, extract_lora_tags, prompt_chunks
+from guardforge.engine.refiner import Handover
 from guardforge.engine.request import GenerationRequest, ProgressEvent
 from guardforge.engine.samplers import build_scheduler, check_sampler
 from guardforge.engine.variation import Variation, request_subseeds, with_fixed_subseed
@@ -121,7 +122,8 @@ class _Progress:
         self.iteration = 0
         self.done = 0
         self.per_batch = 0
-        self.fixed_per_batch = 0  # steps per batch known up front (hires fix: both passes); 0: the pipe's
+        # Steps per batch when known ahead (hires fix's two passes, a refiner's two parts); None: the pipe's.
+        self.planned: int | None = None
         self.started = time.perf_counter()
 
     def interrupted(self) -> bool:
@@ -142,7 +144,7 @@ class _Progress:
 
     def callback(self, pipe: DiffusionPipeline, step: int, timestep: Any, kwargs: dict) -> dict:
         self.done += 1
-        self.per_batch = per_batch = self.fixed_per_batch or int(getattr(pipe, "num_timesteps", 0) or step + 1)
+        self.per_batch = per_batch = self.planned or int(getattr(pipe, "num_timesteps", 0) or step + 1)
         if self.on_progress is not None:
             total = per_batch * self.n_iter
             elapsed = max(time.perf_counter() - self.started, 1e-9)
@@ -230,6 +232,7 @@ class Engine:
         skip: threading.Event | None = None,
         interrupt: threading.Event | None = None,
         control: ControlRun | None = None,
+        refiner: LoadedModel | None = None,
         ip_adapter: IPAdapterRun | None = None,
     ) -> list[tuple[Image.Image, int]]:
         """Generate batch_size x n_iter images; returns (image, seed) pairs in seed order.
@@ -237,8 +240,9 @@ class Engine:
         `cancel` stops the request between two steps (Cancelled is raised, nothing is returned). As in A1111,
         `skip` ends the current batch early, keeps its partly denoised images and goes on with the next batch;
         `interrupt` does the same but runs no further batch, so the images made so far are returned.
-        `control`: the request's ControlNet units, prepared (engine/controlnet.py). `ip_adapter`: its IP-Adapter,
-        loaded into the pipeline for this run only (engine/ip_adapter.py).
+        `control`: the request's ControlNet units, prepared (engine/controlnet.py).
+        `refiner` takes over from the model at request.refiner.switch_at (engine/refiner.py).
+        `ip_adapter`: the request's IP-Adapter, loaded into the pipeline for this run only (engine/ip_adapter.py).
         """
         import torch
 
@@ -309,9 +313,13 @@ class Engine:
                     if request.hires is not None:
                         hires = HiresPass(loaded, request, self.upscalers, (width, height), prompt,
                                           base_scheduler.config)
-                        progress.fixed_per_batch = hires.steps_per_batch()
+                        progress.planned = hires.steps_per_batch()
                         same = (hires.prompt, hires.negative) == (prompt, request.negative_prompt)
                         hires_embeds = embeds if same else hires.encode(request.clip_skip)
+                    # A refiner's hand-over stands in for the pipeline call: batches, seeds and callbacks stay.
+                    run_pipe = pipe
+                    if refiner is not None:
+                        run_pipe = Handover(refiner, request, prompt, progress).wrap(pipe)
                     for iteration in range(request.n_iter):
                         progress.iteration = iteration
                         progress.check_cancel()
@@ -348,7 +356,7 @@ class Engine:
                         if hires is not None:
                             images = hires.run_batch(pipe, first_pass, batch_seeds, hires_embeds, progress, cancel)
                         else:
-                            images = pipe(**first_pass, output_type="pil").images
+                            images = run_pipe(**first_pass, output_type="pil").images
                         for image, seed in zip(images, batch_seeds, strict=True):
                             if blend_mask is not None:
                                 # A1111's overlay: pixels outside the (blurred) mask come back from the original

@@ -289,6 +289,20 @@ def encode_prompts(pipe: DiffusionPipeline, prompt: str, negative_prompt: str, c
         return PromptEmbeds({"prompt_embeds": embeds, "negative_prompt_embeds": negative,
                              "pooled_prompt_embeds": pooled, "negative_pooled_prompt_embeds": negative_pooled})
 
+    if text_encoder is None and _is_clip(text_encoder_2) and getattr(pipe, "text_encoder_3", None) is None:
+        # SDXL's refiner has only the second encoder: read as the base reads it (penultimate layer
+        # un-normalised, pooled output of the first chunk).
+        layer = clip_skip + 1
+        _check_clip_skip(text_encoder_2, layer)
+        provider = provider_cls(tokenizer_2, text_encoder_2, layer=layer, normalize=False, **common)
+        embeds, negative = _pad_pair(provider, _encode(provider, prompt, device),
+                                     _encode(provider, negative_prompt, device))
+        return PromptEmbeds({"prompt_embeds": embeds, "negative_prompt_embeds": negative,
+                             "pooled_prompt_embeds": provider.get_pooled_embeddings([_first_chunk_text(prompt)],
+                                                                                    device=device),
+                             "negative_pooled_prompt_embeds": provider.get_pooled_embeddings(
+                                 [_first_chunk_text(negative_prompt)], device=device)})
+
     if is_clip and text_encoder_2 is None:
         # SD 1.x / 2.x: A1111 reads hidden_states[-clip_skip] through the final layer norm.
         _check_clip_skip(text_encoder, clip_skip)

@@ -113,6 +113,14 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
         size = native_size(model)
         return (gr.update(), gr.update()) if size is None else (gr.update(value=size[0]), gr.update(value=size[1]))
 
+    def refiner_picker(elem_id: str):
+        """A1111's refiner: a checkpoint that finishes the image, and after what fraction of the steps."""
+        with gr.Row():
+            picked = gr.Dropdown(["None"] + model_names(), value="None", label="Refiner", elem_id=elem_id)
+            switch = gr.Slider(0.01, 0.99, value=0.8, step=0.01, label="Refiner switch at",
+                               elem_id=f"{elem_id}-switch")
+        return picked, switch
+
     def sampler_names() -> list[str]:
         from guardforge.engine.samplers import SAMPLERS
 
@@ -120,8 +128,8 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
 
     def run(mode, prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed,
             init_image, strength, editor, extra, subseed, subseed_strength, resize_w, resize_h,
-            out_left, out_right, out_up, out_down, fill, request: gr.Request, hires=None,
-            controlnet: list | None = None):
+            out_left, out_right, out_up, out_down, fill, request: gr.Request, hires=None, refiner=None,
+            switch_at=0.8, controlnet: list | None = None):
         owner = _owner(request)
         if rate_limit is not None:
             try:
@@ -132,6 +140,8 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
                       schedule=schedule, steps=int(steps), cfg_scale=float(cfg), width=int(width),
                       height=int(height), seed=int(seed), hires=hires)
         fields.update(seed_extras.request_fields(extra, subseed, subseed_strength, resize_w, resize_h))
+        if refiner and refiner != "None":
+            fields["refiner"] = {"checkpoint": refiner, "switch_at": float(switch_at)}
         if mode == "img2img":
             if init_image is None:
                 raise gr.Error("drop an image to start from")
@@ -183,23 +193,26 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
         # An explicit signature, so that Gradio sees the gr.Request parameter and fills it in.
         def run_mode(prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed, init_image,
                      strength, editor, extra=False, subseed=-1, subseed_strength=0, resize_w=0, resize_h=0,
-                     out_left=0, out_right=0, out_up=0, out_down=0, fill=None, request: gr.Request = None,
+                     out_left=0, out_right=0, out_up=0, out_down=0, fill=None, refiner="None", switch_at=0.8,
+                     request: gr.Request = None,
                      controlnet: list | None = None):
             yield from run(mode, prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed,
                            init_image, strength, editor, extra, subseed, subseed_strength, resize_w, resize_h,
-                           out_left, out_right, out_up, out_down, fill, request, controlnet=controlnet)
+                           out_left, out_right, out_up, out_down, fill, request, refiner=refiner, switch_at=switch_at,
+                           controlnet=controlnet)
         return run_mode
 
     def run_txt2img(prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed, init_image,
                     strength, editor, extra=False, subseed=-1, subseed_strength=0, resize_w=0, resize_h=0,
                     hr_enabled=False, hr_upscaler="Latent", hr_scale=2, hr_steps=0, hr_strength=0.7, hr_resize_x=0,
-                    hr_resize_y=0, hr_sampler="Use same sampler", hr_prompt="", hr_negative="",
-                    request: gr.Request = None, controlnet: list | None = None):
+                    hr_resize_y=0, hr_sampler="Use same sampler", hr_prompt="", hr_negative="", refiner="None",
+                    switch_at=0.8, request: gr.Request = None, controlnet: list | None = None):
         hires = hires_options(hr_enabled, hr_upscaler, hr_scale, hr_steps, hr_strength, hr_resize_x, hr_resize_y,
                               hr_sampler, hr_prompt, hr_negative)
         yield from run("txt2img", prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed,
                        init_image, strength, editor, extra, subseed, subseed_strength, resize_w, resize_h,
-                       0, 0, 0, 0, None, request, hires=hires, controlnet=controlnet)
+                       0, 0, 0, 0, None, request, hires=hires, refiner=refiner, switch_at=switch_at,
+                       controlnet=controlnet)
 
     def show_selected(job_id, evt: gr.SelectData, request: gr.Request):
         job = studio.job(job_id, _caller(studio, request))
@@ -277,6 +290,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
         extras = seed_extras.build(limits)
         with gr.Tabs():
             with gr.Tab("txt2img"):
+                txt_refiner, txt_switch = refiner_picker("gf-refiner")
                 txt_button = gr.Button("Generate", variant="primary", elem_id="gf-generate")
                 hires_inputs = hires_section(studio)
                 txt_controls = ControlNetPanel(studio, rate_limit, _owner, img2img=False).build("txt2img")
@@ -285,6 +299,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
                                       limits.max_image_pixels)
                 strength = gr.Slider(0, 1, value=0.75, step=0.05, label="Denoising strength")
                 outpaint = outpaint_controls.build(limits)
+                img_refiner, img_switch = refiner_picker("gf-img-refiner")
                 img_button = gr.Button("Generate from image", variant="primary")
                 img_controls = ControlNetPanel(studio, rate_limit, _owner, img2img=True).build("img2img")
             with gr.Tab("inpaint"):
@@ -323,12 +338,14 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
         hires_names = ["hr_enabled", "hr_upscaler", "hr_scale", "hr_steps", "hr_strength", "hr_resize_x",
                        "hr_resize_y", "hr_sampler", "hr_prompt", "hr_negative"]
         outpaint_names = ["out_left", "out_right", "out_up", "out_down", "fill"]
-        txt_button.click(txt_controls.wrap(run_txt2img, names + hires_names),
+        refiner_names = ["refiner", "switch_at"]
+        txt_button.click(txt_controls.wrap(run_txt2img, names + hires_names + refiner_names),
                          [prompt, negative, *params, init_image, strength, editor, *extras, *hires_inputs,
-                          *txt_controls.components], outputs, concurrency_limit=None, api_name="run_mode")
-        img_button.click(img_controls.wrap(runner("img2img"), names + outpaint_names),
+                          txt_refiner, txt_switch, *txt_controls.components], outputs, concurrency_limit=None,
+                         api_name="run_mode")
+        img_button.click(img_controls.wrap(runner("img2img"), names + outpaint_names + refiner_names),
                          [prompt, negative, *params, init_image, strength, editor, *extras, *outpaint,
-                          *img_controls.components], outputs,
+                          img_refiner, img_switch, *img_controls.components], outputs,
                          concurrency_limit=None)
         inpaint_button.click(runner("inpaint"),
                              [prompt, negative, *params, init_image, inpaint_strength, editor, *extras, *outpaint[:4],
