@@ -245,3 +245,35 @@ def test_sdxl_txt2img_and_img2img(tmp_path, tmp_path_factory):
         assert np.array_equal(run(), plain)
     assert {name: type(p) for name, p in pipe.unet.attn_processors.items()} == before
     assert pipe.unet.encoder_hid_proj is None and pipe.image_encoder is None
+
+
+def test_sdxl_through_the_studio_with_a_refiner(tmp_path):
+    """An SDXL adapter through Studio.generate (submit's checks included), and with the SDXL refiner: the adapter
+    steers the base model's part, the refiner's part runs on its own UNet without it, and the base is restored."""
+    from diffusers import UNet2DConditionModel
+
+    from guardforge.settings import Settings
+    from guardforge.studio import Studio
+    from tests.test_engine_refiner import save_tiny_refiner, save_tiny_sdxl
+
+    models = tmp_path / "home" / "models"
+    save_tiny_sdxl(models / "Stable-diffusion" / "tiny-xl")
+    save_tiny_refiner(models / "Stable-diffusion" / "tiny-xl-refiner")
+    save_ip_adapter_file(models / "ipadapter" / "xl-ip.safetensors",
+                         UNet2DConditionModel.from_pretrained(models / "Stable-diffusion" / "tiny-xl" / "unet"),
+                         embed_dim=32)
+    save_clip_vision(models / "clip_vision" / "tiny-clip")
+    studio = Studio(Settings(home=tmp_path / "home", device="cpu", guard={"policy": "off"}))
+    base = {"prompt": "a square", "negative_prompt": "blurry", "model": "tiny-xl", "steps": 4, "seed": 11,
+            "sampler": "Euler", "width": 32, "height": 32}
+    for extra in ({}, {"refiner": {"checkpoint": "tiny-xl-refiner", "switch_at": 0.5}}):
+        plain = pixels(studio.generate(GenerationRequest(**base, **extra), save=False))
+        job = studio.submit(GenerationRequest(**base, **extra, ip_adapter=adapter(model="xl-ip")))
+        assert job.id
+        zero = studio.generate(GenerationRequest(**base, **extra, ip_adapter=adapter(model="xl-ip", scale=0.0)),
+                               save=False)
+        assert np.array_equal(pixels(zero), plain), extra
+        steered = pixels(studio.generate(GenerationRequest(**base, **extra, ip_adapter=adapter(model="xl-ip")),
+                                         save=False))
+        assert np.abs(steered - plain).mean() > 1, extra
+        assert np.array_equal(pixels(studio.generate(GenerationRequest(**base, **extra), save=False)), plain)
