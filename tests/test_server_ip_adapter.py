@@ -74,7 +74,8 @@ def test_webuiapi_ip_adapter_unit_round_trip(api):
 
     adapted = api.txt2img(alwayson_scripts={}, **kw, controlnet_units=[unit()])
     assert np.abs(array(adapted.image) - array(plain.image)).mean() > 1
-    assert np.array_equal(array(api.txt2img(alwayson_scripts={}, **kw, controlnet_units=[unit(0.0)]).image), array(plain.image))
+    zero = api.txt2img(alwayson_scripts={}, **kw, controlnet_units=[unit(0.0)])
+    assert np.array_equal(array(zero.image), array(plain.image))
     info = adapted.info["infotexts"][0]
     assert 'ControlNet 0: "Module: ip-adapter_clip_sd15, Model: ip-adapter_tiny [' in info and "Weight: 1," in info
     # The infotext read back (PNG info) and sent again gives the same image.
@@ -83,7 +84,8 @@ def test_webuiapi_ip_adapter_unit_round_trip(api):
 
     back = ip_adapter_from_infotext(parse_infotext(info))
     assert back["model"].startswith("ip-adapter_tiny [") and back["scale"] == 1
-    again = api.txt2img(alwayson_scripts={}, **kw, controlnet_units=[unit(back["scale"], back["model"])])  # the A1111 title resolves
+    # The A1111 title resolves.
+    again = api.txt2img(alwayson_scripts={}, **kw, controlnet_units=[unit(back["scale"], back["model"])])
     assert np.array_equal(array(again.image), array(adapted.image))
     # With a ControlNet unit beside it: both act, and the unit keeps its index in infotext.
     canny = webuiapi.ControlNetUnit(image=square(), module="canny", model=next(
@@ -94,16 +96,15 @@ def test_webuiapi_ip_adapter_unit_round_trip(api):
     assert 'ControlNet 0: "Module: canny' in both.info["infotexts"][0]
     assert 'ControlNet 1: "Module: ip-adapter_clip_sd15' in both.info["infotexts"][0]
     # img2img too
-    img = api.img2img(alwayson_scripts={}, images=[square()], prompt="a square", seed=4, denoising_strength=0.7, width=64, height=64)
-    img_adapted = api.img2img(alwayson_scripts={}, images=[square()], prompt="a square", seed=4, denoising_strength=0.7, width=64,
-                              height=64, controlnet_units=[unit()])
+    i2i = dict(images=[square()], prompt="a square", seed=4, denoising_strength=0.7, width=64, height=64)
+    img = api.img2img(alwayson_scripts={}, **i2i)
+    img_adapted = api.img2img(alwayson_scripts={}, **i2i, controlnet_units=[unit()])
     assert not np.array_equal(array(img.image), array(img_adapted.image))
     # A unit without an image reads the init image, as sd-webui-controlnet's do.
-    implicit = api.img2img(alwayson_scripts={}, images=[square()], prompt="a square", seed=4, denoising_strength=0.7, width=64, height=64,
-                           controlnet_units=[webuiapi.ControlNetUnit(module="ip-adapter_clip_sd15", model=title)])
-    explicit = api.img2img(alwayson_scripts={}, images=[square()], prompt="a square", seed=4, denoising_strength=0.7, width=64, height=64,
-                           controlnet_units=[webuiapi.ControlNetUnit(image=square(), module="ip-adapter_clip_sd15",
-                                                                     model=title)])
+    no_image = webuiapi.ControlNetUnit(module="ip-adapter_clip_sd15", model=title)
+    implicit = api.img2img(alwayson_scripts={}, **i2i, controlnet_units=[no_image])
+    with_image = webuiapi.ControlNetUnit(image=square(), module="ip-adapter_clip_sd15", model=title)
+    explicit = api.img2img(alwayson_scripts={}, **i2i, controlnet_units=[with_image])
     assert np.array_equal(array(implicit.image), array(explicit.image))
     assert not np.array_equal(array(implicit.image), array(img.image))
 

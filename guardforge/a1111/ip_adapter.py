@@ -61,8 +61,8 @@ def split_ip_adapter(alwayson_scripts: Any, init_image: str | None = None
             found["scale"] = arg["weight"]
         for key, value in arg.items():
             default = _DEFAULTS.get(key, ...)
-            if key in _READ or key in _NO_EFFECT or (default is not ... and (value in default if isinstance(default, tuple)
-                                                         else value == default)):
+            at_default = default is not ... and (value in default if isinstance(default, tuple) else value == default)
+            if key in _READ or key in _NO_EFFECT or at_default:
                 continue
             if value not in (None, False, 0, "", [], {}):
                 ignored.append(f"{where}.{key}")

@@ -155,7 +155,6 @@ def pick_encoder(registry: ModelRegistry, settings: Settings, adapter_name: str,
     """The encoder `name` means, refused if its output does not fit the adapter or its files cannot be read; None:
     the first usable one in models/clip_vision/ that fits (ViT-H and ViT-bigG differ in width, so the fit tells
     them apart)."""
-    where = registry.root / "clip_vision"
     if name is not None:
         entry = registry.resolve(name, kind="clip_vision")
         shape = encoder_shape(entry)
