@@ -277,3 +277,30 @@ def test_sdxl_through_the_studio_with_a_refiner(tmp_path):
                                          save=False))
         assert np.abs(steered - plain).mean() > 1, extra
         assert np.array_equal(pixels(studio.generate(GenerationRequest(**base, **extra), save=False)), plain)
+
+
+def test_infotext_names_the_module_sd_webui_controlnet_would_show(tmp_path):
+    """Without a module in the request, the infotext's is the one the adapter and encoder mean there."""
+    import json
+
+    from guardforge.engine.ip_adapter import IPAdapterInputs
+    from guardforge.engine.ip_adapter_unit import IPAdapterUnit
+    from guardforge.models.ipadapter_loading import AdapterShape
+    from guardforge.models.registry import ModelRegistry
+    from guardforge.settings import Settings
+
+    for name, projection in (("bigg", 1280), ("vith", 1024)):
+        folder = tmp_path / "models" / "clip_vision" / name
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps({"projection_dim": projection, "hidden_size": 1664}))
+    registry = ModelRegistry(Settings(home=tmp_path))
+    unit = IPAdapterUnit(image=photo(), model="x")
+    assert unit.module is None
+
+    def module(cross, encoder):
+        shape = AdapterShape("ImageProjection", 1280, False, cross, 70)
+        return IPAdapterInputs(unit, None, None, registry.resolve(encoder, kind="clip_vision"), shape).module()
+
+    assert module(2048, "bigg") == "ip-adapter_clip_sdxl"
+    assert module(2048, "vith") == "ip-adapter_clip_sdxl_plus_vith"
+    assert module(768, "vith") == "ip-adapter_clip_sd15"

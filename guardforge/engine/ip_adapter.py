@@ -75,11 +75,22 @@ class IPAdapterInputs:
         return IPAdapterRun(self.unit.scale, self.image.convert("RGB"), load_adapter_state(self.entry, settings),
                             encoder, processor)
 
+    def module(self) -> str:
+        """sd-webui-controlnet's module name for this adapter and encoder: an SDXL adapter (cross-attention 2048)
+        reads ViT-bigG (ip-adapter_clip_sdxl) or, for the _vit-h ones, ViT-H (ip-adapter_clip_sdxl_plus_vith); the
+        rest is SD 1.x's ip-adapter_clip_sd15 (ViT-H)."""
+        if self.shape.cross_attention_dim != 2048:
+            return "ip-adapter_clip_sd15"
+        from guardforge.models.ipadapter_loading import encoder_shape
+
+        return "ip-adapter_clip_sdxl" if encoder_shape(self.encoder).projection_dim == 1280 else \
+            "ip-adapter_clip_sdxl_plus_vith"
+
     def infotext(self) -> str:
         from guardforge.engine.infotext import _number
 
         values = {
-            "Module": self.unit.module, "Model": f"{self.entry.name} [{self.entry.short_hash()}]",
+            "Module": self.unit.module or self.module(), "Model": f"{self.entry.name} [{self.entry.short_hash()}]",
             "Weight": _number(self.unit.scale), "Resize Mode": "Crop and Resize", "Processor Res": 512,
             "Threshold A": -1, "Threshold B": -1, "Guidance Start": 0, "Guidance End": 1,
             "Pixel Perfect": False, "Control Mode": "Balanced",

@@ -9,7 +9,7 @@ class IPAdapterUnit(BaseModel):
     """`model`: a name in models/ipadapter/ ("name [hash]" too); `encoder`: a folder in models/clip_vision/ (None:
     the first one whose width fits the adapter); `scale`: diffusers' set_ip_adapter_scale, sd-webui-controlnet's
     unit weight (0: the adapter changes nothing); `module`: sd-webui-controlnet's preprocessor name, kept for
-    infotext (the encoder is what runs)."""
+    infotext (the encoder is what runs; None: named from the adapter and encoder)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -17,7 +17,7 @@ class IPAdapterUnit(BaseModel):
     model: str = Field(..., min_length=1, max_length=1000)
     scale: float = Field(1.0, ge=0.0, le=2.0)
     encoder: str | None = Field(None, min_length=1, max_length=1000)
-    module: str = Field("ip-adapter_clip_sd15", max_length=200)
+    module: str | None = Field(None, max_length=200)  # None: the one sd-webui-controlnet would show for the pair
 
     @field_validator("image")
     @classmethod
@@ -28,7 +28,9 @@ class IPAdapterUnit(BaseModel):
 
     @field_validator("module")
     @classmethod
-    def _ip_adapter_module(cls, value: str) -> str:
+    def _ip_adapter_module(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         if not value.strip().lower().startswith("ip-adapter"):
             raise ValueError(f"module {value!r} is not an IP-Adapter module (ip-adapter_clip_sd15, "
                              "ip-adapter_clip_sdxl, ip-adapter_clip_h, ...)")
