@@ -244,6 +244,10 @@ class Studio:
             if unit.image is not None:
                 decode_image(unit.image, max_pixels, f"controlnet[{index}].image")
             self.usable_controlnet(unit.model, checkpoint)
+        if request.ip_adapter is not None:
+            from guardforge.engine.ip_adapter import prepare_ip_adapter
+
+            prepare_ip_adapter(self.registry, self.settings, request.ip_adapter, checkpoint, max_pixels)
         if request.vae is not None:  # an unknown or pickled VAE fails here, as the model does, not in the worker
             self.usable_vae(request.vae)
         self.usable_refiner(request)
@@ -407,6 +411,11 @@ class Studio:
         controls = None
         if request.controlnet:
             request, controls = self._prepare_controls(request, entry, init_image, mask)
+        ip_adapter = None
+        if request.ip_adapter is not None:
+            from guardforge.engine.ip_adapter import prepare_ip_adapter
+
+            ip_adapter = prepare_ip_adapter(self.registry, self.settings, request.ip_adapter, entry, max_pixels)
 
         texts = request_texts(request)
         readings = [prompt_reading(texts.prompt, texts.negative_prompt)]
@@ -414,7 +423,9 @@ class Studio:
             readings.append(prompt_reading(texts.hires_prompt, texts.hires_negative_prompt))
         prompt_verdict = max(self.guard.check_prompts(readings), key=lambda verdict: SEVERITY[verdict.action])
         input_verdict = self.guard.check_input_image(init_image) if init_image is not None else None
-        control_verdicts = self.guard.check_images(controls.guarded, "input_image") if controls else []
+        # The IP-Adapter image is an input image as a control image is: the guard reads it before anything runs.
+        guarded = (controls.guarded if controls else []) + (ip_adapter.guarded if ip_adapter else [])
+        control_verdicts = self.guard.check_images(guarded, "input_image") if guarded else []
         blocking = [v for v in (prompt_verdict, input_verdict, *control_verdicts)
                     if v is not None and v.action == "block"]
         if blocking:
@@ -437,7 +448,9 @@ class Studio:
                    if refiner is not None else None)
         outputs = self.engine.run(loaded, fixed, init_image=init_image, mask=mask,
                                   on_progress=on_progress, cancel=cancel, skip=skip, interrupt=interrupt,
-                                  control=control, refiner=refined)
+                                  control=control, refiner=refined,
+                                  ip_adapter=ip_adapter.run(self.pipelines.ip_encoders, loaded,
+                                                            self.settings) if ip_adapter else None)
         model_hash = entry.short_hash()
         vae_name, vae_hash = (vae.filename, vae.short_hash()) if vae else (None, None)
         inversions = ti_hashes(self.registry, request.prompt, request.negative_prompt)
@@ -452,7 +465,8 @@ class Studio:
             infotext = build_infotext(request, seed=seed, width=width, height=height,
                                       model_name=entry.name, model_hash=model_hash, vae_name=vae_name,
                                       vae_hash=vae_hash, subseed=subseed, ti_hashes=inversions,
-                                      controlnet_units=controls.infotext() if controls else None,
+                                      controlnet_units=(controls.infotext() if controls else [])
+                                      + ([ip_adapter.infotext()] if ip_adapter else []),
                                       refiner=refiner_title)
             delivered = self.guard.enforce(image, verdict)
             path = None

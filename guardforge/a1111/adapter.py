@@ -16,6 +16,7 @@ from PIL import Image
 
 from guardforge.a1111.hires import HIRES_FIELDS, hires_from_payload
 from guardforge.a1111.controlnet import units_from_payload
+from guardforge.a1111.ip_adapter import split_ip_adapter
 from guardforge.a1111.schemas import SCHEDULERS_LISTED, SCHEDULES, ImageResponse, Img2ImgPayload, Txt2ImgPayload
 from guardforge.access.caller import Caller
 from guardforge.engine.hires import hires_sizes
@@ -42,7 +43,12 @@ def to_generation_request(payload: Txt2ImgPayload, default_model: str, default_v
     `default_model` and `default_vae` are the caller's options; override_settings replace them for this request.
     `max_pixels` caps the images the payload's ControlNet units are decoded from, where one carries a mask."""
     extra = dict(payload.model_extra or {})
-    controlnet, ignored = units_from_payload(extra.pop("alwayson_scripts", None), max_pixels)
+    # sd-webui-controlnet's IP-Adapter units are the request's ip_adapter here; the others are ControlNet units.
+    scripts, ip_adapter, ip_ignored = split_ip_adapter(
+        extra.pop("alwayson_scripts", None),
+        payload.init_images[0] if isinstance(payload, Img2ImgPayload) and payload.init_images else None)
+    controlnet, ignored = units_from_payload(scripts, max_pixels)
+    ignored += ip_ignored
     hires, hires_ignored = (None, []) if isinstance(payload, Img2ImgPayload) else hires_from_payload(
         extra, payload.denoising_strength, SCHEDULES)
     hires_keys = set() if isinstance(payload, Img2ImgPayload) else set(HIRES_FIELDS)
@@ -69,6 +75,7 @@ def to_generation_request(payload: Txt2ImgPayload, default_model: str, default_v
         # A1111 reads 0 and below as "off"; one spelling of off here.
         seed_resize_from_w=max(payload.seed_resize_from_w, -1),
         seed_resize_from_h=max(payload.seed_resize_from_h, -1), controlnet=controlnet,
+        ip_adapter=ip_adapter,
     )
     sampler = payload.sampler_name or payload.sampler_index
     if sampler:

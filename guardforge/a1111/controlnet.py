@@ -147,7 +147,9 @@ class ControlNetApi:
     def model_list(self) -> dict[str, list[str]]:
         from guardforge.a1111.adapter import title
 
-        return {"model_list": [title(entry) for entry in self.studio.models("controlnet")]}
+        # IP-Adapters too: sd-webui-controlnet lists them among its models (it keeps them in models/ControlNet).
+        return {"model_list": [title(entry) for kind in ("controlnet", "ipadapter")
+                               for entry in self.studio.models(kind)]}
 
     def module_list(self, alias_names: bool = False) -> dict[str, Any]:
         """The modules that run here, as sd-webui-controlnet lists them (short names, or its long aliases), with
@@ -158,10 +160,13 @@ class ControlNetApi:
         def name(module) -> str:
             return ALIASES.get(module.name, module.name) if alias_names else module.name
 
+        from guardforge.a1111.ip_adapter import IP_ADAPTER_MODULES
+
         return {
-            "module_list": [name(m) for m in shown],
-            "module_detail": {name(m): {"model_free": m.name == "none",
-                                        "sliders": [s.as_dict() for s in m.sliders]} for m in shown},
+            "module_list": [name(m) for m in shown] + list(IP_ADAPTER_MODULES),
+            "module_detail": {**{name(m): {"model_free": m.name == "none",
+                                           "sliders": [s.as_dict() for s in m.sliders]} for m in shown},
+                              **{m: {"model_free": False, "sliders": []} for m in IP_ADAPTER_MODULES}},
             "guardforge_unavailable": {name(m): m.unavailable for m in modules if not m.available},
         }
 

@@ -168,6 +168,12 @@ def generate(
                                 "None: no refiner, also where --from-png's image had one"),
     refiner_switch_at: float = typer.Option(None, "--refiner-switch-at",
                                             help="Fraction of the steps after which the refiner takes over (0.8)"),
+    ip_adapter: str = typer.Option(None, "--ip-adapter", help="IP-Adapter model (see `guardforge models list --kind "
+                                   "ipadapter`); needs --ip-adapter-image"),
+    ip_adapter_image: Path = typer.Option(None, "--ip-adapter-image", help="The picture the IP-Adapter draws from"),
+    ip_adapter_scale: float = typer.Option(None, "--ip-adapter-scale", help="IP-Adapter scale (0..2, default 1)"),
+    ip_adapter_encoder: str = typer.Option(None, "--ip-adapter-encoder", help="CLIP vision encoder folder in "
+                                           "models/clip_vision/ (default: the first that fits the adapter)"),
 ) -> None:
     """Generate images; prints where each was saved, its seed and the guard's action."""
     from rich.console import Console
@@ -204,6 +210,13 @@ def generate(
         fields.pop("refiner", None)
     elif refiner is not None or refiner_switch_at is not None:
         given["refiner"] = _refiner_fields(fields.get("refiner"), refiner, refiner_switch_at)
+    from guardforge.cli.ip_adapter_options import ip_adapter_fields
+    from guardforge.engine.ip_adapter import ip_adapter_from_infotext
+
+    given["ip_adapter"], note = ip_adapter_fields(ip_adapter, ip_adapter_image, ip_adapter_scale, ip_adapter_encoder,
+                                                  ip_adapter_from_infotext(parse_infotext(text)) if text else None)
+    if note:
+        typer.secho(note, err=True, fg="yellow")
     given = {k: v for k, v in given.items() if v is not None}
     from_image = set(fields) - set(given)
     fields.update(given)

@@ -6,7 +6,7 @@ import typer
 
 from guardforge.cli import models_app
 
-KINDS = ("checkpoint", "lora", "vae", "controlnet", "embedding", "upscaler")
+KINDS = ("checkpoint", "lora", "vae", "controlnet", "embedding", "upscaler", "ipadapter", "clip_vision")
 
 
 def _registry():
@@ -27,7 +27,7 @@ def _kind(value: str | None) -> str | None:
 
 @models_app.command("list")
 def list_models(kind: str = typer.Option(None, "--kind", "-k",
-                                         help="checkpoint, lora, vae, controlnet, embedding or upscaler"),
+                                         help="checkpoint, lora, vae, controlnet, embedding, upscaler, ipadapter or clip_vision"),
                 ) -> None:
     """List models: name, kind, family, format, source, short hash (if computed), path."""
     from rich.console import Console
@@ -56,7 +56,7 @@ def list_models(kind: str = typer.Option(None, "--kind", "-k",
 @models_app.command("hash")
 def hash_model(name: str = typer.Argument(..., help="Model name, file name or known short hash"),
                kind: str = typer.Option("checkpoint", "--kind", "-k",
-                                        help="checkpoint, lora, vae, controlnet, embedding or upscaler"),
+                                        help="checkpoint, lora, vae, controlnet, embedding, upscaler, ipadapter or clip_vision"),
                ) -> None:
     """Compute (once; then cached) a model's SHA-256 and print it with A1111's 10-digit short hash."""
     entry = _registry().resolve(name, kind=_kind(kind))

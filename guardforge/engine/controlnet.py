@@ -324,6 +324,7 @@ def units_from_infotext(params: dict[str, Any]) -> list[dict[str, Any]]:
             elif name in ("threshold_a", "threshold_b") and float(value) == -1:
                 continue
             unit[name] = value
-        if "model" in unit:
+        # An IP-Adapter unit (sd-webui-controlnet writes it as a ControlNet unit) is the request's ip_adapter.
+        if "model" in unit and not str(unit.get("module", "")).lower().startswith("ip-adapter"):
             units.append(unit)
     return units

@@ -13,6 +13,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
     from guardforge.engine.controlnet import ControlRun
+    from guardforge.engine.ip_adapter import IPAdapterRun
     from guardforge.engine.upscalers import Upscalers
     from guardforge.models.cache import LoadedModel
     from guardforge.models.registry import ModelRegistry
@@ -231,6 +233,7 @@ class Engine:
         interrupt: threading.Event | None = None,
         control: ControlRun | None = None,
         refiner: LoadedModel | None = None,
+        ip_adapter: IPAdapterRun | None = None,
     ) -> list[tuple[Image.Image, int]]:
         """Generate batch_size x n_iter images; returns (image, seed) pairs in seed order.
 
@@ -239,6 +242,7 @@ class Engine:
         `interrupt` does the same but runs no further batch, so the images made so far are returned.
         `control`: the request's ControlNet units, prepared (engine/controlnet.py).
         `refiner` takes over from the model at request.refiner.switch_at (engine/refiner.py).
+        `ip_adapter`: the request's IP-Adapter, loaded into the pipeline for this run only (engine/ip_adapter.py).
         """
         import torch
 
@@ -297,7 +301,8 @@ class Engine:
             progress.check_cancel()
             base_scheduler = pipe.scheduler
             try:
-                with applied_loras(pipe, loras), \
+                with (ip_adapter.applied(pipe) if ip_adapter is not None else nullcontext({})) as ip_inputs, \
+                        applied_loras(pipe, loras), \
                         applied_embeddings(pipe, embeddings, self.settings.allow_pickle) as inversions:
                     # Encoded once per request, after the LoRAs, which may patch the text encoder too.
                     with torch.no_grad():
@@ -341,6 +346,7 @@ class Engine:
                             **mode_inputs,
                             **varied,
                             **control_inputs,
+                            **ip_inputs,
                             num_inference_steps=request.steps,
                             guidance_scale=request.cfg_scale,
                             num_images_per_prompt=request.batch_size,

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from guardforge.engine.controlnet_unit import ControlNetUnit
 from guardforge.engine.hires import HiresOptions, check_hires_size
+from guardforge.engine.ip_adapter_unit import IPAdapterUnit
 from guardforge.engine.masked_content import InpaintingFill
 from guardforge.engine.outpaint import Outpaint
 from guardforge.errors import InvalidRequest
@@ -94,6 +95,7 @@ class GenerationRequest(BaseModel):
     hires: HiresOptions | None = None
     controlnet: list[ControlNetUnit] = []  # applied together (MultiControlNet), each with its own weight and span
     refiner: RefinerOptions | None = None
+    ip_adapter: IPAdapterUnit | None = None  # an image prompt (engine/ip_adapter.py)
 
     @field_validator("width", "height")
     @classmethod
@@ -155,6 +157,13 @@ class GenerationRequest(BaseModel):
             # The refiner's hand-over and hires fix's second pass each replace the pipeline call; chaining them
             # (A1111 refines both passes) is not built yet: refused rather than half done.
             raise ValueError("hires fix and a refiner together are not supported yet: use one or the other")
+        return self
+
+    @model_validator(mode="after")
+    def _ip_adapter_without_hires(self) -> GenerationRequest:
+        # The hires pass runs another pipeline call that would need the adapter's image embeddings too.
+        if self.ip_adapter is not None and self.hires is not None:
+            raise ValueError("IP-Adapter and hires fix do not run together yet: leave one out")
         return self
 
     @model_validator(mode="after")

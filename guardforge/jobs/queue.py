@@ -307,6 +307,9 @@ class JobQueue:
                     for unit in request.get("controlnet") or []:  # control images are the caller's pixels too
                         if isinstance(unit, dict) and unit.get("image") is not None:
                             unit["image"] = None
+                    ip_adapter = request.get("ip_adapter")
+                    if isinstance(ip_adapter, dict) and ip_adapter.get("image") is not None:
+                        ip_adapter["image"] = None  # so is the IP-Adapter's picture
                 payload[PURGED_KEY] = now
                 conn.execute(update(self._jobs).where(self._jobs.c.id == candidate)
                              .values(payload=json.dumps(payload)))

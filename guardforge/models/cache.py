@@ -94,6 +94,9 @@ class PipelineCache:
 
         # Beside the pipelines, reading weights under the same lock; cleared with them by unload_all.
         self.controlnets = ControlNetCache(registry, settings, self._reading)
+        from guardforge.models.ipadapter_cache import EncoderCache
+
+        self.ip_encoders = EncoderCache(settings, self._reading)
         self._devices: dict[str | None, torch.device] = {}
 
     @property
@@ -217,6 +220,7 @@ class PipelineCache:
     def unload_all(self) -> None:
         self._evict(keep=0)
         self.controlnets.clear()
+        self.ip_encoders.clear()
 
     def loaded(self) -> list[str]:
         """Cache keys, least recently used first: the model name, plus `+vae:NAME` with a VAE override."""

@@ -17,7 +17,7 @@ from guardforge.models.hashing import HashCache, weight_files
 if TYPE_CHECKING:
     from guardforge.settings import Settings
 
-Kind = Literal["checkpoint", "lora", "vae", "controlnet", "embedding", "upscaler"]
+Kind = Literal["checkpoint", "lora", "vae", "controlnet", "embedding", "upscaler", "ipadapter", "clip_vision"]
 Format = Literal["diffusers", "single_file"]
 Source = Literal["user", "shipped"]
 
@@ -29,10 +29,17 @@ KIND_FOLDERS: dict[Kind, str] = {
     "controlnet": "ControlNet",
     "embedding": "embeddings",  # textual inversion (A1111 keeps it beside models/; sdnext inside, as here)
     "upscaler": "ESRGAN",
+    # IP-Adapter weights (single files) and the CLIP vision encoders they read images with (transformers
+    # folders): sd-webui-controlnet keeps the former in ControlNet/, where they would pass for ControlNets here.
+    "ipadapter": "ipadapter",
+    "clip_vision": "clip_vision",
 }
 # Kinds A1111 spreads over more than one folder: its ESRGAN and Real-ESRGAN models are one kind here (one loader
 # reads both), so a name from either folder works wherever an upscaler is asked for.
-MORE_KIND_FOLDERS: dict[Kind, tuple[str, ...]] = {"upscaler": ("RealESRGAN",)}
+# sd-webui-controlnet keeps IP-Adapters among the ControlNets: a single file there whose name says ip-adapter (as
+# all of h94's do) is an IP-Adapter, not a ControlNet.
+MORE_KIND_FOLDERS: dict[Kind, tuple[str, ...]] = {"upscaler": ("RealESRGAN",), "ipadapter": ("ControlNet",)}
+_IP_ADAPTER_NAME = re.compile(r"ip[-_]?adapter", re.IGNORECASE)
 SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".bin", ".pth")
 MODEL_SUFFIXES = SAFE_SUFFIXES + PICKLE_SUFFIXES
@@ -45,6 +52,8 @@ _FOLDER_MARKERS: dict[Kind, tuple[str, ...]] = {
     "controlnet": ("config.json",),
     "embedding": (),  # single files only: a folder groups them
     "upscaler": (),  # single files only: every subfolder groups models
+    "ipadapter": (),  # single files only
+    "clip_vision": ("config.json",),
 }
 _FORCED_RESCAN_INTERVAL_S = 1.0
 # "name [abcdef0123]" is how A1111 clients spell a checkpoint (sd_model_checkpoint, infotext).
@@ -227,7 +236,9 @@ class ModelRegistry:
                     # A1111 lets users group models in subfolders; the name keeps the subfolder.
                     self._watch(path, seen)
                     self._scan_folder(base, path, kind, found, seen)
-            elif path.suffix.lower() in MODEL_SUFFIXES and not (path.parent / "config.json").exists():
+            elif path.suffix.lower() in MODEL_SUFFIXES and not (path.parent / "config.json").exists() and (
+                    base.name != KIND_FOLDERS["controlnet"]
+                    or bool(_IP_ADAPTER_NAME.search(path.name)) == (kind == "ipadapter")):
                 # (A weights file beside a config.json is one component of a diffusers folder, e.g. one
                 # still being written before its model_index.json: not a checkpoint of its own.)
                 found.append(self._entry(rel[: -len(path.suffix)], path, kind, "single_file", "user"))

@@ -157,7 +157,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
             if fill not in (None, "original"):  # "original", the inpaint default, is left unsaid as before
                 fields["inpainting_fill"] = fill
         if controlnet:
-            fields["controlnet"] = controlnet  # ControlNetPanel's enabled units
+            fields.update(ControlNetPanel.request_fields(controlnet))  # its enabled units, an IP-Adapter apart
         caller = _caller(studio, request)
         try:
             job_id = studio.submit(GenerationRequest(**fields), caller).id

@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 
 import gradio as gr
 
+from guardforge.a1111.ip_adapter import IP_ADAPTER_MODULES
 from guardforge.engine.controlnet_unit import CONTROL_MODES, RESIZE_MODES
+from guardforge.engine.ip_adapter import is_ip_adapter_module
 from guardforge.errors import GuardforgeError
 from guardforge.imaging import encode_image
 from guardforge.ui.uploads import UploadedImage, with_cap
@@ -60,7 +62,9 @@ class ControlNetPanel:
             pixel_perfect = gr.Checkbox(False, label="Pixel Perfect")
             preview_button = gr.Button("Preview preprocessor result", size="sm", elem_id=f"{prefix}-run-preview")
         with gr.Row():
-            module = gr.Dropdown([m.name for m in modules], value="none", label="Preprocessor",
+            # sd-webui-controlnet offers IP-Adapter as a unit: its modules and models are in the same pickers.
+            module = gr.Dropdown([m.name for m in modules] + list(IP_ADAPTER_MODULES), value="none",
+                                 label="Preprocessor",
                                  elem_id=f"{prefix}-module")
             model = gr.Dropdown(self._models(), value=None, label="Model", elem_id=f"{prefix}-model")
             refresh = gr.Button("Refresh models", size="sm")
@@ -93,7 +97,7 @@ class ControlNetPanel:
         preview_button.click(run_preview, unit, [preview], concurrency_limit=None)
 
     def _models(self) -> list[str]:
-        return [entry.name for entry in self.studio.models("controlnet")]
+        return [entry.name for kind in ("controlnet", "ipadapter") for entry in self.studio.models(kind)]
 
     def _sliders(self, name: str):
         """Show the resolution and threshold sliders the module has, with its labels, ranges and defaults."""
@@ -113,6 +117,8 @@ class ControlNetPanel:
     def _preview(self, values: dict, request: gr.Request | None):
         if values["image"] is None:
             raise gr.Error("drop a control image into the unit first")
+        if is_ip_adapter_module(values["module"]):
+            raise gr.Error("an IP-Adapter unit has no preprocessor map to preview: its image goes to the adapter as is")
         if self.rate_limit is not None:
             try:
                 self.rate_limit(self.owner(request))
@@ -138,8 +144,26 @@ class ControlNetPanel:
                 continue
             if not unit["model"]:
                 raise gr.Error(f"ControlNet Unit {index} is enabled but has no model: choose one (or Refresh models)")
+            if is_ip_adapter_module(unit["module"]):
+                if unit["image"] is None:
+                    raise gr.Error(f"ControlNet Unit {index} is an IP-Adapter unit: drop the picture it draws from")
+                units.append({"module": unit["module"], "model": unit["model"], "scale": float(unit["weight"]),
+                              "image": encode_image(unit["image"].convert("RGB"))})
+                continue
             units.append(_unit_fields(unit))
         return units
+
+    @staticmethod
+    def request_fields(units: list[dict]) -> dict:
+        """The request fields of units() as a handler gets them: ControlNet units, and an IP-Adapter unit as the
+        request's ip_adapter (one per request)."""
+        adapters = [unit for unit in units if is_ip_adapter_module(unit["module"])]
+        if len(adapters) > 1:
+            raise gr.Error("one IP-Adapter unit per request: disable the other")
+        fields: dict = {"controlnet": [unit for unit in units if not is_ip_adapter_module(unit["module"])]}
+        if adapters:
+            fields["ip_adapter"] = adapters[0]
+        return fields
 
     def wrap(self, handler: Callable, names: list[str]) -> Callable:
         """`handler(*base values, request, controlnet=units)` as a Gradio handler of the base inputs and this panel's

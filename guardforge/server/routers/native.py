@@ -48,6 +48,8 @@ def job_view(request: Request, job: Job) -> JobView:
     if payload_request.get("controlnet"):
         payload_request["controlnet"] = [{**unit, "image": "<base64 image>" if unit.get("image") else None}
                                          for unit in payload_request["controlnet"]]
+    if isinstance(payload_request.get("ip_adapter"), dict) and payload_request["ip_adapter"].get("image"):
+        payload_request["ip_adapter"] = {**payload_request["ip_adapter"], "image": "<base64 image>"}
     return JobView(
         id=job.id, kind=job.kind, state=job.state, priority=job.priority, position=job.position,
         progress=progress, error=job.error, created_at=job.created_at, started_at=job.started_at,
