@@ -62,6 +62,7 @@ def test_scans_a1111_layout(gf_home):
         ("vae", "vae-ft-mse"): ("single_file", "unknown", "user"),
         ("controlnet", "canny"): ("diffusers", "sd1", "user"),
         ("checkpoint", "tiny-shapes"): ("diffusers", "sd1", "shipped"),
+        ("controlnet", "tiny-shapes-canny"): ("diffusers", "sd1", "shipped"),
     }
     assert [e.name for e in registry.list("lora")] == ["style"]
     assert registry.resolve("old").is_pickle
@@ -178,19 +179,19 @@ def test_resolve_by_name_extension_hash_and_a1111_title(gf_home, registry):
 
 
 def test_new_models_appear_without_restart(gf_home, registry, tiny_model_dir):
-    assert registry.names() == ["tiny-sd", "tiny-shapes"]
+    assert registry.names("checkpoint") == ["tiny-sd", "tiny-shapes"]
     # A diffusers folder being saved (model_index.json comes last) is not listed piece by piece...
     saving = gf_home / "models" / "Stable-diffusion" / "saving"
     shutil.copytree(tiny_model_dir, saving, ignore=shutil.ignore_patterns("model_index.json"))
-    assert registry.names() == ["tiny-sd", "tiny-shapes"]
+    assert registry.names("checkpoint") == ["tiny-sd", "tiny-shapes"]
     # ...and appears whole once it is complete.
     shutil.copy(tiny_model_dir / "model_index.json", saving / "model_index.json")
-    assert registry.names() == ["saving", "tiny-sd", "tiny-shapes"]
+    assert registry.names("checkpoint") == ["saving", "tiny-sd", "tiny-shapes"]
     shutil.rmtree(saving)
     _write(gf_home / "models" / "Stable-diffusion" / "trained" / "dreambooth.safetensors", SD1_KEYS)
-    assert "trained/dreambooth" in registry.names()
+    assert "trained/dreambooth" in registry.names("checkpoint")
     (gf_home / "models" / "Stable-diffusion" / "trained" / "dreambooth.safetensors").unlink()
-    assert registry.names() == ["tiny-sd", "tiny-shapes"]
+    assert registry.names("checkpoint") == ["tiny-sd", "tiny-shapes"]
 
 
 @pytest.mark.parametrize("name", ["../x", "../../etc/passwd", "/etc/passwd", "a/../../b", "..\\x", "C:\\x", "C:x"])
@@ -235,7 +236,7 @@ def test_pickle_is_listed_but_refused_unless_allowed(gf_home):
 def test_shipped_models_absent_present_and_overridden(gf_home, tmp_path, tiny_model_dir):
     registry = ModelRegistry(Settings())
     registry.shipped_root = tmp_path / "assets" / "models"  # where the package keeps tiny-shapes
-    assert registry.names() == ["tiny-sd"]  # absent: no error
+    assert registry.names("checkpoint") == ["tiny-sd"]  # absent: no error
     shutil.copytree(tiny_model_dir, registry.shipped_root / "tiny-shapes")
     registry.refresh()
     shipped = registry.resolve("tiny-shapes")

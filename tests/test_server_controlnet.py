@@ -30,6 +30,11 @@ def client(server):
         yield http
 
 
+def tiny_cn_title(api) -> str:
+    """The test folder's ControlNet, by its A1111 title (the shipped tiny-shapes-canny is listed beside it)."""
+    return next(t for t in api.controlnet_model_list() if t.split(" [")[0] == "tiny-cn")
+
+
 @pytest.fixture
 def api(server):
     import webuiapi
@@ -53,8 +58,10 @@ def test_webuiapi_lists_and_detects(api):
     import cv2
 
     assert api.controlnet_version() == 2
-    [title] = api.controlnet_model_list()
-    assert title.startswith("tiny-cn")
+    # The folder's, then the one the package ships; A1111's titles, "name [hash]".
+    titles = api.controlnet_model_list()
+    assert [t.split(" [")[0] for t in titles] == ["tiny-cn", "tiny-shapes-canny"]
+    title = titles[0]
     modules = api.controlnet_module_list()
     assert modules[0] == "none" and {"canny", "threshold", "tile_resample", "shuffle", "invert"} <= set(modules)
     assert "openpose" not in modules  # needs weights guardforge does not have
@@ -77,7 +84,7 @@ def test_webuiapi_txt2img_with_units(api):
     import webuiapi
 
     plain = api.txt2img(prompt="a square", seed=3, width=64, height=64, cfg_scale=5)
-    [title] = api.controlnet_model_list()
+    title = tiny_cn_title(api)
     unit = webuiapi.ControlNetUnit(image=square(), module="canny", model=title, weight=1.0, processor_res=64,
                                    threshold_a=100, threshold_b=200, control_mode=1, resize_mode="Just Resize")
     # alwayson_scripts={} on every call with units: webuiapi puts them into its mutable default dict, so every later
@@ -103,7 +110,7 @@ def test_an_a1111_call_keeps_no_control_image(api, client):
     """save_images false (A1111's default): once answered, the job keeps no pixels, its unit images included."""
     import webuiapi
 
-    [title] = api.controlnet_model_list()
+    title = tiny_cn_title(api)
     result = api.txt2img(prompt="a square", seed=3, width=64, height=64, save_images=False,
                          alwayson_scripts={},
                          controlnet_units=[webuiapi.ControlNetUnit(image=square(), module="canny", model=title)])
@@ -114,7 +121,7 @@ def test_an_a1111_call_keeps_no_control_image(api, client):
 def test_webuiapi_img2img_unit_reads_the_init_image(api):
     import webuiapi
 
-    [title] = api.controlnet_model_list()
+    title = tiny_cn_title(api)
     init = square()
     implicit = api.img2img(images=[init], prompt="a square", seed=4, denoising_strength=0.7, width=64, height=64,
                            alwayson_scripts={}, controlnet_units=[webuiapi.ControlNetUnit(module="canny", model=title)])
@@ -142,7 +149,8 @@ def test_bad_units_are_4xx_with_a_reason(client, unit, status, needle):
 
 def test_native_routes_and_request_field(client):
     models = client.get("/v1/controlnet/models").json()
-    assert [(m["name"], m["format"], m["source"]) for m in models] == [("tiny-cn", "diffusers", "user")]
+    assert [(m["name"], m["format"], m["source"]) for m in models] == [("tiny-cn", "diffusers", "user"),
+                                                                        ("tiny-shapes-canny", "diffusers", "shipped")]
     modules = {m["name"]: m for m in client.get("/v1/controlnet/modules").json()}
     assert modules["canny"]["available"] and not modules["openpose"]["available"]
     assert "OpenPose" in modules["openpose"]["reason"]

@@ -126,6 +126,6 @@ def family_from_folder(folder: Path) -> Family:
         return _CROSS_ATTENTION_FAMILY[width]
     # A Stable Diffusion pipeline at another width (a small model trained from scratch, like tiny-shapes)
     # still has SD 1.x's architecture: one CLIP text encoder, no added conditioning.
-    if pipeline.startswith("StableDiffusion"):
-        return "sd1"
+    if pipeline.startswith("StableDiffusion") or unet.get("_class_name") == "ControlNetModel":
+        return "sd1"  # a ControlNet of SD 1.x's architecture at that width too (tiny-shapes-canny)
     return "unknown"
