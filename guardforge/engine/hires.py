@@ -114,7 +114,7 @@ def check_hires(request: GenerationRequest, upscalers: Upscalers) -> None:
     if request.mode != "txt2img":
         raise InvalidRequest("hires fix is for txt2img: leave hires out with an init_image")
     if not is_latent(options.upscaler):
-        upscalers.resolve(options.upscaler)
+        upscalers.resolve(options.upscaler, hires=True)
     check_sampler(options.sampler or request.sampler, options.schedule or request.schedule)
     if options.prompt is not None:
         text, tags = extract_lora_tags(options.prompt)
