@@ -68,6 +68,9 @@ def test_every_available_module_runs_and_changes_what_it_should():
 def test_unavailable_and_unknown_modules_say_why():
     with pytest.raises(InvalidRequest, match="'openpose' is unavailable: it needs the OpenPose annotator weights"):
         detect(drawing(), "openpose")
+    # sd-webui-controlnet's long name is answered with the name sent, then the short one
+    with pytest.raises(InvalidRequest, match=r"^ControlNet module 'depth_midas' \('depth'\) is unavailable: it needs"):
+        detect(drawing(), "depth_midas")
     with pytest.raises(InvalidRequest, match="unknown ControlNet module 'zzz'"):
         detect(drawing(), "zzz")
     # inpaint modules read a mask: given, or the image's transparency

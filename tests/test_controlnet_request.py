@@ -26,7 +26,7 @@ def test_unit_module_aliases_and_refusals():
     with pytest.raises(ValidationError, match="unknown ControlNet module 'nope'"):
         ControlNetUnit(model="cn", module="nope")
     # A module that needs weights is refused at the edge, with the reason.
-    with pytest.raises(ValidationError, match="'depth' is unavailable: it needs the MiDaS depth annotator"):
+    with pytest.raises(ValidationError, match=r"'depth_midas' \('depth'\) is unavailable: it needs the MiDaS depth annotator"):
         ControlNetUnit(model="cn", module="depth_midas")
     with pytest.raises(ValidationError, match="guidance_start 0.5 must be below guidance_end 0.5"):
         ControlNetUnit(model="cn", guidance_start=0.5, guidance_end=0.5)

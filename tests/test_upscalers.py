@@ -176,6 +176,21 @@ def test_bad_names_and_files(home, upscalers):
         upscalers.upscale(picture(), "broken", 2)
 
 
+def test_a_missing_name_lists_the_built_ins_it_could_have_been(tmp_path):
+    """With no model files the registry knows no upscalers, but None, Lanczos and Nearest are always there (and the
+    latent modes for hires fix): the refusal lists them rather than saying "known: none"."""
+    from guardforge.models.registry import ModelRegistry
+
+    settings = settings_for(tmp_path / "empty-home")
+    upscalers = Upscalers(settings, ModelRegistry(settings))
+    with pytest.raises(ModelNotFound) as caught:
+        upscalers.resolve("NoSuch")
+    assert str(caught.value).startswith("no upscaler named 'NoSuch'; known: None, Lanczos, Nearest (model files go")
+    assert "Latent" not in str(caught.value)
+    with pytest.raises(ModelNotFound, match=r"known: Latent, Latent \(antialiased\), .*, None, Lanczos, Nearest"):
+        upscalers.resolve("NoSuch", hires=True)
+
+
 def test_pickles_need_allow_pickle_and_load_weights_only(home, tmp_path):
     from guardforge.models.registry import ModelRegistry
 

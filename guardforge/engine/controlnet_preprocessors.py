@@ -269,7 +269,10 @@ def preprocessor(name: str) -> Preprocessor:
         raise InvalidRequest(f"unknown ControlNet module {name!r}; choose one of: {', '.join(available_modules())}")
     found = PREPROCESSORS[key]
     if not found.available:
-        raise InvalidRequest(f"ControlNet module {key!r} is unavailable: it {found.unavailable}")
+        # The name as the caller spelt it first: "depth_midas" answered as "'depth' is unavailable" looked like
+        # a message about some other request.
+        named = repr(key) if name.strip().lower() == key else f"{name.strip()!r} ({key!r})"
+        raise InvalidRequest(f"ControlNet module {named} is unavailable: it {found.unavailable}")
     return found
 
 

@@ -114,7 +114,7 @@ def check_hires(request: GenerationRequest, upscalers: Upscalers) -> None:
     if request.mode != "txt2img":
         raise InvalidRequest("hires fix is for txt2img: leave hires out with an init_image")
     if not is_latent(options.upscaler):
-        upscalers.resolve(options.upscaler)
+        upscalers.resolve(options.upscaler, hires=True)
     check_sampler(options.sampler or request.sampler, options.schedule or request.schedule)
     if options.prompt is not None:
         text, tags = extract_lora_tags(options.prompt)
@@ -195,6 +195,27 @@ def decode_latents(pipe: DiffusionPipeline, latents) -> list[Image.Image]:
     return pipe.image_processor.postprocess(decoded, output_type="pil")
 
 
+class _EmptyFp32Warning:
+    """Drops diffusers' "modules ... should be kept in float32: []" warning: from_pipe always calls `.to(dtype=...)`
+    on each model, which warns even when no module is to be kept in float32 (the list is empty) and the dtype
+    does not change, so every hires run with a latent upscaler printed two warnings about nothing."""
+
+    def filter(self, record) -> bool:
+        return "should be kept in float32: []" not in record.getMessage()
+
+
+class _no_empty_fp32_warning:
+    def __enter__(self):
+        import logging
+
+        self.logger = logging.getLogger("diffusers.models.modeling_utils")
+        self.filter = _EmptyFp32Warning()
+        self.logger.addFilter(self.filter)
+
+    def __exit__(self, *exc) -> None:
+        self.logger.removeFilter(self.filter)
+
+
 def _start_from_latents(base: type) -> type:
     """`base` (an img2img pipeline class) starting from latents of the VAE's own channel count. diffusers reads
     `image` as latents only when it has 4 channels (SD's, SDXL's) and would run any other through the VAE's
@@ -247,7 +268,8 @@ class HiresPass:
         if self.latent:  # a pipeline object of its own, over the same modules: from_pipe copies no weight
             from diffusers.image_processor import VaeImageProcessor
 
-            self.pipe = _start_from_latents(type(self.pipe)).from_pipe(self.pipe)
+            with _no_empty_fp32_warning():
+                self.pipe = _start_from_latents(type(self.pipe)).from_pipe(self.pipe)
             # Its own image processor passes latents of the VAE's channel count through (its default knows 4).
             self.pipe.image_processor = VaeImageProcessor(vae_scale_factor=self.pipe.vae_scale_factor,
                                                           vae_latent_channels=self.pipe.vae.config.latent_channels)

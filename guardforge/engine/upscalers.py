@@ -159,9 +159,11 @@ class Upscalers:
     def names(self) -> list[str]:
         return [info.name for info in self.listed()]
 
-    def resolve(self, name: str) -> ModelEntry | None:
+    def resolve(self, name: str, *, hires: bool = False) -> ModelEntry | None:
         """None for a built-in; the registry's entry for a model file (ModelNotFound, PathEscape for a name that
-        leaves the folder, UnsafeModelFormat for a pickle the settings refuse)."""
+        leaves the folder, UnsafeModelFormat for a pickle the settings refuse). `hires`: the name is hires fix's,
+        where the latent modes are upscalers too, so a miss lists them."""
+        from guardforge.errors import ModelNotFound
         from guardforge.models.loading import check_loadable
 
         if name in BUILTIN_UPSCALERS:
@@ -169,7 +171,13 @@ class Upscalers:
         if name in LATENT_UPSCALE_MODES:
             raise InvalidRequest(f"{name!r} upscales latents: it is for hires fix only; here use one of "
                                  f"{', '.join(BUILTIN_UPSCALERS)} or a model from the ESRGAN/ or RealESRGAN/ folder")
-        entry = self.registry.resolve(name, kind="upscaler")
+        try:
+            entry = self.registry.resolve(name, kind="upscaler")
+        except ModelNotFound:
+            # The registry knows only the model files; "known: none" would hide the built-ins a caller can use.
+            known = [*(LATENT_UPSCALE_MODES if hires else ()), *self.names()]
+            raise ModelNotFound(f"no upscaler named {name!r}; known: {', '.join(known)} "
+                                "(model files go in the models folder's ESRGAN/ or RealESRGAN/)") from None
         check_loadable(entry, self.settings)
         return entry
 
