@@ -25,7 +25,9 @@ def test_variation_flags_are_written_and_read_back_from_the_png(run_main, tmp_pa
     assert code == 0, err
     [(path, _)] = saved_paths(out)
     assert read_infotext(path) == text
-    assert np.array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(second)))
+    # Regenerated alone, an image of a batch may differ by one 8-bit level (BLAS picks kernels by batch size).
+    regenerated, original = (np.asarray(Image.open(p), dtype=np.int16) for p in (path, second))
+    assert np.abs(regenerated - original).max() <= 1
     # An option overrides the PNG's value: strength 0 is the plain seed's image, and no variation keys are written.
     code, out, err = run_main("generate", "--from-png", second, "--subseed-strength", "0", "--seed-resize-from",
                               "off")

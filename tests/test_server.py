@@ -482,7 +482,10 @@ def test_health_metrics_models_and_openapi(client):
     metrics = client.get("/metrics").text
     assert "guardforge_queue_depth" in metrics and "guardforge_http_requests_total" in metrics
     assert 'guardforge_jobs_submitted_total{api="native"}' in metrics
-    assert [m["name"] for m in client.get("/v1/models").json()["models"]] == ["tiny-sd", "tiny-shapes"]
+    assert [m["name"] for m in client.get("/v1/models?kind=checkpoint").json()["models"]] == ["tiny-sd", "tiny-shapes"]
+    every = client.get("/v1/models").json()["models"]  # of every kind, each saying which
+    assert ("tiny-shapes-canny", "controlnet", "sd1") in [(m["name"], m["kind"], m["family"]) for m in every]
+    assert client.get("/v1/models?kind=../etc").status_code == 422
     schema = client.get("/openapi.json").json()
     for path in ("/sdapi/v1/txt2img", "/v1/jobs", "/v1/moderations", "/v1/jobs/{job_id}/events"):
         assert path in schema["paths"]

@@ -126,6 +126,9 @@ class ModelView(BaseModel):
     name: str
     hash: str | None
     path: str
+    # Every kind the registry scans is listed (checkpoints, LoRAs, VAEs, ControlNets, ...): this says which.
+    kind: str
+    family: str
 
 
 class ModelList(BaseModel):

@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from guardforge.engine.request import GenerationRequest
 from guardforge.jobs.queue import TERMINAL, Job
 from guardforge.jobs.worker import TRAIN_FIELDS
+from guardforge.models.registry import Kind as ModelKind
 from guardforge.server.auth import Caller, get_caller, get_limited_caller
 from guardforge.server.schemas import (
     JobCreated,
@@ -178,8 +179,12 @@ async def get_image(image_id: str, request: Request, caller: Caller = Depends(ge
     return Response(data, media_type=media_type)
 
 
-@router.get("/v1/models", response_model=ModelList, summary="Models in the registry", responses=errors(401))
-async def list_models(request: Request, caller: Caller = Depends(get_caller)) -> ModelList:
-    entries = await run_in_threadpool(request.app.state.studio.models)  # may rescan the models folder
-    return ModelList(models=[ModelView(name=e.name, hash=e.short_hash_if_known, path=e.path.name) for e in entries])
+@router.get("/v1/models", response_model=ModelList, summary="Models in the registry, of every kind or of `kind`",
+            responses=errors(401, 422))
+async def list_models(request: Request, kind: ModelKind | None = None,
+                      caller: Caller = Depends(get_caller)) -> ModelList:
+    # may rescan the models folder
+    entries = await run_in_threadpool(request.app.state.studio.models, kind)
+    return ModelList(models=[ModelView(name=e.name, hash=e.short_hash_if_known, path=e.path.name, kind=e.kind,
+                                       family=e.family) for e in entries])
 
