@@ -79,16 +79,29 @@ def test_request_memory_re_places_the_same_model(gf_home):
     loaded = cache.get("tiny-sd")
     assert loaded.pipeline.unet.dtype == torch.float32  # auto on CPU
     img2img = loaded.for_mode("img2img")
-    again = cache.get("tiny-sd", MemoryOptions(dtype="bf16", attention_slicing=True, channels_last=True))
+    again = cache.get("tiny-sd", MemoryOptions(attention_slicing=True, channels_last=True))
     assert again is loaded
-    assert loaded.memory.dtype == "bf16" and loaded.memory.attention_slicing
-    assert loaded.pipeline.unet.dtype == torch.bfloat16 and loaded.pipeline.text_encoder.dtype == torch.bfloat16
+    assert loaded.memory.attention_slicing
     assert loaded.pipeline.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     # Mode pipelines are rebuilt after a re-placement, still over the same modules.
     rebuilt = loaded.for_mode("img2img")
     assert rebuilt is not img2img and rebuilt.unet is loaded.pipeline.unet
     back = cache.get("tiny-sd", MemorySettings())
-    assert back is loaded and loaded.pipeline.unet.dtype == torch.float32
+    assert back is loaded and not loaded.memory.attention_slicing
+    assert cache.loaded() == ["tiny-sd"]
+
+
+def test_another_dtype_is_loaded_again_not_cast_back(gf_home):
+    """fp32 -> bf16 -> fp32 by casting in place rounds every weight for good: the fp32 requests after a bf16 one
+    (another user's too) got other images. Another dtype is a fresh load from disk."""
+    cache = _cache()
+    original = {k: v.clone() for k, v in cache.get("tiny-sd").pipeline.unet.state_dict().items()}
+    half = cache.get("tiny-sd", MemoryOptions(dtype="bf16"))
+    assert half.pipeline.unet.dtype == torch.bfloat16 and half.pipeline.text_encoder.dtype == torch.bfloat16
+    back = cache.get("tiny-sd", MemorySettings())
+    assert back is not half and back.pipeline.unet.dtype == torch.float32
+    restored = back.pipeline.unet.state_dict()
+    assert all(torch.equal(restored[k], v) for k, v in original.items())
     assert cache.loaded() == ["tiny-sd"]
 
 

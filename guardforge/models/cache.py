@@ -163,6 +163,11 @@ class PipelineCache:
                 log.info("%s changed on disk; loading it again", entry.name)
                 self.unload(key)
                 loaded = None
+            if loaded is not None and resolve_dtype(loaded.memory, target) != resolve_dtype(wanted, target):
+                # Another dtype is loaded again from disk, not cast: fp32 -> bf16 -> fp32 in place would keep the
+                # rounding, and every later fp32 request (another user's too) would get the degraded weights.
+                self.unload(key)
+                loaded = None
             if loaded is not None:
                 if loaded.memory != wanted:
                     loaded.place(wanted)
