@@ -61,3 +61,9 @@ def test_shipped_controlnets_listed_and_overridden(gf_home, tmp_path):
     registry.refresh()
     assert registry.resolve("tiny-shapes-canny", kind="controlnet").source == "user"
     assert registry.names("controlnet") == ["tiny-shapes-canny"]
+
+
+def test_units_with_outpaint_are_refused_until_laid_on_the_canvas():
+    with pytest.raises(ValidationError, match="controlnet units with outpaint are not supported yet"):
+        GenerationRequest(prompt="x", init_image="aGk=", outpaint={"left": 64},
+                          controlnet=[ControlNetUnit(model="cn", image="aGk=")])

@@ -171,6 +171,11 @@ class GenerationRequest(BaseModel):
         for index, unit in enumerate(self.controlnet):
             if unit.image is None and self.init_image is None:
                 raise ValueError(f"controlnet unit {index} has no image, and there is no init_image to use instead")
+        if self.controlnet and self.outpaint is not None:
+            # The units' images are fitted to the request's size, not to the outpainted canvas, so they would
+            # steer the wrong pixels: refused until they are laid out on the canvas.
+            raise ValueError("controlnet units with outpaint are not supported yet: outpaint first, then use the "
+                             "result as the init image")
         return self
 
     @model_validator(mode="after")
