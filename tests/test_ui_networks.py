@@ -30,7 +30,9 @@ def live(tmp_path_factory, tiny_model_dir):
 def client(live):
     from gradio_client import Client
 
-    return Client(f"{live.url}/ui/", verbose=False)
+    client = Client(f"{live.url}/ui/", verbose=False)
+    yield client
+    client.close()  # its event stream would hold the server's graceful shutdown open for 10 s
 
 
 def test_the_picker_adds_each_network_in_the_engines_syntax(client):
