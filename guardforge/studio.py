@@ -250,7 +250,7 @@ class Studio:
             prepare_ip_adapter(self.registry, self.settings, request.ip_adapter, checkpoint, max_pixels)
         if request.vae is not None:  # an unknown or pickled VAE fails here, as the model does, not in the worker
             self.usable_vae(request.vae)
-        self.usable_refiner(request)
+        self.usable_refiner(request, checkpoint)
         self.engine.check(request)
         self._check_model_fit(request, checkpoint)
         job_id = self.jobs.submit("generate", {"request": request.model_dump(mode="json"), "save": save},
@@ -455,6 +455,7 @@ class Studio:
         vae_name, vae_hash = (vae.filename, vae.short_hash()) if vae else (None, None)
         inversions = ti_hashes(self.registry, request.prompt, request.negative_prompt)
         refiner_title = (refiner.name, refiner.short_hash()) if refiner else None
+        unit_lines = (controls.infotext() if controls else []) + ([ip_adapter.infotext()] if ip_adapter else [])
         verdicts = self.guard.check_output_images([image for image, _ in outputs])
         images: list[GeneratedImage] = []
         # A1111's Size is the first pass's: hires fix's own keys say what it was upscaled to.
@@ -465,9 +466,7 @@ class Studio:
             infotext = build_infotext(request, seed=seed, width=width, height=height,
                                       model_name=entry.name, model_hash=model_hash, vae_name=vae_name,
                                       vae_hash=vae_hash, subseed=subseed, ti_hashes=inversions,
-                                      controlnet_units=(controls.infotext() if controls else [])
-                                      + ([ip_adapter.infotext()] if ip_adapter else []),
-                                      refiner=refiner_title)
+                                      controlnet_units=unit_lines, refiner=refiner_title)
             delivered = self.guard.enforce(image, verdict)
             path = None
             if delivered is not None and save:
