@@ -11,6 +11,7 @@ from threading import Event
 from typing import TYPE_CHECKING, NamedTuple
 
 from guardforge.access.caller import LOCAL, Caller, Charge
+from guardforge.engine import prompt_templates
 from guardforge.engine.request import GeneratedImage, GenerationRequest, GenerationResult, ProgressEvent
 from guardforge.engine.upscalers import UpscaleRequest, UpscaleResult
 from guardforge.errors import InvalidRequest
@@ -163,6 +164,25 @@ class Studio:
             check_fits(entry, checkpoint)
         return entry
 
+    def prompt_styles(self) -> dict:
+        """The A1111 styles of <home>/styles.csv and <home>/styles/*.csv by name, read now: an edit applies to the
+        next request."""
+        from guardforge.engine.styles import read_styles, styles_files
+
+        return read_styles(styles_files(self.settings.home))
+
+    def styled(self, request: GenerationRequest) -> GenerationRequest:
+        """The request with its styles merged into its texts and none left to apply (InvalidRequest names an
+        unknown style): what the UI's style picker puts in the prompt boxes, and a reused job shows."""
+        return prompt_templates.styled(request, self.prompt_styles() if request.styles else {})
+
+    def wildcards(self):
+        """The wildcards of <home>/wildcards (engine/dynamic_prompts.py), for one request: its files read once
+        each, when first used."""
+        from guardforge.engine.dynamic_prompts import Wildcards
+
+        return Wildcards(self.settings.home / "wildcards")
+
     def refresh_models(self) -> None:
         self.registry.refresh()
 
@@ -233,6 +253,10 @@ class Studio:
         if request.mask is not None:
             decode_image(request.mask, max_pixels, "mask")
         checkpoint = self.usable_checkpoint(request.model or self.settings.default_model)
+        template = request
+        if request.styles or prompt_templates.is_dynamic(request):
+            # An unknown style or a missing wildcard fails at the door; the styled texts are what the engine checks.
+            request = prompt_templates.check(request, self.prompt_styles(), self.wildcards())
         if request.hires is not None and not (request.width and request.height):
             # A size left to the model: its hires size is known from its configs, and refused now, not in a worker.
             from guardforge.engine.hires import check_hires_size
@@ -253,7 +277,7 @@ class Studio:
         self.usable_refiner(request, checkpoint)
         self.engine.check(request)
         self._check_model_fit(request, checkpoint)
-        job_id = self.jobs.submit("generate", {"request": request.model_dump(mode="json"), "save": save},
+        job_id = self.jobs.submit("generate", {"request": template.model_dump(mode="json"), "save": save},
                                   owner=caller.owner, priority=priority, max_active_for_owner=caller.max_active)
         self.workers.notify()
         return self.jobs.get(job_id, caller.owner)  # with its place in the queue
@@ -391,6 +415,7 @@ class Studio:
         """
         from guardforge.engine.infotext import build_infotext
         from guardforge.engine.embeddings import ti_hashes
+        from guardforge.engine.pipelines import request_seeds
         from guardforge.engine.variation import request_subseeds, with_fixed_subseed
 
         started = time.perf_counter()
@@ -417,10 +442,14 @@ class Studio:
 
             ip_adapter = prepare_ip_adapter(self.registry, self.settings, request.ip_adapter, entry, max_pixels)
 
-        texts = request_texts(request)
-        readings = [prompt_reading(texts.prompt, texts.negative_prompt)]
-        if texts.hires_prompt is not None:  # the second pass encodes these: the guard reads them as the first's
-            readings.append(prompt_reading(texts.hires_prompt, texts.hires_negative_prompt))
+        request, expansions = self._expanded(request)
+        # Each image's own texts: a style's or a wildcard's words are read by the guard as typed ones are.
+        distinct = {request_texts(expansion.request): expansion.request for expansion in expansions}
+        readings = []
+        for texts in distinct:
+            readings.append(prompt_reading(texts.prompt, texts.negative_prompt))
+            if texts.hires_prompt is not None:  # the second pass encodes these: the guard reads them as the first's
+                readings.append(prompt_reading(texts.hires_prompt, texts.hires_negative_prompt))
         prompt_verdict = max(self.guard.check_prompts(readings), key=lambda verdict: SEVERITY[verdict.action])
         input_verdict = self.guard.check_input_image(init_image) if init_image is not None else None
         # The IP-Adapter image is an input image as a control image is: the guard reads it before anything runs.
@@ -435,7 +464,8 @@ class Studio:
                 elapsed_s=time.perf_counter() - started, prompt_verdict=blocking[0], blocked=True,
             )
 
-        self.engine.check(request)  # what the engine would refuse later, refused before any model loads
+        for expanded in distinct.values():  # what the engine would refuse later, refused before any model loads
+            self.engine.check(expanded)
         # request.memory: per-request overrides of settings.memory
         loaded = self.pipelines.get(entry.name, memory=request.memory, vae=vae.name if vae else None,
                                     device=device, replica=replica)
@@ -446,15 +476,32 @@ class Studio:
         # Both models stay loaded while the request runs (the refiner takes the base's latents on the same device).
         refined = (self.pipelines.get(refiner.name, memory=request.memory, device=device, replica=replica)
                    if refiner is not None else None)
-        outputs = self.engine.run(loaded, fixed, init_image=init_image, mask=mask,
-                                  on_progress=on_progress, cancel=cancel, skip=skip, interrupt=interrupt,
-                                  control=control, refiner=refined,
-                                  ip_adapter=ip_adapter.run(self.pipelines.ip_encoders, loaded,
-                                                            self.settings) if ip_adapter else None)
+        inputs = dict(init_image=init_image, mask=mask, on_progress=on_progress, cancel=cancel, skip=skip,
+                      interrupt=interrupt, control=control, refiner=refined,
+                      ip_adapter=ip_adapter.run(self.pipelines.ip_encoders, loaded,
+                                                self.settings) if ip_adapter else None)
+        if len(distinct) == 1:
+            outputs = self.engine.run(loaded, expansions[0].request.model_copy(update={"subseed": fixed.subseed}),
+                                      **inputs)
+        else:
+            from guardforge.engine.per_image import run_per_image
+
+            one = {"batch_size": 1, "n_iter": 1}
+            outputs = run_per_image(self.engine, loaded, [
+                expansion.request.model_copy(update={**one, "seed": seed, "subseed": subseed})
+                for expansion, seed, subseed in zip(expansions, request_seeds(fixed), subseeds, strict=True)],
+                request.batch_size, **inputs)
         model_hash = entry.short_hash()
         vae_name, vae_hash = (vae.filename, vae.short_hash()) if vae else (None, None)
-        inversions = ti_hashes(self.registry, request.prompt, request.negative_prompt)
         refiner_title = (refiner.name, refiner.short_hash()) if refiner else None
+        known: dict[tuple[str, str], str | None] = {}
+
+        def inversions(used: GenerationRequest) -> str | None:  # the embeddings each image's own texts name
+            texts = (used.prompt, used.negative_prompt)
+            if texts not in known:
+                known[texts] = ti_hashes(self.registry, *texts)
+            return known[texts]
+
         unit_lines = (controls.infotext() if controls else []) + ([ip_adapter.infotext()] if ip_adapter else [])
         verdicts = self.guard.check_output_images([image for image, _ in outputs])
         images: list[GeneratedImage] = []
@@ -463,10 +510,13 @@ class Studio:
         for index, ((image, seed), verdict) in enumerate(zip(outputs, verdicts, strict=True)):
             subseed = subseeds[index] if request.subseed_strength > 0 else None
             width, height = first_size or image.size
-            infotext = build_infotext(request, seed=seed, width=width, height=height,
+            # What this image read: its styled, expanded texts, and the template they came from.
+            used = expansions[index]
+            infotext = build_infotext(used.request, seed=seed, width=width, height=height,
                                       model_name=entry.name, model_hash=model_hash, vae_name=vae_name,
-                                      vae_hash=vae_hash, subseed=subseed, ti_hashes=inversions,
-                                      controlnet_units=unit_lines, refiner=refiner_title)
+                                      vae_hash=vae_hash, subseed=subseed, ti_hashes=inversions(used.request),
+                                      controlnet_units=unit_lines, refiner=refiner_title,
+                                      extra=used.infotext_params())
             delivered = self.guard.enforce(image, verdict)
             path = None
             if delivered is not None and save:
@@ -546,6 +596,16 @@ class Studio:
                                          strict=True):
             results[index] = DetectedControl(self.guard.enforce(image, verdict), verdict)
         return results
+
+    def _expanded(self, request: GenerationRequest) -> tuple[GenerationRequest, list]:
+        """(the request, one prompt_templates.Expansion per image). A request whose texts are dynamic gets its
+        random seed drawn here, since each image's seed picks its expansion and the infotext must name that seed."""
+        from guardforge.engine.pipelines import request_seeds
+
+        styles = self.prompt_styles() if request.styles else {}
+        if request.seed == -1 and prompt_templates.is_dynamic(prompt_templates.styled(request, styles)):
+            request = request.model_copy(update={"seed": request_seeds(request)[0]})
+        return request, prompt_templates.expand(request, request_seeds(request), styles, self.wildcards())
 
     def _prepare_controls(self, request: GenerationRequest, entry, init_image, mask):
         """The request's ControlNet units decoded, resolved and preprocessed at the output size, before the guard
