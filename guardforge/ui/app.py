@@ -229,7 +229,8 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
     def reuse(job_id, request: gr.Request):
         if not job_id:
             raise gr.Error("choose a job from the history first")
-        return _fields_update(studio.job(job_id, _caller(studio, request)).payload["request"])
+        asked = studio.job(job_id, _caller(studio, request)).payload["request"]
+        return _fields_update(networks.with_styles(studio, asked))
 
     def read_png(path):
         if not path:

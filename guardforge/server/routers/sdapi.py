@@ -31,6 +31,8 @@ from guardforge.a1111.schemas import (
     Txt2ImgPayload,
     UpscalerItem,
 )
+from guardforge.engine.styles import PromptStyle
+from guardforge.errors import InvalidRequest
 from guardforge.imaging import decode_image
 from guardforge.server.auth import Caller, get_caller, get_limited_caller, sees_server_paths
 from guardforge.server.schemas import errors
@@ -114,8 +116,16 @@ def skip(request: Request, caller: Caller = Depends(get_caller)) -> None:
 async def png_info(body: PngInfoRequest, request: Request, caller: Caller = Depends(get_caller)) -> PngInfoResponse:
     max_pixels = request.app.state.studio.settings.limits.max_image_pixels
     image = await run_in_threadpool(decode_image, body.image, max_pixels, "image")
-    info, items, parameters = png_info_of(image)
+    info, items, parameters = await run_in_threadpool(_png_info_with_styles, request.app.state.studio, image)
     return PngInfoResponse(info=info, items=items, parameters=parameters)
+
+
+def _png_info_with_styles(studio, image):
+    try:
+        styles = studio.prompt_styles()
+    except InvalidRequest:  # a broken styles file is the styles routes' to report: PNG info reads on without it
+        styles = None
+    return png_info_of(image, styles)
 
 
 @router.get("/options", summary="The caller's options (sd_model_checkpoint, sd_vae and a few read-only ones)",
@@ -189,6 +199,13 @@ def embeddings(request: Request, caller: Caller = Depends(get_caller)) -> dict[s
 @router.post("/refresh-embeddings", summary="Rescan the models folder", responses=errors(401))
 def refresh_embeddings(request: Request, caller: Caller = Depends(get_caller)) -> None:
     request.app.state.studio.refresh_models()
+
+
+@router.get("/prompt-styles", response_model=list[PromptStyle],
+            summary="The styles of styles.csv (and styles/*.csv) in the server's home, read now",
+            responses=errors(401, 422))
+def prompt_styles(request: Request, caller: Caller = Depends(get_caller)) -> list[PromptStyle]:
+    return list(request.app.state.studio.prompt_styles().values())
 
 
 @router.get("/sd-vae", summary="VAEs in models/VAE", responses=errors(401))
