@@ -78,8 +78,9 @@ def build(studio, prompt: gr.Textbox, negative: gr.Textbox) -> None:
     to_negative.click(added, [negative, network], [negative], api_name="add_network_negative")
 
     with gr.Row():
+        # styles.csv is read at use: a name added to it after the page loaded is as good as a listed one.
         style = gr.Dropdown(style_names(studio), value=None, label="Style (styles.csv)", elem_id="gf-style",
-                            scale=4)
+                            allow_custom_value=True, scale=4)
         refresh_styles = gr.Button("Refresh", elem_id="gf-style-refresh", scale=1)
         apply = gr.Button("Apply style", elem_id="gf-style-apply", scale=2)
     refresh_styles.click(lambda: gr.update(choices=style_names(studio), value=None), None, [style],
