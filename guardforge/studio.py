@@ -256,7 +256,8 @@ class Studio:
         template = request
         if request.styles or prompt_templates.is_dynamic(request):
             # An unknown style or a missing wildcard fails at the door; the styled texts are what the engine checks.
-            request = prompt_templates.check(request, self.prompt_styles(), self.wildcards())
+            request = prompt_templates.check(request, self.prompt_styles() if request.styles else {},
+                                             self.wildcards())
         if request.hires is not None and not (request.width and request.height):
             # A size left to the model: its hires size is known from its configs, and refused now, not in a worker.
             from guardforge.engine.hires import check_hires_size

@@ -106,6 +106,8 @@ def test_a_link_out_of_the_folder_is_refused(wildcards):
     ("__loop__", "in wildcard __loop__: wildcards nest deeper than 16 \\(loop -> loop"),
     ("a {cat|dog", "'{' is never closed at character 3 of 'a {cat|dog'"),
     ("a cat}", "'}' closes no '{' at character 6"),
+    ("{" * 30 + "a" + "}" * 30, "variants nest deeper than 24 braces"),
+    ("__**x__", "wildcard __\\*\\*x__ is not a usable pattern"),
 ])
 def test_refusals_say_what_is_wrong(wildcards, template, message):
     with pytest.raises(InvalidRequest, match=message):
@@ -125,6 +127,19 @@ def test_caps_stop_a_template_built_to_explode(tmp_path):
     small = Wildcards(root, ExpansionLimits(max_chars=100))
     with pytest.raises(InvalidRequest, match="expands to 127 characters, over the limit of 100"):
         expand("__l14__", 1, small)
+
+
+def test_nesting_is_capped_across_wildcard_files(tmp_path):
+    # Each file is within the brace cap, and the chain within the wildcard cap; together they nest 60 deep, which
+    # Python's recursion would not survive if it were not refused first.
+    root = tmp_path / "wildcards"
+    root.mkdir()
+    for level in range(6):
+        (root / f"n{level}.txt").write_text("{" * 9 + f"__n{level + 1}__" + "}" * 9 + "\n")
+    (root / "n6.txt").write_text("end\n")
+    with pytest.raises(InvalidRequest, match="nests variants and wildcards deeper than 48"):
+        expand("__n0__", 1, Wildcards(root))
+    assert expand("__n4__", 1, Wildcards(root)) == "end"  # 20 deep: fine
 
 
 def test_check_finds_every_direct_wildcard_whatever_the_seed_picks(wildcards):

@@ -67,6 +67,9 @@ def test_a_file_that_is_not_a_styles_table_is_named(tmp_path):
     (tmp_path / "styles.csv").write_text("a,b\n1,2\n")
     with pytest.raises(InvalidRequest, match="styles file styles.csv needs a header row with name, prompt"):
         read_styles(styles_files(tmp_path))
+    (tmp_path / "styles.csv").write_bytes(b"name,prompt\nfilm,\xff\xfe grain\n")  # not UTF-8 (a cp1252 save)
+    with pytest.raises(InvalidRequest, match="styles file styles.csv is not a readable CSV file"):
+        read_styles(styles_files(tmp_path))
 
 
 def test_extraction_gives_back_the_prompts_before_the_styles(styles):

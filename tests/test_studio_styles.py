@@ -141,3 +141,22 @@ def test_the_embedded_guard_blocks_a_wildcards_phrase_as_the_typed_phrase(home):
     expanded = studio.generate(_request("a __scene__"), save=False)
     assert typed.blocked and expanded.blocked
     assert expanded.prompt_verdict.violated == typed.prompt_verdict.violated and "S12" in typed.prompt_verdict.violated
+
+
+def test_a_skip_ends_the_rest_of_its_batch_when_images_run_one_at_a_time(studio):
+    import threading
+
+    skip, steps_per_image = threading.Event(), []
+
+    def on_progress(event):
+        steps_per_image.append(event.step)
+        if event.step == 1:  # the first image's first step: skip its batch (images 1 and 2 of 4)
+            skip.set()
+
+    result = studio.generate(_request("a {red|blue|green|white} square", seed=20, batch_size=2, n_iter=2, steps=3),
+                             save=False, on_progress=on_progress, skip=skip)
+    assert len({parse_infotext(image.infotext)["Prompt"] for image in result.images}) > 1  # one at a time
+    assert len(result.images) == 4 and not skip.is_set()  # the skip is spent once its batch ends
+    # One step each for the skipped batch's two images (diffusers ends a run after the step that saw the skip),
+    # three for each of the next batch's: the skip did not end at the first image.
+    assert len(steps_per_image) == 1 + 1 + 3 + 3

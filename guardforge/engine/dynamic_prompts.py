@@ -23,6 +23,7 @@ class ExpansionLimits:
     """What one text may cost: against a template (or a wildcard file) built to expand without end."""
 
     max_depth: int = 16  # wildcards within wildcards (a file naming itself hits this)
+    max_nesting: int = 48  # variants and wildcards within each other, all told (each level is a few stack frames)
     max_steps: int = 20_000  # variants and wildcards resolved for one text
     max_chars: int = 20_000  # the expanded text (a request's prompt may be no longer)
     max_file_bytes: int = 1 << 20  # one wildcard file
@@ -47,6 +48,10 @@ class _Variant:
     joiner: str = DEFAULT_JOINER
 
 
+# Braces nested deeper than this in one text are refused: the parser recurses once per level.
+MAX_BRACE_DEPTH = 24
+
+
 @dataclass
 class _Parser:
     """One text parsed into literal text, variants and wildcards. `|` splits a variant only outside A1111's own
@@ -54,6 +59,7 @@ class _Parser:
 
     source: str
     pos: int = 0
+    depth: int = 0
 
     def error(self, message: str) -> InvalidRequest:
         return InvalidRequest(f"{message} at character {self.pos + 1} of {_shown(self.source)} (write \\{{ or \\}} "
@@ -106,6 +112,9 @@ class _Parser:
 
     def variant(self) -> _Variant:
         start = self.pos
+        if self.depth >= MAX_BRACE_DEPTH:
+            raise InvalidRequest(f"variants nest deeper than {MAX_BRACE_DEPTH} braces in {_shown(self.source)}")
+        self.depth += 1
         self.pos += 1  # the `{`
         variant = _Variant(options=[])
         count = _COUNT.match(self.source, self.pos)
@@ -133,6 +142,7 @@ class _Parser:
                 raise self.error("'{' is never closed")
             if self.source[self.pos] == "}":
                 self.pos += 1
+                self.depth -= 1
                 return variant
             self.pos += 1  # the `|`
 
@@ -176,7 +186,11 @@ class Wildcards:
                              "empty parts or a leading '/'")
         root = self.root.resolve()
         if any(char in name for char in "*?"):
-            paths = sorted(self.root.glob(f"{name}.txt")) if self.root.is_dir() else []
+            try:
+                found = self.root.glob(f"{name}.txt") if self.root.is_dir() else []
+                paths = sorted(path for path in found if path.is_file())
+            except ValueError as exc:  # pathlib's own refusal: `**` must be a whole part
+                raise InvalidRequest(f"wildcard __{name}__ is not a usable pattern: {exc}") from None
             if not paths:
                 raise InvalidRequest(f"wildcard __{name}__ matches no file in the wildcards folder")
             if len(paths) > self.limits.max_files:
@@ -206,6 +220,7 @@ class _Run:
     wildcards: Wildcards
     rng: random.Random
     steps: int = 0
+    nesting: int = 0
     chain: list[str] = field(default_factory=list)  # the wildcards being expanded, outermost first
 
     def spend(self) -> None:
@@ -221,9 +236,14 @@ class _Run:
         if isinstance(node, _Text):
             return node.text
         self.spend()
-        if isinstance(node, _Wildcard):
-            return self.wildcard(node.name)
-        return self.variant(node)
+        limits = self.wildcards.limits
+        if self.nesting >= limits.max_nesting:
+            raise InvalidRequest(f"the prompt nests variants and wildcards deeper than {limits.max_nesting}")
+        self.nesting += 1
+        try:
+            return self.wildcard(node.name) if isinstance(node, _Wildcard) else self.variant(node)
+        finally:
+            self.nesting -= 1
 
     def wildcard(self, name: str) -> str:
         limits = self.wildcards.limits

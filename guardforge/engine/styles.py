@@ -39,20 +39,28 @@ def read_styles(paths: Iterable[Path]) -> dict[str, PromptStyle]:
     for path in paths:
         if path.stat().st_size > MAX_STYLES_FILE_BYTES:
             raise InvalidRequest(f"styles file {path.name} is over {MAX_STYLES_FILE_BYTES // 2**20} MiB")
-        # utf-8-sig: spreadsheet programs save a BOM, which would otherwise become part of the first column's name
-        with path.open(encoding="utf-8-sig", newline="") as file:
-            reader = csv.DictReader(file, skipinitialspace=True)
-            columns = set(reader.fieldnames or [])
-            if "name" not in columns or not columns & {"prompt", "text"}:
-                raise InvalidRequest(f"styles file {path.name} needs a header row with name, prompt and "
-                                     "negative_prompt columns")
-            for row in reader:
-                name = (row.get("name") or "").strip()
-                if not name or name.startswith("#"):
-                    continue
-                prompt = row.get("prompt") if "prompt" in columns else row.get("text")
-                styles[name] = PromptStyle(name=name, prompt=prompt or "",
-                                           negative_prompt=row.get("negative_prompt") or "")
+        try:
+            styles.update(_read_file(path))
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise InvalidRequest(f"styles file {path.name} is not a readable CSV file: {exc}") from None
+    return styles
+
+
+def _read_file(path: Path) -> dict[str, PromptStyle]:
+    styles: dict[str, PromptStyle] = {}
+    # utf-8-sig: spreadsheet programs save a BOM, which would otherwise become part of the first column's name
+    with path.open(encoding="utf-8-sig", newline="") as file:
+        reader = csv.DictReader(file, skipinitialspace=True)
+        columns = set(reader.fieldnames or [])
+        if "name" not in columns or not columns & {"prompt", "text"}:
+            raise InvalidRequest(f"styles file {path.name} needs a header row with name, prompt and "
+                                 "negative_prompt columns")
+        for row in reader:
+            name = (row.get("name") or "").strip()
+            if not name or name.startswith("#"):
+                continue
+            prompt = row.get("prompt") if "prompt" in columns else row.get("text")
+            styles[name] = PromptStyle(name=name, prompt=prompt or "", negative_prompt=row.get("negative_prompt") or "")
     return styles
 
 
