@@ -47,9 +47,9 @@ class RequestTexts(NamedTuple):
 
 
 def request_texts(request: GenerationRequest) -> RequestTexts:
-    """Every text a generation reads, as the engine will be given it. The one place to extend: styles and
-    wildcards, when they exist, are expanded here, and the engine must then be handed these same texts, so that
-    what the guard reads (prompt_reading) is what the engine encodes."""
+    """Every text a generation reads, as the engine will be given it. Styles and dynamic prompts are expanded
+    before (engine/prompt_templates.py, per image): called on each image's expanded request, whose texts the
+    engine is then handed, so that what the guard reads (prompt_reading) is what the engine encodes."""
     hires = request.hires
     if hires is not None and (hires.prompt, hires.negative_prompt) != (None, None):
         return RequestTexts(request.prompt, request.negative_prompt,

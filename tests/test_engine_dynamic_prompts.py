@@ -148,3 +148,29 @@ def test_check_finds_every_direct_wildcard_whatever_the_seed_picks(wildcards):
         check("{a|{b|__missing__}}", wildcards)  # would only fail for the seeds that pick it
     with pytest.raises(PathEscape):
         check("{a|__../x__}", wildcards)
+
+
+def test_a_requests_texts_per_image(wildcards):
+    """prompt_templates: styles first (a style may carry variants), every text of the request expanded, hires fix's
+    own prompts styled and expanded as the first pass's, and the templates kept where expansion changed them."""
+    from guardforge.engine import prompt_templates
+    from guardforge.engine.request import GenerationRequest
+    from guardforge.engine.styles import PromptStyle
+
+    styles = {"shot": PromptStyle(name="shot", prompt="{prompt}, {wide|close} shot", negative_prompt="lowres")}
+    request = GenerationRequest(prompt="a __one__", negative_prompt="{a|b}", styles=["shot"],
+                                hires={"prompt": "a __one__ in detail"})
+    [first, second] = prompt_templates.expand(request, [1, 2], styles, wildcards)
+    for expansion, seed in ((first, 1), (second, 2)):
+        used = expansion.request
+        assert used.styles == [] and used.prompt == expand("a __one__, {wide|close} shot", seed, wildcards)
+        assert used.prompt in ("a fox, wide shot", "a fox, close shot")
+        assert used.negative_prompt in ("a, lowres", "b, lowres")
+        assert used.hires.prompt in ("a fox in detail, wide shot", "a fox in detail, close shot")
+        assert used.hires.negative_prompt is None  # hires fix reads the first pass's, as this image expanded it
+        assert expansion.infotext_params() == {"Template": "a __one__, {wide|close} shot",
+                                               "Negative Template": "{a|b}, lowres"}
+    # Styles alone: one expansion for every image, no template.
+    styles["film"] = PromptStyle(name="film", prompt="{prompt}, film")
+    plain = prompt_templates.expand(GenerationRequest(prompt="a fox", styles=["film"]), [1, 2, 3], styles, wildcards)
+    assert [(e.request.prompt, e.request.styles, e.infotext_params()) for e in plain] == [("a fox, film", [], {})] * 3

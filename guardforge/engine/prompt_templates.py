@@ -35,10 +35,13 @@ def styled(request: GenerationRequest, styles: dict[str, PromptStyle]) -> Genera
     update: dict = {"prompt": prompt, "negative_prompt": negative, "styles": []}
     hires = request.hires
     if hires is not None and (hires.prompt, hires.negative_prompt) != (None, None):
-        hires_prompt, hires_negative = apply_styles(
-            styles, request.styles, request.prompt if hires.prompt is None else hires.prompt,
-            request.negative_prompt if hires.negative_prompt is None else hires.negative_prompt)
-        update["hires"] = hires.model_copy(update={"prompt": hires_prompt, "negative_prompt": hires_negative})
+        # Only the texts hires fix has of its own: one left out stays None, so that it reads the first pass's text
+        # as that image expanded it, not an expansion of its own.
+        hires_prompt, hires_negative = apply_styles(styles, request.styles, hires.prompt or "",
+                                                    hires.negative_prompt or "")
+        update["hires"] = hires.model_copy(update={
+            "prompt": None if hires.prompt is None else hires_prompt,
+            "negative_prompt": None if hires.negative_prompt is None else hires_negative})
     return request.model_copy(update=update)
 
 
