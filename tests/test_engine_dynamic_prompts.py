@@ -142,12 +142,19 @@ def test_nesting_is_capped_across_wildcard_files(tmp_path):
     assert expand("__n4__", 1, Wildcards(root)) == "end"  # 20 deep: fine
 
 
-def test_check_finds_every_direct_wildcard_whatever_the_seed_picks(wildcards):
-    check("{__one__|__colors/*__} plain", wildcards)
+def test_check_finds_every_wildcard_whatever_the_seed_picks(wildcards):
+    check("{__one__|__colors/*__} plain __animal__ __loop__", wildcards)  # a file naming itself is checked once
     with pytest.raises(InvalidRequest, match="unknown wildcard __missing__"):
         check("{a|{b|__missing__}}", wildcards)  # would only fail for the seeds that pick it
     with pytest.raises(PathEscape):
         check("{a|__../x__}", wildcards)
+    # Inside the files it reaches, too: a job must not fail in a worker for a line of the caller's choosing.
+    (wildcards.root / "outer.txt").write_text("fine\n{x|__gone__}\n")
+    with pytest.raises(InvalidRequest, match="in wildcard __outer__: unknown wildcard __gone__"):
+        check("a {b|__outer__}", wildcards)
+    (wildcards.root / "outer.txt").write_text("fine\n{x|y\n")
+    with pytest.raises(InvalidRequest, match="in wildcard __outer__: '{' is never closed"):
+        check("__outer__", Wildcards(wildcards.root))  # a fresh one: each request reads the files anew
 
 
 def test_a_requests_texts_per_image(wildcards):

@@ -304,15 +304,37 @@ def expand(template: str, seed: int, wildcards: Wildcards, stream: str = "prompt
     return text
 
 
+# Lines of wildcard files check() parses at most: past this, a library's deeper files are checked when reached.
+MAX_CHECKED_VALUES = 50_000
+
+
 def check(template: str, wildcards: Wildcards) -> None:
-    """Refuse now what expand would refuse for any seed: unbalanced braces, a wildcard name that leaves the folder
-    or names no file. (Wildcards named inside wildcard files are checked when they are reached.)"""
+    """Refuse now what expand would refuse for some seed: unbalanced braces, a wildcard name that leaves the folder
+    or names no file, in the template and in every wildcard file it can reach (each file once, so a file that
+    names itself is no loop here). Run at submit, so that a job does not fail in a worker for the caller's text."""
     if not is_dynamic(template):
         return
-    pending = parse(template)
+    pending = [(None, node) for node in parse(template)]
+    seen: set[str] = set()
+    parsed = 0
     while pending:
-        node = pending.pop()
-        if isinstance(node, _Wildcard):
-            wildcards.values(node.name)
-        elif isinstance(node, _Variant):
-            pending.extend(child for _, option in node.options for child in option)
+        within, node = pending.pop()
+        if isinstance(node, _Variant):
+            pending.extend((within, child) for _, option in node.options for child in option)
+        elif isinstance(node, _Wildcard) and node.name not in seen:
+            seen.add(node.name)
+            try:
+                values = wildcards.values(node.name)
+            except InvalidRequest as exc:
+                if within is None:
+                    raise
+                raise type(exc)(f"in wildcard __{within}__: {exc}") from None
+            for value in values:
+                parsed += 1
+                if parsed > MAX_CHECKED_VALUES:
+                    return
+                try:
+                    nodes = parse(value)
+                except InvalidRequest as exc:
+                    raise InvalidRequest(f"in wildcard __{node.name}__: {exc}") from None
+                pending.extend((node.name, child) for child in nodes)
