@@ -64,7 +64,7 @@ def _capped(numbers: range, text: str) -> range:
 
 def expand_ints(items: list[Any]) -> list[Any]:
     """Whole-number items with their ranges expanded: `1-5` is 1..5, `1-10 (+3)` is 1, 4, 7, 10 (the end is
-    included when the steps land on it), `1-10 [4]` is 4 numbers spread evenly (truncated, as A1111 does)."""
+    included when the steps land on it, going up or down), `1-10 [4]` is 4 numbers spread evenly (truncated, as A1111 does)."""
     out: list[Any] = []
     for item in items:
         text = str(item)
@@ -75,7 +75,8 @@ def expand_ints(items: list[Any]) -> list[Any]:
             by = _number(step.group(3), int) if step.group(3) else 1
             if by == 0:
                 raise InvalidRequest(f"range {text.strip()!r}: the step cannot be 0")
-            out += list(_capped(range(start, end + 1, by), text))
+            # The end is included going down too (A1111's end + 1 drops it from `10-1 (-3)`).
+            out += list(_capped(range(start, end + (1 if by > 0 else -1), by), text))
         elif count is not None:
             start, end = _number(count.group(1), int), _number(count.group(2), int)
             n = len(_capped(range(int(count.group(3))), text))
