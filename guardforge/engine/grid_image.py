@@ -36,6 +36,7 @@ class _Labels:
 
     def __init__(self, texts: list[str], width: int, size: int):
         self.size = size
+        self.width = max(width, 1)
         self.face = font(size)
         self.spacing = size // 2
         measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
@@ -51,7 +52,12 @@ class _Labels:
     def draw(self, draw: ImageDraw.ImageDraw, index: int, centre_x: float, top: float) -> None:
         y = top
         for line in self.lines[index]:
-            draw.text((centre_x, y + self.line_height / 2), line, font=self.face, fill=LABEL_COLOR, anchor="mm")
+            # A word wider than its room is drawn smaller, as A1111 does, so that it never covers a cell.
+            face, size = self.face, self.size
+            while size > 1 and draw.textlength(line, font=face) > self.width:
+                size -= 1
+                face = font(size)
+            draw.text((centre_x, y + self.line_height / 2), line, font=face, fill=LABEL_COLOR, anchor="mm")
             y += self.line_height + self.spacing
 
 
