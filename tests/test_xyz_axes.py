@@ -21,6 +21,7 @@ def values(field: str, text):
     ("steps", "1-10 (+3)", [1, 4, 7, 10]),
     ("steps", "1-10 (+4)", [1, 5, 9]),  # the end only where a step lands on it
     ("steps", "10-1 (-3)", [10, 7, 4, 1]),
+    ("steps", "5-1", [5, 4, 3, 2, 1]),  # A1111 makes nothing of a range going down without a step
     ("steps", "1-10 [5]", [1, 3, 5, 7, 10]),  # numpy.linspace truncated, as A1111
     ("steps", "5, 1-3, 20", [5, 1, 2, 3, 20]),
     ("seed", "-1, 3", [-1, 3]),  # a lone negative number is a value, not a range
@@ -50,6 +51,10 @@ def test_prompt_order_is_every_permutation():
     ("steps", "1,,2", "'' is not a whole number"),
     ("sampler", "Euler a,", "an empty value"),
     ("steps", "", "give at least one value"),
+    ("cfg", "nan, 7", "'nan' is not a number"),
+    ("steps", "1-" + "9" * 40, "an axis takes at most 1000"),  # refused before it is expanded
+    ("cfg", "1-2 [" + "9" * 400 + "]", "a range's numbers are too large"),
+    ("Prompt order", "a, b, c, d, e, f, g", "7 tokens make 5040 orders"),
 ])
 def test_values_that_do_not_read_say_which(field, text, reason):
     with pytest.raises(InvalidRequest, match=reason):
@@ -102,6 +107,7 @@ def test_seeds_of_minus_one_are_drawn_once_per_grid():
     ({"x": {"field": "sampler", "values": "Euler a, Warp 9"}}, "Sampler = 'Warp 9': sampler: unknown sampler"),
     ({"x": {"field": "cfg", "values": "7, 500"}}, "CFG Scale = 500.0: cfg_scale: Input should be less than"),
     ({"x": {"field": "Prompt S/R", "values": "dog, cat"}}, "Prompt S/R did not find 'dog'"),
+    ({"x": {"field": "Prompt S/R", "values": ", cat"}}, "the first value is the text searched for"),
     ({"x": {"field": "hires_steps", "values": "1, 2"}}, "needs hires fix on"),
     ({"x": {"field": "steps", "values": "1"}, "y": {"field": "steps", "values": "2"}}, "'steps' is given twice"),
     ({}, "give at least one axis"),

@@ -8,6 +8,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from guardforge.a1111.schemas import Img2ImgPayload, ImageResponse, Txt2ImgPayload
@@ -37,7 +38,7 @@ _A1111_AXES: tuple[tuple[str, str | None], ...] = (
     ("SGM noise multiplier", None), ("Refiner checkpoint", None), ("Refiner switch at", None),
     ("RNG source", None),
 )
-_SUPPORTED = {axis.label.lower(): axis.name for axis in AXES}
+_SUPPORTED = MappingProxyType({axis.label.lower(): axis.name for axis in AXES})
 # The trailing script_args after the three axes, with A1111's defaults: older versions send fewer.
 _OPTIONS = (("draw_legend", True), ("include_lone_images", False), ("include_sub_grids", False),
             ("no_fixed_seeds", False), ("margin_size", 0), ("csv_mode", False), ("raw_mode", False))

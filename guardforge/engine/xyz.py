@@ -7,9 +7,10 @@ import itertools
 import math
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from io import StringIO
+from types import MappingProxyType
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -56,15 +57,17 @@ def _number(text: str, cast: type) -> int | float:
 
 
 def _capped(numbers: range, text: str) -> range:
-    if len(numbers) > MAX_AXIS_VALUES:
-        raise InvalidRequest(f"range {text.strip()!r} makes {len(numbers)} values; an axis takes at most "
+    # range's len() overflows past sys.maxsize; its bounds do not.
+    count = max(0, (numbers.stop - numbers.start + numbers.step - (1 if numbers.step > 0 else -1)) // numbers.step)
+    if count > MAX_AXIS_VALUES:
+        raise InvalidRequest(f"range {text.strip()!r} makes {count} values; an axis takes at most "
                              f"{MAX_AXIS_VALUES}")
     return numbers
 
 
 def expand_ints(items: list[Any]) -> list[Any]:
-    """Whole-number items with their ranges expanded: `1-5` is 1..5, `1-10 (+3)` is 1, 4, 7, 10 (the end is
-    included when the steps land on it, going up or down), `1-10 [4]` is 4 numbers spread evenly (truncated, as A1111 does)."""
+    """Whole-number items with their ranges expanded: `1-5` is 1..5 (`5-1` 5..1, where A1111 makes nothing),
+    `1-10 (+3)` is 1, 4, 7, 10 (the end is included when the steps land on it, going up or down), `1-10 [4]` is 4 numbers spread evenly (truncated, as A1111 does)."""
     out: list[Any] = []
     for item in items:
         text = str(item)
@@ -72,7 +75,7 @@ def expand_ints(items: list[Any]) -> list[Any]:
         count = _RANGE_COUNT.fullmatch(text)
         if step is not None:
             start, end = _number(step.group(1), int), _number(step.group(2), int)
-            by = _number(step.group(3), int) if step.group(3) else 1
+            by = _number(step.group(3), int) if step.group(3) else (1 if end >= start else -1)
             if by == 0:
                 raise InvalidRequest(f"range {text.strip()!r}: the step cannot be 0")
             # The end is included going down too (A1111's end + 1 drops it from `10-1 (-3)`).
@@ -99,7 +102,7 @@ def expand_floats(items: list[Any]) -> list[Any]:
         count = _RANGE_COUNT_FLOAT.fullmatch(text)
         if step is not None:
             start, end = _number(step.group(1), float), _number(step.group(2), float)
-            by = _number(step.group(3), float) if step.group(3) else 1.0
+            by = _number(step.group(3), float) if step.group(3) else (1.0 if end >= start else -1.0)
             if by == 0:
                 raise InvalidRequest(f"range {text.strip()!r}: the step cannot be 0")
             n = len(_capped(range(math.floor((end - start) / by + 1e-9) + 1), text))
@@ -137,6 +140,8 @@ def _prompt_sr(fields: Fields, value: str, values: list) -> None:
     """A1111's Prompt S/R: the first value is searched for and each value replaces it, in the prompt, the
     negative prompt and hires fix's own prompts (the first value leaves the texts as they are)."""
     search = values[0]
+    if not search:
+        raise InvalidRequest("Prompt S/R: the first value is the text searched for; it cannot be empty")
     hires = dict(fields.get("hires") or {})
     texts = [fields["prompt"], fields["negative_prompt"], hires.get("prompt") or "",
              hires.get("negative_prompt") or ""]
@@ -277,10 +282,9 @@ def _key(name: str) -> str:
     return re.sub(r"[\s_.\-]+", "_", name.strip().lower())
 
 
-_BY_NAME: dict[str, Axis] = {}
-for _axis in AXES:
-    for _spelling in (_axis.name, _axis.label, *_axis.aliases):
-        _BY_NAME[_key(_spelling)] = _axis
+# Read-only: built once from AXES, every spelling of each axis.
+_BY_NAME: Mapping[str, Axis] = MappingProxyType(
+    {_key(spelling): axis for axis in AXES for spelling in (axis.name, axis.label, *axis.aliases)})
 
 
 def axis_named(name: str) -> Axis:
@@ -298,11 +302,22 @@ def parse_values(axis: Axis, values: str | list) -> list[Any]:
         return [None]
     items = csv_values(values) if isinstance(values, str) else list(values)
     if axis.type == "permutations":
-        return list(itertools.permutations(str(item).strip() for item in items))
-    if axis.type is int:
-        items = expand_ints(items)
-    elif axis.type is float:
-        items = expand_floats(items)
+        tokens = [str(item).strip() for item in items]
+        if not tokens or "" in tokens:
+            raise InvalidRequest(f"{axis.label}: give the tokens to reorder, none of them empty")
+        if math.factorial(len(tokens)) > MAX_AXIS_VALUES:
+            raise InvalidRequest(f"{axis.label}: {len(tokens)} tokens make {math.factorial(len(tokens))} orders; "
+                                 f"an axis takes at most {MAX_AXIS_VALUES}")
+        return list(itertools.permutations(tokens))
+    try:
+        if axis.type is int:
+            items = expand_ints(items)
+        elif axis.type is float:
+            items = expand_floats(items)
+    except OverflowError:  # a float of 400 digits is inf, and inf no count
+        raise InvalidRequest(f"{axis.label}: a range's numbers are too large") from None
+    if any(isinstance(item, float) and not math.isfinite(item) for item in items):
+        raise InvalidRequest(f"{axis.label}: a range's numbers are too large")
     parsed = []
     for item in items:
         if axis.type is str:
@@ -310,10 +325,11 @@ def parse_values(axis: Axis, values: str | list) -> list[Any]:
             continue
         try:
             number = axis.type(str(item).replace(" ", "")) if isinstance(item, str) else item
-            if isinstance(number, bool) or (axis.type is int and number != int(number)):
+            # nan and inf read as floats; a JSON list may bring a bool or 2.5 where a whole number goes.
+            if isinstance(number, bool) or not math.isfinite(number) or (axis.type is int and number != int(number)):
                 raise ValueError
             parsed.append(axis.type(number))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             kind = "a whole number" if axis.type is int else "a number"
             raise InvalidRequest(f"{axis.label}: {item!r} is not {kind} nor a range (1-5, 1-10 (+2), "
                                  "1-10 [5])") from None
