@@ -157,7 +157,9 @@ def submit(adapter, payload: Txt2ImgPayload, caller: Caller) -> GridPending:
                                      img2img=isinstance(payload, Img2ImgPayload))
     except ValidationError as exc:  # built here, not at the edge: the same 422 with its reason
         error = exc.errors()[0]
-        raise InvalidRequest(f"X/Y/Z plot: {error['msg'].removeprefix('Value error, ')}") from None
+        where = ".".join(str(part) for part in error["loc"])
+        raise InvalidRequest(f"X/Y/Z plot: {where + ': ' if where else ''}"
+                             f"{error['msg'].removeprefix('Value error, ')}") from None
     job = adapter.studio.submit_grid(grid, caller, priority=PRIORITY, save=payload.save_images)
     return GridPending(job, grid, [name for name in ignored if name not in ("script_name", "script_args")])
 
