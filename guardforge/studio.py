@@ -133,6 +133,7 @@ class Studio:
         retention = self.settings.jobs.retention_hours
         return WorkerPool(self.jobs, self.events, self.generate,
                           worker_devices(self.settings.devices, self.settings.device), train=self.run_dreambooth_job,
+                          grid=self.generate_grid,
                           retention_s=retention * 3600 if retention else None,
                           cpu_threads=self.settings.jobs.cpu_threads)
 
@@ -243,6 +244,15 @@ class Studio:
         caller.check_priority(priority)
         request.check_limits(self.settings.limits)
         caller.spend(1)
+        self.check_request(request)
+        job_id = self.jobs.submit("generate", {"request": request.model_dump(mode="json"), "save": save},
+                                  owner=caller.owner, priority=priority, max_active_for_owner=caller.max_active)
+        self.workers.notify()
+        return self.jobs.get(job_id, caller.owner)  # with its place in the queue
+
+    def check_request(self, request: GenerationRequest) -> None:
+        """What would fail the request in a worker, refused now (InvalidRequest, ModelNotFound, ...): its images,
+        model, ControlNets, IP-Adapter, VAE, refiner, what the engine refuses, and its fit with the model."""
         max_pixels = self.settings.limits.max_image_pixels
         if request.init_image is not None:
             image = decode_image(request.init_image, max_pixels, "init_image")
@@ -253,7 +263,6 @@ class Studio:
         if request.mask is not None:
             decode_image(request.mask, max_pixels, "mask")
         checkpoint = self.usable_checkpoint(request.model or self.settings.default_model)
-        template = request
         if request.styles or prompt_templates.is_dynamic(request):
             # An unknown style or a missing wildcard fails at the door; the styled texts are what the engine checks.
             request = prompt_templates.check(request, self.prompt_styles() if request.styles else {},
@@ -278,10 +287,6 @@ class Studio:
         self.usable_refiner(request, checkpoint)
         self.engine.check(request)
         self._check_model_fit(request, checkpoint)
-        job_id = self.jobs.submit("generate", {"request": template.model_dump(mode="json"), "save": save},
-                                  owner=caller.owner, priority=priority, max_active_for_owner=caller.max_active)
-        self.workers.notify()
-        return self.jobs.get(job_id, caller.owner)  # with its place in the queue
 
     def job(self, job_id: str, caller: Caller = LOCAL) -> Job:
         """One of the caller's jobs (JobNotFound for another's: whose it is stays unsaid)."""
@@ -533,6 +538,109 @@ class Studio:
             model_hash=model_hash, vae=vae_name, vae_hash=vae_hash, elapsed_s=time.perf_counter() - started,
             prompt_verdict=prompt_verdict, device=str(loaded.device),
         )
+
+    # -- the X/Y/Z plot: one job whose cells are generations ----------------------------------------------
+    def submit_grid(self, grid, caller: Caller = LOCAL, priority: int = 0, save: bool = True) -> Job:
+        """Check every cell as submit checks a request (so a bad value fails at the door), fix the seeds, then
+        queue the grid as one `grid` job. A grid costs one request of the caller's rate limit: its cells are
+        capped by limits.max_grid_cells, and it holds one of the caller's active-job places."""
+        from guardforge.engine.xyz import fix_seeds, plan_grid
+
+        caller.check_priority(priority)
+        plan = plan_grid(grid)
+        self._check_grid_limits(plan)
+        caller.spend(1)
+        for cell in plan.cells:
+            self.check_request(cell.request)
+        grid = fix_seeds(grid)
+        job_id = self.jobs.submit("grid", {"request": grid.model_dump(mode="json"), "save": save},
+                                  owner=caller.owner, priority=priority, max_active_for_owner=caller.max_active)
+        self.workers.notify()
+        return self.jobs.get(job_id, caller.owner)
+
+    def generate_grid(self, grid, on_progress: ProgressCallback | None = None, cancel: Event | None = None,
+                      save: bool = True, skip: Event | None = None, interrupt: Event | None = None,
+                      device: str | None = None, replica: int = 0):
+        """An X/Y/Z plot (engine/xyz.py): each cell generated as `generate` does (guarded, saved), then the
+        labelled grid image with the first cell's infotext and the axes, saved to the outputs' *-grids folder.
+        A blocked cell shows as the withheld tile; `cancel`, `skip` and `interrupt` act as in run_cells."""
+        from guardforge.engine.xyz import GridResult, fix_seeds, grid_infotext, plan_grid, render_grids, run_cells
+
+        started = time.perf_counter()
+        grid = fix_seeds(grid)
+        plan = plan_grid(grid)
+        self._check_grid_limits(plan)
+        cells = run_cells(plan, lambda request, **signals: self.generate(request, save=save, device=device,
+                                                                          replica=replica, **signals),
+                          on_progress, cancel, skip, interrupt)
+        pictures = [self._cell_picture(cell.result) for cell in cells]
+        first = next((cell.image.infotext for cell in cells if cell.image is not None), None)
+        infotext = grid_infotext(first, grid, plan)
+        # The grid holds only delivered pixels (blurred ones blurred, blocked ones as the tile): flagged when
+        # any cell was not allowed as it was made, so that a reader knows to look at the cells' verdicts.
+        actions = [image.action for cell in cells if cell.result for image in cell.result.images]
+        blocked = sum(cell.result is not None and cell.result.blocked for cell in cells)
+        action = "allow" if not blocked and all(a == "allow" for a in actions) else "flag"
+        seed = next((cell.result.seeds[0] for cell in cells if cell.result and cell.result.seeds),
+                    grid.request.seed)
+        mode = "img2img-grids" if grid.request.init_image is not None else "txt2img-grids"
+        grids = []
+        for picture in render_grids(grid, plan, pictures):
+            path = None
+            if save:
+                path = str(self.store.save(picture, infotext, {"grid": True, "cell_actions": actions,
+                                                               "cells_blocked_before_generation": blocked},
+                                           mode, seed))
+            grids.append(GeneratedImage(image_id=self.store.new_id(), seed=seed, infotext=infotext,
+                                        width=picture.width, height=picture.height, path=path, action=action,
+                                        pil=picture))
+        devices = [cell.result.device for cell in cells if cell.result and cell.result.device]
+        return GridResult(grid=grid, grids=grids, cells=cells, labels=plan.labels,
+                          elapsed_s=time.perf_counter() - started,
+                          interrupted=bool(interrupt is not None and interrupt.is_set()),
+                          device=devices[0] if devices else None)
+
+    def _check_grid_limits(self, plan) -> None:
+        """A grid's cells against limits.max_grid_cells, its image's pixels against limits.max_grid_pixels, and
+        each cell's request against the request limits."""
+        limits = self.settings.limits
+        if len(plan.cells) > limits.max_grid_cells:
+            nx, ny, nz = plan.shape
+            raise InvalidRequest(f"the grid has {len(plan.cells)} cells ({nx} x {ny} x {nz}), over this server's "
+                                 f"limit of {limits.max_grid_cells}")
+        pixels = 0
+        for cell in plan.cells:
+            cell.request.check_limits(limits)
+            width, height = self._made_size(cell.request)
+            pixels += width * height
+        if pixels > limits.max_grid_pixels:
+            raise InvalidRequest(f"the grid image would have {pixels / 1e6:.0f} megapixels, over this server's "
+                                 f"limit of {limits.max_grid_pixels / 1e6:.0f}")
+
+    def _made_size(self, request: GenerationRequest) -> tuple[int, int]:
+        """The size a request's image comes out at, known without running it (an outpainted one: its request
+        size, the canvas being the image's)."""
+        from guardforge.engine.hires import hires_sizes
+
+        width, height = request.width, request.height
+        if not (width and height):
+            native = self.native_size(request.model)
+            width, height = width or native[0], height or native[1]
+        if request.hires is not None:
+            width, height = hires_sizes(width, height, request.hires)[1]
+        return width, height
+
+    def _cell_picture(self, result: GenerationResult | None):
+        """What a cell shows: its image as delivered, the withheld tile where the guard blocked its prompt or
+        image, None where it never ran (an interrupted grid)."""
+        from guardforge.guard.blur import withheld_tile
+
+        if result is None:
+            return None
+        if not result.images:
+            return withheld_tile(*self._made_size(result.request)) if result.blocked else None
+        image = result.images[0]
+        return image.pil if image.pil is not None else withheld_tile(image.width, image.height)
 
     def upscalers_listed(self) -> list:
         """The upscalers (UpscalerInfo): "None", "Lanczos", "Nearest", then the ESRGAN/ and RealESRGAN/ models."""

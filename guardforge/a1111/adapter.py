@@ -116,7 +116,8 @@ def to_generation_request(payload: Txt2ImgPayload, default_model: str, default_v
 def scripts_listed() -> dict[str, list[str]]:
     """/sdapi/v1/scripts: the A1111 scripts a payload's script_name may name here, and controlnet, which clients
     look for to tell whether sd-webui-controlnet is installed (alwayson_scripts.controlnet runs here)."""
-    return {"txt2img": ["controlnet"], "img2img": [POOR_MANS_OUTPAINTING, "controlnet"]}
+    return {"txt2img": ["x/y/z plot", "controlnet"],
+            "img2img": [POOR_MANS_OUTPAINTING, "x/y/z plot", "controlnet"]}
 
 
 def _fill_name(index: Any) -> str:

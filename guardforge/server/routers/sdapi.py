@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Body, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
-from guardforge.a1111 import extras
+from guardforge.a1111 import extras, xyz
 from guardforge.a1111.adapter import A1111, scripts_listed, title
 from guardforge.a1111.adapter import png_info as png_info_of
 from guardforge.a1111.schemas import (
@@ -46,6 +46,10 @@ def a1111(request: Request) -> A1111:
 
 async def generate(request: Request, payload: Txt2ImgPayload, caller: Caller) -> ImageResponse:
     adapter = a1111(request)
+    if xyz.asks_for_xyz(payload):  # the X/Y/Z plot script: one grid job (a1111/xyz.py)
+        pending = await run_in_threadpool(xyz.submit, adapter, payload, caller)
+        request.app.state.metrics.submitted.labels("sdapi").inc()
+        return await xyz.answer_when_done(adapter, pending, payload, caller)
     pending = await run_in_threadpool(adapter.submit, payload, caller)
     request.app.state.metrics.submitted.labels("sdapi").inc()
     return await adapter.answer_when_done(pending, payload, caller)
@@ -73,7 +77,7 @@ def progress(request: Request, skip_current_image: bool = False,
     # A plain def, as every route here that reads the database or the models folder: FastAPI runs it in the
     # thread pool, off the event loop.
     studio = request.app.state.studio
-    job = studio.active_job(caller)
+    job = studio.active_job(caller) or studio.active_job(caller, kind="grid")
     if job is None:
         return ProgressResponse(progress=0.0, eta_relative=0.0, state=ProgressState())
     latest = studio.latest_event(job.id) or {}
@@ -90,7 +94,8 @@ def progress(request: Request, skip_current_image: bool = False,
 
 
 def _running_job(request: Request, caller: Caller):
-    job = request.app.state.studio.active_job(caller)
+    studio = request.app.state.studio
+    job = studio.active_job(caller) or studio.active_job(caller, kind="grid")
     return job if job is not None and job.state == "running" else None
 
 
@@ -240,8 +245,8 @@ async def extra_batch_images(payload: ExtrasBatchImagesPayload, request: Request
     return await run_in_threadpool(extras.extra_batch_images, request.app.state.studio, payload, caller)
 
 
-@router.get("/scripts", summary="Scripts: poor man's outpainting (img2img) and controlnet, the alwayson script "
-            "guardforge runs (sd-webui-controlnet's units); A1111's other scripts do not run here",
+@router.get("/scripts", summary="Scripts: X/Y/Z plot, poor man's outpainting (img2img) and controlnet, the "
+            "alwayson script guardforge runs (sd-webui-controlnet's units); A1111's other scripts do not run here",
             responses=errors(401))
 async def scripts(caller: Caller = Depends(get_caller)) -> dict[str, list[str]]:
     return scripts_listed()
