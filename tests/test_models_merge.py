@@ -278,7 +278,7 @@ def test_cli_and_api_merge(studio, gf_home, monkeypatch, capsys):
     code, out, err = cli("models", "merge", "a", "b", "--block-weights", "0.5,x")
     assert code == 2 and err.startswith("error: --block-weights") and len(err.strip().splitlines()) == 1
     code, out, err = cli("models", "merge", "a", "b", "--name", "../x")
-    assert code == 2 and "leaves the models folder" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "leaves Stable-diffusion/" in err and len(err.strip().splitlines()) == 1
 
     with TestClient(create_app(studio, start_workers=False, mount_ui=False)) as http:
         answer = http.post("/v1/models/merge", json={"primary": "a", "secondary": "b", "alpha": 0.6,

@@ -130,7 +130,11 @@ class MergeResult(BaseModel):
 
 def check_output_name(name: str) -> None:
     """A merge's output name: plain name parts (subfolders allowed), nothing that leaves Stable-diffusion/."""
-    check_name(name)
+    try:
+        check_name(name)
+    except InvalidRequest:
+        raise InvalidRequest(f"name {name!r} leaves Stable-diffusion/: give a plain name (a subfolder is allowed: "
+                             "merges/mix)") from None
     if len(name) > _MAX_NAME:
         raise InvalidRequest(f"the name is {len(name)} characters long; at most {_MAX_NAME}")
     for part in name.split("/"):
@@ -491,9 +495,9 @@ def merge_checkpoints(registry: ModelRegistry, request: MergeRequest) -> MergeRe
         layout = block_layout(a)
         if len(request.block_weights) != len(layout.labels):
             labels = layout.labels
-            raise InvalidRequest(f"{a.name!r}'s UNet has {len(labels)} blocks ({labels[0]}..{labels[layout.inputs - 1]}"
-                                 f", M00, OUT00..{labels[-1]}): give {len(labels)} block weights, not "
-                                 f"{len(request.block_weights)}")
+            raise InvalidRequest(f"the UNet of {a.name!r} has {len(labels)} blocks ({labels[0]}.."
+                                 f"{labels[layout.inputs - 1]}, M00, OUT00..{labels[-1]}): give {len(labels)} block "
+                                 f"weights, not {len(request.block_weights)}")
 
     name = request.name
     root = registry.root / KIND_FOLDERS["checkpoint"]
