@@ -236,7 +236,7 @@ def test_refusals_come_before_anything_is_written(studio, gf_home):
         with pytest.raises((InvalidRequest, ValueError)):
             MergeRequest(primary="a", secondary="b", name=bad)
     for fields in ({"mode": "add_difference"}, {"tertiary": "c"}, {"alpha": 1.5}, {"block_weights": [2.0]},
-                   {"discard_weights": "("}, {"mode": "lerp"}):
+                   {"discard_weights": "("}, {"discard_weights": "(a+)+$"}, {"mode": "lerp"}):
         with pytest.raises(ValueError):
             MergeRequest(primary="a", secondary="b", **fields)
 

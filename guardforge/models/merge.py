@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import struct
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ INTERP_METHODS: dict[str, str] = {"weighted_sum": "Weighted sum", "add_differenc
 _NAME_PART = re.compile(r"[\w()+\-][\w .()+,\-]*")
 _MAX_NAME = 160
 _MAX_REGEX = 200
+# A repeated group that itself holds a repetition, the shape of catastrophic backtracking.
+_NESTED_QUANTIFIER = re.compile(r"\([^()]*[*+}][^()]*\)[*+{]")
 
 # safetensors dtype names -> (torch dtype name, bytes per element).
 _DTYPES: dict[str, tuple[str, int]] = {
@@ -101,6 +104,11 @@ class MergeRequest(BaseModel):
             re.compile(value)
         except re.error as exc:
             raise ValueError(f"discard_weights is not a regular expression: {exc}") from None
+        if _NESTED_QUANTIFIER.search(value):
+            # Python's re has no time limit: `(a+)+$` against a long tensor name backtracks for ever, and API
+            # callers send this pattern.
+            raise ValueError("discard_weights repeats a group that repeats (like `(a+)+`), which can take "
+                             "exponential time; write it without the outer repetition")
         return value
 
     @model_validator(mode="after")
@@ -553,7 +561,8 @@ def merge_checkpoints(registry: ModelRegistry, request: MergeRequest) -> MergeRe
     merge_metadata = {"format": "pt", "sd_merge_recipe": json.dumps(recipe), "sd_merge_models": json.dumps(models)}
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.{os.getpid()}.partial"
+    # Hidden from the registry while written; per thread, since a server may run two merges at once.
+    staging = target.parent / f".{target.name}.{os.getpid()}.{threading.get_ident()}.partial"
     try:
         if diffusers:
             # Configs, tokenizer and scheduler come from A, as A1111 takes A's config; weights are merged below.
@@ -611,7 +620,7 @@ def _check_target(registry: ModelRegistry, name: str, target: Path, diffusers: b
 
 def _replace(staging: Path, target: Path) -> None:
     if staging.is_dir() and target.is_dir():
-        old = target.parent / f".{target.name}.{os.getpid()}.old"
+        old = target.parent / f".{target.name}.{os.getpid()}.{threading.get_ident()}.old"
         os.replace(target, old)
         os.replace(staging, target)
         shutil.rmtree(old, ignore_errors=True)
