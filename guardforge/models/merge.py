@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from guardforge.errors import InvalidRequest, UnsafeModelFormat
 from guardforge.models.families import _MAX_HEADER
-from guardforge.models.hashing import legacy_hash, weight_files
+from guardforge.models.hashing import WEIGHT_SUFFIXES, legacy_hash, weight_files
 from guardforge.models.registry import KIND_FOLDERS, check_name
 
 if TYPE_CHECKING:
@@ -440,7 +440,7 @@ def _json_value(value: str | None):
     return value
 
 
-def _recipe(request: MergeRequest, name: str, entries: list[ModelEntry | None], counts: _Counts,
+def _recipe(request: MergeRequest, entries: list[ModelEntry | None], counts: _Counts,
             inputs_metadata: list[dict[str, str]]) -> tuple[dict, dict]:
     """sd_merge_recipe and sd_merge_models as A1111's merger writes them (plus `block_weights`, which A1111's
     readers ignore), from the inputs' full sha256 and A1111's legacy hash."""
@@ -482,57 +482,82 @@ def merge_checkpoints(registry: ModelRegistry, request: MergeRequest) -> MergeRe
     folder from folders), hash the result and have the registry list it. Refusals (InvalidRequest, ModelNotFound,
     UnsafeModelFormat) come before anything is written; the output appears in one rename, complete."""
     started = time.perf_counter()
-    a = registry.resolve(request.primary)
-    b = registry.resolve(request.secondary)
-    c = registry.resolve(request.tertiary) if request.tertiary else None
-    entries = [a, b, c]
+    entries = [registry.resolve(request.primary), registry.resolve(request.secondary),
+               registry.resolve(request.tertiary) if request.tertiary else None]
+    a, b, c = entries
     present = [e for e in entries if e is not None]
-    formats = {e.format for e in present}
-    if len(formats) > 1:
+    if len({e.format for e in present}) > 1:
         raise InvalidRequest("the models must all be single files or all diffusers folders, not "
                              + " and ".join(f"{e.name!r} ({e.format})" for e in present))
-    layouts = [_layout(e, registry.root) if e is not None else None for e in entries]
+    files = [_layout(e, registry.root) if e is not None else {} for e in entries]
     families = {e.family for e in present}
     if len(families) > 1 or "unknown" in families:
         described = ", ".join(f"{label} {e.name!r} is {e.family}" for label, e in zip("ABC", present))
         raise InvalidRequest(f"merging needs checkpoints of one known family: {described}")
-    diffusers = a.format == "diffusers"
+    layout = _checked_block_layout(a, request)
 
-    layout: BlockLayout | None = None
-    if request.block_weights is not None:
-        layout = block_layout(a)
-        if len(request.block_weights) != len(layout.labels):
-            labels = layout.labels
-            raise InvalidRequest(f"the UNet of {a.name!r} has {len(labels)} blocks ({labels[0]}.."
-                                 f"{labels[layout.inputs - 1]}, M00, OUT00..{labels[-1]}): give {len(labels)} block "
-                                 f"weights, not {len(request.block_weights)}")
+    counts = _Counts()
+    plans, inputs_metadata = _plan(files, a.format == "diffusers", request, layout, counts)
+    merged_total = counts.merged + len(counts.missing_in_b)
+    if merged_total and len(counts.missing_in_b) > 0.25 * merged_total:
+        raise InvalidRequest(f"{b.name!r} lacks {len(counts.missing_in_b)} of the {merged_total} tensors "
+                             f"{a.name!r} has (e.g. {counts.missing_in_b[0]}): not the same architecture")
 
     name = request.name
+    if name is None:
+        name = default_name(request, a, b, c)
+        name += ".inpainting" if counts.inpainting else ""
+        name += ".instruct-pix2pix" if counts.instruct_pix2pix else ""
+        check_output_name(name)
     root = registry.root / KIND_FOLDERS["checkpoint"]
-    files_out: dict[str, tuple[Path, Path | None, Path | None]] = {
-        rel: (path, layouts[1].get(rel), layouts[2].get(rel) if layouts[2] else None)
-        for rel, path in layouts[0].items()}
+    target = root / (name if a.format == "diffusers" else f"{name}.safetensors")
+    _check_target(registry, name, target, a.format == "diffusers", request.overwrite, present)
 
-    # Plan every file from the headers: shape refusals and the inpainting suffix are known before writing.
-    counts = _Counts()
+    recipe, models = _recipe(request, entries, counts, inputs_metadata)
+    _write(plans, a, target, {"format": "pt", "sd_merge_recipe": json.dumps(recipe),
+                              "sd_merge_models": json.dumps(models)})
+
+    registry.refresh()
+    entry = registry.resolve(name)
+    sha = entry.sha256()  # hashed now and cached: the listing and infotext show it at once
+    return MergeResult(name=entry.name, file=target.relative_to(root).as_posix(), sha256=sha, short_hash=sha[:10],
+                       family=entry.family, format=entry.format, merged=counts.merged, copied=counts.copied,
+                       dropped=counts.dropped, recipe=recipe, elapsed_s=time.perf_counter() - started)
+
+
+def _checked_block_layout(a: ModelEntry, request: MergeRequest) -> BlockLayout | None:
+    if request.block_weights is None:
+        return None
+    layout = block_layout(a)
+    labels = layout.labels
+    if len(request.block_weights) != len(labels):
+        raise InvalidRequest(f"the UNet of {a.name!r} has {len(labels)} blocks ({labels[0]}.."
+                             f"{labels[layout.inputs - 1]}, M00, OUT00..{labels[-1]}): give {len(labels)} block "
+                             f"weights, not {len(request.block_weights)}")
+    return layout
+
+
+def _plan(files: list[dict[str, Path]], diffusers: bool, request: MergeRequest, layout: BlockLayout | None,
+          counts: _Counts) -> tuple[dict, list[dict[str, str]]]:
+    """Every output file planned from the headers alone: {path inside the model: (planned tensors, the opened
+    inputs, the metadata copied from them)}, and each input's own metadata (where an earlier merge's recipe is)."""
+
+    def mergeable(key: str) -> bool:
+        # A1111 merges the keys with "model" in their names: every network of an LDM checkpoint, not its
+        # noise-schedule buffers (betas, alphas_cumprod). A diffusers folder holds networks only.
+        return diffusers or "model" in key
+
     plans: dict[str, tuple[list[Planned], list[Tensors | None], dict[str, str]]] = {}
     inputs_metadata: list[dict[str, str]] = [{}, {}, {}]
-    for rel, paths in files_out.items():
-        opened = [Tensors.open(p) if p is not None else None for p in paths]
-        in_unet = rel.startswith("unet/")
+    for rel, path in files[0].items():
+        opened = [Tensors.open(path)] + [Tensors.open(f[rel]) if rel in f else None for f in files[1:]]
 
-        def mergeable(key: str) -> bool:
-            # A1111 merges the keys with "model" in their names: every network of an LDM checkpoint, not its
-            # noise-schedule buffers (betas, alphas_cumprod). A diffusers folder holds networks only.
-            return diffusers or "model" in key
-
-        def alpha_of(key: str, in_unet=in_unet) -> float:
-            if layout is None:
-                return request.alpha
-            if diffusers:
-                index = layout.index(key, diffusers=True) if in_unet else None
-            else:
-                index = layout.index(key[len(_LDM_UNET):], diffusers=False) if key.startswith(_LDM_UNET) else None
+        def alpha_of(key: str, in_unet: bool = rel.startswith("unet/")) -> float:
+            index = None
+            if layout is not None and diffusers and in_unet:
+                index = layout.index(key, diffusers=True)
+            elif layout is not None and not diffusers and key.startswith(_LDM_UNET):
+                index = layout.index(key[len(_LDM_UNET):], diffusers=False)
             return request.alpha if index is None else request.block_weights[index]
 
         planned = _plan_file(opened[0], opened[1], opened[2], request, alpha_of, mergeable, counts)
@@ -541,25 +566,14 @@ def merge_checkpoints(registry: ModelRegistry, request: MergeRequest) -> MergeRe
             if tensors is not None:
                 metadata.update(tensors.metadata)  # A1111 copies the metadata of A, then B's, then C's over it
                 if rel in ("", "unet/diffusion_pytorch_model.safetensors"):
-                    inputs_metadata[slot] = tensors.metadata  # where a recipe of an earlier merge would be
+                    inputs_metadata[slot] = tensors.metadata
         plans[rel] = (planned, opened, metadata)
+    return plans, inputs_metadata
 
-    mergeable_total = counts.merged + len(counts.missing_in_b)
-    if mergeable_total and len(counts.missing_in_b) > 0.25 * mergeable_total:
-        raise InvalidRequest(f"{b.name!r} lacks {len(counts.missing_in_b)} of the {mergeable_total} tensors "
-                             f"{a.name!r} has (e.g. {counts.missing_in_b[0]}): not the same architecture")
 
-    if name is None:
-        name = default_name(request, a, b, c)
-        name += ".inpainting" if counts.inpainting else ""
-        name += ".instruct-pix2pix" if counts.instruct_pix2pix else ""
-        check_output_name(name)
-    target = root / (name if diffusers else f"{name}.safetensors")
-    _check_target(registry, name, target, diffusers, request.overwrite, present)
-
-    recipe, models = _recipe(request, name, entries, counts, inputs_metadata)
-    merge_metadata = {"format": "pt", "sd_merge_recipe": json.dumps(recipe), "sd_merge_models": json.dumps(models)}
-
+def _write(plans: dict, a: ModelEntry, target: Path, merge_metadata: dict[str, str]) -> None:
+    """Write the planned files beside the target under a hidden name, then rename them into place."""
+    diffusers = a.format == "diffusers"
     target.parent.mkdir(parents=True, exist_ok=True)
     # Hidden from the registry while written; per thread, since a server may run two merges at once.
     staging = target.parent / f".{target.name}.{os.getpid()}.{threading.get_ident()}.partial"
@@ -567,8 +581,7 @@ def merge_checkpoints(registry: ModelRegistry, request: MergeRequest) -> MergeRe
         if diffusers:
             # Configs, tokenizer and scheduler come from A, as A1111 takes A's config; weights are merged below.
             shutil.copytree(a.path, staging, ignore=lambda folder, names: [
-                n for n in names if (Path(folder) / n).is_file() and n.endswith((".safetensors", ".bin", ".ckpt",
-                                                                                 ".pt", ".pth"))])
+                n for n in names if (Path(folder) / n).is_file() and n.endswith(WEIGHT_SUFFIXES)])
         for rel, (planned, opened, metadata) in plans.items():
             out = staging / rel if diffusers else staging
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -584,13 +597,6 @@ def merge_checkpoints(registry: ModelRegistry, request: MergeRequest) -> MergeRe
     finally:
         if staging.exists():
             shutil.rmtree(staging) if staging.is_dir() else staging.unlink()
-
-    registry.refresh()
-    entry = registry.resolve(name)
-    sha = entry.sha256()  # hashed now and cached: the listing and infotext show it at once
-    return MergeResult(name=entry.name, file=target.relative_to(root).as_posix(), sha256=sha, short_hash=sha[:10],
-                       family=entry.family, format=entry.format, merged=counts.merged, copied=counts.copied,
-                       dropped=counts.dropped, recipe=recipe, elapsed_s=time.perf_counter() - started)
 
 
 def _strings(metadata: dict) -> dict[str, str]:
