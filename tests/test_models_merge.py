@@ -29,7 +29,7 @@ def parents(tmp_path_factory, tiny_model_dir):
     seeds 0 and 1 as diffusers folders, made from the same components as the single files."""
     from diffusers import StableDiffusionPipeline
 
-    from guardforge.models.convert import diffusers_to_original_sd
+    from guardforge.models.convert import diffusers_to_original_sd, vae_to_original
     from tests.tiny import tiny_sd_components
 
     folder = tmp_path_factory.mktemp("merge-parents")
@@ -40,6 +40,11 @@ def parents(tmp_path_factory, tiny_model_dir):
         if seed == 1:
             StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
                                     requires_safety_checker=False).save_pretrained(folder / "b-folder")
+    # A VAE of the same shape with other weights, as a diffusers folder and as A1111's single file (LDM names).
+    vae = tiny_sd_components(folder / ".tok7", seed=7)["vae"]
+    vae.save_pretrained(folder / "alt-vae", safe_serialization=True)
+    save_file({k.removeprefix("first_stage_model."): v.contiguous() for k, v in vae_to_original(vae).items()},
+              str(folder / "alt-file.safetensors"))
     return folder
 
 
@@ -48,6 +53,8 @@ def studio(gf_home, parents):
     for name in ("a", "b", "c"):
         shutil.copy(parents / f"{name}.safetensors", gf_home / "models" / SD / f"{name}.safetensors")
     shutil.copytree(parents / "b-folder", gf_home / "models" / SD / "tiny-sd-b")
+    shutil.copytree(parents / "alt-vae", gf_home / "models" / "VAE" / "alt-vae")
+    shutil.copy(parents / "alt-file.safetensors", gf_home / "models" / "VAE" / "alt-file.safetensors")
     studio = Studio(Settings(home=gf_home, default_model="tiny-sd", device="cpu", guard={"policy": "off"}))
     yield studio
     studio.pipelines.unload_all()
@@ -187,11 +194,36 @@ def test_a_merged_model_generates_and_its_infotext_names_and_hashes_it(studio, t
     assert (info["Model"], info["Model hash"]) == ("half", result.short_hash)
     assert studio.model(f"{info['Model']} [{info['Model hash']}]").name == "half"  # the title finds it again
 
+    # A VAE baked in draws what the same VAE chosen per request draws.
+    baked = studio.merge_models(MergeRequest(primary="tiny-sd", secondary="tiny-sd-b", alpha=0.5, name="half-vae",
+                                             bake_in_vae="alt-vae"))
+    assert baked.recipe["bake_in_vae"] == "alt-vae" and baked.baked > 0
+    with_baked = studio.generate(GenerationRequest(model="half-vae", **small), save=False).images[0]
+    chosen = studio.generate(GenerationRequest(model="half", vae="alt-vae", **small), save=False).images[0]
+    assert with_baked.pil.tobytes() == chosen.pil.tobytes() != image.pil.tobytes()
+
     # A merged single file loads (with the tiny model's configs: it is not SD 1.5's size) and draws.
     single = studio.merge_models(MergeRequest(primary="a", secondary="b", alpha=0.5, name="half-single"))
     pipe = load_pipeline(studio.model(single.name), studio.settings, config_dir=tiny_model_dir)
     drawn = pipe("a red square", num_inference_steps=1, width=32, height=32, output_type="np").images
     assert drawn.shape == (1, 32, 32, 3) and bool(torch.isfinite(torch.from_numpy(drawn)).all())
+
+
+def test_bake_in_vae_replaces_the_vae_tensors_as_a1111_does(studio, gf_home):
+    folder = gf_home / "models" / SD
+    result = studio.merge_models(MergeRequest(primary="a", secondary="b", alpha=0.4, name="baked",
+                                              bake_in_vae="alt-file.safetensors", fp16=True))
+    merged, a, b = tensors(folder / "baked.safetensors"), tensors(folder / "a.safetensors"), \
+        tensors(folder / "b.safetensors")
+    vae = tensors(gf_home / "models" / "VAE" / "alt-file.safetensors")
+    assert result.baked == len(vae) == sum(k.startswith("first_stage_model.") for k in a)
+    for key, theta in merged.items():
+        bare = key.removeprefix("first_stage_model.")
+        expected = vae[bare] if bare != key else 0.6 * a[key] + 0.4 * b[key]
+        assert torch.equal(theta, expected.half()), key
+    assert json.loads(metadata(folder / "baked.safetensors")["sd_merge_recipe"])["bake_in_vae"] == "alt-file.safetensors"
+    with pytest.raises(InvalidRequest, match="'alt-vae' is a diffusers VAE; 'a' is a single-file checkpoint"):
+        studio.merge_models(MergeRequest(primary="a", secondary="b", bake_in_vae="alt-vae"))
 
 
 def test_an_inpainting_model_merges_its_first_four_channels(studio, gf_home):

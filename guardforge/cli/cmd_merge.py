@@ -30,6 +30,8 @@ def merge(primary: str = typer.Argument(..., help="Model A (its configs and keys
                                             "OUT.. (25 for SD 1.x, 19 for SDXL), comma-separated"),
           name: str = typer.Option(None, "--name", help="Output name in Stable-diffusion/ (default A1111's)"),
           fp16: bool = typer.Option(False, "--fp16", help="Save float32 tensors as float16"),
+          bake_in_vae: str = typer.Option(None, "--bake-in-vae", help="A VAE from models/VAE/ to replace the "
+                                          "result's own (a file for single files, a folder for folders)"),
           discard: str = typer.Option("", "--discard-weights", help="Leave out tensors whose names match "
                                       "this regular expression"),
           overwrite: bool = typer.Option(False, "--overwrite", help="Replace a model of that name"),
@@ -39,7 +41,8 @@ def merge(primary: str = typer.Argument(..., help="Model A (its configs and keys
     from guardforge.studio import Studio
 
     request = MergeRequest(primary=primary, secondary=secondary, tertiary=tertiary, mode=mode, alpha=alpha,
-                           block_weights=_floats(block_weights), name=name, fp16=fp16, discard_weights=discard,
+                           block_weights=_floats(block_weights), name=name, fp16=fp16, bake_in_vae=bake_in_vae,
+                           discard_weights=discard,
                            overwrite=overwrite)
     result = Studio().merge_models(request)
     typer.echo(f"{result.name}  [{result.short_hash}]  {result.family}  {result.format}  merged={result.merged} "

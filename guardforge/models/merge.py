@@ -75,6 +75,9 @@ class MergeRequest(BaseModel):
     name: str | None = Field(None, max_length=_MAX_NAME, description="Output name in Stable-diffusion/; "
                              "default A1111's, e.g. '0.7(a) + 0.3(b)'")
     fp16: bool = Field(False, description="Save float32 tensors as float16 (A1111's save_as_half)")
+    bake_in_vae: str | None = Field(None, description="A VAE from models/VAE/ whose weights replace the result's "
+                                    "VAE (A1111's 'Bake in VAE'): a single file for single files, a folder for "
+                                    "folders")
     discard_weights: str = Field("", max_length=_MAX_REGEX,
                                  description="Regular expression: tensors whose names it matches are left out")
     overwrite: bool = Field(False, description="Replace a model of that name")
@@ -132,6 +135,7 @@ class MergeResult(BaseModel):
     merged: int = Field(..., description="Tensors computed from more than one model")
     copied: int = Field(..., description="Tensors taken from A as they are (only A has them, or not floats)")
     dropped: int = Field(..., description="Tensors of B that A lacks (left out, as A1111 does) or discarded")
+    baked: int = Field(0, description="VAE tensors taken from bake_in_vae")
     recipe: dict
     elapsed_s: float
 
@@ -322,6 +326,7 @@ def block_layout(entry: ModelEntry) -> BlockLayout:
 class _Counts:
     merged: int = 0
     copied: int = 0
+    baked: int = 0
     dropped: int = 0
     inpainting: bool = False
     instruct_pix2pix: bool = False
@@ -441,7 +446,7 @@ def _json_value(value: str | None):
 
 
 def _recipe(request: MergeRequest, entries: list[ModelEntry | None], counts: _Counts,
-            inputs_metadata: list[dict[str, str]]) -> tuple[dict, dict]:
+            inputs_metadata: list[dict[str, str]], vae_title: str | None) -> tuple[dict, dict]:
     """sd_merge_recipe and sd_merge_models as A1111's merger writes them (plus `block_weights`, which A1111's
     readers ignore), from the inputs' full sha256 and A1111's legacy hash."""
     a, b, c = entries
@@ -455,7 +460,7 @@ def _recipe(request: MergeRequest, entries: list[ModelEntry | None], counts: _Co
         "save_as_half": request.fp16,
         "custom_name": request.name or "",
         "config_source": 0,
-        "bake_in_vae": "None",
+        "bake_in_vae": vae_title or "None",
         "discard_weights": request.discard_weights,
         "is_inpainting": counts.inpainting,
         "is_instruct_pix2pix": counts.instruct_pix2pix,
@@ -495,9 +500,10 @@ def merge_checkpoints(registry: ModelRegistry, request: MergeRequest) -> MergeRe
         described = ", ".join(f"{label} {e.name!r} is {e.family}" for label, e in zip("ABC", present))
         raise InvalidRequest(f"merging needs checkpoints of one known family: {described}")
     layout = _checked_block_layout(a, request)
+    vae, vae_title = _vae_file(registry, request.bake_in_vae, a) if request.bake_in_vae else (None, None)
 
     counts = _Counts()
-    plans, inputs_metadata = _plan(files, a.format == "diffusers", request, layout, counts)
+    plans, inputs_metadata = _plan(files, a.format == "diffusers", request, layout, counts, vae)
     merged_total = counts.merged + len(counts.missing_in_b)
     if merged_total and len(counts.missing_in_b) > 0.25 * merged_total:
         raise InvalidRequest(f"{b.name!r} lacks {len(counts.missing_in_b)} of the {merged_total} tensors "
@@ -513,7 +519,7 @@ def merge_checkpoints(registry: ModelRegistry, request: MergeRequest) -> MergeRe
     target = root / (name if a.format == "diffusers" else f"{name}.safetensors")
     _check_target(registry, name, target, a.format == "diffusers", request.overwrite, present)
 
-    recipe, models = _recipe(request, entries, counts, inputs_metadata)
+    recipe, models = _recipe(request, entries, counts, inputs_metadata, vae_title)
     _write(plans, a, target, {"format": "pt", "sd_merge_recipe": json.dumps(recipe),
                               "sd_merge_models": json.dumps(models)})
 
@@ -522,7 +528,60 @@ def merge_checkpoints(registry: ModelRegistry, request: MergeRequest) -> MergeRe
     sha = entry.sha256()  # hashed now and cached: the listing and infotext show it at once
     return MergeResult(name=entry.name, file=target.relative_to(root).as_posix(), sha256=sha, short_hash=sha[:10],
                        family=entry.family, format=entry.format, merged=counts.merged, copied=counts.copied,
-                       dropped=counts.dropped, recipe=recipe, elapsed_s=time.perf_counter() - started)
+                       dropped=counts.dropped, baked=counts.baked, recipe=recipe,
+                       elapsed_s=time.perf_counter() - started)
+
+
+def _vae_file(registry: ModelRegistry, name: str, a: ModelEntry) -> tuple[Path, str]:
+    """The weights file of the VAE to bake in, and how the recipe names it (A1111: the file name): a single
+    .safetensors file (LDM names) for single-file checkpoints, a diffusers VAE folder's for folders."""
+    vae = registry.resolve(name, kind="vae")
+    if vae.format != a.format:
+        want = "a single .safetensors file" if a.format == "single_file" else "a diffusers VAE folder"
+        raise InvalidRequest(f"bake_in_vae {vae.name!r} is a {vae.format.replace('_', '-')} VAE; {a.name!r} is a "
+                             f"{a.format.replace('_', '-')} checkpoint, which takes {want}")
+    if vae.format == "single_file":
+        if vae.path.suffix.lower() != ".safetensors":
+            from guardforge.models.loading import pickle_message
+
+            raise UnsafeModelFormat(pickle_message(vae, registry.root))
+        return vae.path, vae.filename
+    found = [p for p in weight_files(vae.path) if p.name == "diffusion_pytorch_model.safetensors"]
+    if not found:
+        raise InvalidRequest(f"bake_in_vae {vae.name!r} has no diffusion_pytorch_model.safetensors")
+    return found[0], vae.name
+
+
+def _bake(planned: list[Planned], vae: Tensors, diffusers: bool, fp16: bool, counts: _Counts) -> list[Planned]:
+    """A1111's "Bake in VAE": each VAE tensor the result has is replaced by the VAE's (in the VAE's dtype,
+    float32 saved as float16 with fp16). The VAE is read as the fourth open file."""
+    baked: list[Planned] = []
+    replaced = 0
+    for item in planned:
+        source = item.key if diffusers else _ldm_vae_key(item.key, vae)
+        if source is None or source not in vae.records:
+            baked.append(item)
+            continue
+        if vae.shape(source) != item.shape:
+            raise InvalidRequest(f"the VAE does not fit: {source} is {list(vae.shape(source))} in it and "
+                                 f"{list(item.shape)} in the checkpoint")
+        dtype = vae.dtype(source)
+        replaced += 1
+        baked.append(Planned(item.key, "F16" if fp16 and dtype == "F32" else dtype, item.shape,
+                             lambda f, source=source: vae.read(f[3], source)))
+    if not replaced:
+        raise InvalidRequest(f"{vae.path.name} holds none of the checkpoint's VAE tensors (e.g. "
+                             f"{next(iter(vae.records), 'nothing')!r}): not a VAE of this architecture")
+    counts.baked += replaced
+    return baked
+
+
+def _ldm_vae_key(key: str, vae: Tensors) -> str | None:
+    # A1111's VAE files hold the LDM names without the checkpoint's `first_stage_model.` prefix; some keep it.
+    if not key.startswith("first_stage_model."):
+        return None
+    bare = key[len("first_stage_model."):]
+    return bare if bare in vae.records else key
 
 
 def _checked_block_layout(a: ModelEntry, request: MergeRequest) -> BlockLayout | None:
@@ -538,7 +597,7 @@ def _checked_block_layout(a: ModelEntry, request: MergeRequest) -> BlockLayout |
 
 
 def _plan(files: list[dict[str, Path]], diffusers: bool, request: MergeRequest, layout: BlockLayout | None,
-          counts: _Counts) -> tuple[dict, list[dict[str, str]]]:
+          counts: _Counts, vae: Path | None = None) -> tuple[dict, list[dict[str, str]]]:
     """Every output file planned from the headers alone: {path inside the model: (planned tensors, the opened
     inputs, the metadata copied from them)}, and each input's own metadata (where an earlier merge's recipe is)."""
 
@@ -561,8 +620,12 @@ def _plan(files: list[dict[str, Path]], diffusers: bool, request: MergeRequest, 
             return request.alpha if index is None else request.block_weights[index]
 
         planned = _plan_file(opened[0], opened[1], opened[2], request, alpha_of, mergeable, counts)
+        if vae is not None and (not diffusers or rel.startswith("vae/")):
+            baked = Tensors.open(vae)
+            planned = _bake(planned, baked, diffusers, request.fp16, counts)
+            opened.append(baked)
         metadata: dict[str, str] = {}
-        for slot, tensors in enumerate(opened):
+        for slot, tensors in enumerate(opened[:3]):
             if tensors is not None:
                 metadata.update(tensors.metadata)  # A1111 copies the metadata of A, then B's, then C's over it
                 if rel in ("", "unet/diffusion_pytorch_model.safetensors"):
