@@ -187,6 +187,14 @@ class Studio:
     def refresh_models(self) -> None:
         self.registry.refresh()
 
+    def merge_models(self, request, caller: Caller = LOCAL):
+        """Merge checkpoints as A1111's checkpoint merger does (models/merge.py's MergeRequest), streamed into the
+        models folder; the result (MergeResult) is hashed and listed at once."""
+        from guardforge.models.merge import merge_checkpoints
+
+        caller.spend(1)
+        return merge_checkpoints(self.registry, request)
+
     def usable_checkpoint(self, name: str):
         """The checkpoint `name` means, refused now (ModelNotFound, UnsafeModelFormat) for whatever would fail
         every generation made with it later: a pickle above all."""
