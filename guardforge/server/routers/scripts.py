@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from pydantic import BaseModel, Field
 
-from guardforge.scripts.base import arg_infos
+from guardforge.scripts.base import Script, arg_infos
 from guardforge.server.auth import Caller, get_caller
 from guardforge.server.schemas import errors
 
@@ -34,12 +34,11 @@ class ScriptView(BaseModel):
 def list_scripts(request: Request, caller: Caller = Depends(get_caller)) -> list[ScriptView]:
     # A plain def: the first call finds the scripts through their entry points, which imports them.
     studio = request.app.state.studio
-    mounted = {route.path.split("/")[3] for route in request.app.routes if route.path.startswith("/v1/scripts/")}
     return [ScriptView(name=script.name, title=script.title, alwayson=script.alwayson, modes=sorted(script.modes),
                        args=[{**info, "name": name} for name, info in zip(script.Args.model_fields,
                                                                           arg_infos(script.Args), strict=True)],
                        args_schema=script.Args.model_json_schema(),
-                       routes=f"/v1/scripts/{script.name}/" if script.name in mounted else None)
+                       routes=f"/v1/scripts/{script.name}/" if type(script).router is not Script.router else None)
             for script in studio.scripts_installed()]
 
 
