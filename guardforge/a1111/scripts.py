@@ -84,6 +84,10 @@ def scripts_from_payload(alwayson_scripts: Any, script_name: str | None,
                 raise InvalidRequest(f"alwayson_scripts.{name} must be an object {{\"args\": [...]}}, as A1111 "
                                      "takes it")
             scripts[str(name)] = value.get("args", [])
+    if script_name is not None and not isinstance(script_name, str):
+        raise InvalidRequest(f"script_name must be a script's name (GET /sdapi/v1/scripts), not {script_name!r}")
+    if script_args is not None and not isinstance(script_args, list):
+        raise InvalidRequest("script_args must be a list, in the order /sdapi/v1/script-info gives the args")
     if script_name and script_name.strip() and script_name.strip().lower() != POOR_MANS_OUTPAINTING:
         if str(script_name).strip() in scripts:
             raise InvalidRequest(f"script {script_name!r} is both script_name and in alwayson_scripts")
