@@ -17,9 +17,6 @@ if TYPE_CHECKING:  # a plugin that adds no route need not import FastAPI
 
     from guardforge.engine.request import GenerationRequest, GenerationResult
 
-Mode = Literal["txt2img", "img2img"]
-
-
 class NoArgs(BaseModel):
     """The arguments of a script that takes none."""
 
