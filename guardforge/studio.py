@@ -517,6 +517,17 @@ class Studio:
         runner = scripts.runner
         others = {name: args for name, args in request.scripts.items()
                   if self.scripts.find(name) is not runner.script}
+        # Text the script will paint into what it makes (a grid's labels): read before anything is generated. The
+        # always-on scripts' texts are read by each generation it asks for.
+        labels = runner.script.texts(runner.args)
+        if labels:
+            verdict = max(self.guard.check_prompts([prompt_reading(text) for text in labels]),
+                          key=lambda v: SEVERITY[v.action])
+            if verdict.action == "block":
+                return GenerationResult(request=request, images=[], seeds=[],
+                                        model=request.model or self.settings.default_model, model_hash=None,
+                                        elapsed_s=time.perf_counter() - started, prompt_verdict=verdict,
+                                        blocked=True)
 
         def generate(inner: GenerationRequest) -> GenerationResult:
             return self.generate(inner.model_copy(update={"scripts": others}), save=save, **run_options)

@@ -74,6 +74,7 @@ class Shout(Script):
 
 class RepeatArgs(BaseModel):
     times: int = Field(2, title="Times", ge=1, le=4)
+    label: str = Field("", title="Label")
 
 
 class Repeat(Script):
@@ -82,6 +83,9 @@ class Repeat(Script):
     title = "Repeat seeds"
     modes = frozenset({"txt2img"})
     Args = RepeatArgs
+
+    def texts(self, args):
+        return [args.label] if args.label else []
 
     def run(self, request, args, generate):
         results = [generate(request.model_copy(update={"seed": request.seed + i})) for i in range(args.times)]
@@ -174,8 +178,8 @@ def test_a_third_party_script_is_listed_and_runs_over_http(client, served):
     assert infos[("shout", True)]["args"] == [
         {"label": "Word", "value": "loudly", "minimum": None, "maximum": None, "step": None, "choices": None},
         {"label": "Tint", "value": "red", "minimum": None, "maximum": None, "step": None, "choices": ["red", "none"]}]
-    assert infos[("repeat seeds", False)]["args"] == [{"label": "Times", "value": 2, "minimum": 1, "maximum": 4,
-                                                       "step": None, "choices": None}]
+    assert infos[("repeat seeds", False)]["args"][0] == {"label": "Times", "value": 2, "minimum": 1, "maximum": 4,
+                                                          "step": None, "choices": None}
     native = {s["name"]: s for s in client.get("/v1/scripts").json()}
     assert set(native) == {"watermark", "repeat", "shout"}  # the broken entry points are left out
     assert native["shout"]["routes"] == "/v1/scripts/shout/" and native["repeat"]["routes"] is None
@@ -230,7 +234,8 @@ def test_bad_scripts_or_args_are_422_with_the_reason(client, path, extra, needle
 
 
 def test_the_guard_reads_the_text_scripts_write(studio):
-    """A prompt a script altered, and a watermark's text, are screened before anything runs."""
+    """A prompt a script altered, a watermark's text and the text a selectable run would paint into what it
+    makes are screened before anything runs."""
     shouted = studio.generate(GenerationRequest(prompt="a cat", scripts={"shout": {"word": "forbidden"}}, **SMALL),
                               save=False)
     assert shouted.blocked and shouted.prompt_verdict.violated == ["S1"]
@@ -239,6 +244,9 @@ def test_the_guard_reads_the_text_scripts_write(studio):
                                                                                       "text": "forbidden"}},
                                                **SMALL), save=False)
     assert marked.blocked
+    labelled = studio.generate(GenerationRequest(prompt="a cat", scripts={"repeat": {"label": "forbidden"}}, **SMALL),
+                               save=False)
+    assert labelled.blocked and labelled.images == []
     assert studio.pipelines.loaded() == []  # the engine never ran
 
 
