@@ -224,6 +224,7 @@ def test_a_scripts_image_passes_the_output_guard(client):
     ("/sdapi/v1/txt2img", {"script_name": 5, "script_args": "abc"}, "script_name must be a script's name"),
     ("/sdapi/v1/txt2img", {"script_name": "shout", "script_args": "abc"}, "script_args must be a list"),
     ("/sdapi/v1/img2img", {"script_name": "repeat seeds", "init_images": ["x"]}, "runs on txt2img, not img2img"),
+    ("/sdapi/v1/txt2img", {"script_name": "Poor man's outpainting"}, "is an img2img script"),
     ("/v1/jobs", {"scripts": {"watermark": {"opacity": 3}}}, "opacity: Input should be less than or equal to 1"),
     ("/v1/jobs", {"scripts": {"watermark": {"colour": "red"}}}, "has no arg 'colour'"),
     ("/v1/jobs", {"scripts": {"shout": {}, "repeat": {}}}, "one selectable script per request, not 2"),

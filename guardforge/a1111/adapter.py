@@ -48,7 +48,7 @@ def to_generation_request(payload: Txt2ImgPayload, default_model: str, default_v
     # Installed scripts (a1111/scripts.py) by name; controlnet stays in alwayson_scripts for the units below.
     script_fields, alwayson = scripts_from_payload(
         extra.pop("alwayson_scripts", None), payload.script_name if img2img else extra.pop("script_name", None),
-        payload.script_args if img2img else extra.pop("script_args", None))
+        payload.script_args if img2img else extra.pop("script_args", None), img2img)
     # sd-webui-controlnet's IP-Adapter units are the request's ip_adapter here; the others are ControlNet units.
     scripts, ip_adapter, ip_ignored = split_ip_adapter(
         alwayson,

@@ -68,8 +68,8 @@ def script_info(scripts: list) -> list[ScriptInfo]:
     return infos
 
 
-def scripts_from_payload(alwayson_scripts: Any, script_name: str | None,
-                         script_args: list[Any] | None) -> tuple[dict[str, Any], Any]:
+def scripts_from_payload(alwayson_scripts: Any, script_name: str | None, script_args: list[Any] | None,
+                         img2img: bool = False) -> tuple[dict[str, Any], Any]:
     """A request's `scripts` from a payload's `alwayson_scripts` (each `{"args": [...]}`) and its selected
     `script_name` with `script_args`; and what stays of alwayson_scripts for the ControlNet translation. Which
     names are installed and whether the args fit is the Studio's to say (422 with the reason)."""
@@ -88,6 +88,9 @@ def scripts_from_payload(alwayson_scripts: Any, script_name: str | None,
         raise InvalidRequest(f"script_name must be a script's name (GET /sdapi/v1/scripts), not {script_name!r}")
     if script_args is not None and not isinstance(script_args, list):
         raise InvalidRequest("script_args must be a list, in the order /sdapi/v1/script-info gives the args")
+    if not img2img and (script_name or "").strip().lower() == POOR_MANS_OUTPAINTING:
+        raise InvalidRequest(f"{POOR_MANS_OUTPAINTING!r} is an img2img script: send it to /sdapi/v1/img2img with "
+                             "the image to extend")
     if script_name and script_name.strip() and script_name.strip().lower() != POOR_MANS_OUTPAINTING:
         if str(script_name).strip() in scripts:
             raise InvalidRequest(f"script {script_name!r} is both script_name and in alwayson_scripts")
