@@ -315,8 +315,15 @@ def test_cli_lists_scripts_and_generates_with_them(plugin, gf_home, monkeypatch,
                           "--script", "shout", "--script-arg", "word=again", "--script-arg", "tint=none",
                           "--script-arg", "watermark.enabled=true", "--script-arg", "watermark.size=8")
     assert code == 0, err
-    text = read_infotext(out.split()[0])
+    made = out.split()[0]
+    text = read_infotext(made)
     assert text.startswith("a cat, again\n") and "Shout: again" in text and "Watermark: guardforge" in text
+    # The watermark reads its args back from the image: --from-png makes the same pixels, watermark and all.
+    code, out, err = call("generate", "--from-png", made, "-o", str(gf_home / "again"))
+    assert code == 0, err
+    again = out.split()[0]
+    assert "Watermark: guardforge, Watermark position: bottom-right" in read_infotext(again)
+    assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(made)))
     code, out, err = call("generate", "a cat", "-m", "tiny-sd", "--script", "shout", "--script", "watermark",
                           "--script-arg", "size=8")
     assert code == 2 and "say which script it is for, as NAME.size=" in err and len(err.strip().splitlines()) == 1

@@ -223,7 +223,12 @@ def generate(
         typer.secho(note, err=True, fg="yellow")
     from guardforge.cli.script_options import script_fields
 
-    given["scripts"] = script_fields(script, script_arg)
+    read_scripts = None
+    if text:  # each script reads back the args it ran with from the image's infotext, so it runs again
+        from guardforge.scripts import ScriptRegistry
+
+        read_scripts = ScriptRegistry.from_entry_points().args_from_infotext(parse_infotext(text))
+    given["scripts"] = script_fields(script, script_arg, read_scripts)
     given = {k: v for k, v in given.items() if v is not None}
     from_image = set(fields) - set(given)
     fields.update(given)

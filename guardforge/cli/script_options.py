@@ -1,4 +1,4 @@
-"""`generate --script NAME --script-arg [NAME.]KEY=VALUE` as a request's `scripts`."""
+"""`generate --script NAME --script-arg [NAME.]KEY=VALUE` (over what --from-png read) as a request's `scripts`."""
 
 from __future__ import annotations
 
@@ -16,13 +16,17 @@ def _value(text: str) -> Any:
         return text
 
 
-def script_fields(names: list[str] | None, args: list[str] | None) -> dict[str, dict[str, Any]] | None:
-    """{script: {arg: value}}: each --script by name, each --script-arg given to the script it names (NAME.KEY),
-    or to the one --script when there is one. None when no option was given."""
+def script_fields(names: list[str] | None, args: list[str] | None,
+                  read: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]] | None:
+    """{script: {arg: value}}: the scripts an image's infotext says ran (`read`, from --from-png), each --script
+    by name, each --script-arg given to the script it names (NAME.KEY), or to the one --script when there is
+    one, over the args read. None when there is none of these."""
     names, args = list(names or []), list(args or [])
-    if not names and not args:
+    if not names and not args and not read:
         return None
-    scripts: dict[str, dict[str, Any]] = {name: {} for name in names}
+    scripts: dict[str, dict[str, Any]] = {name: dict(given) for name, given in (read or {}).items()}
+    for name in names:
+        scripts.setdefault(name, {})
     for arg in args:
         key, equals, value = arg.partition("=")
         script, dot, key = key.strip().rpartition(".")

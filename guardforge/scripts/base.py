@@ -54,8 +54,8 @@ class Script:
     - `Args`: a pydantic model of its arguments; A1111's positional `args` lists fill its fields in declaration
       order. A field's `title` is its label, `ge`/`le` its minimum/maximum, a Literal its choices,
       `json_schema_extra={"step": ...}` its step, as /sdapi/v1/script-info shows them;
-    - hooks, each given the args parsed: `active`, `alter_request`, `texts`, `process_images`, `infotext`, `run`,
-      `router`.
+    - hooks, each given the args parsed: `active`, `alter_request`, `texts`, `process_images`, `infotext`,
+      `args_from_infotext`, `run`, `router`.
 
     Scripts are instantiated once per Studio (no arguments) and called from several worker threads: keep no
     per-request state on `self`.
@@ -90,6 +90,11 @@ class Script:
     def infotext(self, args: BaseModel) -> dict[str, Any]:
         """Parameters to add to each image's infotext (`key: value`), saying what the script did."""
         return {}
+
+    def args_from_infotext(self, params: dict[str, str]) -> dict[str, Any] | None:
+        """The args an image was made with, read back from its infotext (`params` as parse_infotext gives them,
+        values as strings), or None where the script did not run for it: `generate --from-png` runs it again."""
+        return None
 
     # A selectable script may replace one generation with several: `generate` runs one request through the
     # whole Studio path (guard, engine, always-on scripts, output guard, store) and returns its result.

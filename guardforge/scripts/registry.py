@@ -147,6 +147,21 @@ class ScriptRegistry:
                 found.append((script.name, router))
         return found
 
+    def args_from_infotext(self, params: dict[str, str]) -> dict[str, dict[str, Any]]:
+        """{name: args} of the scripts an infotext says ran (each script reads its own keys back); a script that
+        fails to read them is logged and left out, as the image can be made again without it."""
+        found = {}
+        for script in self:
+            try:
+                args = script.args_from_infotext(params)
+            except Exception as exc:  # a plugin's parser of text from an image file
+                log.warning("script %r could not read its args back from an infotext: %s: %s", script.name,
+                            type(exc).__name__, exc)
+                continue
+            if args is not None:
+                found[script.name] = args
+        return found
+
     def find(self, name: str) -> Script:
         """The script a name means: its entry-point name or its title, in any case (A1111 clients send titles)."""
         wanted = str(name).strip().lower()

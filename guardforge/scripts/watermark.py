@@ -42,6 +42,13 @@ class Watermark(Script):
         return {"Watermark": args.text, "Watermark position": args.position, "Watermark opacity": args.opacity,
                 "Watermark size": args.size}
 
+    def args_from_infotext(self, params):
+        if "Watermark" not in params:
+            return None
+        read = {"text": params["Watermark"], "position": params.get("Watermark position"),
+                "opacity": params.get("Watermark opacity"), "size": params.get("Watermark size")}
+        return {"enabled": True, **{key: value for key, value in read.items() if value is not None}}
+
 
 def stamp(image, args: WatermarkArgs):
     """`image` with the watermark drawn on it (a new image, same size and mode)."""
