@@ -114,6 +114,13 @@ class Studio:
         return JobQueue(self.database, self.settings.jobs.max_queue, self.settings.jobs.requeue_running_on_restart)
 
     @cached_property
+    def scripts(self):
+        """The installed scripts (guardforge/scripts/), found through their entry points on first use."""
+        from guardforge.scripts import ScriptRegistry
+
+        return ScriptRegistry.from_entry_points()
+
+    @cached_property
     def keys(self):
         from guardforge.access.keys import KeyStore
 
@@ -251,6 +258,7 @@ class Studio:
         queue it. The caller's rate limit is spent between the checks that cost nothing and those that work."""
         caller.check_priority(priority)
         request.check_limits(self.settings.limits)
+        self.scripts.plan(request)  # an unknown script or bad args: refused now, not in a worker
         caller.spend(1)
         self.check_request(request)
         job_id = self.jobs.submit("generate", {"request": request.model_dump(mode="json"), "save": save},
@@ -433,6 +441,11 @@ class Studio:
         from guardforge.engine.variation import request_subseeds, with_fixed_subseed
 
         started = time.perf_counter()
+        scripts = self.scripts.plan(request)
+        if scripts.runner is not None:
+            return self._run_script(scripts, request, on_progress=on_progress, cancel=cancel, save=save, skip=skip,
+                                    interrupt=interrupt, device=device, replica=replica)
+        request = scripts.alter(request)  # before the guard: it reads what the scripts made of the request
         request.check_limits(self.settings.limits)
         max_pixels = self.settings.limits.max_image_pixels
         init_image = (decode_image(request.init_image, max_pixels, "init_image")
@@ -464,6 +477,7 @@ class Studio:
             readings.append(prompt_reading(texts.prompt, texts.negative_prompt))
             if texts.hires_prompt is not None:  # the second pass encodes these: the guard reads them as the first's
                 readings.append(prompt_reading(texts.hires_prompt, texts.hires_negative_prompt))
+        readings += [prompt_reading(text) for text in scripts.texts()]  # text a script writes into the images
         prompt_verdict = max(self.guard.check_prompts(readings), key=lambda verdict: SEVERITY[verdict.action])
         input_verdict = self.guard.check_input_image(init_image) if init_image is not None else None
         # The IP-Adapter image is an input image as a control image is: the guard reads it before anything runs.
@@ -517,6 +531,10 @@ class Studio:
             return known[texts]
 
         unit_lines = (controls.infotext() if controls else []) + ([ip_adapter.infotext()] if ip_adapter else [])
+        if scripts.bound:  # before the output guard, which screens the images as the scripts left them
+            outputs = list(zip(scripts.process([image for image, _ in outputs], request),
+                               [seed for _, seed in outputs], strict=True))
+        script_params = scripts.infotext()
         verdicts = self.guard.check_output_images([image for image, _ in outputs])
         images: list[GeneratedImage] = []
         # A1111's Size is the first pass's: hires fix's own keys say what it was upscaled to.
@@ -530,7 +548,7 @@ class Studio:
                                       model_name=entry.name, model_hash=model_hash, vae_name=vae_name,
                                       vae_hash=vae_hash, subseed=subseed, ti_hashes=inversions(used.request),
                                       controlnet_units=unit_lines, refiner=refiner_title,
-                                      extra=used.infotext_params())
+                                      extra=used.infotext_params(), script_params=script_params)
             delivered = self.guard.enforce(image, verdict)
             path = None
             if delivered is not None and save:
@@ -649,6 +667,62 @@ class Studio:
             return withheld_tile(*self._made_size(result.request)) if result.blocked else None
         image = result.images[0]
         return image.pil if image.pil is not None else withheld_tile(image.width, image.height)
+    def scripts_installed(self) -> list:
+        """The installed scripts (guardforge.scripts.Script), the always-on ones first, each group by name."""
+        return list(self.scripts)
+
+    def script_routers(self) -> list:
+        """(name, FastAPI router) of each installed script that serves routes of its own."""
+        return self.scripts.routers()
+
+    def _run_script(self, scripts, request: GenerationRequest, save: bool = True, **run_options) -> GenerationResult:
+        """A selectable script's `run`: the generations it asks for, each through generate with the always-on
+        scripts but not itself, then the images it made from them screened and stored as any output is."""
+        started = time.perf_counter()
+        runner = scripts.runner
+        others = {name: args for name, args in request.scripts.items()
+                  if self.scripts.find(name) is not runner.script}
+        # Text the script will paint into what it makes (a grid's labels): read before anything is generated. The
+        # always-on scripts' texts are read by each generation it asks for.
+        labels = runner.script.texts(runner.args)
+        if labels:
+            verdict = max(self.guard.check_prompts([prompt_reading(text) for text in labels]),
+                          key=lambda v: SEVERITY[v.action])
+            if verdict.action == "block":
+                return GenerationResult(request=request, images=[], seeds=[],
+                                        model=request.model or self.settings.default_model, model_hash=None,
+                                        elapsed_s=time.perf_counter() - started, prompt_verdict=verdict,
+                                        blocked=True)
+
+        def generate(inner: GenerationRequest) -> GenerationResult:
+            return self.generate(inner.model_copy(update={"scripts": others}), save=save, **run_options)
+
+        run = runner.script.run(request.model_copy(update={"scripts": others}), runner.args, generate)
+        made, results = list(run.made), list(run.results)
+        first = results[0] if results else None
+        # A made image (a grid) is filed under the first generation's seed, as A1111 files its grids.
+        seed = first.seeds[0] if first and first.seeds else request.seed
+        verdicts = self.guard.check_output_images([m.image for m in made]) if made else []
+        images: list[GeneratedImage] = []
+        for item, verdict in zip(made, verdicts, strict=True):
+            delivered = self.guard.enforce(item.image, verdict)
+            path = None
+            if delivered is not None and save:
+                path = str(self.store.save(delivered, item.infotext, verdict.model_dump(), request.mode, seed))
+            images.append(GeneratedImage(image_id=self.store.new_id(), seed=seed, infotext=item.infotext,
+                                         width=item.image.width, height=item.image.height, path=path,
+                                         verdict=verdict, action=verdict.action, pil=delivered))
+        images += [image for result in results for image in result.images]
+        verdicts = [r.prompt_verdict for r in results if r.prompt_verdict is not None]
+        return GenerationResult(
+            request=request, images=images, seeds=[image.seed for image in images],
+            subseeds=[s for result in results for s in result.subseeds],
+            model=first.model if first else (request.model or self.settings.default_model),
+            model_hash=first.model_hash if first else None, vae=first.vae if first else None,
+            vae_hash=first.vae_hash if first else None, elapsed_s=time.perf_counter() - started,
+            prompt_verdict=max(verdicts, key=lambda v: SEVERITY[v.action]) if verdicts else None,
+            blocked=bool(results) and all(result.blocked for result in results),
+            device=first.device if first else None)
 
     def upscalers_listed(self) -> list:
         """The upscalers (UpscalerInfo): "None", "Lanczos", "Nearest", then the ESRGAN/ and RealESRGAN/ models."""

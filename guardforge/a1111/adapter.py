@@ -17,6 +17,7 @@ from PIL import Image
 from guardforge.a1111.hires import HIRES_FIELDS, hires_from_payload
 from guardforge.a1111.controlnet import units_from_payload
 from guardforge.a1111.ip_adapter import split_ip_adapter
+from guardforge.a1111.scripts import scripts_from_payload
 from guardforge.a1111.schemas import SCHEDULERS_LISTED, SCHEDULES, ImageResponse, Img2ImgPayload, Txt2ImgPayload
 from guardforge.access.caller import Caller
 from guardforge.engine.hires import hires_sizes
@@ -44,9 +45,14 @@ def to_generation_request(payload: Txt2ImgPayload, default_model: str, default_v
     `max_pixels` caps the images the payload's ControlNet units are decoded from, where one carries a mask."""
     extra = dict(payload.model_extra or {})
     styles = extra.pop("styles", None) or []  # A1111's style names, applied by the Studio (engine/styles.py)
+    img2img = isinstance(payload, Img2ImgPayload)
+    # Installed scripts (a1111/scripts.py) by name; controlnet stays in alwayson_scripts for the units below.
+    script_fields, alwayson = scripts_from_payload(
+        extra.pop("alwayson_scripts", None), payload.script_name if img2img else extra.pop("script_name", None),
+        payload.script_args if img2img else extra.pop("script_args", None), img2img)
     # sd-webui-controlnet's IP-Adapter units are the request's ip_adapter here; the others are ControlNet units.
     scripts, ip_adapter, ip_ignored = split_ip_adapter(
-        extra.pop("alwayson_scripts", None),
+        alwayson,
         payload.init_images[0] if isinstance(payload, Img2ImgPayload) and payload.init_images else None)
     controlnet, ignored = units_from_payload(scripts, max_pixels)
     ignored += ip_ignored
@@ -76,7 +82,7 @@ def to_generation_request(payload: Txt2ImgPayload, default_model: str, default_v
         # A1111 reads 0 and below as "off"; one spelling of off here.
         seed_resize_from_w=max(payload.seed_resize_from_w, -1),
         seed_resize_from_h=max(payload.seed_resize_from_h, -1), controlnet=controlnet,
-        ip_adapter=ip_adapter, styles=styles,
+        ip_adapter=ip_adapter, styles=styles, scripts=script_fields,
     )
     sampler = payload.sampler_name or payload.sampler_index
     if sampler:
@@ -97,11 +103,8 @@ def to_generation_request(payload: Txt2ImgPayload, default_model: str, default_v
                       inpainting_mask_invert=bool(payload.inpainting_mask_invert))
         if payload.inpainting_fill is not None and payload.mask:  # A1111 fills only a masked area
             fields["inpainting_fill"] = _fill_name(payload.inpainting_fill)
-        if payload.script_name:
-            if payload.script_name.strip().lower() != POOR_MANS_OUTPAINTING:
-                ignored.append("script_name")
-            else:
-                fields.update(outpaint_script(payload))
+        if (payload.script_name or "").strip().lower() == POOR_MANS_OUTPAINTING:
+            fields.update(outpaint_script(payload))
         if payload.denoising_strength is not None:
             fields["denoising_strength"] = payload.denoising_strength
         if len(payload.init_images) > 1:
@@ -111,13 +114,6 @@ def to_generation_request(payload: Txt2ImgPayload, default_model: str, default_v
     elif payload.denoising_strength is not None:
         ignored.append("denoising_strength")  # only hires fix uses it in txt2img
     return GenerationRequest(**fields), ignored
-
-
-def scripts_listed() -> dict[str, list[str]]:
-    """/sdapi/v1/scripts: the A1111 scripts a payload's script_name may name here, and controlnet, which clients
-    look for to tell whether sd-webui-controlnet is installed (alwayson_scripts.controlnet runs here)."""
-    return {"txt2img": ["x/y/z plot", "controlnet"],
-            "img2img": [POOR_MANS_OUTPAINTING, "x/y/z plot", "controlnet"]}
 
 
 def _fill_name(index: Any) -> str:

@@ -50,6 +50,20 @@ def axis_labels(img2img: bool = False) -> list[str]:
     return [label for label, only in _A1111_AXES if only in (None, tab)]
 
 
+def script_arg_infos(img2img: bool = False) -> list[dict[str, Any]]:
+    """script-info's args for the X/Y/Z plot in script_args order (label, default, choices), as A1111 1.6+ lists
+    them: three (type, values, dropdown) axes, then the options."""
+    labels = axis_labels(img2img)
+    infos: list[dict[str, Any]] = []
+    for letter, default in (("X", "Seed"), ("Y", "Nothing"), ("Z", "Nothing")):
+        infos += [{"label": f"{letter} type", "value": default, "choices": labels},
+                  {"label": f"{letter} values", "value": ""},
+                  {"label": f"{letter} values (dropdown)", "value": None}]
+    for name, default in _OPTIONS:
+        infos.append({"label": name.replace("_", " ").capitalize(), "value": default})
+    return infos
+
+
 def script_name_of(payload: Txt2ImgPayload) -> str | None:
     name = getattr(payload, "script_name", None) or (payload.model_extra or {}).get("script_name")
     return name.strip().lower() if isinstance(name, str) and name.strip() else None

@@ -178,6 +178,10 @@ def generate(
     ip_adapter_scale: float = typer.Option(None, "--ip-adapter-scale", help="IP-Adapter scale (0..2, default 1)"),
     ip_adapter_encoder: str = typer.Option(None, "--ip-adapter-encoder", help="CLIP vision encoder folder in "
                                            "models/clip_vision/ (default: the first that fits the adapter)"),
+    script: list[str] = typer.Option(None, "--script", help="Run a script (see `guardforge scripts list`); "
+                                     "always-on ones run anyway, with their defaults unless given args"),
+    script_arg: list[str] = typer.Option(None, "--script-arg", help="A script's argument, KEY=VALUE (for the one "
+                                         "--script) or NAME.KEY=VALUE, e.g. watermark.text=mine"),
 ) -> None:
     """Generate images; prints where each was saved, its seed and the guard's action."""
     from rich.console import Console
@@ -222,6 +226,14 @@ def generate(
                                                   ip_adapter_from_infotext(parse_infotext(text)) if text else None)
     if note:
         typer.secho(note, err=True, fg="yellow")
+    from guardforge.cli.script_options import script_fields
+
+    read_scripts = None
+    if text:  # each script reads back the args it ran with from the image's infotext, so it runs again
+        from guardforge.scripts import ScriptRegistry
+
+        read_scripts = ScriptRegistry.from_entry_points().args_from_infotext(parse_infotext(text))
+    given["scripts"] = script_fields(script, script_arg, read_scripts)
     given = {k: v for k, v in given.items() if v is not None}
     from_image = set(fields) - set(given)
     fields.update(given)

@@ -99,6 +99,9 @@ class GenerationRequest(BaseModel):
     controlnet: list[ControlNetUnit] = []  # applied together (MultiControlNet), each with its own weight and span
     refiner: RefinerOptions | None = None
     ip_adapter: IPAdapterUnit | None = None  # an image prompt (engine/ip_adapter.py)
+    # Scripts to run (guardforge/scripts/): name -> its args, named ({"text": "x"}) or A1111's positional list.
+    # Checked against the installed scripts by the Studio, which owns them; always-on ones run unnamed too.
+    scripts: dict[str, dict[str, Any] | list[Any]] = Field(default_factory=dict, max_length=16)
 
     @field_validator("width", "height")
     @classmethod

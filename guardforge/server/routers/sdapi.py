@@ -10,8 +10,9 @@ from fastapi import APIRouter, Body, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from guardforge.a1111 import extras, xyz
-from guardforge.a1111.adapter import A1111, scripts_listed, title
+from guardforge.a1111.adapter import A1111, title
 from guardforge.a1111.adapter import png_info as png_info_of
+from guardforge.a1111.scripts import ScriptInfo, script_info, scripts_listed
 from guardforge.a1111.schemas import (
     SCHEDULERS_LISTED,
     ExtrasBatchImagesPayload,
@@ -245,11 +246,18 @@ async def extra_batch_images(payload: ExtrasBatchImagesPayload, request: Request
     return await run_in_threadpool(extras.extra_batch_images, request.app.state.studio, payload, caller)
 
 
-@router.get("/scripts", summary="Scripts: X/Y/Z plot, poor man's outpainting (img2img) and controlnet, the "
-            "alwayson script guardforge runs (sd-webui-controlnet's units); A1111's other scripts do not run here",
-            responses=errors(401))
-async def scripts(caller: Caller = Depends(get_caller)) -> dict[str, list[str]]:
-    return scripts_listed()
+@router.get("/scripts", summary="Scripts a payload's script_name or alwayson_scripts may name: poor man's "
+            "outpainting (img2img), controlnet (sd-webui-controlnet's units), then the installed scripts "
+            "(docs/scripts.md)", responses=errors(401))
+def scripts(request: Request, caller: Caller = Depends(get_caller)) -> dict[str, list[str]]:
+    # A plain def: the first call finds the scripts through their entry points, which imports them.
+    return scripts_listed(request.app.state.studio.scripts_installed())
+
+
+@router.get("/script-info", response_model=list[ScriptInfo], summary="Each script of each tab with its arguments "
+            "(label, default value, minimum, maximum, step, choices), in script_args order", responses=errors(401))
+def script_info_route(request: Request, caller: Caller = Depends(get_caller)) -> list[ScriptInfo]:
+    return script_info(request.app.state.studio.scripts_installed())
 
 
 @router.get("/latent-upscale-modes", summary="Latent upscale modes (hires fix's hr_upscaler)", responses=errors(401))
