@@ -171,8 +171,9 @@ def decoded(b64: str) -> np.ndarray:
 def test_a_third_party_script_is_listed_and_runs_over_http(client, served):
     studio = served[1]
     listed = client.get("/sdapi/v1/scripts").json()
-    assert listed["txt2img"] == ["controlnet", "watermark", "repeat seeds", "shout"]
-    assert listed["img2img"] == ["poor man's outpainting", "controlnet", "watermark", "shout"]  # repeat: txt2img
+    assert listed["txt2img"] == ["x/y/z plot", "controlnet", "watermark", "repeat seeds", "shout"]
+    assert listed["img2img"] == ["poor man's outpainting", "x/y/z plot", "controlnet", "watermark",
+                                 "shout"]  # repeat: txt2img
     infos = {(i["name"], i["is_img2img"]): i for i in client.get("/sdapi/v1/script-info").json()}
     assert infos[("shout", False)]["is_alwayson"] is False and infos[("watermark", True)]["is_alwayson"] is True
     assert infos[("shout", True)]["args"] == [
