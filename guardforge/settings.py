@@ -91,6 +91,10 @@ class JobsSettings(BaseModel):
     max_queue: int = Field(100, ge=1)  # queued jobs beyond this are refused (HTTP 429)
     # A job that was running when the server died is failed with a reason unless this says re-queue it.
     requeue_running_on_restart: bool = False
+    # Seconds a worker's claim on a running job holds without renewal (renewed every third of it). Servers
+    # sharing one database take over a dead one's jobs this long after it died; a server restarted on the
+    # same host takes over its own at once.
+    lease_s: float = Field(30.0, ge=1)
     # Pixels of ended jobs (images kept in the database, init images and masks in payloads) are deleted this many
     # hours after the job ended; the job rows and their infotexts stay. None keeps them forever (files saved to
     # the outputs folder are never touched). A1111 calls with save_images=false keep nothing either way.

@@ -111,7 +111,8 @@ class Studio:
     def jobs(self):
         from guardforge.jobs.queue import JobQueue
 
-        return JobQueue(self.database, self.settings.jobs.max_queue, self.settings.jobs.requeue_running_on_restart)
+        return JobQueue(self.database, self.settings.jobs.max_queue, self.settings.jobs.requeue_running_on_restart,
+                        lease_s=self.settings.jobs.lease_s)
 
     @cached_property
     def scripts(self):
@@ -322,8 +323,14 @@ class Studio:
         return self.events.subscribe(job_id)
 
     def latest_event(self, job_id: str) -> dict | None:
-        """The newest progress event of a running job (step, total, eta; training phases), kept in memory."""
-        return self.events.latest(job_id)
+        """The newest progress event of a running job (step, total, eta; training phases): kept in memory where
+        this server runs it, else as its server last saved it in the database."""
+        return self.events.latest(job_id) or self.jobs.progress(job_id)
+
+    def runs_here(self, job_id: str) -> bool:
+        """Whether this server's workers run the job, so that its events come as they happen (subscribe);
+        those of a job another server runs are read from the database."""
+        return "workers" in self.__dict__ and self.workers.runs(job_id)
 
     async def wait(self, job_id: str, caller: Caller = LOCAL) -> Job:
         """Await the end of one of the caller's jobs without holding the event loop: woken by its final event,
@@ -337,9 +344,11 @@ class Studio:
                 job = await asyncio.to_thread(self.jobs.get, job_id, caller.owner)
                 if job.state in TERMINAL:
                     return job
-                event = await subscription.get(timeout=5)
+                # A job run by another server on the same database publishes nothing here: read it every second.
+                poll_s = 5 if self.runs_here(job_id) else 1
+                event = await subscription.get(timeout=poll_s)
                 while event is not None and not event.get("final"):
-                    event = await subscription.get(timeout=5)
+                    event = await subscription.get(timeout=poll_s)
 
     def cancel(self, job_id: str, caller: Caller = LOCAL, reason: str = "cancelled"):
         """Cancel a queued job now, or a running one between two steps."""

@@ -4,6 +4,7 @@ events), cancel it, fetch images."""
 from __future__ import annotations
 
 import json
+import time
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response, StreamingResponse
@@ -166,15 +167,25 @@ async def job_events(job_id: str, request: Request, caller: Caller = Depends(get
             latest = studio.latest_event(job_id)
             if latest:
                 yield sse("progress", latest)
+            quiet_since = time.monotonic()
             while True:
-                event = await subscription.get(timeout=10)
+                # Another server on the same database may run the job (or claim it while it waits): its progress
+                # is then read from the database every second, as its worker saves it.
+                here = studio.runs_here(job_id)
+                event = await subscription.get(timeout=10 if here else 1)
                 if event is None or event.get("final"):
                     job = await run_in_threadpool(studio.job, job_id, caller)
                     if job.state in TERMINAL:
                         yield sse("done", final_event(job))
                         return
-                    yield ": keep-alive\n\n"
-                    continue
+                    if not here and job.progress and job.progress != latest:
+                        event = latest = job.progress
+                    else:
+                        if time.monotonic() - quiet_since >= 10:
+                            quiet_since = time.monotonic()
+                            yield ": keep-alive\n\n"
+                        continue
+                quiet_since = time.monotonic()
                 keys = ("step", "total", "eta", "state") + (TRAIN_FIELDS if "phase" in event else ())
                 yield sse("progress", {k: event.get(k) for k in keys})
 
