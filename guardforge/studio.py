@@ -323,9 +323,9 @@ class Studio:
         return self.events.subscribe(job_id)
 
     def latest_event(self, job_id: str) -> dict | None:
-        """The newest progress event of a running job (step, total, eta; training phases): kept in memory where
-        this server runs it, else as its server last saved it in the database."""
-        return self.events.latest(job_id) or self.jobs.progress(job_id)
+        """The newest progress event of a running job (step, total, eta; training phases), kept in memory where
+        this server runs it (one run by another server: its Job's `progress`, as that server saved it)."""
+        return self.events.latest(job_id)
 
     def runs_here(self, job_id: str) -> bool:
         """Whether this server's workers run the job, so that its events come as they happen (subscribe);

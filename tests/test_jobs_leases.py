@@ -60,7 +60,7 @@ def test_recovery_takes_only_expired_leases_and_a_lost_claim_records_nothing(db_
     # A cancel asked through any server reaches the heartbeat of the one running the job; progress is saved.
     newcomer.cancel(first, "a")
     assert live.heartbeat({first: json.dumps({"step": 3, "total": 8})}, renew=True) == (set(), {first})
-    assert newcomer.progress(first) == {"step": 3, "total": 8}
+    assert newcomer.get(first, None).progress == {"step": 3, "total": 8}
     assert newcomer.finish(second, "succeeded") and newcomer.get(second, None).state == "succeeded"
     assert live.claim_next().id == third
 
@@ -139,8 +139,31 @@ def test_a_job_another_server_runs_is_followed_and_cancelled_from_this_one(gf_ho
             tiny = client.post("/v1/jobs", json={"prompt": "a red circle", "steps": 1, "width": 32, "height": 32,
                                                  "seed": 1}).json()["id"]
             assert [data["state"] for name, data in events(client, tiny) if name == "done"] == ["succeeded"]
+
+            # Another server takes the next long job over (as its recovery would after this one's lease ran out):
+            # this server's worker stops it within a heartbeat and records nothing, so the job after it runs.
+            taken = client.post("/v1/jobs", json={"prompt": "taken over", "steps": 150, "n_iter": 8, "width": 32,
+                                                  "height": 32}).json()["id"]
+            wait_for(lambda: (running.jobs.get(taken, None).progress or {}).get("step"))
+            with running.database.engine.begin() as conn:
+                conn.execute(update(running.jobs.tables.jobs).where(running.jobs.tables.jobs.c.id == taken)
+                             .values(claimed_by="elsewhere", lease_until=time.time() + 60))
+            # Within a heartbeat or so; left to run, it would go on for tens of seconds.
+            wait_for(lambda: not running.runs_here(taken), timeout=10)
+            after = client.post("/v1/jobs", json={"prompt": "after", "steps": 1, "width": 32, "height": 32,
+                                                  "seed": 2}).json()["id"]
+            wait_for(lambda: running.jobs.get(after, None).state == "succeeded")
+            job = running.jobs.get(taken, None)
+            assert (job.state, job.claimed_by, job.images, job.attempts) == ("running", "elsewhere", [], 1)
     finally:
         running.stop_workers()
+
+
+def wait_for(condition, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
 
 
 def events(client, job_id: str):

@@ -482,14 +482,6 @@ class JobQueue:
         with self.engine.connect() as conn:
             return [self._job(row) for row in conn.execute(query)]
 
-    def progress(self, job_id: str) -> dict[str, Any] | None:
-        """A running job's progress event as its worker last saved it (at most a second old), whichever server
-        runs it."""
-        with self.engine.connect() as conn:
-            row = conn.execute(select(self._jobs.c.progress).where(self._jobs.c.id == job_id,
-                                                                   self._jobs.c.state == "running")).first()
-        return json.loads(row.progress) if row and row.progress else None
-
     def depth(self) -> int:
         with self.engine.connect() as conn:
             return conn.execute(self.tables.depth).scalar_one()

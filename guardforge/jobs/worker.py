@@ -192,8 +192,11 @@ class Worker:
                 # only worker, so it must live on, and the job must end with a reason, not stay running.
                 log.exception("worker %d: job %s could not be run", self.index, job.id)
                 error = f"{type(exc).__name__}: {exc}"
-                if self._record(job.id, "failed", error=error):
-                    self.hub.publish(job.id, {"type": "done", "final": True, "state": "failed", "error": error})
+                try:
+                    if self._record(job.id, "failed", error=error):
+                        self.hub.publish(job.id, {"type": "done", "final": True, "state": "failed", "error": error})
+                except ClaimLost:
+                    log.warning("worker %d: job %s: %s", self.index, job.id, LOST_CLAIM)
 
     def _put_back(self, job: Job) -> None:
         try:

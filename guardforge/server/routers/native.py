@@ -52,7 +52,7 @@ def job_view(request: Request, job: Job) -> JobView:
     studio = request.app.state.studio
     progress = None
     if job.state == "running":
-        latest = studio.latest_event(job.id)
+        latest = studio.latest_event(job.id) or job.progress  # saved by whichever server runs it
         if latest:
             progress = JobProgress(step=latest.get("step", 0), total=latest.get("total", 0), eta=latest.get("eta"),
                                    **({name: latest.get(name) for name in TRAIN_FIELDS}
@@ -164,7 +164,7 @@ async def job_events(job_id: str, request: Request, caller: Caller = Depends(get
                 yield sse("done", final_event(job))
                 return
             yield sse("state", {"state": job.state, "position": job.position})
-            latest = studio.latest_event(job_id)
+            latest = studio.latest_event(job_id) or job.progress
             if latest:
                 yield sse("progress", latest)
             quiet_since = time.monotonic()
