@@ -258,9 +258,12 @@ class Studio:
         queue it. The caller's rate limit is spent between the checks that cost nothing and those that work."""
         caller.check_priority(priority)
         request.check_limits(self.settings.limits)
-        self.scripts.plan(request)  # an unknown script or bad args: refused now, not in a worker
+        scripts = self.scripts.plan(request)  # an unknown script or bad args: refused now, not in a worker
+        planned = self._planned_run(scripts, request)
         caller.spend(1)
         self.check_request(request)
+        for each in planned:  # a selectable script's generations, checked as the request is
+            self.check_request(each)
         job_id = self.jobs.submit("generate", {"request": request.model_dump(mode="json"), "save": save},
                                   owner=caller.owner, priority=priority, max_active_for_owner=caller.max_active)
         self.workers.notify()
@@ -590,18 +593,16 @@ class Studio:
         """An X/Y/Z plot (engine/xyz.py): each cell generated as `generate` does (guarded, saved), then the
         labelled grid image with the first cell's infotext and the axes, saved to the outputs' *-grids folder.
         A blocked cell shows as the withheld tile; `cancel`, `skip` and `interrupt` act as in run_cells."""
-        from guardforge.engine.xyz import GridResult, fix_seeds, grid_infotext, plan_grid, render_grids, run_cells
+        from guardforge.engine.xyz import GridResult, fix_seeds, plan_grid, run_grid
 
         started = time.perf_counter()
         grid = fix_seeds(grid)
         plan = plan_grid(grid)
         self._check_grid_limits(plan)
-        cells = run_cells(plan, lambda request, **signals: self.generate(request, save=save, device=device,
-                                                                          replica=replica, **signals),
-                          on_progress, cancel, skip, interrupt)
-        pictures = [self._cell_picture(cell.result) for cell in cells]
-        first = next((cell.image.infotext for cell in cells if cell.image is not None), None)
-        infotext = grid_infotext(first, grid, plan)
+        made = run_grid(grid, plan, lambda request, **signals: self.generate(request, save=save, device=device,
+                                                                             replica=replica, **signals),
+                        self._made_size, on_progress, cancel, skip, interrupt)
+        cells, infotext = made.cells, made.infotext
         # The grid holds only delivered pixels (blurred ones blurred, blocked ones as the tile): flagged when
         # any cell was not allowed as it was made, so that a reader knows to look at the cells' verdicts.
         actions = [image.action for cell in cells if cell.result for image in cell.result.images]
@@ -611,7 +612,7 @@ class Studio:
                     grid.request.seed)
         mode = "img2img-grids" if grid.request.init_image is not None else "txt2img-grids"
         grids = []
-        for picture in render_grids(grid, plan, pictures):
+        for picture in made.pictures:
             path = None
             if save:
                 path = str(self.store.save(picture, infotext, {"grid": True, "cell_actions": actions,
@@ -628,16 +629,26 @@ class Studio:
 
     def _check_grid_limits(self, plan) -> None:
         """A grid's cells against limits.max_grid_cells, its image's pixels against limits.max_grid_pixels, and
-        each cell's request against the request limits."""
+        each cell's request against the request limits; and its scripts (one that runs several generations would
+        make each cell a grid of its own)."""
+        runner = self.scripts.plan(plan.cells[0].request).runner
+        if runner is not None:
+            raise InvalidRequest(f"a grid's cell is one generation: its request cannot name the script "
+                                 f"{runner.script.name!r}, which runs several")
+        nx, ny, nz = plan.shape
+        self._check_run_limits([cell.request for cell in plan.cells],
+                               f"the grid has {len(plan.cells)} cells ({nx} x {ny} x {nz})")
+
+    def _check_run_limits(self, requests: list[GenerationRequest], described: str) -> None:
+        """Generations one job makes (a grid's cells, a selectable script's run) against limits.max_grid_cells,
+        the image laid out of them against limits.max_grid_pixels, each against the request limits."""
         limits = self.settings.limits
-        if len(plan.cells) > limits.max_grid_cells:
-            nx, ny, nz = plan.shape
-            raise InvalidRequest(f"the grid has {len(plan.cells)} cells ({nx} x {ny} x {nz}), over this server's "
-                                 f"limit of {limits.max_grid_cells}")
+        if len(requests) > limits.max_grid_cells:
+            raise InvalidRequest(f"{described}, over this server's limit of {limits.max_grid_cells}")
         pixels = 0
-        for cell in plan.cells:
-            cell.request.check_limits(limits)
-            width, height = self._made_size(cell.request)
+        for request in requests:
+            request.check_limits(limits)
+            width, height = self._made_size(request)
             pixels += width * height
         if pixels > limits.max_grid_pixels:
             raise InvalidRequest(f"the grid image would have {pixels / 1e6:.0f} megapixels, over this server's "
@@ -656,17 +667,6 @@ class Studio:
             width, height = hires_sizes(width, height, request.hires)[1]
         return width, height
 
-    def _cell_picture(self, result: GenerationResult | None):
-        """What a cell shows: its image as delivered, the withheld tile where the guard blocked its prompt or
-        image, None where it never ran (an interrupted grid)."""
-        from guardforge.guard.blur import withheld_tile
-
-        if result is None:
-            return None
-        if not result.images:
-            return withheld_tile(*self._made_size(result.request)) if result.blocked else None
-        image = result.images[0]
-        return image.pil if image.pil is not None else withheld_tile(image.width, image.height)
     def scripts_installed(self) -> list:
         """The installed scripts (guardforge.scripts.Script), the always-on ones first, each group by name."""
         return list(self.scripts)
@@ -675,13 +675,36 @@ class Studio:
         """(name, FastAPI router) of each installed script that serves routes of its own."""
         return self.scripts.routers()
 
-    def _run_script(self, scripts, request: GenerationRequest, save: bool = True, **run_options) -> GenerationResult:
+    def _without_runner(self, scripts, request: GenerationRequest) -> GenerationRequest:
+        """The request a selectable script's `run` gets: its scripts but the runner (the always-on ones run in
+        each generation the run asks for)."""
+        runner = scripts.runner
+        return request.model_copy(update={"scripts": {name: args for name, args in request.scripts.items()
+                                                      if self.scripts.find(name) is not runner.script}})
+
+    def _planned_run(self, scripts, request: GenerationRequest) -> list[GenerationRequest]:
+        """The generations a selectable script's run says it will make (Script.planned), held to the limits of
+        a grid's cells; none where it does not say or there is no run."""
+        runner = scripts.runner
+        if runner is None:
+            return []
+        planned = runner.script.planned(self._without_runner(scripts, request), runner.args)
+        if planned is None:
+            return []
+        self._check_run_limits(list(planned), f"script {runner.script.name!r} would make {len(planned)} images")
+        return list(planned)
+
+    def _run_script(self, scripts, request: GenerationRequest, save: bool = True, on_progress=None, cancel=None,
+                    skip=None, interrupt=None, **run_options) -> GenerationResult:
         """A selectable script's `run`: the generations it asks for, each through generate with the always-on
         scripts but not itself, then the images it made from them screened and stored as any output is."""
+        from guardforge.scripts import Generate
+
         started = time.perf_counter()
         runner = scripts.runner
-        others = {name: args for name, args in request.scripts.items()
-                  if self.scripts.find(name) is not runner.script}
+        self._planned_run(scripts, request)  # the limits hold for a run not queued (the CLI's) too
+        inner_request = self._without_runner(scripts, request)
+        others = inner_request.scripts
         # Text the script will paint into what it makes (a grid's labels): read before anything is generated. The
         # always-on scripts' texts are read by each generation it asks for.
         labels = runner.script.texts(runner.args)
@@ -694,10 +717,11 @@ class Studio:
                                         elapsed_s=time.perf_counter() - started, prompt_verdict=verdict,
                                         blocked=True)
 
-        def generate(inner: GenerationRequest) -> GenerationResult:
-            return self.generate(inner.model_copy(update={"scripts": others}), save=save, **run_options)
+        def generate(inner: GenerationRequest, **signals) -> GenerationResult:
+            return self.generate(inner.model_copy(update={"scripts": others}), save=save, **signals, **run_options)
 
-        run = runner.script.run(request.model_copy(update={"scripts": others}), runner.args, generate)
+        run = runner.script.run(inner_request, runner.args, Generate(generate, self._made_size, on_progress, cancel,
+                                                                     skip, interrupt))
         made, results = list(run.made), list(run.results)
         first = results[0] if results else None
         # A made image (a grid) is filed under the first generation's seed, as A1111 files its grids.
@@ -708,7 +732,9 @@ class Studio:
             delivered = self.guard.enforce(item.image, verdict)
             path = None
             if delivered is not None and save:
-                path = str(self.store.save(delivered, item.infotext, verdict.model_dump(), request.mode, seed))
+                grids = ("img2img" if request.init_image is not None else "txt2img") + "-grids"
+                path = str(self.store.save(delivered, item.infotext, verdict.model_dump(),
+                                           grids if item.grid else request.mode, seed))
             images.append(GeneratedImage(image_id=self.store.new_id(), seed=seed, infotext=item.infotext,
                                          width=item.image.width, height=item.image.height, path=path,
                                          verdict=verdict, action=verdict.action, pil=delivered))
