@@ -62,6 +62,20 @@ def test_the_script_makes_the_grid_jobs_pixels_with_one_progress_over_all_cells(
     assert [(e.step, e.total, e.batch_index) for e in grid_events] == [(1, 4, 0), (2, 4, 1)]
 
 
+def test_an_interrupt_ends_the_scripts_grid_after_the_running_cell(studio):
+    """A1111's interrupt reaches the cells through the run's generate: the running cell ends, no other runs, and
+    the grid shows the cells not made as black."""
+    from threading import Event
+
+    interrupt = Event()
+    result = studio.generate(GenerationRequest(prompt="a red circle", **SMALL, scripts={
+        "x/y/z plot": {"x": "steps=1,1,1", "draw_legend": False}}), save=False, interrupt=interrupt,
+        on_progress=lambda event: interrupt.set())
+    grid, *cells = result.images
+    assert len(cells) == 1 and (grid.width, grid.height) == (96, 32)
+    assert pixels(grid.pil)[:, 32:].max() == 0 and np.array_equal(pixels(grid.pil)[:, :32], pixels(cells[0].pil))
+
+
 def test_a1111_positional_args_and_script_info_come_from_the_script(studio):
     from guardforge.a1111.scripts import script_info, scripts_listed
     from guardforge.scripts.xyz_plot import axis_labels
