@@ -391,6 +391,7 @@ class Studio:
         """
         from guardforge.engine.infotext import build_infotext
         from guardforge.engine.embeddings import ti_hashes
+        from guardforge.engine.prompt_schedule import guarded_pairs
         from guardforge.engine.variation import request_subseeds, with_fixed_subseed
 
         started = time.perf_counter()
@@ -421,6 +422,8 @@ class Studio:
         readings = [prompt_reading(texts.prompt, texts.negative_prompt)]
         if texts.hires_prompt is not None:  # the second pass encodes these: the guard reads them as the first's
             readings.append(prompt_reading(texts.hires_prompt, texts.hires_negative_prompt))
+        # Prompt editing and alternation: each (prompt, negative prompt) a denoising step reads, as the typed one.
+        readings += [prompt_reading(*pair) for pair in guarded_pairs(request, entry)]
         prompt_verdict = max(self.guard.check_prompts(readings), key=lambda verdict: SEVERITY[verdict.action])
         input_verdict = self.guard.check_input_image(init_image) if init_image is not None else None
         # The IP-Adapter image is an input image as a control image is: the guard reads it before anything runs.
@@ -585,10 +588,12 @@ class Studio:
         """What would fail the generation on this checkpoint, refused now: an embedding the texts name that was made
         for another family, variation seeds on a model without a UNet."""
         from guardforge.engine.embeddings import check_fit, embeddings_in
+        from guardforge.engine.prompt_schedule import check_prompt_editing
         from guardforge.engine.prompts import extract_lora_tags
         from guardforge.engine.variation import check_family
 
         check_family(request, checkpoint.family)
+        check_prompt_editing(request, checkpoint.family)
         used = embeddings_in(self.registry, extract_lora_tags(request.prompt)[0], request.negative_prompt)
         if used:
             check_fit(used, self._text_widths(checkpoint), self.settings.allow_pickle)
