@@ -357,7 +357,7 @@ class Engine:
                             guidance_scale=request.cfg_scale,
                             num_images_per_prompt=request.batch_size,
                             generator=generators,
-                            **embeds.step_kwargs(callback),
+                            **embeds.step_kwargs(callback, pipe),
                         )
                         if hires is not None:
                             images = hires.run_batch(pipe, first_pass, batch_seeds, hires_embeds, progress, cancel)

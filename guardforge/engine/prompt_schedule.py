@@ -250,8 +250,10 @@ def guarded_pairs(request: GenerationRequest, entry: ModelEntry) -> list[tuple[s
     if not request_edits(request):
         return []
     check_prompt_editing(request, entry.family)
-    folder = Path(entry.path) if entry.format == "diffusers" else CONFIGS_DIR / shipped_config_name(entry.family)
-    return scheduled_pairs(request, json.loads((folder / "scheduler" / "scheduler_config.json").read_text()))
+    path = Path(entry.path) / "scheduler" / "scheduler_config.json"
+    if entry.format != "diffusers" or not path.is_file():  # a single file loads with the family's shipped configs
+        path = CONFIGS_DIR / shipped_config_name(entry.family) / "scheduler" / "scheduler_config.json"
+    return scheduled_pairs(request, json.loads(path.read_text()))
 
 
 def request_edits(request: GenerationRequest) -> bool:
@@ -273,6 +275,11 @@ def check_prompt_editing(request: GenerationRequest, family: str | None = None) 
     if request.refiner is not None:
         raise InvalidRequest("prompt editing ([from:to:when], [a|b]) does not run with a refiner (the refiner's "
                              "encoder would need its own schedule); leave the refiner out or the prompt unedited")
+
+
+# SDXL pipelines whose denoising loop takes prompt_embeds back from the step callback but not add_text_embeds
+# (diffusers 0.42's SDXL ControlNet inpainting): the pooled half of a switch would be lost.
+_POOLED_KEPT = ("StableDiffusionXLControlNetInpaintPipeline",)
 
 
 def _batched(tensor: Any, count: int) -> Any:
@@ -302,13 +309,18 @@ class PassConditioning:
     def kwargs(self) -> dict[str, Any]:
         return self.embeds[self.steps[0]].kwargs
 
-    def step_kwargs(self, callback: Callable) -> dict[str, Any]:
-        """The pipeline's callback arguments: `callback` alone, or chained after the switch of embeddings."""
+    def step_kwargs(self, callback: Callable, pipe: DiffusionPipeline | None = None) -> dict[str, Any]:
+        """The pipeline's callback arguments: `callback` alone, or chained after the switch of embeddings.
+        InvalidRequest where `pipe` would not take the switched embeddings back."""
         if not self.scheduled:
             return {"callback_on_step_end": callback}
         inputs = ["latents", "prompt_embeds"]
         if "pooled_prompt_embeds" in self.kwargs:
             inputs.append("add_text_embeds")
+            if pipe is not None and any(cls.__name__ in _POOLED_KEPT for cls in type(pipe).__mro__):
+                raise InvalidRequest(f"prompt editing ([from:to:when], [a|b]) does not run on diffusers' "
+                                     f"{type(pipe).__name__}: it keeps the first step's pooled embeddings; "
+                                     "leave the edits or the ControlNet units out of this inpainting")
 
         def chained(pipe: DiffusionPipeline, step: int, timestep: Any, kwargs: dict) -> dict:
             return callback(pipe, step, timestep, self.switch(pipe, step, timestep, kwargs))
