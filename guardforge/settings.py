@@ -44,6 +44,10 @@ class Limits(BaseModel):
     max_n_iter: int = Field(16, ge=1)
     max_controlnet_units: int = Field(3, ge=0)  # A1111's default unit count (control_net_unit_count)
     max_image_pixels: int = Field(4096 * 4096, ge=64)
+    # An X/Y/Z plot: its cells (each one generation), and the pixels of its grid image (A1111's img_max_size_mp
+    # is 200 megapixels; this is about a third of that, 200 MB of RGB).
+    max_grid_cells: int = Field(100, ge=1)
+    max_grid_pixels: int = Field(8192 * 8192, ge=64)
     # /v1/moderations: items in one call's `input` (strings or content parts), and characters in one text, the
     # same cap as a prompt's (GenerationRequest.prompt): anything that may be generated from can be moderated.
     max_moderation_inputs: int = Field(32, ge=1)
@@ -126,6 +130,9 @@ class ServerSettings(BaseModel):
     # aiohttp 15 s) so that the client closes first: when both are 5 s, a client reuses a connection just as
     # the server closes it and gets a connection reset (httpx ReadError) for a request the server never saw.
     keep_alive_s: int = Field(75, ge=1)
+    # Seconds a stop waits for open connections (event streams, waiting A1111 calls) before closing them; the
+    # running job's worker finishes its current image either way.
+    graceful_shutdown_s: float = Field(10, ge=0)
     # A moderation call costs one token per this many characters of text or per this many inputs (text or
     # image parts), whichever is more: scoring is per text and per 40-word window of a long one.
     moderation_chars_per_token: int = Field(2000, ge=1)

@@ -60,6 +60,8 @@ def test_a_prompt_that_only_a_step_reads_is_guarded_before_anything_loads(studio
     assert result.blocked and result.images == [] and studio.pipelines.loaded() == []
     assert any("a nude photo" in batch for batch in texts.calls)
     assert generate(studio, "a [cat|nude] photo", steps=1).blocked is False  # one step: only "a cat photo" runs
+    # Dynamic prompts are expanded first: then `|` outside brackets is gone and the alternation is read.
+    assert generate(studio, "a {red|blue} [cat|nude] photo").blocked
     assert generate(studio, "a photo", negative_prompt="[blurry:nude:1]").blocked is False  # a negative is no ask
 
 

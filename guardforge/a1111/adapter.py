@@ -43,6 +43,7 @@ def to_generation_request(payload: Txt2ImgPayload, default_model: str, default_v
     `default_model` and `default_vae` are the caller's options; override_settings replace them for this request.
     `max_pixels` caps the images the payload's ControlNet units are decoded from, where one carries a mask."""
     extra = dict(payload.model_extra or {})
+    styles = extra.pop("styles", None) or []  # A1111's style names, applied by the Studio (engine/styles.py)
     # sd-webui-controlnet's IP-Adapter units are the request's ip_adapter here; the others are ControlNet units.
     scripts, ip_adapter, ip_ignored = split_ip_adapter(
         extra.pop("alwayson_scripts", None),
@@ -75,7 +76,7 @@ def to_generation_request(payload: Txt2ImgPayload, default_model: str, default_v
         # A1111 reads 0 and below as "off"; one spelling of off here.
         seed_resize_from_w=max(payload.seed_resize_from_w, -1),
         seed_resize_from_h=max(payload.seed_resize_from_h, -1), controlnet=controlnet,
-        ip_adapter=ip_adapter,
+        ip_adapter=ip_adapter, styles=styles,
     )
     sampler = payload.sampler_name or payload.sampler_index
     if sampler:
@@ -115,7 +116,8 @@ def to_generation_request(payload: Txt2ImgPayload, default_model: str, default_v
 def scripts_listed() -> dict[str, list[str]]:
     """/sdapi/v1/scripts: the A1111 scripts a payload's script_name may name here, and controlnet, which clients
     look for to tell whether sd-webui-controlnet is installed (alwayson_scripts.controlnet runs here)."""
-    return {"txt2img": ["controlnet"], "img2img": [POOR_MANS_OUTPAINTING, "controlnet"]}
+    return {"txt2img": ["x/y/z plot", "controlnet"],
+            "img2img": [POOR_MANS_OUTPAINTING, "x/y/z plot", "controlnet"]}
 
 
 def _fill_name(index: Any) -> str:
@@ -162,10 +164,13 @@ def a1111_info(request: GenerationRequest, job: Job, ignored: list[str], sent: i
     subseeds = result.subseeds if result else []
     width, height = (images[0].width, images[0].height) if images else size
     prompt_verdict = result.prompt_verdict if result else None
-    prompts = [request.prompt] * max(len(seeds), 1)
+    # What each image read (its styles merged, its dynamic prompts expanded), as A1111's all_prompts: its infotext's.
+    used = [parse_infotext(image.infotext) for image in images]
+    prompts = [p["Prompt"] for p in used] or [request.prompt] * max(len(seeds), 1)
+    negatives = [p["Negative prompt"] for p in used] or [request.negative_prompt] * len(prompts)
     return {
         "prompt": request.prompt, "all_prompts": prompts,
-        "negative_prompt": request.negative_prompt, "all_negative_prompts": [request.negative_prompt] * len(prompts),
+        "negative_prompt": request.negative_prompt, "all_negative_prompts": negatives,
         "seed": seeds[0] if seeds else request.seed, "all_seeds": seeds,
         "subseed": subseeds[0] if subseeds else request.subseed, "all_subseeds": subseeds,
         "subseed_strength": request.subseed_strength,
@@ -179,7 +184,7 @@ def a1111_info(request: GenerationRequest, job: Job, ignored: list[str], sent: i
         "denoising_strength": request.denoising_strength if request.init_image else (
             request.hires.denoising_strength if request.hires else None),
         "extra_generation_params": {}, "index_of_first_image": 0,
-        "infotexts": [image.infotext for image in images], "styles": [],
+        "infotexts": [image.infotext for image in images], "styles": request.styles,
         "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.created_at)),
         "clip_skip": request.clip_skip, "is_using_inpainting_conditioning": False, "version": A1111_VERSION,
         "guardforge": {
@@ -338,9 +343,18 @@ def _json_safe(value: Any) -> Any:
     return str(value)
 
 
-def png_info(image: Image.Image) -> tuple[str, dict[str, Any], dict[str, Any]]:
+def png_info(image: Image.Image, styles: dict | None = None) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """A1111's PNG info of an opened image: (infotext, the other text items it carries, the parameters the
-    infotext holds). Reads the header and text chunks only."""
+    infotext holds). Reads the header and text chunks only. Given the server's `styles`, the parameters are read
+    as A1111 1.8 reads them: the styles whose text the prompts carry are taken out of Prompt and Negative prompt
+    and named in "Styles array", so a client that sends both back gets the styles once, not twice."""
     info = infotext_of(image)
     items = {str(k): _json_safe(v) for k, v in image.info.items() if k not in _NOT_ITEMS}
-    return info, items, parse_infotext(info)
+    parameters = parse_infotext(info)
+    if styles and info:
+        from guardforge.engine.styles import extract_styles
+
+        found, prompt, negative = extract_styles(styles, parameters["Prompt"], parameters["Negative prompt"])
+        if found:
+            parameters.update({"Prompt": prompt, "Negative prompt": negative, "Styles array": found})
+    return info, items, parameters

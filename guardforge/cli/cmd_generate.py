@@ -50,7 +50,8 @@ def _png_infotext(from_png: Path | None) -> str | None:
 
 # The option that overrides each field an infotext can give, to name in an error about the image's value.
 _OPTION_FOR = {
-    "prompt": "PROMPT", "negative_prompt": "--negative", "model": "--model", "vae": "--vae", "sampler": "--sampler",
+    "prompt": "PROMPT", "negative_prompt": "--negative", "styles": "--style", "model": "--model", "vae": "--vae",
+    "sampler": "--sampler",
     "schedule": "--schedule", "steps": "--steps", "cfg_scale": "--cfg", "seed": "--seed", "width": "--width",
     "height": "--height", "denoising_strength": "--strength", "mask_blur": "--mask-blur",
     "inpainting_mask_invert": "--invert-mask", "clip_skip": "--clip-skip", "subseed": "--subseed",
@@ -101,8 +102,11 @@ def _build_request(fields: dict[str, Any], from_image: set[str], from_png: Path 
 
 @app.command()
 def generate(
-    prompt: str = typer.Argument(None, help="The prompt; A1111 syntax: (word:1.2), [word], <lora:name:0.8>"),
+    prompt: str = typer.Argument(None, help="The prompt; A1111 syntax: (word:1.2), [word], <lora:name:0.8>; "
+                                 "dynamic prompts: {a|b}, {2$$a|b|c}, __wildcard__ (one choice per image's seed)"),
     negative: str = typer.Option(None, "--negative", "-n", help="Negative prompt"),
+    style: list[str] = typer.Option(None, "--style", help="A style from styles.csv in the home, merged into the "
+                                    "prompts (repeat for several, applied in order)"),
     model: str = typer.Option(None, "--model", "-m", help="Model name (see `guardforge models list`)"),
     vae: str = typer.Option(None, "--vae", help="A VAE from the models folder's VAE/ in place of the model's own "
                             "(see `guardforge models list --kind vae`); Automatic: the model's own"),
@@ -184,7 +188,8 @@ def generate(
 
     fields = _base_fields(from_png)
     given: dict[str, Any] = {
-        "prompt": prompt, "negative_prompt": negative, "model": model, "vae": vae, "sampler": sampler,
+        "prompt": prompt, "negative_prompt": negative, "styles": style or None, "model": model, "vae": vae,
+        "sampler": sampler,
         "schedule": schedule,
         "steps": steps, "cfg_scale": cfg, "seed": seed, "width": width, "height": height,
         "batch_size": batch_size, "n_iter": n_iter, "denoising_strength": strength, "mask_blur": mask_blur,

@@ -19,6 +19,7 @@ from guardforge.access.caller import LOCAL_OWNER, Caller
 from guardforge.ui import guard_view, networks, outpaint_controls, seed_extras
 from guardforge.ui.controlnet_panel import ControlNetPanel
 from guardforge.ui.extras import extras_tab
+from guardforge.ui.xyz_tab import xyz_tab
 from guardforge.ui.hires import hires_options, hires_section, hires_updates, hires_upscalers
 from guardforge.ui.uploads import (
     CLEAN_EVERY_S,
@@ -229,7 +230,8 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
     def reuse(job_id, request: gr.Request):
         if not job_id:
             raise gr.Error("choose a job from the history first")
-        return _fields_update(studio.job(job_id, _caller(studio, request)).payload["request"])
+        asked = studio.job(job_id, _caller(studio, request)).payload["request"]
+        return _fields_update(networks.with_styles(studio, asked))
 
     def read_png(path):
         if not path:
@@ -312,6 +314,8 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
                 inpaint_fill = outpaint_controls.masked_content("original", "gf-inpaint-fill")
                 inpaint_button = gr.Button("Inpaint", variant="primary")
             extras_tab(studio, rate_limit, lambda request: _caller(studio, request), _owner)
+            xyz_tab(studio, rate_limit, lambda request: _caller(studio, request), _owner, prompt, negative,
+                    [model, vae, sampler, schedule, steps, cfg, width, height, seed])
             with gr.Tab("PNG info"):
                 png = UploadedFile(label="Drop a PNG made by guardforge or A1111", file_types=[".png"],
                                    type="filepath", elem_id="gf-png")
