@@ -108,9 +108,6 @@ def test_what_cannot_edit_prompts_is_refused():
     request = GenerationRequest(prompt="[cat:dog:2]", steps=4)
     with pytest.raises(InvalidRequest, match="needs an SD 1.x, SD 2.x or SDXL model, not flux"):
         check_prompt_editing(request, "flux")
-    refined = request.model_copy(update={"refiner": {"checkpoint": "any", "switch_at": 0.5}})
-    with pytest.raises(InvalidRequest, match="does not run with a refiner"):
-        check_prompt_editing(refined, "sdxl")
     check_prompt_editing(request.model_copy(update={"prompt": "a [faded] cat"}), "flux")
 
 

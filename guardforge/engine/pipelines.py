@@ -26,7 +26,7 @@ from guardforge.engine.embeddings import applied_embeddings, embeddings_in, read
 from guardforge.engine.lora import applied_loras, resolve_loras
 from guardforge.engine.masked_content import LatentFill, fill_mode, source_image
 from guardforge.engine.outpaint import check_canvas, extend
-from guardforge.engine.prompt_schedule import PassConditioning, check_prompt_editing, pass_texts
+from guardforge.engine.prompt_schedule import PassConditioning, pass_texts
 from guardforge.engine.prompts import PromptEncoder, extract_lora_tags, prompt_chunks
 from guardforge.engine.refiner import Handover
 from guardforge.engine.request import GenerationRequest, ProgressEvent
@@ -207,7 +207,6 @@ class Engine:
         a missing or pickle LoRA."""
         check_sampler(request.sampler, request.schedule)
         _check_strength(request)
-        check_prompt_editing(request)
         prompt, tags = extract_lora_tags(request.prompt)
         prompt_chunks(prompt)
         prompt_chunks(request.negative_prompt)
@@ -254,7 +253,6 @@ class Engine:
         if mode == "inpaint" and mask is None and request.outpaint is None:
             raise InvalidRequest("inpaint needs the decoded mask")
         _check_strength(request)
-        check_prompt_editing(request)
         if request.outpaint is not None:  # the larger canvas and its mask, then inpainted as any other
             check_canvas(request, init_image.size, self.settings.limits)
             init_image, mask = extend(init_image, request)
@@ -325,7 +323,7 @@ class Engine:
                     # A refiner's hand-over stands in for the pipeline call: batches, seeds and callbacks stay.
                     run_pipe = pipe
                     if refiner is not None:
-                        run_pipe = Handover(refiner, request, prompt, progress).wrap(pipe)
+                        run_pipe = Handover(refiner, request, passes[0], progress).wrap(pipe)
                     for iteration in range(request.n_iter):
                         progress.iteration = iteration
                         progress.check_cancel()

@@ -264,17 +264,12 @@ def request_edits(request: GenerationRequest) -> bool:
     return any(edits(text) for text in texts)
 
 
-def check_prompt_editing(request: GenerationRequest, family: str | None = None) -> None:
-    """Refuse before anything runs what the engine cannot: prompt editing with a refiner, or (given the model's
-    family) on a model whose prompts are not CLIP embeddings the pipeline takes step by step (SD3, Flux)."""
-    if not request_edits(request):
-        return
-    if family in ("sd3", "flux"):
+def check_prompt_editing(request: GenerationRequest, family: str) -> None:
+    """Refuse before the model loads prompt editing on a model whose prompts are not CLIP embeddings the pipeline
+    takes step by step (SD3, Flux)."""
+    if family in ("sd3", "flux") and request_edits(request):
         raise InvalidRequest(f"prompt editing ([from:to:when], [a|b]) needs an SD 1.x, SD 2.x or SDXL model, not "
                              f"{family}; write the prompt without them, or escape the brackets as \\[ \\]")
-    if request.refiner is not None:
-        raise InvalidRequest("prompt editing ([from:to:when], [a|b]) does not run with a refiner (the refiner's "
-                             "encoder would need its own schedule); leave the refiner out or the prompt unedited")
 
 
 # SDXL pipelines whose denoising loop takes prompt_embeds back from the step callback but not add_text_embeds
@@ -295,8 +290,11 @@ class PassConditioning:
     (ControlNet's included) hold `prompt_embeds` (and SDXL's `add_text_embeds`) as [negative rows, positive rows]
     under classifier-free guidance, each repeated per image, and take them back from the callback's result."""
 
-    def __init__(self, encoder: PromptEncoder, texts: PassTexts, spell: Callable[[str], str] = lambda text: text):
-        self.steps = texts.pairs()
+    def __init__(self, encoder: PromptEncoder, texts: PassTexts, spell: Callable[[str], str] = lambda text: text,
+                 offset: int = 0):
+        # `offset`: the steps another pipeline ran before this one (a refiner's steps count on from the base's).
+        pairs = texts.pairs()
+        self.steps = pairs[offset:] or pairs[-1:]
         self.embeds: dict[tuple[str, str], PromptEmbeds] = {}
         for pair in dict.fromkeys(self.steps):
             self.embeds[pair] = encoder.pair(spell(pair[0]), spell(pair[1]))
