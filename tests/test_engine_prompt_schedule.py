@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from guardforge.engine.prompt_schedule import (
+    MAX_NESTING,
     PassTexts,
     check_prompt_editing,
     edits,
@@ -64,6 +65,9 @@ from tests.test_engine_prompts import sdxl  # noqa: F401 (fixture)
     # A `|` outside brackets fails A1111's grammar: the whole prompt is read as typed. Braces are not ours.
     ("a | b [cat:dog:2]", 10, [(10, "a | b [cat:dog:2]")]),
     ("{red|blue} [cat:dog:2]", 10, [(10, "{red|blue} [cat:dog:2]")]),
+    # A `when` too large for int() is past every step (or, negative, before the first), not an error.
+    ("[cat:dog:1e999]", 10, [(10, "cat")]),
+    ("[cat:dog:-1e999]", 10, [(10, "dog")]),
 ])
 def test_schedules_match_a1111(prompt, steps, expected):
     assert prompt_schedule(prompt, steps) == expected
@@ -80,6 +84,16 @@ def test_schedules_match_a1111(prompt, steps, expected):
 def test_hires_second_pass_schedules_count_on_from_the_first(prompt, expected):
     assert prompt_schedule(prompt, 10, hires_steps=4) == expected
     assert prompt_schedule("[cat:dog:1.5]", 10) == [(10, "cat")]  # the first pass never reaches 1.5
+
+
+def test_brackets_nested_past_the_limit_make_the_prompt_plain_text():
+    deepest = "[" * MAX_NESTING + "a:b:3" + "]" * MAX_NESTING
+    assert [step for step, _ in prompt_schedule(deepest, 10)] == [3, 10]
+    too_deep = "[" + deepest + "]"
+    assert prompt_schedule(too_deep, 10) == [(10, too_deep)]
+    # Unclosed brackets, each retried as text: what lies inside them is parsed once, not once per bracket.
+    unclosed = "[" * 99 + "(a)" * 6000 + ")"
+    assert prompt_schedule(unclosed, 150) == [(150, unclosed)]
 
 
 def test_the_sampler_reads_step_0_and_step_1_from_the_same_entry():

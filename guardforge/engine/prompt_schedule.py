@@ -3,6 +3,7 @@ callback that switches a pass's embeddings to the scheduled prompt of the next s
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,75 +47,114 @@ class _NoMatch(Exception):
     pass
 
 
-def _prompt(text: str, i: int) -> tuple[list[Node], int]:
-    """A1111's `prompt` rule from i: plain text and bracket constructs, up to a character it cannot take."""
-    items: list[Node] = []
-    while i < len(text):
-        if text[i] in "([":
-            try:
-                node, i = _bracket(text, i)
-            except _NoMatch:
+# Brackets nested deeper than this make the whole prompt plain text (A1111's parser would hit Python's recursion
+# limit and fail the generation); it keeps this parser's recursion, and _text's, far from that limit.
+MAX_NESTING = 100
+
+
+class _Parser:
+    """A1111's grammar by recursive descent. A bracket at a given position parses the same wherever it is reached
+    from, so each one's result is kept: a text of unclosed brackets, retried as literal text from each, stays linear
+    in its length."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self.depth = 0
+        self.brackets: dict[int, tuple[Node, int] | None] = {}
+
+    def prompt(self, i: int) -> tuple[list[Node], int]:
+        """A1111's `prompt` rule from i: plain text and bracket constructs, up to a character it cannot take."""
+        text, items = self.text, []
+        while i < len(text):
+            if text[i] in "([":
+                try:
+                    node, i = self.bracket(i)
+                except _NoMatch:
+                    break
+                items.append(node)
+                continue
+            match = _PLAIN.match(text, i)
+            if match is None:
                 break
-            items.append(node)
-            continue
-        match = _PLAIN.match(text, i)
-        if match is None:
-            break
-        items.append(match.group(0))
-        i = match.end()
-    return items, i
+            items.append(match.group(0))
+            i = match.end()
+        return items, i
 
-
-def _bracket(text: str, i: int) -> tuple[Node, int]:
-    """`(a)`, `(a:b)`, `[a]` (kept as typed: attention, read later), `[a:b:when]`, `[b:when]` or `[a|b|...]`."""
-    opening = text[i]
-    first, j = _prompt(text, i + 1)
-    ahead = text[j:j + 1]
-    if opening == "(":
-        if ahead == ")":
-            return ["(", *first, ")"], j + 1
-        if ahead == ":":
-            second, k = _prompt(text, j + 1)
-            if text[k:k + 1] == ")":
-                return ["(", *first, ":", *second, ")"], k + 1
-        raise _NoMatch
-    if ahead == "]":
-        return ["[", *first, "]"], j + 1
-    if ahead == "|":
-        options: list[Node] = [first]
-        while text[j:j + 1] == "|":
-            option, j = _prompt(text, j + 1)
-            options.append(option)
-        if text[j:j + 1] != "]":
+    def bracket(self, i: int) -> tuple[Node, int]:
+        if i not in self.brackets:
+            self.depth += 1
+            if self.depth > MAX_NESTING:
+                raise _TooDeep
+            try:
+                self.brackets[i] = self._bracket(i)
+            except _NoMatch:
+                self.brackets[i] = None
+            finally:
+                self.depth -= 1
+        found = self.brackets[i]
+        if found is None:
             raise _NoMatch
-        return Alternate(options), j + 1
-    if ahead == ":":
-        when = _WHEN.match(text, j + 1)
-        if when is not None:
-            return Scheduled(None, first, when.group(1)), when.end()
-        second, k = _prompt(text, j + 1)
-        if text[k:k + 1] == ":":
-            when = _WHEN.match(text, k + 1)
+        return found
+
+    def _bracket(self, i: int) -> tuple[Node, int]:
+        """`(a)`, `(a:b)`, `[a]` (kept as typed: attention, read later), `[a:b:when]`, `[b:when]` or `[a|b|...]`."""
+        text = self.text
+        first, j = self.prompt(i + 1)
+        ahead = text[j:j + 1]
+        if text[i] == "(":
+            if ahead == ")":
+                return ["(", *first, ")"], j + 1
+            if ahead == ":":
+                second, k = self.prompt(j + 1)
+                if text[k:k + 1] == ")":
+                    return ["(", *first, ":", *second, ")"], k + 1
+            raise _NoMatch
+        if ahead == "]":
+            return ["[", *first, "]"], j + 1
+        if ahead == "|":
+            options: list[Node] = [first]
+            while text[j:j + 1] == "|":
+                option, j = self.prompt(j + 1)
+                options.append(option)
+            if text[j:j + 1] != "]":
+                raise _NoMatch
+            return Alternate(options), j + 1
+        if ahead == ":":
+            when = _WHEN.match(text, j + 1)
             if when is not None:
-                return Scheduled(first, second, when.group(1)), when.end()
-    raise _NoMatch
+                return Scheduled(None, first, when.group(1)), when.end()
+            second, k = self.prompt(j + 1)
+            if text[k:k + 1] == ":":
+                when = _WHEN.match(text, k + 1)
+                if when is not None:
+                    return Scheduled(first, second, when.group(1)), when.end()
+        raise _NoMatch
+
+
+class _TooDeep(Exception):
+    pass
 
 
 def parse(text: str) -> list[Node] | None:
     """The prompt as A1111's schedule grammar reads it, or None where that grammar fails (a `|` outside brackets,
-    a lone trailing backslash): A1111 then uses the whole prompt as typed at every step. Outside any bracket, a
-    bracket or colon that starts no construct is text, as A1111's `start` rule reads it."""
+    a lone trailing backslash) or brackets nest over MAX_NESTING deep: the whole prompt is then read as typed at
+    every step, as A1111 reads a prompt its grammar fails on. Outside any bracket, a bracket or colon that starts
+    no construct is text, as A1111's `start` rule reads it."""
+    parser = _Parser(text)
     items: list[Node] = []
     i = 0
-    while True:
-        found, i = _prompt(text, i)
-        items.extend(found)
-        if i >= len(text):
-            return items
-        if text[i] not in "[]():":
-            return None
-        items.append(text[i])
-        i += 1
+    try:
+        while True:
+            found, i = parser.prompt(i)
+            items.extend(found)
+            if i >= len(text):
+                return items
+            if text[i] not in "[]():":
+                return None
+            items.append(text[i])
+            i += 1
+    except _TooDeep:
+        return None
 
 
 def _nodes(tree: Any):
@@ -169,7 +209,8 @@ def prompt_schedule(text: str, steps: int, hires_steps: int | None = None) -> li
         if isinstance(node, Scheduled):
             value = float(node.when)
             value = (value - float_offset) * total if "." in node.when else value - int_offset
-            whens[id(node)] = min(total, int(value))
+            # int() of an infinite `when` (1e999) would raise: it is past every step, or before the first.
+            whens[id(node)] = min(total, int(value)) if math.isfinite(value) else (total if value > 0 else 0)
             if whens[id(node)] >= 1:
                 points.add(whens[id(node)])
         else:
