@@ -765,12 +765,12 @@ class Studio:
         """What would fail the generation on this checkpoint, refused now: an embedding the texts name that was made
         for another family, variation seeds on a model without a UNet."""
         from guardforge.engine.embeddings import check_fit, embeddings_in
-        from guardforge.engine.prompt_schedule import check_prompt_editing
+        from guardforge.engine.prompt_schedule import guarded_pairs
         from guardforge.engine.prompts import extract_lora_tags
         from guardforge.engine.variation import check_family
 
         check_family(request, checkpoint.family)
-        check_prompt_editing(request, checkpoint.family)
+        guarded_pairs(request, checkpoint)  # prompt editing this model cannot run, a scheduled text that fails
         used = embeddings_in(self.registry, extract_lora_tags(request.prompt)[0], request.negative_prompt)
         if used:
             check_fit(used, self._text_widths(checkpoint), self.settings.allow_pickle)

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from guardforge.db import Database
+from guardforge.engine.prompt_schedule import guarded_pairs
 from guardforge.engine.request import GenerationRequest
+from guardforge.errors import InvalidRequest
 from guardforge.guard.audit import AuditLog
 from guardforge.guard.policy import load_policy
 from guardforge.guard.service import Guard
@@ -82,3 +84,11 @@ def test_a_controlnet_unit_steers_a_run_whose_prompt_switches(studio):
     assert not np.array_equal(switched, dog)
     assert not np.array_equal(switched, pixels(generate(studio, "a cat", **four)))
     assert not np.array_equal(switched, pixels(generate(studio, "a [cat:dog:1]", steps=4)))  # the unit steers it
+
+
+def test_a_weight_that_only_a_step_reads_is_refused_as_a_typed_one_is(studio):
+    # As typed the colon is followed by a bracket, not a weight; step 2 reads "(a:1.2.3)".
+    with pytest.raises(InvalidRequest, match="'1.2.3'"):
+        generate(studio, "(a:[1.2|1.2.3])")
+    with pytest.raises(InvalidRequest, match="'1.2.3'"):  # what submit checks, before any job is queued
+        guarded_pairs(GenerationRequest(prompt="(a:[1.2|1.2.3])", steps=3), studio.model("tiny-sd"))

@@ -283,9 +283,12 @@ def scheduled_pairs(request: GenerationRequest, scheduler_config: dict) -> list[
 
 def guarded_pairs(request: GenerationRequest, entry: ModelEntry) -> list[tuple[str, str]]:
     """scheduled_pairs for a request on the model `entry`, counted on the scheduler config in its files, before
-    the model loads (the guard reads these before anything runs); InvalidRequest where the model cannot edit."""
+    the model loads (the guard reads these before anything runs). InvalidRequest where the model cannot edit, or
+    where a scheduled text has a weight that does not parse (`(a:[1.2|1.2.3])` reads `(a:1.2.3)` at step 2), as
+    for a typed one."""
     import json
 
+    from guardforge.engine.prompts import prompt_chunks
     from guardforge.models.loading import CONFIGS_DIR, shipped_config_name
 
     if not request_edits(request):
@@ -294,7 +297,10 @@ def guarded_pairs(request: GenerationRequest, entry: ModelEntry) -> list[tuple[s
     path = Path(entry.path) / "scheduler" / "scheduler_config.json"
     if entry.format != "diffusers" or not path.is_file():  # a single file loads with the family's shipped configs
         path = CONFIGS_DIR / shipped_config_name(entry.family) / "scheduler" / "scheduler_config.json"
-    return scheduled_pairs(request, json.loads(path.read_text()))
+    pairs = scheduled_pairs(request, json.loads(path.read_text()))
+    for text in dict.fromkeys(text for pair in pairs for text in pair):
+        prompt_chunks(text)
+    return pairs
 
 
 def request_edits(request: GenerationRequest) -> bool:
