@@ -441,6 +441,7 @@ class Studio:
         from guardforge.engine.infotext import build_infotext
         from guardforge.engine.embeddings import ti_hashes
         from guardforge.engine.pipelines import request_seeds
+        from guardforge.engine.prompt_schedule import guarded_pairs
         from guardforge.engine.variation import request_subseeds, with_fixed_subseed
 
         started = time.perf_counter()
@@ -476,10 +477,12 @@ class Studio:
         # Each image's own texts: a style's or a wildcard's words are read by the guard as typed ones are.
         distinct = {request_texts(expansion.request): expansion.request for expansion in expansions}
         readings = []
-        for texts in distinct:
+        for texts, expanded in distinct.items():
             readings.append(prompt_reading(texts.prompt, texts.negative_prompt))
             if texts.hires_prompt is not None:  # the second pass encodes these: the guard reads them as the first's
                 readings.append(prompt_reading(texts.hires_prompt, texts.hires_negative_prompt))
+            # Prompt editing and alternation: each (prompt, negative prompt) a denoising step reads, as typed ones.
+            readings += [prompt_reading(*pair) for pair in guarded_pairs(expanded, entry)]
         readings += [prompt_reading(text) for text in scripts.texts()]  # text a script writes into the images
         prompt_verdict = max(self.guard.check_prompts(readings), key=lambda verdict: SEVERITY[verdict.action])
         input_verdict = self.guard.check_input_image(init_image) if init_image is not None else None
@@ -862,10 +865,12 @@ class Studio:
         """What would fail the generation on this checkpoint, refused now: an embedding the texts name that was made
         for another family, variation seeds on a model without a UNet."""
         from guardforge.engine.embeddings import check_fit, embeddings_in
+        from guardforge.engine.prompt_schedule import guarded_pairs
         from guardforge.engine.prompts import extract_lora_tags
         from guardforge.engine.variation import check_family
 
         check_family(request, checkpoint.family)
+        guarded_pairs(request, checkpoint)  # prompt editing this model cannot run, a scheduled text that fails
         used = embeddings_in(self.registry, extract_lora_tags(request.prompt)[0], request.negative_prompt)
         if used:
             check_fit(used, self._text_widths(checkpoint), self.settings.allow_pickle)

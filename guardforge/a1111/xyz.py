@@ -55,11 +55,11 @@ def submit(adapter, payload: Txt2ImgPayload, caller: Caller) -> GridPending:
     from guardforge.a1111.adapter import to_generation_request
 
     options = adapter.options(caller)
-    request, ignored = to_generation_request(payload, options["sd_model_checkpoint"], options["sd_vae"],
+    # The cells' base request: the payload without the script that makes it a grid (an installed script by that
+    # name is not what runs the cells).
+    base = payload.model_copy(update={"script_name": None, "script_args": []})
+    request, ignored = to_generation_request(base, options["sd_model_checkpoint"], options["sd_vae"],
                                              adapter.studio.settings.limits.max_image_pixels)
-    # script_name is the grid this job runs, not a script of its cells (each would run a grid of its own).
-    request = request.model_copy(update={"scripts": {name: args for name, args in request.scripts.items()
-                                                     if name.strip().lower() != SCRIPT_NAME}})
     try:
         grid = grid_from_script_args(request, payload.script_args if isinstance(payload, Img2ImgPayload)
                                      else (payload.model_extra or {}).get("script_args"),

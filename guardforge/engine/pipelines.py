@@ -26,7 +26,8 @@ from guardforge.engine.embeddings import applied_embeddings, embeddings_in, read
 from guardforge.engine.lora import applied_loras, resolve_loras
 from guardforge.engine.masked_content import LatentFill, fill_mode, source_image
 from guardforge.engine.outpaint import check_canvas, extend
-from guardforge.engine.prompts import encode_prompts, extract_lora_tags, prompt_chunks
+from guardforge.engine.prompt_schedule import PassConditioning, pass_texts
+from guardforge.engine.prompts import PromptEncoder, extract_lora_tags, prompt_chunks
 from guardforge.engine.refiner import Handover
 from guardforge.engine.request import GenerationRequest, ProgressEvent
 from guardforge.engine.samplers import build_scheduler, check_sampler
@@ -304,22 +305,25 @@ class Engine:
                 with (ip_adapter.applied(pipe) if ip_adapter is not None else nullcontext({})) as ip_inputs, \
                         applied_loras(pipe, loras), \
                         applied_embeddings(pipe, embeddings, self.settings.allow_pickle) as inversions:
-                    # Encoded once per request, after the LoRAs, which may patch the text encoder too.
+                    # Encoded once per request, after the LoRAs, which may patch the text encoder too: each text
+                    # a step reads (prompt editing schedules them, engine/prompt_schedule.py), once.
+                    encoder = PromptEncoder(pipe, request.clip_skip, pipe._execution_device)
+                    passes = pass_texts(request, base_scheduler.config, prompt)
                     with torch.no_grad():
-                        embeds = encode_prompts(pipe, spell_out(prompt, inversions),
-                                                spell_out(request.negative_prompt, inversions), request.clip_skip,
-                                                pipe._execution_device)
+                        embeds = PassConditioning(encoder, passes[0], lambda text: spell_out(text, inversions))
                     hires = hires_embeds = None
                     if request.hires is not None:
                         hires = HiresPass(loaded, request, self.upscalers, (width, height), prompt,
                                           base_scheduler.config)
                         progress.planned = hires.steps_per_batch()
-                        same = (hires.prompt, hires.negative) == (prompt, request.negative_prompt)
-                        hires_embeds = embeds if same else hires.encode(request.clip_skip)
+                        if len(passes) > 1:
+                            with torch.no_grad():
+                                hires_embeds = PassConditioning(encoder, passes[1],
+                                                                lambda text: spell_out(text, inversions))
                     # A refiner's hand-over stands in for the pipeline call: batches, seeds and callbacks stay.
                     run_pipe = pipe
                     if refiner is not None:
-                        run_pipe = Handover(refiner, request, prompt, progress).wrap(pipe)
+                        run_pipe = Handover(refiner, request, passes[0], progress).wrap(pipe)
                     for iteration in range(request.n_iter):
                         progress.iteration = iteration
                         progress.check_cancel()
@@ -351,7 +355,7 @@ class Engine:
                             guidance_scale=request.cfg_scale,
                             num_images_per_prompt=request.batch_size,
                             generator=generators,
-                            callback_on_step_end=callback,
+                            **embeds.step_kwargs(callback, pipe),
                         )
                         if hires is not None:
                             images = hires.run_batch(pipe, first_pass, batch_seeds, hires_embeds, progress, cancel)
