@@ -382,12 +382,14 @@ class Studio:
         interrupt: Event | None = None,
         device: str | None = None,
         replica: int = 0,
+        previews: bool = False,
     ) -> GenerationResult:
         """Guard the inputs, run the engine, guard every output, save what the policy lets through.
 
         `cancel` stops between two steps with nothing delivered; `skip` and `interrupt` are A1111's: they end
         the current batch early (and, for interrupt, the request) and deliver what was made. `device` (None:
         settings.device) and `replica` pick the copy of the model to run on: each worker has its own.
+        `previews`: progress events carry a latent preview every jobs.preview_every_steps, screened as outputs are.
         """
         from guardforge.engine.infotext import build_infotext
         from guardforge.engine.embeddings import ti_hashes
@@ -449,6 +451,7 @@ class Studio:
         outputs = self.engine.run(loaded, fixed, init_image=init_image, mask=mask,
                                   on_progress=on_progress, cancel=cancel, skip=skip, interrupt=interrupt,
                                   control=control, refiner=refined,
+                                  previews=self._previews(entry.family) if previews and on_progress else None,
                                   ip_adapter=ip_adapter.run(self.pipelines.ip_encoders, loaded,
                                                             self.settings) if ip_adapter else None)
         model_hash = entry.short_hash()
@@ -482,6 +485,16 @@ class Studio:
             model_hash=model_hash, vae=vae_name, vae_hash=vae_hash, elapsed_s=time.perf_counter() - started,
             prompt_verdict=prompt_verdict, device=str(loaded.device),
         )
+
+    def _previews(self, family: str):
+        """Live previews for a job on a model of `family`, each passed through the output-image guard first:
+        a preview is an image leaving the server like any other."""
+        from guardforge.engine.preview import Previews
+
+        def screen(image):
+            return self.guard.enforce(image, self.guard.check_output_images([image])[0])
+
+        return Previews(self.settings.jobs.preview_every_steps, family, screen)
 
     def upscalers_listed(self) -> list:
         """The upscalers (UpscalerInfo): "None", "Lanczos", "Nearest", then the ESRGAN/ and RealESRGAN/ models."""

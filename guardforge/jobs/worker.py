@@ -249,14 +249,17 @@ class Worker:
 
     def _generate(self, job: Job, running: _Running, final: dict[str, Any]) -> None:
         def on_progress(event: ProgressEvent) -> None:
-            self.hub.publish(job.id, {"type": "progress", "state": "running", "step": event.step,
-                                      "total": event.total, "eta": event.eta_s, "it_per_s": event.it_per_s,
-                                      "batch_index": event.batch_index})
+            published = {"type": "progress", "state": "running", "step": event.step, "total": event.total,
+                         "eta": event.eta_s, "it_per_s": event.it_per_s, "batch_index": event.batch_index}
+            if event.preview is not None:  # already screened by the guard (Studio.generate)
+                published.update(preview=encode_image(event.preview), preview_step=event.step)
+            self.hub.publish(job.id, published)
 
         save = bool(job.payload.get("save", True))
         request = GenerationRequest.model_validate(job.payload["request"])
         result = self.generate(request, on_progress=on_progress, cancel=running.cancel, save=save, skip=running.skip,
-                               interrupt=running.interrupt, device=self.device, replica=self.replica)
+                               interrupt=running.interrupt, device=self.device, replica=self.replica,
+                               previews=True)
         images = [
             StoredImage(
                 id=image.image_id, job_id=job.id, owner=job.owner, index=index, action=image.action,

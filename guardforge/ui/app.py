@@ -16,7 +16,7 @@ from guardforge.errors import GuardforgeError
 from guardforge.guard.blur import withheld_tile
 from guardforge.imaging import encode_image
 from guardforge.access.caller import LOCAL_OWNER, Caller
-from guardforge.ui import guard_view, networks, outpaint_controls, seed_extras
+from guardforge.ui import guard_view, live, networks, outpaint_controls, seed_extras
 from guardforge.ui.controlnet_panel import ControlNetPanel
 from guardforge.ui.extras import extras_tab
 from guardforge.ui.hires import hires_options, hires_section, hires_updates, hires_upscalers
@@ -163,14 +163,13 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
             job_id = studio.submit(GenerationRequest(**fields), caller).id
         except Exception as exc:  # a limit or an unknown name: show the reason, keep the page alive
             raise gr.Error(str(exc)) from None
-        yield _bar(0, int(steps), "queued"), gr.update(), gr.update(), gr.update(), job_id
+        watch = live.Progress(int(steps))
         while True:
             job = studio.job(job_id, caller)
             if job.state in ("succeeded", "failed", "cancelled"):
                 break
-            latest = studio.latest_event(job_id) or {}
-            yield (_bar(int(latest.get("step") or 0), int(latest.get("total") or steps), job.state),
-                   gr.update(), gr.update(), gr.update(), job_id)
+            status, shown = watch.update(job, studio.latest_event(job_id))
+            yield status, shown, gr.update(), gr.update(), job_id
             time.sleep(0.25)
         if job.state != "succeeded":
             yield _bar(0, 0, job.state, f"{job.state}: {job.error}", "error"), [], "", {}, job_id
@@ -186,7 +185,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
             gallery.append((image, guard_view.caption(meta, reasons)))
         state, action, note = guard_view.outcome(result, reasons)
         total = job.payload["request"]["steps"]
-        yield (_bar(total, total, state, note, action), gallery, result.images[0].infotext if result.images else "",
+        yield (_bar(total, total, state, note, action, title=guard_view.hover(result, reasons)), gallery, result.images[0].infotext if result.images else "",
                guard_view.verdict_json(result), job_id)
 
     def runner(mode: str):
@@ -320,7 +319,9 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
         # Four columns even for one image: fitted to one column, the caption (what the guard did) falls off.
         gallery = gr.Gallery(label="Images", columns=4, fit_columns=False, object_fit="contain", elem_id="gf-gallery")
         infotext = gr.Textbox(label="Infotext", lines=3, elem_id="gf-infotext")
-        verdict = gr.JSON(label="Verdict", elem_id="gf-verdict")
+        # The badge in the status box says the verdict; the raw one is for those who want every field.
+        with gr.Accordion("Verdict (raw JSON)", open=False, elem_id="gf-verdict-fold"):
+            verdict = gr.JSON(label="Verdict", elem_id="gf-verdict")
         with gr.Accordion("History", open=False):
             refresh = gr.Button("Refresh history")
             table = gr.Dataframe(headers=["job", "time", "state", "prompt"], interactive=False)
