@@ -267,6 +267,20 @@ class Studio:
         """The caller's jobs, newest first."""
         return self.jobs.list(caller.owner, limit=limit, state=state, kind=kind)
 
+    def history(self, caller: Caller = LOCAL, where=None, limit: int = 60) -> list[Job]:
+        """The caller's generations matching `where` (a jobs.history.HistoryFilter), newest first, with images."""
+        from guardforge.jobs.history import SCAN, HistoryFilter
+
+        where = where or HistoryFilter()
+        since, until = where.window()
+        jobs = self.jobs.list(caller.owner, limit=SCAN, kind="generate", since=since, until=until, with_images=True)
+        return [job for job in jobs if where.matches(job)][:limit]
+
+    def delete_job(self, job_id: str, caller: Caller = LOCAL) -> int:
+        """Remove one of the caller's ended jobs: its row, its images' rows and the files it saved (the verdict
+        beside each too). Returns how many files went. The guard's audit log keeps its verdicts."""
+        return sum(self.store.delete(path) for path in self.jobs.delete(job_id, caller.owner))
+
     def active_job(self, caller: Caller = LOCAL, kind: str = "generate") -> Job | None:
         """The caller's job that runs now, else the next of its queued ones (A1111's one current job)."""
         return self.jobs.active_for(caller.owner, kind=kind)

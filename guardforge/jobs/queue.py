@@ -25,7 +25,7 @@ from sqlalchemy import (
 )
 
 from guardforge.db import Database
-from guardforge.errors import GuardforgeError
+from guardforge.errors import GuardforgeError, InvalidRequest
 from guardforge.jobs.results import JobResult, parse_result
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -327,8 +327,15 @@ class JobQueue:
         return job
 
     def list(self, owner: str | None, limit: int = 50, state: str | None = None,
-             kind: str | None = None) -> list[Job]:
+             kind: str | None = None, since: float | None = None, until: float | None = None,
+             with_images: bool = False) -> list[Job]:
+        """Newest first; `since` and `until` bound created_at, [since, until). `with_images`: ended jobs come
+        with their image rows (one more read per job)."""
         query = select(self._jobs).order_by(self._jobs.c.created_at.desc()).limit(limit)
+        if since is not None:
+            query = query.where(self._jobs.c.created_at >= since)
+        if until is not None:
+            query = query.where(self._jobs.c.created_at < until)
         if owner is not None:
             query = query.where(self._jobs.c.owner == owner)
         if state is not None:
@@ -336,7 +343,21 @@ class JobQueue:
         if kind is not None:
             query = query.where(self._jobs.c.kind == kind)
         with self.engine.connect() as conn:
-            return [self._job(row) for row in conn.execute(query)]
+            jobs = [self._job(row) for row in conn.execute(query)]
+            return [self._complete(conn, job) for job in jobs] if with_images else jobs
+
+    def delete(self, job_id: str, owner: str | None) -> list[str]:
+        """Remove an ended job of `owner` and its image rows; returns the paths of its saved files for the caller
+        to remove. A queued or running job is refused: a worker holds it."""
+        job = self.get(job_id, owner)
+        if job.state not in TERMINAL:
+            raise InvalidRequest(f"job {job_id!r} is {job.state}: cancel it first, then delete it")
+        with self.engine.begin() as conn:
+            paths = [row.path for row in conn.execute(select(self._images.c.path).where(
+                self._images.c.job_id == job_id)) if row.path]
+            conn.execute(self._images.delete().where(self._images.c.job_id == job_id))
+            conn.execute(self._jobs.delete().where(self._jobs.c.id == job_id, self._jobs.c.state.in_(TERMINAL)))
+        return paths
 
     def active_for(self, owner: str | None, kind: str | None = None) -> Job | None:
         """The caller's running job, else its next queued one (A1111's /progress reports one job)."""

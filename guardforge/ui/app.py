@@ -19,6 +19,7 @@ from guardforge.access.caller import LOCAL_OWNER, Caller
 from guardforge.ui import guard_view, live, networks, outpaint_controls, seed_extras
 from guardforge.ui.controlnet_panel import ControlNetPanel
 from guardforge.ui.extras import extras_tab
+from guardforge.ui.history import Targets, history_tab
 from guardforge.ui.hires import hires_options, hires_section, hires_updates, hires_upscalers
 from guardforge.ui.uploads import (
     CLEAN_EVERY_S,
@@ -288,13 +289,13 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
             height = gr.Slider(8, limits.max_height, value=native_h, step=8, label="Height", elem_id="gf-height")
             seed = gr.Number(-1, precision=0, label="Seed (-1: random)", elem_id="gf-seed")
         extras = seed_extras.build(limits)
-        with gr.Tabs():
-            with gr.Tab("txt2img"):
+        with gr.Tabs() as tabs:
+            with gr.Tab("txt2img", id="txt2img"):
                 txt_refiner, txt_switch = refiner_picker("gf-refiner")
                 txt_button = gr.Button("Generate", variant="primary", elem_id="gf-generate")
                 hires_inputs = hires_section(studio)
                 txt_controls = ControlNetPanel(studio, rate_limit, _owner, img2img=False).build("txt2img")
-            with gr.Tab("img2img"):
+            with gr.Tab("img2img", id="img2img"):
                 init_image = with_cap(UploadedImage(type="pil", label="Start from", elem_id="gf-init-image"),
                                       limits.max_image_pixels)
                 strength = gr.Slider(0, 1, value=0.75, step=0.05, label="Denoising strength")
@@ -302,7 +303,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
                 img_refiner, img_switch = refiner_picker("gf-img-refiner")
                 img_button = gr.Button("Generate from image", variant="primary")
                 img_controls = ControlNetPanel(studio, rate_limit, _owner, img2img=True).build("img2img")
-            with gr.Tab("inpaint"):
+            with gr.Tab("inpaint", id="inpaint"):
                 editor = with_cap(UploadedImageEditor(type="pil", label="Paint the area to repaint",
                                                       brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"),
                                                       elem_id="gf-editor"),
@@ -310,11 +311,15 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
                 inpaint_strength = gr.Slider(0, 1, value=0.75, step=0.05, label="Denoising strength")
                 inpaint_fill = outpaint_controls.masked_content("original", "gf-inpaint-fill")
                 inpaint_button = gr.Button("Inpaint", variant="primary")
-            extras_tab(studio, rate_limit, lambda request: _caller(studio, request), _owner)
+            extras_image = extras_tab(studio, rate_limit, lambda request: _caller(studio, request), _owner)
             with gr.Tab("PNG info"):
                 png = UploadedFile(label="Drop a PNG made by guardforge or A1111", file_types=[".png"],
                                    type="filepath", elem_id="gf-png")
                 png_text = gr.Textbox(label="Parameters found", lines=4, elem_id="gf-png-text")
+            sent_fields = [prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed, *extras,
+                           *hires_inputs]
+            history_tab(studio, Targets(tabs, init_image, editor, extras_image, sent_fields, _fields_update),
+                        lambda request: _caller(studio, request), _owner, rate_limit, model_names)
         progress = gr.HTML(_bar(0, 0, "idle"))
         # Four columns even for one image: fitted to one column, the caption (what the guard did) falls off.
         gallery = gr.Gallery(label="Images", columns=4, fit_columns=False, object_fit="contain", elem_id="gf-gallery")
