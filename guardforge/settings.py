@@ -129,6 +129,9 @@ class ServerSettings(BaseModel):
     # aiohttp 15 s) so that the client closes first: when both are 5 s, a client reuses a connection just as
     # the server closes it and gets a connection reset (httpx ReadError) for a request the server never saw.
     keep_alive_s: int = Field(75, ge=1)
+    # Seconds a stop waits for open connections (event streams, waiting A1111 calls) before closing them; the
+    # running job's worker finishes its current image either way.
+    graceful_shutdown_s: float = Field(10, ge=0)
     # A moderation call costs one token per this many characters of text or per this many inputs (text or
     # image parts), whichever is more: scoring is per text and per 40-word window of a long one.
     moderation_chars_per_token: int = Field(2000, ge=1)

@@ -32,3 +32,14 @@ def gf_home(tmp_path, tiny_model_dir, monkeypatch) -> Path:
         (home / "models" / sub).mkdir(parents=True, exist_ok=True)
     monkeypatch.setenv("GUARDFORGE_HOME", str(home))
     return home
+
+
+@pytest.fixture(scope="session")
+def shared_server(tmp_path_factory, tiny_model_dir):
+    """A live server with the web UI (tiny-sd by default) shared by the tests that need no settings of their own;
+    tests/shared_server.py names what its home holds. Tests add jobs and files to it, so they look for their own."""
+    from tests.shared_server import start_shared_server
+
+    live = start_shared_server(tmp_path_factory.mktemp("shared-server"), tiny_model_dir)
+    yield live
+    live.stop()

@@ -77,6 +77,8 @@ def server_env(home: Path, **extra: str) -> dict[str, str]:
         "GUARDFORGE_DEVICE": "cpu", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
         # The test machine is shared: one intra-op thread keeps the worker from starving the event loop.
         "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
+        # A stop waits this long for gradio's and our event streams; the drain itself has its own test.
+        "GUARDFORGE_SERVER__GRACEFUL_SHUTDOWN_S": "1",
     })
     env.update(extra)
     return env

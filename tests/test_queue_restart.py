@@ -59,7 +59,7 @@ def test_no_job_vanishes_across_sigkill(tmp_path, tiny_model_dir):
 
 def test_a_graceful_stop_starts_no_queued_job_while_connections_drain(tmp_path, tiny_model_dir):
     home = make_home(tmp_path, tiny_model_dir)
-    server = LiveServer(home, server_env(home)).start()
+    server = LiveServer(home, server_env(home, GUARDFORGE_SERVER__GRACEFUL_SHUTDOWN_S="10")).start()
     try:
         with httpx.Client(base_url=server.url, timeout=60) as client:
             # ~2 s of steps: it ends while uvicorn waits for the open stream below, freeing the worker.
@@ -68,7 +68,7 @@ def test_a_graceful_stop_starts_no_queued_job_while_connections_drain(tmp_path, 
             waiting = client.post("/v1/jobs", json=LONG).json()["id"]
             streaming = threading.Event()
 
-            def follow():  # an open event stream holds the stop up to timeout_graceful_shutdown (10 s)
+            def follow():  # an open event stream holds the stop up to graceful_shutdown_s (10 s here)
                 try:
                     with httpx.stream("GET", f"{server.url}/v1/jobs/{waiting}/events", timeout=60) as stream:
                         for _ in stream.iter_lines():

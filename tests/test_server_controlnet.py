@@ -11,17 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.livesrv import LiveServer, make_home, server_env
-from tests.tiny_controlnet import save_tiny_controlnet
+from tests.shared_server import IP_ADAPTERS
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_model_dir):
-    home = make_home(tmp_path_factory.mktemp("cn-serve"), tiny_model_dir)
-    save_tiny_controlnet(home / "models" / "ControlNet" / "tiny-cn")
-    live = LiveServer(home, server_env(home)).start()
-    yield live
-    live.stop()
+def server(shared_server):
+    return shared_server
 
 
 @pytest.fixture
@@ -60,7 +55,8 @@ def test_webuiapi_lists_and_detects(api):
     assert api.controlnet_version() == 2
     # The folder's, then the one the package ships; A1111's titles, "name [hash]".
     titles = api.controlnet_model_list()
-    assert [t.split(" [")[0] for t in titles] == ["tiny-cn", "tiny-shapes-canny"]
+    names = [t.split(" [")[0] for t in titles]
+    assert [n for n in names if n not in IP_ADAPTERS] == ["tiny-cn", "tiny-shapes-canny"]
     title = titles[0]
     modules = api.controlnet_module_list()
     assert modules[0] == "none" and {"canny", "threshold", "tile_resample", "shuffle", "invert"} <= set(modules)

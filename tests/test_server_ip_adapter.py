@@ -11,24 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.livesrv import LiveServer, make_home, server_env
 from tests.test_server_controlnet import b64, square
-from tests.tiny_controlnet import save_tiny_controlnet
-from tests.tiny_ip_adapter import save_clip_vision, save_ip_adapter_file
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_model_dir):
-    from diffusers import UNet2DConditionModel
-
-    home = make_home(tmp_path_factory.mktemp("ipa-serve"), tiny_model_dir)
-    save_tiny_controlnet(home / "models" / "ControlNet" / "tiny-cn")
-    unet = UNet2DConditionModel.from_pretrained(tiny_model_dir / "unet")
-    save_ip_adapter_file(home / "models" / "ipadapter" / "ip-adapter_tiny.safetensors", unet)
-    save_clip_vision(home / "models" / "clip_vision" / "clip_h")
-    live = LiveServer(home, server_env(home)).start()
-    yield live
-    live.stop()
+def server(shared_server):
+    return shared_server
 
 
 @pytest.fixture

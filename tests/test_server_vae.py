@@ -13,19 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.livesrv import LiveServer, make_home, server_env
-from tests.test_vae_selection import save_other_vae
 
 SMALL = {"steps": 2, "width": 32, "height": 32, "seed": 4, "sampler_name": "Euler a"}
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_model_dir):
-    home = make_home(tmp_path_factory.mktemp("serve-vae"), tiny_model_dir)
-    save_other_vae(home)
-    live = LiveServer(home, server_env(home)).start()
-    yield live
-    live.stop()
+def server(shared_server):
+    return shared_server
 
 
 @pytest.fixture

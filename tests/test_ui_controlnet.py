@@ -9,19 +9,13 @@ import httpx
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.livesrv import LiveServer, make_home, server_env
 from tests.test_ui import chromium, set_number
 from tests.test_ui_vae import choose
-from tests.tiny_controlnet import save_tiny_controlnet
 
 
 @pytest.fixture(scope="module")
-def ui_server(tmp_path_factory, tiny_model_dir):
-    home = make_home(tmp_path_factory.mktemp("ui-cn"), tiny_model_dir)
-    save_tiny_controlnet(home / "models" / "ControlNet" / "tiny-cn")
-    live = LiveServer(home, server_env(home), ui=True).start()
-    yield live
-    live.stop()
+def ui_server(shared_server):
+    return shared_server
 
 
 def test_a_controlnet_unit_in_the_txt2img_tab(ui_server, tmp_path):
@@ -56,7 +50,8 @@ def test_a_controlnet_unit_in_the_txt2img_tab(ui_server, tmp_path):
             expect(page.locator("#gf-infotext textarea")).to_have_value(
                 re.compile(r'a framed square.*ControlNet 0: "Module: canny, Model: tiny-cn \[[0-9a-f]{10}\], '
                            r'Weight: 1, .*Threshold A: 100, Threshold B: 200', re.S), timeout=180_000)
-            [job] = httpx.get(f"{ui_server.url}/v1/jobs", timeout=30).json()["jobs"]
+            [job] = [job for job in httpx.get(f"{ui_server.url}/v1/jobs", timeout=30).json()["jobs"]
+                     if job["request"]["prompt"] == "a framed square"]
             [unit] = job["request"]["controlnet"]
             assert (unit["module"], unit["model"], unit["image"]) == ("canny", "tiny-cn", "<base64 image>")
         finally:

@@ -9,23 +9,13 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.livesrv import LiveServer, make_home, server_env
 from tests.test_ui import chromium, set_number
 from tests.test_ui_vae import choose
-from tests.tiny_ip_adapter import save_clip_vision, save_ip_adapter_file
 
 
 @pytest.fixture(scope="module")
-def ui_server(tmp_path_factory, tiny_model_dir):
-    from diffusers import UNet2DConditionModel
-
-    home = make_home(tmp_path_factory.mktemp("ui-ipa"), tiny_model_dir)
-    unet = UNet2DConditionModel.from_pretrained(tiny_model_dir / "unet")
-    save_ip_adapter_file(home / "models" / "ipadapter" / "tiny-ip.safetensors", unet)
-    save_clip_vision(home / "models" / "clip_vision" / "tiny-clip")
-    live = LiveServer(home, server_env(home), ui=True).start()
-    yield live
-    live.stop()
+def ui_server(shared_server):
+    return shared_server
 
 
 def test_an_ip_adapter_unit_in_the_txt2img_tab(ui_server, tmp_path):
@@ -44,7 +34,7 @@ def test_an_ip_adapter_unit_in_the_txt2img_tab(ui_server, tmp_path):
             page = browser.new_page(viewport={"width": 1280, "height": 2200})
             page.goto(f"{ui_server.url}/ui/", wait_until="domcontentloaded", timeout=120_000)
             expect(page.locator("#gf-prompt textarea")).to_be_visible(timeout=120_000)
-            page.locator("#gf-prompt textarea").fill("a framed square")
+            page.locator("#gf-prompt textarea").fill("a pictured square")
             set_number(page, "gf-steps", 2)
             set_number(page, "gf-width", 32)
             set_number(page, "gf-height", 32)
@@ -56,9 +46,10 @@ def test_an_ip_adapter_unit_in_the_txt2img_tab(ui_server, tmp_path):
             choose(page, "gf-txt2img-cn0-model", "tiny-ip")
             page.locator("#gf-generate").click()
             expect(page.locator("#gf-infotext textarea")).to_have_value(
-                re.compile(r'a framed square.*ControlNet 0: "Module: ip-adapter_clip_sd15, Model: tiny-ip '
+                re.compile(r'a pictured square.*ControlNet 0: "Module: ip-adapter_clip_sd15, Model: tiny-ip '
                            r'\[[0-9a-f]{10}\], Weight: 1,', re.S), timeout=180_000)
-            [job] = httpx.get(f"{ui_server.url}/v1/jobs", timeout=30).json()["jobs"]
+            [job] = [job for job in httpx.get(f"{ui_server.url}/v1/jobs", timeout=30).json()["jobs"]
+                     if job["request"]["prompt"] == "a pictured square"]
             assert job["request"]["controlnet"] == []
             adapter = job["request"]["ip_adapter"]
             assert (adapter["module"], adapter["model"], adapter["image"]) == ("ip-adapter_clip_sd15", "tiny-ip",

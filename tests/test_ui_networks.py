@@ -3,27 +3,17 @@ the syntax the engine reads, and what it adds reaches the generation (the infote
 
 from __future__ import annotations
 
-import time
 
 import pytest
 import torch
 
-from tests.livesrv import LiveServer, make_home, server_env
 from tests.test_engine_embeddings import WIDTH, write_safetensors
-from tests.test_engine_lora import save_tiny_lora
 from tests.ui_inputs import txt2img_off
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory, tiny_model_dir):
-    home = make_home(tmp_path_factory.mktemp("ui-networks"), tiny_model_dir)
-    save_tiny_lora(tiny_model_dir / "unet", home / "models" / "Lora" / "pixel.safetensors")
-    (home / "models" / "embeddings").mkdir(parents=True)
-    write_safetensors(home / "models" / "embeddings" / "glow.safetensors",
-                      torch.randn((1, WIDTH), generator=torch.Generator().manual_seed(0)))
-    server = LiveServer(home, server_env(home), ui=True).start()
-    yield server
-    server.stop()
+def live(shared_server):
+    return shared_server
 
 
 @pytest.fixture(scope="module")

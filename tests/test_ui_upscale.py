@@ -7,27 +7,21 @@ import pytest
 from PIL import Image
 
 from tests.ui_inputs import txt2img_off
-from tests.livesrv import LiveServer, make_home, server_env
 from tests.test_upscalers import picture
-from tests.tiny_upscalers import rrdb_state, write_safetensors
 
 
 @pytest.fixture(scope="module")
-def ui_server(tmp_path_factory, tiny_model_dir):
-    home = make_home(tmp_path_factory.mktemp("ui-upscale"), tiny_model_dir)
-    write_safetensors(home / "models" / "ESRGAN" / "tiny-esrgan.safetensors", rrdb_state(nb=1))
-    live = LiveServer(home, server_env(home, GUARDFORGE_LIMITS__MAX_IMAGE_PIXELS="100000"), ui=True).start()
-    yield live
-    live.stop()
+def ui_server(shared_server):
+    return shared_server
 
 
-@pytest.fixture
-def client(ui_server, request):
+@pytest.fixture(scope="module")
+def client(ui_server):
     from gradio_client import Client
 
     client = Client(f"{ui_server.url}/ui/", verbose=False)
-    request.addfinalizer(client.close)
-    return client
+    yield client
+    client.close()
 
 
 def test_the_extras_tab_upscales_an_upload(client, tmp_path):

@@ -8,18 +8,12 @@ import re
 import httpx
 import pytest
 
-from tests.livesrv import LiveServer, make_home, server_env
 from tests.test_ui import chromium, set_number
-from tests.test_vae_selection import save_other_vae
 
 
 @pytest.fixture(scope="module")
-def ui_server(tmp_path_factory, tiny_model_dir):
-    home = make_home(tmp_path_factory.mktemp("ui-vae"), tiny_model_dir)
-    save_other_vae(home)
-    live = LiveServer(home, server_env(home), ui=True).start()
-    yield live
-    live.stop()
+def ui_server(shared_server):
+    return shared_server
 
 
 def png_without_vae(folder):
@@ -63,7 +57,8 @@ def test_the_vae_dropdown_reaches_the_request_and_png_info_and_reuse_set_it(ui_s
             expect(page.locator("#gf-infotext textarea")).to_have_value(
                 re.compile(r"a grey square.*Model: tiny-sd, VAE hash: [0-9a-f]{10}, VAE: alt-vae", re.S),
                 timeout=180_000)
-            [job] = httpx.get(f"{ui_server.url}/v1/jobs", timeout=30).json()["jobs"]
+            [job] = [job for job in httpx.get(f"{ui_server.url}/v1/jobs", timeout=30).json()["jobs"]
+                     if job["request"]["prompt"] == "a grey square"]
             assert job["request"]["vae"] == "alt-vae" and job["result"]["vae"] == "alt-vae"
 
             # An image made with the checkpoint's own VAE says no VAE: the dropdown goes back to Automatic.

@@ -33,6 +33,5 @@ def serve(
                     "create one with `guardforge keys create NAME`", err=True, fg="yellow")
     application = create_app(studio, mount_ui=ui)
     typer.echo(f"guardforge on http://{server.host}:{server.port}  (docs: /docs, UI: /ui)")
-    # Event streams and waiting A1111 calls would hold a graceful shutdown open; give them 10 s.
     uvicorn.run(application, host=server.host, port=server.port, log_level=log_level,
-                timeout_graceful_shutdown=10, timeout_keep_alive=server.keep_alive_s, root_path=root_path)
+                timeout_graceful_shutdown=server.graceful_shutdown_s, timeout_keep_alive=server.keep_alive_s, root_path=root_path)
