@@ -601,6 +601,32 @@ class Studio:
         folder = entry.path if entry.format == "diffusers" else CONFIGS_DIR / shipped_config_name(entry.family)
         return native_size_from_configs(folder)
 
+    def model_defaults(self, model: str | None = None):
+        """The form a model starts from (models.defaults.ModelDefaults): its native size, its family's sampler,
+        steps and CFG scale. Nothing is loaded; a size its configs cannot give is left out."""
+        from guardforge.models.defaults import defaults_for
+
+        entry = self.registry.resolve(model or self.settings.default_model)
+        try:
+            size = self.native_size(entry.name)
+        except Exception:  # a single file of an unknown family, unreadable configs: no size to offer
+            size = None
+        return defaults_for(entry.family, size)
+
+    @cached_property
+    def preferences(self):
+        from guardforge.storage.preferences import PreferenceStore
+
+        return PreferenceStore(self.database)
+
+    def remember_settings(self, caller: Caller, settings) -> None:
+        """Keep the caller's last form settings (storage.preferences.RememberedSettings) for their next visit."""
+        self.preferences.save(caller.owner, settings)
+
+    def remembered_settings(self, caller: Caller):
+        """The caller's last form settings, or None."""
+        return self.preferences.load(caller.owner)
+
     def _text_widths(self, entry) -> dict[str, int]:
         from guardforge.engine.embeddings import widths_from_configs
         from guardforge.models.loading import CONFIGS_DIR, shipped_config_name

@@ -16,7 +16,7 @@ from guardforge.errors import GuardforgeError
 from guardforge.guard.blur import withheld_tile
 from guardforge.imaging import encode_image
 from guardforge.access.caller import LOCAL_OWNER, Caller
-from guardforge.ui import guard_view, live, networks, outpaint_controls, seed_extras
+from guardforge.ui import batch, form_memory, guard_view, live, networks, outpaint_controls, seed_extras
 from guardforge.ui.controlnet_panel import ControlNetPanel
 from guardforge.ui.extras import extras_tab
 from guardforge.ui.history import Targets, history_tab
@@ -110,9 +110,9 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
         except Exception:  # an unreadable or vanished model: keep whatever size the form has
             return None
 
-    def sizes_for(model):
-        size = native_size(model)
-        return (gr.update(), gr.update()) if size is None else (gr.update(value=size[0]), gr.update(value=size[1]))
+    def restore_form(request: gr.Request):
+        choices = {"model": model_names(), "vae": vae_names(), "sampler": sampler_names(), "schedule": SCHEDULES}
+        return form_memory.restore(studio, _caller(studio, request), choices)
 
     def refiner_picker(elem_id: str):
         """A1111's refiner: a checkpoint that finishes the image, and after what fraction of the steps."""
@@ -130,7 +130,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
     def run(mode, prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed,
             init_image, strength, editor, extra, subseed, subseed_strength, resize_w, resize_h,
             out_left, out_right, out_up, out_down, fill, request: gr.Request, hires=None, refiner=None,
-            switch_at=0.8, controlnet: list | None = None):
+            switch_at=0.8, controlnet: list | None = None, batch_count=1, batch_size=1):
         owner = _owner(request)
         if rate_limit is not None:
             try:
@@ -141,6 +141,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
                       schedule=schedule, steps=int(steps), cfg_scale=float(cfg), width=int(width),
                       height=int(height), seed=int(seed), hires=hires)
         fields.update(seed_extras.request_fields(extra, subseed, subseed_strength, resize_w, resize_h))
+        fields.update(batch.request_fields(batch_count, batch_size))
         if refiner and refiner != "None":
             fields["refiner"] = {"checkpoint": refiner, "switch_at": float(switch_at)}
         if mode == "img2img":
@@ -164,6 +165,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
             job_id = studio.submit(GenerationRequest(**fields), caller).id
         except Exception as exc:  # a limit or an unknown name: show the reason, keep the page alive
             raise gr.Error(str(exc)) from None
+        form_memory.remember(studio, caller, {**fields, "vae": vae})
         watch = live.Progress(int(steps))
         while True:
             job = studio.job(job_id, caller)
@@ -194,25 +196,35 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
         def run_mode(prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed, init_image,
                      strength, editor, extra=False, subseed=-1, subseed_strength=0, resize_w=0, resize_h=0,
                      out_left=0, out_right=0, out_up=0, out_down=0, fill=None, refiner="None", switch_at=0.8,
-                     request: gr.Request = None,
+                     batch_count=1, batch_size=1, request: gr.Request = None,
                      controlnet: list | None = None):
             yield from run(mode, prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed,
                            init_image, strength, editor, extra, subseed, subseed_strength, resize_w, resize_h,
                            out_left, out_right, out_up, out_down, fill, request, refiner=refiner, switch_at=switch_at,
-                           controlnet=controlnet)
+                           controlnet=controlnet, batch_count=batch_count, batch_size=batch_size)
         return run_mode
+
+    def run_inpaint(prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed, init_image,
+                    strength, editor, extra=False, subseed=-1, subseed_strength=0, resize_w=0, resize_h=0,
+                    out_left=0, out_right=0, out_up=0, out_down=0, fill=None, batch_count=1, batch_size=1,
+                    request: gr.Request = None):
+        yield from run("inpaint", prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed,
+                       init_image, strength, editor, extra, subseed, subseed_strength, resize_w, resize_h,
+                       out_left, out_right, out_up, out_down, fill, request, batch_count=batch_count,
+                       batch_size=batch_size)
 
     def run_txt2img(prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed, init_image,
                     strength, editor, extra=False, subseed=-1, subseed_strength=0, resize_w=0, resize_h=0,
                     hr_enabled=False, hr_upscaler="Latent", hr_scale=2, hr_steps=0, hr_strength=0.7, hr_resize_x=0,
                     hr_resize_y=0, hr_sampler="Use same sampler", hr_prompt="", hr_negative="", refiner="None",
-                    switch_at=0.8, request: gr.Request = None, controlnet: list | None = None):
+                    switch_at=0.8, batch_count=1, batch_size=1, request: gr.Request = None,
+                    controlnet: list | None = None):
         hires = hires_options(hr_enabled, hr_upscaler, hr_scale, hr_steps, hr_strength, hr_resize_x, hr_resize_y,
                               hr_sampler, hr_prompt, hr_negative)
         yield from run("txt2img", prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed,
                        init_image, strength, editor, extra, subseed, subseed_strength, resize_w, resize_h,
                        0, 0, 0, 0, None, request, hires=hires, refiner=refiner, switch_at=switch_at,
-                       controlnet=controlnet)
+                       controlnet=controlnet, batch_count=batch_count, batch_size=batch_size)
 
     def show_selected(job_id, evt: gr.SelectData, request: gr.Request):
         job = studio.job(job_id, _caller(studio, request))
@@ -289,6 +301,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
             height = gr.Slider(8, limits.max_height, value=native_h, step=8, label="Height", elem_id="gf-height")
             seed = gr.Number(-1, precision=0, label="Seed (-1: random)", elem_id="gf-seed")
         extras = seed_extras.build(limits)
+        batches, reuse_seed = batch.build(limits, seed)
         with gr.Tabs() as tabs:
             with gr.Tab("txt2img", id="txt2img"):
                 txt_refiner, txt_switch = refiner_picker("gf-refiner")
@@ -346,20 +359,24 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
                        "hr_resize_y", "hr_sampler", "hr_prompt", "hr_negative"]
         outpaint_names = ["out_left", "out_right", "out_up", "out_down", "fill"]
         refiner_names = ["refiner", "switch_at"]
-        txt_button.click(txt_controls.wrap(run_txt2img, names + hires_names + refiner_names),
+        batch_names = ["batch_count", "batch_size"]  # after the tab's own controls, before any ControlNet unit
+        txt_button.click(txt_controls.wrap(run_txt2img, names + hires_names + refiner_names + batch_names),
                          [prompt, negative, *params, init_image, strength, editor, *extras, *hires_inputs,
-                          txt_refiner, txt_switch, *txt_controls.components], outputs, concurrency_limit=None,
-                         api_name="run_mode")
-        img_button.click(img_controls.wrap(runner("img2img"), names + outpaint_names + refiner_names),
+                          txt_refiner, txt_switch, *batches, *txt_controls.components], outputs,
+                         concurrency_limit=None, api_name="run_mode")
+        img_button.click(img_controls.wrap(runner("img2img"), names + outpaint_names + refiner_names + batch_names),
                          [prompt, negative, *params, init_image, strength, editor, *extras, *outpaint,
-                          img_refiner, img_switch, *img_controls.components], outputs,
+                          img_refiner, img_switch, *batches, *img_controls.components], outputs,
                          concurrency_limit=None)
-        inpaint_button.click(runner("inpaint"),
+        inpaint_button.click(run_inpaint,
                              [prompt, negative, *params, init_image, inpaint_strength, editor, *extras, *outpaint[:4],
-                              inpaint_fill], outputs, concurrency_limit=None)
+                              inpaint_fill, *batches], outputs, concurrency_limit=None, api_name="run_mode_2")
+        batch.wire_reuse(reuse_seed, infotext, seed)
         gallery.select(show_selected, [job_state], [infotext, verdict])
-        # `input`, not `change`: a model set by PNG info or Reuse comes with its own size, which must stay.
-        model.input(sizes_for, [model], [width, height])
+        # `input`, not `change`: a model set by PNG info or Reuse comes with its own settings, which must stay.
+        model.input(lambda name: form_memory.defaults_updates(studio, name), [model],
+                    [width, height, sampler, steps, cfg])
+        ui.load(restore_form, None, [model, vae, sampler, schedule, steps, cfg, width, height, negative])
         refresh.click(history, None, [table, chosen])
         fields = [prompt, negative, *params, *extras, *hires_inputs]
         reuse_button.click(reuse, [chosen], fields)

@@ -88,10 +88,10 @@ def hover(result: GenerationJobResult, reasons: Reasons) -> str:
     return "\n".join(line for line in lines if line)
 
 
-def badge(action: str, title: str = "") -> str:
+def badge(action: str, title: str = "", elem_id: str = "gf-badge") -> str:
     """The verdict as a coloured word (allowed, flagged, blurred, blocked); `title` shows on hover."""
     color = COLORS.get(action, "inherit")
-    return (f'<span id="gf-badge" class="gf-badge" data-action="{html.escape(action)}" title="{html.escape(title)}" '
+    return (f'<span id="{elem_id}" class="gf-badge" data-action="{html.escape(action)}" title="{html.escape(title)}" '
             f'style="display:inline-block;background:{color};color:#fff;border-radius:9px;padding:1px 10px;'
             f'margin-right:8px;font-size:0.85em;cursor:help">{BADGE.get(action, html.escape(action))}</span>')
 
@@ -105,11 +105,16 @@ def bar(step: int, total: int, state: str, note: str = "", action: str = "allow"
              f'<progress value="{step}" max="{total or 1}" style="width:100%"></progress> '
              f"{html.escape(state)} {step}/{total} ({percent}%)"
              + (f' <span id="gf-queue">{html.escape(waiting)}</span>' if waiting else ""))
-    color = COLORS.get(action, "inherit")
-    lead = badge(action, title) if title is not None else ""
-    line = (f'<div id="gf-guard" data-action="{action}" style="color:{color};border-left:4px solid {color};'
-            f'padding:4px 10px;margin:6px 0 0 2px;font-weight:600">{lead}{html.escape(note)}</div>') if note else ""
+    line = verdict_line(action, note, title) if note else ""
     return f'<div id="gf-progress" data-state="{html.escape(state)}" data-action="{action}">{meter}{line}</div>'
+
+
+def verdict_line(action: str, note: str, title: str | None = None, elem_id: str = "gf-guard") -> str:
+    """The guard's sentence in the action's colour, led by the badge when `title` (its hover text) is given."""
+    color = COLORS.get(action, "inherit")
+    lead = badge(action, title, f"{elem_id}-badge" if elem_id != "gf-guard" else "gf-badge") if title is not None else ""
+    return (f'<div id="{elem_id}" data-action="{action}" style="color:{color};border-left:4px solid {color};'
+            f'padding:4px 10px;margin:6px 0 0 2px;font-weight:600">{lead}{html.escape(note)}</div>')
 
 
 def outcome(result: GenerationJobResult, reasons: Reasons) -> tuple[str, str, str]:

@@ -60,7 +60,7 @@ def history_tab(studio, targets: Targets, caller_of: Callable, owner_of: Callabl
         data, _ = studio.image_bytes(ref.id, caller)
         return Image.open(io.BytesIO(data))  # our own output, written by this server
 
-    def listing(since, until, model, verdict, request: gr.Request):
+    def listing(since, until, model, verdict, selected, request: gr.Request):
         try:
             where = HistoryFilter(since=since or None, until=until or None,
                                   model=None if model in (None, ANY) else model,
@@ -90,6 +90,8 @@ def history_tab(studio, targets: Targets, caller_of: Callable, owner_of: Callabl
                 break
         note = f"{len(entries)} shown" + (" (the newest; narrow the filter for older ones)"
                                            if len(entries) >= SHOWN else "")
+        if selected and list(selected) in entries:  # still listed: what was picked stays picked
+            return cells, entries, selected, gr.update(), gr.update(), gr.update(), note
         return cells, entries, None, "", "", {}, note
 
     def chosen(entries, selected) -> tuple[str, int]:
@@ -104,13 +106,17 @@ def history_tab(studio, targets: Targets, caller_of: Callable, owner_of: Callabl
         if result is None:
             return [job_id, index], f"{job.state}: {job.error or ''}", "", {}
         if result.blocked or index < 0:
-            state, action, note = guard_view.outcome(result, reasons)
-            return ([job_id, index], "", guard_view.bar(0, 0, state, note, action, guard_view.hover(result, reasons)),
+            _, action, note = guard_view.outcome(result, reasons)
+            return ([job_id, index], "", line(action, note, guard_view.hover(result, reasons)),
                     guard_view.verdict_json(result))
         meta = result.images[index]
-        status = guard_view.bar(0, 0, "done", guard_view.caption(meta, reasons), meta.action,
-                                guard_view.scores_line(meta.verdict, reasons))
+        hover = "\n".join(text for text in (guard_view.scores_line(result.prompt_verdict, reasons),
+                                             guard_view.scores_line(meta.verdict, reasons)) if text)
+        status = line(meta.action, guard_view.caption(meta, reasons).capitalize() + ".", hover)
         return [job_id, index], meta.infotext, status, guard_view.verdict_json(result, index)
+
+    def line(action: str, note: str, hover: str | None = None) -> str:
+        return guard_view.verdict_line(action, note, hover, elem_id="gf-hist-guard")
 
     def request_of(job_id: str, request) -> dict:
         return studio.job(job_id, caller_of(request)).payload["request"]
@@ -142,19 +148,17 @@ def history_tab(studio, targets: Targets, caller_of: Callable, owner_of: Callabl
             raise gr.Error(f"this job cannot run again: {_errors(exc)}") from None
         except GuardforgeError as exc:
             raise gr.Error(str(exc)) from None
-        watch = live.Progress(int(new.payload["request"]["steps"]))
         while True:
             job = studio.job(new.id, caller)
             if job.state in ("succeeded", "failed", "cancelled"):
                 break
-            yield watch.update(job, studio.latest_event(new.id))[0]
+            yield line("idle", f"Re-run: {live.waiting(job) or job.state}")
             time.sleep(0.25)
         if job.state != "succeeded":
-            yield guard_view.bar(0, 0, job.state, f"{job.state}: {job.error}", "error")
+            yield line("error", f"Re-run {job.state}: {job.error}")
             return
-        state, action, note = guard_view.outcome(job.result, reasons)
-        yield guard_view.bar(1, 1, state, f"Re-run done (refresh to see it). {note}", action,
-                             guard_view.hover(job.result, reasons))
+        _, action, note = guard_view.outcome(job.result, reasons)
+        yield line(action, f"Re-run done (Show lists it first). {note}", guard_view.hover(job.result, reasons))
 
     def download(entries, selected, request: gr.Request):
         job_id, index = chosen(entries, selected)
@@ -176,7 +180,7 @@ def history_tab(studio, targets: Targets, caller_of: Callable, owner_of: Callabl
             studio.delete_job(job_id, caller_of(request))
         except GuardforgeError as exc:
             raise gr.Error(str(exc)) from None
-        return listing(since, until, model, verdict, request)
+        return listing(since, until, model, verdict, None, request)
 
     with gr.Tab("Gallery", id="gallery") as tab:
         with gr.Row():
@@ -186,8 +190,8 @@ def history_tab(studio, targets: Targets, caller_of: Callable, owner_of: Callabl
             verdict = gr.Dropdown([ANY, *OUTCOMES.values()], value=ANY, label="Verdict", elem_id="gf-hist-verdict",
                                   scale=1)
             show = gr.Button("Show", elem_id="gf-hist-show", scale=1)
-        gallery = gr.Gallery(label="Your past images", columns=6, object_fit="contain", allow_preview=False,
-                             elem_id="gf-hist-gallery")
+        gallery = gr.Gallery(label="Your past images", columns=6, height=360, object_fit="contain",
+                             allow_preview=False, elem_id="gf-hist-gallery")
         count = gr.Markdown(elem_id="gf-hist-count")
         entries = gr.State([])
         selected = gr.State(None)
@@ -206,8 +210,8 @@ def history_tab(studio, targets: Targets, caller_of: Callable, owner_of: Callabl
 
     filters = [since, until, model, verdict]
     shown = [gallery, entries, selected, infotext, status, raw, count]
-    show.click(listing, filters, shown, api_name="history")
-    tab.select(listing, filters, shown)
+    show.click(listing, [*filters, selected], shown, api_name="show_gallery")
+    tab.select(listing, [*filters, selected], shown)
     gallery.select(select, [entries], [selected, infotext, status, raw])
     again.click(rerun, [entries, selected], [status], concurrency_limit=None)
     for button, target, component in ((to_img2img, "img2img", targets.init_image),
@@ -215,7 +219,7 @@ def history_tab(studio, targets: Targets, caller_of: Callable, owner_of: Callabl
                                       (to_extras, "extras", targets.extras_image)):
         button.click(send(target), [entries, selected], [targets.tabs, component, *targets.fields])
     fetch.click(download, [entries, selected], [file])
-    remove.click(delete, [entries, selected, *filters], shown, api_name="delete_history")
+    remove.click(delete, [entries, selected, *filters], shown, api_name="delete_from_gallery")
 
 
 def _infotext_chunk(infotext: str):
