@@ -93,3 +93,24 @@ def test_no_previews_unless_asked(gf_home, tmp_path):
     events, _ = run(studio, previews=False)  # the CLI's progress bar: no preview, no extra guard call
     assert all(event.preview is None for event in events)
     assert studio.guard.backend("image").sizes == [(32, 32)]
+
+
+def test_pollers_keep_the_last_preview_and_see_their_place_in_the_queue(tmp_path):
+    """What the UI and /sdapi/v1/progress read: the latest event keeps the last preview until a newer one (each
+    subscriber got it once), and a queued job's place in words."""
+    from guardforge.db import Database
+    from guardforge.jobs.events import ProgressHub
+    from guardforge.jobs.queue import JobQueue
+    from guardforge.ui.live import waiting
+
+    hub = ProgressHub()
+    hub.publish("j", {"type": "progress", "step": 5, "preview": "AAAA", "preview_step": 5})
+    hub.publish("j", {"type": "progress", "step": 6})
+    assert hub.latest("j") == {"type": "progress", "step": 6, "preview": "AAAA", "preview_step": 5}
+    hub.publish("j", {"type": "done", "final": True})
+    assert hub.latest("j") is None
+
+    queue = JobQueue(Database(f"sqlite:///{tmp_path / 'q.db'}"))
+    first, second = (queue.submit("generate", {"request": {}}, owner="o") for _ in range(2))
+    assert waiting(queue.get(first, "o")) == "next in the queue"
+    assert waiting(queue.get(second, "o")) == "1 job ahead in the queue"

@@ -290,7 +290,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
             sampler = gr.Dropdown(sampler_names(), value="Euler a", label="Sampler", elem_id="gf-sampler")
             schedule = gr.Dropdown(SCHEDULES, value="Automatic", label="Schedule")
         prompt = gr.Textbox(label="Prompt", lines=2, elem_id="gf-prompt")
-        negative = gr.Textbox(label="Negative prompt", lines=1)
+        negative = gr.Textbox(label="Negative prompt", lines=1, elem_id="gf-negative")
         networks.build(studio, prompt, negative)
         with gr.Row():
             steps = gr.Slider(1, limits.max_steps, value=20, step=1, label="Steps", elem_id="gf-steps")

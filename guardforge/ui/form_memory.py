@@ -6,11 +6,14 @@ settings would otherwise land on the next one's page."""
 
 from __future__ import annotations
 
+import logging
+
 import gradio as gr
 
 from guardforge.access.caller import Caller
 from guardforge.storage.preferences import RememberedSettings
 
+log = logging.getLogger(__name__)
 # The remembered fields, in the order of the components restore() fills.
 FIELDS = ("model", "vae", "sampler", "schedule", "steps", "cfg_scale", "width", "height", "negative_prompt")
 
@@ -26,11 +29,16 @@ def defaults_updates(studio, model: str | None) -> tuple:
 
 
 def remember(studio, caller: Caller, fields: dict) -> None:
-    """Keep what this submitted request was made with, for the key's next visit (keyed callers only)."""
+    """Keep what this submitted request was made with, for the key's next visit (keyed callers only). The job is
+    queued by now: a setting that cannot be kept (a negative prompt over the cap, the database busy) is logged,
+    never shown as the click's failure."""
     if caller.key_id is None:
         return
-    studio.remember_settings(caller, RememberedSettings.model_validate(
-        {name: fields.get(name) for name in FIELDS}))
+    try:
+        studio.remember_settings(caller, RememberedSettings.model_validate(
+            {name: fields.get(name) for name in FIELDS}))
+    except Exception as exc:
+        log.warning("the UI settings of key %s were not kept: %s: %s", caller.key_id, type(exc).__name__, exc)
 
 
 def restore(studio, caller: Caller, choices: dict[str, list[str]]) -> tuple:

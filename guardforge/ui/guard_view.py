@@ -70,12 +70,17 @@ def scores_line(verdict: Verdict | None, reasons: Reasons) -> str:
         return f"{what}: not checked (this checkpoint is off in the policy)"
     if verdict.error:
         return f"{what}: the guard could not check ({verdict.error})"
-    shown = sorted(((code, score) for code, score in verdict.scores.items() if score >= SHOWN_SCORE),
-                   key=lambda item: -item[1])
+    # A category over its threshold is listed whatever its score: a policy may set a threshold near zero.
+    shown = sorted(((code, score) for code, score in verdict.scores.items()
+                    if score >= SHOWN_SCORE or code in verdict.violated), key=lambda item: -item[1])
     if not shown:
         return f"{what}: no category scored {SHOWN_SCORE} or more"
-    score = (lambda value: "") if verdict.labels_only else (lambda value: f" {value:.2f}")
-    return f"{what}: " + ", ".join(reasons.name(code) + score(value) for code, value in shown)
+
+    def label(code: str, value: float) -> str:
+        score = "" if verdict.labels_only else (f" {value:.2f}" if value >= SHOWN_SCORE else f" <{SHOWN_SCORE}")
+        return reasons.name(code) + score + (" (over its threshold)" if code in verdict.violated else "")
+
+    return f"{what}: " + ", ".join(label(code, value) for code, value in shown)
 
 
 def hover(result: GenerationJobResult, reasons: Reasons) -> str:
