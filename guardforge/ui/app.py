@@ -187,7 +187,8 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
                 image = Image.open(io.BytesIO(data))  # our own output, written by this server
             gallery.append((image, guard_view.caption(meta, reasons)))
         state, action, note = guard_view.outcome(result, reasons)
-        total = job.payload["request"]["steps"]
+        asked = job.payload["request"]
+        total = asked["steps"] * asked.get("n_iter", 1)  # every batch's steps, as the progress events count them
         yield (_bar(total, total, state, note, action, title=guard_view.hover(result, reasons)), gallery, result.images[0].infotext if result.images else "",
                guard_view.verdict_json(result), job_id)
 
