@@ -375,8 +375,9 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
         batch.wire_reuse(reuse_seed, infotext, seed)
         gallery.select(show_selected, [job_state], [infotext, verdict])
         # `input`, not `change`: a model set by PNG info or Reuse comes with its own settings, which must stay.
+        # The endpoint keeps the name it had when it set the size alone.
         model.input(lambda name: form_memory.defaults_updates(studio, name), [model],
-                    [width, height, sampler, steps, cfg])
+                    [width, height, sampler, steps, cfg], api_name="sizes_for")
         ui.load(restore_form, None, [model, vae, sampler, schedule, steps, cfg, width, height, negative])
         refresh.click(history, None, [table, chosen])
         fields = [prompt, negative, *params, *extras, *hires_inputs]

@@ -47,10 +47,10 @@ def history_tab(studio, targets: Targets, caller_of: Callable, owner_of: Callabl
     """The tab and its events; call inside the app's gr.Tabs, after the components in `targets` exist."""
     reasons = guard_view.Reasons(studio.guard.policy)
 
-    def image_of(job_id: str, index: int, request) -> Image.Image:
+    def image_of(job_id: str, index: int, request, job=None) -> Image.Image:
         """The delivered image, or the grey tile of a withheld one; gr.Error if it is gone."""
         caller = caller_of(request)
-        job = studio.job(job_id, caller)
+        job = job or studio.job(job_id, caller)
         ref = next((image for image in job.images if image.index == index), None)
         meta = job.result.images[index] if job.result and index < len(job.result.images) else None
         if ref is None or meta is None:
@@ -80,7 +80,7 @@ def history_tab(studio, targets: Targets, caller_of: Callable, owner_of: Callabl
                 entries.append([job.id, -1])
             for index, meta in enumerate(images):
                 try:
-                    image = image_of(job.id, index, request)
+                    image = image_of(job.id, index, request, job)
                 except GuardforgeError:  # its file was moved or its pixels purged: the entry stays, as a tile
                     image = withheld_tile(meta.width, meta.height)
                 image.thumbnail((THUMBNAIL, THUMBNAIL))
