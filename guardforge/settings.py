@@ -44,6 +44,10 @@ class Limits(BaseModel):
     max_n_iter: int = Field(16, ge=1)
     max_controlnet_units: int = Field(3, ge=0)  # A1111's default unit count (control_net_unit_count)
     max_image_pixels: int = Field(4096 * 4096, ge=64)
+    # An X/Y/Z plot: its cells (each one generation), and the pixels of its grid image (A1111's img_max_size_mp
+    # is 200 megapixels; this is about a third of that, 200 MB of RGB).
+    max_grid_cells: int = Field(100, ge=1)
+    max_grid_pixels: int = Field(8192 * 8192, ge=64)
     # /v1/moderations: items in one call's `input` (strings or content parts), and characters in one text, the
     # same cap as a prompt's (GenerationRequest.prompt): anything that may be generated from can be moderated.
     max_moderation_inputs: int = Field(32, ge=1)

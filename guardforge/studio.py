@@ -11,6 +11,7 @@ from threading import Event
 from typing import TYPE_CHECKING, NamedTuple
 
 from guardforge.access.caller import LOCAL, Caller, Charge
+from guardforge.engine import prompt_templates
 from guardforge.engine.request import GeneratedImage, GenerationRequest, GenerationResult, ProgressEvent
 from guardforge.engine.upscalers import UpscaleRequest, UpscaleResult
 from guardforge.errors import InvalidRequest
@@ -46,9 +47,9 @@ class RequestTexts(NamedTuple):
 
 
 def request_texts(request: GenerationRequest) -> RequestTexts:
-    """Every text a generation reads, as the engine will be given it. The one place to extend: styles and
-    wildcards, when they exist, are expanded here, and the engine must then be handed these same texts, so that
-    what the guard reads (prompt_reading) is what the engine encodes."""
+    """Every text a generation reads, as the engine will be given it. Styles and dynamic prompts are expanded
+    before (engine/prompt_templates.py, per image): called on each image's expanded request, whose texts the
+    engine is then handed, so that what the guard reads (prompt_reading) is what the engine encodes."""
     hires = request.hires
     if hires is not None and (hires.prompt, hires.negative_prompt) != (None, None):
         return RequestTexts(request.prompt, request.negative_prompt,
@@ -113,6 +114,13 @@ class Studio:
         return JobQueue(self.database, self.settings.jobs.max_queue, self.settings.jobs.requeue_running_on_restart)
 
     @cached_property
+    def scripts(self):
+        """The installed scripts (guardforge/scripts/), found through their entry points on first use."""
+        from guardforge.scripts import ScriptRegistry
+
+        return ScriptRegistry.from_entry_points()
+
+    @cached_property
     def keys(self):
         from guardforge.access.keys import KeyStore
 
@@ -132,6 +140,7 @@ class Studio:
         retention = self.settings.jobs.retention_hours
         return WorkerPool(self.jobs, self.events, self.generate,
                           worker_devices(self.settings.devices, self.settings.device), train=self.run_dreambooth_job,
+                          grid=self.generate_grid,
                           retention_s=retention * 3600 if retention else None,
                           cpu_threads=self.settings.jobs.cpu_threads)
 
@@ -163,8 +172,35 @@ class Studio:
             check_fits(entry, checkpoint)
         return entry
 
+    def prompt_styles(self) -> dict:
+        """The A1111 styles of <home>/styles.csv and <home>/styles/*.csv by name, read now: an edit applies to the
+        next request."""
+        from guardforge.engine.styles import read_styles, styles_files
+
+        return read_styles(styles_files(self.settings.home))
+
+    def styled(self, request: GenerationRequest) -> GenerationRequest:
+        """The request with its styles merged into its texts and none left to apply (InvalidRequest names an
+        unknown style): what the UI's style picker puts in the prompt boxes, and a reused job shows."""
+        return prompt_templates.styled(request, self.prompt_styles() if request.styles else {})
+
+    def wildcards(self):
+        """The wildcards of <home>/wildcards (engine/dynamic_prompts.py), for one request: its files read once
+        each, when first used."""
+        from guardforge.engine.dynamic_prompts import Wildcards
+
+        return Wildcards(self.settings.home / "wildcards")
+
     def refresh_models(self) -> None:
         self.registry.refresh()
+
+    def merge_models(self, request, caller: Caller = LOCAL):
+        """Merge checkpoints as A1111's checkpoint merger does (models/merge.py's MergeRequest), streamed into the
+        models folder; the result (MergeResult) is hashed and listed at once."""
+        from guardforge.models.merge import merge_checkpoints
+
+        caller.spend(1)
+        return merge_checkpoints(self.registry, request)
 
     def usable_checkpoint(self, name: str):
         """The checkpoint `name` means, refused now (ModelNotFound, UnsafeModelFormat) for whatever would fail
@@ -222,7 +258,17 @@ class Studio:
         queue it. The caller's rate limit is spent between the checks that cost nothing and those that work."""
         caller.check_priority(priority)
         request.check_limits(self.settings.limits)
+        self.scripts.plan(request)  # an unknown script or bad args: refused now, not in a worker
         caller.spend(1)
+        self.check_request(request)
+        job_id = self.jobs.submit("generate", {"request": request.model_dump(mode="json"), "save": save},
+                                  owner=caller.owner, priority=priority, max_active_for_owner=caller.max_active)
+        self.workers.notify()
+        return self.jobs.get(job_id, caller.owner)  # with its place in the queue
+
+    def check_request(self, request: GenerationRequest) -> None:
+        """What would fail the request in a worker, refused now (InvalidRequest, ModelNotFound, ...): its images,
+        model, ControlNets, IP-Adapter, VAE, refiner, what the engine refuses, and its fit with the model."""
         max_pixels = self.settings.limits.max_image_pixels
         if request.init_image is not None:
             image = decode_image(request.init_image, max_pixels, "init_image")
@@ -233,6 +279,10 @@ class Studio:
         if request.mask is not None:
             decode_image(request.mask, max_pixels, "mask")
         checkpoint = self.usable_checkpoint(request.model or self.settings.default_model)
+        if request.styles or prompt_templates.is_dynamic(request):
+            # An unknown style or a missing wildcard fails at the door; the styled texts are what the engine checks.
+            request = prompt_templates.check(request, self.prompt_styles() if request.styles else {},
+                                             self.wildcards())
         if request.hires is not None and not (request.width and request.height):
             # A size left to the model: its hires size is known from its configs, and refused now, not in a worker.
             from guardforge.engine.hires import check_hires_size
@@ -253,10 +303,6 @@ class Studio:
         self.usable_refiner(request, checkpoint)
         self.engine.check(request)
         self._check_model_fit(request, checkpoint)
-        job_id = self.jobs.submit("generate", {"request": request.model_dump(mode="json"), "save": save},
-                                  owner=caller.owner, priority=priority, max_active_for_owner=caller.max_active)
-        self.workers.notify()
-        return self.jobs.get(job_id, caller.owner)  # with its place in the queue
 
     def job(self, job_id: str, caller: Caller = LOCAL) -> Job:
         """One of the caller's jobs (JobNotFound for another's: whose it is stays unsaid)."""
@@ -407,9 +453,15 @@ class Studio:
         """
         from guardforge.engine.infotext import build_infotext
         from guardforge.engine.embeddings import ti_hashes
+        from guardforge.engine.pipelines import request_seeds
         from guardforge.engine.variation import request_subseeds, with_fixed_subseed
 
         started = time.perf_counter()
+        scripts = self.scripts.plan(request)
+        if scripts.runner is not None:
+            return self._run_script(scripts, request, on_progress=on_progress, cancel=cancel, save=save, skip=skip,
+                                    interrupt=interrupt, device=device, replica=replica)
+        request = scripts.alter(request)  # before the guard: it reads what the scripts made of the request
         request.check_limits(self.settings.limits)
         max_pixels = self.settings.limits.max_image_pixels
         init_image = (decode_image(request.init_image, max_pixels, "init_image")
@@ -433,10 +485,15 @@ class Studio:
 
             ip_adapter = prepare_ip_adapter(self.registry, self.settings, request.ip_adapter, entry, max_pixels)
 
-        texts = request_texts(request)
-        readings = [prompt_reading(texts.prompt, texts.negative_prompt)]
-        if texts.hires_prompt is not None:  # the second pass encodes these: the guard reads them as the first's
-            readings.append(prompt_reading(texts.hires_prompt, texts.hires_negative_prompt))
+        request, expansions = self._expanded(request)
+        # Each image's own texts: a style's or a wildcard's words are read by the guard as typed ones are.
+        distinct = {request_texts(expansion.request): expansion.request for expansion in expansions}
+        readings = []
+        for texts in distinct:
+            readings.append(prompt_reading(texts.prompt, texts.negative_prompt))
+            if texts.hires_prompt is not None:  # the second pass encodes these: the guard reads them as the first's
+                readings.append(prompt_reading(texts.hires_prompt, texts.hires_negative_prompt))
+        readings += [prompt_reading(text) for text in scripts.texts()]  # text a script writes into the images
         prompt_verdict = max(self.guard.check_prompts(readings), key=lambda verdict: SEVERITY[verdict.action])
         input_verdict = self.guard.check_input_image(init_image) if init_image is not None else None
         # The IP-Adapter image is an input image as a control image is: the guard reads it before anything runs.
@@ -451,7 +508,8 @@ class Studio:
                 elapsed_s=time.perf_counter() - started, prompt_verdict=blocking[0], blocked=True,
             )
 
-        self.engine.check(request)  # what the engine would refuse later, refused before any model loads
+        for expanded in distinct.values():  # what the engine would refuse later, refused before any model loads
+            self.engine.check(expanded)
         # request.memory: per-request overrides of settings.memory
         loaded = self.pipelines.get(entry.name, memory=request.memory, vae=vae.name if vae else None,
                                     device=device, replica=replica)
@@ -462,17 +520,38 @@ class Studio:
         # Both models stay loaded while the request runs (the refiner takes the base's latents on the same device).
         refined = (self.pipelines.get(refiner.name, memory=request.memory, device=device, replica=replica)
                    if refiner is not None else None)
-        outputs = self.engine.run(loaded, fixed, init_image=init_image, mask=mask,
-                                  on_progress=on_progress, cancel=cancel, skip=skip, interrupt=interrupt,
-                                  control=control, refiner=refined,
-                                  previews=self._previews(entry.family) if previews and on_progress else None,
-                                  ip_adapter=ip_adapter.run(self.pipelines.ip_encoders, loaded,
-                                                            self.settings) if ip_adapter else None)
+        inputs = dict(init_image=init_image, mask=mask, on_progress=on_progress, cancel=cancel, skip=skip,
+                      interrupt=interrupt, control=control, refiner=refined,
+                      previews=self._previews(entry.family) if previews and on_progress else None,
+                      ip_adapter=ip_adapter.run(self.pipelines.ip_encoders, loaded,
+                                                self.settings) if ip_adapter else None)
+        if len(distinct) == 1:
+            outputs = self.engine.run(loaded, expansions[0].request.model_copy(update={"subseed": fixed.subseed}),
+                                      **inputs)
+        else:
+            from guardforge.engine.per_image import run_per_image
+
+            one = {"batch_size": 1, "n_iter": 1}
+            outputs = run_per_image(self.engine, loaded, [
+                expansion.request.model_copy(update={**one, "seed": seed, "subseed": subseed})
+                for expansion, seed, subseed in zip(expansions, request_seeds(fixed), subseeds, strict=True)],
+                request.batch_size, **inputs)
         model_hash = entry.short_hash()
         vae_name, vae_hash = (vae.filename, vae.short_hash()) if vae else (None, None)
-        inversions = ti_hashes(self.registry, request.prompt, request.negative_prompt)
         refiner_title = (refiner.name, refiner.short_hash()) if refiner else None
+        known: dict[tuple[str, str], str | None] = {}
+
+        def inversions(used: GenerationRequest) -> str | None:  # the embeddings each image's own texts name
+            texts = (used.prompt, used.negative_prompt)
+            if texts not in known:
+                known[texts] = ti_hashes(self.registry, *texts)
+            return known[texts]
+
         unit_lines = (controls.infotext() if controls else []) + ([ip_adapter.infotext()] if ip_adapter else [])
+        if scripts.bound:  # before the output guard, which screens the images as the scripts left them
+            outputs = list(zip(scripts.process([image for image, _ in outputs], request),
+                               [seed for _, seed in outputs], strict=True))
+        script_params = scripts.infotext()
         verdicts = self.guard.check_output_images([image for image, _ in outputs])
         images: list[GeneratedImage] = []
         # A1111's Size is the first pass's: hires fix's own keys say what it was upscaled to.
@@ -480,10 +559,13 @@ class Studio:
         for index, ((image, seed), verdict) in enumerate(zip(outputs, verdicts, strict=True)):
             subseed = subseeds[index] if request.subseed_strength > 0 else None
             width, height = first_size or image.size
-            infotext = build_infotext(request, seed=seed, width=width, height=height,
+            # What this image read: its styled, expanded texts, and the template they came from.
+            used = expansions[index]
+            infotext = build_infotext(used.request, seed=seed, width=width, height=height,
                                       model_name=entry.name, model_hash=model_hash, vae_name=vae_name,
-                                      vae_hash=vae_hash, subseed=subseed, ti_hashes=inversions,
-                                      controlnet_units=unit_lines, refiner=refiner_title)
+                                      vae_hash=vae_hash, subseed=subseed, ti_hashes=inversions(used.request),
+                                      controlnet_units=unit_lines, refiner=refiner_title,
+                                      extra=used.infotext_params(), script_params=script_params)
             delivered = self.guard.enforce(image, verdict)
             path = None
             if delivered is not None and save:
@@ -509,6 +591,165 @@ class Studio:
             return self.guard.enforce(image, self.guard.check_output_images([image])[0])
 
         return Previews(self.settings.jobs.preview_every_steps, family, screen)
+
+    # -- the X/Y/Z plot: one job whose cells are generations ----------------------------------------------
+    def submit_grid(self, grid, caller: Caller = LOCAL, priority: int = 0, save: bool = True) -> Job:
+        """Check every cell as submit checks a request (so a bad value fails at the door), fix the seeds, then
+        queue the grid as one `grid` job. A grid costs one request of the caller's rate limit: its cells are
+        capped by limits.max_grid_cells, and it holds one of the caller's active-job places."""
+        from guardforge.engine.xyz import fix_seeds, plan_grid
+
+        caller.check_priority(priority)
+        plan = plan_grid(grid)
+        self._check_grid_limits(plan)
+        caller.spend(1)
+        for cell in plan.cells:
+            self.check_request(cell.request)
+        grid = fix_seeds(grid)
+        job_id = self.jobs.submit("grid", {"request": grid.model_dump(mode="json"), "save": save},
+                                  owner=caller.owner, priority=priority, max_active_for_owner=caller.max_active)
+        self.workers.notify()
+        return self.jobs.get(job_id, caller.owner)
+
+    def generate_grid(self, grid, on_progress: ProgressCallback | None = None, cancel: Event | None = None,
+                      save: bool = True, skip: Event | None = None, interrupt: Event | None = None,
+                      device: str | None = None, replica: int = 0):
+        """An X/Y/Z plot (engine/xyz.py): each cell generated as `generate` does (guarded, saved), then the
+        labelled grid image with the first cell's infotext and the axes, saved to the outputs' *-grids folder.
+        A blocked cell shows as the withheld tile; `cancel`, `skip` and `interrupt` act as in run_cells."""
+        from guardforge.engine.xyz import GridResult, fix_seeds, grid_infotext, plan_grid, render_grids, run_cells
+
+        started = time.perf_counter()
+        grid = fix_seeds(grid)
+        plan = plan_grid(grid)
+        self._check_grid_limits(plan)
+        cells = run_cells(plan, lambda request, **signals: self.generate(request, save=save, device=device,
+                                                                          replica=replica, **signals),
+                          on_progress, cancel, skip, interrupt)
+        pictures = [self._cell_picture(cell.result) for cell in cells]
+        first = next((cell.image.infotext for cell in cells if cell.image is not None), None)
+        infotext = grid_infotext(first, grid, plan)
+        # The grid holds only delivered pixels (blurred ones blurred, blocked ones as the tile): flagged when
+        # any cell was not allowed as it was made, so that a reader knows to look at the cells' verdicts.
+        actions = [image.action for cell in cells if cell.result for image in cell.result.images]
+        blocked = sum(cell.result is not None and cell.result.blocked for cell in cells)
+        action = "allow" if not blocked and all(a == "allow" for a in actions) else "flag"
+        seed = next((cell.result.seeds[0] for cell in cells if cell.result and cell.result.seeds),
+                    grid.request.seed)
+        mode = "img2img-grids" if grid.request.init_image is not None else "txt2img-grids"
+        grids = []
+        for picture in render_grids(grid, plan, pictures):
+            path = None
+            if save:
+                path = str(self.store.save(picture, infotext, {"grid": True, "cell_actions": actions,
+                                                               "cells_blocked_before_generation": blocked},
+                                           mode, seed))
+            grids.append(GeneratedImage(image_id=self.store.new_id(), seed=seed, infotext=infotext,
+                                        width=picture.width, height=picture.height, path=path, action=action,
+                                        pil=picture))
+        devices = [cell.result.device for cell in cells if cell.result and cell.result.device]
+        return GridResult(grid=grid, grids=grids, cells=cells, labels=plan.labels,
+                          elapsed_s=time.perf_counter() - started,
+                          interrupted=bool(interrupt is not None and interrupt.is_set()),
+                          device=devices[0] if devices else None)
+
+    def _check_grid_limits(self, plan) -> None:
+        """A grid's cells against limits.max_grid_cells, its image's pixels against limits.max_grid_pixels, and
+        each cell's request against the request limits."""
+        limits = self.settings.limits
+        if len(plan.cells) > limits.max_grid_cells:
+            nx, ny, nz = plan.shape
+            raise InvalidRequest(f"the grid has {len(plan.cells)} cells ({nx} x {ny} x {nz}), over this server's "
+                                 f"limit of {limits.max_grid_cells}")
+        pixels = 0
+        for cell in plan.cells:
+            cell.request.check_limits(limits)
+            width, height = self._made_size(cell.request)
+            pixels += width * height
+        if pixels > limits.max_grid_pixels:
+            raise InvalidRequest(f"the grid image would have {pixels / 1e6:.0f} megapixels, over this server's "
+                                 f"limit of {limits.max_grid_pixels / 1e6:.0f}")
+
+    def _made_size(self, request: GenerationRequest) -> tuple[int, int]:
+        """The size a request's image comes out at, known without running it (an outpainted one: its request
+        size, the canvas being the image's)."""
+        from guardforge.engine.hires import hires_sizes
+
+        width, height = request.width, request.height
+        if not (width and height):
+            native = self.native_size(request.model)
+            width, height = width or native[0], height or native[1]
+        if request.hires is not None:
+            width, height = hires_sizes(width, height, request.hires)[1]
+        return width, height
+
+    def _cell_picture(self, result: GenerationResult | None):
+        """What a cell shows: its image as delivered, the withheld tile where the guard blocked its prompt or
+        image, None where it never ran (an interrupted grid)."""
+        from guardforge.guard.blur import withheld_tile
+
+        if result is None:
+            return None
+        if not result.images:
+            return withheld_tile(*self._made_size(result.request)) if result.blocked else None
+        image = result.images[0]
+        return image.pil if image.pil is not None else withheld_tile(image.width, image.height)
+    def scripts_installed(self) -> list:
+        """The installed scripts (guardforge.scripts.Script), the always-on ones first, each group by name."""
+        return list(self.scripts)
+
+    def script_routers(self) -> list:
+        """(name, FastAPI router) of each installed script that serves routes of its own."""
+        return self.scripts.routers()
+
+    def _run_script(self, scripts, request: GenerationRequest, save: bool = True, **run_options) -> GenerationResult:
+        """A selectable script's `run`: the generations it asks for, each through generate with the always-on
+        scripts but not itself, then the images it made from them screened and stored as any output is."""
+        started = time.perf_counter()
+        runner = scripts.runner
+        others = {name: args for name, args in request.scripts.items()
+                  if self.scripts.find(name) is not runner.script}
+        # Text the script will paint into what it makes (a grid's labels): read before anything is generated. The
+        # always-on scripts' texts are read by each generation it asks for.
+        labels = runner.script.texts(runner.args)
+        if labels:
+            verdict = max(self.guard.check_prompts([prompt_reading(text) for text in labels]),
+                          key=lambda v: SEVERITY[v.action])
+            if verdict.action == "block":
+                return GenerationResult(request=request, images=[], seeds=[],
+                                        model=request.model or self.settings.default_model, model_hash=None,
+                                        elapsed_s=time.perf_counter() - started, prompt_verdict=verdict,
+                                        blocked=True)
+
+        def generate(inner: GenerationRequest) -> GenerationResult:
+            return self.generate(inner.model_copy(update={"scripts": others}), save=save, **run_options)
+
+        run = runner.script.run(request.model_copy(update={"scripts": others}), runner.args, generate)
+        made, results = list(run.made), list(run.results)
+        first = results[0] if results else None
+        # A made image (a grid) is filed under the first generation's seed, as A1111 files its grids.
+        seed = first.seeds[0] if first and first.seeds else request.seed
+        verdicts = self.guard.check_output_images([m.image for m in made]) if made else []
+        images: list[GeneratedImage] = []
+        for item, verdict in zip(made, verdicts, strict=True):
+            delivered = self.guard.enforce(item.image, verdict)
+            path = None
+            if delivered is not None and save:
+                path = str(self.store.save(delivered, item.infotext, verdict.model_dump(), request.mode, seed))
+            images.append(GeneratedImage(image_id=self.store.new_id(), seed=seed, infotext=item.infotext,
+                                         width=item.image.width, height=item.image.height, path=path,
+                                         verdict=verdict, action=verdict.action, pil=delivered))
+        images += [image for result in results for image in result.images]
+        verdicts = [r.prompt_verdict for r in results if r.prompt_verdict is not None]
+        return GenerationResult(
+            request=request, images=images, seeds=[image.seed for image in images],
+            subseeds=[s for result in results for s in result.subseeds],
+            model=first.model if first else (request.model or self.settings.default_model),
+            model_hash=first.model_hash if first else None, vae=first.vae if first else None,
+            vae_hash=first.vae_hash if first else None, elapsed_s=time.perf_counter() - started,
+            prompt_verdict=max(verdicts, key=lambda v: SEVERITY[v.action]) if verdicts else None,
+            blocked=bool(results) and all(result.blocked for result in results),
+            device=first.device if first else None)
 
     def upscalers_listed(self) -> list:
         """The upscalers (UpscalerInfo): "None", "Lanczos", "Nearest", then the ESRGAN/ and RealESRGAN/ models."""
@@ -573,6 +814,16 @@ class Studio:
                                          strict=True):
             results[index] = DetectedControl(self.guard.enforce(image, verdict), verdict)
         return results
+
+    def _expanded(self, request: GenerationRequest) -> tuple[GenerationRequest, list]:
+        """(the request, one prompt_templates.Expansion per image). A request whose texts are dynamic gets its
+        random seed drawn here, since each image's seed picks its expansion and the infotext must name that seed."""
+        from guardforge.engine.pipelines import request_seeds
+
+        styles = self.prompt_styles() if request.styles else {}
+        if request.seed == -1 and prompt_templates.is_dynamic(prompt_templates.styled(request, styles)):
+            request = request.model_copy(update={"seed": request_seeds(request)[0]})
+        return request, prompt_templates.expand(request, request_seeds(request), styles, self.wildcards())
 
     def _prepare_controls(self, request: GenerationRequest, entry, init_image, mask):
         """The request's ControlNet units decoded, resolved and preprocessed at the output size, before the guard

@@ -174,7 +174,7 @@ def test_the_cli_makes_a_hires_image_and_from_png_remakes_it(tmp_path, monkeypat
     import subprocess
     import sys
 
-    from guardforge.cli import main
+    from tests.inprocess_cli import cli_caller
 
     env = {"GUARDFORGE_HOME": str(tmp_path / "home"), "GUARDFORGE_GUARD__POLICY": "off", "GUARDFORGE_DEVICE": "cpu"}
     done = subprocess.run(
@@ -189,19 +189,10 @@ def test_the_cli_makes_a_hires_image_and_from_png_remakes_it(tmp_path, monkeypat
     first = done.stdout.split()[0]
     assert Image.open(first).size == (96, 96)
 
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "1"))
+    call = cli_caller(monkeypatch, capsys, env)
 
     def cli(*args):
-        monkeypatch.setattr(sys, "argv", ["guardforge", "generate", *args])
-        code = 0
-        try:
-            main()
-        except SystemExit as exc:
-            code = exc.code or 0
-        out = capsys.readouterr()
-        return code, out.out, out.err
+        return call("generate", *args)
 
     code, out, err = cli("--from-png", first, "-o", str(tmp_path / "b"))
     assert code == 0, err

@@ -71,14 +71,13 @@ def test_webuiapi_txt2img(server):
 
     api = webuiapi.WebUIApi(host="127.0.0.1", port=server.port, sampler="Euler a", steps=2)
     result = api.txt2img(prompt="a red square", negative_prompt="blur", seed=1234, width=64, height=64,
-                         batch_size=2, cfg_scale=5, alwayson_scripts={"ADetailer": {"args": [True]}},
+                         batch_size=2, cfg_scale=5,
                          override_settings={"sd_model_checkpoint": "tiny-sd"})
     assert len(result.images) == 2 and result.images[0].size == (64, 64)
     info = result.info
     assert info["all_seeds"] == [1234, 1235]
     assert info["seed"] == 1234 and info["sd_model_name"] == "tiny-sd"
     assert info["sd_model_hash"] and len(info["infotexts"]) == 2 and "Steps: 2" in info["infotexts"][0]
-    assert "alwayson_scripts.ADetailer" in info["guardforge"]["ignored_fields"]  # a script that does not run here
     assert info["guardforge"]["actions"] == ["allow", "allow"]
     assert result.parameters["prompt"] == "a red square"
 

@@ -154,7 +154,7 @@ def test_webuiapi_poor_mans_outpainting(server):
     from PIL import Image
 
     api = webuiapi.WebUIApi(host="127.0.0.1", port=server.port, sampler="Euler", steps=2)
-    assert api.get_scripts()["img2img"] == ["poor man's outpainting", "controlnet"]
+    assert api.get_scripts()["img2img"][:3] == ["poor man's outpainting", "x/y/z plot", "controlnet"]
     init = Image.new("RGB", (32, 32), (30, 160, 60))
     # A1111's script_args: pixels, mask_blur, inpainting_fill (1: original), direction.
     result = api.img2img(images=[init], prompt="grass", seed=4, denoising_strength=0.9, width=512, height=512,
@@ -164,10 +164,10 @@ def test_webuiapi_poor_mans_outpainting(server):
     infotext = result.info["infotexts"][0]
     assert 'Outpaint: "left=16,up=16"' in infotext and "Masked content: original" in infotext
     assert "script_name" not in result.info["guardforge"]["ignored_fields"]
-    # Another script still is not run, and says so.
-    other = api.img2img(images=[init], prompt="x", steps=1, denoising_strength=1.0, width=32, height=32,
-                        script_name="loopback", script_args=[2])
-    assert "script_name" in other.info["guardforge"]["ignored_fields"] and other.images[0].size == (32, 32)
+    # A script that is not installed is refused with the reason, as A1111 refuses it (422).
+    with pytest.raises(RuntimeError, match="422.*loopback.* is not installed here"):
+        api.img2img(images=[init], prompt="x", steps=1, denoising_strength=1.0, width=32, height=32,
+                    script_name="loopback", script_args=[2])
 
 
 @pytest.mark.parametrize("path, extra, needle", [

@@ -151,7 +151,10 @@ def test_native_routes(client):
     assert blocked["blocked"] and blocked["image"] is None and blocked["input_verdict"]["action"] == "block"
 
 
-def test_the_cli_upscales_and_says_why_not_in_one_line(tmp_path):
+def test_the_cli_upscales_and_says_why_not_in_one_line(tmp_path, monkeypatch, capsys):
+    """The first run as users run it (a subprocess); the refusals through the same main() in-process."""
+    from tests.inprocess_cli import cli_caller
+
     home = _home(tmp_path)
     env = {**os.environ, "GUARDFORGE_HOME": str(home), "GUARDFORGE_GUARD__POLICY": "off", "OMP_NUM_THREADS": "1",
            "GUARDFORGE_DEVICE": "cpu"}
@@ -163,21 +166,20 @@ def test_the_cli_upscales_and_says_why_not_in_one_line(tmp_path):
     picture(12, 8).save(source, pnginfo=chunks)
     out = tmp_path / "out.png"
 
-    def cli(*args):
-        return subprocess.run([sys.executable, "-m", "guardforge", "upscale", *args], env=env, capture_output=True,
-                              text=True, timeout=300)
-
-    done = cli(str(source), "--upscaler", "tiny-x2plus", "--scale", "2", "-o", str(out))
+    done = subprocess.run([sys.executable, "-m", "guardforge", "upscale", str(source), "--upscaler", "tiny-x2plus",
+                           "--scale", "2", "-o", str(out)], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert Image.open(out).size == (24, 16) and f"{out}  24x16  action=allow" in done.stdout
     assert Image.open(out).info["parameters"] == "a fox\nSteps: 5, Seed: 9, Size: 12x8"  # kept, as A1111's extras
+    cli = cli_caller(monkeypatch, capsys, {key: env[key] for key in ("GUARDFORGE_HOME", "GUARDFORGE_GUARD__POLICY",
+                                                                      "GUARDFORGE_DEVICE")})
     for args, reason in [(["--upscaler", "nope"], "no upscaler named 'nope'"),
                          (["--scale", "0"], "scale: Input should be greater than 0"),
                          (["--upscaler", "../x"], "leaves the models folder")]:
-        failed = cli(str(source), *args, "-o", str(out))
-        assert failed.returncode == 2 and reason in failed.stderr and len(failed.stderr.strip().splitlines()) == 1
-    missing = cli(str(tmp_path / "none.png"))
-    assert missing.returncode == 2 and "is not a file" in missing.stderr
+        code, _, err = cli("upscale", str(source), *args, "-o", str(out))
+        assert code == 2 and reason in err and len(err.strip().splitlines()) == 1, err
+    code, _, err = cli("upscale", str(tmp_path / "none.png"))
+    assert code == 2 and "is not a file" in err
 
 
 def test_the_source_infotext_stays_in_the_upscaled_png(client, tmp_path):

@@ -42,7 +42,8 @@ def two_workers(tmp_path_factory, tiny_model_dir):
 
 
 def test_two_workers_run_two_jobs_at_once(two_workers):
-    job = {"prompt": "a slow one", "steps": 150, "n_iter": 2, "width": 64, "height": 64, "seed": 3}
+    # Long enough that the first is still stepping when the second would start after it on one worker.
+    job = {"prompt": "a slow one", "steps": 40, "width": 64, "height": 64, "seed": 3}
     with httpx.Client(base_url=two_workers.url, timeout=120) as client:
         assert client.get("/readyz").json()["detail"]["devices"] == ["cpu", "cpu"]
         ids = [client.post("/v1/jobs", json=job).json()["id"] for _ in range(2)]

@@ -49,3 +49,12 @@ def test_an_added_embedding_reaches_the_generation(client):
     progress, gallery, infotext, _ = client.predict(prompt, *fields, *txt2img_off(), api_name="/run_mode")
     assert 'data-state="done"' in progress and len(gallery) == 1
     assert infotext.startswith("a red square glow") and "TI hashes: " in infotext and "glow: " in infotext
+
+
+def test_the_style_picker_merges_a_style_into_both_boxes(live, client):
+    # An extra styles file, read at use: the server started before it existed.
+    (live.home / "styles").mkdir(exist_ok=True)
+    (live.home / "styles" / "ui-networks.csv").write_text('name,prompt,negative_prompt\n'
+                                                          'ui-poster,"poster of {prompt}","text, watermark"\n')
+    assert client.predict("ui-poster", "a cat", "blurry", api_name="/apply_style") == (
+        "poster of a cat", "blurry, text, watermark")

@@ -17,6 +17,7 @@ from PIL import Image
 from guardforge.a1111.hires import HIRES_FIELDS, hires_from_payload
 from guardforge.a1111.controlnet import units_from_payload
 from guardforge.a1111.ip_adapter import split_ip_adapter
+from guardforge.a1111.scripts import scripts_from_payload
 from guardforge.a1111.schemas import SCHEDULERS_LISTED, SCHEDULES, ImageResponse, Img2ImgPayload, Txt2ImgPayload
 from guardforge.access.caller import Caller
 from guardforge.engine.hires import hires_sizes
@@ -43,9 +44,15 @@ def to_generation_request(payload: Txt2ImgPayload, default_model: str, default_v
     `default_model` and `default_vae` are the caller's options; override_settings replace them for this request.
     `max_pixels` caps the images the payload's ControlNet units are decoded from, where one carries a mask."""
     extra = dict(payload.model_extra or {})
+    styles = extra.pop("styles", None) or []  # A1111's style names, applied by the Studio (engine/styles.py)
+    img2img = isinstance(payload, Img2ImgPayload)
+    # Installed scripts (a1111/scripts.py) by name; controlnet stays in alwayson_scripts for the units below.
+    script_fields, alwayson = scripts_from_payload(
+        extra.pop("alwayson_scripts", None), payload.script_name if img2img else extra.pop("script_name", None),
+        payload.script_args if img2img else extra.pop("script_args", None), img2img)
     # sd-webui-controlnet's IP-Adapter units are the request's ip_adapter here; the others are ControlNet units.
     scripts, ip_adapter, ip_ignored = split_ip_adapter(
-        extra.pop("alwayson_scripts", None),
+        alwayson,
         payload.init_images[0] if isinstance(payload, Img2ImgPayload) and payload.init_images else None)
     controlnet, ignored = units_from_payload(scripts, max_pixels)
     ignored += ip_ignored
@@ -75,7 +82,7 @@ def to_generation_request(payload: Txt2ImgPayload, default_model: str, default_v
         # A1111 reads 0 and below as "off"; one spelling of off here.
         seed_resize_from_w=max(payload.seed_resize_from_w, -1),
         seed_resize_from_h=max(payload.seed_resize_from_h, -1), controlnet=controlnet,
-        ip_adapter=ip_adapter,
+        ip_adapter=ip_adapter, styles=styles, scripts=script_fields,
     )
     sampler = payload.sampler_name or payload.sampler_index
     if sampler:
@@ -96,11 +103,8 @@ def to_generation_request(payload: Txt2ImgPayload, default_model: str, default_v
                       inpainting_mask_invert=bool(payload.inpainting_mask_invert))
         if payload.inpainting_fill is not None and payload.mask:  # A1111 fills only a masked area
             fields["inpainting_fill"] = _fill_name(payload.inpainting_fill)
-        if payload.script_name:
-            if payload.script_name.strip().lower() != POOR_MANS_OUTPAINTING:
-                ignored.append("script_name")
-            else:
-                fields.update(outpaint_script(payload))
+        if (payload.script_name or "").strip().lower() == POOR_MANS_OUTPAINTING:
+            fields.update(outpaint_script(payload))
         if payload.denoising_strength is not None:
             fields["denoising_strength"] = payload.denoising_strength
         if len(payload.init_images) > 1:
@@ -110,12 +114,6 @@ def to_generation_request(payload: Txt2ImgPayload, default_model: str, default_v
     elif payload.denoising_strength is not None:
         ignored.append("denoising_strength")  # only hires fix uses it in txt2img
     return GenerationRequest(**fields), ignored
-
-
-def scripts_listed() -> dict[str, list[str]]:
-    """/sdapi/v1/scripts: the A1111 scripts a payload's script_name may name here, and controlnet, which clients
-    look for to tell whether sd-webui-controlnet is installed (alwayson_scripts.controlnet runs here)."""
-    return {"txt2img": ["controlnet"], "img2img": [POOR_MANS_OUTPAINTING, "controlnet"]}
 
 
 def _fill_name(index: Any) -> str:
@@ -162,10 +160,13 @@ def a1111_info(request: GenerationRequest, job: Job, ignored: list[str], sent: i
     subseeds = result.subseeds if result else []
     width, height = (images[0].width, images[0].height) if images else size
     prompt_verdict = result.prompt_verdict if result else None
-    prompts = [request.prompt] * max(len(seeds), 1)
+    # What each image read (its styles merged, its dynamic prompts expanded), as A1111's all_prompts: its infotext's.
+    used = [parse_infotext(image.infotext) for image in images]
+    prompts = [p["Prompt"] for p in used] or [request.prompt] * max(len(seeds), 1)
+    negatives = [p["Negative prompt"] for p in used] or [request.negative_prompt] * len(prompts)
     return {
         "prompt": request.prompt, "all_prompts": prompts,
-        "negative_prompt": request.negative_prompt, "all_negative_prompts": [request.negative_prompt] * len(prompts),
+        "negative_prompt": request.negative_prompt, "all_negative_prompts": negatives,
         "seed": seeds[0] if seeds else request.seed, "all_seeds": seeds,
         "subseed": subseeds[0] if subseeds else request.subseed, "all_subseeds": subseeds,
         "subseed_strength": request.subseed_strength,
@@ -179,7 +180,7 @@ def a1111_info(request: GenerationRequest, job: Job, ignored: list[str], sent: i
         "denoising_strength": request.denoising_strength if request.init_image else (
             request.hires.denoising_strength if request.hires else None),
         "extra_generation_params": {}, "index_of_first_image": 0,
-        "infotexts": [image.infotext for image in images], "styles": [],
+        "infotexts": [image.infotext for image in images], "styles": request.styles,
         "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.created_at)),
         "clip_skip": request.clip_skip, "is_using_inpainting_conditioning": False, "version": A1111_VERSION,
         "guardforge": {
@@ -338,9 +339,18 @@ def _json_safe(value: Any) -> Any:
     return str(value)
 
 
-def png_info(image: Image.Image) -> tuple[str, dict[str, Any], dict[str, Any]]:
+def png_info(image: Image.Image, styles: dict | None = None) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """A1111's PNG info of an opened image: (infotext, the other text items it carries, the parameters the
-    infotext holds). Reads the header and text chunks only."""
+    infotext holds). Reads the header and text chunks only. Given the server's `styles`, the parameters are read
+    as A1111 1.8 reads them: the styles whose text the prompts carry are taken out of Prompt and Negative prompt
+    and named in "Styles array", so a client that sends both back gets the styles once, not twice."""
     info = infotext_of(image)
     items = {str(k): _json_safe(v) for k, v in image.info.items() if k not in _NOT_ITEMS}
-    return info, items, parse_infotext(info)
+    parameters = parse_infotext(info)
+    if styles and info:
+        from guardforge.engine.styles import extract_styles
+
+        found, prompt, negative = extract_styles(styles, parameters["Prompt"], parameters["Negative prompt"])
+        if found:
+            parameters.update({"Prompt": prompt, "Negative prompt": negative, "Styles array": found})
+    return info, items, parameters

@@ -50,7 +50,8 @@ def _png_infotext(from_png: Path | None) -> str | None:
 
 # The option that overrides each field an infotext can give, to name in an error about the image's value.
 _OPTION_FOR = {
-    "prompt": "PROMPT", "negative_prompt": "--negative", "model": "--model", "vae": "--vae", "sampler": "--sampler",
+    "prompt": "PROMPT", "negative_prompt": "--negative", "styles": "--style", "model": "--model", "vae": "--vae",
+    "sampler": "--sampler",
     "schedule": "--schedule", "steps": "--steps", "cfg_scale": "--cfg", "seed": "--seed", "width": "--width",
     "height": "--height", "denoising_strength": "--strength", "mask_blur": "--mask-blur",
     "inpainting_mask_invert": "--invert-mask", "clip_skip": "--clip-skip", "subseed": "--subseed",
@@ -101,8 +102,11 @@ def _build_request(fields: dict[str, Any], from_image: set[str], from_png: Path 
 
 @app.command()
 def generate(
-    prompt: str = typer.Argument(None, help="The prompt; A1111 syntax: (word:1.2), [word], <lora:name:0.8>"),
+    prompt: str = typer.Argument(None, help="The prompt; A1111 syntax: (word:1.2), [word], <lora:name:0.8>; "
+                                 "dynamic prompts: {a|b}, {2$$a|b|c}, __wildcard__ (one choice per image's seed)"),
     negative: str = typer.Option(None, "--negative", "-n", help="Negative prompt"),
+    style: list[str] = typer.Option(None, "--style", help="A style from styles.csv in the home, merged into the "
+                                    "prompts (repeat for several, applied in order)"),
     model: str = typer.Option(None, "--model", "-m", help="Model name (see `guardforge models list`)"),
     vae: str = typer.Option(None, "--vae", help="A VAE from the models folder's VAE/ in place of the model's own "
                             "(see `guardforge models list --kind vae`); Automatic: the model's own"),
@@ -174,6 +178,10 @@ def generate(
     ip_adapter_scale: float = typer.Option(None, "--ip-adapter-scale", help="IP-Adapter scale (0..2, default 1)"),
     ip_adapter_encoder: str = typer.Option(None, "--ip-adapter-encoder", help="CLIP vision encoder folder in "
                                            "models/clip_vision/ (default: the first that fits the adapter)"),
+    script: list[str] = typer.Option(None, "--script", help="Run a script (see `guardforge scripts list`); "
+                                     "always-on ones run anyway, with their defaults unless given args"),
+    script_arg: list[str] = typer.Option(None, "--script-arg", help="A script's argument, KEY=VALUE (for the one "
+                                         "--script) or NAME.KEY=VALUE, e.g. watermark.text=mine"),
 ) -> None:
     """Generate images; prints where each was saved, its seed and the guard's action."""
     from rich.console import Console
@@ -184,7 +192,8 @@ def generate(
 
     fields = _base_fields(from_png)
     given: dict[str, Any] = {
-        "prompt": prompt, "negative_prompt": negative, "model": model, "vae": vae, "sampler": sampler,
+        "prompt": prompt, "negative_prompt": negative, "styles": style or None, "model": model, "vae": vae,
+        "sampler": sampler,
         "schedule": schedule,
         "steps": steps, "cfg_scale": cfg, "seed": seed, "width": width, "height": height,
         "batch_size": batch_size, "n_iter": n_iter, "denoising_strength": strength, "mask_blur": mask_blur,
@@ -217,6 +226,14 @@ def generate(
                                                   ip_adapter_from_infotext(parse_infotext(text)) if text else None)
     if note:
         typer.secho(note, err=True, fg="yellow")
+    from guardforge.cli.script_options import script_fields
+
+    read_scripts = None
+    if text:  # each script reads back the args it ran with from the image's infotext, so it runs again
+        from guardforge.scripts import ScriptRegistry
+
+        read_scripts = ScriptRegistry.from_entry_points().args_from_infotext(parse_infotext(text))
+    given["scripts"] = script_fields(script, script_arg, read_scripts)
     given = {k: v for k, v in given.items() if v is not None}
     from_image = set(fields) - set(given)
     fields.update(given)

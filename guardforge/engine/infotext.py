@@ -41,13 +41,16 @@ def _number(value: float) -> str:
 def build_infotext(request: GenerationRequest, seed: int, width: int, height: int, model_name: str,
                    model_hash: str | None, vae_name: str | None = None, vae_hash: str | None = None,
                    subseed: int | None = None, ti_hashes: str | None = None,
-                   controlnet_units: list[str] | None = None, refiner: tuple[str, str] | None = None) -> str:
+                   controlnet_units: list[str] | None = None, refiner: tuple[str, str] | None = None,
+                   extra: dict[str, Any] | None = None, script_params: dict[str, Any] | None = None) -> str:
     """Prompt, `Negative prompt:` line (only when there is one), then the parameters line, in A1111's order.
 
     `vae_name` (the VAE's file name, as A1111 writes it) and `vae_hash` only when a VAE replaced the
     checkpoint's own: A1111 writes neither then. `subseed`: this image's variation seed, written only when
     subseed_strength used it. `ti_hashes`: A1111's "name: short hash, ..." of the embeddings the texts used.
-    `refiner`: (name, short hash) of the refiner checkpoint used."""
+    `refiner`: (name, short hash) of the refiner checkpoint used. `extra`: keys written last, as A1111 writes its
+    extensions' extra_generation_params (dynamic prompts' Template). `script_params`: what the scripts that ran add
+    (as A1111's extra_generation_params), after the rest; they cannot replace a key written above."""
     params: dict[str, Any] = {
         "Steps": request.steps,
         "Sampler": request.sampler,
@@ -82,6 +85,9 @@ def build_infotext(request: GenerationRequest, seed: int, width: int, height: in
     }
     if request.hires is not None:
         params.update(hires_infotext_params(request))
+    params.update(extra or {})
+    for key, value in (script_params or {}).items():
+        params.setdefault(key, value)
     line = ", ".join(f"{k}: {quote(v)}" for k, v in params.items() if v is not None)
     negative = f"\nNegative prompt: {request.negative_prompt}" if request.negative_prompt else ""
     return f"{request.prompt}{negative}\n{line}".strip()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -60,6 +60,9 @@ class GenerationRequest(BaseModel):
 
     prompt: str = Field(..., max_length=20_000)
     negative_prompt: str = Field("", max_length=20_000)
+    # A1111 styles (engine/styles.py), merged into the texts in this order; the texts may hold dynamic prompts
+    # (`{a|b}`, `__wildcard__`: engine/dynamic_prompts.py), expanded per image with its seed.
+    styles: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field([], max_length=32)
     model: str | None = None  # registry name; None means settings.default_model
     # A VAE from the models folder's VAE/ in place of the checkpoint's own; None: the checkpoint's own.
     vae: str | None = Field(None, max_length=1000)
@@ -96,6 +99,9 @@ class GenerationRequest(BaseModel):
     controlnet: list[ControlNetUnit] = []  # applied together (MultiControlNet), each with its own weight and span
     refiner: RefinerOptions | None = None
     ip_adapter: IPAdapterUnit | None = None  # an image prompt (engine/ip_adapter.py)
+    # Scripts to run (guardforge/scripts/): name -> its args, named ({"text": "x"}) or A1111's positional list.
+    # Checked against the installed scripts by the Studio, which owns them; always-on ones run unnamed too.
+    scripts: dict[str, dict[str, Any] | list[Any]] = Field(default_factory=dict, max_length=16)
 
     @field_validator("width", "height")
     @classmethod

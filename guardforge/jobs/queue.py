@@ -300,7 +300,9 @@ class JobQueue:
                     continue
                 payload = json.loads(row.payload)
                 request = payload.get("request")
-                if row.kind == "generate" and isinstance(request, dict):
+                if row.kind == "grid" and isinstance(request, dict):  # a grid's base request holds its images
+                    request = request.get("request")
+                if row.kind in ("generate", "grid") and isinstance(request, dict):
                     for key in PAYLOAD_IMAGE_FIELDS:
                         if request.get(key) is not None:
                             request[key] = None

@@ -56,8 +56,56 @@ class TrainingJobResult(BaseModel):
     worker: int | None = None
 
 
-JobResult = GenerationJobResult | TrainingJobResult
-RESULT_TYPES: dict[str, type[BaseModel]] = {"generate": GenerationJobResult, "dreambooth": TrainingJobResult}
+class GridCellSummary(BaseModel):
+    """One cell of an X/Y/Z plot: its place on the axes (indexes), its labels, and its image among the job's."""
+
+    x: int
+    y: int
+    z: int
+    labels: list[str]
+    image_index: int | None = None  # into the job's images; None: blocked before generation, or never run
+    seed: int | None = None
+    ran: bool = True  # False: the grid was interrupted before this cell
+    blocked: bool = False  # the guard blocked its prompt (nothing ran) or its image (withheld)
+    prompt_verdict: Verdict | None = None
+
+
+class GridJobResult(BaseModel):
+    """A `grid` job's outcome: its images are the grid (then the sub-grids, `grid_count` in all) followed by each
+    cell's image, in the order of the job's image rows."""
+
+    images: list[ImageResult] = []
+    grid_count: int = 1
+    cells: list[GridCellSummary] = []
+    labels: list[list[str]] = []  # X's, Y's and Z's labels
+    elapsed_s: float = 0.0
+    device: str | None = None
+    worker: int | None = None
+    interrupted: bool = False
+
+    @classmethod
+    def of(cls, result, interrupted: bool = False, worker: int | None = None) -> GridJobResult:
+        """The summary of an engine GridResult: no server paths, no pixels."""
+        images = [ImageResult.model_validate(image.model_dump()) for image in result.grids]
+        cells = []
+        for cell in result.cells:
+            index = None
+            if cell.image is not None:
+                index = len(images)
+                images.append(ImageResult.model_validate(cell.image.model_dump()))
+            generation = cell.result
+            cells.append(GridCellSummary(
+                x=cell.ix, y=cell.iy, z=cell.iz, labels=cell.labels, image_index=index,
+                seed=generation.seeds[0] if generation and generation.seeds else None, ran=generation is not None,
+                blocked=cell.blocked, prompt_verdict=generation.prompt_verdict if generation else None))
+        return cls(images=images, grid_count=len(result.grids), cells=cells, labels=result.labels,
+                   elapsed_s=result.elapsed_s, device=result.device, worker=worker,
+                   interrupted=interrupted or result.interrupted)
+
+
+JobResult = GenerationJobResult | TrainingJobResult | GridJobResult
+RESULT_TYPES: dict[str, type[BaseModel]] = {"generate": GenerationJobResult, "dreambooth": TrainingJobResult,
+                                            "grid": GridJobResult}
 
 
 def parse_result(kind: str, data: dict | None) -> JobResult | None:

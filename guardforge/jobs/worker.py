@@ -1,7 +1,8 @@
 """Workers: one thread per device takes jobs from the queue, runs them, and publishes their progress.
 
-A job's `kind` picks how it runs: `generate` (a GenerationRequest) or `dreambooth` (a DreamBoothConfig,
-trained and exported). The functions that do the work are the Studio's, passed in from above.
+A job's `kind` picks how it runs: `generate` (a GenerationRequest), `grid` (an X/Y/Z plot, engine/xyz.py) or
+`dreambooth` (a DreamBoothConfig, trained and exported). The functions that do the work are the Studio's, passed
+in from above.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 GenerateFn = Callable[..., GenerationResult]
 # train(config, owner=, resume=, progress=, cancel=) -> DreamBoothResult: Studio.run_dreambooth_job.
 TrainFn = Callable[..., Any]
+# grid(grid_request, on_progress, cancel, save, ...) -> GridResult: Studio.generate_grid.
+GridFn = Callable[..., Any]
 # The fields of a training progress event (TrainProgress) that events and job views carry.
 TRAIN_FIELDS = ("phase", "loss", "instance_loss", "prior_loss", "it_per_s", "message")
 # Retrying to record a job's end: first pause, and the longest (a database restart takes seconds to minutes).
@@ -71,11 +74,13 @@ class Worker:
     """
 
     def __init__(self, queue: JobQueue, hub: ProgressHub, generate: GenerateFn, device: str, poll_s: float = 0.5,
-                 train: TrainFn | None = None, index: int = 0, replica: int = 0, threads: int | None = None):
+                 train: TrainFn | None = None, index: int = 0, replica: int = 0, threads: int | None = None,
+                 grid: GridFn | None = None):
         self.queue = queue
         self.hub = hub
         self.generate = generate
         self.train = train
+        self.grid = grid
         self.device = device
         self.index = index
         self.replica = replica
@@ -224,6 +229,8 @@ class Worker:
                 self._generate(job, running, final)
             elif job.kind == "dreambooth" and self.train is not None:
                 self._train(job, running.cancel, final)
+            elif job.kind == "grid" and self.grid is not None:
+                self._grid(job, running, final)
             else:
                 raise GuardforgeError(f"this server cannot run jobs of kind {job.kind!r}")
         except Cancelled as exc:
@@ -247,20 +254,18 @@ class Worker:
         self.stop_reason.pop(job.id, None)
         self.hub.publish(job.id, final)
 
-    def _generate(self, job: Job, running: _Running, final: dict[str, Any]) -> None:
+    def _progress(self, job: Job) -> Callable[[ProgressEvent], None]:
         def on_progress(event: ProgressEvent) -> None:
             published = {"type": "progress", "state": "running", "step": event.step, "total": event.total,
                          "eta": event.eta_s, "it_per_s": event.it_per_s, "batch_index": event.batch_index}
             if event.preview is not None:  # already screened by the guard (Studio.generate)
                 published.update(preview=encode_image(event.preview), preview_step=event.step)
             self.hub.publish(job.id, published)
+        return on_progress
 
-        save = bool(job.payload.get("save", True))
-        request = GenerationRequest.model_validate(job.payload["request"])
-        result = self.generate(request, on_progress=on_progress, cancel=running.cancel, save=save, skip=running.skip,
-                               interrupt=running.interrupt, device=self.device, replica=self.replica,
-                               previews=True)
-        images = [
+    @staticmethod
+    def _stored(job: Job, delivered: list) -> list[StoredImage]:
+        return [
             StoredImage(
                 id=image.image_id, job_id=job.id, owner=job.owner, index=index, action=image.action,
                 path=image.path,
@@ -268,8 +273,16 @@ class Worker:
                 data=(encode_image(image.pil, infotext=image.infotext)
                       if image.pil is not None and image.path is None else None),
             )
-            for index, image in enumerate(result.images)
+            for index, image in enumerate(delivered)
         ]
+
+    def _generate(self, job: Job, running: _Running, final: dict[str, Any]) -> None:
+        save = bool(job.payload.get("save", True))
+        request = GenerationRequest.model_validate(job.payload["request"])
+        result = self.generate(request, on_progress=self._progress(job), cancel=running.cancel, save=save,
+                               skip=running.skip, interrupt=running.interrupt, device=self.device,
+                               replica=self.replica, previews=True)
+        images = self._stored(job, result.images)
         # Without the request (the job's payload has it) and the images' paths: where the server keeps files is
         # not the caller's business.
         summary = GenerationJobResult.model_validate(
@@ -281,6 +294,21 @@ class Worker:
                      verdicts=[image.verdict.model_dump(mode="json") if image.verdict else None
                                for image in result.images],
                      images=[image.image_id for image in result.images])
+
+    def _grid(self, job: Job, running: _Running, final: dict[str, Any]) -> None:
+        from guardforge.engine.xyz import GridRequest
+        from guardforge.jobs.results import GridJobResult
+
+        grid = GridRequest.model_validate(job.payload["request"])
+        result = self.grid(grid, on_progress=self._progress(job), cancel=running.cancel,
+                           save=bool(job.payload.get("save", True)), skip=running.skip, interrupt=running.interrupt,
+                           device=self.device, replica=self.replica)
+        # The grid(s) first, then each cell's image: the rows' order is GridJobResult.images'.
+        delivered = list(result.grids) + [cell.image for cell in result.cells if cell.image is not None]
+        summary = GridJobResult.of(result, interrupted=running.interrupt.is_set(), worker=self.index)
+        self._record(job.id, "succeeded", result=summary, images=self._stored(job, delivered))
+        final.update(state="succeeded", images=[image.image_id for image in delivered],
+                     cells_blocked=sum(cell.blocked for cell in summary.cells))
 
     def _train(self, job: Job, cancel: threading.Event, final: dict[str, Any]) -> None:
         from guardforge.train.dreambooth.config import DreamBoothConfig, TrainProgress
@@ -311,10 +339,10 @@ class WorkerPool:
 
     def __init__(self, queue: JobQueue, hub: ProgressHub, generate: GenerateFn, devices: list[str],
                  train: TrainFn | None = None, retention_s: float | None = None,
-                 prune_every_s: float = PRUNE_EVERY_S, cpu_threads: int | None = None):
+                 prune_every_s: float = PRUNE_EVERY_S, cpu_threads: int | None = None, grid: GridFn | None = None):
         self.queue = queue
         threads = cpu_worker_threads(devices, cpu_threads)
-        self.workers = [Worker(queue, hub, generate, device, train=train, index=index,
+        self.workers = [Worker(queue, hub, generate, device, train=train, grid=grid, index=index,
                                replica=devices[:index].count(device), threads=threads if device == "cpu" else None)
                         for index, device in enumerate(devices)]
         self.retention_s = retention_s

@@ -30,6 +30,14 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def legacy_hash(path: Path) -> str:
+    """A1111's old model hash (8 hex digits): SHA-256 of the 64 KiB at 1 MiB into the file. Collision-prone, and
+    still what A1111's merge recipes record beside the sha256, as `legacy_hash`."""
+    with open(path, "rb") as f:
+        f.seek(0x100000)
+        return hashlib.sha256(f.read(0x10000)).hexdigest()[:8]
+
+
 def sha256_folder(folder: Path) -> str:
     """One digest over a diffusers folder's weights.
 

@@ -196,7 +196,7 @@ def drain_on_stop_signals(drain: Callable[[], None]) -> Callable[[], None]:
 
 def create_app(studio, *, start_workers: bool = True, mount_ui: bool = True) -> FastAPI:
     """The HTTP app for `studio`. Workers start with the app (lifespan) and stop with it."""
-    from guardforge.server.routers import controlnet, moderations, native, sdapi, upscale
+    from guardforge.server.routers import controlnet, grids, merge, moderations, native, scripts, sdapi, upscale
 
     settings = studio.settings
 
@@ -302,10 +302,14 @@ def create_app(studio, *, start_workers: bool = True, mount_ui: bool = True) -> 
 
     app.include_router(sdapi.router)
     app.include_router(native.router)
+    app.include_router(grids.router)
     app.include_router(upscale.router)
     app.include_router(moderations.router)
     app.include_router(controlnet.router)
     app.include_router(controlnet.native_router)
+    app.include_router(merge.router)
+    app.include_router(scripts.router)
+    scripts.mount_script_routes(app, studio)
 
     @app.get("/healthz", response_model=Health, summary="Liveness: the process answers", tags=["ops"])
     async def healthz() -> Health:

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from guardforge.guard.moderation import CATEGORY_ORDER
-from guardforge.jobs.results import GenerationJobResult, TrainingJobResult
+from guardforge.jobs.results import GenerationJobResult, GridJobResult, TrainingJobResult
 
 class ErrorResponse(BaseModel):
     """Every 4xx/5xx answer: a one-line reason and the error's kind."""
@@ -114,7 +114,7 @@ class JobView(BaseModel):
     started_at: float | None = None
     finished_at: float | None = None
     request: dict[str, Any]
-    result: GenerationJobResult | TrainingJobResult | None = None  # by `kind`; set once the job succeeded
+    result: GenerationJobResult | TrainingJobResult | GridJobResult | None = None  # by `kind`, once it succeeded
     images: list[JobImage] = []
 
 

@@ -19,7 +19,8 @@ _SUFFIX = {"png": ".png", "jpg": ".jpg", "jpeg": ".jpg", "webp": ".webp"}
 _PIL_FORMAT = {".png": "PNG", ".jpg": "JPEG", ".webp": "WEBP"}
 _NUMBERED = re.compile(r"^\.?(\d+)[-.]")
 # A1111 keeps inpainting with img2img: both come out of its img2img tab.
-_FOLDER = {"txt2img": "txt2img-images", "img2img": "img2img-images", "inpaint": "img2img-images"}
+_FOLDER = {"txt2img": "txt2img-images", "img2img": "img2img-images", "inpaint": "img2img-images",
+           "txt2img-grids": "txt2img-grids", "img2img-grids": "img2img-grids"}
 
 
 def user_comment(text: str) -> bytes:

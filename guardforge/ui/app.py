@@ -20,6 +20,7 @@ from guardforge.ui import batch, form_memory, guard_view, live, networks, outpai
 from guardforge.ui.controlnet_panel import ControlNetPanel
 from guardforge.ui.extras import extras_tab
 from guardforge.ui.history import Targets, history_tab
+from guardforge.ui.xyz_tab import xyz_tab
 from guardforge.ui.hires import hires_options, hires_section, hires_updates, hires_upscalers
 from guardforge.ui.uploads import (
     CLEAN_EVERY_S,
@@ -242,7 +243,8 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
     def reuse(job_id, request: gr.Request):
         if not job_id:
             raise gr.Error("choose a job from the history first")
-        return _fields_update(studio.job(job_id, _caller(studio, request)).payload["request"])
+        asked = studio.job(job_id, _caller(studio, request)).payload["request"]
+        return _fields_update(networks.with_styles(studio, asked))
 
     def read_png(path):
         if not path:
@@ -326,6 +328,8 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
                 inpaint_fill = outpaint_controls.masked_content("original", "gf-inpaint-fill")
                 inpaint_button = gr.Button("Inpaint", variant="primary")
             extras_image = extras_tab(studio, rate_limit, lambda request: _caller(studio, request), _owner)
+            xyz_tab(studio, rate_limit, lambda request: _caller(studio, request), _owner, prompt, negative,
+                    [model, vae, sampler, schedule, steps, cfg, width, height, seed])
             with gr.Tab("PNG info"):
                 png = UploadedFile(label="Drop a PNG made by guardforge or A1111", file_types=[".png"],
                                    type="filepath", elem_id="gf-png")

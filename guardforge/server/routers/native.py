@@ -33,6 +33,20 @@ router = APIRouter(tags=["native"])
 # a large image read would hold up every other request, status polls and event streams included.
 
 
+def _without_images(payload_request: dict) -> dict:
+    """A request as echoed back: echoing megabytes of base64 on every poll helps no one."""
+    payload_request = dict(payload_request)
+    for key in ("init_image", "mask"):
+        if payload_request.get(key):
+            payload_request[key] = "<base64 image>"
+    if payload_request.get("controlnet"):
+        payload_request["controlnet"] = [{**unit, "image": "<base64 image>" if unit.get("image") else None}
+                                         for unit in payload_request["controlnet"]]
+    if isinstance(payload_request.get("ip_adapter"), dict) and payload_request["ip_adapter"].get("image"):
+        payload_request["ip_adapter"] = {**payload_request["ip_adapter"], "image": "<base64 image>"}
+    return payload_request
+
+
 def job_view(request: Request, job: Job) -> JobView:
     studio = request.app.state.studio
     progress = None
@@ -43,14 +57,10 @@ def job_view(request: Request, job: Job) -> JobView:
                                    **({name: latest.get(name) for name in TRAIN_FIELDS}
                                       if "phase" in latest else {}))
     payload_request = dict(job.payload.get("request", {}))
-    for key in ("init_image", "mask"):  # echoing megabytes of base64 on every poll helps no one
-        if payload_request.get(key):
-            payload_request[key] = "<base64 image>"
-    if payload_request.get("controlnet"):
-        payload_request["controlnet"] = [{**unit, "image": "<base64 image>" if unit.get("image") else None}
-                                         for unit in payload_request["controlnet"]]
-    if isinstance(payload_request.get("ip_adapter"), dict) and payload_request["ip_adapter"].get("image"):
-        payload_request["ip_adapter"] = {**payload_request["ip_adapter"], "image": "<base64 image>"}
+    if job.kind == "grid" and isinstance(payload_request.get("request"), dict):  # a grid's base request
+        payload_request["request"] = _without_images(payload_request["request"])
+    else:
+        payload_request = _without_images(payload_request)
     return JobView(
         id=job.id, kind=job.kind, state=job.state, priority=job.priority, position=job.position,
         progress=progress, error=job.error, created_at=job.created_at, started_at=job.started_at,
@@ -62,9 +72,10 @@ def job_view(request: Request, job: Job) -> JobView:
 
 def final_event(job: Job) -> dict:
     result = job.result
-    if job.kind == "dreambooth":  # the exported models (registry names), steps, final loss
+    if job.kind in ("dreambooth", "grid"):  # exported models, steps, loss; a grid's cells and images
         return {"state": job.state, "error": job.error, "kind": job.kind,
-                "result": result.model_dump(mode="json") if result else None}
+                "result": result.model_dump(mode="json") if result else None,
+                **({"images": [i.id for i in job.images]} if job.kind == "grid" else {})}
     return {
         "state": job.state, "error": job.error, "blocked": bool(result and result.blocked),
         "prompt_verdict": result.prompt_verdict.model_dump(mode="json") if result and result.prompt_verdict else None,

@@ -9,9 +9,10 @@ from typing import Any
 from fastapi import APIRouter, Body, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
-from guardforge.a1111 import extras
-from guardforge.a1111.adapter import A1111, scripts_listed, title
+from guardforge.a1111 import extras, xyz
+from guardforge.a1111.adapter import A1111, title
 from guardforge.a1111.adapter import png_info as png_info_of
+from guardforge.a1111.scripts import ScriptInfo, script_info, scripts_listed
 from guardforge.a1111.schemas import (
     SCHEDULERS_LISTED,
     ExtrasBatchImagesPayload,
@@ -31,6 +32,8 @@ from guardforge.a1111.schemas import (
     Txt2ImgPayload,
     UpscalerItem,
 )
+from guardforge.engine.styles import PromptStyle
+from guardforge.errors import InvalidRequest
 from guardforge.imaging import decode_image
 from guardforge.server.auth import Caller, get_caller, get_limited_caller, sees_server_paths
 from guardforge.server.schemas import errors
@@ -44,6 +47,10 @@ def a1111(request: Request) -> A1111:
 
 async def generate(request: Request, payload: Txt2ImgPayload, caller: Caller) -> ImageResponse:
     adapter = a1111(request)
+    if xyz.asks_for_xyz(payload):  # the X/Y/Z plot script: one grid job (a1111/xyz.py)
+        pending = await run_in_threadpool(xyz.submit, adapter, payload, caller)
+        request.app.state.metrics.submitted.labels("sdapi").inc()
+        return await xyz.answer_when_done(adapter, pending, payload, caller)
     pending = await run_in_threadpool(adapter.submit, payload, caller)
     request.app.state.metrics.submitted.labels("sdapi").inc()
     return await adapter.answer_when_done(pending, payload, caller)
@@ -71,7 +78,7 @@ def progress(request: Request, skip_current_image: bool = False,
     # A plain def, as every route here that reads the database or the models folder: FastAPI runs it in the
     # thread pool, off the event loop.
     studio = request.app.state.studio
-    job = studio.active_job(caller)
+    job = studio.active_job(caller) or studio.active_job(caller, kind="grid")
     if job is None:
         return ProgressResponse(progress=0.0, eta_relative=0.0, state=ProgressState())
     latest = studio.latest_event(job.id) or {}
@@ -90,7 +97,8 @@ def progress(request: Request, skip_current_image: bool = False,
 
 
 def _running_job(request: Request, caller: Caller):
-    job = request.app.state.studio.active_job(caller)
+    studio = request.app.state.studio
+    job = studio.active_job(caller) or studio.active_job(caller, kind="grid")
     return job if job is not None and job.state == "running" else None
 
 
@@ -116,8 +124,16 @@ def skip(request: Request, caller: Caller = Depends(get_caller)) -> None:
 async def png_info(body: PngInfoRequest, request: Request, caller: Caller = Depends(get_caller)) -> PngInfoResponse:
     max_pixels = request.app.state.studio.settings.limits.max_image_pixels
     image = await run_in_threadpool(decode_image, body.image, max_pixels, "image")
-    info, items, parameters = png_info_of(image)
+    info, items, parameters = await run_in_threadpool(_png_info_with_styles, request.app.state.studio, image)
     return PngInfoResponse(info=info, items=items, parameters=parameters)
+
+
+def _png_info_with_styles(studio, image):
+    try:
+        styles = studio.prompt_styles()
+    except InvalidRequest:  # a broken styles file is the styles routes' to report: PNG info reads on without it
+        styles = None
+    return png_info_of(image, styles)
 
 
 @router.get("/options", summary="The caller's options (sd_model_checkpoint, sd_vae and a few read-only ones)",
@@ -193,6 +209,13 @@ def refresh_embeddings(request: Request, caller: Caller = Depends(get_caller)) -
     request.app.state.studio.refresh_models()
 
 
+@router.get("/prompt-styles", response_model=list[PromptStyle],
+            summary="The styles of styles.csv (and styles/*.csv) in the server's home, read now",
+            responses=errors(401, 422))
+def prompt_styles(request: Request, caller: Caller = Depends(get_caller)) -> list[PromptStyle]:
+    return list(request.app.state.studio.prompt_styles().values())
+
+
 @router.get("/sd-vae", summary="VAEs in models/VAE", responses=errors(401))
 def sd_vae(request: Request, caller: Caller = Depends(get_caller)) -> list[dict[str, str]]:
     return [{"model_name": e.name, "filename": shown_path(request, e)}
@@ -225,11 +248,18 @@ async def extra_batch_images(payload: ExtrasBatchImagesPayload, request: Request
     return await run_in_threadpool(extras.extra_batch_images, request.app.state.studio, payload, caller)
 
 
-@router.get("/scripts", summary="Scripts: poor man's outpainting (img2img) and controlnet, the alwayson script "
-            "guardforge runs (sd-webui-controlnet's units); A1111's other scripts do not run here",
-            responses=errors(401))
-async def scripts(caller: Caller = Depends(get_caller)) -> dict[str, list[str]]:
-    return scripts_listed()
+@router.get("/scripts", summary="Scripts a payload's script_name or alwayson_scripts may name: poor man's "
+            "outpainting (img2img), controlnet (sd-webui-controlnet's units), then the installed scripts "
+            "(docs/scripts.md)", responses=errors(401))
+def scripts(request: Request, caller: Caller = Depends(get_caller)) -> dict[str, list[str]]:
+    # A plain def: the first call finds the scripts through their entry points, which imports them.
+    return scripts_listed(request.app.state.studio.scripts_installed())
+
+
+@router.get("/script-info", response_model=list[ScriptInfo], summary="Each script of each tab with its arguments "
+            "(label, default value, minimum, maximum, step, choices), in script_args order", responses=errors(401))
+def script_info_route(request: Request, caller: Caller = Depends(get_caller)) -> list[ScriptInfo]:
+    return script_info(request.app.state.studio.scripts_installed())
 
 
 @router.get("/latent-upscale-modes", summary="Latent upscale modes (hires fix's hr_upscaler)", responses=errors(401))

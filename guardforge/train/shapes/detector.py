@@ -48,7 +48,10 @@ def coverage(shape: str, cx: float, cy: float, r: float) -> np.ndarray:
         draw.ellipse([(cx - r) * s, (cy - r) * s, (cx + r) * s, (cy + r) * s], fill=255)
     else:
         draw.polygon(polygon, fill=255)
-    return (np.asarray(canvas, dtype=np.float32) / 255).reshape(SIZE, s, SIZE, s).mean(axis=(1, 3))
+    # Summed as integers, then scaled: the same values as a float mean, at a third of the time (the reader's
+    # hot spot, run for every candidate shape of every image an evaluation reads).
+    block_sums = np.asarray(canvas).reshape(SIZE, s, SIZE, s).sum(axis=(1, 3), dtype=np.uint32)
+    return block_sums.astype(np.float32) / (255 * s * s)
 
 
 @lru_cache(maxsize=None)  # pure function of the shape: its area and centroid per unit half-extent
