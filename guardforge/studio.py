@@ -316,11 +316,19 @@ class Studio:
     def history(self, caller: Caller = LOCAL, where=None, limit: int = 60) -> list[Job]:
         """The caller's generations matching `where` (a jobs.history.HistoryFilter), newest first, with images."""
         from guardforge.jobs.history import SCAN, HistoryFilter
+        from guardforge.jobs.queue import JobNotFound
 
         where = where or HistoryFilter()
         since, until = where.window()
-        jobs = self.jobs.list(caller.owner, limit=SCAN, kind="generate", since=since, until=until, with_images=True)
-        return [job for job in jobs if where.matches(job)][:limit]
+        found = [job_id for job_id, result in self.jobs.results(caller.owner, "generate", since, until, SCAN)
+                 if where.matches(result)]
+        jobs = []
+        for job_id in found[:limit]:
+            try:
+                jobs.append(self.jobs.get(job_id, caller.owner))  # with its images and its request
+            except JobNotFound:  # deleted since it was listed
+                continue
+        return jobs
 
     def delete_job(self, job_id: str, caller: Caller = LOCAL) -> int:
         """Remove one of the caller's ended jobs: its row, its images' rows and the files it saved (the verdict

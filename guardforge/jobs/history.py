@@ -13,7 +13,8 @@ from guardforge.jobs.queue import Job
 
 Outcome = Literal["allowed", "flagged", "blurred", "blocked"]
 OUTCOMES: dict[str, Outcome] = {"allow": "allowed", "flag": "flagged", "blur": "blurred", "block": "blocked"}
-# Jobs read to find the matches of a filter the database cannot apply (model, verdict): the newest this many.
+# Results read to find the matches of a filter the database cannot apply (model, verdict): the newest this many
+# of the caller's jobs in the day range.
 SCAN = 1000
 
 
@@ -39,10 +40,12 @@ class HistoryFilter(BaseModel):
         end = time.mktime((self.until + dt.timedelta(days=1)).timetuple()) if self.until else None
         return start, end
 
-    def matches(self, job: Job) -> bool:
-        if self.model is not None and job_model(job) != self.model:
+    def matches(self, result) -> bool:
+        """Whether a job's result passes the model and verdict filters; a job that ended without one (failed,
+        cancelled) or has not ended passes only when neither is set."""
+        if self.model is not None and getattr(result, "model", None) != self.model:
             return False
-        return self.verdict is None or outcome(job) == self.verdict
+        return self.verdict is None or result_outcome(result) == self.verdict
 
 
 def job_model(job: Job) -> str | None:
@@ -55,7 +58,10 @@ def job_model(job: Job) -> str | None:
 def outcome(job: Job) -> Outcome | None:
     """What the guard did to the job, its most severe action: blocked at the door counts as blocked; None for
     a job that never got a verdict (queued, running, failed, cancelled)."""
-    result = job.result
+    return result_outcome(job.result)
+
+
+def result_outcome(result) -> Outcome | None:
     if result is None or not hasattr(result, "images"):
         return None
     if result.blocked:

@@ -329,15 +329,8 @@ class JobQueue:
         return job
 
     def list(self, owner: str | None, limit: int = 50, state: str | None = None,
-             kind: str | None = None, since: float | None = None, until: float | None = None,
-             with_images: bool = False) -> list[Job]:
-        """Newest first; `since` and `until` bound created_at, [since, until). `with_images`: ended jobs come
-        with their image rows (one more read per job)."""
+             kind: str | None = None) -> list[Job]:
         query = select(self._jobs).order_by(self._jobs.c.created_at.desc()).limit(limit)
-        if since is not None:
-            query = query.where(self._jobs.c.created_at >= since)
-        if until is not None:
-            query = query.where(self._jobs.c.created_at < until)
         if owner is not None:
             query = query.where(self._jobs.c.owner == owner)
         if state is not None:
@@ -345,8 +338,23 @@ class JobQueue:
         if kind is not None:
             query = query.where(self._jobs.c.kind == kind)
         with self.engine.connect() as conn:
-            jobs = [self._job(row) for row in conn.execute(query)]
-            return [self._complete(conn, job) for job in jobs] if with_images else jobs
+            return [self._job(row) for row in conn.execute(query)]
+
+    def results(self, owner: str | None, kind: str, since: float | None = None, until: float | None = None,
+                limit: int = 1000) -> list[tuple[str, JobResult | None]]:
+        """(id, result) of the newest jobs of `kind`, created in [since, until): what a filter over results
+        reads, without the payloads (an img2img job's holds its init image, megabytes of base64)."""
+        jobs = self._jobs
+        query = select(jobs.c.id, jobs.c.result).where(jobs.c.kind == kind).order_by(jobs.c.created_at.desc())
+        if owner is not None:
+            query = query.where(jobs.c.owner == owner)
+        if since is not None:
+            query = query.where(jobs.c.created_at >= since)
+        if until is not None:
+            query = query.where(jobs.c.created_at < until)
+        with self.engine.connect() as conn:
+            return [(row.id, parse_result(kind, json.loads(row.result)) if row.result else None)
+                    for row in conn.execute(query.limit(limit))]
 
     def delete(self, job_id: str, owner: str | None) -> list[str]:
         """Remove an ended job of `owner` and its image rows; returns the paths of its saved files for the caller
