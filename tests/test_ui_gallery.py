@@ -165,3 +165,12 @@ def test_live_previews_reach_the_event_stream(ui_server):
     for data in previews.values():
         with Image.open(io.BytesIO(base64.b64decode(data))) as image:
             assert image.size == (32, 32) and image.mode == "RGB"
+
+    # A1111's clients poll /sdapi/v1/progress: the latest preview is its current_image from step 5 to the end.
+    with httpx.Client(base_url=ui_server.url, timeout=120) as api:
+        job = api.post("/v1/jobs", json={"prompt": "a polled circle", "steps": 60, "width": 64, "height": 64}).json()
+        current = None
+        while current is None and api.get(f"/v1/jobs/{job['id']}").json()["state"] in ("queued", "running"):
+            current = api.get("/sdapi/v1/progress").json()["current_image"]
+    with Image.open(io.BytesIO(base64.b64decode(current))) as image:
+        assert image.size == (32, 32)
