@@ -21,7 +21,8 @@ def txt2img_off(seed_extras: tuple = SEED_EXTRAS_OFF, hires: tuple = HIRES_OFF, 
     return (*seed_extras, *hires, *REFINER_OFF, *batch, *units_off())
 
 
-def img2img_off(seed_extras: tuple = SEED_EXTRAS_OFF, outpaint: tuple = OUTPAINT_OFF, batch: tuple = BATCH_OFF) -> tuple:
+def img2img_off(seed_extras: tuple = SEED_EXTRAS_OFF, outpaint: tuple = OUTPAINT_OFF,
+                batch: tuple = BATCH_OFF) -> tuple:
     """/run_mode_1's inputs after the editor: the seed extras, outpaint, the refiner, batch count and size, the
     tab's ControlNet units."""
     return (*seed_extras, *outpaint, *REFINER_OFF, *batch, *units_off())

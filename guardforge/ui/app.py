@@ -190,8 +190,9 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
         state, action, note = guard_view.outcome(result, reasons)
         asked = job.payload["request"]
         total = asked["steps"] * asked.get("n_iter", 1)  # every batch's steps, as the progress events count them
-        yield (_bar(total, total, state, note, action, title=guard_view.hover(result, reasons)), gallery, result.images[0].infotext if result.images else "",
-               guard_view.verdict_json(result), job_id)
+        status = _bar(total, total, state, note, action, title=guard_view.hover(result, reasons))
+        yield (status, gallery, result.images[0].infotext if result.images else "", guard_view.verdict_json(result),
+               job_id)
 
     def runner(mode: str):
         # An explicit signature, so that Gradio sees the gr.Request parameter and fills it in.
@@ -304,7 +305,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
             height = gr.Slider(8, limits.max_height, value=native_h, step=8, label="Height", elem_id="gf-height")
             seed = gr.Number(-1, precision=0, label="Seed (-1: random)", elem_id="gf-seed")
         extras = seed_extras.build(limits)
-        batches, reuse_seed = batch.build(limits, seed)
+        batches, reuse_seed = batch.build(limits)
         with gr.Tabs() as tabs:
             with gr.Tab("txt2img", id="txt2img"):
                 txt_refiner, txt_switch = refiner_picker("gf-refiner")

@@ -9,7 +9,6 @@ from typing import NamedTuple
 import gradio as gr
 
 SEED = re.compile(r"(?:^|[\s,])Seed: (-?\d+)")
-BATCH_OFF = (1, 1)  # count, size: one image, the inputs' defaults
 
 
 class Batch(NamedTuple):
@@ -17,7 +16,7 @@ class Batch(NamedTuple):
     size: object
 
 
-def build(limits, seed: gr.Number, infotext: gr.Textbox | None = None) -> tuple[Batch, gr.Button]:
+def build(limits) -> tuple[Batch, gr.Button]:
     """The row; the recycle button is wired by wire_reuse once the infotext box exists."""
     with gr.Row():
         count = gr.Slider(1, limits.max_n_iter, value=1, step=1, label="Batch count", elem_id="gf-batch-count")

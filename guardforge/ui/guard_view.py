@@ -117,7 +117,9 @@ def bar(step: int, total: int, state: str, note: str = "", action: str = "allow"
 def verdict_line(action: str, note: str, title: str | None = None, elem_id: str = "gf-guard") -> str:
     """The guard's sentence in the action's colour, led by the badge when `title` (its hover text) is given."""
     color = COLORS.get(action, "inherit")
-    lead = badge(action, title, f"{elem_id}-badge" if elem_id != "gf-guard" else "gf-badge") if title is not None else ""
+    # The main status box's badge keeps the short id the tests and users' CSS know; others are named after their box.
+    badge_id = "gf-badge" if elem_id == "gf-guard" else f"{elem_id}-badge"
+    lead = badge(action, title, badge_id) if title is not None else ""
     return (f'<div id="{elem_id}" data-action="{action}" style="color:{color};border-left:4px solid {color};'
             f'padding:4px 10px;margin:6px 0 0 2px;font-weight:600">{lead}{html.escape(note)}</div>')
 
