@@ -175,7 +175,9 @@ async def job_events(job_id: str, request: Request, caller: Caller = Depends(get
                         return
                     yield ": keep-alive\n\n"
                     continue
-                keys = ("step", "total", "eta", "state") + (TRAIN_FIELDS if "phase" in event else ())
+                keys = (("step", "total", "eta", "state") + (TRAIN_FIELDS if "phase" in event else ())
+                        # The live preview (base64 PNG), screened by the guard, every jobs.preview_every_steps.
+                        + (("preview", "preview_step") if "preview" in event else ()))
                 yield sse("progress", {k: event.get(k) for k in keys})
 
     return StreamingResponse(stream(), media_type="text/event-stream",
