@@ -103,6 +103,9 @@ class JobsSettings(BaseModel):
     # is left to the HTTP server so that job status and progress answer while a generation runs, shared among
     # the CPU workers (at least 1).
     cpu_threads: int | None = Field(None, ge=1)
+    # A queued generation's progress events carry a latent preview every this many steps (0: none). Each one is
+    # screened by the output-image guard, so it costs a guard call as well as a small matrix product.
+    preview_every_steps: int = Field(5, ge=0)
 
 
 class TrainingSettings(BaseModel):

@@ -259,9 +259,12 @@ class Studio:
         queue it. The caller's rate limit is spent between the checks that cost nothing and those that work."""
         caller.check_priority(priority)
         request.check_limits(self.settings.limits)
-        self.scripts.plan(request)  # an unknown script or bad args: refused now, not in a worker
+        scripts = self.scripts.plan(request)  # an unknown script or bad args: refused now, not in a worker
+        planned = self._planned_run(scripts, request)
         caller.spend(1)
         self.check_request(request)
+        for each in planned:  # a selectable script's generations, checked as the request is
+            self.check_request(each)
         job_id = self.jobs.submit("generate", {"request": request.model_dump(mode="json"), "save": save},
                                   owner=caller.owner, priority=priority, max_active_for_owner=caller.max_active)
         self.workers.notify()
@@ -313,6 +316,28 @@ class Studio:
                   kind: str | None = None) -> list[Job]:
         """The caller's jobs, newest first."""
         return self.jobs.list(caller.owner, limit=limit, state=state, kind=kind)
+
+    def history(self, caller: Caller = LOCAL, where=None, limit: int = 60) -> list[Job]:
+        """The caller's generations matching `where` (a jobs.history.HistoryFilter), newest first, with images."""
+        from guardforge.jobs.history import SCAN, HistoryFilter
+        from guardforge.jobs.queue import JobNotFound
+
+        where = where or HistoryFilter()
+        since, until = where.window()
+        found = [job_id for job_id, result in self.jobs.results(caller.owner, "generate", since, until, SCAN)
+                 if where.matches(result)]
+        jobs = []
+        for job_id in found[:limit]:
+            try:
+                jobs.append(self.jobs.get(job_id, caller.owner))  # with its images and its request
+            except JobNotFound:  # deleted since it was listed
+                continue
+        return jobs
+
+    def delete_job(self, job_id: str, caller: Caller = LOCAL) -> int:
+        """Remove one of the caller's ended jobs: its row, its images' rows and the files it saved (the verdict
+        beside each too). Returns how many files went. The guard's audit log keeps its verdicts."""
+        return sum(self.store.delete(path) for path in self.jobs.delete(job_id, caller.owner))
 
     def active_job(self, caller: Caller = LOCAL, kind: str = "generate") -> Job | None:
         """The caller's job that runs now, else the next of its queued ones (A1111's one current job)."""
@@ -437,16 +462,19 @@ class Studio:
         interrupt: Event | None = None,
         device: str | None = None,
         replica: int = 0,
+        previews: bool = False,
     ) -> GenerationResult:
         """Guard the inputs, run the engine, guard every output, save what the policy lets through.
 
         `cancel` stops between two steps with nothing delivered; `skip` and `interrupt` are A1111's: they end
         the current batch early (and, for interrupt, the request) and deliver what was made. `device` (None:
         settings.device) and `replica` pick the copy of the model to run on: each worker has its own.
+        `previews`: progress events carry a latent preview every jobs.preview_every_steps, screened as outputs are.
         """
         from guardforge.engine.infotext import build_infotext
         from guardforge.engine.embeddings import ti_hashes
         from guardforge.engine.pipelines import request_seeds
+        from guardforge.engine.prompt_schedule import guarded_pairs
         from guardforge.engine.variation import request_subseeds, with_fixed_subseed
 
         started = time.perf_counter()
@@ -482,10 +510,12 @@ class Studio:
         # Each image's own texts: a style's or a wildcard's words are read by the guard as typed ones are.
         distinct = {request_texts(expansion.request): expansion.request for expansion in expansions}
         readings = []
-        for texts in distinct:
+        for texts, expanded in distinct.items():
             readings.append(prompt_reading(texts.prompt, texts.negative_prompt))
             if texts.hires_prompt is not None:  # the second pass encodes these: the guard reads them as the first's
                 readings.append(prompt_reading(texts.hires_prompt, texts.hires_negative_prompt))
+            # Prompt editing and alternation: each (prompt, negative prompt) a denoising step reads, as typed ones.
+            readings += [prompt_reading(*pair) for pair in guarded_pairs(expanded, entry)]
         readings += [prompt_reading(text) for text in scripts.texts()]  # text a script writes into the images
         prompt_verdict = max(self.guard.check_prompts(readings), key=lambda verdict: SEVERITY[verdict.action])
         input_verdict = self.guard.check_input_image(init_image) if init_image is not None else None
@@ -515,6 +545,7 @@ class Studio:
                    if refiner is not None else None)
         inputs = dict(init_image=init_image, mask=mask, on_progress=on_progress, cancel=cancel, skip=skip,
                       interrupt=interrupt, control=control, refiner=refined,
+                      previews=self._previews(entry.family) if previews and on_progress else None,
                       ip_adapter=ip_adapter.run(self.pipelines.ip_encoders, loaded,
                                                 self.settings) if ip_adapter else None)
         if len(distinct) == 1:
@@ -574,6 +605,16 @@ class Studio:
             prompt_verdict=prompt_verdict, device=str(loaded.device),
         )
 
+    def _previews(self, family: str):
+        """Live previews for a job on a model of `family`, each passed through the output-image guard first:
+        a preview is an image leaving the server like any other."""
+        from guardforge.engine.preview import Previews
+
+        def screen(image):
+            return self.guard.enforce(image, self.guard.check_output_images([image])[0])
+
+        return Previews(self.settings.jobs.preview_every_steps, family, screen)
+
     # -- the X/Y/Z plot: one job whose cells are generations ----------------------------------------------
     def submit_grid(self, grid, caller: Caller = LOCAL, priority: int = 0, save: bool = True) -> Job:
         """Check every cell as submit checks a request (so a bad value fails at the door), fix the seeds, then
@@ -599,18 +640,16 @@ class Studio:
         """An X/Y/Z plot (engine/xyz.py): each cell generated as `generate` does (guarded, saved), then the
         labelled grid image with the first cell's infotext and the axes, saved to the outputs' *-grids folder.
         A blocked cell shows as the withheld tile; `cancel`, `skip` and `interrupt` act as in run_cells."""
-        from guardforge.engine.xyz import GridResult, fix_seeds, grid_infotext, plan_grid, render_grids, run_cells
+        from guardforge.engine.xyz import GridResult, fix_seeds, plan_grid, run_grid
 
         started = time.perf_counter()
         grid = fix_seeds(grid)
         plan = plan_grid(grid)
         self._check_grid_limits(plan)
-        cells = run_cells(plan, lambda request, **signals: self.generate(request, save=save, device=device,
-                                                                          replica=replica, **signals),
-                          on_progress, cancel, skip, interrupt)
-        pictures = [self._cell_picture(cell.result) for cell in cells]
-        first = next((cell.image.infotext for cell in cells if cell.image is not None), None)
-        infotext = grid_infotext(first, grid, plan)
+        made = run_grid(grid, plan, lambda request, **signals: self.generate(request, save=save, device=device,
+                                                                             replica=replica, **signals),
+                        self._made_size, on_progress, cancel, skip, interrupt)
+        cells, infotext = made.cells, made.infotext
         # The grid holds only delivered pixels (blurred ones blurred, blocked ones as the tile): flagged when
         # any cell was not allowed as it was made, so that a reader knows to look at the cells' verdicts.
         actions = [image.action for cell in cells if cell.result for image in cell.result.images]
@@ -620,7 +659,7 @@ class Studio:
                     grid.request.seed)
         mode = "img2img-grids" if grid.request.init_image is not None else "txt2img-grids"
         grids = []
-        for picture in render_grids(grid, plan, pictures):
+        for picture in made.pictures:
             path = None
             if save:
                 path = str(self.store.save(picture, infotext, {"grid": True, "cell_actions": actions,
@@ -637,16 +676,26 @@ class Studio:
 
     def _check_grid_limits(self, plan) -> None:
         """A grid's cells against limits.max_grid_cells, its image's pixels against limits.max_grid_pixels, and
-        each cell's request against the request limits."""
+        each cell's request against the request limits; and its scripts (one that runs several generations would
+        make each cell a grid of its own)."""
+        runner = self.scripts.plan(plan.cells[0].request).runner
+        if runner is not None:
+            raise InvalidRequest(f"a grid's cell is one generation: its request cannot name the script "
+                                 f"{runner.script.name!r}, which runs several")
+        nx, ny, nz = plan.shape
+        self._check_run_limits([cell.request for cell in plan.cells],
+                               f"the grid has {len(plan.cells)} cells ({nx} x {ny} x {nz})")
+
+    def _check_run_limits(self, requests: list[GenerationRequest], described: str) -> None:
+        """Generations one job makes (a grid's cells, a selectable script's run) against limits.max_grid_cells,
+        the image laid out of them against limits.max_grid_pixels, each against the request limits."""
         limits = self.settings.limits
-        if len(plan.cells) > limits.max_grid_cells:
-            nx, ny, nz = plan.shape
-            raise InvalidRequest(f"the grid has {len(plan.cells)} cells ({nx} x {ny} x {nz}), over this server's "
-                                 f"limit of {limits.max_grid_cells}")
+        if len(requests) > limits.max_grid_cells:
+            raise InvalidRequest(f"{described}, over this server's limit of {limits.max_grid_cells}")
         pixels = 0
-        for cell in plan.cells:
-            cell.request.check_limits(limits)
-            width, height = self._made_size(cell.request)
+        for request in requests:
+            request.check_limits(limits)
+            width, height = self._made_size(request)
             pixels += width * height
         if pixels > limits.max_grid_pixels:
             raise InvalidRequest(f"the grid image would have {pixels / 1e6:.0f} megapixels, over this server's "
@@ -665,17 +714,6 @@ class Studio:
             width, height = hires_sizes(width, height, request.hires)[1]
         return width, height
 
-    def _cell_picture(self, result: GenerationResult | None):
-        """What a cell shows: its image as delivered, the withheld tile where the guard blocked its prompt or
-        image, None where it never ran (an interrupted grid)."""
-        from guardforge.guard.blur import withheld_tile
-
-        if result is None:
-            return None
-        if not result.images:
-            return withheld_tile(*self._made_size(result.request)) if result.blocked else None
-        image = result.images[0]
-        return image.pil if image.pil is not None else withheld_tile(image.width, image.height)
     def scripts_installed(self) -> list:
         """The installed scripts (guardforge.scripts.Script), the always-on ones first, each group by name."""
         return list(self.scripts)
@@ -684,13 +722,36 @@ class Studio:
         """(name, FastAPI router) of each installed script that serves routes of its own."""
         return self.scripts.routers()
 
-    def _run_script(self, scripts, request: GenerationRequest, save: bool = True, **run_options) -> GenerationResult:
+    def _without_runner(self, scripts, request: GenerationRequest) -> GenerationRequest:
+        """The request a selectable script's `run` gets: its scripts but the runner (the always-on ones run in
+        each generation the run asks for)."""
+        runner = scripts.runner
+        return request.model_copy(update={"scripts": {name: args for name, args in request.scripts.items()
+                                                      if self.scripts.find(name) is not runner.script}})
+
+    def _planned_run(self, scripts, request: GenerationRequest) -> list[GenerationRequest]:
+        """The generations a selectable script's run says it will make (Script.planned), held to the limits of
+        a grid's cells; none where it does not say or there is no run."""
+        runner = scripts.runner
+        if runner is None:
+            return []
+        planned = runner.script.planned(self._without_runner(scripts, request), runner.args)
+        if planned is None:
+            return []
+        self._check_run_limits(list(planned), f"script {runner.script.name!r} would make {len(planned)} images")
+        return list(planned)
+
+    def _run_script(self, scripts, request: GenerationRequest, save: bool = True, on_progress=None, cancel=None,
+                    skip=None, interrupt=None, **run_options) -> GenerationResult:
         """A selectable script's `run`: the generations it asks for, each through generate with the always-on
         scripts but not itself, then the images it made from them screened and stored as any output is."""
+        from guardforge.scripts import Generate
+
         started = time.perf_counter()
         runner = scripts.runner
-        others = {name: args for name, args in request.scripts.items()
-                  if self.scripts.find(name) is not runner.script}
+        self._planned_run(scripts, request)  # the limits hold for a run not queued (the CLI's) too
+        inner_request = self._without_runner(scripts, request)
+        others = inner_request.scripts
         # Text the script will paint into what it makes (a grid's labels): read before anything is generated. The
         # always-on scripts' texts are read by each generation it asks for.
         labels = runner.script.texts(runner.args)
@@ -703,10 +764,11 @@ class Studio:
                                         elapsed_s=time.perf_counter() - started, prompt_verdict=verdict,
                                         blocked=True)
 
-        def generate(inner: GenerationRequest) -> GenerationResult:
-            return self.generate(inner.model_copy(update={"scripts": others}), save=save, **run_options)
+        def generate(inner: GenerationRequest, **signals) -> GenerationResult:
+            return self.generate(inner.model_copy(update={"scripts": others}), save=save, **signals, **run_options)
 
-        run = runner.script.run(request.model_copy(update={"scripts": others}), runner.args, generate)
+        run = runner.script.run(inner_request, runner.args, Generate(generate, self._made_size, on_progress, cancel,
+                                                                     skip, interrupt))
         made, results = list(run.made), list(run.results)
         first = results[0] if results else None
         # A made image (a grid) is filed under the first generation's seed, as A1111 files its grids.
@@ -717,7 +779,9 @@ class Studio:
             delivered = self.guard.enforce(item.image, verdict)
             path = None
             if delivered is not None and save:
-                path = str(self.store.save(delivered, item.infotext, verdict.model_dump(), request.mode, seed))
+                grids = ("img2img" if request.init_image is not None else "txt2img") + "-grids"
+                path = str(self.store.save(delivered, item.infotext, verdict.model_dump(),
+                                           grids if item.grid else request.mode, seed))
             images.append(GeneratedImage(image_id=self.store.new_id(), seed=seed, infotext=item.infotext,
                                          width=item.image.width, height=item.image.height, path=path,
                                          verdict=verdict, action=verdict.action, pil=delivered))
@@ -834,6 +898,32 @@ class Studio:
         folder = entry.path if entry.format == "diffusers" else CONFIGS_DIR / shipped_config_name(entry.family)
         return native_size_from_configs(folder)
 
+    def model_defaults(self, model: str | None = None):
+        """The form a model starts from (models.defaults.ModelDefaults): its native size, its family's sampler,
+        steps and CFG scale. Nothing is loaded; a size its configs cannot give is left out."""
+        from guardforge.models.defaults import defaults_for
+
+        entry = self.registry.resolve(model or self.settings.default_model)
+        try:
+            size = self.native_size(entry.name)
+        except Exception:  # a single file of an unknown family, unreadable configs: no size to offer
+            size = None
+        return defaults_for(entry.family, size)
+
+    @cached_property
+    def preferences(self):
+        from guardforge.storage.preferences import PreferenceStore
+
+        return PreferenceStore(self.database)
+
+    def remember_settings(self, caller: Caller, settings) -> None:
+        """Keep the caller's last form settings (storage.preferences.RememberedSettings) for their next visit."""
+        self.preferences.save(caller.owner, settings)
+
+    def remembered_settings(self, caller: Caller):
+        """The caller's last form settings, or None."""
+        return self.preferences.load(caller.owner)
+
     def _text_widths(self, entry) -> dict[str, int]:
         from guardforge.engine.embeddings import widths_from_configs
         from guardforge.models.loading import CONFIGS_DIR, shipped_config_name
@@ -845,10 +935,12 @@ class Studio:
         """What would fail the generation on this checkpoint, refused now: an embedding the texts name that was made
         for another family, variation seeds on a model without a UNet."""
         from guardforge.engine.embeddings import check_fit, embeddings_in
+        from guardforge.engine.prompt_schedule import guarded_pairs
         from guardforge.engine.prompts import extract_lora_tags
         from guardforge.engine.variation import check_family
 
         check_family(request, checkpoint.family)
+        guarded_pairs(request, checkpoint)  # prompt editing this model cannot run, a scheduled text that fails
         used = embeddings_in(self.registry, extract_lora_tags(request.prompt)[0], request.negative_prompt)
         if used:
             check_fit(used, self._text_widths(checkpoint), self.settings.allow_pickle)

@@ -465,3 +465,14 @@ def test_a_half_precision_hand_over_and_a_skipped_base_part_decode(studio):
     assert loaded.pipeline.vae.config.force_upcast and loaded.pipeline.vae.dtype == torch.float16  # put back
     assert len(result.images) == 2
     assert pixels(result)[0].std() > 0 and pixels(result)[1].std() > 0  # not a blank (NaN-decoded) image
+
+
+def test_prompt_editing_counts_on_through_the_refiners_share(studio):
+    # 6 steps handed over at 0.5: the base denoises steps 0-2, the refiner 3-5 (A1111's step count goes on).
+    cat = pixels(studio.generate(refined(prompt="a cat"), save=False))
+    dog = pixels(studio.generate(refined(prompt="a dog"), save=False))
+    assert np.array_equal(pixels(studio.generate(refined(prompt="a [cat:dog:0]"), save=False)), dog)
+    assert np.array_equal(pixels(studio.generate(refined(prompt="a [cat:dog:5]"), save=False)), cat)
+    # Step 5 reads step 5's entry, "a dog": only the refiner's last step switches, through its own encoder.
+    late = pixels(studio.generate(refined(prompt="a [cat:dog:4]"), save=False))
+    assert not np.array_equal(late, cat) and not np.array_equal(late, dog)

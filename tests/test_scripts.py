@@ -171,9 +171,9 @@ def decoded(b64: str) -> np.ndarray:
 def test_a_third_party_script_is_listed_and_runs_over_http(client, served):
     studio = served[1]
     listed = client.get("/sdapi/v1/scripts").json()
-    assert listed["txt2img"] == ["x/y/z plot", "controlnet", "watermark", "repeat seeds", "shout"]
-    assert listed["img2img"] == ["poor man's outpainting", "x/y/z plot", "controlnet", "watermark",
-                                 "shout"]  # repeat: txt2img
+    assert listed["txt2img"] == ["controlnet", "watermark", "repeat seeds", "shout", "x/y/z plot"]
+    assert listed["img2img"] == ["poor man's outpainting", "controlnet", "watermark", "shout",
+                                 "x/y/z plot"]  # repeat: txt2img
     infos = {(i["name"], i["is_img2img"]): i for i in client.get("/sdapi/v1/script-info").json()}
     assert infos[("shout", False)]["is_alwayson"] is False and infos[("watermark", True)]["is_alwayson"] is True
     assert infos[("shout", True)]["args"] == [
@@ -182,7 +182,7 @@ def test_a_third_party_script_is_listed_and_runs_over_http(client, served):
     assert infos[("repeat seeds", False)]["args"][0] == {"label": "Times", "value": 2, "minimum": 1, "maximum": 4,
                                                           "step": None, "choices": None}
     native = {s["name"]: s for s in client.get("/v1/scripts").json()}
-    assert set(native) == {"watermark", "repeat", "shout"}  # the broken entry points are left out
+    assert set(native) == {"watermark", "repeat", "shout", "xyz_plot"}  # the broken entry points are left out
     assert native["shout"]["routes"] == "/v1/scripts/shout/" and native["repeat"]["routes"] is None
     assert native["watermark"]["args_schema"]["properties"]["opacity"]["maximum"] == 1.0
     assert client.get("/v1/scripts/shout/echo", params={"word": "hi"}).json() == {"shouted": "HI"}
@@ -216,6 +216,22 @@ def test_a_scripts_image_passes_the_output_guard(client):
     assert done["result"]["images"][0]["action"] == "block"
 
 
+def test_the_xyz_plot_runs_as_a_native_job_through_the_scripts_interface(client):
+    """The built-in script on /v1/jobs: one `generate` job whose images are the grid, then each cell."""
+    axes = {"x": "steps=1,2", "draw_legend": False}
+    job = client.post("/v1/jobs", json={"prompt": "a blue square", **SMALL, "scripts": {"x/y/z plot": axes}})
+    assert job.status_code == 202, job.text
+    done = client.get(f"/v1/jobs/{job.json()['id']}").json()
+    while done["state"] in ("queued", "running"):
+        time.sleep(0.05)
+        done = client.get(f"/v1/jobs/{job.json()['id']}").json()
+    assert done["state"] == "succeeded", done
+    grid, *cells = done["result"]["images"]
+    assert (grid["width"], grid["height"]) == (64, 32) and len(cells) == 2
+    assert grid["infotext"].endswith('Script: X/Y/Z plot, X Type: Steps, X Values: "1,2"')
+    assert [cell["infotext"].split("Steps: ")[1][0] for cell in cells] == ["1", "2"]
+
+
 @pytest.mark.parametrize("path, extra, needle", [
     ("/sdapi/v1/txt2img", {"script_name": "Shout", "script_args": ["x", "blue"]}, "tint: Input should be 'red' or"),
     ("/sdapi/v1/txt2img", {"script_name": "shout", "script_args": ["x", "none", 3]}, "takes 2 args (word, tint)"),
@@ -229,6 +245,7 @@ def test_a_scripts_image_passes_the_output_guard(client):
     ("/v1/jobs", {"scripts": {"watermark": {"opacity": 3}}}, "opacity: Input should be less than or equal to 1"),
     ("/v1/jobs", {"scripts": {"watermark": {"colour": "red"}}}, "has no arg 'colour'"),
     ("/v1/jobs", {"scripts": {"shout": {}, "repeat": {}}}, "one selectable script per request, not 2"),
+    ("/v1/jobs", {"scripts": {"x/y/z plot": {"x": "cfg=1,900"}}}, "the cell CFG Scale = 900.0: cfg_scale"),
 ])
 def test_bad_scripts_or_args_are_422_with_the_reason(client, path, extra, needle):
     answer = client.post(path, json={"prompt": "x", **SMALL, **extra})
@@ -282,15 +299,17 @@ def test_broken_entry_points_are_logged_and_skipped_and_pyproject_declares_the_w
     from importlib.metadata import EntryPoint
 
     from guardforge.scripts import ScriptRegistry
+    from guardforge.scripts.registry import BUILTIN
 
     with caplog.at_level(logging.ERROR, logger="guardforge.scripts.registry"):
         names = [script.name for script in ScriptRegistry.from_entry_points()]
-    assert names == ["watermark", "repeat", "shout"]
+    assert names == ["watermark", "repeat", "shout", "xyz_plot"]
     assert "'broken'" in caplog.text and "'notascript'" in caplog.text and "not a subclass" in caplog.text
     declared = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
     entries = declared["project"]["entry-points"]["guardforge.scripts"]
     found = ScriptRegistry.from_entry_points([EntryPoint(n, v, "guardforge.scripts") for n, v in entries.items()])
-    assert [script.title for script in found] == ["Watermark"]
+    assert [script.title for script in found] == ["Watermark", "X/Y/Z plot"]
+    assert {ep.name: ep.value for ep in BUILTIN} == entries  # what an install made before them still runs
 
 
 def test_cli_lists_scripts_and_generates_with_them(plugin, gf_home, monkeypatch, capsys):

@@ -104,7 +104,8 @@ def test_webuiapi_img2img_inpaint_and_listings(server):
     progress = api.get_progress()
     assert progress["progress"] == 0 and progress["current_image"] is None
     assert api.refresh_checkpoints() is None
-    assert api.get_scripts() == {"txt2img": ["controlnet"], "img2img": ["poor man's outpainting", "controlnet"]}
+    assert api.get_scripts() == {"txt2img": ["controlnet", "watermark", "x/y/z plot"],
+                                 "img2img": ["poor man's outpainting", "controlnet", "watermark", "x/y/z plot"]}
     # The built-ins (an empty models/ESRGAN adds none): "None" first, as A1111 lists them.
     assert [u["name"] for u in api.get_upscalers()] == ["None", "Lanczos", "Nearest"]
     assert api.get_latent_upscale_modes()[0] == {"name": "Latent"} and api.get_sd_vae() == []

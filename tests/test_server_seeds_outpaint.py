@@ -154,7 +154,7 @@ def test_webuiapi_poor_mans_outpainting(server):
     from PIL import Image
 
     api = webuiapi.WebUIApi(host="127.0.0.1", port=server.port, sampler="Euler", steps=2)
-    assert api.get_scripts()["img2img"][:3] == ["poor man's outpainting", "x/y/z plot", "controlnet"]
+    assert api.get_scripts()["img2img"][:2] == ["poor man's outpainting", "controlnet"]
     init = Image.new("RGB", (32, 32), (30, 160, 60))
     # A1111's script_args: pixels, mask_blur, inpainting_fill (1: original), direction.
     result = api.img2img(images=[init], prompt="grass", seed=4, denoising_strength=0.9, width=512, height=512,

@@ -8,11 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from guardforge.a1111.xyz import SCRIPT_NAME as XYZ
-from guardforge.a1111.xyz import script_arg_infos as xyz_script_args
 from guardforge.engine.outpaint import POOR_MANS_OUTPAINTING, SIDES
 from guardforge.errors import InvalidRequest
-from guardforge.scripts.base import arg_infos
 
 CONTROLNET = "controlnet"  # sd-webui-controlnet's always-on script, translated by a1111/controlnet.py
 
@@ -46,13 +43,14 @@ _OUTPAINT_ARGS = [ScriptArg(label="Pixels to expand", value=128, minimum=8, maxi
 
 
 def scripts_listed(scripts: list) -> dict[str, list[str]]:
-    """/sdapi/v1/scripts: poor man's outpainting (img2img), the X/Y/Z plot (a grid job, a1111/xyz.py), controlnet (clients look for it to tell whether
-    sd-webui-controlnet is installed), then the installed scripts of each tab by A1111 name."""
+    """/sdapi/v1/scripts: poor man's outpainting (img2img), controlnet (clients look for it to tell whether
+    sd-webui-controlnet is installed), then the installed scripts of each tab by A1111 name (the X/Y/Z plot is
+    one: scripts/xyz_plot.py)."""
     def names(mode: str) -> list[str]:
         return [script.title.lower() for script in scripts if script.serves(mode)]
 
-    return {"txt2img": [XYZ, CONTROLNET, *names("txt2img")],
-            "img2img": [POOR_MANS_OUTPAINTING, XYZ, CONTROLNET, *names("img2img")]}
+    return {"txt2img": [CONTROLNET, *names("txt2img")],
+            "img2img": [POOR_MANS_OUTPAINTING, CONTROLNET, *names("img2img")]}
 
 
 def script_info(scripts: list) -> list[ScriptInfo]:
@@ -63,11 +61,9 @@ def script_info(scripts: list) -> list[ScriptInfo]:
         if img2img:
             infos.append(ScriptInfo(name=POOR_MANS_OUTPAINTING, is_alwayson=False, is_img2img=True,
                                     args=_OUTPAINT_ARGS))
-        infos.append(ScriptInfo(name=XYZ, is_alwayson=False, is_img2img=img2img,
-                                args=[ScriptArg(**arg) for arg in xyz_script_args(img2img)]))
         infos.append(ScriptInfo(name=CONTROLNET, is_alwayson=True, is_img2img=img2img, args=[]))
         infos += [ScriptInfo(name=script.title.lower(), is_alwayson=script.alwayson, is_img2img=img2img,
-                             args=[ScriptArg(**arg) for arg in arg_infos(script.Args)])
+                             args=[ScriptArg(**arg) for arg in script.arg_infos(mode)])
                   for script in scripts if script.serves(mode)]
     return infos
 

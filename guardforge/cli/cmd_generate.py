@@ -102,7 +102,8 @@ def _build_request(fields: dict[str, Any], from_image: set[str], from_png: Path 
 
 @app.command()
 def generate(
-    prompt: str = typer.Argument(None, help="The prompt; A1111 syntax: (word:1.2), [word], <lora:name:0.8>; "
+    prompt: str = typer.Argument(None, help="The prompt; A1111 syntax: (word:1.2), \\[word], "
+                                 "\\[from:to:when], \\[a|b], <lora:name:0.8>; "
                                  "dynamic prompts: {a|b}, {2$$a|b|c}, __wildcard__ (one choice per image's seed)"),
     negative: str = typer.Option(None, "--negative", "-n", help="Negative prompt"),
     style: list[str] = typer.Option(None, "--style", help="A style from styles.csv in the home, merged into the "

@@ -161,7 +161,7 @@ def fields_from_params(p: dict[str, Any]) -> dict[str, Any] | None:
     return {name: p[key] for key, name in mapping.items() if key in p}
 
 
-def _pass_steps(base_config: dict, sampler: str, schedule: str, steps: int, strength: float | None = None) -> int:
+def pass_steps(base_config: dict, sampler: str, schedule: str, steps: int, strength: float | None = None) -> int:
     """The denoising steps a diffusers pass will report (its scheduler's timesteps; img2img starts part-way)."""
     from guardforge.engine.samplers import build_scheduler
 
@@ -242,7 +242,7 @@ def _start_from_latents(base: type) -> type:
 
 class HiresPass:
     """The hires fix of one request: built once per request (its pipeline, sizes, texts), then run for each batch
-    from that batch's first pass. The engine encodes its texts (encode) after loading the LoRAs."""
+    from that batch's first pass. The engine encodes its texts after loading the LoRAs."""
 
     def __init__(self, loaded: LoadedModel, request: GenerationRequest, upscalers: Upscalers, size: tuple[int, int],
                  prompt: str, base_config: dict):
@@ -279,24 +279,18 @@ class HiresPass:
     def steps_per_batch(self) -> int:
         """Both passes' steps, for progress over the whole request."""
         request = self.request
-        first = _pass_steps(self.base_config, request.sampler, request.schedule, request.steps)
-        second = _pass_steps(self.base_config, self.sampler, self.schedule, self.steps, self.strength)
+        first = pass_steps(self.base_config, request.sampler, request.schedule, request.steps)
+        second = pass_steps(self.base_config, self.sampler, self.schedule, self.steps, self.strength)
         return first + (second if self.runs else 0)
 
     @property
     def latent(self) -> bool:
         return is_latent(self.options.upscaler)
 
-    def encode(self, clip_skip: int) -> Any:
-        from guardforge.engine.prompts import encode_prompts
-        import torch
-
-        with torch.no_grad():
-            return encode_prompts(self.pipe, self.prompt, self.negative, clip_skip, self.pipe._execution_device)
-
     def run_batch(self, first_pipe: DiffusionPipeline, first_kwargs: dict, seeds: list[int], embeds: Any,
                   progress: Any, cancel: threading.Event | None = None) -> list[Image.Image]:
-        """The first pass, the upscale, the second pass, for one batch."""
+        """The first pass, the upscale, the second pass, for one batch. `embeds`: the second pass's
+        conditioning (prompt_schedule.PassConditioning)."""
         import torch
         from torch.nn import functional as F
 
@@ -330,7 +324,7 @@ class HiresPass:
                 **embeds.kwargs, image=image, strength=self.strength, num_inference_steps=self.steps,
                 guidance_scale=self.cfg_scale, num_images_per_prompt=len(seeds),
                 generator=[torch.Generator("cpu").manual_seed(s) for s in seeds], output_type="pil",
-                callback_on_step_end=progress.callback,
+                **embeds.step_kwargs(progress.callback),
             ).images
         finally:
             self.pipe.scheduler = base

@@ -26,7 +26,8 @@ from guardforge.engine.embeddings import applied_embeddings, embeddings_in, read
 from guardforge.engine.lora import applied_loras, resolve_loras
 from guardforge.engine.masked_content import LatentFill, fill_mode, source_image
 from guardforge.engine.outpaint import check_canvas, extend
-from guardforge.engine.prompts import encode_prompts, extract_lora_tags, prompt_chunks
+from guardforge.engine.prompt_schedule import PassConditioning, pass_texts
+from guardforge.engine.prompts import PromptEncoder, extract_lora_tags, prompt_chunks
 from guardforge.engine.refiner import Handover
 from guardforge.engine.request import GenerationRequest, ProgressEvent
 from guardforge.engine.samplers import build_scheduler, check_sampler
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 
     from guardforge.engine.controlnet import ControlRun
     from guardforge.engine.ip_adapter import IPAdapterRun
+    from guardforge.engine.preview import Previews
     from guardforge.engine.upscalers import Upscalers
     from guardforge.models.cache import LoadedModel
     from guardforge.models.registry import ModelRegistry
@@ -113,8 +115,10 @@ class _Progress:
     """Turns diffusers' per-step callback into ProgressEvents over the whole request and checks cancel."""
 
     def __init__(self, n_iter: int, on_progress: ProgressCallback | None, cancel: threading.Event | None,
-                 skip: threading.Event | None = None, interrupt: threading.Event | None = None):
+                 skip: threading.Event | None = None, interrupt: threading.Event | None = None,
+                 previews: Previews | None = None):
         self.n_iter = n_iter
+        self.previews = previews
         self.on_progress = on_progress
         self.cancel = cancel
         self.skip = skip
@@ -149,8 +153,11 @@ class _Progress:
             total = per_batch * self.n_iter
             elapsed = max(time.perf_counter() - self.started, 1e-9)
             rate = self.done / elapsed
-            self.on_progress(ProgressEvent(step=self.done, total=total, it_per_s=rate,
-                                           eta_s=max(total - self.done, 0) / rate, batch_index=self.iteration))
+            event = ProgressEvent(step=self.done, total=total, it_per_s=rate,
+                                  eta_s=max(total - self.done, 0) / rate, batch_index=self.iteration)
+            if self.previews is not None:
+                event = self.previews.attach(event, kwargs.get("latents"))
+            self.on_progress(event)
         # Checked after reporting, so a caller that cancels from its progress handler stops at this step.
         self.check_cancel()
         if self.ends_batch():
@@ -234,6 +241,7 @@ class Engine:
         control: ControlRun | None = None,
         refiner: LoadedModel | None = None,
         ip_adapter: IPAdapterRun | None = None,
+        previews: Previews | None = None,
     ) -> list[tuple[Image.Image, int]]:
         """Generate batch_size x n_iter images; returns (image, seed) pairs in seed order.
 
@@ -243,6 +251,7 @@ class Engine:
         `control`: the request's ControlNet units, prepared (engine/controlnet.py).
         `refiner` takes over from the model at request.refiner.switch_at (engine/refiner.py).
         `ip_adapter`: the request's IP-Adapter, loaded into the pipeline for this run only (engine/ip_adapter.py).
+        `previews` puts a screened latent preview on every few progress events (engine/preview.py).
         """
         import torch
 
@@ -278,7 +287,7 @@ class Engine:
         elif mode == "txt2img":
             mode_inputs.update(width=width, height=height)
 
-        progress = _Progress(request.n_iter, on_progress, cancel, skip, interrupt)
+        progress = _Progress(request.n_iter, on_progress, cancel, skip, interrupt, previews)
         results: list[tuple[Image.Image, int]] = []
         # A request swaps the scheduler and loads LoRAs into the shared pipeline, and the cache re-places
         # weights (another dtype or offload) under the same lock: so requests on one model take turns with
@@ -304,22 +313,25 @@ class Engine:
                 with (ip_adapter.applied(pipe) if ip_adapter is not None else nullcontext({})) as ip_inputs, \
                         applied_loras(pipe, loras), \
                         applied_embeddings(pipe, embeddings, self.settings.allow_pickle) as inversions:
-                    # Encoded once per request, after the LoRAs, which may patch the text encoder too.
+                    # Encoded once per request, after the LoRAs, which may patch the text encoder too: each text
+                    # a step reads (prompt editing schedules them, engine/prompt_schedule.py), once.
+                    encoder = PromptEncoder(pipe, request.clip_skip, pipe._execution_device)
+                    passes = pass_texts(request, base_scheduler.config, prompt)
                     with torch.no_grad():
-                        embeds = encode_prompts(pipe, spell_out(prompt, inversions),
-                                                spell_out(request.negative_prompt, inversions), request.clip_skip,
-                                                pipe._execution_device)
+                        embeds = PassConditioning(encoder, passes[0], lambda text: spell_out(text, inversions))
                     hires = hires_embeds = None
                     if request.hires is not None:
                         hires = HiresPass(loaded, request, self.upscalers, (width, height), prompt,
                                           base_scheduler.config)
                         progress.planned = hires.steps_per_batch()
-                        same = (hires.prompt, hires.negative) == (prompt, request.negative_prompt)
-                        hires_embeds = embeds if same else hires.encode(request.clip_skip)
+                        if len(passes) > 1:
+                            with torch.no_grad():
+                                hires_embeds = PassConditioning(encoder, passes[1],
+                                                                lambda text: spell_out(text, inversions))
                     # A refiner's hand-over stands in for the pipeline call: batches, seeds and callbacks stay.
                     run_pipe = pipe
                     if refiner is not None:
-                        run_pipe = Handover(refiner, request, prompt, progress).wrap(pipe)
+                        run_pipe = Handover(refiner, request, passes[0], progress).wrap(pipe)
                     for iteration in range(request.n_iter):
                         progress.iteration = iteration
                         progress.check_cancel()
@@ -351,7 +363,7 @@ class Engine:
                             guidance_scale=request.cfg_scale,
                             num_images_per_prompt=request.batch_size,
                             generator=generators,
-                            callback_on_step_end=callback,
+                            **embeds.step_kwargs(callback, pipe),
                         )
                         if hires is not None:
                             images = hires.run_batch(pipe, first_pass, batch_seeds, hires_embeds, progress, cancel)

@@ -256,60 +256,72 @@ def _pad_pair(provider: Any, positive: torch.Tensor, negative: torch.Tensor) -> 
     return padded[0], padded[1]
 
 
+class PromptEncoder:
+    """Embeddings for an SD 1.x/2.x or SDXL pipeline's (prompt, negative prompt) pairs, or plain strings for other
+    families. Each text is encoded once however many pairs it is in (prompt editing pairs texts step by step).
+
+    Texts must already be free of `<lora:...>` tags."""
+
+    def __init__(self, pipe: DiffusionPipeline, clip_skip: int, device: Any):
+        tokenizer = getattr(pipe, "tokenizer", None)
+        text_encoder = getattr(pipe, "text_encoder", None)
+        tokenizer_2 = getattr(pipe, "tokenizer_2", None)
+        text_encoder_2 = getattr(pipe, "text_encoder_2", None)
+        no_t5 = getattr(pipe, "text_encoder_3", None) is None
+        provider_cls = _provider_class()
+        common = {"truncate": False, "device": device}
+        self.device = device
+        self.providers: list[Any] = []
+        self.pooled: Any = None  # the provider whose pooled output SDXL reads
+        self._texts: dict[str, tuple[list[Any], Any]] = {}
+        if _is_clip(text_encoder) and _is_clip(text_encoder_2) and no_t5:
+            # SDXL: both encoders' penultimate layer un-normalised (clip skip 1); higher clip skip goes deeper.
+            layer = clip_skip + 1
+            _check_clip_skip(text_encoder, layer)
+            _check_clip_skip(text_encoder_2, layer)
+            self.providers = [provider_cls(tokenizer, text_encoder, layer=layer, normalize=False, **common),
+                              provider_cls(tokenizer_2, text_encoder_2, layer=layer, normalize=False, **common)]
+            self.pooled = self.providers[1]
+        elif text_encoder is None and _is_clip(text_encoder_2) and no_t5:
+            # SDXL's refiner has only the second encoder: read as the base reads it (penultimate layer
+            # un-normalised, pooled output of the first chunk).
+            layer = clip_skip + 1
+            _check_clip_skip(text_encoder_2, layer)
+            self.providers = [provider_cls(tokenizer_2, text_encoder_2, layer=layer, normalize=False, **common)]
+            self.pooled = self.providers[0]
+        elif _is_clip(text_encoder) and text_encoder_2 is None:
+            # SD 1.x / 2.x: A1111 reads hidden_states[-clip_skip] through the final layer norm.
+            _check_clip_skip(text_encoder, clip_skip)
+            self.providers = [provider_cls(tokenizer, text_encoder, layer=clip_skip, normalize=True, **common)]
+
+    def _encoded(self, text: str) -> tuple[list[Any], Any]:
+        if text not in self._texts:
+            pooled = None
+            if self.pooled is not None:
+                pooled = self.pooled.get_pooled_embeddings([_first_chunk_text(text)], device=self.device)
+            self._texts[text] = ([_encode(provider, text, self.device) for provider in self.providers], pooled)
+        return self._texts[text]
+
+    def pair(self, prompt: str, negative_prompt: str) -> PromptEmbeds:
+        if not self.providers:
+            # SD3, Flux and others: their T5 encoders take no A1111 weights; send the text without the syntax.
+            return PromptEmbeds({"prompt": plain_text(prompt), "negative_prompt": plain_text(negative_prompt) or None})
+        import torch
+
+        positive, pooled = self._encoded(prompt)
+        negative, negative_pooled = self._encoded(negative_prompt)
+        padded = [_pad_pair(provider, p, n) for provider, p, n in zip(self.providers, positive, negative, strict=True)]
+        kwargs = {"prompt_embeds": torch.cat([p for p, _ in padded], dim=-1),
+                  "negative_prompt_embeds": torch.cat([n for _, n in padded], dim=-1)}
+        if self.pooled is not None:
+            kwargs.update(pooled_prompt_embeds=pooled, negative_pooled_prompt_embeds=negative_pooled)
+        return PromptEmbeds(kwargs)
+
+
 def encode_prompts(pipe: DiffusionPipeline, prompt: str, negative_prompt: str, clip_skip: int,
                    device: Any) -> PromptEmbeds:
     """Embeddings for an SD 1.x/2.x or SDXL pipeline, or plain strings for other families.
 
     `prompt` must already be free of `<lora:...>` tags.
     """
-    tokenizer = getattr(pipe, "tokenizer", None)
-    text_encoder = getattr(pipe, "text_encoder", None)
-    tokenizer_2 = getattr(pipe, "tokenizer_2", None)
-    text_encoder_2 = getattr(pipe, "text_encoder_2", None)
-    is_clip = _is_clip(text_encoder)
-    provider_cls = _provider_class()
-    common = {"truncate": False, "device": device}
-
-    if is_clip and _is_clip(text_encoder_2) and getattr(pipe, "text_encoder_3", None) is None:
-        # SDXL: both encoders' penultimate layer un-normalised (clip skip 1); higher clip skip goes deeper.
-        layer = clip_skip + 1
-        _check_clip_skip(text_encoder, layer)
-        _check_clip_skip(text_encoder_2, layer)
-        import torch
-
-        p1 = provider_cls(tokenizer, text_encoder, layer=layer, normalize=False, **common)
-        p2 = provider_cls(tokenizer_2, text_encoder_2, layer=layer, normalize=False, **common)
-        halves = []
-        for provider in (p1, p2):
-            halves.append(_pad_pair(provider, _encode(provider, prompt, device), _encode(provider, negative_prompt, device)))
-        embeds = torch.cat([halves[0][0], halves[1][0]], dim=-1)
-        negative = torch.cat([halves[0][1], halves[1][1]], dim=-1)
-        pooled = p2.get_pooled_embeddings([_first_chunk_text(prompt)], device=device)
-        negative_pooled = p2.get_pooled_embeddings([_first_chunk_text(negative_prompt)], device=device)
-        return PromptEmbeds({"prompt_embeds": embeds, "negative_prompt_embeds": negative,
-                             "pooled_prompt_embeds": pooled, "negative_pooled_prompt_embeds": negative_pooled})
-
-    if text_encoder is None and _is_clip(text_encoder_2) and getattr(pipe, "text_encoder_3", None) is None:
-        # SDXL's refiner has only the second encoder: read as the base reads it (penultimate layer
-        # un-normalised, pooled output of the first chunk).
-        layer = clip_skip + 1
-        _check_clip_skip(text_encoder_2, layer)
-        provider = provider_cls(tokenizer_2, text_encoder_2, layer=layer, normalize=False, **common)
-        embeds, negative = _pad_pair(provider, _encode(provider, prompt, device),
-                                     _encode(provider, negative_prompt, device))
-        return PromptEmbeds({"prompt_embeds": embeds, "negative_prompt_embeds": negative,
-                             "pooled_prompt_embeds": provider.get_pooled_embeddings([_first_chunk_text(prompt)],
-                                                                                    device=device),
-                             "negative_pooled_prompt_embeds": provider.get_pooled_embeddings(
-                                 [_first_chunk_text(negative_prompt)], device=device)})
-
-    if is_clip and text_encoder_2 is None:
-        # SD 1.x / 2.x: A1111 reads hidden_states[-clip_skip] through the final layer norm.
-        _check_clip_skip(text_encoder, clip_skip)
-        provider = provider_cls(tokenizer, text_encoder, layer=clip_skip, normalize=True, **common)
-        embeds, negative = _pad_pair(provider, _encode(provider, prompt, device),
-                                     _encode(provider, negative_prompt, device))
-        return PromptEmbeds({"prompt_embeds": embeds, "negative_prompt_embeds": negative})
-
-    # SD3, Flux and others: their T5 encoders take no A1111 weights; send the text without the syntax.
-    return PromptEmbeds({"prompt": plain_text(prompt), "negative_prompt": plain_text(negative_prompt) or None})
+    return PromptEncoder(pipe, clip_skip, device).pair(prompt, negative_prompt)

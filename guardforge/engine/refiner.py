@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
     from PIL import Image
 
+    from guardforge.engine.prompt_schedule import PassTexts
     from guardforge.engine.request import GenerationRequest
     from guardforge.models.cache import LoadedModel
     from guardforge.models.registry import ModelEntry
@@ -51,19 +52,25 @@ def switch_fraction(request: GenerationRequest) -> float:
     return (1 - strength) + strength * request.refiner.switch_at
 
 
-def planned_steps(base: Any, refiner: Any, request: GenerationRequest, switch: float) -> int:
-    """Steps per batch over both parts, counted on fresh copies of each part's scheduler as diffusers' SDXL
-    pipelines count them, so that progress has its total from the first step (each part's pipeline knows only
-    its own)."""
-    for scheduler in (base, refiner):
-        scheduler.set_timesteps(request.steps, device="cpu")
+def base_share(base: Any, request: GenerationRequest, switch: float) -> int:
+    """The denoising steps the base part runs, counted on a fresh copy of its scheduler as diffusers' SDXL
+    pipelines count them (the refiner's steps count on from there: prompt editing's schedule goes on)."""
+    base.set_timesteps(request.steps, device="cpu")
     timesteps = base.timesteps
     if request.mode != "txt2img":
         start = request.steps - min(int(request.steps * request.denoising_strength), request.steps)
         timesteps = timesteps[start * base.order:]
     total = base.config.num_train_timesteps
     cutoff = int(round(total - switch * total))
-    counted = int((timesteps >= cutoff).sum().item())
+    return int((timesteps >= cutoff).sum().item())
+
+
+def planned_steps(base: Any, refiner: Any, request: GenerationRequest, switch: float) -> int:
+    """Steps per batch over both parts, counted on fresh copies of each part's scheduler as diffusers' SDXL
+    pipelines count them, so that progress has its total from the first step (each part's pipeline knows only
+    its own)."""
+    counted = base_share(base, request, switch)
+    refiner.set_timesteps(request.steps, device="cpu")
     total = refiner.config.num_train_timesteps
     cutoff = int(round(total - switch * total))
     refined = int((refiner.timesteps < cutoff).sum().item())
@@ -104,23 +111,16 @@ class Handover:
     worker runs one request at a time on its own copies, so the two locks are never taken in the other order by
     another thread holding the refiner's first)."""
 
-    def __init__(self, refiner: LoadedModel, request: GenerationRequest, prompt: str, progress: Any):
-        import torch
-
-        from guardforge.engine.prompts import encode_prompts
-
+    def __init__(self, refiner: LoadedModel, request: GenerationRequest, texts: PassTexts, progress: Any):
         self.loaded = refiner
         self.request = request
+        self.texts = texts
         self.progress = progress
         self.switch = switch_fraction(request)
+        self.embeds: Any = None  # the refiner's share of the schedule, encoded once the base's share is known
         with refiner.lock:
             self.pipe = refiner.for_mode("img2img")
             self.pipe.set_progress_bar_config(disable=True)
-            with torch.no_grad():
-                # The refiner's own text encoders (SDXL's refiner has only the second): its embeddings, weighted
-                # by the same rules as the base's.
-                self.embeds = encode_prompts(self.pipe, prompt, request.negative_prompt, request.clip_skip,
-                                     self.pipe._execution_device)
 
     def wrap(self, base: DiffusionPipeline) -> Callable[..., Any]:
         from types import SimpleNamespace
@@ -131,6 +131,17 @@ class Handover:
             return build_scheduler(pipe.scheduler.config, self.request.sampler, self.request.schedule, seed=0)
 
         self.progress.planned = planned_steps(fresh(base), fresh(self.pipe), self.request, self.switch)
+        import torch
+
+        from guardforge.engine.prompt_schedule import PassConditioning
+        from guardforge.engine.prompts import PromptEncoder
+
+        with self.loaded.lock, torch.no_grad():
+            # The refiner's own text encoders (SDXL's refiner has only the second): its embeddings, weighted by the
+            # same rules as the base's, for the steps after the base's share.
+            encoder = PromptEncoder(self.pipe, self.request.clip_skip, self.pipe._execution_device)
+            self.embeds = PassConditioning(encoder, self.texts,
+                                           offset=base_share(fresh(base), self.request, self.switch))
 
         def run(**kwargs: Any) -> Any:
             kwargs.pop("output_type", None)
@@ -162,7 +173,7 @@ class Handover:
                     # Each image's own generator, where the base left it: seeds stay per image.
                     generator=generators,
                     output_type="pil",
-                    callback_on_step_end=base_kwargs.get("callback_on_step_end"),
+                    **self.embeds.step_kwargs(self.progress.callback, pipe),
                 ).images
             finally:
                 pipe.scheduler = own

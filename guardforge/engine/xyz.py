@@ -351,6 +351,17 @@ class GridAxis(BaseModel):
     field: str = Field(..., max_length=100)
     values: str | list[str | int | float] = Field(..., max_length=10_000)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _field_equals_values(cls, given: Any) -> Any:
+        # `"cfg=1,4,7"` as `guardforge grid --x` takes it: one text is all a --script-arg can give an axis.
+        if isinstance(given, str):
+            field, sep, values = given.partition("=")
+            if not sep or not field.strip():
+                raise ValueError(f"an axis as text is FIELD=VALUES (e.g. \"cfg=1,4,7\"), not {given!r}")
+            return {"field": field.strip(), "values": values}
+        return given
+
     @field_validator("field")
     @classmethod
     def _known_field(cls, value: str) -> str:
@@ -373,33 +384,47 @@ class GridAxis(BaseModel):
         return self.values if isinstance(self.values, str) else values_text(self.values)
 
 
-class GridRequest(BaseModel):
-    """An X/Y/Z plot: the base request, and up to three axes whose every combination is one generation (a cell).
+class GridAxes(BaseModel):
+    """An X/Y/Z plot without its base request: up to three axes and A1111's options (the X/Y/Z plot script's args,
+    scripts/xyz_plot.py).
 
-    A1111's options: `draw_legend` (labels along the axes), `include_lone_images` (A1111 answers carry the cells
-    after the grid; the cells are saved and kept in the job regardless), `include_sub_grids` (one grid per Z
-    value besides the whole), `no_fixed_seeds` (a seed of -1 stays random per cell instead of drawn once for the
-    grid), `margin_size` (pixels between cells)."""
+    `draw_legend` (labels along the axes), `include_lone_images` (A1111 answers carry the cells after the grid;
+    the cells are saved and kept in the job regardless), `include_sub_grids` (one grid per Z value besides the
+    whole), `no_fixed_seeds` (a seed of -1 stays random per cell instead of drawn once for the grid),
+    `margin_size` (pixels between cells)."""
 
     model_config = ConfigDict(extra="forbid")
 
+    x: GridAxis | None = Field(None, title="X axis (FIELD=VALUES)")
+    y: GridAxis | None = Field(None, title="Y axis (FIELD=VALUES)")
+    z: GridAxis | None = Field(None, title="Z axis (FIELD=VALUES)")
+    draw_legend: bool = Field(True, title="Draw legend")
+    include_lone_images: bool = Field(False, title="Include lone images")
+    include_sub_grids: bool = Field(False, title="Include sub grids")
+    no_fixed_seeds: bool = Field(False, title="Keep -1 for seeds")
+    margin_size: int = Field(0, ge=0, le=500, title="Grid margins (px)")
+
+    @model_validator(mode="after")
+    def _an_axis(self) -> GridAxes:
+        if all(axis is None or axis.field == "nothing" for axis in (self.x, self.y, self.z)):
+            raise ValueError("give at least one axis (x, y or z) with a field and its values")
+        return self
+
+    def axes(self) -> list[GridAxis]:
+        """X, Y and Z, an absent one as Nothing."""
+        return [axis or GridAxis(field="nothing", values="") for axis in (self.x, self.y, self.z)]
+
+
+class GridRequest(GridAxes):
+    """An X/Y/Z plot: the base request, and up to three axes whose every combination is one generation (a cell)."""
+
     request: GenerationRequest
-    x: GridAxis | None = None
-    y: GridAxis | None = None
-    z: GridAxis | None = None
-    draw_legend: bool = True
-    include_lone_images: bool = False
-    include_sub_grids: bool = False
-    no_fixed_seeds: bool = False
-    margin_size: int = Field(0, ge=0, le=500)
 
     @model_validator(mode="after")
     def _one_image_per_cell(self) -> GridRequest:
         if self.request.batch_size * self.request.n_iter != 1:
             raise ValueError("a grid cell is one image: set batch_size and n_iter to 1 (each combination of the "
                              "axes is one generation)")
-        if all(axis is None or axis.field == "nothing" for axis in (self.x, self.y, self.z)):
-            raise ValueError("give at least one axis (x, y or z) with a field and its values")
         return self
 
     @model_validator(mode="after")
@@ -409,9 +434,17 @@ class GridRequest(BaseModel):
         plan_grid(self)
         return self
 
-    def axes(self) -> list[GridAxis]:
-        """X, Y and Z, an absent one as Nothing."""
-        return [axis or GridAxis(field="nothing", values="") for axis in (self.x, self.y, self.z)]
+    @classmethod
+    def of(cls, request: GenerationRequest, axes: GridAxes) -> GridRequest:
+        """The grid of `axes` over `request`; InvalidRequest (the reason, as the edge's 422 says it) where a cell
+        cannot be a request."""
+        try:
+            return cls.model_validate({**dict(axes), "request": request})
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(str(part) for part in error["loc"])
+            raise InvalidRequest(f"X/Y/Z plot: {where + ': ' if where else ''}"
+                                 f"{error['msg'].removeprefix('Value error, ')}") from None
 
 
 @dataclass
@@ -638,3 +671,37 @@ def render_grids(grid: GridRequest, plan: GridPlan, pictures: list[Any]) -> list
                           margin=grid.margin_size, legend=grid.draw_legend, cell_size=size) for iz in range(nz)]
     whole = side_by_side(subgrids, plan.labels[2], legend=grid.draw_legend)
     return [whole] + (subgrids if grid.include_sub_grids and nz > 1 else [])
+
+
+def cell_picture(result: GenerationResult | None, made_size: Callable[[GenerationRequest], tuple[int, int]]):
+    """What a cell shows: its image as delivered, the withheld tile (at the size `made_size` says the request
+    makes) where the guard blocked its prompt or image, None where it never ran (an interrupted grid)."""
+    from guardforge.guard.blur import withheld_tile
+
+    if result is None:
+        return None
+    if not result.images:
+        return withheld_tile(*made_size(result.request)) if result.blocked else None
+    image = result.images[0]
+    return image.pil if image.pil is not None else withheld_tile(image.width, image.height)
+
+
+@dataclass
+class GridRun:
+    """A grid as it came out: every cell (grid order), the grid images (render_grids) and their infotext."""
+
+    cells: list[GridCellResult]
+    pictures: list[Any]
+    infotext: str
+
+
+def run_grid(grid: GridRequest, plan: GridPlan, generate: Callable[..., GenerationResult],
+             made_size: Callable[[GenerationRequest], tuple[int, int]], on_progress=None, cancel=None, skip=None,
+             interrupt=None) -> GridRun:
+    """The cells through `generate` (run_cells), then the grid images of what they delivered with the grid's
+    infotext: what the `grid` job (Studio.generate_grid) and the X/Y/Z plot script (scripts/xyz_plot.py) both
+    run, so that the two make the same pixels."""
+    cells = run_cells(plan, generate, on_progress, cancel, skip, interrupt)
+    pictures = [cell_picture(cell.result, made_size) for cell in cells]
+    first = next((cell.image.infotext for cell in cells if cell.image is not None), None)
+    return GridRun(cells, render_grids(grid, plan, pictures), grid_infotext(first, grid, plan))

@@ -29,7 +29,7 @@ from sqlalchemy import (
 )
 
 from guardforge.db import Database
-from guardforge.errors import GuardforgeError
+from guardforge.errors import GuardforgeError, InvalidRequest
 from guardforge.jobs.results import JobResult, parse_result
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -466,6 +466,35 @@ class JobQueue:
             query = query.where(self._jobs.c.kind == kind)
         with self.engine.connect() as conn:
             return [self._job(row) for row in conn.execute(query)]
+
+    def results(self, owner: str | None, kind: str, since: float | None = None, until: float | None = None,
+                limit: int = 1000) -> list[tuple[str, JobResult | None]]:
+        """(id, result) of the newest jobs of `kind`, created in [since, until): what a filter over results
+        reads, without the payloads (an img2img job's holds its init image, megabytes of base64)."""
+        jobs = self._jobs
+        query = select(jobs.c.id, jobs.c.result).where(jobs.c.kind == kind).order_by(jobs.c.created_at.desc())
+        if owner is not None:
+            query = query.where(jobs.c.owner == owner)
+        if since is not None:
+            query = query.where(jobs.c.created_at >= since)
+        if until is not None:
+            query = query.where(jobs.c.created_at < until)
+        with self.engine.connect() as conn:
+            return [(row.id, parse_result(kind, json.loads(row.result)) if row.result else None)
+                    for row in conn.execute(query.limit(limit))]
+
+    def delete(self, job_id: str, owner: str | None) -> list[str]:
+        """Remove an ended job of `owner` and its image rows; returns the paths of its saved files for the caller
+        to remove. A queued or running job is refused: a worker holds it."""
+        job = self.get(job_id, owner)
+        if job.state not in TERMINAL:
+            raise InvalidRequest(f"job {job_id!r} is {job.state}: cancel it first, then delete it")
+        with self.engine.begin() as conn:
+            paths = [row.path for row in conn.execute(select(self._images.c.path).where(
+                self._images.c.job_id == job_id)) if row.path]
+            conn.execute(self._images.delete().where(self._images.c.job_id == job_id))
+            conn.execute(self._jobs.delete().where(self._jobs.c.id == job_id, self._jobs.c.state.in_(TERMINAL)))
+        return paths
 
     def active_for(self, owner: str | None, kind: str | None = None) -> Job | None:
         """The caller's running job, else its next queued one (A1111's /progress reports one job)."""

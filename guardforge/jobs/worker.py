@@ -311,9 +311,11 @@ class Worker:
 
     def _progress(self, job: Job) -> Callable[[ProgressEvent], None]:
         def on_progress(event: ProgressEvent) -> None:
-            self.hub.publish(job.id, {"type": "progress", "state": "running", "step": event.step,
-                                      "total": event.total, "eta": event.eta_s, "it_per_s": event.it_per_s,
-                                      "batch_index": event.batch_index})
+            published = {"type": "progress", "state": "running", "step": event.step, "total": event.total,
+                         "eta": event.eta_s, "it_per_s": event.it_per_s, "batch_index": event.batch_index}
+            if event.preview is not None:  # already screened by the guard (Studio.generate)
+                published.update(preview=encode_image(event.preview), preview_step=event.step)
+            self.hub.publish(job.id, published)
         return on_progress
 
     @staticmethod
@@ -334,7 +336,7 @@ class Worker:
         request = GenerationRequest.model_validate(job.payload["request"])
         result = self.generate(request, on_progress=self._progress(job), cancel=running.cancel, save=save,
                                skip=running.skip, interrupt=running.interrupt, device=self.device,
-                               replica=self.replica)
+                               replica=self.replica, previews=True)
         images = self._stored(job, result.images)
         # Without the request (the job's payload has it) and the images' paths: where the server keeps files is
         # not the caller's business.

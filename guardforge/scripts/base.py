@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from guardforge.errors import InvalidRequest
 
 if TYPE_CHECKING:  # a plugin that adds no route need not import FastAPI
+    from threading import Event
+
     from fastapi import APIRouter
     from PIL.Image import Image
 
@@ -30,6 +32,30 @@ class MadeImage:
 
     image: Image
     infotext: str
+    grid: bool = False  # filed with the grids (txt2img-grids, ...), as A1111 files a script's grid
+
+
+@dataclass
+class Generate:
+    """What a selectable script's `run` gets as `generate`: `generate(request)` is one whole guarded generation
+    (always-on scripts included). It carries the run's progress callback and signals, which each call passes on
+    unless given others (a script that reports one progress over all its generations passes its own
+    `on_progress`), and `made_size(request)`, the size a request's image comes out at, known without running it
+    (for a slot whose generation the guard blocked)."""
+
+    generate: Callable[..., GenerationResult]
+    made_size: Callable[[GenerationRequest], tuple[int, int]]
+    on_progress: Callable[..., None] | None = None
+    cancel: Event | None = None
+    skip: Event | None = None
+    interrupt: Event | None = None
+
+    def __call__(self, request: GenerationRequest, **signals: Any) -> GenerationResult:
+        unknown = set(signals) - {"on_progress", "cancel", "skip", "interrupt"}
+        if unknown:
+            raise TypeError(f"generate takes a request and on_progress, cancel, skip, interrupt; not {sorted(unknown)}")
+        return self.generate(request, **{"on_progress": self.on_progress, "cancel": self.cancel, "skip": self.skip,
+                                         "interrupt": self.interrupt, **signals})
 
 
 @dataclass
@@ -96,10 +122,16 @@ class Script:
         values as strings), or None where the script did not run for it: `generate --from-png` runs it again."""
         return None
 
-    # A selectable script may replace one generation with several: `generate` runs one request through the
-    # whole Studio path (guard, engine, always-on scripts, output guard, store) and returns its result.
+    # A selectable script may replace one generation with several: `generate` (a Generate) runs one request
+    # through the whole Studio path (guard, engine, always-on scripts, output guard, store) and returns its result.
     run: Callable[..., ScriptRun] | None = None
-    # def run(self, request, args, generate: Callable[[GenerationRequest], GenerationResult]) -> ScriptRun
+    # def run(self, request, args, generate: Generate) -> ScriptRun
+
+    def planned(self, request: GenerationRequest, args: BaseModel) -> list[GenerationRequest] | None:
+        """The requests a `run` will generate, where known before it runs (None: not known). The Studio checks
+        them at submit as it checks a request (a model that is not there fails at the door, not in a worker) and
+        holds them to the limits of a grid's cells (limits.max_grid_cells, max_grid_pixels)."""
+        return None
 
     def router(self) -> APIRouter | None:
         """Routes of the script's own, served under /v1/scripts/{name}/ behind the server's authentication."""
@@ -109,8 +141,14 @@ class Script:
     def serves(self, mode: str) -> bool:
         return ("img2img" if mode == "inpaint" else mode) in self.modes
 
-    def parse_args(self, given: dict[str, Any] | list[Any] | None) -> BaseModel:
-        """The script's Args from a dict of named values or A1111's positional list; InvalidRequest says why not."""
+    def arg_infos(self, mode: str) -> list[dict[str, Any]]:
+        """Its args as /sdapi/v1/script-info shows them on `mode`'s tab, in positional order: the Args fields'
+        (arg_infos) unless the script takes a positional list of its own layout (the X/Y/Z plot: A1111's)."""
+        return arg_infos(self.Args)
+
+    def parse_args(self, given: dict[str, Any] | list[Any] | None, mode: str = "txt2img") -> BaseModel:
+        """The script's Args from a dict of named values or A1111's positional list (for a request of `mode`);
+        InvalidRequest says why not."""
         names = list(self.Args.model_fields)
         if given is None:
             given = {}

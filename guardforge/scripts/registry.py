@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 GROUP = "guardforge.scripts"
 # guardforge's own scripts, as pyproject.toml declares them: an install made before they existed (an editable
 # checkout not reinstalled) has no such metadata, and must still run them. Names found installed come first.
-BUILTIN = (EntryPoint("watermark", "guardforge.scripts.watermark:Watermark", GROUP),)
+BUILTIN = (EntryPoint("watermark", "guardforge.scripts.watermark:Watermark", GROUP),
+           EntryPoint("xyz_plot", "guardforge.scripts.xyz_plot:XYZPlot", GROUP))
 # A script's name is a path segment of its routes (/v1/scripts/{name}/...) and a key in requests.
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
 _INFOTEXT_KEY = re.compile(r"^\w[\w \-/]*$")
@@ -191,7 +192,7 @@ class ScriptRegistry:
         bound = []
         for script in self:  # the selectable one first, then the always-on ones by name
             if script.name in given:
-                bound.append(Bound(script, script.parse_args(given[script.name][1])))
+                bound.append(Bound(script, script.parse_args(given[script.name][1], request.mode)))
             elif script.alwayson and script.serves(request.mode):
                 bound.append(Bound(script, script.parse_args({})))
         return ScriptPlan([b for b in bound if b.script.active(b.args)])

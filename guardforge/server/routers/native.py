@@ -179,14 +179,19 @@ async def job_events(job_id: str, request: Request, caller: Caller = Depends(get
                         yield sse("done", final_event(job))
                         return
                     if not here and job.progress and job.progress != latest:
-                        event = latest = job.progress
+                        event = job.progress
+                        if (latest or {}).get("preview_step") == event.get("preview_step"):
+                            event = {k: v for k, v in event.items() if k != "preview"}  # each preview once
+                        latest = job.progress
                     else:
                         if time.monotonic() - quiet_since >= 10:
                             quiet_since = time.monotonic()
                             yield ": keep-alive\n\n"
                         continue
                 quiet_since = time.monotonic()
-                keys = ("step", "total", "eta", "state") + (TRAIN_FIELDS if "phase" in event else ())
+                keys = (("step", "total", "eta", "state") + (TRAIN_FIELDS if "phase" in event else ())
+                        # The live preview (base64 PNG), screened by the guard, every jobs.preview_every_steps.
+                        + (("preview", "preview_step") if "preview" in event else ()))
                 yield sse("progress", {k: event.get(k) for k in keys})
 
     return StreamingResponse(stream(), media_type="text/event-stream",

@@ -91,6 +91,8 @@ def progress(request: Request, skip_current_image: bool = False,
     )
     return ProgressResponse(progress=min(1.0, step / total) if total else 0.0,
                             eta_relative=float(latest.get("eta") or 0.0), state=state,
+                            # The latest live preview, screened by the guard as outputs are (engine/preview.py).
+                            current_image=None if skip_current_image else latest.get("preview"),
                             textinfo=f"{job.state}" + (f", {job.position} ahead" if job.position else ""))
 
 
