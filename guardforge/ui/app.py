@@ -172,7 +172,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
             job = studio.job(job_id, caller)
             if job.state in ("succeeded", "failed", "cancelled"):
                 break
-            status, shown = watch.update(job, studio.latest_event(job_id))
+            status, shown = watch.update(job, studio.latest_event(job_id) or job.progress)
             yield status, shown, gr.update(), gr.update(), job_id
             time.sleep(0.25)
         if job.state != "succeeded":
