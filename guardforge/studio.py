@@ -359,7 +359,8 @@ class Studio:
 
     async def wait(self, job_id: str, caller: Caller = LOCAL) -> Job:
         """Await the end of one of the caller's jobs without holding the event loop: woken by its final event,
-        the database read again every 5 s and at each wake, in a thread."""
+        the database read again every 5 s (every second while another server runs it) and at each wake, in a
+        thread."""
         import asyncio
 
         from guardforge.jobs.queue import TERMINAL
