@@ -43,3 +43,14 @@ def shared_server(tmp_path_factory, tiny_model_dir):
     live = start_shared_server(tmp_path_factory.mktemp("shared-server"), tiny_model_dir)
     yield live
     live.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL server (trust auth, loopback) for the session, when its binaries are installed; each
+    test makes its own database on it (tests/test_queue.py new_postgres_database)."""
+    from tests.livesrv import ThrowawayPostgres
+
+    server = ThrowawayPostgres()
+    yield server.url
+    server.remove()

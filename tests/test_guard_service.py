@@ -18,7 +18,7 @@ from guardforge.guard.moderation import CATEGORY_ORDER
 from guardforge.guard.policy import Policy, load_policy
 from guardforge.guard.service import Guard, image_sha256, text_sha256
 from guardforge.guard.taxonomy import HAZARD_CODES
-from tests.test_queue import db_url, new_postgres_database, postgres  # noqa: F401  (fixtures: SQLite and PostgreSQL)
+from tests.test_queue import db_url, new_postgres_database  # noqa: F401  (fixture: SQLite and PostgreSQL)
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 

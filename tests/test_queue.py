@@ -12,15 +12,6 @@ from guardforge.access.keys import KeyNotFound, KeyStore
 from guardforge.db import Database
 from guardforge.jobs.queue import RESTART_REASON, ImageRef, JobNotFound, JobQueue, QueueFull, TooManyActiveJobs
 from guardforge.jobs.results import GenerationJobResult, ImageResult
-from tests.livesrv import ThrowawayPostgres
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    """A throwaway PostgreSQL server (trust auth, loopback) when its binaries are installed."""
-    server = ThrowawayPostgres()
-    yield server.url
-    server.remove()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
