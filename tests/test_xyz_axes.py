@@ -141,7 +141,7 @@ def test_a1111_1_5_sampler_names_carry_their_schedule():
     grid = grid_from_script_args(BASE, [labels.index("Sampler"), "DPM++ 2M Karras, Euler", 0, "", 0, ""])
     assert [(c.request.sampler, c.request.schedule) for c in plan_grid(grid).cells] == [
         ("DPM++ 2M", "Karras"), ("Euler", BASE.schedule)]
-    hires = BASE.model_copy(update={"hires": {"scale": 2}})
+    hires = GenerationRequest.model_validate({**BASE.model_dump(), "hires": {"scale": 2}})
     grid = GridRequest(request=hires, x={"field": "Hires sampler", "values": "DPM++ 2M Karras"})
     cell = plan_grid(grid).cells[0].request
     assert (cell.hires.sampler, cell.hires.schedule, cell.schedule) == ("DPM++ 2M", "Karras", BASE.schedule)
