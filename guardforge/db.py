@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from sqlalchemy import MetaData, Table, create_engine, event, inspect
+from sqlalchemy import MetaData, Table, create_engine, event, inspect, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
@@ -109,6 +109,22 @@ class Database:
                 if not all(present.has_table(table.name) for table in missing):
                     raise
         self._created.update(table.name for table in missing)
+
+    def add_columns(self, table: Table, columns: dict[str, str]) -> None:
+        """Add to `table` those of `columns` (name -> SQL type and default, as ALTER TABLE takes them) that a
+        database made by an older release lacks: create_all never alters an existing table."""
+        engine = self.engine
+        present = {column["name"] for column in inspect(engine).get_columns(table.name)}
+        for name, ddl in columns.items():
+            if name in present:
+                continue
+            try:
+                with engine.begin() as conn:
+                    conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {name} {ddl}"))
+            except (OperationalError, ProgrammingError):
+                # Another process (a second server, a CLI) may have added it between our look and our ALTER.
+                if name not in {column["name"] for column in inspect(engine).get_columns(table.name)}:
+                    raise
 
     def dispose(self) -> None:
         """Close the pooled connections (the engine makes new ones if used again)."""

@@ -91,6 +91,10 @@ class JobsSettings(BaseModel):
     max_queue: int = Field(100, ge=1)  # queued jobs beyond this are refused (HTTP 429)
     # A job that was running when the server died is failed with a reason unless this says re-queue it.
     requeue_running_on_restart: bool = False
+    # Seconds a worker's claim on a running job holds without renewal (renewed every third of it). Servers
+    # sharing one database take over a dead one's jobs this long after it died; a server restarted on the
+    # same host takes over its own at once.
+    lease_s: float = Field(30.0, ge=1)
     # Pixels of ended jobs (images kept in the database, init images and masks in payloads) are deleted this many
     # hours after the job ended; the job rows and their infotexts stay. None keeps them forever (files saved to
     # the outputs folder are never touched). A1111 calls with save_images=false keep nothing either way.
@@ -99,6 +103,9 @@ class JobsSettings(BaseModel):
     # is left to the HTTP server so that job status and progress answer while a generation runs, shared among
     # the CPU workers (at least 1).
     cpu_threads: int | None = Field(None, ge=1)
+    # A queued generation's progress events carry a latent preview every this many steps (0: none). Each one is
+    # screened by the output-image guard, so it costs a guard call as well as a small matrix product.
+    preview_every_steps: int = Field(5, ge=0)
 
 
 class TrainingSettings(BaseModel):

@@ -111,7 +111,8 @@ class Studio:
     def jobs(self):
         from guardforge.jobs.queue import JobQueue
 
-        return JobQueue(self.database, self.settings.jobs.max_queue, self.settings.jobs.requeue_running_on_restart)
+        return JobQueue(self.database, self.settings.jobs.max_queue, self.settings.jobs.requeue_running_on_restart,
+                        lease_s=self.settings.jobs.lease_s)
 
     @cached_property
     def scripts(self):
@@ -316,6 +317,28 @@ class Studio:
         """The caller's jobs, newest first."""
         return self.jobs.list(caller.owner, limit=limit, state=state, kind=kind)
 
+    def history(self, caller: Caller = LOCAL, where=None, limit: int = 60) -> list[Job]:
+        """The caller's generations matching `where` (a jobs.history.HistoryFilter), newest first, with images."""
+        from guardforge.jobs.history import SCAN, HistoryFilter
+        from guardforge.jobs.queue import JobNotFound
+
+        where = where or HistoryFilter()
+        since, until = where.window()
+        found = [job_id for job_id, result in self.jobs.results(caller.owner, "generate", since, until, SCAN)
+                 if where.matches(result)]
+        jobs = []
+        for job_id in found[:limit]:
+            try:
+                jobs.append(self.jobs.get(job_id, caller.owner))  # with its images and its request
+            except JobNotFound:  # deleted since it was listed
+                continue
+        return jobs
+
+    def delete_job(self, job_id: str, caller: Caller = LOCAL) -> int:
+        """Remove one of the caller's ended jobs: its row, its images' rows and the files it saved (the verdict
+        beside each too). Returns how many files went. The guard's audit log keeps its verdicts."""
+        return sum(self.store.delete(path) for path in self.jobs.delete(job_id, caller.owner))
+
     def active_job(self, caller: Caller = LOCAL, kind: str = "generate") -> Job | None:
         """The caller's job that runs now, else the next of its queued ones (A1111's one current job)."""
         return self.jobs.active_for(caller.owner, kind=kind)
@@ -325,12 +348,19 @@ class Studio:
         return self.events.subscribe(job_id)
 
     def latest_event(self, job_id: str) -> dict | None:
-        """The newest progress event of a running job (step, total, eta; training phases), kept in memory."""
+        """The newest progress event of a running job (step, total, eta; training phases), kept in memory where
+        this server runs it (one run by another server: its Job's `progress`, as that server saved it)."""
         return self.events.latest(job_id)
+
+    def runs_here(self, job_id: str) -> bool:
+        """Whether this server's workers run the job, so that its events come as they happen (subscribe);
+        those of a job another server runs are read from the database."""
+        return "workers" in self.__dict__ and self.workers.runs(job_id)
 
     async def wait(self, job_id: str, caller: Caller = LOCAL) -> Job:
         """Await the end of one of the caller's jobs without holding the event loop: woken by its final event,
-        the database read again every 5 s and at each wake, in a thread."""
+        the database read again every 5 s (every second while another server runs it) and at each wake, in a
+        thread."""
         import asyncio
 
         from guardforge.jobs.queue import TERMINAL
@@ -340,9 +370,11 @@ class Studio:
                 job = await asyncio.to_thread(self.jobs.get, job_id, caller.owner)
                 if job.state in TERMINAL:
                     return job
-                event = await subscription.get(timeout=5)
+                # A job run by another server on the same database publishes nothing here: read it every second.
+                poll_s = 5 if self.runs_here(job_id) else 1
+                event = await subscription.get(timeout=poll_s)
                 while event is not None and not event.get("final"):
-                    event = await subscription.get(timeout=5)
+                    event = await subscription.get(timeout=poll_s)
 
     def cancel(self, job_id: str, caller: Caller = LOCAL, reason: str = "cancelled"):
         """Cancel a queued job now, or a running one between two steps."""
@@ -431,12 +463,14 @@ class Studio:
         interrupt: Event | None = None,
         device: str | None = None,
         replica: int = 0,
+        previews: bool = False,
     ) -> GenerationResult:
         """Guard the inputs, run the engine, guard every output, save what the policy lets through.
 
         `cancel` stops between two steps with nothing delivered; `skip` and `interrupt` are A1111's: they end
         the current batch early (and, for interrupt, the request) and deliver what was made. `device` (None:
         settings.device) and `replica` pick the copy of the model to run on: each worker has its own.
+        `previews`: progress events carry a latent preview every jobs.preview_every_steps, screened as outputs are.
         """
         from guardforge.engine.infotext import build_infotext
         from guardforge.engine.embeddings import ti_hashes
@@ -512,6 +546,7 @@ class Studio:
                    if refiner is not None else None)
         inputs = dict(init_image=init_image, mask=mask, on_progress=on_progress, cancel=cancel, skip=skip,
                       interrupt=interrupt, control=control, refiner=refined,
+                      previews=self._previews(entry.family) if previews and on_progress else None,
                       ip_adapter=ip_adapter.run(self.pipelines.ip_encoders, loaded,
                                                 self.settings) if ip_adapter else None)
         if len(distinct) == 1:
@@ -570,6 +605,16 @@ class Studio:
             model_hash=model_hash, vae=vae_name, vae_hash=vae_hash, elapsed_s=time.perf_counter() - started,
             prompt_verdict=prompt_verdict, device=str(loaded.device),
         )
+
+    def _previews(self, family: str):
+        """Live previews for a job on a model of `family`, each passed through the output-image guard first:
+        a preview is an image leaving the server like any other."""
+        from guardforge.engine.preview import Previews
+
+        def screen(image):
+            return self.guard.enforce(image, self.guard.check_output_images([image])[0])
+
+        return Previews(self.settings.jobs.preview_every_steps, family, screen)
 
     # -- the X/Y/Z plot: one job whose cells are generations ----------------------------------------------
     def submit_grid(self, grid, caller: Caller = LOCAL, priority: int = 0, save: bool = True) -> Job:
@@ -853,6 +898,32 @@ class Studio:
         entry = self.registry.resolve(model or self.settings.default_model)
         folder = entry.path if entry.format == "diffusers" else CONFIGS_DIR / shipped_config_name(entry.family)
         return native_size_from_configs(folder)
+
+    def model_defaults(self, model: str | None = None):
+        """The form a model starts from (models.defaults.ModelDefaults): its native size, its family's sampler,
+        steps and CFG scale. Nothing is loaded; a size its configs cannot give is left out."""
+        from guardforge.models.defaults import defaults_for
+
+        entry = self.registry.resolve(model or self.settings.default_model)
+        try:
+            size = self.native_size(entry.name)
+        except Exception:  # a single file of an unknown family, unreadable configs: no size to offer
+            size = None
+        return defaults_for(entry.family, size)
+
+    @cached_property
+    def preferences(self):
+        from guardforge.storage.preferences import PreferenceStore
+
+        return PreferenceStore(self.database)
+
+    def remember_settings(self, caller: Caller, settings) -> None:
+        """Keep the caller's last form settings (storage.preferences.RememberedSettings) for their next visit."""
+        self.preferences.save(caller.owner, settings)
+
+    def remembered_settings(self, caller: Caller):
+        """The caller's last form settings, or None."""
+        return self.preferences.load(caller.owner)
 
     def _text_widths(self, entry) -> dict[str, int]:
         from guardforge.engine.embeddings import widths_from_configs

@@ -92,7 +92,7 @@ def run_cli(args: list[str], env: dict[str, str], timeout: float = 120) -> str:
 
 
 class LiveServer:
-    """`python -m guardforge serve` on a free loopback port; its log goes to home/server-N.log."""
+    """`python -m guardforge serve` on a free loopback port; its log goes to home/server-N-PORT.log."""
 
     def __init__(self, home: Path, env: dict[str, str], ui: bool = False):
         self.home = home
@@ -104,12 +104,19 @@ class LiveServer:
         self.log_path: Path | None = None
 
     def start(self, timeout: float = 240) -> LiveServer:
+        self.launch()
+        return self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Start the process without waiting for it (several servers start side by side)."""
         n = len(list(self.home.glob("server-*.log")))
-        self.log_path = self.home / f"server-{n}.log"
+        self.log_path = self.home / f"server-{n}-{self.port}.log"
         args = [sys.executable, "-m", "guardforge", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                 "--log-level", "warning"] + ([] if self.ui else ["--no-ui"])
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+
+    def wait_ready(self, timeout: float = 240) -> LiveServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -89,12 +89,13 @@ def test_cancel_running_sets_the_flag(db_url):
 
 @pytest.mark.parametrize("requeue", [False, True])
 def test_recover_running_jobs_after_a_crash(db_url, requeue):
-    queue = JobQueue(Database(db_url))
+    queue = JobQueue(Database(db_url), lease_s=0.2)
     running = queue.submit("generate", {}, owner="a")
     waiting = queue.submit("generate", {}, owner="a")
     assert queue.claim_next().id == running
-    # A new process on the same database, as after SIGKILL.
+    # A new process on the same database, as after SIGKILL: the dead one renews no lease.
     restarted = JobQueue(Database(db_url), requeue_running_on_restart=requeue)
+    time.sleep(0.25)
     assert restarted.recover() == [running]
     job = restarted.get(running, None)
     if requeue:
@@ -106,15 +107,16 @@ def test_recover_running_jobs_after_a_crash(db_url, requeue):
 
 @pytest.mark.parametrize("requeue", [False, True])
 def test_a_cancel_requested_job_ends_cancelled_after_a_crash_or_a_stop(db_url, requeue):
-    queue = JobQueue(Database(db_url))
+    queue = JobQueue(Database(db_url), requeue_running_on_restart=requeue, lease_s=0.2)
     crashed, stopped, other = (queue.submit("generate", {}, owner="a") for _ in range(3))
     for _ in range(3):
         queue.claim_next()
     # The user cancelled both while they ran; the server died (or stopped) before the worker acted on it.
     queue.cancel(crashed, "a")
     queue.cancel(stopped, "a")
+    assert queue.release(stopped) == "cancelled"
     restarted = JobQueue(Database(db_url), requeue_running_on_restart=requeue)
-    assert restarted.release(stopped) == "cancelled"
+    time.sleep(0.25)  # the first server's leases run out
     assert sorted(restarted.recover()) == sorted([crashed, other])
     for job_id in (crashed, stopped):
         job = restarted.get(job_id, None)

@@ -75,6 +75,8 @@ def test_generate_in_the_browser(ui_server, tmp_path):
             set_number(page, "gf-seed", 42)
             page.locator("#gf-generate").click()
             expect(page.locator("#gf-gallery img").first).to_be_visible(timeout=180_000)
+            expect(page.locator("#gf-badge")).to_have_text("allowed", timeout=30_000)
+            page.get_by_text("Verdict (raw JSON)").first.click()  # the raw verdict is folded away
             expect(page.locator("#gf-verdict")).to_contain_text("allow", timeout=30_000)
             expect(page.locator("#gf-infotext textarea")).to_have_value(
                 re.compile(r"a green triangle.*Steps: 3.*Seed: 42", re.S))

@@ -93,6 +93,11 @@ def test_newcomer_sees_the_model_size_and_the_guard(guarded):
             expect(page.locator("#gf-progress")).to_have_attribute("data-state", "blocked", timeout=120_000)
             expect(page.locator("#gf-guard")).to_contain_text(re.compile(r"Blocked by the guard: the prompt was "
                                                                          r"refused \(S1 Violent Crimes"))
+            # The badge says it in a word, its hover the categories and scores; the raw verdict is folded away.
+            expect(page.locator("#gf-badge")).to_have_text("blocked")
+            expect(page.locator("#gf-badge")).to_have_attribute(
+                "title", re.compile(r"^the prompt: S1 Violent Crimes 0\.9\d \(over its threshold\)"))
+            page.get_by_text("Verdict (raw JSON)").first.click()
             expect(page.locator("#gf-verdict")).to_contain_text("block")
             page.screenshot(path=str(ARTIFACTS / "ui-blocked.png"), full_page=True)
 
@@ -101,6 +106,9 @@ def test_newcomer_sees_the_model_size_and_the_guard(guarded):
             expect(page.locator("#gf-gallery img").first).to_be_visible(timeout=120_000)
             expect(page.locator("#gf-progress")).to_have_attribute("data-state", "done", timeout=30_000)
             expect(page.locator("#gf-guard")).to_contain_text("1 of 1 image blurred (S12 Sexual Content)")
+            expect(page.locator("#gf-badge")).to_have_text("blurred")
+            expect(page.locator("#gf-badge")).to_have_attribute(
+                "title", re.compile(r"the image: S12 Sexual Content [<\d.]+ \(over its threshold\)"))
             page.screenshot(path=str(ARTIFACTS / "ui-blurred.png"), full_page=True)
         finally:
             browser.close()

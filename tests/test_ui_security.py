@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from guardforge.ui.controlnet_panel import units_off
-from tests.ui_inputs import HIRES_OFF, INPAINT_OFF, REFINER_OFF, SEED_EXTRAS_OFF, img2img_off, txt2img_off
+from tests.ui_inputs import BATCH_OFF, HIRES_OFF, INPAINT_OFF, REFINER_OFF, SEED_EXTRAS_OFF, img2img_off, txt2img_off
 from tests.livesrv import LiveServer, make_home, server_env
 from tests.test_server import wait_state
 
@@ -102,7 +102,7 @@ def test_img2img_refuses_a_server_path(keyed):
     units = units_off()
     units[1] = server_path(a_png)
     kind, answer = call(live, keys["b"], "run_mode", "copy", *COPY_FIELDS, None, 0.05, None, *SEED_EXTRAS_OFF,
-                        *HIRES_OFF, *REFINER_OFF, *units)
+                        *HIRES_OFF, *REFINER_OFF, *BATCH_OFF, *units)
     assert kind == "error" and "upload" in str(answer), (kind, answer)
     kind, answer = call(live, keys["b"], "run_preview", *units[:13])
     assert kind == "error" and "upload" in str(answer), (kind, answer)

@@ -11,17 +11,23 @@ HIRES_OFF = (False, "Latent", 2, 0, 0.7, 0, 0, "Use same sampler", "", "")
 OUTPAINT_OFF = (0, 0, 0, 0, "fill")
 # The refiner picker and its switch slider.
 REFINER_OFF = ("None", 0.8)
+# Batch count and batch size: one image.
+BATCH_OFF = (1, 1)
 
 
-def txt2img_off(seed_extras: tuple = SEED_EXTRAS_OFF, hires: tuple = HIRES_OFF) -> tuple:
-    """/run_mode's inputs after the editor: the seed extras, hires fix, the refiner, the tab's ControlNet units."""
-    return (*seed_extras, *hires, *REFINER_OFF, *units_off())
+def txt2img_off(seed_extras: tuple = SEED_EXTRAS_OFF, hires: tuple = HIRES_OFF, batch: tuple = BATCH_OFF) -> tuple:
+    """/run_mode's inputs after the editor: the seed extras, hires fix, the refiner, batch count and size, the tab's
+    ControlNet units."""
+    return (*seed_extras, *hires, *REFINER_OFF, *batch, *units_off())
 
 
-def img2img_off(seed_extras: tuple = SEED_EXTRAS_OFF, outpaint: tuple = OUTPAINT_OFF) -> tuple:
-    """/run_mode_1's inputs after the editor: the seed extras, outpaint, the refiner, the tab's ControlNet units."""
-    return (*seed_extras, *outpaint, *REFINER_OFF, *units_off())
+def img2img_off(seed_extras: tuple = SEED_EXTRAS_OFF, outpaint: tuple = OUTPAINT_OFF,
+                batch: tuple = BATCH_OFF) -> tuple:
+    """/run_mode_1's inputs after the editor: the seed extras, outpaint, the refiner, batch count and size, the
+    tab's ControlNet units."""
+    return (*seed_extras, *outpaint, *REFINER_OFF, *batch, *units_off())
 
 
-# /run_mode_2's (inpaint) inputs after the editor: the seed extras, then the masked content (its default).
-INPAINT_OFF = (*SEED_EXTRAS_OFF, 0, 0, 0, 0, "original")
+# /run_mode_2's (inpaint) inputs after the editor: the seed extras, the masked content (its default), then batch
+# count and size.
+INPAINT_OFF = (*SEED_EXTRAS_OFF, 0, 0, 0, 0, "original", *BATCH_OFF)

@@ -34,4 +34,5 @@ def serve(
     application = create_app(studio, mount_ui=ui)
     typer.echo(f"guardforge on http://{server.host}:{server.port}  (docs: /docs, UI: /ui)")
     uvicorn.run(application, host=server.host, port=server.port, log_level=log_level,
-                timeout_graceful_shutdown=server.graceful_shutdown_s, timeout_keep_alive=server.keep_alive_s, root_path=root_path)
+                timeout_graceful_shutdown=server.graceful_shutdown_s, timeout_keep_alive=server.keep_alive_s,
+                root_path=root_path)

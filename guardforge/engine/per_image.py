@@ -50,7 +50,8 @@ def run_per_image(engine: Engine, loaded: LoadedModel, requests: list[Generation
             done = before * per_image + event.step
             rate = max(event.it_per_s, 1e-9)
             on_progress(ProgressEvent(step=done, total=per_image * total, it_per_s=event.it_per_s,
-                                      eta_s=(per_image * total - done) / rate, batch_index=batch))
+                                      eta_s=(per_image * total - done) / rate, batch_index=batch,
+                                      preview=event.preview))
 
         results += engine.run(loaded, request, on_progress=report if on_progress else None, cancel=cancel,
                               skip=_BatchSkip(skip) if skip is not None else None, interrupt=interrupt, **inputs)

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
     from guardforge.engine.controlnet import ControlRun
     from guardforge.engine.ip_adapter import IPAdapterRun
+    from guardforge.engine.preview import Previews
     from guardforge.engine.upscalers import Upscalers
     from guardforge.models.cache import LoadedModel
     from guardforge.models.registry import ModelRegistry
@@ -114,8 +115,10 @@ class _Progress:
     """Turns diffusers' per-step callback into ProgressEvents over the whole request and checks cancel."""
 
     def __init__(self, n_iter: int, on_progress: ProgressCallback | None, cancel: threading.Event | None,
-                 skip: threading.Event | None = None, interrupt: threading.Event | None = None):
+                 skip: threading.Event | None = None, interrupt: threading.Event | None = None,
+                 previews: Previews | None = None):
         self.n_iter = n_iter
+        self.previews = previews
         self.on_progress = on_progress
         self.cancel = cancel
         self.skip = skip
@@ -150,8 +153,11 @@ class _Progress:
             total = per_batch * self.n_iter
             elapsed = max(time.perf_counter() - self.started, 1e-9)
             rate = self.done / elapsed
-            self.on_progress(ProgressEvent(step=self.done, total=total, it_per_s=rate,
-                                           eta_s=max(total - self.done, 0) / rate, batch_index=self.iteration))
+            event = ProgressEvent(step=self.done, total=total, it_per_s=rate,
+                                  eta_s=max(total - self.done, 0) / rate, batch_index=self.iteration)
+            if self.previews is not None:
+                event = self.previews.attach(event, kwargs.get("latents"))
+            self.on_progress(event)
         # Checked after reporting, so a caller that cancels from its progress handler stops at this step.
         self.check_cancel()
         if self.ends_batch():
@@ -235,6 +241,7 @@ class Engine:
         control: ControlRun | None = None,
         refiner: LoadedModel | None = None,
         ip_adapter: IPAdapterRun | None = None,
+        previews: Previews | None = None,
     ) -> list[tuple[Image.Image, int]]:
         """Generate batch_size x n_iter images; returns (image, seed) pairs in seed order.
 
@@ -244,6 +251,7 @@ class Engine:
         `control`: the request's ControlNet units, prepared (engine/controlnet.py).
         `refiner` takes over from the model at request.refiner.switch_at (engine/refiner.py).
         `ip_adapter`: the request's IP-Adapter, loaded into the pipeline for this run only (engine/ip_adapter.py).
+        `previews` puts a screened latent preview on every few progress events (engine/preview.py).
         """
         import torch
 
@@ -279,7 +287,7 @@ class Engine:
         elif mode == "txt2img":
             mode_inputs.update(width=width, height=height)
 
-        progress = _Progress(request.n_iter, on_progress, cancel, skip, interrupt)
+        progress = _Progress(request.n_iter, on_progress, cancel, skip, interrupt, previews)
         results: list[tuple[Image.Image, int]] = []
         # A request swaps the scheduler and loads LoRAs into the shared pipeline, and the cache re-places
         # weights (another dtype or offload) under the same lock: so requests on one model take turns with

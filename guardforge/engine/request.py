@@ -246,6 +246,8 @@ class ProgressEvent(BaseModel):
     it_per_s: float
     eta_s: float
     batch_index: int = 0
+    # A PIL image of the latents at this step, screened by the guard (engine/preview.py); never serialised.
+    preview: Any = Field(None, exclude=True)
 
 
 class GeneratedImage(BaseModel):

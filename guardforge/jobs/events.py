@@ -24,7 +24,14 @@ class ProgressHub:
             if event.get("final"):
                 self._latest.pop(job_id, None)
             else:
-                self._latest[job_id] = event
+                # A preview comes every few steps: the latest event keeps the last one for those who poll
+                # (the UI, A1111's /progress), while subscribers get each preview once.
+                previous = self._latest.get(job_id) or {}
+                if "preview" not in event and "preview" in previous:
+                    event_kept = {**event, "preview": previous["preview"], "preview_step": previous["preview_step"]}
+                else:
+                    event_kept = event
+                self._latest[job_id] = event_kept
             targets = list(self._subscribers.get(job_id, ()))
         for loop, queue in targets:
             try:

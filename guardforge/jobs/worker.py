@@ -7,6 +7,7 @@ in from above.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -37,6 +38,14 @@ TRAIN_FIELDS = ("phase", "loss", "instance_loss", "prior_loss", "it_per_s", "mes
 RECORD_RETRY_S = (0.5, 30.0)
 # How often the pool purges old jobs' pixels when jobs.retention_hours is set (at most; see WorkerPool).
 PRUNE_EVERY_S = 3600.0
+# The longest a running job's cancel flag (set through any server) and its progress go unread and unsaved:
+# one small read, and a write when the progress moved, per second per server.
+HEARTBEAT_S = 1.0
+LOST_CLAIM = "this server lost the job's claim (its lease expired) and another server took it over"
+
+
+class ClaimLost(Exception):
+    """The job's claim passed to another server while this worker ran it: its end is not this worker's to record."""
 
 
 def cpu_worker_threads(devices: list[str], setting: int | None = None) -> int:
@@ -64,6 +73,8 @@ class _Running:
     cancel: threading.Event = field(default_factory=threading.Event)
     skip: threading.Event = field(default_factory=threading.Event)
     interrupt: threading.Event = field(default_factory=threading.Event)
+    lost: bool = False  # its claim is another server's now
+    recorded: bool = False  # its end is in the database
 
 
 class Worker:
@@ -125,6 +136,18 @@ class Worker:
                 return True
         return False
 
+    def running_job(self) -> str | None:
+        with self._lock:
+            return self._current.job_id if self._current else None
+
+    def lose(self, job_id: str) -> None:
+        """`job_id` is no longer this server's to run (another server recovered it): stop it, record nothing."""
+        with self._lock:
+            if self._current and self._current.job_id == job_id and not self._current.recorded:
+                log.warning("worker %d: job %s: %s; stopping it", self.index, job_id, LOST_CLAIM)
+                self._current.lost = True
+                self._current.cancel.set()
+
     def skip(self, job_id: str) -> bool:
         """End the current batch of `job_id` early (A1111's skip) if this worker runs it."""
         return self._signal(job_id, "skip", "skipped")
@@ -169,8 +192,11 @@ class Worker:
                 # only worker, so it must live on, and the job must end with a reason, not stay running.
                 log.exception("worker %d: job %s could not be run", self.index, job.id)
                 error = f"{type(exc).__name__}: {exc}"
-                if self._record(job.id, "failed", error=error):
-                    self.hub.publish(job.id, {"type": "done", "final": True, "state": "failed", "error": error})
+                try:
+                    if self._record(job.id, "failed", error=error):
+                        self.hub.publish(job.id, {"type": "done", "final": True, "state": "failed", "error": error})
+                except ClaimLost:
+                    log.warning("worker %d: job %s: %s", self.index, job.id, LOST_CLAIM)
 
     def _put_back(self, job: Job) -> None:
         try:
@@ -181,17 +207,25 @@ class Worker:
     def _record(self, job_id: str, state: str, **fields: Any) -> bool:
         """queue.finish, retried with backoff while the database refuses (locked, restarting), since a job run
         and not recorded would read as running forever. Gives up only when the server stops, saying so in the
-        log; the job then stays `running` in the database and the next start's recover() ends it."""
+        log; the job then stays `running` in the database until its lease expires and a recover() ends it.
+        Raises ClaimLost when the job is no longer this server's."""
         delay, longest = RECORD_RETRY_S
         attempt = 0
         while True:
             try:
                 # After a failure the write may have landed anyway (a lost commit acknowledgement): once it
                 # has, writing again would insert the images twice.
-                if attempt and self.queue.get(job_id, None).state in TERMINAL:
-                    return True
-                self.queue.finish(job_id, state, **fields)
+                if attempt:
+                    job = self.queue.get(job_id, None)
+                    if job.state in TERMINAL and job.claimed_by == self.queue.instance_id:
+                        self._recorded(job_id)
+                        return True
+                if not self.queue.finish(job_id, state, **fields):
+                    raise ClaimLost(job_id)
+                self._recorded(job_id)
                 return True
+            except ClaimLost:
+                raise
             except Exception as exc:
                 attempt += 1
                 if self._stop.is_set():
@@ -203,6 +237,11 @@ class Worker:
                             type(exc).__name__, exc, attempt, delay)
                 self._stop.wait(delay)
                 delay = min(delay * 2, longest)
+
+    def _recorded(self, job_id: str) -> None:
+        with self._lock:
+            if self._current and self._current.job_id == job_id:
+                self._current.recorded = True
 
     def _run(self, job: Job) -> None:
         running = _Running(job.id)
@@ -233,8 +272,12 @@ class Worker:
                 self._grid(job, running, final)
             else:
                 raise GuardforgeError(f"this server cannot run jobs of kind {job.kind!r}")
+        except ClaimLost:
+            self._lost(job, final)
         except Cancelled as exc:
-            if self._stop.is_set() and job.id not in self.stop_reason:
+            if running.lost:
+                self._lost(job, final)
+            elif self._stop.is_set() and job.id not in self.stop_reason:
                 # The server is shutting down, nobody cancelled this job: keep it as a restart would.
                 state = self.queue.release(job.id)
                 final.update(state=state, error="the server stopped" if state != "cancelled" else "cancelled")
@@ -254,11 +297,25 @@ class Worker:
         self.stop_reason.pop(job.id, None)
         self.hub.publish(job.id, final)
 
+    def _lost(self, job: Job, final: dict[str, Any]) -> None:
+        """The job's claim is another server's: what it ends as is that server's to say; this one's own
+        subscribers learn the state the database holds now."""
+        log.warning("worker %d: job %s: %s; its result here is dropped", self.index, job.id, LOST_CLAIM)
+        try:
+            now = self.queue.get(job.id, None)
+            # Re-queued rather than ended, it is still final here: streams and waiting calls read the database
+            # again on a final event and go on following it there.
+            final.update(state=now.state, error=now.error)
+        except Exception:
+            final.update(state="failed", error=LOST_CLAIM)
+
     def _progress(self, job: Job) -> Callable[[ProgressEvent], None]:
         def on_progress(event: ProgressEvent) -> None:
-            self.hub.publish(job.id, {"type": "progress", "state": "running", "step": event.step,
-                                      "total": event.total, "eta": event.eta_s, "it_per_s": event.it_per_s,
-                                      "batch_index": event.batch_index})
+            published = {"type": "progress", "state": "running", "step": event.step, "total": event.total,
+                         "eta": event.eta_s, "it_per_s": event.it_per_s, "batch_index": event.batch_index}
+            if event.preview is not None:  # already screened by the guard (Studio.generate)
+                published.update(preview=encode_image(event.preview), preview_step=event.step)
+            self.hub.publish(job.id, published)
         return on_progress
 
     @staticmethod
@@ -279,7 +336,7 @@ class Worker:
         request = GenerationRequest.model_validate(job.payload["request"])
         result = self.generate(request, on_progress=self._progress(job), cancel=running.cancel, save=save,
                                skip=running.skip, interrupt=running.interrupt, device=self.device,
-                               replica=self.replica)
+                               replica=self.replica, previews=True)
         images = self._stored(job, result.images)
         # Without the request (the job's payload has it) and the images' paths: where the server keeps files is
         # not the caller's business.
@@ -340,6 +397,7 @@ class WorkerPool:
                  prune_every_s: float = PRUNE_EVERY_S, cpu_threads: int | None = None, grid: GridFn | None = None):
         self.queue = queue
         threads = cpu_worker_threads(devices, cpu_threads)
+        self.hub = hub
         self.workers = [Worker(queue, hub, generate, device, train=train, grid=grid, index=index,
                                replica=devices[:index].count(device), threads=threads if device == "cpu" else None)
                         for index, device in enumerate(devices)]
@@ -348,6 +406,8 @@ class WorkerPool:
         self.prune_every_s = min(prune_every_s, retention_s / 10) if retention_s else prune_every_s
         self._pruner_stop = threading.Event()
         self._pruner: threading.Thread | None = None
+        self._keeper_stop = threading.Event()
+        self._keeper: threading.Thread | None = None
         self.started = False
 
     def start(self) -> list[str]:
@@ -357,6 +417,9 @@ class WorkerPool:
         recovered = self.queue.recover()
         for worker in self.workers:
             worker.start()
+        self._keeper_stop.clear()
+        self._keeper = threading.Thread(target=self._keep_leases, name="guardforge-leases", daemon=True)
+        self._keeper.start()
         if self.retention_s:
             self._pruner_stop.clear()
             self._pruner = threading.Thread(target=self._prune_loop, name="guardforge-pruner", daemon=True)
@@ -380,6 +443,42 @@ class WorkerPool:
                 log.exception("purging old job data failed")
             self._pruner_stop.wait(self.prune_every_s)
 
+    def _keep_leases(self) -> None:
+        """The claims' heartbeat, in one thread for the pool: every HEARTBEAT_S (or a third of the lease, if
+        shorter) read the cancel flags of the jobs this server runs and save their progress when it moved;
+        every third of the lease renew their leases and recover the jobs of servers that are gone."""
+        renew_every = self.queue.lease_s / 3
+        tick = min(HEARTBEAT_S, renew_every)
+        last_renewal = time.monotonic()
+        saved: dict[str, str] = {}  # job id -> the progress last written for it
+        while not self._keeper_stop.wait(tick):
+            try:
+                running = {job_id: worker for worker in self.workers
+                           if (job_id := worker.running_job()) is not None}
+                renew = time.monotonic() - last_renewal >= renew_every
+                progress: dict[str, str | None] = {}
+                for job_id in running:
+                    latest = self.hub.latest(job_id)
+                    encoded = json.dumps(latest) if latest else None
+                    progress[job_id] = encoded if encoded != saved.get(job_id) else None
+                lost, cancel = self.queue.heartbeat(progress, renew)
+                saved = {job_id: progress[job_id] or saved[job_id] for job_id in running
+                         if progress[job_id] or job_id in saved}
+                for job_id in lost:
+                    running[job_id].lose(job_id)
+                for job_id in cancel:
+                    running[job_id].cancel(job_id)
+                if renew:
+                    last_renewal = time.monotonic()
+                    recovered = self.queue.recover()
+                    if recovered:
+                        log.warning("%d job(s) of a server that is gone were %s: %s", len(recovered),
+                                    "re-queued" if self.queue.requeue_running_on_restart else "failed",
+                                    ", ".join(recovered))
+                        self.notify()
+            except Exception:  # a database hiccup: the next tick tries again, well within the lease
+                log.exception("renewing job leases failed")
+
     def drain(self) -> None:
         """The server's stop has begun: take no more jobs (those queued stay queued for the next start)."""
         for worker in self.workers:
@@ -396,7 +495,16 @@ class WorkerPool:
         if self._pruner is not None:
             self._pruner.join(10)
             self._pruner = None
+        # After the workers: their leases hold while they wind down (a release may wait for a step to end).
+        self._keeper_stop.set()
+        if self._keeper is not None:
+            self._keeper.join(10)
+            self._keeper = None
         self.started = False
+
+    def runs(self, job_id: str) -> bool:
+        """Whether one of this pool's workers runs `job_id` now (its events are published here)."""
+        return any(worker.running_job() == job_id for worker in self.workers)
 
     def notify(self) -> None:
         for worker in self.workers:

@@ -131,6 +131,20 @@ class OutputStore:
             (folder / f".{number:05d}.reserved").unlink(missing_ok=True)
         return path
 
+    def delete(self, path: Path | str) -> bool:
+        """Remove an image this store wrote and the verdict beside it; False for a path outside the store's
+        folder (the outputs folder was moved since: what is there now is not ours to remove) or already gone."""
+        path = Path(os.path.realpath(path))
+        root = os.path.realpath(self.root)
+        if os.path.commonpath([root, path]) != root or path.suffix not in _PIL_FORMAT:
+            return False
+        (path.parent / f"{path.stem}.verdict.json").unlink(missing_ok=True)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
     @staticmethod
     def _write_new(target: Path, write) -> None:
         # Flushed to the disk before the rename, so that after a power cut the name holds the whole file.

@@ -16,9 +16,10 @@ from guardforge.errors import GuardforgeError
 from guardforge.guard.blur import withheld_tile
 from guardforge.imaging import encode_image
 from guardforge.access.caller import LOCAL_OWNER, Caller
-from guardforge.ui import guard_view, networks, outpaint_controls, seed_extras
+from guardforge.ui import batch, form_memory, guard_view, live, networks, outpaint_controls, seed_extras
 from guardforge.ui.controlnet_panel import ControlNetPanel
 from guardforge.ui.extras import extras_tab
+from guardforge.ui.history import Targets, history_tab
 from guardforge.ui.xyz_tab import xyz_tab
 from guardforge.ui.hires import hires_options, hires_section, hires_updates, hires_upscalers
 from guardforge.ui.uploads import (
@@ -110,9 +111,9 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
         except Exception:  # an unreadable or vanished model: keep whatever size the form has
             return None
 
-    def sizes_for(model):
-        size = native_size(model)
-        return (gr.update(), gr.update()) if size is None else (gr.update(value=size[0]), gr.update(value=size[1]))
+    def restore_form(request: gr.Request):
+        choices = {"model": model_names(), "vae": vae_names(), "sampler": sampler_names(), "schedule": SCHEDULES}
+        return form_memory.restore(studio, _caller(studio, request), choices)
 
     def refiner_picker(elem_id: str):
         """A1111's refiner: a checkpoint that finishes the image, and after what fraction of the steps."""
@@ -130,7 +131,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
     def run(mode, prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed,
             init_image, strength, editor, extra, subseed, subseed_strength, resize_w, resize_h,
             out_left, out_right, out_up, out_down, fill, request: gr.Request, hires=None, refiner=None,
-            switch_at=0.8, controlnet: list | None = None):
+            switch_at=0.8, controlnet: list | None = None, batch_count=1, batch_size=1):
         owner = _owner(request)
         if rate_limit is not None:
             try:
@@ -141,6 +142,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
                       schedule=schedule, steps=int(steps), cfg_scale=float(cfg), width=int(width),
                       height=int(height), seed=int(seed), hires=hires)
         fields.update(seed_extras.request_fields(extra, subseed, subseed_strength, resize_w, resize_h))
+        fields.update(batch.request_fields(batch_count, batch_size))
         if refiner and refiner != "None":
             fields["refiner"] = {"checkpoint": refiner, "switch_at": float(switch_at)}
         if mode == "img2img":
@@ -164,14 +166,14 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
             job_id = studio.submit(GenerationRequest(**fields), caller).id
         except Exception as exc:  # a limit or an unknown name: show the reason, keep the page alive
             raise gr.Error(str(exc)) from None
-        yield _bar(0, int(steps), "queued"), gr.update(), gr.update(), gr.update(), job_id
+        form_memory.remember(studio, caller, {**fields, "vae": vae})
+        watch = live.Progress(int(steps))
         while True:
             job = studio.job(job_id, caller)
             if job.state in ("succeeded", "failed", "cancelled"):
                 break
-            latest = studio.latest_event(job_id) or {}
-            yield (_bar(int(latest.get("step") or 0), int(latest.get("total") or steps), job.state),
-                   gr.update(), gr.update(), gr.update(), job_id)
+            status, shown = watch.update(job, studio.latest_event(job_id) or job.progress)
+            yield status, shown, gr.update(), gr.update(), job_id
             time.sleep(0.25)
         if job.state != "succeeded":
             yield _bar(0, 0, job.state, f"{job.state}: {job.error}", "error"), [], "", {}, job_id
@@ -186,34 +188,46 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
                 image = Image.open(io.BytesIO(data))  # our own output, written by this server
             gallery.append((image, guard_view.caption(meta, reasons)))
         state, action, note = guard_view.outcome(result, reasons)
-        total = job.payload["request"]["steps"]
-        yield (_bar(total, total, state, note, action), gallery, result.images[0].infotext if result.images else "",
-               guard_view.verdict_json(result), job_id)
+        asked = job.payload["request"]
+        total = asked["steps"] * asked.get("n_iter", 1)  # every batch's steps, as the progress events count them
+        status = _bar(total, total, state, note, action, title=guard_view.hover(result, reasons))
+        yield (status, gallery, result.images[0].infotext if result.images else "", guard_view.verdict_json(result),
+               job_id)
 
     def runner(mode: str):
         # An explicit signature, so that Gradio sees the gr.Request parameter and fills it in.
         def run_mode(prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed, init_image,
                      strength, editor, extra=False, subseed=-1, subseed_strength=0, resize_w=0, resize_h=0,
                      out_left=0, out_right=0, out_up=0, out_down=0, fill=None, refiner="None", switch_at=0.8,
-                     request: gr.Request = None,
+                     batch_count=1, batch_size=1, request: gr.Request = None,
                      controlnet: list | None = None):
             yield from run(mode, prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed,
                            init_image, strength, editor, extra, subseed, subseed_strength, resize_w, resize_h,
                            out_left, out_right, out_up, out_down, fill, request, refiner=refiner, switch_at=switch_at,
-                           controlnet=controlnet)
+                           controlnet=controlnet, batch_count=batch_count, batch_size=batch_size)
         return run_mode
+
+    def run_inpaint(prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed, init_image,
+                    strength, editor, extra=False, subseed=-1, subseed_strength=0, resize_w=0, resize_h=0,
+                    out_left=0, out_right=0, out_up=0, out_down=0, fill=None, batch_count=1, batch_size=1,
+                    request: gr.Request = None):
+        yield from run("inpaint", prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed,
+                       init_image, strength, editor, extra, subseed, subseed_strength, resize_w, resize_h,
+                       out_left, out_right, out_up, out_down, fill, request, batch_count=batch_count,
+                       batch_size=batch_size)
 
     def run_txt2img(prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed, init_image,
                     strength, editor, extra=False, subseed=-1, subseed_strength=0, resize_w=0, resize_h=0,
                     hr_enabled=False, hr_upscaler="Latent", hr_scale=2, hr_steps=0, hr_strength=0.7, hr_resize_x=0,
                     hr_resize_y=0, hr_sampler="Use same sampler", hr_prompt="", hr_negative="", refiner="None",
-                    switch_at=0.8, request: gr.Request = None, controlnet: list | None = None):
+                    switch_at=0.8, batch_count=1, batch_size=1, request: gr.Request = None,
+                    controlnet: list | None = None):
         hires = hires_options(hr_enabled, hr_upscaler, hr_scale, hr_steps, hr_strength, hr_resize_x, hr_resize_y,
                               hr_sampler, hr_prompt, hr_negative)
         yield from run("txt2img", prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed,
                        init_image, strength, editor, extra, subseed, subseed_strength, resize_w, resize_h,
                        0, 0, 0, 0, None, request, hires=hires, refiner=refiner, switch_at=switch_at,
-                       controlnet=controlnet)
+                       controlnet=controlnet, batch_count=batch_count, batch_size=batch_size)
 
     def show_selected(job_id, evt: gr.SelectData, request: gr.Request):
         job = studio.job(job_id, _caller(studio, request))
@@ -280,7 +294,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
             sampler = gr.Dropdown(sampler_names(), value="Euler a", label="Sampler", elem_id="gf-sampler")
             schedule = gr.Dropdown(SCHEDULES, value="Automatic", label="Schedule")
         prompt = gr.Textbox(label="Prompt", lines=2, elem_id="gf-prompt")
-        negative = gr.Textbox(label="Negative prompt", lines=1)
+        negative = gr.Textbox(label="Negative prompt", lines=1, elem_id="gf-negative")
         networks.build(studio, prompt, negative)
         with gr.Row():
             steps = gr.Slider(1, limits.max_steps, value=20, step=1, label="Steps", elem_id="gf-steps")
@@ -291,13 +305,14 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
             height = gr.Slider(8, limits.max_height, value=native_h, step=8, label="Height", elem_id="gf-height")
             seed = gr.Number(-1, precision=0, label="Seed (-1: random)", elem_id="gf-seed")
         extras = seed_extras.build(limits)
-        with gr.Tabs():
-            with gr.Tab("txt2img"):
+        batches, reuse_seed = batch.build(limits)
+        with gr.Tabs() as tabs:
+            with gr.Tab("txt2img", id="txt2img"):
                 txt_refiner, txt_switch = refiner_picker("gf-refiner")
                 txt_button = gr.Button("Generate", variant="primary", elem_id="gf-generate")
                 hires_inputs = hires_section(studio)
                 txt_controls = ControlNetPanel(studio, rate_limit, _owner, img2img=False).build("txt2img")
-            with gr.Tab("img2img"):
+            with gr.Tab("img2img", id="img2img"):
                 init_image = with_cap(UploadedImage(type="pil", label="Start from", elem_id="gf-init-image"),
                                       limits.max_image_pixels)
                 strength = gr.Slider(0, 1, value=0.75, step=0.05, label="Denoising strength")
@@ -305,7 +320,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
                 img_refiner, img_switch = refiner_picker("gf-img-refiner")
                 img_button = gr.Button("Generate from image", variant="primary")
                 img_controls = ControlNetPanel(studio, rate_limit, _owner, img2img=True).build("img2img")
-            with gr.Tab("inpaint"):
+            with gr.Tab("inpaint", id="inpaint"):
                 editor = with_cap(UploadedImageEditor(type="pil", label="Paint the area to repaint",
                                                       brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"),
                                                       elem_id="gf-editor"),
@@ -313,18 +328,24 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
                 inpaint_strength = gr.Slider(0, 1, value=0.75, step=0.05, label="Denoising strength")
                 inpaint_fill = outpaint_controls.masked_content("original", "gf-inpaint-fill")
                 inpaint_button = gr.Button("Inpaint", variant="primary")
-            extras_tab(studio, rate_limit, lambda request: _caller(studio, request), _owner)
+            extras_image = extras_tab(studio, rate_limit, lambda request: _caller(studio, request), _owner)
             xyz_tab(studio, rate_limit, lambda request: _caller(studio, request), _owner, prompt, negative,
                     [model, vae, sampler, schedule, steps, cfg, width, height, seed])
             with gr.Tab("PNG info"):
                 png = UploadedFile(label="Drop a PNG made by guardforge or A1111", file_types=[".png"],
                                    type="filepath", elem_id="gf-png")
                 png_text = gr.Textbox(label="Parameters found", lines=4, elem_id="gf-png-text")
+            sent_fields = [prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed, *extras,
+                           *hires_inputs]
+            history_tab(studio, Targets(tabs, init_image, editor, extras_image, sent_fields, _fields_update),
+                        lambda request: _caller(studio, request), _owner, rate_limit, model_names)
         progress = gr.HTML(_bar(0, 0, "idle"))
         # Four columns even for one image: fitted to one column, the caption (what the guard did) falls off.
         gallery = gr.Gallery(label="Images", columns=4, fit_columns=False, object_fit="contain", elem_id="gf-gallery")
         infotext = gr.Textbox(label="Infotext", lines=3, elem_id="gf-infotext")
-        verdict = gr.JSON(label="Verdict", elem_id="gf-verdict")
+        # The badge in the status box says the verdict; the raw one is for those who want every field.
+        with gr.Accordion("Verdict (raw JSON)", open=False, elem_id="gf-verdict-fold"):
+            verdict = gr.JSON(label="Verdict", elem_id="gf-verdict")
         with gr.Accordion("History", open=False):
             refresh = gr.Button("Refresh history")
             table = gr.Dataframe(headers=["job", "time", "state", "prompt"], interactive=False)
@@ -344,20 +365,25 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
                        "hr_resize_y", "hr_sampler", "hr_prompt", "hr_negative"]
         outpaint_names = ["out_left", "out_right", "out_up", "out_down", "fill"]
         refiner_names = ["refiner", "switch_at"]
-        txt_button.click(txt_controls.wrap(run_txt2img, names + hires_names + refiner_names),
+        batch_names = ["batch_count", "batch_size"]  # after the tab's own controls, before any ControlNet unit
+        txt_button.click(txt_controls.wrap(run_txt2img, names + hires_names + refiner_names + batch_names),
                          [prompt, negative, *params, init_image, strength, editor, *extras, *hires_inputs,
-                          txt_refiner, txt_switch, *txt_controls.components], outputs, concurrency_limit=None,
-                         api_name="run_mode")
-        img_button.click(img_controls.wrap(runner("img2img"), names + outpaint_names + refiner_names),
+                          txt_refiner, txt_switch, *batches, *txt_controls.components], outputs,
+                         concurrency_limit=None, api_name="run_mode")
+        img_button.click(img_controls.wrap(runner("img2img"), names + outpaint_names + refiner_names + batch_names),
                          [prompt, negative, *params, init_image, strength, editor, *extras, *outpaint,
-                          img_refiner, img_switch, *img_controls.components], outputs,
+                          img_refiner, img_switch, *batches, *img_controls.components], outputs,
                          concurrency_limit=None)
-        inpaint_button.click(runner("inpaint"),
+        inpaint_button.click(run_inpaint,
                              [prompt, negative, *params, init_image, inpaint_strength, editor, *extras, *outpaint[:4],
-                              inpaint_fill], outputs, concurrency_limit=None)
+                              inpaint_fill, *batches], outputs, concurrency_limit=None, api_name="run_mode_2")
+        batch.wire_reuse(reuse_seed, infotext, seed)
         gallery.select(show_selected, [job_state], [infotext, verdict])
-        # `input`, not `change`: a model set by PNG info or Reuse comes with its own size, which must stay.
-        model.input(sizes_for, [model], [width, height])
+        # `input`, not `change`: a model set by PNG info or Reuse comes with its own settings, which must stay.
+        # The endpoint keeps the name it had when it set the size alone.
+        model.input(lambda name: form_memory.defaults_updates(studio, name), [model],
+                    [width, height, sampler, steps, cfg], api_name="sizes_for")
+        ui.load(restore_form, None, [model, vae, sampler, schedule, steps, cfg, width, height, negative])
         refresh.click(history, None, [table, chosen])
         fields = [prompt, negative, *params, *extras, *hires_inputs]
         reuse_button.click(reuse, [chosen], fields)

@@ -14,9 +14,10 @@ from guardforge.ui.uploads import UploadedImage, with_cap
 SCALE_BY, SCALE_TO = "Scale by", "Scale to"  # A1111's two tabs of the extras upscale
 
 
-def extras_tab(studio, rate_limit: Callable[[str], None] | None, caller_of: Callable, owner_of: Callable) -> None:
-    """The tab's components and its click handler, inside the caller's gr.Tabs. `caller_of(request)` and
-    `owner_of(request)` are the app's: whose call this is, for the rate limit and the guard's audit."""
+def extras_tab(studio, rate_limit: Callable[[str], None] | None, caller_of: Callable, owner_of: Callable):
+    """The tab's components and its click handler, inside the caller's gr.Tabs; returns its image input (the
+    gallery's "send to extras" fills it). `caller_of(request)` and `owner_of(request)` are the app's: whose call
+    this is, for the rate limit and the guard's audit."""
     from pydantic import ValidationError
 
     from guardforge.engine.upscalers import UpscaleRequest
@@ -56,7 +57,7 @@ def extras_tab(studio, rate_limit: Callable[[str], None] | None, caller_of: Call
         note = "" if result.action == "allow" else f" The guard's action: {result.action}."
         return result.pil, f"{result.width}x{result.height} in {result.elapsed_s:.1f}s. {params}.{note}"
 
-    with gr.Tab("Extras"):
+    with gr.Tab("Extras", id="extras"):
         image = with_cap(UploadedImage(type="pil", label="Image to upscale", elem_id="gf-extras-image"),
                          limits.max_image_pixels)
         choices = names()
@@ -78,3 +79,4 @@ def extras_tab(studio, rate_limit: Callable[[str], None] | None, caller_of: Call
         dropdown.focus(lambda: gr.update(choices=names()), None, dropdown)
     button.click(upscale_image, [image, upscaler, scale, upscaler_2, visibility, resize_mode, width, height, crop],
                  [result, info], concurrency_limit=None)
+    return image

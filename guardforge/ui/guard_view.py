@@ -16,6 +16,10 @@ SEVERITY = {"allow": 0, "flag": 1, "blur": 2, "block": 3}
 COLORS = {"allow": "#15803d", "flag": "#b45309", "blur": "#b45309", "block": "#b91c1c", "error": "#b91c1c",
           "idle": "inherit"}
 WHAT = {"prompt": "the prompt", "input_image": "the starting image", "output_image": "the image"}
+# The badge's word per action: what people scan for, the sentence beside it says the rest.
+BADGE = {"allow": "allowed", "flag": "flagged", "blur": "blurred", "block": "blocked", "error": "failed"}
+# Scores under this are noise to a reader: the hover lists what the guard actually saw.
+SHOWN_SCORE = 0.01
 
 
 class Reasons:
@@ -57,16 +61,67 @@ class Reasons:
         return f", score {score:.2f}" if score >= 0.01 else ", score <0.01"
 
 
-def bar(step: int, total: int, state: str, note: str = "", action: str = "allow") -> str:
-    """The status box: a progress bar while a job runs, and a line saying what the guard did once it ended."""
+def scores_line(verdict: Verdict | None, reasons: Reasons) -> str:
+    """'the prompt: S1 Violent Crimes 0.91, S10 Hate 0.12' (highest first), for the badge's hover."""
+    if verdict is None:
+        return ""
+    what = WHAT.get(verdict.checkpoint, verdict.checkpoint)
+    if verdict.backend == "off":
+        return f"{what}: not checked (this checkpoint is off in the policy)"
+    if verdict.error:
+        return f"{what}: the guard could not check ({verdict.error})"
+    # A category over its threshold is listed whatever its score: a policy may set a threshold near zero.
+    shown = sorted(((code, score) for code, score in verdict.scores.items()
+                    if score >= SHOWN_SCORE or code in verdict.violated), key=lambda item: -item[1])
+    if not shown:
+        return f"{what}: no category scored {SHOWN_SCORE} or more"
+
+    def label(code: str, value: float) -> str:
+        score = "" if verdict.labels_only else (f" {value:.2f}" if value >= SHOWN_SCORE else f" <{SHOWN_SCORE}")
+        return reasons.name(code) + score + (" (over its threshold)" if code in verdict.violated else "")
+
+    return f"{what}: " + ", ".join(label(code, value) for code, value in shown)
+
+
+def hover(result: GenerationJobResult, reasons: Reasons) -> str:
+    """Every category the guard scored for this job, per checkpoint: the prompt, then each image."""
+    lines = [scores_line(result.prompt_verdict, reasons)]
+    many = len(result.images) > 1
+    for number, image in enumerate(result.images, 1):
+        line = scores_line(image.verdict, reasons)
+        lines.append(line.replace("the image", f"image {number}", 1) if many else line)
+    return "\n".join(line for line in lines if line)
+
+
+def badge(action: str, title: str = "", elem_id: str = "gf-badge") -> str:
+    """The verdict as a coloured word (allowed, flagged, blurred, blocked); `title` shows on hover."""
+    color = COLORS.get(action, "inherit")
+    return (f'<span id="{elem_id}" class="gf-badge" data-action="{html.escape(action)}" title="{html.escape(title)}" '
+            f'style="display:inline-block;background:{color};color:#fff;border-radius:9px;padding:1px 10px;'
+            f'margin-right:8px;font-size:0.85em;cursor:help">{BADGE.get(action, html.escape(action))}</span>')
+
+
+def bar(step: int, total: int, state: str, note: str = "", action: str = "allow", title: str | None = None,
+        waiting: str = "") -> str:
+    """The status box: a progress bar while a job runs (`waiting`: its place in the queue), and once it ended a
+    line saying what the guard did, led by the verdict's badge when `title` (its hover text) is given."""
     percent = int(100 * step / total) if total else 0
     meter = ("" if state == "blocked" else
              f'<progress value="{step}" max="{total or 1}" style="width:100%"></progress> '
-             f"{html.escape(state)} {step}/{total} ({percent}%)")
-    color = COLORS.get(action, "inherit")
-    line = (f'<div id="gf-guard" data-action="{action}" style="color:{color};border-left:4px solid {color};'
-            f'padding:4px 10px;margin:6px 0 0 2px;font-weight:600">{html.escape(note)}</div>') if note else ""
+             f"{html.escape(state)} {step}/{total} ({percent}%)"
+             + (f' <span id="gf-queue">{html.escape(waiting)}</span>' if waiting else ""))
+    line = verdict_line(action, note, title) if note else ""
     return f'<div id="gf-progress" data-state="{html.escape(state)}" data-action="{action}">{meter}{line}</div>'
+
+
+def verdict_line(action: str, note: str, title: str | None = None, elem_id: str = "gf-guard") -> str:
+    """The guard's sentence in the action's colour, led by the badge when `title` (its hover text) is given."""
+    color = COLORS.get(action, "inherit")
+    # The main status box's badge keeps the short id the tests and users' CSS know; others are named after their box.
+    badge_id = "gf-badge" if elem_id == "gf-guard" else f"{elem_id}-badge"
+    lead = badge(action, title, badge_id) if title is not None else ""
+    return (f'<div id="{elem_id}" data-action="{action}" style="color:{color};border-left:4px solid {color};'
+            f'padding:4px 10px;margin:6px 0 0 2px;font-weight:600">{lead}{html.escape(note)}</div>')
 
 
 def outcome(result: GenerationJobResult, reasons: Reasons) -> tuple[str, str, str]:

@@ -57,7 +57,7 @@ def xyz_tab(studio, rate_limit: Callable[[str], None] | None, caller_of: Callabl
             job = studio.job(job_id, caller)
             if job.state in ("succeeded", "failed", "cancelled"):
                 break
-            latest = studio.latest_event(job_id) or {}
+            latest = studio.latest_event(job_id) or job.progress or {}  # progress: run by another server
             yield (guard_view.bar(int(latest.get("step") or 0), int(latest.get("total") or 0), job.state),
                    gr.update(), gr.update(), gr.update())
             time.sleep(0.25)

@@ -4,6 +4,7 @@ events), cancel it, fetch images."""
 from __future__ import annotations
 
 import json
+import time
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response, StreamingResponse
@@ -51,7 +52,7 @@ def job_view(request: Request, job: Job) -> JobView:
     studio = request.app.state.studio
     progress = None
     if job.state == "running":
-        latest = studio.latest_event(job.id)
+        latest = studio.latest_event(job.id) or job.progress  # saved by whichever server runs it
         if latest:
             progress = JobProgress(step=latest.get("step", 0), total=latest.get("total", 0), eta=latest.get("eta"),
                                    **({name: latest.get(name) for name in TRAIN_FIELDS}
@@ -163,19 +164,34 @@ async def job_events(job_id: str, request: Request, caller: Caller = Depends(get
                 yield sse("done", final_event(job))
                 return
             yield sse("state", {"state": job.state, "position": job.position})
-            latest = studio.latest_event(job_id)
+            latest = studio.latest_event(job_id) or job.progress
             if latest:
                 yield sse("progress", latest)
+            quiet_since = time.monotonic()
             while True:
-                event = await subscription.get(timeout=10)
+                # Another server on the same database may run the job (or claim it while it waits): its progress
+                # is then read from the database every second, as its worker saves it.
+                here = studio.runs_here(job_id)
+                event = await subscription.get(timeout=10 if here else 1)
                 if event is None or event.get("final"):
                     job = await run_in_threadpool(studio.job, job_id, caller)
                     if job.state in TERMINAL:
                         yield sse("done", final_event(job))
                         return
-                    yield ": keep-alive\n\n"
-                    continue
-                keys = ("step", "total", "eta", "state") + (TRAIN_FIELDS if "phase" in event else ())
+                    if not here and job.progress and job.progress != latest:
+                        event = job.progress
+                        if (latest or {}).get("preview_step") == event.get("preview_step"):
+                            event = {k: v for k, v in event.items() if k != "preview"}  # each preview once
+                        latest = job.progress
+                    else:
+                        if time.monotonic() - quiet_since >= 10:
+                            quiet_since = time.monotonic()
+                            yield ": keep-alive\n\n"
+                        continue
+                quiet_since = time.monotonic()
+                keys = (("step", "total", "eta", "state") + (TRAIN_FIELDS if "phase" in event else ())
+                        # The live preview (base64 PNG), screened by the guard, every jobs.preview_every_steps.
+                        + (("preview", "preview_step") if "preview" in event else ()))
                 yield sse("progress", {k: event.get(k) for k in keys})
 
     return StreamingResponse(stream(), media_type="text/event-stream",

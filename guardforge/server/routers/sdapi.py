@@ -81,7 +81,7 @@ def progress(request: Request, skip_current_image: bool = False,
     job = studio.active_job(caller) or studio.active_job(caller, kind="grid")
     if job is None:
         return ProgressResponse(progress=0.0, eta_relative=0.0, state=ProgressState())
-    latest = studio.latest_event(job.id) or {}
+    latest = studio.latest_event(job.id) or job.progress or {}  # job.progress: when another server runs it
     step, total = int(latest.get("step") or 0), int(latest.get("total") or 0)
     reason = studio.stop_reason(job.id)
     state = ProgressState(
@@ -91,6 +91,8 @@ def progress(request: Request, skip_current_image: bool = False,
     )
     return ProgressResponse(progress=min(1.0, step / total) if total else 0.0,
                             eta_relative=float(latest.get("eta") or 0.0), state=state,
+                            # The latest live preview, screened by the guard as outputs are (engine/preview.py).
+                            current_image=None if skip_current_image else latest.get("preview"),
                             textinfo=f"{job.state}" + (f", {job.position} ahead" if job.position else ""))
 
 
