@@ -333,16 +333,17 @@ def test_cli_lists_scripts_and_generates_with_them(plugin, gf_home, monkeypatch,
     assert "  opacity = 0.5  [0.0..1.0]  (Opacity)" in out
     code, out, err = call("generate", "a cat", "-m", "tiny-sd", "--steps", "1", "--width", "32", "--height", "32",
                           "--script", "shout", "--script-arg", "word=again", "--script-arg", "tint=none",
-                          "--script-arg", "watermark.enabled=true", "--script-arg", "watermark.size=8")
+                          "--script-arg", "watermark.enabled=true", "--script-arg", "watermark.size=8",
+                          "--script-arg", "watermark.text=2026")
     assert code == 0, err
     made = out.split()[0]
     text = read_infotext(made)
-    assert text.startswith("a cat, again\n") and "Shout: again" in text and "Watermark: guardforge" in text
+    assert text.startswith("a cat, again\n") and "Shout: again" in text and "Watermark: 2026," in text
     # The watermark reads its args back from the image: --from-png makes the same pixels, watermark and all.
     code, out, err = call("generate", "--from-png", made, "-o", str(gf_home / "again"))
     assert code == 0, err
     again = out.split()[0]
-    assert "Watermark: guardforge, Watermark position: bottom-right" in read_infotext(again)
+    assert "Watermark: 2026, Watermark position: bottom-right" in read_infotext(again)
     assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(made)))
     code, out, err = call("generate", "a cat", "-m", "tiny-sd", "--script", "shout", "--script", "watermark",
                           "--script-arg", "size=8")

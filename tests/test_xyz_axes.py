@@ -134,6 +134,18 @@ def test_a1111_script_args_by_index_label_and_dropdown():
     assert axis_labels(img2img=True)[6] == "Image CFG Scale" and labels[6] == "CFG Scale"
 
 
+
+def test_a1111_1_5_sampler_names_carry_their_schedule():
+    # A1111 1.0-1.5's layout (read above) came with its sampler names, the schedule inside them.
+    labels = axis_labels()
+    grid = grid_from_script_args(BASE, [labels.index("Sampler"), "DPM++ 2M Karras, Euler", 0, "", 0, ""])
+    assert [(c.request.sampler, c.request.schedule) for c in plan_grid(grid).cells] == [
+        ("DPM++ 2M", "Karras"), ("Euler", BASE.schedule)]
+    hires = GenerationRequest.model_validate({**BASE.model_dump(), "hires": {"scale": 2}})
+    grid = GridRequest(request=hires, x={"field": "Hires sampler", "values": "DPM++ 2M Karras"})
+    cell = plan_grid(grid).cells[0].request
+    assert (cell.hires.sampler, cell.hires.schedule, cell.schedule) == ("DPM++ 2M", "Karras", BASE.schedule)
+
 @pytest.mark.parametrize(("args", "reason"), [
     ([axis_labels().index("Sigma Churn"), "1", []], "the X axis 'Sigma Churn' has no equivalent in guardforge"),
     ([99, "1", []], "X type 99 is not an axis"),

@@ -149,3 +149,22 @@ def test_generate_with_the_script_from_the_cli(gf_home, monkeypatch, capsys):
     assert np.array_equal(pixels(grid), np.hstack([pixels(cell) for cell in cells]))
     code, out, err = call("generate", "a red circle", "--script", "x/y/z plot", "--script-arg", "x=warp=1,2")
     assert code == 2 and "no X/Y/Z axis 'warp'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_from_png_remakes_a_grid_over_a_dynamic_prompt(gf_home, monkeypatch, capsys):
+    from guardforge.engine.dynamic_prompts import Wildcards, expand
+    from tests.inprocess_cli import cli_caller
+
+    call = cli_caller(monkeypatch, capsys, {"GUARDFORGE_GUARD__POLICY": "off"})
+    # Seed 1 picks "blue": the grid's infotext then reads "a blue circle", where the S/R value 'red' is not found.
+    assert expand("a {red|blue} circle", 1, Wildcards(gf_home / "wildcards")) == "a blue circle"
+    code, out, err = call("generate", "a {red|blue} circle", "-m", "tiny-sd", "--steps", "1", "--width", "32",
+                          "--height", "32", "--seed", "1", "--script", "x/y/z plot",
+                          "--script-arg", "x=Prompt S/R=red,green")
+    assert code == 0, err
+    grid = out.strip().splitlines()[0].split()[0]
+    code, out, err = call("generate", "--from-png", grid)
+    assert code == 0, err
+    again = out.strip().splitlines()[0].split()[0]
+    assert "txt2img-grids" in again and again != grid
+    assert np.array_equal(pixels(Image.open(grid)), pixels(Image.open(again)))

@@ -36,6 +36,8 @@ def test_webuiapi_runs_the_xyz_plot_script(shared_server):
     assert "X Type: CFG Scale" in info["infotexts"][0] and 'Y Values: "red, green"' in info["infotexts"][0]
     assert info["infotexts"][1].startswith("a red square\n") and info["infotexts"][3].startswith("a green square\n")
     assert info["all_seeds"] == [11] * 4
+    # What each cell read, after the S/R, as a generation's all_prompts are its images' own texts.
+    assert info["all_prompts"] == ["a red square"] * 2 + ["a green square"] * 2
     assert "script_args" not in info["guardforge"]["ignored_fields"]
     for index, cell in enumerate(cells):
         ix, iy = index % 2, index // 2

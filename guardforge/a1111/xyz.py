@@ -12,6 +12,7 @@ from typing import Any
 
 from guardforge.a1111.schemas import Img2ImgPayload, ImageResponse, Txt2ImgPayload
 from guardforge.access.caller import Caller
+from guardforge.engine.infotext import parse_infotext
 from guardforge.engine.request import GenerationRequest
 from guardforge.engine.xyz import GridRequest
 from guardforge.errors import InvalidRequest, JobFailed
@@ -115,10 +116,17 @@ def answer(adapter, pending: GridPending, payload: Txt2ImgPayload, caller: Calle
                 images.append(base64.b64encode(data).decode("ascii"))
     request = grid.request
     cells = result.cells if result else []
-    seeds = [cell.seed for cell in cells if cell.seed is not None]
+    made = [cell for cell in cells if cell.seed is not None]
+    seeds = [cell.seed for cell in made]
+    # Each made cell's texts as it read them (after Prompt S/R, its styles and its dynamic prompts), one per seed
+    # in all_seeds, as a generation's all_prompts are its images' own.
+    used = [parse_infotext(result.images[cell.image_index].infotext) for cell in made
+            if cell.image_index is not None]
     first = result.images[0] if result and result.images else None
     info = {
-        "prompt": request.prompt, "all_prompts": [request.prompt] * max(len(seeds), 1),
+        "prompt": request.prompt,
+        "all_prompts": [p["Prompt"] for p in used] or [request.prompt] * max(len(seeds), 1),
+        "all_negative_prompts": [p["Negative prompt"] for p in used] or [request.negative_prompt],
         "negative_prompt": request.negative_prompt, "seed": seeds[0] if seeds else request.seed,
         "all_seeds": seeds, "subseed": request.subseed, "subseed_strength": request.subseed_strength,
         "width": first.width if first else request.width, "height": first.height if first else request.height,

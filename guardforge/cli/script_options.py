@@ -9,11 +9,15 @@ from guardforge.errors import InvalidRequest
 
 
 def _value(text: str) -> Any:
-    # JSON where it parses (numbers, true, a list of sides), else the text itself: --script-arg text=hello.
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
+    # A list or an object as JSON (a list of sides); anything else as the text itself, which the script's Args
+    # read as their field's type ("0.5" as a number, "true" as a yes), so a text arg keeps "2026" or "true" as
+    # typed: read as JSON, those were a number and a bool that a text field refused.
+    if text.lstrip()[:1] in ("[", "{"):
+        try:
+            return json.loads(text)
+        except ValueError:
+            pass
+    return text
 
 
 def script_fields(names: list[str] | None, args: list[str] | None,

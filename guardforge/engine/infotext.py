@@ -139,6 +139,11 @@ def fields_from_infotext(text: str) -> dict[str, Any]:
     """
     p = parse_infotext(text)
     fields: dict[str, Any] = {"prompt": p["Prompt"], "negative_prompt": p["Negative prompt"]}
+    if p.get("Script") == "X/Y/Z plot":
+        # A grid's cells were each expanded from the template after Prompt S/R or Prompt order edited it; the
+        # first cell's expansion in its place would lose the other choices (an S/R value it did not pick).
+        fields["prompt"] = p.get("Template", fields["prompt"])
+        fields["negative_prompt"] = p.get("Negative Template", fields["negative_prompt"])
     mapping = {
         "Steps": "steps", "Sampler": "sampler", "Schedule type": "schedule", "CFG scale": "cfg_scale",
         "Seed": "seed", "Size-1": "width", "Size-2": "height", "Denoising strength": "denoising_strength",

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from guardforge.engine.request import GeneratedImage, GenerationRequest, GenerationResult
+from guardforge.engine.samplers import split_legacy_sampler
 from guardforge.errors import InvalidRequest
 
 SCRIPT_TITLE = "X/Y/Z plot"
@@ -134,6 +135,22 @@ def _set_hires(name: str) -> Callable[[Fields, Any, list], None]:
             raise InvalidRequest(f"an axis over hires fix's {name} needs hires fix on in the request")
         fields["hires"] = {**fields["hires"], name: value}
     return apply
+
+
+def _sampler(fields: Fields, value: str, values: list) -> None:
+    # A1111 before 1.9, whose script_args layout the A1111 adapter reads too, named samplers with their schedule
+    # ("DPM++ 2M Karras"), as its txt2img's sampler_name does, which the adapter takes.
+    sampler, schedule = split_legacy_sampler(value)
+    fields["sampler"] = sampler
+    if schedule is not None:
+        fields["schedule"] = schedule
+
+
+def _hires_sampler(fields: Fields, value: str, values: list) -> None:
+    sampler, schedule = split_legacy_sampler(value)
+    _set_hires("sampler")(fields, sampler, values)
+    if schedule is not None:
+        fields["hires"] = {**fields["hires"], "schedule": schedule}
 
 
 def _prompt_sr(fields: Fields, value: str, values: list) -> None:
@@ -258,8 +275,8 @@ AXES: tuple[Axis, ...] = (
     Axis("cfg_scale", "CFG Scale", float, _set("cfg_scale"), ("cfg",)),
     Axis("prompt_sr", "Prompt S/R", str, _prompt_sr, ("prompt", "sr", "s/r")),
     Axis("prompt_order", "Prompt order", "permutations", _prompt_order),
-    Axis("sampler", "Sampler", str, _set("sampler"), ("sampler_name",)),
-    Axis("hires_sampler", "Hires sampler", str, _set_hires("sampler")),
+    Axis("sampler", "Sampler", str, _sampler, ("sampler_name",)),
+    Axis("hires_sampler", "Hires sampler", str, _hires_sampler),
     Axis("model", "Checkpoint name", str, _set("model"), ("checkpoint", "sd_model_checkpoint"), cost=1.0),
     Axis("schedule", "Schedule type", str, _set("schedule"), ("scheduler",)),
     Axis("clip_skip", "Clip skip", int, _set("clip_skip")),
