@@ -253,12 +253,15 @@ def model_features_and_logits(model: nn.Module, tokenizer, texts: list[str], max
     neighbours in a batch would move a prompt's score: it scores one prompt per call (on one CPU thread that
     costs no more than a padded batch), which keeps batched and single scores identical."""
     size = 1 if one_at_a_time else batch_size
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    features, logits = [None] * len(texts), [None] * len(texts)
+    # Each distinct text once: a caller's batch often repeats one (the demographic-neutral reading of every swap
+    # of a template is the same text), and a text's score does not depend on its neighbours.
+    distinct = list(dict.fromkeys(texts))
+    order = sorted(range(len(distinct)), key=lambda i: len(distinct[i]))
+    features, logits = [None] * len(distinct), [None] * len(distinct)
     with torch.inference_mode():
         for start in range(0, len(order), size):
             idx = order[start:start + size]
-            enc = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
+            enc = tokenizer([distinct[i] for i in idx], padding=True, truncation=True, max_length=max_length,
                             return_tensors="pt")
             if extra_layers:
                 pooled = model.pool_layers(enc["input_ids"], enc["attention_mask"], extra_layers)
@@ -269,7 +272,9 @@ def model_features_and_logits(model: nn.Module, tokenizer, texts: list[str], max
                 features[i], logits[i] = pooled[row], head[row]
     if not texts:
         return torch.zeros(0), torch.zeros(0)
-    return torch.stack(features), torch.stack(logits)
+    where = {text: i for i, text in enumerate(distinct)}
+    return (torch.stack([features[where[text]] for text in texts]),
+            torch.stack([logits[where[text]] for text in texts]))
 
 
 def model_logits(model: nn.Module, tokenizer, texts: list[str], max_length: int, one_at_a_time: bool,
