@@ -55,11 +55,12 @@ def saved_paths(stdout: str) -> list[tuple[str, int]]:
     return [(m.group(1), int(m.group(2))) for m in lines]
 
 
-def test_generate_then_regenerate_from_png_with_an_override(env, run_main, tmp_path):
-    done = cli(env, "generate", "a (red:1.2) square", "--negative", "blurry", "-m", "tiny-sd", "--steps", "2",
-               "--seed", "21", "--batch-size", "2", "--sampler", "k_euler_a", "--clip-skip", "2")
-    assert done.returncode == 0, done.stderr
-    saved = saved_paths(done.stdout)
+def test_generate_then_regenerate_from_png_with_an_override(run_main, tmp_path):
+    # In-process: the README's command below is the run as users run it (a subprocess).
+    code, out, err = run_main("generate", "a (red:1.2) square", "--negative", "blurry", "-m", "tiny-sd", "--steps",
+                              "2", "--seed", "21", "--batch-size", "2", "--sampler", "k_euler_a", "--clip-skip", "2")
+    assert code == 0, err
+    saved = saved_paths(out)
     assert [seed for _, seed in saved] == [21, 22]
     second = saved[1][0]
     text = read_infotext(second)
