@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from guardforge.storage.outputs import read_infotext
+from tests.inprocess_cli import cli_caller
 
 
 @pytest.fixture
@@ -30,24 +31,8 @@ def cli(env, *args):
 @pytest.fixture
 def run_main(env, monkeypatch, capsys):
     """Call guardforge.cli.main() as the console script does; returns (exit code, stdout, stderr)."""
-    from guardforge.cli import main
-
-    for key in ("GUARDFORGE_HOME", "GUARDFORGE_GUARD__POLICY", "GUARDFORGE_GUARD__OPENAI_API_KEY"):
-        monkeypatch.setenv(key, env[key])
-    # main() sets this default in os.environ; monkeypatch puts the session's value back afterwards.
-    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "1"))
-
-    def call(*args):
-        monkeypatch.setattr(sys, "argv", ["guardforge", *args])
-        code = 0
-        try:
-            main()
-        except SystemExit as exc:
-            code = exc.code or 0
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return call
+    keys = ("GUARDFORGE_HOME", "GUARDFORGE_GUARD__POLICY", "GUARDFORGE_GUARD__OPENAI_API_KEY")
+    return cli_caller(monkeypatch, capsys, {key: env[key] for key in keys})
 
 
 def saved_paths(stdout: str) -> list[tuple[str, int]]:

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from guardforge.engine.request import GenerationRequest
+from tests.inprocess_cli import cli_caller
 
 
 def _sdxl_parts(tokenizer_dir: Path, refiner: bool, seed: int) -> dict:
@@ -312,26 +313,7 @@ def test_a_1111_payload_fields_become_the_refiner(studio):
 @pytest.fixture
 def run_main(home, monkeypatch, capsys):
     """guardforge.cli.main() as the console script calls it, on the SDXL models folder."""
-    import os
-    import sys
-
-    from guardforge.cli import main
-
-    monkeypatch.setenv("GUARDFORGE_GUARD__POLICY", "off")
-    monkeypatch.setenv("GUARDFORGE_DEVICE", "cpu")
-    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "1"))
-
-    def call(*args):
-        monkeypatch.setattr(sys, "argv", ["guardforge", *args])
-        code = 0
-        try:
-            main()
-        except SystemExit as exc:
-            code = exc.code or 0
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return call
+    return cli_caller(monkeypatch, capsys, {"GUARDFORGE_GUARD__POLICY": "off", "GUARDFORGE_DEVICE": "cpu"})
 
 
 SMALL_CLI = ("-m", "tiny-xl", "--steps", "4", "--seed", "7", "--width", "32", "--height", "32", "--sampler", "Euler")

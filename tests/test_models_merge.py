@@ -19,6 +19,7 @@ from guardforge.errors import InvalidRequest, ModelNotFound, UnsafeModelFormat
 from guardforge.models.merge import MergeRequest
 from guardforge.settings import Settings
 from guardforge.studio import Studio
+from tests.inprocess_cli import cli_caller
 
 SD = "Stable-diffusion"
 
@@ -280,26 +281,12 @@ def test_refusals_come_before_anything_is_written(studio, gf_home):
 
 
 def test_cli_and_api_merge(studio, gf_home, monkeypatch, capsys):
-    import sys
-
     from fastapi.testclient import TestClient
 
-    from guardforge.cli import main
     from guardforge.server.app import create_app
 
-    monkeypatch.setenv("GUARDFORGE_GUARD__POLICY", "off")
-    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    monkeypatch.setenv("COLUMNS", "250")  # the listing is a table: wide enough for one row per model
-
-    def cli(*args):
-        monkeypatch.setattr(sys, "argv", ["guardforge", *args])
-        try:
-            main()
-            code = 0
-        except SystemExit as exc:
-            code = exc.code or 0
-        out = capsys.readouterr()
-        return code, out.out, out.err
+    # The listing is a table: wide enough for one row per model.
+    cli = cli_caller(monkeypatch, capsys, {"GUARDFORGE_GUARD__POLICY": "off", "COLUMNS": "250"})
 
     code, out, err = cli("models", "merge", "a", "b", "--alpha", "0.25", "--name", "from-cli", "--fp16")
     assert code == 0, err

@@ -28,6 +28,7 @@ from guardforge.guard.audit import AuditLog
 from guardforge.guard.backends.base import Scores
 from guardforge.guard.policy import load_policy
 from guardforge.guard.service import Guard
+from tests.inprocess_cli import cli_caller
 from tests.test_studio_guard import ReadsTheFirstWords
 
 SMALL = {"steps": 1, "width": 32, "height": 32, "seed": 5}
@@ -313,20 +314,9 @@ def test_broken_entry_points_are_logged_and_skipped_and_pyproject_declares_the_w
 
 
 def test_cli_lists_scripts_and_generates_with_them(plugin, gf_home, monkeypatch, capsys):
-    from guardforge.cli import main
     from guardforge.storage.outputs import read_infotext
 
-    monkeypatch.setenv("GUARDFORGE_GUARD__POLICY", "off")
-
-    def call(*args):
-        monkeypatch.setattr(sys, "argv", ["guardforge", *args])
-        try:
-            main()
-            code = 0
-        except SystemExit as exc:
-            code = exc.code or 0
-        out = capsys.readouterr()
-        return code, out.out, out.err
+    call = cli_caller(monkeypatch, capsys, {"GUARDFORGE_GUARD__POLICY": "off"})
 
     code, out, err = call("scripts", "list")
     assert code == 0 and "shout  (Shout, selectable, img2img and txt2img)" in out

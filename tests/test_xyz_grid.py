@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import os
-import sys
 import time
 
 import numpy as np
@@ -28,6 +27,7 @@ from guardforge.guard.service import Guard
 from guardforge.settings import Settings
 from guardforge.storage.outputs import read_infotext
 from guardforge.studio import Studio
+from tests.inprocess_cli import cli_caller
 from tests.livesrv import make_home
 
 SIZE = 32
@@ -194,20 +194,8 @@ def test_the_api_queues_a_grid_as_one_job_follows_it_and_cancels_it_mid_grid(stu
 
 
 def test_the_cli_writes_the_grid_and_each_cell(home, monkeypatch, capsys):
-    from guardforge.cli import main
-
-    for key, value in {"GUARDFORGE_HOME": str(home), "GUARDFORGE_GUARD__POLICY": "off",
-                       "GUARDFORGE_DEFAULT_MODEL": "tiny-sd", "GUARDFORGE_DEVICE": "cpu"}.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "1"))
-
-    def run(*args):
-        monkeypatch.setattr(sys, "argv", ["guardforge", *args])
-        try:
-            main()
-        except SystemExit as exc:
-            return exc.code or 0, *capsys.readouterr()
-        return 0, *capsys.readouterr()
+    run = cli_caller(monkeypatch, capsys, {"GUARDFORGE_HOME": str(home), "GUARDFORGE_GUARD__POLICY": "off",
+                                           "GUARDFORGE_DEFAULT_MODEL": "tiny-sd", "GUARDFORGE_DEVICE": "cpu"})
 
     code, out, err = run("grid", "a red circle", "--x", "cfg=1,7", "--y", "sampler=Euler a,DPM++ 2M",
                          "--steps", "2", "--width", str(SIZE), "--height", str(SIZE), "--seed", "3")
