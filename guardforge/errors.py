@@ -40,3 +40,17 @@ class GuardBackendError(GuardforgeError):
 
 class IncompatibleDependencies(GuardforgeError):
     """The installed libraries cannot run this feature together (HTTP 503): a server-side set-up problem, named."""
+
+
+# Errors that say the caller asked for something that cannot be done (4xx), as opposed to the server failing.
+CALLER_ERRORS: tuple[type[GuardforgeError], ...] = (InvalidRequest, ModelNotFound, UnsafeModelFormat)
+
+
+def caller_error_kind(exc: BaseException) -> str | None:
+    """The name a job records for a caller's error raised while it ran (None for the server's own failures)."""
+    return next((cls.__name__ for cls in CALLER_ERRORS if isinstance(exc, cls)), None)
+
+
+def caller_error(kind: str | None, message: str) -> GuardforgeError | None:
+    """The caller's error a failed job recorded by name, rebuilt with its message; None when it was none."""
+    return next((cls(message) for cls in CALLER_ERRORS if cls.__name__ == kind), None)

@@ -98,3 +98,27 @@ def test_readyz_reports_a_worker_whose_thread_ended(studio):
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+def test_a_callers_error_in_the_worker_reaches_an_a1111_caller_as_that_error_not_a_500(studio, gf_home):
+    """The model left the folder between submit and run: the job records the caller's error by kind, and the A1111
+    answer raises it (404 at the edge) instead of JobFailed (500)."""
+    import shutil
+
+    from guardforge.a1111.adapter import A1111
+    from guardforge.a1111.schemas import Txt2ImgPayload
+    from guardforge.errors import ModelNotFound
+
+    adapter, caller = A1111(studio), studio.caller()
+    payload = Txt2ImgPayload(prompt="a square", steps=2, width=64, height=64)
+    pending = adapter.submit(payload, caller)
+    shutil.rmtree(gf_home / "models" / "Stable-diffusion" / "tiny-sd")
+    worker = Worker(studio.jobs, ProgressHub(), studio.generate, "cpu", poll_s=0.05)
+    worker.start()
+    try:
+        job = wait_state(studio.jobs, pending.job.id, {"failed", "succeeded"})
+    finally:
+        worker.stop()
+    assert job.state == "failed" and job.error_kind == "ModelNotFound", job
+    with pytest.raises(ModelNotFound, match="tiny-sd"):
+        adapter.answer(pending, payload, caller, job)

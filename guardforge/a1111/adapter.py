@@ -26,7 +26,7 @@ from guardforge.engine.masked_content import FILLS
 from guardforge.engine.outpaint import POOR_MANS_OUTPAINTING, SIDES
 from guardforge.engine.request import AUTOMATIC_VAE, GenerationRequest
 from guardforge.engine.samplers import split_legacy_sampler
-from guardforge.errors import GuardforgeError, InvalidRequest, JobFailed
+from guardforge.errors import GuardforgeError, InvalidRequest, JobFailed, caller_error
 from guardforge.guard.blur import withheld_tile
 from guardforge.imaging import encode_image
 from guardforge.jobs.queue import Job
@@ -278,8 +278,9 @@ class A1111:
         large as the image it stands for), the payload echoed, the info JSON."""
         gen = pending.request
         if job.state == "failed":
-            # Validation happened at submit, so a failure here is the server's (a backend or a model crashed).
-            raise JobFailed(f"generation failed: {job.error}")
+            # The caller's error when the job recorded one (its model left the folder after submit), else the
+            # server's: validation happened at submit, so a backend or a model crashed.
+            raise caller_error(job.error_kind, job.error) or JobFailed(f"generation failed: {job.error}")
         width, height = gen.width, gen.height
         if width is None or height is None:
             try:

@@ -15,7 +15,7 @@ from guardforge.access.caller import Caller
 from guardforge.engine.infotext import parse_infotext
 from guardforge.engine.request import GenerationRequest
 from guardforge.engine.xyz import GridRequest
-from guardforge.errors import InvalidRequest, JobFailed
+from guardforge.errors import InvalidRequest, JobFailed, caller_error
 from guardforge.jobs.queue import Job
 from guardforge.scripts.xyz_plot import SCRIPT_NAME, args_from_script_args
 from guardforge.scripts.xyz_plot import axis_labels  # noqa: F401  (where A1111 callers' code looks for it)
@@ -93,7 +93,7 @@ def answer(adapter, pending: GridPending, payload: Txt2ImgPayload, caller: Calle
     from guardforge.a1111.adapter import A1111_VERSION, blocked_placeholder
 
     if job.state == "failed":
-        raise JobFailed(f"X/Y/Z plot failed: {job.error}")
+        raise caller_error(job.error_kind, job.error) or JobFailed(f"X/Y/Z plot failed: {job.error}")
     grid = pending.grid
     result = job.result
     images: list[str] = []

@@ -39,9 +39,10 @@ CANCELLED_BY_STOP = "cancelled (the server stopped before the job did)"
 # How long a claim holds without renewal: a server whose worker stops renewing (dead, frozen, cut off from the
 # database) loses its running jobs to the others' recovery after this long.
 LEASE_S = 30.0
-# Columns a gf_jobs table made before leases lacks, added in place (name -> ALTER TABLE's type and default).
-LEASE_COLUMNS = {"claimed_by": "VARCHAR(255)", "lease_until": "FLOAT", "attempts": "INTEGER NOT NULL DEFAULT 0",
-                 "progress": "TEXT"}
+# Columns a gf_jobs table made by an older release lacks (before leases; before error_kind), added in place
+# (name -> ALTER TABLE's type and default).
+ADDED_COLUMNS = {"claimed_by": "VARCHAR(255)", "lease_until": "FLOAT", "attempts": "INTEGER NOT NULL DEFAULT 0",
+                 "progress": "TEXT", "error_kind": "VARCHAR(64)"}
 
 
 class QueueFull(GuardforgeError):
@@ -122,6 +123,10 @@ def job_tables(metadata: MetaData) -> JobTables:
         Column("lease_until", Float),
         Column("attempts", Integer, nullable=False, default=0, server_default="0"),
         Column("progress", Text),
+        # A failed job's error class when the failure was the caller's (its model or LoRA left the folder between
+        # submit and run: guardforge.errors.CALLER_ERRORS), so that an interface waiting on it answers as it would
+        # have at submit, not with a server error.
+        Column("error_kind", String(64)),
     )
     images = Table(
         "gf_images", metadata,
@@ -203,6 +208,7 @@ class Job:
     lease_until: float | None = None
     attempts: int = 0  # how many times a worker claimed it
     progress: dict[str, Any] | None = None  # its latest progress event as its worker saved it (running jobs)
+    error_kind: str | None = None  # a failed job's error class when the failure was the caller's
 
 
 @dataclass
@@ -237,7 +243,7 @@ class JobQueue:
         # Serialises submit's count-then-insert within this process; across processes the cap is soft.
         self._submit_lock = threading.Lock()
         database.create(self._jobs, self._images)
-        database.add_columns(self._jobs, LEASE_COLUMNS)
+        database.add_columns(self._jobs, ADDED_COLUMNS)
 
     # -- writing -------------------------------------------------------------------------------------
     def submit(self, kind: str, payload: dict[str, Any], owner: str, priority: int = 0,
@@ -299,13 +305,13 @@ class JobQueue:
                 attempts=self._jobs.c.attempts - 1))
 
     def finish(self, job_id: str, state: JobState, result: JobResult | None = None,
-               error: str | None = None, images: list[StoredImage] = ()) -> bool:
+               error: str | None = None, images: list[StoredImage] = (), error_kind: str | None = None) -> bool:
         """Record the end of a job this instance runs. False, with nothing written, when its claim is no longer
         this instance's: its lease expired and another server's recovery failed or re-queued it."""
         with self.engine.begin() as conn:
             held = conn.execute(update(self._jobs).where(self._held(job_id)).values(
                 state=state, result=result.model_dump_json() if result is not None else None, error=error,
-                finished_at=time.time(), lease_until=None, progress=None,
+                error_kind=error_kind, finished_at=time.time(), lease_until=None, progress=None,
             )).rowcount
             if not held:
                 return False
@@ -552,5 +558,5 @@ class JobQueue:
             error=row.error, cancel_requested=bool(row.cancel_requested), created_at=row.created_at,
             started_at=row.started_at, finished_at=row.finished_at, claimed_by=row.claimed_by,
             lease_until=row.lease_until, attempts=row.attempts or 0,
-            progress=json.loads(row.progress) if row.progress else None,
+            progress=json.loads(row.progress) if row.progress else None, error_kind=row.error_kind,
         )

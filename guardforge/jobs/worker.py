@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from guardforge.engine.request import GenerationRequest, GenerationResult, ProgressEvent
-from guardforge.errors import Cancelled, GuardforgeError
+from guardforge.errors import Cancelled, GuardforgeError, caller_error_kind
 from guardforge.imaging import encode_image
 from guardforge.jobs.events import ProgressHub
 from guardforge.jobs.queue import TERMINAL, Job, JobQueue, StoredImage
@@ -288,7 +288,7 @@ class Worker:
                 self._record(job.id, "cancelled", error=reason)
                 final.update(state="cancelled", error=reason)
         except GuardforgeError as exc:
-            self._record(job.id, "failed", error=str(exc))
+            self._record(job.id, "failed", error=str(exc), error_kind=caller_error_kind(exc))
             final.update(state="failed", error=str(exc))
         except Exception as exc:  # a bug or a backend crash: the job fails with the reason, the worker lives
             log.error("job %s failed:\n%s", job.id, traceback.format_exc())
