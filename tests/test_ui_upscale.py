@@ -88,5 +88,9 @@ def test_png_info_fills_the_hires_section(client, tmp_path):
     filled = values(client.predict(png(base + hires), api_name="/read_png"))
     assert filled[:2] == ["a fox", ""] and filled[8:10] == [32, 32]
     assert filled[11:16] == [False, -1, 0, 0, 0]
-    assert filled[16:] == [True, "Latent (nearest)", 1.5, 3, 0.45, 0, 0, "Use same sampler", "a red fox", ""]
+    assert filled[16:26] == [True, "Latent (nearest)", 1.5, 3, 0.45, 0, 0, "Use same sampler", "a red fox", ""]
+    assert filled[26] == "None"  # no refiner in the image: the picker is reset
     assert values(client.predict(png(base), api_name="/read_png"))[16] is False
+    refined = values(client.predict(png(base + ", Refiner: tiny-xl-refiner [0123456789], Refiner switch at: 0.6"),
+                                    api_name="/read_png"))
+    assert refined[26:28] == ["tiny-xl-refiner", 0.6]

@@ -11,6 +11,7 @@ import gradio as gr
 from PIL import Image
 
 from guardforge.a1111.adapter import png_info
+from guardforge.engine.refiner import HANDOVER_FAMILIES
 from guardforge.engine.request import SCHEDULE_TYPES, GenerationRequest
 from guardforge.errors import GuardforgeError
 from guardforge.guard.blur import withheld_tile
@@ -45,8 +46,9 @@ def _caller(studio, request: gr.Request | None) -> Caller:
 
 
 SCHEDULES = list(SCHEDULE_TYPES)
-# What PNG info and Reuse set: prompt, negative, the nine of `params`, the five seed extras, the ten of hires fix.
-FORM_FIELDS = 26
+# What PNG info and Reuse set: prompt, negative, the nine of `params`, the five seed extras, the ten of hires fix,
+# the txt2img refiner and its switch.
+FORM_FIELDS = 28
 
 
 _bar = guard_view.bar
@@ -118,7 +120,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
     def refiner_picker(elem_id: str):
         """A1111's refiner: a checkpoint that finishes the image, and after what fraction of the steps."""
         with gr.Row():
-            picked = gr.Dropdown(["None"] + model_names(), value="None", label="Refiner", elem_id=elem_id)
+            picked = gr.Dropdown(["None"] + refiner_choices(), value="None", label="Refiner", elem_id=elem_id)
             switch = gr.Slider(0.01, 0.99, value=0.8, step=0.01, label="Refiner switch at",
                                elem_id=f"{elem_id}-switch")
         return picked, switch
@@ -280,7 +282,19 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
             gr.update(value=get("height")) if get("height") else gr.update(),
             gr.update(value=get("seed")) if get("seed") is not None else gr.update(),
             *seed_extras.updates(params),
-        ) + hires_updates(get("hires"), hires_upscalers(studio))
+        ) + hires_updates(get("hires"), hires_upscalers(studio)) + refiner_updates(get("refiner"))
+
+    def refiner_choices() -> list[str]:
+        # Only checkpoints a refiner can be: diffusers hands over between two models of these families.
+        return [e.name for e in studio.models("checkpoint") if e.family in HANDOVER_FAMILIES]
+
+    def refiner_updates(refiner: dict | None) -> tuple:
+        """The txt2img refiner picker and switch from a request's refiner (an infotext names it "name [hash]")."""
+        if not refiner:
+            return gr.update(value="None"), gr.update()
+        name = str(refiner.get("checkpoint", "")).split(" [")[0]
+        return (gr.update(value=name) if name in refiner_choices() else gr.update(),
+                gr.update(value=refiner.get("switch_at", 0.8)))
 
     with gr.Blocks(title="guardforge", delete_cache=(CLEAN_EVERY_S, KEEP_UPLOADS_S)) as ui:
         gr.Markdown("# guardforge")
@@ -336,7 +350,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
                                    type="filepath", elem_id="gf-png")
                 png_text = gr.Textbox(label="Parameters found", lines=4, elem_id="gf-png-text")
             sent_fields = [prompt, negative, model, vae, sampler, schedule, steps, cfg, width, height, seed, *extras,
-                           *hires_inputs]
+                           *hires_inputs, txt_refiner, txt_switch]
             history_tab(studio, Targets(tabs, init_image, editor, extras_image, sent_fields, _fields_update),
                         lambda request: _caller(studio, request), _owner, rate_limit, model_names)
         progress = gr.HTML(_bar(0, 0, "idle"))
@@ -385,7 +399,7 @@ def build_ui(studio, rate_limit: Callable[[str], None] | None = None) -> gr.Bloc
                     [width, height, sampler, steps, cfg], api_name="sizes_for")
         ui.load(restore_form, None, [model, vae, sampler, schedule, steps, cfg, width, height, negative])
         refresh.click(history, None, [table, chosen])
-        fields = [prompt, negative, *params, *extras, *hires_inputs]
+        fields = [prompt, negative, *params, *extras, *hires_inputs, txt_refiner, txt_switch]
         reuse_button.click(reuse, [chosen], fields)
         png.upload(read_png, [png], [*fields, png_text])
     return ui
