@@ -75,3 +75,12 @@ def test_models_list_shows_controlnets(gf_home, run_main, tmp_path):
     _setup(gf_home, tmp_path)
     code, out, err = run_main("models", "list", "--kind", "controlnet")
     assert code == 0 and "tiny-cn" in out and "controlnet" in out
+
+
+def test_models_list_of_an_empty_kind_says_where_files_go_and_what_is_built_in(gf_home, run_main, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")
+    code, out, _ = run_main("models", "list", "--kind", "upscaler")
+    assert code == 0 and " ".join(out.split()).startswith(f"no models; put upscalers in {gf_home / 'models' / 'ESRGAN'}")
+    assert "Lanczos and Nearest are built in" in out
+    code, out, _ = run_main("models", "list", "--kind", "vae")
+    assert "no models; put vaes in" in out and "built in" not in out

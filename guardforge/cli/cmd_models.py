@@ -47,8 +47,11 @@ def list_models(kind: str = typer.Option(None, "--kind", "-k",
         from guardforge.models.registry import KIND_FOLDERS, MORE_KIND_FOLDERS
 
         wanted = kind or "checkpoint"
-        folders = " or ".join(str(registry.root / f) for f in (KIND_FOLDERS[wanted], *MORE_KIND_FOLDERS.get(wanted, ())))
-        console.print(f"no models; put {wanted}s in {folders}")
+        folders = " or ".join(str(registry.root / f)
+                              for f in (KIND_FOLDERS[wanted], *MORE_KIND_FOLDERS.get(wanted, ())))
+        # Lanczos and Nearest need no file: say so, or "no models" reads as "no upscaling".
+        built_in = " (Lanczos and Nearest are built in: `guardforge upscale --help`)" if wanted == "upscaler" else ""
+        console.print(f"no models; put {wanted}s in {folders}{built_in}")
         return
     console.print(table)
 
