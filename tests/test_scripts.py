@@ -243,6 +243,8 @@ def test_the_xyz_plot_runs_as_a_native_job_through_the_scripts_interface(client)
     ("/sdapi/v1/txt2img", {"script_name": "shout", "script_args": "abc"}, "script_args must be a list"),
     ("/sdapi/v1/img2img", {"script_name": "repeat seeds", "init_images": ["x"]}, "runs on txt2img, not img2img"),
     ("/sdapi/v1/txt2img", {"script_name": "Poor man's outpainting"}, "is an img2img script"),
+    ("/sdapi/v1/txt2img", {"alwayson_scripts": {"Shout": {"args": ["x", "red"]}}}, "is a selectable script: send"),
+    ("/sdapi/v1/txt2img", {"script_name": "watermark", "script_args": [True]}, "is an always-on script: send its"),
     ("/v1/jobs", {"scripts": {"watermark": {"opacity": 3}}}, "opacity: Input should be less than or equal to 1"),
     ("/v1/jobs", {"scripts": {"watermark": {"colour": "red"}}}, "has no arg 'colour'"),
     ("/v1/jobs", {"scripts": {"shout": {}, "repeat": {}}}, "one selectable script per request, not 2"),

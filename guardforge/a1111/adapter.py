@@ -17,7 +17,7 @@ from PIL import Image
 from guardforge.a1111.hires import HIRES_FIELDS, hires_from_payload
 from guardforge.a1111.controlnet import units_from_payload
 from guardforge.a1111.ip_adapter import split_ip_adapter
-from guardforge.a1111.scripts import scripts_from_payload
+from guardforge.a1111.scripts import check_script_fields, scripts_from_payload
 from guardforge.a1111.schemas import SCHEDULERS_LISTED, SCHEDULES, ImageResponse, Img2ImgPayload, Txt2ImgPayload
 from guardforge.access.caller import Caller
 from guardforge.engine.hires import hires_sizes
@@ -254,6 +254,7 @@ class A1111:
         """Check and queue the generation a txt2img or img2img payload asks for (in a thread: it decodes images
         and may rescan the models folder)."""
         options = self.options(caller)
+        check_script_fields(payload, self.studio.scripts_installed())
         request, ignored = to_generation_request(payload, options["sd_model_checkpoint"], options["sd_vae"],
                                                  self.studio.settings.limits.max_image_pixels)
         job = self.studio.submit(request, caller, priority=PRIORITY, save=payload.save_images)

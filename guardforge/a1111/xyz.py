@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from guardforge.a1111.schemas import Img2ImgPayload, ImageResponse, Txt2ImgPayload
+from guardforge.a1111.scripts import check_script_fields
 from guardforge.access.caller import Caller
 from guardforge.engine.infotext import parse_infotext
 from guardforge.engine.request import GenerationRequest
@@ -56,6 +57,7 @@ def submit(adapter, payload: Txt2ImgPayload, caller: Caller) -> GridPending:
     from guardforge.a1111.adapter import to_generation_request
 
     options = adapter.options(caller)
+    check_script_fields(payload, adapter.studio.scripts_installed())
     # The cells' base request: the payload without the script that makes it a grid (an installed script by that
     # name is not what runs the cells).
     base = payload.model_copy(update={"script_name": None, "script_args": []})
