@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
+import pytest
 import torch
 
 from tests.livesrv import LiveServer, make_home, server_env
@@ -56,3 +58,23 @@ def start_shared_server(root: Path, tiny_model_dir: Path) -> LiveServer:
     home = build_shared_home(root, tiny_model_dir)
     env = server_env(home, GUARDFORGE_LIMITS__MAX_IMAGE_PIXELS=str(MAX_IMAGE_PIXELS))
     return LiveServer(home, env, ui=True).start()
+
+
+def job_with_prompt(url: str, prompt: str) -> dict:
+    """The one job on the server whose request's prompt is `prompt` (tests on the shared server each use their own)."""
+    jobs = httpx.get(f"{url}/v1/jobs", params={"limit": 500}, timeout=30).json()["jobs"]
+    [job] = [job for job in jobs if job["request"]["prompt"] == prompt]
+    return job
+
+
+# The files that drive the shared server over HTTP import these two as their own (`from tests.shared_server import
+# client, server`).
+@pytest.fixture(scope="module")
+def server(shared_server):
+    return shared_server
+
+
+@pytest.fixture
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=120) as http:
+        yield http

@@ -6,23 +6,11 @@ from __future__ import annotations
 import base64
 import io
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.shared_server import IP_ADAPTERS
-
-
-@pytest.fixture(scope="module")
-def server(shared_server):
-    return shared_server
-
-
-@pytest.fixture
-def client(server):
-    with httpx.Client(base_url=server.url, timeout=120) as http:
-        yield http
+from tests.shared_server import IP_ADAPTERS, client, server  # noqa: F401 (fixtures)
 
 
 def tiny_cn_title(api) -> str:
@@ -57,7 +45,6 @@ def test_webuiapi_lists_and_detects(api):
     titles = api.controlnet_model_list()
     names = [t.split(" [")[0] for t in titles]
     assert [n for n in names if n not in IP_ADAPTERS] == ["tiny-cn", "tiny-shapes-canny"]
-    title = titles[0]
     modules = api.controlnet_module_list()
     assert modules[0] == "none" and {"canny", "threshold", "tile_resample", "shuffle", "invert"} <= set(modules)
     assert "openpose" not in modules  # needs weights guardforge does not have

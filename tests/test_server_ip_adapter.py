@@ -6,23 +6,12 @@ from __future__ import annotations
 
 import time
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests.shared_server import client, server  # noqa: F401 (fixtures)
 from tests.test_server_controlnet import b64, square
-
-
-@pytest.fixture(scope="module")
-def server(shared_server):
-    return shared_server
-
-
-@pytest.fixture
-def client(server):
-    with httpx.Client(base_url=server.url, timeout=120) as http:
-        yield http
 
 
 @pytest.fixture

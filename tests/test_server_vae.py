@@ -8,24 +8,13 @@ import io
 import json
 import time
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests.shared_server import client, server  # noqa: F401 (fixtures)
 
 SMALL = {"steps": 2, "width": 32, "height": 32, "seed": 4, "sampler_name": "Euler a"}
-
-
-@pytest.fixture(scope="module")
-def server(shared_server):
-    return shared_server
-
-
-@pytest.fixture
-def client(server):
-    with httpx.Client(base_url=server.url, timeout=120) as http:
-        yield http
 
 
 def txt2img(client, **payload):

@@ -6,6 +6,8 @@ import re
 import shutil
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -33,6 +35,30 @@ def chromium() -> str:
         pytest.fail("Debian's chromium is not installed: run `apt-get install -y chromium` "
                     "(the UI test needs a real browser; CI installs it)")
     return path
+
+
+@contextmanager
+def ui_page(url: str, height: int, **page_options) -> Iterator:
+    """A headless Chromium page on the server's /ui, once its form is up; the browser closes after."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=chromium(),
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": height}, **page_options)
+            page.goto(f"{url}/ui/", wait_until="domcontentloaded", timeout=120_000)
+            expect(page.locator("#gf-prompt textarea")).to_be_visible(timeout=120_000)
+            yield page
+        finally:
+            browser.close()
+
+
+def fill_txt2img(page, prompt: str, steps: int, width: int, height: int, seed: int) -> None:
+    page.locator("#gf-prompt textarea").fill(prompt)
+    for elem_id, value in (("gf-steps", steps), ("gf-width", width), ("gf-height", height), ("gf-seed", seed)):
+        set_number(page, elem_id, value)
 
 
 def set_number(page, elem_id: str, value: int) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from tests.ui_inputs import txt2img_off
 from tests.livesrv import LiveServer, make_home, server_env
-from tests.test_ui import ARTIFACTS, chromium, set_number
+from tests.test_ui import ARTIFACTS, set_number, ui_page
 
 # "I will kill you" scores S1 (violent crimes) 0.91 with the embedded text guard: blocked. Every other prompt
 # is flagged (S13 at a threshold nothing stays under) and every image blurred (S12 likewise, allowed in prompts).
@@ -68,47 +68,38 @@ def test_blocked_flagged_and_blurred_are_said(guarded, request):
 
 
 def test_newcomer_sees_the_model_size_and_the_guard(guarded):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=chromium(),
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1400})
-            page.goto(f"{guarded.url}/ui/", wait_until="domcontentloaded", timeout=120_000)
-            expect(page.locator("#gf-prompt textarea")).to_be_visible(timeout=120_000)
-            # The default model's own size (the CLI's default), not 512 for a 16 px model.
-            expect(page.locator("#gf-width input[type=number]")).to_have_value("16")
-            expect(page.locator("#gf-height input[type=number]")).to_have_value("16")
-            page.locator("#gf-model input").click()
-            page.get_by_role("option", name="tiny-sd-wide").click()
-            expect(page.locator("#gf-width input[type=number]")).to_have_value("32", timeout=30_000)
-            expect(page.locator("#gf-height input[type=number]")).to_have_value("32")
+    with ui_page(guarded.url, 1400) as page:
+        # The default model's own size (the CLI's default), not 512 for a 16 px model.
+        expect(page.locator("#gf-width input[type=number]")).to_have_value("16")
+        expect(page.locator("#gf-height input[type=number]")).to_have_value("16")
+        page.locator("#gf-model input").click()
+        page.get_by_role("option", name="tiny-sd-wide").click()
+        expect(page.locator("#gf-width input[type=number]")).to_have_value("32", timeout=30_000)
+        expect(page.locator("#gf-height input[type=number]")).to_have_value("32")
 
-            page.locator("#gf-prompt textarea").fill("I will kill you")
-            set_number(page, "gf-steps", 2)
-            page.locator("#gf-generate").click()
-            expect(page.locator("#gf-progress")).to_have_attribute("data-state", "blocked", timeout=120_000)
-            expect(page.locator("#gf-guard")).to_contain_text(re.compile(r"Blocked by the guard: the prompt was "
-                                                                         r"refused \(S1 Violent Crimes"))
-            # The badge says it in a word, its hover the categories and scores; the raw verdict is folded away.
-            expect(page.locator("#gf-badge")).to_have_text("blocked")
-            expect(page.locator("#gf-badge")).to_have_attribute(
-                "title", re.compile(r"^the prompt: S1 Violent Crimes 0\.9\d \(over its threshold\)"))
-            page.get_by_text("Verdict (raw JSON)").first.click()
-            expect(page.locator("#gf-verdict")).to_contain_text("block")
-            page.screenshot(path=str(ARTIFACTS / "ui-blocked.png"), full_page=True)
+        page.locator("#gf-prompt textarea").fill("I will kill you")
+        set_number(page, "gf-steps", 2)
+        page.locator("#gf-generate").click()
+        expect(page.locator("#gf-progress")).to_have_attribute("data-state", "blocked", timeout=120_000)
+        expect(page.locator("#gf-guard")).to_contain_text(re.compile(r"Blocked by the guard: the prompt was "
+                                                                     r"refused \(S1 Violent Crimes"))
+        # The badge says it in a word, its hover the categories and scores; the raw verdict is folded away.
+        expect(page.locator("#gf-badge")).to_have_text("blocked")
+        expect(page.locator("#gf-badge")).to_have_attribute(
+            "title", re.compile(r"^the prompt: S1 Violent Crimes 0\.9\d \(over its threshold\)"))
+        page.get_by_text("Verdict (raw JSON)").first.click()
+        expect(page.locator("#gf-verdict")).to_contain_text("block")
+        page.screenshot(path=str(ARTIFACTS / "ui-blocked.png"), full_page=True)
 
-            page.locator("#gf-prompt textarea").fill("a red square")
-            page.locator("#gf-generate").click()
-            expect(page.locator("#gf-gallery img").first).to_be_visible(timeout=120_000)
-            expect(page.locator("#gf-progress")).to_have_attribute("data-state", "done", timeout=30_000)
-            expect(page.locator("#gf-guard")).to_contain_text("1 of 1 image blurred (S12 Sexual Content)")
-            expect(page.locator("#gf-badge")).to_have_text("blurred")
-            expect(page.locator("#gf-badge")).to_have_attribute(
-                "title", re.compile(r"the image: S12 Sexual Content [<\d.]+ \(over its threshold\)"))
-            page.screenshot(path=str(ARTIFACTS / "ui-blurred.png"), full_page=True)
-        finally:
-            browser.close()
+        page.locator("#gf-prompt textarea").fill("a red square")
+        page.locator("#gf-generate").click()
+        expect(page.locator("#gf-gallery img").first).to_be_visible(timeout=120_000)
+        expect(page.locator("#gf-progress")).to_have_attribute("data-state", "done", timeout=30_000)
+        expect(page.locator("#gf-guard")).to_contain_text("1 of 1 image blurred (S12 Sexual Content)")
+        expect(page.locator("#gf-badge")).to_have_text("blurred")
+        expect(page.locator("#gf-badge")).to_have_attribute(
+            "title", re.compile(r"the image: S12 Sexual Content [<\d.]+ \(over its threshold\)"))
+        page.screenshot(path=str(ARTIFACTS / "ui-blurred.png"), full_page=True)

@@ -11,15 +11,10 @@ from tests.test_upscalers import picture
 
 
 @pytest.fixture(scope="module")
-def ui_server(shared_server):
-    return shared_server
-
-
-@pytest.fixture(scope="module")
-def client(ui_server):
+def client(shared_server):
     from gradio_client import Client
 
-    client = Client(f"{ui_server.url}/ui/", verbose=False)
+    client = Client(f"{shared_server.url}/ui/", verbose=False)
     yield client
     client.close()
 
