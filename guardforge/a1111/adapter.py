@@ -254,7 +254,7 @@ class A1111:
         """Check and queue the generation a txt2img or img2img payload asks for (in a thread: it decodes images
         and may rescan the models folder)."""
         options = self.options(caller)
-        check_script_fields(payload, self.studio.scripts_installed())
+        check_script_fields(payload, self.studio.scripts)
         request, ignored = to_generation_request(payload, options["sd_model_checkpoint"], options["sd_vae"],
                                                  self.studio.settings.limits.max_image_pixels)
         job = self.studio.submit(request, caller, priority=PRIORITY, save=payload.save_images)

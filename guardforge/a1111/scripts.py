@@ -98,22 +98,18 @@ def scripts_from_payload(alwayson_scripts: Any, script_name: str | None, script_
     return scripts, rest
 
 
-def check_script_fields(payload: Any, installed: list) -> None:
-    """InvalidRequest, as A1111 answers, for an installed script sent in the field that is not its kind's: a
-    selectable one in `alwayson_scripts` (it runs as script_name), an always-on one as `script_name`."""
+def check_script_fields(payload: Any, registry) -> None:
+    """InvalidRequest, as A1111 answers, for a script of `registry` (guardforge.scripts.ScriptRegistry) sent in the
+    field that is not its kind's: a selectable one in `alwayson_scripts` (it runs as script_name), an always-on one
+    as `script_name`."""
     extra = payload.model_extra or {}
     alwayson = extra.get("alwayson_scripts", getattr(payload, "alwayson_scripts", None))
     selected = getattr(payload, "script_name", None) or extra.get("script_name")
-
-    def installed_as(name: Any):
-        wanted = str(name).strip().lower()
-        return next((s for s in installed if wanted in (s.name, s.title.lower())), None)
-
     for name in alwayson if isinstance(alwayson, dict) else ():
-        script = installed_as(name)
+        script = registry.lookup(name)
         if script is not None and not script.alwayson:
             raise InvalidRequest(f"script {name!r} is a selectable script: send it as script_name with its "
                                  "script_args, not in alwayson_scripts")
-    if isinstance(selected, str) and (script := installed_as(selected)) is not None and script.alwayson:
+    if isinstance(selected, str) and (script := registry.lookup(selected)) is not None and script.alwayson:
         raise InvalidRequest(f"script {selected!r} is an always-on script: send its args in "
                              f"alwayson_scripts.{script.title.lower()}.args, not as script_name")

@@ -57,7 +57,7 @@ def submit(adapter, payload: Txt2ImgPayload, caller: Caller) -> GridPending:
     from guardforge.a1111.adapter import to_generation_request
 
     options = adapter.options(caller)
-    check_script_fields(payload, adapter.studio.scripts_installed())
+    check_script_fields(payload, adapter.studio.scripts)
     # The cells' base request: the payload without the script that makes it a grid (an installed script by that
     # name is not what runs the cells).
     base = payload.model_copy(update={"script_name": None, "script_args": []})

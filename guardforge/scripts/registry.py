@@ -163,12 +163,17 @@ class ScriptRegistry:
                 found[script.name] = args
         return found
 
-    def find(self, name: str) -> Script:
-        """The script a name means: its entry-point name or its title, in any case (A1111 clients send titles)."""
+    def lookup(self, name: str) -> Script | None:
+        """The script a name means: its entry-point name or its title, in any case (A1111 clients send titles);
+        None when none is installed by that name."""
         wanted = str(name).strip().lower()
-        for script in self._scripts.values():
-            if wanted in (script.name, script.title.lower()):
-                return script
+        return next((s for s in self._scripts.values() if wanted in (s.name, s.title.lower())), None)
+
+    def find(self, name: str) -> Script:
+        """As lookup, and InvalidRequest naming the installed scripts when none is."""
+        script = self.lookup(name)
+        if script is not None:
+            return script
         known = ", ".join(sorted(self._scripts)) or "none"
         raise InvalidRequest(f"script {name!r} is not installed here; installed: {known} (GET /v1/scripts or "
                              "`guardforge scripts list` describes them)")
