@@ -31,12 +31,16 @@ def _labelled(rows: list[tuple[str, str | None]], source: str) -> list[Example]:
 
 def written_examples() -> list[Example]:
     """The training data written for this project beyond benign_prompts.txt: image prompts (unsafe in S1-S13 and
-    safe look-alikes, guardforge_build/guard/image_prompts.py) and short plain requests with their benign twins
-    (guardforge_build/guard/requests.py)."""
+    safe look-alikes, guardforge_build/guard/image_prompts.py), short plain requests with their benign twins
+    (guardforge_build/guard/requests.py) and questions whose frame both sides share (guardforge_build/guard/contrasts.py)."""
+    from guardforge_build.guard.contrasts import contrast_rows
     from guardforge_build.guard.image_prompts import image_prompt_rows
     from guardforge_build.guard.requests import request_rows
 
-    return _labelled(image_prompt_rows(), "image-prompts") + _labelled(request_rows(), "requests")
+    return (_labelled(image_prompt_rows(), "image-prompts") + _labelled(request_rows(), "requests")
+            # A source of its own whose name sorts after every other, so that the stratified split of the older
+            # sources stays what it was (a continued run never validates on a row its starting weights trained on).
+            + _labelled(contrast_rows(), "requests-contrast"))
 
 
 IMAGE_PROMPTS_DEV_PATH = GUARD_DATA_DIR / "image_prompts_dev.tsv"

@@ -603,7 +603,7 @@ def _calibrate_and_save(state: dict[str, torch.Tensor], val_logits: np.ndarray, 
         "threshold_best_f1_validation": float(threshold_f1),
     }
     # At the threshold, on the sources written for image prompts and plain requests, and on real image prompts.
-    for source in ("image-prompts", "image-dev", "requests", "parti", "coco", "openai-mod"):
+    for source in ("image-prompts", "image-dev", "requests", "requests-contrast", "parti", "coco", "openai-mod"):
         rows = np.asarray([e.source == source for e in validation])
         for name, label in (("recall", 1), ("fpr", 0)):
             chosen = rows & (vy[:, u] == label)
