@@ -104,7 +104,8 @@ class Studio:
         # its engine is made on first use (the guard's first audit row, or the queue's first call).
         self.database = database or Database(self.settings.resolved_database_url)
         self.guard = guard or Guard.from_settings(self.settings, self.database)
-        self.store = store or OutputStore(self.settings.resolved_outputs_dir, self.settings.output_format)
+        self.store = store or OutputStore(self.settings.resolved_outputs_location, self.settings.output_format,
+                                          self.settings.storage.options)
 
     # -- the job queue (built on first use, so a one-off CLI generate never touches the database) --------
     @cached_property
@@ -428,7 +429,7 @@ class Studio:
         if stored.path:
             path = Path(stored.path)
             try:
-                data = path.read_bytes()
+                data = self.store.read(stored.path)
             except FileNotFoundError:  # the outputs folder is the user's: files get moved, pruned, deleted
                 raise JobNotFound(f"image {image_id!r} is no longer in the outputs folder (its file was moved "
                                   "or deleted)") from None
