@@ -89,6 +89,18 @@ def test_addresses_outside_the_prefix_are_neither_read_nor_deleted(memory_root, 
                                                   f"/{memory_root}/secret.png"]
 
 
+def test_s3fs_is_imported_only_for_an_s3_url(tmp_path):
+    # A subprocess: this module's S3 tests import s3fs into the test process.
+    import subprocess
+    import sys
+
+    code = ("import sys; from guardforge.storage.outputs import OutputStore; "
+            f"OutputStore({str(tmp_path)!r}); OutputStore('memory://gf-probe/outputs'); "
+            "print('s3fs' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          ).stdout.strip() == "False"
+
+
 def test_settings_take_the_url_and_options_from_the_environment(monkeypatch, tmp_path):
     from pydantic import ValidationError
 
@@ -232,3 +244,36 @@ def test_the_api_writes_to_s3_and_reads_back_from_it_per_key(s3_api):
     client.delete_object(Bucket=BUCKET, Key=image_key)
     gone = http.get(job["images"][0]["url"], headers=alice)
     assert gone.status_code == 404 and "no longer" in gone.text
+
+
+# -- DreamBooth run folders in a store -----------------------------------------------------------------
+def test_a_run_folder_goes_to_the_store_and_resumes_on_a_node_without_it(gf_home, memory_root, tmp_path):
+    import shutil
+
+    import fsspec
+
+    from guardforge.settings import Settings
+    from guardforge.studio import Studio
+    from tests.test_dreambooth_train import make_images, tiny_config
+
+    studio = Studio(Settings(home=gf_home, guard={"policy": "off"},
+                             storage={"training_url": f"memory://{memory_root}/runs"}))
+    runs = studio.settings.resolved_training_runs_dir
+    make_images(tmp_path / "instance", (40, 200, 40), count=2)
+    config = tiny_config(tmp_path, "tiny-sd", with_prior_preservation=False, mode="lora", max_steps=2,
+                         checkpoint_interval=1, export_name="sks-remote", output_dir=runs / "local" / "sks")
+    assert studio.train_dreambooth(config).steps == 2
+    fs = fsspec.filesystem("memory")
+    remote = f"/{memory_root}/runs/local/sks"
+    assert fs.exists(f"{remote}/checkpoints/last.ckpt") and fs.exists(f"{remote}/logs/metrics.csv")
+
+    # Another node: no local run folder; "latest" is fetched from the store and training goes on from step 2.
+    shutil.rmtree(config.output_dir)
+    events = []
+    resumed = studio.train_dreambooth(config.model_copy(update={"max_steps": 3}), progress=events.append,
+                                      resume="latest")
+    assert resumed.steps == 3 and [e.step for e in events if e.phase == "training"] == [3]
+    assert (config.output_dir / "checkpoints" / "last.ckpt").is_file()
+    # A folder outside the runs folder (a CLI run of its own) is not mirrored, nor can a path climb out.
+    assert studio.run_mirror.remote_of(tmp_path / "elsewhere") is None
+    assert studio.run_mirror.remote_of(runs / "local" / ".." / ".." / "x") is None
