@@ -81,6 +81,10 @@ def test_addresses_outside_the_prefix_are_neither_read_nor_deleted(memory_root, 
         with pytest.raises(FileNotFoundError):
             store.read(address)
     assert fs.exists(f"/{memory_root}/outputs-other/secret.png") and fs.exists(f"/{memory_root}/secret.png")
+    # An image saved to the local outputs folder before the outputs moved to a URL is still served from there.
+    (tmp_path / "00000-1.png").write_bytes(png.getvalue())
+    assert store.read(str(tmp_path / "00000-1.png")) == png.getvalue()
+    assert not store.delete(str(tmp_path / "00000-1.png"))  # but not removed: it is not in this store
 
     # A mode is a folder name: one that would climb out is refused before anything is written.
     with pytest.raises(UnsafeName):
