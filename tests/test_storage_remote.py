@@ -7,7 +7,6 @@ import base64
 import datetime as dt
 import io
 import json
-import threading
 import time
 import uuid
 
@@ -158,24 +157,21 @@ def _keys(client, prefix: str) -> list[str]:
 
 def test_servers_sharing_a_bucket_never_take_the_same_number(s3):
     endpoint, client = s3
-    prefix = f"race-{uuid.uuid4().hex[:8]}"
-    # Two stores, as two servers would have, writing into one day's folder at once.
-    stores = [OutputStore(f"s3://{BUCKET}/{prefix}", "png", {"endpoint_url": endpoint}) for _ in range(2)]
+    prefix = f"shared-{uuid.uuid4().hex[:8]}"
+    # Two stores, as two servers would have, on one prefix.
+    first, second = (OutputStore(f"s3://{BUCKET}/{prefix}", "png", {"endpoint_url": endpoint}) for _ in range(2))
+    # A number is claimed with a conditional put: the second server's claim on the same number is refused.
+    assert first.files.create("txt2img-images/x/.00007.reserved")
+    assert not second.files.create("txt2img-images/x/.00007.reserved")
+
+    # The other server holds number 0 (its image is not in place yet): this one takes the next.
+    folder = first.folder("txt2img")
+    client.put_object(Bucket=BUCKET, Key=f"{prefix}/{folder}/.00000.reserved", Body=b"")
     image = Image.new("RGB", (8, 8))
-    barrier = threading.Barrier(6)
-    addresses: list[str] = []
-
-    def write(seed):
-        barrier.wait()
-        addresses.append(stores[seed % 2].save(image, "x", None, "txt2img", seed))
-
-    threads = [threading.Thread(target=write, args=(seed,)) for seed in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert sorted(int(a.rsplit("/", 1)[1].split("-")[0]) for a in addresses) == list(range(6))
-    assert len(_keys(client, prefix)) == 6  # the images only: no reservation left behind
+    assert first.save(image, "x", None, "txt2img", 5).endswith(f"{folder}/00001-5.png")
+    assert second.save(image, "x", None, "txt2img", 6).endswith(f"{folder}/00002-6.png")
+    client.delete_object(Bucket=BUCKET, Key=f"{prefix}/{folder}/.00000.reserved")
+    assert _keys(client, f"{prefix}/{folder}/") == [f"{prefix}/{folder}/00001-5.png", f"{prefix}/{folder}/00002-6.png"]
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import re
+import threading
 import uuid
 from pathlib import Path
 
@@ -74,6 +76,10 @@ class OutputStore:
         # What users configured, as they wrote it: the folder, or the URL with its scheme.
         self.location = str(getattr(self.files, "url", self.files.root))
         self.suffix = _SUFFIX[fmt.lower()]
+        # One claim at a time within this server on a remote store: where its exclusive create is only a check
+        # before the write (fsspec's fallback), two workers could otherwise take one number; between servers it
+        # is the store's conditional write that keeps numbers apart. On a disk O_EXCL does it alone.
+        self._claiming = threading.Lock() if self.files.remote else contextlib.nullcontext()
 
     @staticmethod
     def new_id() -> str:
@@ -97,6 +103,10 @@ class OutputStore:
         holds the reservation until the image is in place, so a later holder of that number sees the image and
         moves on.
         """
+        with self._claiming:
+            return self._claim_unlocked(folder)
+
+    def _claim_unlocked(self, folder: str) -> int:
         number = self._next_number(folder)
         while True:
             reservation = f"{folder}/.{number:05d}.reserved"
