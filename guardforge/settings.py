@@ -131,7 +131,7 @@ class StorageSettings(BaseModel):
     # DreamBooth run folders under training.runs_dir are copied here, at the same relative path, when a run ends
     # or is stopped; a resume on a node without the folder fetches its checkpoints back. Exports stay local.
     training_url: str | None = None
-    # Keyword arguments of that URL's fsspec filesystem (s3fs: endpoint_url, client_kwargs, anon, ...).
+    # Keyword arguments of the fsspec filesystem of these URLs (s3fs: endpoint_url, client_kwargs, anon, ...).
     # Credentials are better left to the backend's own environment (AWS_ACCESS_KEY_ID, ...), which s3fs reads.
     options: dict[str, Any] = {}
 
