@@ -128,7 +128,6 @@ BUCKET = "guardforge-outputs"
 def s3():
     """moto's S3 in server mode on a free loopback port, with one bucket; credentials in the environment, where
     s3fs (through botocore) reads them."""
-    pytest.importorskip("s3fs")
     import logging
 
     import boto3
@@ -247,25 +246,24 @@ def test_the_api_writes_to_s3_and_reads_back_from_it_per_key(s3_api):
 
 
 # -- DreamBooth run folders in a store -----------------------------------------------------------------
-def test_a_run_folder_goes_to_the_store_and_resumes_on_a_node_without_it(gf_home, memory_root, tmp_path):
+def test_a_run_folder_goes_to_the_store_and_resumes_on_a_node_without_it(s3, gf_home, tmp_path):
     import shutil
-
-    import fsspec
 
     from guardforge.settings import Settings
     from guardforge.studio import Studio
     from tests.test_dreambooth_train import make_images, tiny_config
 
+    endpoint, client = s3
+    prefix = f"runs-{uuid.uuid4().hex[:8]}"
     studio = Studio(Settings(home=gf_home, guard={"policy": "off"},
-                             storage={"training_url": f"memory://{memory_root}/runs"}))
+                             storage={"training_url": f"s3://{BUCKET}/{prefix}", "options": {"endpoint_url": endpoint}}))
     runs = studio.settings.resolved_training_runs_dir
     make_images(tmp_path / "instance", (40, 200, 40), count=2)
     config = tiny_config(tmp_path, "tiny-sd", with_prior_preservation=False, mode="lora", max_steps=2,
                          checkpoint_interval=1, export_name="sks-remote", output_dir=runs / "local" / "sks")
     assert studio.train_dreambooth(config).steps == 2
-    fs = fsspec.filesystem("memory")
-    remote = f"/{memory_root}/runs/local/sks"
-    assert fs.exists(f"{remote}/checkpoints/last.ckpt") and fs.exists(f"{remote}/logs/metrics.csv")
+    stored = _keys(client, f"{prefix}/local/sks/")
+    assert f"{prefix}/local/sks/checkpoints/last.ckpt" in stored and f"{prefix}/local/sks/logs/metrics.csv" in stored
 
     # Another node: no local run folder; "latest" is fetched from the store and training goes on from step 2.
     shutil.rmtree(config.output_dir)
