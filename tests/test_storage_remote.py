@@ -92,6 +92,15 @@ def test_addresses_outside_the_prefix_are_neither_read_nor_deleted(memory_root, 
                                                   f"/{memory_root}/secret.png"]
 
 
+def test_a_file_url_is_a_local_folder_and_an_unknown_scheme_is_refused(tmp_path):
+    from guardforge.errors import InvalidRequest
+
+    path = OutputStore(f"file://{tmp_path}", "png").save(Image.new("RGB", (4, 4)), "x", None, "txt2img", 3)
+    assert path.is_file() and path.parent.parent.parent == tmp_path  # written as to any local folder
+    with pytest.raises(InvalidRequest, match="nosuch"):
+        OutputStore("nosuch://bucket/outputs", "png")
+
+
 def test_s3fs_is_imported_only_for_an_s3_url(tmp_path):
     # A subprocess: this module's S3 tests import s3fs into the test process.
     import subprocess
