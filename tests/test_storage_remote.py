@@ -1,5 +1,4 @@
-"""Outputs beyond local disk: the name rules on fsspec's memory:// filesystem, then a real S3 server on loopback
-(moto in server mode) that the API generates into and reads back from, key by key."""
+"""Outputs and DreamBooth runs beyond local disk: name rules on memory://, then a real S3 server (moto) on loopback."""
 
 from __future__ import annotations
 
