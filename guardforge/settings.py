@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -123,6 +123,19 @@ class TrainingSettings(BaseModel):
     max_class_images: int = Field(1000, ge=0)
 
 
+class StorageSettings(BaseModel):
+    """Outputs beyond this machine's disk: any fsspec URL, and the options its filesystem takes."""
+
+    # s3://bucket/prefix, gs://bucket/prefix, file:///mnt/shared/outputs; None: the local outputs_dir.
+    outputs_url: str | None = None
+    # DreamBooth run folders under training.runs_dir are copied here, at the same relative path, when a run ends
+    # or is stopped; a resume on a node without the folder fetches its checkpoints back. Exports stay local.
+    training_url: str | None = None
+    # Keyword arguments of the fsspec filesystem of these URLs (s3fs: endpoint_url, client_kwargs, anon, ...).
+    # Credentials are better left to the backend's own environment (AWS_ACCESS_KEY_ID, ...), which s3fs reads.
+    options: dict[str, Any] = {}
+
+
 class ServerSettings(BaseModel):
     """The HTTP server: where it listens, who may call it, and how much one caller may ask."""
 
@@ -176,6 +189,7 @@ class Settings(BaseSettings):
     jobs: JobsSettings = JobsSettings()
     training: TrainingSettings = TrainingSettings()
     server: ServerSettings = ServerSettings()
+    storage: StorageSettings = StorageSettings()
 
     @field_validator("devices", mode="before")
     @classmethod
@@ -186,6 +200,14 @@ class Settings(BaseSettings):
         if value is not None and not value:
             raise ValueError("devices must name at least one device (or be left unset)")
         return value
+
+    @model_validator(mode="after")
+    def _one_outputs_place(self):
+        # Both set would leave the reader guessing which one gets the images (the CLI's --output, applied
+        # after validation, does win over the URL).
+        if self.outputs_dir is not None and self.storage.outputs_url:
+            raise ValueError("set outputs_dir or storage.outputs_url, not both")
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -210,6 +232,13 @@ class Settings(BaseSettings):
     @property
     def resolved_outputs_dir(self) -> Path:
         return self.outputs_dir or self.home / "outputs"
+
+    @property
+    def resolved_outputs_location(self) -> Path | str:
+        """The outputs folder, or the fsspec URL the outputs go to instead."""
+        if self.outputs_dir is None and self.storage.outputs_url:
+            return self.storage.outputs_url
+        return self.resolved_outputs_dir
 
     @property
     def resolved_training_data_dir(self) -> Path:

@@ -104,7 +104,8 @@ class Studio:
         # its engine is made on first use (the guard's first audit row, or the queue's first call).
         self.database = database or Database(self.settings.resolved_database_url)
         self.guard = guard or Guard.from_settings(self.settings, self.database)
-        self.store = store or OutputStore(self.settings.resolved_outputs_dir, self.settings.output_format)
+        self.store = store or OutputStore(self.settings.resolved_outputs_location, self.settings.output_format,
+                                          self.settings.storage.options)
 
     # -- the job queue (built on first use, so a one-off CLI generate never touches the database) --------
     @cached_property
@@ -428,7 +429,7 @@ class Studio:
         if stored.path:
             path = Path(stored.path)
             try:
-                data = path.read_bytes()
+                data = self.store.read(stored.path)
             except FileNotFoundError:  # the outputs folder is the user's: files get moved, pruned, deleted
                 raise JobNotFound(f"image {image_id!r} is no longer in the outputs folder (its file was moved "
                                   "or deleted)") from None
@@ -969,10 +970,31 @@ class Studio:
 
         `device` and `replica` pick the model copy that makes the class images (a worker's own); where the
         training itself runs is the config's accelerator and devices."""
-        from guardforge.train.dreambooth.run import train_dreambooth
+        from guardforge.train.dreambooth.run import TrainingCancelled, train_dreambooth
 
-        return train_dreambooth(self.dreambooth_services(device, replica), config, progress=progress, cancel=cancel,
-                                resume=resume, overwrite_exports=overwrite_exports)
+        mirror = self.run_mirror
+        if mirror is not None and str(resume) == "latest":
+            mirror.pull_checkpoints(config.output_dir)
+        try:
+            result = train_dreambooth(self.dreambooth_services(device, replica), config, progress=progress,
+                                      cancel=cancel, resume=resume, overwrite_exports=overwrite_exports)
+        except TrainingCancelled:  # its checkpoint is what a resume elsewhere needs
+            if mirror is not None:
+                mirror.push(config.output_dir)
+            raise
+        if mirror is not None:
+            mirror.push(config.output_dir)
+        return result
+
+    @cached_property
+    def run_mirror(self):
+        """Where DreamBooth run folders are copied (storage.training_url), or None: they stay on this node."""
+        from guardforge.storage.runs import RunMirror
+
+        storage = self.settings.storage
+        if not storage.training_url:
+            return None
+        return RunMirror(storage.training_url, storage.options, self.settings.resolved_training_runs_dir)
 
     # -- DreamBooth as a queued job (a config from a remote caller) -------------------------------------
     def confine_dreambooth(self, config, owner: str, resume: bool = False, device: str | None = None):
@@ -1014,7 +1036,8 @@ class Studio:
         if confined.validation_prompts and confined.validation_steps > self.settings.limits.max_steps:
             raise InvalidRequest(f"validation_steps={confined.validation_steps} is over this server's limit of "
                                  f"{self.settings.limits.max_steps}")
-        if resume and not any((confined.output_dir / "checkpoints").glob("*.ckpt")):
+        if resume and not any((confined.output_dir / "checkpoints").glob("*.ckpt")) and not (
+                self.run_mirror and self.run_mirror.has_checkpoints(confined.output_dir)):
             raise InvalidRequest(f"resume: output_dir {str(config.output_dir)!r} holds no checkpoint yet")
         check_export_name(confined, self.settings.resolved_models_dir)
         name = confined.resolved_export_name

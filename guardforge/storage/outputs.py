@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
-import os
 import re
+import threading
 import uuid
 from pathlib import Path
 
@@ -60,98 +61,117 @@ def read_infotext(path: Path | str) -> str | None:
 
 
 class OutputStore:
-    """Writes `<root>/<mode>-images/YYYY-MM-DD/NNNNN-<seed>.<ext>` and `NNNNN-<seed>.verdict.json` beside it."""
+    """Writes `<root>/<mode>-images/YYYY-MM-DD/NNNNN-<seed>.<ext>` and `NNNNN-<seed>.verdict.json` beside it.
 
-    def __init__(self, root: Path, fmt: str = "png"):
+    The root is a local folder or any fsspec URL (`s3://bucket/prefix`, `gs://...`, `memory://...`) with its
+    storage options; every name goes through the folder's name check, so nothing lands outside the root."""
+
+    def __init__(self, root: Path | str, fmt: str = "png", options: dict | None = None):
+        from guardforge.storage.folders import open_folder
+
         if fmt.lower() not in _SUFFIX:
             raise ValueError(f"output format {fmt!r} is not one of png, jpg, webp")
-        self.root = Path(root)
+        self.files = open_folder(root, options)
+        self.root = self.files.root
+        # What users configured, as they wrote it: the folder, or the URL with its scheme.
+        self.location = str(getattr(self.files, "url", self.files.root))
         self.suffix = _SUFFIX[fmt.lower()]
+        # One claim at a time within this server on a remote store: where its exclusive create is only a check
+        # before the write (fsspec's fallback), two workers could otherwise take one number; between servers it
+        # is the store's conditional write that keeps numbers apart. On a disk O_EXCL does it alone.
+        self._claiming = threading.Lock() if self.files.remote else contextlib.nullcontext()
 
     @staticmethod
     def new_id() -> str:
         return uuid.uuid4().hex
 
-    def folder(self, mode: str, day: dt.date | None = None) -> Path:
+    def folder(self, mode: str, day: dt.date | None = None) -> str:
+        """The name of the folder a mode's images of that day go to, relative to the root."""
         day = day or dt.date.today()
-        return self.root / _FOLDER.get(mode, f"{mode}-images") / day.isoformat()
+        return f"{_FOLDER.get(mode, f'{mode}-images')}/{day.isoformat()}"
 
-    @staticmethod
-    def _next_number(folder: Path) -> int:
-        numbers = [int(m.group(1)) for p in folder.iterdir() if (m := _NUMBERED.match(p.name))]
+    def _next_number(self, folder: str) -> int:
+        numbers = [int(m.group(1)) for name in self.files.list(folder) if (m := _NUMBERED.match(name))]
         return max(numbers, default=-1) + 1
 
-    def _claim(self, folder: Path) -> int:
+    def _claim(self, folder: str) -> int:
         """Reserve the next free number: an exclusive `.NNNNN.reserved` file while no `NNNNN-*` file exists.
 
         The seed is part of the file name, so creating the image exclusively could not stop two writers from
-        taking the same number; the number itself is what is created exclusively. The caller holds the
-        reservation until the image is in place, so a later holder of that number sees the image and moves on.
+        taking the same number; the number itself is what is created exclusively (O_EXCL on a disk, a
+        conditional put on an object store, so servers sharing a bucket do not collide either). The caller
+        holds the reservation until the image is in place, so a later holder of that number sees the image and
+        moves on.
         """
+        with self._claiming:
+            return self._claim_unlocked(folder)
+
+    def _claim_unlocked(self, folder: str) -> int:
         number = self._next_number(folder)
         while True:
-            reservation = folder / f".{number:05d}.reserved"
-            try:
-                os.close(os.open(reservation, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
-            except FileExistsError:
+            reservation = f"{folder}/.{number:05d}.reserved"
+            if not self.files.create(reservation):
                 number += 1
                 continue
-            if any(folder.glob(f"{number:05d}-*")):
-                reservation.unlink(missing_ok=True)
+            if any(name.startswith(f"{number:05d}-") for name in self.files.list(folder)):
+                self.files.remove(reservation)
                 number += 1
                 continue
             return number
 
-    def save(self, image: Image.Image, infotext: str, verdict: dict | None, mode: str, seed: int) -> Path:
+    def save(self, image: Image.Image, infotext: str, verdict: dict | None, mode: str, seed: int) -> Path | str:
         """Write the image and its verdict so that neither is ever seen half-written, and the image never
-        without its verdict: both go to hidden temporary files first (a crash leaves only those), then the
-        verdict and the image are renamed into place in that order; any failure removes what was written."""
+        without its verdict: both are staged first (hidden temporary files on a disk, so a crash leaves only
+        those; bytes in memory for an object store), then the verdict and the image are put in place in that
+        order; any failure removes what was written. Returns the image's address: a Path on a local disk, the
+        full URL on a remote store."""
         folder = self.folder(mode)
-        folder.mkdir(parents=True, exist_ok=True)
+        self.files.ensure(folder)
         number = self._claim(folder)
-        stem = f"{number:05d}-{seed}"
-        path = folder / f"{stem}{self.suffix}"
-        verdict_path = folder / f"{stem}.verdict.json"
-        temporary = {path: folder / f".{stem}{self.suffix}.tmp", verdict_path: folder / f".{stem}.verdict.json.tmp"}
-        placed: list[Path] = []
+        stem = f"{folder}/{number:05d}-{int(seed)}"
+        name, verdict_name = f"{stem}{self.suffix}", f"{stem}.verdict.json"
+        staged, placed = [], []
         try:
-            self._write_new(temporary[path], lambda handle: self._write(image, infotext, handle))
+            image_file = self.files.stage(name, lambda handle: self._write(image, infotext, handle))
+            staged.append(image_file)
             if verdict is not None:
                 body = json.dumps(verdict, indent=2, default=str).encode("utf-8")
-                self._write_new(temporary[verdict_path], lambda handle: handle.write(body))
-                os.replace(temporary[verdict_path], verdict_path)
-                placed.append(verdict_path)
-            os.replace(temporary[path], path)
-            placed.append(path)
+                verdict_file = self.files.stage(verdict_name, lambda handle: handle.write(body))
+                staged.append(verdict_file)
+                self.files.commit(verdict_file)
+                placed.append(verdict_name)
+            self.files.commit(image_file)
+            placed.append(name)
         except BaseException:
-            for leftover in [*temporary.values(), *placed]:
-                leftover.unlink(missing_ok=True)
+            for file in staged:
+                self.files.discard(file)
+            for leftover in placed:
+                self.files.remove(leftover)
             raise
         finally:
-            (folder / f".{number:05d}.reserved").unlink(missing_ok=True)
-        return path
+            self.files.remove(f"{folder}/.{number:05d}.reserved")
+        return self.files.address(name)
+
+    def read(self, address: Path | str) -> bytes:
+        """The bytes of an image this store wrote, by the address save returned. A local path from before the
+        outputs moved to another store is read from this machine's disk as before; a URL outside this store's
+        root is not read at all (FileNotFoundError)."""
+        name = self.files.name_of(address)
+        if name is not None:
+            return self.files.read(name)
+        if "://" in str(address):
+            raise FileNotFoundError(f"{address} is not in the outputs store {self.location}")
+        return Path(address).read_bytes()
 
     def delete(self, path: Path | str) -> bool:
         """Remove an image this store wrote and the verdict beside it; False for a path outside the store's
         folder (the outputs folder was moved since: what is there now is not ours to remove) or already gone."""
-        path = Path(os.path.realpath(path))
-        root = os.path.realpath(self.root)
-        if os.path.commonpath([root, path]) != root or path.suffix not in _PIL_FORMAT:
+        name = self.files.name_of(path)
+        if name is None or Path(name).suffix not in _PIL_FORMAT:
             return False
-        (path.parent / f"{path.stem}.verdict.json").unlink(missing_ok=True)
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            return False
-        return True
-
-    @staticmethod
-    def _write_new(target: Path, write) -> None:
-        # Flushed to the disk before the rename, so that after a power cut the name holds the whole file.
-        with open(target, "xb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+        stem = name[: -len(Path(name).suffix)]
+        self.files.remove(f"{stem}.verdict.json")
+        return self.files.remove(name)
 
     def _write(self, image: Image.Image, infotext: str, handle) -> None:
         fmt = _PIL_FORMAT[self.suffix]
