@@ -1,0 +1,61 @@
+"""One run in several processes (torchrun, SLURM, Lightning's launcher): rank 0 prepares, every rank agrees.
+
+Rank 0 alone screens the training data and makes the class images: one guard decision, one set of audit
+rows, one set of class images, whatever the guard backend (a remote Llama Guard need not answer every rank
+alike). The other ranks skip that phase and, once all have joined the process group (Lightning's set-up),
+take rank 0's outcome: the very files it screened, or its error, which every rank then raises, so that no
+rank trains on data another refused and none waits for a rank that stopped.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+from lightning.fabric.utilities.rank_zero import _get_rank
+
+from guardforge.train.dreambooth.config import DreamBoothConfig
+
+
+def is_rank_zero() -> bool:
+    """Whether this process is global rank 0, as its launcher said in the environment before any group exists."""
+    rank = _get_rank()  # RANK (torchrun), LOCAL_RANK (Lightning's launcher), SLURM_PROCID
+    if rank is not None:
+        return rank == 0
+    # Lightning's launcher on another node is started with NODE_RANK alone: its first process is not rank 0.
+    return int(os.environ.get("NODE_RANK") or 0) == 0
+
+
+def others_started(config: DreamBoothConfig) -> bool:
+    """Whether other processes of this run are already running and will wait for rank 0 in the process group.
+
+    Not so under Lightning's own launcher on one node: it starts the other ranks at fit, after preparation, so
+    an error there stops the run before they exist.
+    """
+    world = os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS") or "1"
+    return config.num_nodes > 1 or int(world) > 1
+
+
+@dataclass
+class Prepared:
+    """What rank 0 trains on (instance and class image files), or why nothing is trained."""
+
+    instance_paths: list[Path] = field(default_factory=list)
+    class_paths: list[Path] = field(default_factory=list)
+    error: BaseException | None = None
+
+
+class SharePreparation(L.Callback):
+    """At set-up, every rank takes rank 0's `Prepared` (the others pass None) and trains on its files or raises
+    its error. In a single process the broadcast returns rank 0's own."""
+
+    def __init__(self, prepared: Prepared | None):
+        self.prepared = prepared
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        prepared: Prepared = trainer.strategy.broadcast(self.prepared, src=0)
+        if prepared.error is not None:
+            raise prepared.error
+        trainer.datamodule.use_paths(prepared.instance_paths, prepared.class_paths)
