@@ -21,7 +21,7 @@ from tests.test_dreambooth_train import make_images
 
 pytestmark = pytest.mark.cluster
 
-STEPS = 12  # long enough that the kill lands mid-run; short enough for the suite's budget
+STEPS = 8  # long enough that the kill lands mid-run; short enough for the suite's budget
 INTERVAL = 2
 
 
@@ -56,6 +56,21 @@ def kill_all(processes: list[subprocess.Popen]) -> None:
         process.wait(timeout=30)
 
 
+def launch_two_nodes(root: Path, config_path: Path, home: Path) -> tuple[list[subprocess.Popen], list]:
+    """`torchrun --nnodes 2 --nproc-per-node 1` twice, node ranks 0 and 1, meeting on loopback, as on two hosts."""
+    env = {**os.environ, "GUARDFORGE_HOME": str(home), "GUARDFORGE_GUARD__POLICY": "off", "OMP_NUM_THREADS": "1"}
+    port = free_port()
+    processes, logs = [], []
+    for node in (0, 1):
+        logs.append((root / f"node{node}.log").open("w"))
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+             "--node-rank", str(node), "--master-addr", "127.0.0.1", "--master-port", str(port),
+             "-m", "guardforge", "train", "dreambooth", str(config_path)],
+            stdout=logs[-1], stderr=subprocess.STDOUT, env=env, start_new_session=True))
+    return processes, logs
+
+
 @pytest.fixture(scope="module")
 def cluster_run(tmp_path_factory, tiny_model_dir):
     """Two torchrun 'nodes' (one process each, train_batch_size 1) killed once the step-4 checkpoint is on disk."""
@@ -82,16 +97,7 @@ def cluster_run(tmp_path_factory, tiny_model_dir):
     config_path = root / "db.yaml"
     config_path.write_text(yaml.safe_dump(values))
 
-    env = {**os.environ, "GUARDFORGE_HOME": str(home), "GUARDFORGE_GUARD__POLICY": "off", "OMP_NUM_THREADS": "1"}
-    port = free_port()
-    processes, logs = [], []
-    for node in (0, 1):
-        logs.append((root / f"node{node}.log").open("w"))
-        processes.append(subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
-             "--node-rank", str(node), "--master-addr", "127.0.0.1", "--master-port", str(port),
-             "-m", "guardforge", "train", "dreambooth", str(config_path)],
-            stdout=logs[-1], stderr=subprocess.STDOUT, env=env, start_new_session=True))
+    processes, logs = launch_two_nodes(root, config_path, home)
     checkpoints = root / "two-nodes" / "checkpoints"
     try:
         deadline = time.monotonic() + 300  # a guard against hanging the suite, not a measurement
@@ -163,3 +169,40 @@ def test_killed_on_two_nodes_resumed_on_one_continues_to_the_same_weights(cluste
     assert steps == list(range(killed_at + 1, STEPS + 1)) and trainer.global_step == STEPS
     _, want = trained(one_process_run / f"step-{STEPS:06d}.ckpt")
     assert_same_weights({k: v for k, v in module.state_dict().items() if k in want}, want)
+
+
+def test_only_rank_zero_screens_the_training_data(cluster_run):
+    import sqlite3
+
+    root, _, _ = cluster_run
+    # The guard is off, yet every verdict is audited: 3 instance images, 2 prompts, 2 class images found on disk,
+    # once. Each rank screening for itself would have written each of them twice.
+    with sqlite3.connect(root / "home" / "guardforge.db") as db:
+        rows = db.execute("SELECT count(*) FROM guard_audit WHERE checkpoint = 'training_data'").fetchone()[0]
+    assert rows == 7
+
+
+def test_an_error_on_rank_zero_stops_both_nodes_with_its_message(tmp_path, tiny_model_dir):
+    import shutil
+
+    home = tmp_path / "home"
+    shutil.copytree(tiny_model_dir, home / "models" / "Stable-diffusion" / "tiny-sd")
+    (tmp_path / "empty").mkdir()
+    config_path = tmp_path / "db.yaml"
+    config_path.write_text(yaml.safe_dump({
+        "base_model": "tiny-sd", "instance_data_dir": str(tmp_path / "empty"), "instance_prompt": "a sks dog",
+        "with_prior_preservation": False, "resolution": 16, "max_steps": 2, "output_dir": str(tmp_path / "run"),
+        "logger": "csv", "accelerator": "cpu", "strategy": "ddp", "num_nodes": 2, "devices": 1}))
+    processes, logs = launch_two_nodes(tmp_path, config_path, home)
+    try:
+        # Rank 1 never looks at the folder: it waits for rank 0 in the process group, and must hear why it stops
+        # rather than wait there for the group's 30-minute time-out.
+        codes = [process.wait(timeout=180) for process in processes]
+    finally:
+        kill_all(processes)
+        for log in logs:
+            log.close()
+    for node, code in enumerate(codes):
+        output = (tmp_path / f"node{node}.log").read_text()
+        assert code != 0 and "empty holds no images" in output, output[-3000:]
+    assert not (tmp_path / "run" / "checkpoints").exists()

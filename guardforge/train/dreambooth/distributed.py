@@ -14,18 +14,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
-from lightning.fabric.utilities.rank_zero import _get_rank
 
 from guardforge.train.dreambooth.config import DreamBoothConfig
 
 
 def is_rank_zero() -> bool:
     """Whether this process is global rank 0, as its launcher said in the environment before any group exists."""
-    rank = _get_rank()  # RANK (torchrun), LOCAL_RANK (Lightning's launcher), SLURM_PROCID
-    if rank is not None:
-        return rank == 0
-    # Lightning's launcher on another node is started with NODE_RANK alone: its first process is not rank 0.
-    return int(os.environ.get("NODE_RANK") or 0) == 0
+    env = os.environ
+    if env.get("RANK") is not None:  # torchrun
+        return int(env["RANK"]) == 0
+    node = int(env.get("NODE_RANK") or 0)  # Lightning's launcher, on the nodes after the first
+    # The processes Lightning's launcher starts; checked before SLURM's rank, which they inherit from the first.
+    if env.get("LOCAL_RANK") is not None:
+        return node == 0 and int(env["LOCAL_RANK"]) == 0
+    if env.get("SLURM_PROCID") is not None:  # srun, one task per process
+        return int(env["SLURM_PROCID"]) == 0
+    return node == 0
 
 
 def others_started(config: DreamBoothConfig) -> bool:

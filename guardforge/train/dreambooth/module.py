@@ -190,9 +190,12 @@ class DreamBoothModule(L.LightningModule):
         if saved is not None and saved != self.global_batch():
             from lightning.pytorch.utilities import rank_zero_warn
 
-            rank_zero_warn(f"resuming with a global batch of {self.global_batch()} (train_batch_size x processes); "
-                           f"the checkpoint was trained with {saved}: training goes on, but not as the first run "
-                           "would have. Set train_batch_size so that the global batch is the same.")
+            def said(batch: dict[str, int]) -> str:
+                return f"{batch['instance']} instance + {batch['class']} class examples"
+
+            rank_zero_warn(f"resuming with a global batch of {said(self.global_batch())} (train_batch_size x "
+                           f"processes); the checkpoint was trained with {said(saved)}: training goes on, but not as "
+                           "the first run would have. Set train_batch_size so that the global batch is the same.")
         # Applied at the first batch after resume: the loader and Trainer set-up draw random numbers in between.
         self._pending_rng = checkpoint.get("rng_states")
 
