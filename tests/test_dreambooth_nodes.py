@@ -1,5 +1,4 @@
-"""DreamBooth on two nodes (torchrun, gloo, loopback): the same weights as one process with the same global batch,
-and a run killed after a checkpoint continues, on one process, to the weights of a run never stopped."""
+"""DreamBooth on two torchrun nodes (gloo, loopback): one process's weights, rank 0 screens, resume on one process."""
 
 from __future__ import annotations
 
@@ -18,8 +17,6 @@ import yaml
 from guardforge.train.dreambooth.config import DreamBoothConfig
 from guardforge.train.dreambooth.run import BaseComponents, fit, resolve_resume
 from tests.test_dreambooth_train import make_images
-
-pytestmark = pytest.mark.cluster
 
 STEPS = 8  # long enough that the kill lands mid-run; short enough for the suite's budget
 INTERVAL = 2
@@ -145,6 +142,7 @@ def one_process_run(cluster_run):
     return config.output_dir / "checkpoints"
 
 
+@pytest.mark.cluster
 def test_two_nodes_train_the_weights_of_one_process_with_their_global_batch(cluster_run, one_process_run):
     root, _, output = cluster_run
     # Lightning's own account: torchrun's environment, two processes over gloo, one per node.
@@ -158,6 +156,7 @@ def test_two_nodes_train_the_weights_of_one_process_with_their_global_batch(clus
         assert_same_weights(got, want)
 
 
+@pytest.mark.cluster
 def test_killed_on_two_nodes_resumed_on_one_continues_to_the_same_weights(cluster_run, one_process_run):
     root, config, _ = cluster_run
     # The killed run's own folder: `latest` is its newest checkpoint, written by two processes. The step-4 one was
@@ -171,6 +170,7 @@ def test_killed_on_two_nodes_resumed_on_one_continues_to_the_same_weights(cluste
     assert_same_weights({k: v for k, v in module.state_dict().items() if k in want}, want)
 
 
+@pytest.mark.cluster
 def test_only_rank_zero_screens_the_training_data(cluster_run):
     import sqlite3
 
@@ -182,6 +182,7 @@ def test_only_rank_zero_screens_the_training_data(cluster_run):
     assert rows == 7
 
 
+@pytest.mark.cluster
 def test_an_error_on_rank_zero_stops_both_nodes_with_its_message(tmp_path, tiny_model_dir):
     import shutil
 
@@ -206,3 +207,16 @@ def test_an_error_on_rank_zero_stops_both_nodes_with_its_message(tmp_path, tiny_
         output = (tmp_path / f"node{node}.log").read_text()
         assert code != 0 and "empty holds no images" in output, output[-3000:]
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_resuming_with_another_global_batch_says_so(tmp_path, tiny_model_dir):
+    from tests.test_dreambooth_train import tiny_config
+
+    instance = make_images(tmp_path / "instance", (40, 200, 40), count=2)
+    classes = make_images(tmp_path / "class", (40, 40, 200), count=2)
+    config = tiny_config(tmp_path, tiny_model_dir, max_steps=1, checkpoint_interval=1)
+    fit(config, BaseComponents.from_folder(tiny_model_dir), instance, classes)
+    # One process with batch 1 is not two with batch 1: the run goes on, and the warning says what to set.
+    wider = config.model_copy(update={"max_steps": 2, "train_batch_size": 2})
+    with pytest.warns(UserWarning, match="global batch of 2 instance [+] 2 class examples .* trained with 1 instance"):
+        fit(wider, BaseComponents.from_folder(tiny_model_dir), instance, classes, resume="latest")
