@@ -10,11 +10,13 @@ rank trains on data another refused and none waits for a rank that stopped.
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
 
+from guardforge.errors import GuardforgeError
 from guardforge.train.dreambooth.config import DreamBoothConfig
 
 
@@ -50,6 +52,17 @@ class Prepared:
     class_paths: list[Path] = field(default_factory=list)
     error: BaseException | None = None
 
+    def portable(self) -> Prepared:
+        """This, as every rank can unpickle it: an error that does not survive pickling (one whose constructor
+        takes other arguments than its message) travels as a GuardforgeError with its message."""
+        if self.error is None:
+            return self
+        try:
+            pickle.loads(pickle.dumps(self.error))
+        except Exception:
+            return Prepared(error=GuardforgeError(str(self.error)))
+        return self
+
 
 class SharePreparation(L.Callback):
     """At set-up, every rank takes rank 0's `Prepared` (the others pass None) and trains on its files or raises
@@ -59,7 +72,13 @@ class SharePreparation(L.Callback):
         self.prepared = prepared
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        prepared: Prepared = trainer.strategy.broadcast(self.prepared, src=0)
+        own = self.prepared
+        prepared: Prepared | None = trainer.strategy.broadcast(own.portable() if own else None, src=0)
+        if prepared is None:  # Lightning's rank 0 is a process whose environment said otherwise
+            raise GuardforgeError(
+                "this process's environment (RANK, LOCAL_RANK, SLURM_PROCID or NODE_RANK) names it a rank other than "
+                "0, but Lightning runs it as rank 0 of a single-process run: unset those variables, or launch "
+                "every rank (torchrun, srun) with num_nodes and devices to match")
         if prepared.error is not None:
-            raise prepared.error
+            raise own.error if own is not None else prepared.error  # rank 0 raises its own, with its traceback
         trainer.datamodule.use_paths(prepared.instance_paths, prepared.class_paths)
