@@ -71,6 +71,8 @@ def dreambooth(
             result = studio.train_dreambooth(settings, progress=reporter, cancel=cancel, resume=resume)
     finally:
         signal.signal(signal.SIGINT, previous)
+    if result.rank:  # rank 0 reports for every process of the run
+        return
     console.print(f"trained {result.steps} steps in {result.elapsed_s:.0f}s, final loss "
                   f"{result.final_loss:.4f}" if result.final_loss is not None else f"trained {result.steps} steps")
     for fmt, path in result.exports.items():

@@ -1,8 +1,11 @@
 """DreamBooth data: instance and class images, and batches that mix them in a fixed ratio.
 
-Every batch is a pure function of (seed, rank, micro_step): which images, which crop, which flip. The
-data loader holds no state worth saving, so a resumed run sees exactly the batches an uninterrupted
-one would, whatever the loader or its workers did before the interruption.
+Every batch is a pure function of (seed, micro_step, the rank's slice of the global batch): which images,
+which crop, which flip. The data loader holds no state worth saving, so a resumed run sees exactly the
+batches an uninterrupted one would, whatever the loader or its workers did before the interruption. Rank r
+of W takes rows r*B..(r+1)*B-1 of the global batch that one process with batch W*B would draw, so a run on
+any number of processes or nodes trains on the same examples per step as one process with the same global
+batch (and a checkpoint resumes on another count).
 """
 
 from __future__ import annotations
@@ -72,17 +75,35 @@ class ImageTransform:
         return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
+# Draws were once keyed by rank; one-process runs keep rank 0's key, so they draw exactly as they always did.
+STREAM = 0
+
+
+def global_slot(rank: int, per_batch: int, slot: int) -> int:
+    """Where a rank's slot sits in the global batch: rank r holds slots r*per_batch .. (r+1)*per_batch-1."""
+    return rank * per_batch + slot
+
+
+def global_rows(rank: int, world_size: int, num_instance: int, num_class: int, device=None) -> torch.Tensor:
+    """The global-batch rows of a rank's batch (instance rows first, then class rows, in both)."""
+    instance = torch.arange(num_instance, device=device) + rank * num_instance
+    class_rows = torch.arange(num_class, device=device) + world_size * num_instance + rank * num_class
+    return torch.cat([instance, class_rows])
+
+
 class DreamBoothBatches(IterableDataset):
     """An endless stream of ready batches, micro-step `start_step` onwards.
 
     Batch layout (one forward pass): the first `instance_batch_size` rows are instance examples with the
     instance prompt, the next `class_batch_size` rows class examples with the class prompt.
-    Images are visited in a fresh permutation per pass over each folder, like a shuffled epoch.
+    Images are visited in a fresh permutation per pass over each folder, like a shuffled epoch. The batch is
+    rank `rank`'s slice of a global batch `world_size` times as large (see the module docstring).
     """
 
     def __init__(self, instance_paths: list[Path], class_paths: list[Path], *, instance_batch_size: int,
                  class_batch_size: int, transform: ImageTransform, instance_input_ids: torch.Tensor,
-                 class_input_ids: torch.Tensor | None, seed: int, rank: int = 0, start_step: int = 0):
+                 class_input_ids: torch.Tensor | None, seed: int, rank: int = 0, world_size: int = 1,
+                 start_step: int = 0):
         if not instance_paths:
             raise InvalidRequest("the instance folder holds no images (.png, .jpg, .jpeg, .webp, .bmp)")
         if class_batch_size and not class_paths:
@@ -96,26 +117,28 @@ class DreamBoothBatches(IterableDataset):
         self.class_input_ids = class_input_ids
         self.seed = seed
         self.rank = rank
+        self.world_size = world_size
         self.start_step = start_step
 
     def _pick(self, kind: str, paths: list[Path], per_batch: int, micro_step: int) -> list[Path]:
         picked = []
         for slot in range(per_batch):
-            k = micro_step * per_batch + slot
+            k = micro_step * per_batch * self.world_size + global_slot(self.rank, per_batch, slot)
             epoch, position = divmod(k, len(paths))
-            order = torch.randperm(len(paths), generator=generator_for(self.seed, self.rank, kind, epoch))
+            order = torch.randperm(len(paths), generator=generator_for(self.seed, STREAM, kind, epoch))
             picked.append(paths[int(order[position])])
         return picked
 
     def batch(self, micro_step: int) -> dict:
-        """The batch for one micro-step: a pure function of (seed, rank, micro_step)."""
+        """The batch for one micro-step: a pure function of (seed, micro_step, rank, world_size)."""
         pixels, input_ids = [], []
         for kind, paths, per_batch, ids in (
             ("instance", self.instance_paths, self.instance_batch_size, self.instance_input_ids),
             ("class", self.class_paths, self.class_batch_size, self.class_input_ids),
         ):
             for slot, path in enumerate(self._pick(kind, paths, per_batch, micro_step)):
-                generator = generator_for(self.seed, self.rank, kind, "augment", micro_step, slot)
+                generator = generator_for(self.seed, STREAM, kind, "augment", micro_step,
+                                          global_slot(self.rank, per_batch, slot))
                 pixels.append(self.transform(load_rgb(path), generator))
                 input_ids.append(ids)
         return {
@@ -157,8 +180,15 @@ class DreamBoothDataModule(L.LightningDataModule):
         self.dataset_kwargs = dataset_kwargs
         self.workers = workers
 
+    def use_paths(self, instance_paths: list[Path], class_paths: list[Path]) -> None:
+        """Train on these files: rank 0's, shared with every rank before the first step (distributed.py)."""
+        self.dataset_kwargs["instance_paths"] = instance_paths
+        if self.dataset_kwargs["class_batch_size"]:
+            self.dataset_kwargs["class_paths"] = class_paths
+
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
         start = trainer.global_step * trainer.accumulate_grad_batches
-        dataset = DreamBoothBatches(**self.dataset_kwargs, rank=trainer.global_rank, start_step=start)
+        dataset = DreamBoothBatches(**self.dataset_kwargs, rank=trainer.global_rank, world_size=trainer.world_size,
+                                    start_step=start)
         return make_dataloader(dataset, self.workers)

@@ -6,6 +6,7 @@ Devices, precision, accumulation, clipping, checkpointing and logging belong to 
 from __future__ import annotations
 
 import random
+from functools import partial
 
 import lightning as L
 import numpy as np
@@ -13,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from guardforge.train.dreambooth.config import DreamBoothConfig
-from guardforge.train.dreambooth.data import generator_for
+from guardforge.train.dreambooth.data import STREAM, generator_for, global_rows
 from guardforge.train.dreambooth.fsdp import unwrapped_name
 
 
@@ -74,22 +75,29 @@ class DreamBoothModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> dict:
         pixel_values, input_ids = batch["pixel_values"], batch["input_ids"]
         num_instance = int(batch["num_instance"])
-        # Noise, timesteps and the VAE sample come from (seed, rank, micro-step): exact on resume.
-        generator = generator_for(self.config.seed, self.global_rank, "noise", int(batch["micro_step"]),
-                                  device=self.device)
+        # Noise, timesteps and the VAE sample come from (seed, micro-step), drawn for the whole global batch and
+        # sliced to this rank's rows: exact on resume, and the same per step on any number of processes.
+        generator = generator_for(self.config.seed, STREAM, "noise", int(batch["micro_step"]), device=self.device)
+        rows = global_rows(self.global_rank, self.trainer.world_size, num_instance,
+                           pixel_values.shape[0] - num_instance, device=self.device)
+        num_global = len(rows) * self.trainer.world_size
+
+        def draw(sample, *shape, dtype):
+            return sample((num_global, *shape), generator=generator, device=self.device, dtype=dtype)[rows]
 
         with torch.no_grad():
-            latents = self.vae.encode(pixel_values.to(self.vae.dtype)).latent_dist.sample(generator=generator)
-            latents = latents * self.vae.config.scaling_factor
+            posterior = self.vae.encode(pixel_values.to(self.vae.dtype)).latent_dist
+            # diffusers' latent_dist.sample(generator), with the draw made for the global batch
+            epsilon = draw(torch.randn, *posterior.mean.shape[1:], dtype=posterior.mean.dtype)
+            latents = (posterior.mean + posterior.std * epsilon) * self.vae.config.scaling_factor
 
-        noise = torch.randn(latents.shape, generator=generator, device=self.device, dtype=latents.dtype)
+        noise = draw(torch.randn, *latents.shape[1:], dtype=latents.dtype)
         if self.config.noise_offset:
             # Offset noise (Guttenberg 2023): a per-channel constant shift, so the mean brightness is learnt too.
-            noise = noise + self.config.noise_offset * torch.randn(
-                (latents.shape[0], latents.shape[1], 1, 1), generator=generator, device=self.device,
-                dtype=latents.dtype)
-        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
-                                  generator=generator, device=self.device).long()
+            noise = noise + self.config.noise_offset * draw(torch.randn, latents.shape[1], 1, 1,
+                                                            dtype=latents.dtype)
+        timesteps = draw(partial(torch.randint, 0, self.noise_scheduler.config.num_train_timesteps),
+                         dtype=torch.int64)
         noisy_latents = self.noise_scheduler.add_noise(latents, noise, timesteps)
 
         # Instance and class examples share one forward pass (diffusers' train_dreambooth.py does the same).
@@ -168,8 +176,26 @@ class DreamBoothModule(L.LightningModule):
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
         checkpoint["dreambooth_config"] = self.config.model_dump(mode="json")
+        checkpoint["global_batch"] = self.global_batch()
+
+    def global_batch(self) -> dict[str, int]:
+        """Instance and class examples per micro-step over all processes: what a resume must keep to continue
+        exactly, whatever the number of processes (data.py)."""
+        world = self.trainer.world_size
+        return {"instance": self.config.train_batch_size * world,
+                "class": self.config.resolved_class_batch_size * world}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("global_batch")
+        if saved is not None and saved != self.global_batch():
+            from lightning.pytorch.utilities import rank_zero_warn
+
+            def said(batch: dict[str, int]) -> str:
+                return f"{batch['instance']} instance + {batch['class']} class examples"
+
+            rank_zero_warn(f"resuming with a global batch of {said(self.global_batch())} (train_batch_size x "
+                           f"processes); the checkpoint was trained with {said(saved)}: training goes on, but not as "
+                           "the first run would have. Set train_batch_size so that the global batch is the same.")
         # Applied at the first batch after resume: the loader and Trainer set-up draw random numbers in between.
         self._pending_rng = checkpoint.get("rng_states")
 

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from threading import Event
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
@@ -14,6 +15,10 @@ from guardforge.dependencies import require_lora_support
 from guardforge.errors import Cancelled, InvalidRequest
 from guardforge.train.dreambooth.config import DreamBoothConfig, TrainProgress
 from guardforge.train.dreambooth.services import BaseComponents, DreamBoothServices
+
+if TYPE_CHECKING:
+    from guardforge.train.dreambooth.class_images import ClassImageReport
+    from guardforge.train.dreambooth.distributed import SharePreparation
 
 ProgressFn = Callable[[TrainProgress], None]
 
@@ -39,6 +44,7 @@ class DreamBoothResult(BaseModel):
     class_images_reused: int = 0
     refused_class_seeds: dict[int, list[int]] = {}
     elapsed_s: float = 0.0
+    rank: int = 0  # the process's global rank in a multi-process run: only rank 0 exports and reports
 
 
 def checkpoint_dir(config: DreamBoothConfig) -> Path:
@@ -51,11 +57,12 @@ def resolve_resume(config: DreamBoothConfig, resume: str | Path | None) -> Path 
         return None
     if str(resume) == "latest":
         folder = checkpoint_dir(config)
-        candidates = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
+        candidates = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime_ns) if folder.is_dir() else []
         if not candidates:
             raise InvalidRequest(f"--resume latest: no checkpoint in {folder}")
-        last = folder / "last.ckpt"
-        return last if last.exists() else candidates[-1]
+        # Newest, not last.ckpt by name: Lightning writes step-N.ckpt before last.ckpt, and a run killed in
+        # between has its newest state in step-N.ckpt (a cancelled run's last.ckpt is its newest file).
+        return candidates[-1]
     path = Path(resume)
     if not path.is_file():
         raise InvalidRequest(f"--resume: no checkpoint file at {path}")
@@ -116,8 +123,11 @@ def build_trainer(config: DreamBoothConfig, callbacks: list):
 
 def fit(config: DreamBoothConfig, base: BaseComponents, instance_paths: list[Path], class_paths: list[Path],
         *, progress: ProgressFn | None = None, cancel: Event | None = None, resume: str | Path | None = None,
-        screen=None, extra_callbacks: list | None = None):
+        screen=None, extra_callbacks: list | None = None, share: SharePreparation | None = None):
     """Train on screened data. Returns (module, trainer); raises Cancelled after saving a resumable checkpoint.
+
+    With `share` (train_dreambooth's, on every rank) every rank trains on rank 0's files or raises its error
+    (distributed.py); without it, each process trains on the paths given.
 
     The module returned holds the trained weights, unwrapped (under FSDP, on rank 0: a gathered copy; on the
     other ranks the sharded module, which is not for export). `extra_callbacks` are Lightning callbacks added
@@ -167,6 +177,8 @@ def fit(config: DreamBoothConfig, base: BaseComponents, instance_paths: list[Pat
         steps=config.validation_steps, resolution=config.resolution, screen=screen, gathered=gathered),
         canceller]
     callbacks += extra_callbacks or []
+    if share is not None:
+        callbacks.insert(0, share)
     trainer = build_trainer(config, callbacks)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     if canceller.cancelled and trainer.global_step < config.max_steps:
@@ -186,23 +198,11 @@ def fit(config: DreamBoothConfig, base: BaseComponents, instance_paths: list[Pat
 
 # -- Orchestration -----------------------------------------------------------------------------------------
 
-def train_dreambooth(services: DreamBoothServices, config: DreamBoothConfig, progress: ProgressFn | None = None,
-                     cancel: Event | None = None, resume: str | Path | None = None,
-                     overwrite_exports: bool = True) -> DreamBoothResult:
-    """Screen the data, make the class images, train, export into the models folder, have the exports listed.
-
-    `services` is all this asks of the rest of guardforge (see services.py). With `overwrite_exports=False` an
-    export whose files exist fails the run instead of replacing them.
-    """
+def prepare_data(services: DreamBoothServices, config: DreamBoothConfig, emit: ProgressFn,
+                 cancel: Event) -> tuple[list[Path], list[Path], ClassImageReport | None]:
+    """Screen the instance images and prompts, make (or reuse and screen) the class images; rank 0 only."""
     from guardforge.train.dreambooth.class_images import class_image_name, ensure_class_images
     from guardforge.train.dreambooth.data import list_images
-    from guardforge.train.dreambooth.export import export_all
-
-    if config.mode == "lora":
-        require_lora_support()
-    started = time.perf_counter()
-    emit = progress or (lambda event: None)
-    cancel = cancel or Event()
 
     emit(TrainProgress(phase="screening", message="checking the instance images and prompts"))
     instance_paths = list_images(config.instance_data_dir)
@@ -233,6 +233,43 @@ def train_dreambooth(services: DreamBoothServices, config: DreamBoothConfig, pro
         # ours were) are trained on just the same, so they are training data like the instance images.
         emit(TrainProgress(phase="screening", message="checking the class images found on disk"))
         services.screen_training_data([report.paths[i] for i in report.reused], [])
+    return instance_paths, class_paths, report
+
+
+def train_dreambooth(services: DreamBoothServices, config: DreamBoothConfig, progress: ProgressFn | None = None,
+                     cancel: Event | None = None, resume: str | Path | None = None,
+                     overwrite_exports: bool = True) -> DreamBoothResult:
+    """Screen the data, make the class images, train, export into the models folder, have the exports listed.
+
+    `services` is all this asks of the rest of guardforge (see services.py). With `overwrite_exports=False` an
+    export whose files exist fails the run instead of replacing them.
+    """
+    from guardforge.train.dreambooth.distributed import (
+        Prepared,
+        SharePreparation,
+        is_rank_zero,
+        others_started,
+    )
+    from guardforge.train.dreambooth.export import export_all
+
+    if config.mode == "lora":
+        require_lora_support()
+    started = time.perf_counter()
+    rank_zero = is_rank_zero()
+    # One progress display, one report: the other ranks' steps are the same steps.
+    emit = progress if progress is not None and rank_zero else (lambda event: None)
+    cancel = cancel or Event()
+
+    prepared, report = None, None
+    if rank_zero:
+        try:
+            instance_paths, class_paths, report = prepare_data(services, config, emit, cancel)
+            prepared = Prepared(instance_paths, class_paths)
+        except Exception as exc:
+            if not others_started(config):
+                raise
+            # The other ranks wait for rank 0 in the process group: join it to hand them the error.
+            prepared = Prepared(error=exc)
 
     base = services.load_base(config.base_model)
     losses: list[float] = []
@@ -242,8 +279,8 @@ def train_dreambooth(services: DreamBoothServices, config: DreamBoothConfig, pro
             losses.append(event.loss)
         emit(event)
 
-    module, trainer = fit(config, base, instance_paths, class_paths, progress=on_step, cancel=cancel,
-                          resume=resume, screen=services.screen_outputs)
+    module, trainer = fit(config, base, [], [], progress=on_step, cancel=cancel, resume=resume,
+                          screen=services.screen_outputs, share=SharePreparation(prepared))
 
     emit(TrainProgress(phase="exporting", step=trainer.global_step, total=config.max_steps))
     exports: dict[str, Path] = {}
@@ -258,4 +295,5 @@ def train_dreambooth(services: DreamBoothServices, config: DreamBoothConfig, pro
         output_dir=config.output_dir, steps=trainer.global_step, final_loss=losses[-1] if losses else None,
         exports=exports, models=models, class_images_generated=len(report.generated) if report else 0,
         class_images_reused=len(report.reused) if report else 0,
-        refused_class_seeds=report.refused_seeds if report else {}, elapsed_s=time.perf_counter() - started)
+        refused_class_seeds=report.refused_seeds if report else {}, elapsed_s=time.perf_counter() - started,
+        rank=trainer.global_rank)
