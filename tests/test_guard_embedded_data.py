@@ -45,7 +45,7 @@ def test_training_data_excludes_test_sets():
     assert not training & {e.text for e in datasets.load_openai_moderation("test")}
     assert not training & {e.text for e in datasets.load_xstest()}
     assert {e.source for e in data.training_examples()} == {"openai-mod", "ailuminate", "benign", "image-prompts",
-                                                            "requests", "parti", "coco", "i2p"}
+                                                            "requests", "requests-contrast", "parti", "coco", "i2p"}
     from guardforge.guard.t2i_data import load_t2i
 
     for name in ("i2p", "parti", "coco"):  # never a test row of the image-prompt sets

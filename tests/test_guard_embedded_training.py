@@ -318,20 +318,27 @@ def test_domain_expert_keeps_the_encoder_features_in_cache_dir(tmp_path):
     assert len(list(cache.glob("features-*.pt"))) == 2
 
 
-def test_the_image_prompt_threshold_is_the_best_f1_that_keeps_each_everyday_set_passing():
+def test_the_image_prompt_threshold_catches_its_share_or_is_the_best_f1_and_keeps_each_everyday_set_passing():
     from guardforge_build.guard.text import image_prompt_threshold
 
     sources = ["image-dev"] * 6 + ["parti"] * 4 + ["coco"] * 4
     labels = np.array([1, 1, 1, 0, 0, 0] + [0] * 8)
-    scores = np.array([0.9, 0.5, 0.2, 0.3, 0.1, 0.05] + [0.01, 0.02, 0.03, 0.25] + [0.01, 0.02, 0.03, 0.04])
-    # Best F1 on the dev rows alone is at 0.2 (all three unsafe, one safe above it), but a PartiPrompts row scores
-    # 0.25: with no false positive allowed the threshold must be above it, where 0.5 (two of three, no safe row)
-    # beats 0.3 (the same two and a safe row).
+    scores = np.array([0.9, 0.5, 0.2, 0.3, 0.1, 0.05] + [0.01, 0.02, 0.25, 0.26] + [0.01, 0.02, 0.03, 0.04])
+    # Best F1 on the dev rows alone is at 0.2 (all three unsafe, one safe above it), but two PartiPrompts rows score
+    # above it, and a set this small may stop one row at most: the threshold must be above 0.25, where 0.5 (two of
+    # three, no safe row) beats 0.3 (the same two and a safe row).
     assert image_prompt_threshold(scores, labels, sources, everyday_fpr=0.0) == 0.5
-    # A quarter of each everyday set may be stopped: 0.2 is allowed.
-    assert image_prompt_threshold(scores, labels, sources, everyday_fpr=0.25) == 0.2
+    # Half of each everyday set may be stopped: 0.2 is allowed and is the best F1.
+    assert image_prompt_threshold(scores, labels, sources, everyday_fpr=0.5) == 0.2
+    # With a recall to reach: the highest threshold that catches that share of the unsafe dev rows...
+    assert image_prompt_threshold(scores, labels, sources, everyday_fpr=0.5, min_recall=1.0) == 0.2
+    assert image_prompt_threshold(scores, labels, sources, everyday_fpr=0.0, min_recall=0.3) == 0.9
+    # ... and where the everyday sets forbid reaching it, the best F1 among the allowed ones.
+    assert image_prompt_threshold(scores, labels, sources, everyday_fpr=0.0, min_recall=1.0) == 0.5
+    # One row of a small set is tolerated: with a single PartiPrompts row over 0.2, 0.2 is allowed.
+    assert image_prompt_threshold(np.where(np.arange(14) == 9, 0.01, scores), labels, sources, everyday_fpr=0.0) == 0.2
     with pytest.raises(ValueError, match="PartiPrompts, COCO and image-dev"):
         image_prompt_threshold(scores[:6], labels[:6], sources[:6], everyday_fpr=0.01)
-    # An everyday row scoring as high as anything leaves no threshold at all: said, not None.
+    # Everyday rows scoring as high as anything leave no threshold at all: said, not None.
     with pytest.raises(ValueError, match="no threshold keeps PartiPrompts and COCO"):
-        image_prompt_threshold(np.where(np.arange(14) == 6, 1.0, scores), labels, sources, everyday_fpr=0.0)
+        image_prompt_threshold(np.where(np.isin(np.arange(14), (6, 7)), 1.0, scores), labels, sources, everyday_fpr=0.0)

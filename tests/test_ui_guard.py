@@ -53,7 +53,8 @@ def test_blocked_flagged_and_blurred_are_said(guarded, request):
     progress, gallery, _, verdict = client.predict("I will kill you", *FIELDS, *txt2img_off(), api_name="/run_mode")
     # The reviewer saw a green "done 20/20 (100%)", an empty gallery and "action": null.
     assert 'data-state="blocked"' in progress and "done" not in progress
-    assert "Blocked by the guard: the prompt was refused (S1 Violent Crimes, score 0.9" in progress
+    # The score is the model's; the message must name the category and a score over its 0.5 threshold.
+    assert re.search(r"Blocked by the guard: the prompt was refused \(S1 Violent Crimes, score 0\.[5-9]\d\)", progress)
     assert "Nothing was generated" in progress
     assert gallery == [] and verdict["action"] == "block" and verdict["blocked"] is True
 
@@ -89,7 +90,7 @@ def test_newcomer_sees_the_model_size_and_the_guard(guarded):
         # The badge says it in a word, its hover the categories and scores; the raw verdict is folded away.
         expect(page.locator("#gf-badge")).to_have_text("blocked")
         expect(page.locator("#gf-badge")).to_have_attribute(
-            "title", re.compile(r"^the prompt: S1 Violent Crimes 0\.9\d \(over its threshold\)"))
+            "title", re.compile(r"^the prompt: S1 Violent Crimes 0\.[5-9]\d \(over its threshold\)"))
         page.get_by_text("Verdict (raw JSON)").first.click()
         expect(page.locator("#gf-verdict")).to_contain_text("block")
         page.screenshot(path=str(ARTIFACTS / "ui-blocked.png"), full_page=True)

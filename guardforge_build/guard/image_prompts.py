@@ -256,6 +256,8 @@ SAFE_SCENES = [
     "{p} as an astronaut, 3d render", "{p} welding in a workshop, sparks", "{p} moving into a new apartment with boxes",
     "passport photo of {p}, plain background", "{p} headshot for a company website", "{p} in a blue blazer, profile picture",
     "{p} with a warm smile, close-up portrait", "{p} holding hands with their partner", "{p} at a job interview", "{p} climbing a rock wall", "{p} swimming laps", "{p} sleeping on a couch",
+    "{p} giving a toast at a wedding reception", "{p} giving a speech at a graduation ceremony", "{p} debating on a school stage",
+    "{p} with their grandchildren at a picnic", "{p} singing karaoke with coworkers",
 ]
 
 # Words a prompt writer adds for emphasis: put on both halves.

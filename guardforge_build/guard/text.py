@@ -89,6 +89,9 @@ class TrainConfig:
     # its bar for PartiPrompts and for COCO, each (issue 18 asks at most 0.5% on their test splits).
     threshold_rule: str = "image-prompts"
     everyday_fpr: float = 0.005
+    # With the image-prompts rule: the share of the hand-written unsafe image prompts the threshold must catch
+    # (issue 18's target, recall 0.90); 0 for the best F1 instead.
+    image_recall: float = 0.9
     # A domain expert over the frozen encoder's features, gated, in a cross-fitted stack (training/crossfit.py).
     domain_expert: bool = False
     domain_source: str = "openai-mod"
@@ -245,7 +248,8 @@ def train_text_guard(out_dir: Path, config: TrainConfig | None = None,
             config = TrainConfig(**(asdict(config) | kept))
         else:
             fresh = {"profanity_signal": config.profanity_signal, "num_threads": config.num_threads,
-                     "threshold_rule": config.threshold_rule, "everyday_fpr": config.everyday_fpr}
+                     "threshold_rule": config.threshold_rule, "everyday_fpr": config.everyday_fpr,
+                     "image_recall": config.image_recall}
             config = TrainConfig(**(previous["train_config"] | fresh))
     elif retrain_head:
         raise ValueError("retrain_head keeps a trained guard's adapter: give encoder_from")
@@ -321,20 +325,27 @@ def _load_adapter_and_head(model: TextGuardModel, folder: Path) -> None:
     model.load_trainable_state_dict({k: v for k, v in state.items() if k.startswith(("lora.", "head."))})
 
 
-def image_prompt_threshold(scores: np.ndarray, labels: np.ndarray, sources: list[str], everyday_fpr: float) -> float:
-    """The threshold for a guard that mostly reads image prompts: the best F1 on the hand-written image prompts
-    (source image-dev) among the thresholds that keep everyday image prompts passing: PartiPrompts' and COCO's
-    held-out train rows, each at a false-positive rate of at most `everyday_fpr`."""
+def image_prompt_threshold(scores: np.ndarray, labels: np.ndarray, sources: list[str], everyday_fpr: float,
+                           min_recall: float | None = None) -> float:
+    """The threshold for a guard that mostly reads image prompts, among the thresholds that keep everyday image
+    prompts passing (PartiPrompts' and COCO's held-out train rows, each at a false-positive rate of at most
+    `everyday_fpr`, or one row for a set smaller than 1 / everyday_fpr): the highest that catches `min_recall` of the hand-written unsafe image prompts (source
+    image-dev), the operating point issue 18 asks for; without `min_recall`, or where no allowed threshold
+    reaches it, the best F1 on those prompts."""
     src = np.asarray(sources)
     everyday = [(src == name) & (labels == 0) for name in ("parti", "coco")]
     dev = src == "image-dev"
     if not all(rows.any() for rows in everyday) or not dev.any():
         raise ValueError("the image-prompts threshold needs PartiPrompts, COCO and image-dev rows in validation")
-    best, best_f1 = None, -1.0
+    best, best_f1, highest_at_recall = None, -1.0, None
     for t in np.unique(scores):
-        if any((scores[rows] >= t).mean() > everyday_fpr for rows in everyday):  # each set on its own
+        # Each set on its own; one too small to measure the rate (PartiPrompts' ~170 held-out rows cannot tell 0.5%
+        # from 0) may have one false positive.
+        if any((scores[rows] >= t).sum() > max(1, everyday_fpr * rows.sum()) for rows in everyday):
             continue
         hit = scores[dev] >= t
+        if min_recall is not None and (hit & (labels[dev] == 1)).sum() >= min_recall * (labels[dev] == 1).sum():
+            highest_at_recall = float(t)  # thresholds ascend: the last one that still catches enough
         tp = int((hit & (labels[dev] == 1)).sum())
         f1 = 2 * tp / max(1, hit.sum() + int((labels[dev] == 1).sum()))
         if f1 > best_f1:
@@ -342,7 +353,7 @@ def image_prompt_threshold(scores: np.ndarray, labels: np.ndarray, sources: list
     if best is None:
         raise ValueError(f"no threshold keeps PartiPrompts and COCO each at a false-positive rate of at most "
                          f"{everyday_fpr}: the guard scores an everyday prompt as high as any other")
-    return best
+    return highest_at_recall if highest_at_recall is not None else best
 
 
 def _add_i2p_ranking(meta: dict, out_dir: Path, held: list[Example], log: Callable[[str], None]) -> dict:
@@ -584,7 +595,7 @@ def _calibrate_and_save(state: dict[str, torch.Tensor], val_logits: np.ndarray, 
     threshold_f1 = threshold
     if config.threshold_rule == "image-prompts":
         threshold = image_prompt_threshold(calibrated, vy[:, u], [e.source for e in validation],
-                                           config.everyday_fpr)
+                                           config.everyday_fpr, config.image_recall or None)
     short = np.asarray([len(e.text.split()) <= config.short_words for e in validation])
     benign = np.asarray([e.source == "benign" for e in validation])
     metrics = {
