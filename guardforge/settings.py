@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -153,6 +153,32 @@ class ServerSettings(BaseModel):
     protect_ops: bool = False
 
 
+class RaySettings(BaseModel):
+    """`guardforge serve --ray`: the Ray Serve application (guardforge/rayserve/, docs/scale.md)."""
+
+    address: str | None = None  # a running cluster ("auto", "ray://head:10001"); None: start a local Ray
+    app_name: str = "guardforge"
+    proxy_location: Literal["EveryNode", "HeadOnly", "Disabled"] = "EveryNode"
+    # Each generation replica runs one job worker on one device: a whole GPU by default, the CPU when 0.
+    gpus_per_worker: float = Field(1.0, ge=0)
+    # Generation replicas, scaled between these on queue depth: (queued + running jobs) / jobs_per_worker.
+    min_workers: int = Field(1, ge=1)
+    max_workers: int = Field(1, ge=1)
+    jobs_per_worker: float = Field(1.0, gt=0)
+    ingress_replicas: int = Field(1, ge=1)
+    guard_replicas: int = Field(1, ge=1)
+    # Extra Ray actor options per deployment (num_cpus, memory, resources to pin it to a kind of node).
+    worker_actor_options: dict = {}
+    ingress_actor_options: dict = {}
+    guard_actor_options: dict = {}
+
+    @model_validator(mode="after")
+    def _workers_range(self):
+        if self.max_workers < self.min_workers:
+            raise ValueError(f"ray.max_workers ({self.max_workers}) is below ray.min_workers ({self.min_workers})")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="GUARDFORGE_", env_nested_delimiter="__", extra="forbid"
@@ -176,6 +202,7 @@ class Settings(BaseSettings):
     jobs: JobsSettings = JobsSettings()
     training: TrainingSettings = TrainingSettings()
     server: ServerSettings = ServerSettings()
+    ray: RaySettings = RaySettings()
 
     @field_validator("devices", mode="before")
     @classmethod

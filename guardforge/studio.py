@@ -231,10 +231,11 @@ class Studio:
         self.workers.drain()
 
     def worker_status(self) -> dict:
-        """{started, devices, dead}: whether the workers run, each one's device, the indexes of any whose thread
-        ended (it runs nothing more)."""
+        """{started, devices, dead, running}: whether the workers run, each one's device, the indexes of any whose
+        thread ended (it runs nothing more), the ids of the jobs they run now."""
         return {"started": self.workers.started, "devices": [worker.device for worker in self.workers.workers],
-                "dead": self.workers.dead()}
+                "dead": self.workers.dead(),
+                "running": [job for worker in self.workers.workers if (job := worker.running_job()) is not None]}
 
     def queue_depth(self) -> int:
         """Jobs waiting in the queue."""
