@@ -103,6 +103,7 @@ def test_same_answers_as_one_host(cluster, tmp_path):
     moderation = httpx.post(f"{cluster['url']}/v1/moderations", json={"input": ["a red circle", "kill them all"]},
                             timeout=60)
     assert moderation.status_code == 200, moderation.text
+    assert httpx.get(f"{cluster['url']}/ui/").status_code == 200  # the web UI, mounted in the ingress as on one host
 
     one_host = cluster["settings"].model_copy(update={"database_url": f"sqlite:///{tmp_path / 'one-host.db'}"})
     with InProcessServer(Studio(one_host), start_workers=True) as server:
@@ -132,8 +133,8 @@ def test_jobs_spread_over_both_nodes_and_a_killed_node_loses_nothing(cluster):
     pid_on_head = next(status["pid"] for node, status in by_node.items() if node != second.node_id)
 
     with httpx.Client(base_url=cluster["url"], timeout=60) as client:
-        jobs = [client.post("/v1/jobs", json={"prompt": f"shape {index}", "steps": 12, "seed": index, "width": 32,
-                                              "height": 32}).json()["id"] for index in range(6)]
+        jobs = [client.post("/v1/jobs", json={"prompt": f"shape {index}", "steps": 8, "seed": index, "width": 32,
+                                              "height": 32}).json()["id"] for index in range(4)]
         store = JobQueue(Database(cluster["settings"].resolved_database_url))
         # Kill the second node while its replica runs a job.
         deadline = time.monotonic() + 90
@@ -152,7 +153,8 @@ def test_jobs_spread_over_both_nodes_and_a_killed_node_loses_nothing(cluster):
         views = wait_until_done(client, jobs)
     assert {view["state"] for view in views.values()} == {"succeeded"}, views
     ran_on = {job_id: store.get(job_id, None) for job_id in jobs}
-    # The victim was reclaimed once its claim's owner was gone and finished on the head's replica.
+    # The victim, claimed first by the second node's replica (both nodes ran jobs), was reclaimed once its claim's
+    # owner was gone and finished on the head's replica.
     assert ran_on[victim].attempts == 2 and ran_on[victim].claimed_by.split(":")[2] == str(pid_on_head)
     # Each job ended once, with its one image.
     assert all(len(view["images"]) == 1 for view in views.values())
