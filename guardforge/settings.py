@@ -106,6 +106,12 @@ class JobsSettings(BaseModel):
     # A queued generation's progress events carry a latent preview every this many steps (0: none). Each one is
     # screened by the output-image guard, so it costs a guard call as well as a small matrix product.
     preview_every_steps: int = Field(5, ge=0)
+    # Seconds an idle worker waits before it looks in the store again. A job submitted through this server wakes
+    # its workers at once; one submitted through another server sharing the store (Ray's ingress) waits up to this.
+    claim_poll_s: float = Field(0.5, gt=0)
+    # Seconds between reads of a job that another server runs, by a waiting A1111 call or an event stream here:
+    # that server's end and progress reach this one's callers up to this late (docs/scale.md).
+    remote_poll_s: float = Field(1.0, gt=0)
 
 
 class TrainingSettings(BaseModel):

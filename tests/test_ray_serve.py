@@ -24,7 +24,8 @@ def settings_for(home, database_url: str, port: int, **ray_settings):
     from guardforge.settings import Settings
 
     return Settings(home=home, database_url=database_url, default_model="tiny-sd", device="cpu",
-                    jobs={"lease_s": LEASE_S, "requeue_running_on_restart": True, "cpu_threads": 1},
+                    jobs={"lease_s": LEASE_S, "requeue_running_on_restart": True, "cpu_threads": 1,
+                          "claim_poll_s": 0.1, "remote_poll_s": 0.1},
                     server={"host": "127.0.0.1", "port": port}, ray=ray_settings)
 
 
@@ -121,6 +122,31 @@ def test_same_answers_as_one_host(cluster, tmp_path):
     assert got["model"] == local_moderation["model"] == "guardforge-embedded"
     assert got["results"] == local_moderation["results"]
     assert got["results"][1]["flagged"] and not got["results"][0]["flagged"]
+
+
+def test_events_and_cancel_reach_the_replica_that_runs_the_job(cluster):
+    """The ingress runs no job: a job's progress events come from the store, where its replica saves them, and a
+    cancel sent to the ingress reaches that replica through the store, as between two servers on one host."""
+    with httpx.Client(base_url=cluster["url"], timeout=60) as client:
+        # 8 x 150 steps: far longer than a cancel takes to arrive (the replica reads the flag every second).
+        job_id = client.post("/v1/jobs", json={"prompt": "a long one", "steps": 150, "n_iter": 8, "seed": 1,
+                                               "width": 32, "height": 32}).json()["id"]
+        events = []
+        with client.stream("GET", f"/v1/jobs/{job_id}/events") as stream:
+            name = None
+            for line in stream.iter_lines():
+                if line.startswith("event: "):
+                    name = line[7:]
+                elif line.startswith("data: "):
+                    events.append((name, json.loads(line[6:])))
+                    if name == "progress" and events[-1][1].get("step") and ("cancel", {}) not in events:
+                        assert client.delete(f"/v1/jobs/{job_id}").status_code == 200
+                        events.append(("cancel", {}))
+                    if name == "done":
+                        break
+    assert ("cancel", {}) in events, events
+    assert events[-1][0] == "done" and events[-1][1]["state"] == "cancelled", events
+    assert httpx.get(f"{cluster['url']}/v1/jobs/{job_id}").json()["state"] == "cancelled"
 
 
 def test_jobs_spread_over_both_nodes_and_a_killed_node_loses_nothing(cluster):

@@ -1,1 +1,1 @@
-"""guardforge on Ray Serve: the same app across nodes (`guardforge serve --ray`; imports ray, so never on the default path)."""
+"""guardforge on Ray Serve (`guardforge serve --ray`); imports ray, so nothing on the default path imports it."""

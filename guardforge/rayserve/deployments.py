@@ -151,5 +151,8 @@ def app(args: dict):
     """An application builder for Ray's own tools (`serve run`, a Serve config file, a KubeRay RayService):
     `import_path: guardforge.rayserve.deployments:app`; settings from the GUARDFORGE_* environment variables
     (runtime_env.env_vars) or GUARDFORGE_CONFIG; `args: {ui: false}` leaves out the web UI."""
-    return build_app(Settings(), mount_ui=bool(args.get("ui", True)))
+    ui = args.get("ui", True)
+    # `serve run ... ui=false` passes the string "false", a config file's `ui: false` a bool.
+    mount_ui = ui if isinstance(ui, bool) else str(ui).strip().lower() not in ("false", "0", "no", "off")
+    return build_app(Settings(), mount_ui=mount_ui)
 
