@@ -7,7 +7,7 @@ worker. Prints the CPU, jobs/min with 1 and 2 replicas and their ratio (goal >= 
 through /sdapi/v1/txt2img on Ray over one host (goal <= 1.10), and the peak memory of this process and everything
 it started (Ray's processes included). Needs the ray extra and PostgreSQL's binaries.
 
-    python benchmarks/scale_out.py --jobs 24 --steps 20 --latency-runs 5
+    python benchmarks/scale_out.py --jobs 24 --steps 20 --latency-runs 9
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=24, help="jobs per throughput run")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--latency-runs", type=int, default=5)
+    parser.add_argument("--latency-runs", type=int, default=9)
     # On Ray a job submitted through the ingress reaches an idle replica at its next look in the store, and its
     # end reaches the waiting call at that call's next read: the settings docs/scale.md recommends for Ray.
     parser.add_argument("--claim-poll-s", type=float, default=0.05, help="jobs.claim_poll_s on Ray")
@@ -138,24 +138,18 @@ def main() -> None:
     print(f"tiny-shapes, {args.steps} steps, guard off, one torch thread per worker; {args.jobs} jobs per run; "
           f"on Ray jobs.claim_poll_s={args.claim_poll_s}, jobs.remote_poll_s={args.remote_poll_s}")
 
+    import ray
+
+    from guardforge.rayserve.launch import serve_with_ray
+
+    server = None
     try:
-        # One host: a `guardforge serve` process with one CPU worker, as a user runs it.
+        # One host: a `guardforge serve` process with one CPU worker, as a user runs it; beside it, Ray Serve on
+        # this machine with one generation replica of one CPU. Their single-job latencies are taken in turns, so
+        # that both see the same machine (it may be shared).
         server = LiveServer(home, server_env(home, GUARDFORGE_DEFAULT_MODEL="tiny-shapes",
                                              GUARDFORGE_DATABASE_URL=new_postgres_database(postgres.url),
                                              GUARDFORGE_JOBS__CPU_THREADS="1")).start()
-        try:
-            latency(server.url, 1, body)  # loads the model
-            one_host_latency = latency(server.url, args.latency_runs, body)
-            one_host_jpm = run_jobs(server.url, args.jobs, body)
-        finally:
-            server.stop()
-        print(f"one host, 1 worker:  {one_host_jpm:6.1f} jobs/min; one job {one_host_latency * 1000:.0f} ms")
-
-        # Ray Serve on this machine: 1, then 2 generation replicas of one CPU each.
-        import ray
-
-        from guardforge.rayserve.launch import serve_with_ray
-
         ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
         database_url = new_postgres_database(postgres.url)
         port = free_port()
@@ -168,12 +162,21 @@ def main() -> None:
             print(f"ray: {replicas} replica(s) deployed in {time.perf_counter() - started:.1f} s")
             run_jobs(url, 2 * replicas, body)  # every replica loads the model
             if replicas == 1:
-                ray_latency = latency(url, args.latency_runs, body)
+                latency(server.url, 1, body)  # loads the model
+                pairs = [(latency(server.url, 1, body), latency(url, 1, body)) for _ in range(args.latency_runs)]
+                one_host_latency = statistics.median(one for one, _ in pairs)
+                ray_latency = statistics.median(on_ray for _, on_ray in pairs)
+                one_host_jpm = run_jobs(server.url, args.jobs, body)
+                server.stop()
+                server = None
+                print(f"one host, 1 worker:  {one_host_jpm:6.1f} jobs/min; one job {one_host_latency * 1000:.0f} ms")
+                print(f"ray, one job:        {ray_latency * 1000:.0f} ms")
             per_replicas[replicas] = run_jobs(url, args.jobs, body)
             print(f"ray, {replicas} replica(s): {per_replicas[replicas]:6.1f} jobs/min")
-        print(f"ray, one job:        {ray_latency * 1000:.0f} ms")
         ray.shutdown()
     finally:
+        if server is not None:
+            server.stop()
         postgres.remove()
     peak = memory.stop()
     ratio = per_replicas[2] / per_replicas[1]
