@@ -69,3 +69,18 @@ def test_nothing_outside_the_ray_package_imports_ray_at_load():
                 if name == "ray" or name.startswith(("ray.", "guardforge.rayserve", "guardforge.guard.backends.ray")):
                     found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {name}")
     assert not found, "\n".join(found)
+
+
+def test_serve_ray_without_the_extra_says_how_to_install_it(monkeypatch, capsys, tmp_path):
+    import sys
+
+    from tests.inprocess_cli import cli_caller
+
+    call = cli_caller(monkeypatch, capsys, {"GUARDFORGE_HOME": str(tmp_path)})
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets where the extra is not installed
+    code, _, err = call("serve", "--ray", "--no-ui")
+    assert code == 2 and "Ray Serve is not installed" in err and 'pip install -e ".[ray]"' in err
+    assert len(err.strip().splitlines()) == 1
+    monkeypatch.setenv("GUARDFORGE_RAY__MIN_WORKERS", "3")
+    code, _, err = call("serve", "--ray")
+    assert code == 2 and "ray.max_workers (1) is below ray.min_workers (3)" in err

@@ -24,6 +24,10 @@ from guardforge.settings import Settings
 
 INGRESS_DEPLOYMENT = "ingress"
 WORKERS_DEPLOYMENT = "generation"
+# Ray reserves a whole CPU per replica unless told otherwise: the ingress, the guard and one CPU generation replica
+# would then not fit on a 2-core machine (the ingress was never placed). Half a CPU each by default;
+# ray.*_actor_options override it.
+SIDE_CPUS = {"num_cpus": 0.5}
 
 
 def through_guard_deployment(settings: Settings) -> Settings:
@@ -133,7 +137,7 @@ def build_app(settings: Settings, mount_ui: bool = True):
     """The Ray Serve application for `settings` (ray.* sizes the deployments)."""
     ray_settings = settings.ray
     guard = GuardScorer.options(num_replicas=ray_settings.guard_replicas,
-                                ray_actor_options=dict(ray_settings.guard_actor_options)).bind(settings)
+                                ray_actor_options={**SIDE_CPUS, **ray_settings.guard_actor_options}).bind(settings)
     autoscaling = AutoscalingConfig(
         min_replicas=ray_settings.min_workers, max_replicas=ray_settings.max_workers,
         target_ongoing_requests=ray_settings.jobs_per_worker,
@@ -143,7 +147,7 @@ def build_app(settings: Settings, mount_ui: bool = True):
         ray_actor_options={"num_gpus": ray_settings.gpus_per_worker, **ray_settings.worker_actor_options},
     ).bind(settings, guard)
     return Ingress.options(num_replicas=ray_settings.ingress_replicas,
-                           ray_actor_options=dict(ray_settings.ingress_actor_options)
+                           ray_actor_options={**SIDE_CPUS, **ray_settings.ingress_actor_options}
                            ).bind(settings, mount_ui, guard, workers)
 
 

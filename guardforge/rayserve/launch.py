@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 
 from guardforge.errors import GuardforgeError
@@ -10,8 +11,8 @@ from guardforge.settings import Settings
 
 def serve_with_ray(settings: Settings, address: str | None = None, mount_ui: bool = True, blocking: bool = True):
     """Start Serve's HTTP proxies on server.host:server.port and run the app (replacing one of the same name).
-    Not blocking: returns the ingress's handle. Blocking: runs until Ctrl-C, then deletes the app, whose
-    generation replicas put their running jobs back in the queue as a server's stop does."""
+    Not blocking: returns the ingress's handle. Blocking: runs until Ctrl-C or SIGTERM, then deletes the app
+    (its generation replicas stop their workers as a server's stop does)."""
     try:
         import ray
         from ray import serve
@@ -28,8 +29,14 @@ def serve_with_ray(settings: Settings, address: str | None = None, mount_ui: boo
         return handle
     print(f"guardforge on Ray Serve at http://{settings.server.host}:{settings.server.port}  (docs: /docs, UI: /ui); "
           "Ctrl-C stops it", flush=True)
+    stop = threading.Event()
+    # SIGTERM too: it is how a service manager or Kubernetes stops a process, and the app must go with it.
+    previous = {sig: signal.signal(sig, lambda signum, frame: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        serve.delete(settings.ray.app_name)
+        stop.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print("stopping: deleting the app", flush=True)
+    serve.delete(settings.ray.app_name)
     return None
