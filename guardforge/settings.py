@@ -106,6 +106,12 @@ class JobsSettings(BaseModel):
     # A queued generation's progress events carry a latent preview every this many steps (0: none). Each one is
     # screened by the output-image guard, so it costs a guard call as well as a small matrix product.
     preview_every_steps: int = Field(5, ge=0)
+    # Seconds an idle worker waits before it looks in the store again. A job submitted through this server wakes
+    # its workers at once; one submitted through another server sharing the store (Ray's ingress) waits up to this.
+    claim_poll_s: float = Field(0.5, gt=0)
+    # Seconds between reads of a job that another server runs, by a waiting A1111 call or an event stream here:
+    # that server's end and progress reach this one's callers up to this late (docs/scale.md).
+    remote_poll_s: float = Field(1.0, gt=0)
 
 
 class TrainingSettings(BaseModel):
@@ -166,6 +172,32 @@ class ServerSettings(BaseModel):
     protect_ops: bool = False
 
 
+class RaySettings(BaseModel):
+    """`guardforge serve --ray`: the Ray Serve application (guardforge/rayserve/, docs/scale.md)."""
+
+    address: str | None = None  # a running cluster ("auto", "ray://head:10001"); None: start a local Ray
+    app_name: str = "guardforge"
+    proxy_location: Literal["EveryNode", "HeadOnly", "Disabled"] = "EveryNode"
+    # Each generation replica runs one job worker on one device: a whole GPU by default, the CPU when 0.
+    gpus_per_worker: float = Field(1.0, ge=0)
+    # Generation replicas, scaled between these on queue depth: (queued + running jobs) / jobs_per_worker.
+    min_workers: int = Field(1, ge=1)
+    max_workers: int = Field(1, ge=1)
+    jobs_per_worker: float = Field(1.0, gt=0)
+    ingress_replicas: int = Field(1, ge=1)
+    guard_replicas: int = Field(1, ge=1)
+    # Extra Ray actor options per deployment (num_cpus, memory, resources to pin it to a kind of node).
+    worker_actor_options: dict = {}
+    ingress_actor_options: dict = {}
+    guard_actor_options: dict = {}
+
+    @model_validator(mode="after")
+    def _workers_range(self):
+        if self.max_workers < self.min_workers:
+            raise ValueError(f"ray.max_workers ({self.max_workers}) is below ray.min_workers ({self.min_workers})")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="GUARDFORGE_", env_nested_delimiter="__", extra="forbid"
@@ -190,6 +222,7 @@ class Settings(BaseSettings):
     training: TrainingSettings = TrainingSettings()
     server: ServerSettings = ServerSettings()
     storage: StorageSettings = StorageSettings()
+    ray: RaySettings = RaySettings()
 
     @field_validator("devices", mode="before")
     @classmethod

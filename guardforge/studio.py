@@ -144,7 +144,7 @@ class Studio:
                           worker_devices(self.settings.devices, self.settings.device), train=self.run_dreambooth_job,
                           grid=self.generate_grid,
                           retention_s=retention * 3600 if retention else None,
-                          cpu_threads=self.settings.jobs.cpu_threads)
+                          cpu_threads=self.settings.jobs.cpu_threads, poll_s=self.settings.jobs.claim_poll_s)
 
     # -- models ------------------------------------------------------------------------------------------------
     def models(self, kind: str | None = None) -> list:
@@ -232,10 +232,11 @@ class Studio:
         self.workers.drain()
 
     def worker_status(self) -> dict:
-        """{started, devices, dead}: whether the workers run, each one's device, the indexes of any whose thread
-        ended (it runs nothing more)."""
+        """{started, devices, dead, running}: whether the workers run, each one's device, the indexes of any whose
+        thread ended (it runs nothing more), the ids of the jobs they run now."""
         return {"started": self.workers.started, "devices": [worker.device for worker in self.workers.workers],
-                "dead": self.workers.dead()}
+                "dead": self.workers.dead(),
+                "running": [job for worker in self.workers.workers if (job := worker.running_job()) is not None]}
 
     def queue_depth(self) -> int:
         """Jobs waiting in the queue."""
@@ -360,8 +361,8 @@ class Studio:
 
     async def wait(self, job_id: str, caller: Caller = LOCAL) -> Job:
         """Await the end of one of the caller's jobs without holding the event loop: woken by its final event,
-        the database read again every 5 s (every second while another server runs it) and at each wake, in a
-        thread."""
+        the database read again every 5 s (every jobs.remote_poll_s while another server runs it) and at each wake,
+        in a thread."""
         import asyncio
 
         from guardforge.jobs.queue import TERMINAL
@@ -371,8 +372,8 @@ class Studio:
                 job = await asyncio.to_thread(self.jobs.get, job_id, caller.owner)
                 if job.state in TERMINAL:
                     return job
-                # A job run by another server on the same database publishes nothing here: read it every second.
-                poll_s = 5 if self.runs_here(job_id) else 1
+                # A job run by another server on the same database publishes nothing here: read it every remote_poll_s.
+                poll_s = 5 if self.runs_here(job_id) else self.settings.jobs.remote_poll_s
                 event = await subscription.get(timeout=poll_s)
                 while event is not None and not event.get("final"):
                     event = await subscription.get(timeout=poll_s)

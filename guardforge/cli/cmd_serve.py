@@ -15,6 +15,10 @@ def serve(
     log_level: str = typer.Option("info", help="uvicorn log level"),
     root_path: str = typer.Option("", help="The path prefix a reverse proxy serves this under and strips "
                                            "(e.g. /studio), so that links and the UI point through the proxy"),
+    ray: bool = typer.Option(False, "--ray", help="Run on Ray Serve: ingress, generation replicas and the guard "
+                                                  "as deployments (needs the `ray` extra; docs/scale.md)"),
+    address: str = typer.Option(None, help="With --ray: the Ray cluster to join (default: settings ray.address; "
+                                           "none: start a local Ray)"),
 ) -> None:
     """Serve /sdapi/v1, /v1, /v1/moderations and the web UI; API keys are required off loopback."""
     import uvicorn
@@ -27,6 +31,11 @@ def serve(
     settings = Settings()
     server = settings.server.model_copy(update={k: v for k, v in (("host", host), ("port", port)) if v is not None})
     settings = settings.model_copy(update={"server": server})
+    if ray:
+        from guardforge.rayserve.launch import serve_with_ray
+
+        serve_with_ray(settings, address, mount_ui=ui)
+        return
     studio = Studio(settings)
     if auth_required(server.require_auth, server.host) and not studio.keys.list():
         typer.secho("warning: API keys are required on this address but none exist; "

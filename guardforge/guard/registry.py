@@ -35,6 +35,9 @@ BACKENDS: tuple[BackendInfo, ...] = (
     BackendInfo("shieldgemma2", ("image",),
                 "images: S12 sexually explicit, S9 dangerous content, S1 violence (ShieldGemma 2)",
                 "guardforge.guard.backends.shieldgemma", None, "ShieldGemma2Backend", False),
+    BackendInfo("ray", ("text", "image"),
+                "whatever the guard deployment of the Ray Serve app runs (guardforge serve --ray sets this itself)",
+                "guardforge.guard.backends.ray_remote", "RayTextBackend", "RayImageBackend", False),
 )
 
 
@@ -54,6 +57,8 @@ def availability(info: BackendInfo, settings) -> str:
     guard = settings.guard
     if not _module_file(info):
         return "not installed"
+    if info.name == "ray":
+        return "inside a Ray Serve app only (guardforge serve --ray)"
     if info.name == "llama-guard":
         if guard.llama_guard_path is None:
             return "needs guard.llama_guard_path"

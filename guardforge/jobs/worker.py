@@ -394,11 +394,12 @@ class WorkerPool:
 
     def __init__(self, queue: JobQueue, hub: ProgressHub, generate: GenerateFn, devices: list[str],
                  train: TrainFn | None = None, retention_s: float | None = None,
-                 prune_every_s: float = PRUNE_EVERY_S, cpu_threads: int | None = None, grid: GridFn | None = None):
+                 prune_every_s: float = PRUNE_EVERY_S, cpu_threads: int | None = None, grid: GridFn | None = None,
+                 poll_s: float = 0.5):
         self.queue = queue
         threads = cpu_worker_threads(devices, cpu_threads)
         self.hub = hub
-        self.workers = [Worker(queue, hub, generate, device, train=train, grid=grid, index=index,
+        self.workers = [Worker(queue, hub, generate, device, poll_s=poll_s, train=train, grid=grid, index=index,
                                replica=devices[:index].count(device), threads=threads if device == "cpu" else None)
                         for index, device in enumerate(devices)]
         self.retention_s = retention_s

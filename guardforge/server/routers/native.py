@@ -170,9 +170,9 @@ async def job_events(job_id: str, request: Request, caller: Caller = Depends(get
             quiet_since = time.monotonic()
             while True:
                 # Another server on the same database may run the job (or claim it while it waits): its progress
-                # is then read from the database every second, as its worker saves it.
+                # is then read from the database every jobs.remote_poll_s, as its worker saves it.
                 here = studio.runs_here(job_id)
-                event = await subscription.get(timeout=10 if here else 1)
+                event = await subscription.get(timeout=10 if here else studio.settings.jobs.remote_poll_s)
                 if event is None or event.get("final"):
                     job = await run_in_threadpool(studio.job, job_id, caller)
                     if job.state in TERMINAL:
