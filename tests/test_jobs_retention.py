@@ -14,7 +14,7 @@ from sqlalchemy import update
 from guardforge.db import Database
 from guardforge.jobs.queue import ImageGone, JobQueue, StoredImage
 from guardforge.jobs.results import GenerationJobResult
-from tests.livesrv import REPO, LiveServer, make_home, run_cli, server_env
+from tests.livesrv import REPO, make_home, run_cli, server_env
 from tests.test_server import noise_png_b64, wait_state
 
 PAYLOAD = {"request": {"prompt": "p", "init_image": "SU5JVA==", "mask": None}, "save": False}
@@ -58,11 +58,16 @@ def test_cli_jobs_prune_takes_only_jobs_that_ended_long_enough_ago(tmp_path):
 
 
 def test_server_retention_purges_ended_jobs_and_leaves_a_running_one(tmp_path, tiny_model_dir):
+    from guardforge.settings import GuardSettings, JobsSettings, Limits, Settings
+    from guardforge.studio import Studio
+    from tests.test_server_hardening import InProcessServer
+
     home = make_home(tmp_path, tiny_model_dir)
-    # 0.001 h = 3.6 s, checked every 0.36 s (a tenth of the retention).
-    env = server_env(home, GUARDFORGE_JOBS__RETENTION_HOURS="0.001", GUARDFORGE_LIMITS__MAX_STEPS="150")
-    live = LiveServer(home, env).start()
-    try:
+    # 0.001 h = 3.6 s, checked every 0.36 s (a tenth of the retention). uvicorn in this process: the Studio's
+    # workers prune, not the server's process, which would cost an interpreter and torch.
+    studio = Studio(Settings(home=home, device="cpu", default_model="tiny-sd", guard=GuardSettings(policy="off"),
+                             jobs=JobsSettings(retention_hours=0.001), limits=Limits(max_steps=150)))
+    with InProcessServer(studio, start_workers=True) as live:
         with httpx.Client(base_url=live.url, timeout=120) as client:
             short = client.post("/v1/jobs?save=false", json={"prompt": "short", "steps": 2, "width": 64,
                                                                "height": 64}).json()["id"]
@@ -83,5 +88,3 @@ def test_server_retention_purges_ended_jobs_and_leaves_a_running_one(tmp_path, t
             assert "purged_at" not in job.payload
             client.delete(f"/v1/jobs/{long}")
             wait_state(client, long, {"cancelled"})
-    finally:
-        live.stop()

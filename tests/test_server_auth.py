@@ -155,10 +155,17 @@ def test_sdapi_options_are_per_key(setup):
         assert json.loads(f.post("/sdapi/v1/txt2img", json=body).json()["info"])["sd_model_name"] == "tiny-b"
 
 
-def test_priority_above_the_keys_max_is_forbidden(setup):
+def test_priority_above_the_keys_max_is_forbidden(setup, monkeypatch, capsys):
+    from tests.inprocess_cli import cli_caller
+
     server, _, env = setup
-    urgent = run_cli(["keys", "create", "heidi", "--max-priority", "5"], env).strip()
-    assert "heidi" in run_cli(["keys", "list"], env)
+    # In this process: both commands have their subprocess run above (setup, test_revoked_key_is_refused).
+    cli = cli_caller(monkeypatch, capsys, {k: v for k, v in env.items() if k.startswith("GUARDFORGE_")})
+    code, urgent, err = cli("keys", "create", "heidi", "--max-priority", "5")
+    assert code == 0, err
+    urgent = urgent.strip()
+    code, listing, err = cli("keys", "list")
+    assert code == 0 and "heidi" in listing, err
     from guardforge.access.keys import KeyStore
     from guardforge.db import Database
 

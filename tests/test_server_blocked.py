@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.livesrv import LiveServer, make_home, server_env
+from tests.livesrv import make_home
 from tests.test_server import TINY, wait_state
 
 # Open-NSFW scores every image above this S12 threshold, so the embedded image guard blocks each output.
@@ -36,13 +36,19 @@ checkpoints: {prompt: true, input_image: false, output_image: false, training_da
 
 
 def _server_with_policy(tmp_path_factory, tiny_model_dir, name: str, policy_yaml: str):
+    from guardforge.settings import GuardSettings, Settings
+    from guardforge.studio import Studio
+    from tests.test_server_hardening import InProcessServer
+
     root = tmp_path_factory.mktemp(name)
     policy = root / f"{name}.yaml"
     policy.write_text(policy_yaml)
     home = make_home(root, tiny_model_dir)
-    live = LiveServer(home, server_env(home, GUARDFORGE_GUARD__POLICY=str(policy))).start()
-    yield live
-    live.stop()
+    # uvicorn in this process: the answers to blocked requests are under test, not the server's process, and
+    # each `guardforge serve` would cost an interpreter and torch.
+    studio = Studio(Settings(home=home, device="cpu", default_model="tiny-sd", guard=GuardSettings(policy=str(policy))))
+    with InProcessServer(studio, start_workers=True) as live:
+        yield live
 
 
 @pytest.fixture(scope="module")

@@ -240,20 +240,24 @@ checkpoints: {prompt: false, input_image: false, output_image: false, training_d
 
 
 def test_guard_blocked_training_data_fails_the_job_naming_files_and_categories(tmp_path, tiny_model_dir):
+    from guardforge.settings import GuardSettings, Settings
+    from guardforge.studio import Studio
+    from tests.test_server_hardening import InProcessServer
+
     policy = tmp_path / "policy.yaml"
     policy.write_text(BLOCK_TRAINING_IMAGES)  # Open-NSFW gives every image an S12 score above 1e-6
     home = make_home(tmp_path, tiny_model_dir)
     make_images(home / "training-data" / "dog", (40, 200, 40), count=2)
-    live = LiveServer(home, server_env(home, GUARDFORGE_GUARD__POLICY=str(policy))).start()
-    try:
-        with httpx.Client(base_url=live.url, timeout=120) as local:  # open on loopback: owner "local"
-            job_id = local.post("/v1/train/dreambooth", json=config(with_prior_preservation=False)).json()["id"]
-            job = wait_state(local, job_id, {"succeeded", "failed", "cancelled"})
+    # uvicorn in this process: the guard's reading of the data is under test, not the server's process (the
+    # module's keyed server is a real `guardforge serve`), and a second one costs an interpreter and torch.
+    studio = Studio(Settings(home=home, device="cpu", default_model="tiny-sd", guard=GuardSettings(policy=str(policy))))
+    with (InProcessServer(studio, start_workers=True) as live,
+          httpx.Client(base_url=live.url, timeout=120) as local):  # open on loopback: owner "local"
+        job_id = local.post("/v1/train/dreambooth", json=config(with_prior_preservation=False)).json()["id"]
+        job = wait_state(local, job_id, {"succeeded", "failed", "cancelled"})
         assert job["state"] == "failed"
         # The embedded text guard scores the prompts above 1e-6 too; the images come first, each named.
         assert job["error"].startswith("the guard blocked the training data, nothing was trained: "
                                        "img-0.png (S12); img-1.png (S12); prompt 'a photo of sks dog' (S12)")
         assert not (home / "training-runs" / "local" / "sks-api" / "checkpoints").exists()
         assert not (home / "models" / "Stable-diffusion" / "sks-api").exists()
-    finally:
-        live.stop()

@@ -9,7 +9,7 @@ import pytest
 
 from guardforge.models.devices import worker_devices
 from guardforge.settings import Settings
-from tests.livesrv import LiveServer, make_home, server_env
+from tests.livesrv import make_home
 from tests.test_server import wait_state
 
 
@@ -35,10 +35,16 @@ def test_an_absent_device_is_refused_with_the_present_ones():
 
 @pytest.fixture(scope="module")
 def two_workers(tmp_path_factory, tiny_model_dir):
+    from guardforge.studio import Studio
+    from tests.test_server_hardening import InProcessServer
+
     home = make_home(tmp_path_factory.mktemp("workers"), tiny_model_dir)
-    live = LiveServer(home, server_env(home, GUARDFORGE_DEVICES="cpu,cpu")).start()
-    yield live
-    live.stop()
+    # uvicorn in this process (GUARDFORGE_DEVICES as `serve` reads it is tested above): the workers are the
+    # Studio's, and a server process would cost an interpreter and torch.
+    studio = Studio(Settings(home=home, device="cpu", devices=["cpu", "cpu"], default_model="tiny-sd",
+                             guard={"policy": "off"}))
+    with InProcessServer(studio, start_workers=True) as live:
+        yield live
 
 
 def test_two_workers_run_two_jobs_at_once(two_workers):

@@ -140,12 +140,11 @@ def test_generate_in_the_browser(ui_server, tmp_path):
             browser.close()
 
 
-@pytest.fixture(scope="module")
-def busy_ui_server(tmp_path_factory, tiny_model_dir):
-    home = make_home(tmp_path_factory.mktemp("ui-busy"), tiny_model_dir)
-    live = LiveServer(home, server_env(home, GUARDFORGE_LIMITS__MAX_STEPS="150"), ui=True).start()
-    yield live
-    live.stop()
+# The session's shared server (default limits: 150 steps; one worker) rather than a server of its own: the
+# warm-up below waits out whatever earlier tests queued there, and the two jobs are found by their prompts.
+@pytest.fixture
+def busy_ui_server(shared_server):
+    return shared_server
 
 
 def test_two_users_clicks_both_reach_the_queue(busy_ui_server):

@@ -49,8 +49,11 @@ def coverage(shape: str, cx: float, cy: float, r: float) -> np.ndarray:
     else:
         draw.polygon(polygon, fill=255)
     # Summed as integers, then scaled: the same values as a float mean, at a third of the time (the reader's
-    # hot spot, run for every candidate shape of every image an evaluation reads).
-    block_sums = np.asarray(canvas).reshape(SIZE, s, SIZE, s).sum(axis=(1, 3), dtype=np.uint32)
+    # hot spot, run for every candidate shape of every image an evaluation reads). Rows first, along contiguous
+    # memory, then columns: a quarter of the time of one sum over both axes; a block sums to at most 255 * 64,
+    # which uint16 holds exactly.
+    rows = np.asarray(canvas).reshape(SIZE, s, SIZE * s).sum(axis=1, dtype=np.uint16)
+    block_sums = rows.reshape(SIZE, SIZE, s).sum(axis=2, dtype=np.uint16)
     return block_sums.astype(np.float32) / (255 * s * s)
 
 
