@@ -78,9 +78,10 @@ class DreamBoothModule(L.LightningModule):
         # Noise, timesteps and the VAE sample come from (seed, micro-step), drawn for the whole global batch and
         # sliced to this rank's rows: exact on resume, and the same per step on any number of processes.
         generator = generator_for(self.config.seed, STREAM, "noise", int(batch["micro_step"]), device=self.device)
-        rows = global_rows(self.global_rank, self.trainer.world_size, num_instance,
+        world_size = self._trainer.world_size if self._trainer is not None else 1  # a module used alone is one process
+        rows = global_rows(self.global_rank, world_size, num_instance,
                            pixel_values.shape[0] - num_instance, device=self.device)
-        num_global = len(rows) * self.trainer.world_size
+        num_global = len(rows) * world_size
 
         def draw(sample, *shape, dtype):
             return sample((num_global, *shape), generator=generator, device=self.device, dtype=dtype)[rows]
