@@ -159,7 +159,9 @@ def test_jobs_spread_over_both_nodes_and_a_killed_node_loses_nothing(cluster):
     pid_on_head = next(status["pid"] for node, status in by_node.items() if node != second.node_id)
 
     with httpx.Client(base_url=cluster["url"], timeout=60) as client:
-        jobs = [client.post("/v1/jobs", json={"prompt": f"shape {index}", "steps": 8, "seed": index, "width": 32,
+        # Long enough (~1-2 s each) that the node is gone before the job it runs can finish: at 8 steps a job
+        # seen running could end before remove_node took effect, and then nothing was reclaimed.
+        jobs = [client.post("/v1/jobs", json={"prompt": f"shape {index}", "steps": 100, "seed": index, "width": 32,
                                               "height": 32}).json()["id"] for index in range(4)]
         store = JobQueue(Database(cluster["settings"].resolved_database_url))
         # Kill the second node while its replica runs a job.
