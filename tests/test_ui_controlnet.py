@@ -12,6 +12,17 @@ from tests.test_ui import fill_txt2img, ui_page
 from tests.test_ui_vae import choose
 
 
+def fill_control_unit(page, image, module: str, model: str) -> None:
+    """Opens txt2img's first ControlNet unit, uploads `image` (which enables the unit) and picks module and model."""
+    from playwright.sync_api import expect
+
+    page.locator("#gf-txt2img-controlnet").get_by_text("ControlNet").first.click()
+    page.locator("#gf-txt2img-cn0-image input[type=file]").set_input_files(str(image))
+    expect(page.locator("#gf-txt2img-cn0-enable input")).to_be_checked(timeout=30_000)
+    choose(page, "gf-txt2img-cn0-module", module)
+    choose(page, "gf-txt2img-cn0-model", model)
+
+
 def test_a_controlnet_unit_in_the_txt2img_tab(shared_server, tmp_path):
     from playwright.sync_api import expect
 
@@ -21,11 +32,7 @@ def test_a_controlnet_unit_in_the_txt2img_tab(shared_server, tmp_path):
     image.save(control)
     with ui_page(shared_server.url, 2200) as page:
         fill_txt2img(page, "a framed square", steps=2, width=32, height=32, seed=6)
-        page.locator("#gf-txt2img-controlnet").get_by_text("ControlNet").first.click()
-        page.locator("#gf-txt2img-cn0-image input[type=file]").set_input_files(str(control))
-        expect(page.locator("#gf-txt2img-cn0-enable input")).to_be_checked(timeout=30_000)
-        choose(page, "gf-txt2img-cn0-module", "canny")
-        choose(page, "gf-txt2img-cn0-model", "tiny-cn")
+        fill_control_unit(page, control, "canny", "tiny-cn")
         page.locator("#gf-txt2img-cn0-run-preview").click()
         expect(page.locator("#gf-txt2img-cn0-preview img")).to_be_visible(timeout=60_000)
         page.locator("#gf-generate").click()

@@ -9,7 +9,7 @@ from PIL import Image
 
 from tests.shared_server import job_with_prompt
 from tests.test_ui import fill_txt2img, ui_page
-from tests.test_ui_vae import choose
+from tests.test_ui_controlnet import fill_control_unit
 
 
 def test_an_ip_adapter_unit_in_the_txt2img_tab(shared_server, tmp_path):
@@ -21,11 +21,7 @@ def test_an_ip_adapter_unit_in_the_txt2img_tab(shared_server, tmp_path):
     image.save(picture)
     with ui_page(shared_server.url, 2200) as page:
         fill_txt2img(page, "a pictured square", steps=2, width=32, height=32, seed=6)
-        page.locator("#gf-txt2img-controlnet").get_by_text("ControlNet").first.click()
-        page.locator("#gf-txt2img-cn0-image input[type=file]").set_input_files(str(picture))
-        expect(page.locator("#gf-txt2img-cn0-enable input")).to_be_checked(timeout=30_000)
-        choose(page, "gf-txt2img-cn0-module", "ip-adapter_clip_sd15")
-        choose(page, "gf-txt2img-cn0-model", "tiny-ip")
+        fill_control_unit(page, picture, "ip-adapter_clip_sd15", "tiny-ip")
         page.locator("#gf-generate").click()
         expect(page.locator("#gf-infotext textarea")).to_have_value(
             re.compile(r'a pictured square.*ControlNet 0: "Module: ip-adapter_clip_sd15, Model: tiny-ip '
