@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -15,6 +16,22 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def read_events(stream, on_event=None) -> list[tuple[str, dict]]:
+    """A job's server-sent events as (name, data) pairs, read until "done". `on_event(events)` runs after each one
+    arrives, so a test can act mid-stream (cancel a job, unblock another)."""
+    events, name = [], None
+    for line in stream.iter_lines():
+        if line.startswith("event: "):
+            name = line[len("event: "):]
+        elif line.startswith("data: "):
+            events.append((name, json.loads(line[len("data: "):])))
+            if on_event:
+                on_event(events)
+            if name == "done":
+                break
+    return events
 
 
 def free_port() -> int:

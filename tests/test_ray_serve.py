@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from tests.livesrv import free_port, make_home
+from tests.livesrv import free_port, make_home, read_events
 from tests.test_queue import new_postgres_database
 
 pytestmark = pytest.mark.cluster
@@ -131,19 +131,15 @@ def test_events_and_cancel_reach_the_replica_that_runs_the_job(cluster):
         # 8 x 150 steps: far longer than a cancel takes to arrive (the replica reads the flag every second).
         job_id = client.post("/v1/jobs", json={"prompt": "a long one", "steps": 150, "n_iter": 8, "seed": 1,
                                                "width": 32, "height": 32}).json()["id"]
-        events = []
+
+        def cancel_at_the_first_step(events):
+            name, data = events[-1]
+            if name == "progress" and data.get("step") and ("cancel", {}) not in events:
+                assert client.delete(f"/v1/jobs/{job_id}").status_code == 200
+                events.append(("cancel", {}))
+
         with client.stream("GET", f"/v1/jobs/{job_id}/events") as stream:
-            name = None
-            for line in stream.iter_lines():
-                if line.startswith("event: "):
-                    name = line[7:]
-                elif line.startswith("data: "):
-                    events.append((name, json.loads(line[6:])))
-                    if name == "progress" and events[-1][1].get("step") and ("cancel", {}) not in events:
-                        assert client.delete(f"/v1/jobs/{job_id}").status_code == 200
-                        events.append(("cancel", {}))
-                    if name == "done":
-                        break
+            events = read_events(stream, on_event=cancel_at_the_first_step)
     assert ("cancel", {}) in events, events
     assert events[-1][0] == "done" and events[-1][1]["state"] == "cancelled", events
     assert httpx.get(f"{cluster['url']}/v1/jobs/{job_id}").json()["state"] == "cancelled"

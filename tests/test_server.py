@@ -15,7 +15,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.livesrv import LiveServer, make_home, server_env
+from tests.livesrv import LiveServer, make_home, read_events, server_env
 from tests.test_imaging import ztxt_bomb_png
 
 TINY = {"steps": 2, "width": 64, "height": 64, "seed": 7}
@@ -209,17 +209,9 @@ def test_native_job_with_sse_and_image(client):
     created = client.post("/v1/jobs", json={"prompt": "a blue circle", **TINY, "steps": 12, "batch_size": 2})
     assert created.status_code == 202
     job_id = created.json()["id"]
-    events = []
     with client.stream("GET", f"/v1/jobs/{job_id}/events") as stream:
         assert stream.headers["content-type"].startswith("text/event-stream")
-        name = None
-        for line in stream.iter_lines():
-            if line.startswith("event: "):
-                name = line[7:]
-            elif line.startswith("data: "):
-                events.append((name, json.loads(line[6:])))
-                if name == "done":
-                    break
+        events = read_events(stream)
     progress = [data for name, data in events if name == "progress" and data.get("step")]
     done = events[-1][1]
     assert events[-1][0] == "done" and done["state"] == "succeeded"

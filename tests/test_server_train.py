@@ -3,7 +3,6 @@ cancel and resume, 422s, confined paths, per-key isolation, guard-blocked data, 
 
 from __future__ import annotations
 
-import json
 import re
 import time
 
@@ -11,7 +10,7 @@ import httpx
 import pytest
 
 from guardforge.jobs.queue import RESTART_REASON
-from tests.livesrv import LiveServer, make_home, server_env
+from tests.livesrv import LiveServer, make_home, read_events, server_env
 from tests.test_dreambooth_train import make_images
 from tests.test_server import LONG, TINY, wait_running_step, wait_state
 
@@ -57,20 +56,6 @@ def key_id(key: str) -> str:
     return key.split("_")[1]
 
 
-def read_events(stream, on_first=None) -> list[tuple[str, dict]]:
-    events, name = [], None
-    for line in stream.iter_lines():
-        if line.startswith("event: "):
-            name = line[7:]
-        elif line.startswith("data: "):
-            events.append((name, json.loads(line[6:])))
-            if len(events) == 1 and on_first:
-                on_first()
-            if name == "done":
-                break
-    return events
-
-
 def test_train_follow_events_then_generate_with_the_export(setup):
     server, keys, home, _ = setup
     with client(server.url, keys["alice"]) as alice:
@@ -82,7 +67,8 @@ def test_train_follow_events_then_generate_with_the_export(setup):
         job_id = created.json()["id"]
         assert created.json()["state"] == "queued"
         with alice.stream("GET", f"/v1/jobs/{job_id}/events") as stream:
-            events = read_events(stream, on_first=lambda: alice.delete(f"/v1/jobs/{blocker}"))
+            # The first event arrives while the job waits: then the job ahead of it goes.
+            events = read_events(stream, on_event=lambda seen: len(seen) == 1 and alice.delete(f"/v1/jobs/{blocker}"))
 
     assert events[0] == ("state", {"state": "queued", "position": 0})
     progress = [data for name, data in events if name == "progress" and data.get("phase")]
